@@ -1,0 +1,52 @@
+"""The HTTP gateway: validates requests and forwards work to the model server over ZeroMQ.
+
+Holds no job state: the model server owns the truth about every job, so any gunicorn worker
+and thread can answer any request. Never imports ``model_server`` nor torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, g, request
+from flask_cors import CORS
+
+from gateway.errors import register_error_handlers
+from gateway.model_client import ModelClient
+from gateway.services import Services
+from gateway.settings import GatewaySettings
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+EXPOSED_HEADERS = ["X-Seed", "X-Job-Id", "X-Request-Id", "Retry-After", "Location"]
+
+
+def create_app(settings: GatewaySettings | None = None, model_client=None) -> Flask:
+    """Build the Flask app; tests pass their own settings and (fake) model client."""
+    settings = settings or GatewaySettings.from_env()
+    client = model_client or ModelClient(settings.model_server, timeout=settings.model_server_timeout)
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["sd"] = Services(settings, client)
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), expose_headers=EXPOSED_HEADERS)
+
+    @app.before_request
+    def _request_id():
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    from gateway import health, jobs_api, native, openapi, web
+
+    for module in (web, native, jobs_api, health, openapi):
+        app.register_blueprint(module.bp)
+    register_error_handlers(app)
+    logging.getLogger(__name__).info("gateway ready; model server at %s", settings.model_server)
+    return app

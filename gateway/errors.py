@@ -1,0 +1,105 @@
+"""JSON errors for every failure: ``{"error", "code", "hint"}``, never a traceback.
+
+Errors from the model server (``ErrorInfo``) map onto HTTP statuses here, in one table, so
+every route family reports the same condition with the same status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_CODE = {
+    ErrorCode.INVALID_PARAMS: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CANCELLED: 409,
+    ErrorCode.EXPIRED: 410,
+    ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.PIPELINE_ERROR: 500,
+    ErrorCode.PROTOCOL_MISMATCH: 502,
+    ErrorCode.NOT_READY: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.OUT_OF_MEMORY: 503,
+    ErrorCode.MODEL_SERVER_LOST: 503,
+}
+
+_HTTP_HINTS = {
+    404: "See GET /openapi.json for the routes this service offers.",
+    405: "See GET /openapi.json for the methods each route accepts.",
+    413: "Send a smaller request body.",
+}
+
+
+class ApiError(Exception):
+    """An error answered as JSON with an HTTP status (and Retry-After where it helps)."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str = "",
+                 retry_after: float | None = None, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.hint = status, code, message, hint
+        self.retry_after, self.field = retry_after, field
+
+    @classmethod
+    def from_info(cls, error: ErrorInfo) -> "ApiError":
+        status = STATUS_FOR_CODE.get(error.code, 500)
+        retry_after = error.retry_after if error.retryable or status in (429, 503) else None
+        if status in (429, 503) and retry_after is None:
+            retry_after = 5.0
+        return cls(status, error.code.value, error.message, error.hint, retry_after)
+
+    def body(self) -> dict:
+        body = {"error": self.message, "code": self.code, "hint": self.hint}
+        if self.field:
+            body["field"] = self.field
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
+
+    def headers(self) -> dict:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, (RemoteError, ModelServerUnavailable)):
+        return ApiError.from_info(exc.error)
+    raise TypeError(f"not an API error: {exc!r}")
+
+
+def error_response(err: ApiError):
+    return jsonify(err.body()), err.status, err.headers()
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    @app.errorhandler(RemoteError)
+    @app.errorhandler(ModelServerUnavailable)
+    def _known(exc):
+        err = as_api_error(exc)
+        if err.status >= 500:
+            log.warning("%s %s -> %d %s: %s", request.method, request.path, err.status, err.code, err.message)
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(ApiError(exc.code or 500, code, exc.description or exc.name,
+                                       _HTTP_HINTS.get(exc.code, "")))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(ApiError(500, "internal_error", "the gateway hit an unexpected error",
+                                       "Retry; if it persists, report it with the X-Request-Id header."))

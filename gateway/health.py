@@ -1,0 +1,66 @@
+"""Health endpoints: the seed's ``/health`` plus liveness and readiness for orchestrators."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify
+
+from gateway.errors import ApiError, as_api_error
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.services import services
+from protocol.messages import ModelState
+
+bp = Blueprint("health", __name__)
+_PING_TIMEOUT = 2.0
+_STATUS = {ModelState.READY: "ok", ModelState.LOADING: "loading", ModelState.STOPPING: "stopping",
+           ModelState.FAILED: "error"}
+
+
+@bp.get("/health/live")
+def live():
+    """The gateway process answers; says nothing about the model (that is readiness)."""
+    return jsonify(status="alive")
+
+
+@bp.get("/health/ready")
+def ready():
+    pong = services().client.ping(timeout=_PING_TIMEOUT)
+    if pong.model_state is not ModelState.READY:
+        hint = pong.error.hint if pong.error else "Retry in a few seconds."
+        raise ApiError(503, "not_ready", f"the model is {pong.model_state.value}", hint,
+                       retry_after=5.0 if pong.model_state is ModelState.LOADING else None)
+    return jsonify(status="ready", model=pong.model)
+
+
+@bp.get("/health")
+def health():
+    """The seed's shape (status, device, model, optimizations) plus queue, memory and state."""
+    sv = services()
+    started = time.monotonic()
+    try:
+        pong = sv.client.ping(timeout=_PING_TIMEOUT)
+    except (ModelServerUnavailable, RemoteError) as exc:
+        err = as_api_error(exc)
+        return jsonify(status="unavailable", device="cpu", model=None, optimizations={},
+                       model_state="unreachable", error=err.body()), 503, err.headers()
+    body = {
+        "status": _STATUS[pong.model_state],
+        "device": pong.device,
+        "model": pong.model,
+        "optimizations": pong.optimizations,
+        "model_state": pong.model_state.value,
+        "queue": {"depth": pong.queue_depth, "capacity": pong.queue_capacity, "running_job": pong.running_job},
+        "memory": {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes},
+        "load_seconds": pong.load_seconds,
+        "uptime_seconds": pong.uptime_seconds,
+        "schedulers": pong.schedulers,
+        "limits": {"max_prompt_length": sv.settings.max_prompt_length, "max_steps": sv.settings.max_steps,
+                   "max_width": sv.settings.max_width, "max_height": sv.settings.max_height,
+                   "max_images": sv.settings.max_images, "default_steps": sv.settings.default_steps,
+                   "default_size": sv.settings.default_size},
+        "model_server_ping_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+    if pong.error:
+        body["error"] = {"error": pong.error.message, "code": pong.error.code.value, "hint": pong.error.hint}
+    return jsonify(body), 503 if pong.model_state is ModelState.FAILED else 200

@@ -1,0 +1,106 @@
+"""The job API: submit at once, then poll, stream (SSE), fetch or cancel that exact job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+from flask import Blueprint, Response, g, request, stream_with_context
+
+from gateway.errors import ApiError, as_api_error
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.native import client_id
+from gateway.resources import job_resource, to_json
+from gateway.services import services
+from protocol.messages import JobState
+
+bp = Blueprint("jobs", __name__)
+log = logging.getLogger(__name__)
+_EVENT_NAMES = {JobState.SUCCEEDED: "completed", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _json(obj, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(to_json(obj), status=status, mimetype="application/json", headers=headers)
+
+
+def _checked(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ApiError(404, "not_found", f"no job with id {job_id[:80]!r}", "Job ids are as POST /v1/jobs returned them.")
+    return job_id
+
+
+@bp.post("/v1/jobs")
+def submit_job():
+    sv = services()
+    params = sv.validator.parse_json(request.get_data(cache=False))
+    view = sv.client.submit(params, client_id=client_id(), request_id=g.request_id)
+    return _json(job_resource(view), 202, {"Location": f"/v1/jobs/{view.job_id}"})
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str):
+    return _json(job_resource(services().client.get_job(_checked(job_id))))
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str):
+    view = services().client.cancel(_checked(job_id))
+    # 202 while a running job is still on its way to the next step boundary.
+    return _json(job_resource(view), 200 if view.state.terminal else 202)
+
+
+@bp.get("/v1/jobs/<job_id>/image")
+def job_image(job_id: str):
+    sv = services()
+    index = request.args.get("index", "0")
+    if not index.isdigit():
+        raise ApiError(400, "invalid_params", "index must be a whole number", "Use ?index=0 for the first image.")
+    view = sv.client.get_job(_checked(job_id))
+    if view.state is not JobState.SUCCEEDED:
+        if view.state.terminal:
+            raise ApiError(409, "job_" + view.state.value, f"job {job_id} {view.state.value}; it has no image",
+                           view.error.hint if view.error else "Submit the job again.")
+        eta = view.progress.eta_seconds if view.progress else None
+        raise ApiError(409, "not_finished", f"job {job_id} is {view.state.value}; the image is not ready yet",
+                       "Wait for the 'completed' event on /events, or poll the job.", retry_after=eta or 2.0)
+    info, data = sv.client.fetch(job_id, int(index))
+    return Response(data, mimetype=info.media_type, headers={"X-Seed": str(info.seed), "X-Job-Id": job_id,
+                                                            "Cache-Control": "private, max-age=3600"})
+
+
+def _sse(event: str, data: bytes | str) -> str:
+    if isinstance(data, bytes):
+        data = data.decode()
+    return f"event: {event}\ndata: {data}\n\n"
+
+
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str):
+    sv = services()
+    sv.client.get_job(_checked(job_id))  # unknown or expired ids get a plain 404/410, not a stream
+    keepalive = sv.settings.sse_keepalive_seconds
+
+    def stream():
+        yield "retry: 2000\n\n"
+        last_key, last_sent = None, time.monotonic()
+        try:
+            for event in sv.client.watch(job_id):
+                view = event.job
+                p = view.progress
+                key = (view.state, p.step if p else 0, p.image_index if p else 0, view.queue_position,
+                       view.cancel_requested)
+                now = time.monotonic()
+                if key != last_key or view.state.terminal:
+                    yield _sse(_EVENT_NAMES.get(view.state, "progress"), to_json(job_resource(view)))
+                    last_key, last_sent = key, now
+                elif now - last_sent >= keepalive:
+                    yield ": keepalive\n\n"
+                    last_sent = now
+        except (ModelServerUnavailable, RemoteError) as exc:
+            yield _sse("error", json.dumps(as_api_error(exc).body()))
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

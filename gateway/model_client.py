@@ -1,0 +1,152 @@
+"""The gateway's side of the ZMQ protocol: one DEALER socket per thread, every receive bounded.
+
+gunicorn's gthread workers serve requests on many threads and ZMQ sockets are not
+thread-safe, so each thread gets its own socket (and each forked worker its own context).
+After a timeout the socket is thrown away and a fresh one made on next use (zguide's Lazy
+Pirate), so a late reply can never be mistaken for the answer to a later request; replies also
+echo a per-request number, and anything else is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Iterator
+
+import zmq
+
+from protocol import codec
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (TERMINAL_EVENTS, Cancel, ErrorInfo, FetchResult, GenerationParams, GetJob,
+                               ImageInfo, JobView, Ping, Pong, Rejected, Submit, Watch)
+
+log = logging.getLogger(__name__)
+
+
+class ModelServerUnavailable(Exception):
+    """The model server did not answer in time (down, restarting or wedged)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.error = ErrorInfo(
+            code=ErrorCode.MODEL_SERVER_LOST, message=message, retryable=True, retry_after=5.0,
+            hint="The model server is not answering; it may be starting or restarting. Retry shortly.")
+
+
+class RemoteError(Exception):
+    """The model server answered with an error (Rejected)."""
+
+    def __init__(self, error: ErrorInfo):
+        super().__init__(error.message)
+        self.error = error
+
+
+class ModelClient:
+    def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0):
+        self.address = address
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._local = threading.local()
+        self._refs = itertools.count(1)
+        self._pid = None
+        self._ctx = None
+
+    # --- sockets -----------------------------------------------------------------------
+
+    def _context(self) -> zmq.Context:
+        if self._pid != os.getpid():  # a forked gunicorn worker must not share its parent's context
+            self._ctx, self._pid, self._local = zmq.Context(), os.getpid(), threading.local()
+        return self._ctx
+
+    def _socket(self) -> zmq.Socket:
+        ctx = self._context()
+        sock = getattr(self._local, "socket", None)
+        if sock is None:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Queue nothing for a peer that is not connected: a send fails fast instead.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.connect(self.address)
+            self._local.socket = sock
+        return sock
+
+    def _reset(self) -> None:
+        sock = getattr(self._local, "socket", None)
+        if sock is not None:
+            sock.close(linger=0)
+            self._local.socket = None
+
+    def _send(self, body) -> int:
+        sock, ref = self._socket(), next(self._refs)
+        if not sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
+            self._reset()
+            raise ModelServerUnavailable(f"cannot reach the model server at {self.address}")
+        sock.send_multipart(codec.encode(body, ref), flags=zmq.NOBLOCK)
+        return ref
+
+    def _receive(self, ref: int, timeout: float | None = None):
+        sock = self._socket()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                self._reset()
+                raise ModelServerUnavailable(
+                    f"the model server did not answer within {self.timeout if timeout is None else timeout:g} s")
+            try:
+                envelope, blobs = codec.decode(sock.recv_multipart())
+            except ProtocolError as exc:
+                self._reset()
+                raise RemoteError(ErrorInfo(code=exc.code, message=str(exc),
+                                            hint="Gateway and model server versions differ; deploy them together."))
+            if envelope.ref not in (ref, 0):
+                continue  # a stale reply to an abandoned request
+            if isinstance(envelope.body, Rejected):
+                raise RemoteError(envelope.body.error)
+            return envelope.body, blobs
+
+    def call(self, body, timeout: float | None = None):
+        return self._receive(self._send(body), timeout)
+
+    # --- the protocol's requests ---------------------------------------------------------
+
+    def ping(self, timeout: float | None = None) -> Pong:
+        return self.call(Ping(), timeout)[0]
+
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> JobView:
+        return self.call(Submit(params=params, client_id=client_id, request_id=request_id))[0].job
+
+    def get_job(self, job_id: str) -> JobView:
+        return self.call(GetJob(job_id=job_id))[0].job
+
+    def cancel(self, job_id: str) -> JobView:
+        return self.call(Cancel(job_id=job_id))[0].job
+
+    def fetch(self, job_id: str, index: int = 0) -> tuple[ImageInfo, bytes]:
+        reply, blobs = self.call(FetchResult(job_id=job_id, index=index))
+        return reply.image, blobs[0]
+
+    def watch(self, job_id: str) -> Iterator:
+        """Yield Progress events, then the terminal one (Completed, Failed or Cancelled).
+
+        Each event must arrive within the timeout (the server sends one at least every
+        heartbeat). Closing the iterator early drops the socket so the rest of the stream
+        cannot leak into the next request on this thread.
+        """
+        ref = self._send(Watch(job_id=job_id))
+        finished = False
+        try:
+            while True:
+                event, _ = self._receive(ref)
+                yield event
+                if isinstance(event, TERMINAL_EVENTS):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self._reset()

@@ -1,0 +1,106 @@
+"""``/openapi.json`` built from the types the code validates with, and a ``/docs`` page.
+
+Request bodies come from the same msgspec type that decodes them (limits included), responses
+from the HTTP resource types, so the document cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from flask import Blueprint, current_app, jsonify
+
+from gateway.resources import ErrorBody, JobResource
+from gateway.services import services
+
+bp = Blueprint("openapi", __name__)
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _json_content(name: str) -> dict:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _errors(*statuses: int) -> dict:
+    descriptions = {400: "Invalid input", 404: "Unknown job", 409: "Job not in the needed state",
+                    410: "Job expired", 413: "Body too large", 429: "Queue full (see Retry-After)",
+                    500: "Generation failed", 503: "Model server unavailable or loading (see Retry-After)",
+                    504: "Timed out waiting for the image"}
+    return {str(s): {"description": descriptions[s], "content": _json_content("ErrorBody")} for s in statuses}
+
+
+_IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}},
+          "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+          "image/webp": {"schema": {"type": "string", "format": "binary"}}}
+_JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
+
+
+def build_spec(request_type: type) -> dict:
+    _, components = msgspec.json.schema_components([request_type, JobResource, ErrorBody], ref_template=_REF)
+    body = {"required": True, "content": _json_content(request_type.__name__)}
+    job_ok = {"content": _json_content("JobResource")}
+    paths = {
+        "/generate": {"post": {
+            "summary": "Generate one image and return it (seed-compatible)", "requestBody": body,
+            "responses": {"200": {"description": "The image; X-Seed and X-Job-Id headers", "content": _IMAGE},
+                          **_errors(400, 409, 413, 429, 500, 503, 504)}}},
+        "/v1/jobs": {"post": {
+            "summary": "Submit a job; returns at once with its id (Location header)", "requestBody": body,
+            "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
+        "/v1/jobs/{job_id}": {
+            "parameters": _JOB_ID,
+            "get": {"summary": "A job's state, progress, ETA, queue position and error",
+                    "responses": {"200": {"description": "The job", **job_ok}, **_errors(404, 410, 503)}},
+            "delete": {"summary": "Cancel this job (queued: at once; running: at the next step)",
+                       "responses": {"200": {"description": "Finished or cancelled", **job_ok},
+                                     "202": {"description": "Cancellation requested", **job_ok},
+                                     **_errors(404, 410, 503)}}},
+        "/v1/jobs/{job_id}/events": {"parameters": _JOB_ID, "get": {
+            "summary": "Server-Sent Events: 'progress' events, then 'completed', 'failed' or 'cancelled'",
+            "responses": {"200": {"description": "An event stream; each data is a JobResource",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(404, 410, 503)}}},
+        "/v1/jobs/{job_id}/image": {"parameters": _JOB_ID + [
+            {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+            "get": {"summary": "A finished job's image", "responses": {
+                "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 503)}}},
+        "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory",
+                            "responses": {"200": {"description": "Healthy or loading", "content": _ANY_JSON},
+                                          "503": {"description": "Model server down or failed", "content": _ANY_JSON}}}},
+        "/health/live": {"get": {"summary": "Liveness of the gateway process",
+                                 "responses": {"200": {"description": "Alive", "content": _ANY_JSON}}}},
+        "/health/ready": {"get": {"summary": "Readiness: the model is loaded and answering",
+                                  "responses": {"200": {"description": "Ready", "content": _ANY_JSON},
+                                                **_errors(503)}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": {"description": "OpenAPI 3.1", "content": _ANY_JSON}}}},
+        "/docs": {"get": {"summary": "This document, browsable",
+                          "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML",
+                                                                        "content": {"text/html": {}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sd-cpu: Stable Diffusion on the CPU", "version": "1.0.0",
+                 "description": "Text-to-image over HTTP, built for CPU-only machines. Errors are "
+                                "JSON objects with error, code and hint."},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    spec = current_app.extensions.get("openapi")
+    if spec is None:
+        spec = current_app.extensions["openapi"] = build_spec(services().validator.request_type)
+    return jsonify(spec)
+
+
+@bp.get("/docs")
+def docs():
+    return current_app.send_static_file("docs.html")

@@ -1,0 +1,78 @@
+"""The HTTP representation of jobs, separate from the wire protocol so each can evolve alone."""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo
+
+
+class ImageLink(msgspec.Struct, kw_only=True):
+    index: int
+    seed: int
+    media_type: str
+    width: int
+    height: int
+    size_bytes: int
+    url: str
+
+
+class JobError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    hint: str = ""
+    retryable: bool = False
+
+
+class JobResource(msgspec.Struct, kw_only=True):
+    """A job as the job API shows it."""
+
+    id: str
+    state: JobState
+    created_at: float
+    params: GenerationParams
+    queue_position: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: ProgressInfo | None = None
+    error: JobError | None = None
+    images: list[ImageLink] = []
+    cancel_requested: bool = False
+    links: dict[str, str] = {}
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: str
+    code: str
+    hint: str
+    field: str | None = None
+    retry_after: float | None = None
+
+
+def _image_link(job_id: str, info: ImageInfo) -> ImageLink:
+    return ImageLink(index=info.index, seed=info.seed, media_type=info.media_type, width=info.width,
+                     height=info.height, size_bytes=info.size_bytes,
+                     url=f"/v1/jobs/{job_id}/image?index={info.index}")
+
+
+def _job_error(error: ErrorInfo | None) -> JobError | None:
+    if error is None:
+        return None
+    return JobError(code=error.code.value, message=error.message, hint=error.hint, retryable=error.retryable)
+
+
+def job_resource(view: JobView) -> JobResource:
+    base = f"/v1/jobs/{view.job_id}"
+    links = {"self": base, "events": f"{base}/events"}
+    if view.state is JobState.SUCCEEDED:
+        links["image"] = f"{base}/image"
+    return JobResource(
+        id=view.job_id, state=view.state, created_at=view.created_at, params=view.params,
+        queue_position=view.queue_position, started_at=view.started_at, finished_at=view.finished_at,
+        progress=view.progress, error=_job_error(view.error),
+        images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
+        links=links)
+
+
+def to_json(obj) -> bytes:
+    return msgspec.json.encode(obj)

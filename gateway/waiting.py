@@ -1,0 +1,67 @@
+"""Waiting for a job on behalf of a synchronous HTTP request.
+
+Shared by every synchronous façade (/generate, and the OpenAI/A1111 routes). Liveness comes
+from the watch stream: each event, heartbeats included, proves the model server alive, so a
+dead server is noticed within the client's timeout while a slow job may run for as long as
+``sync_timeout`` allows. If the HTTP client hangs up, its job is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+
+from flask import request
+
+from gateway.errors import ApiError
+from protocol.messages import Cancelled, Completed, JobView
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(ApiError):
+    """The HTTP client closed its connection while waiting (nobody reads this answer)."""
+
+    def __init__(self):
+        super().__init__(499, "client_closed_request", "the client closed the connection", "")
+
+
+def client_disconnected(environ) -> bool:
+    """True once the peer has closed the connection (gunicorn exposes the socket)."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def wait_for_job(client, job_id: str, timeout: float) -> JobView:
+    """Block until the job is terminal; return its view or raise an ApiError for failures."""
+    deadline = time.monotonic() + timeout
+    environ = request.environ
+    for event in client.watch(job_id):
+        if isinstance(event, Completed):
+            return event.job
+        if isinstance(event, Cancelled):
+            raise ApiError(409, "cancelled", "the job was cancelled before it finished",
+                           "Someone cancelled it (DELETE /v1/jobs/<id>); submit it again if needed.")
+        if event.job.state.terminal:  # Failed
+            raise ApiError.from_info(event.job.error)
+        if client_disconnected(environ):
+            log.info("client went away; cancelling job %s", job_id)
+            client.cancel(job_id)
+            raise ClientGone()
+        if time.monotonic() > deadline:
+            client.cancel(job_id)
+            raise ApiError(504, "timeout", f"the image was not ready within {timeout:g} s; the job was cancelled",
+                           "Use fewer steps or a smaller size, or use the job API (POST /v1/jobs) for long work.")
+    raise ApiError(503, "model_server_lost", "the job's event stream ended early", "Retry shortly.", 5.0)

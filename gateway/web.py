@@ -1,0 +1,12 @@
+"""The web page at ``/``: static HTML, CSS and JavaScript, no build step."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+bp = Blueprint("web", __name__)
+
+
+@bp.get("/")
+def index():
+    return current_app.send_static_file("index.html")

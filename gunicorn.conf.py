@@ -1,0 +1,22 @@
+"""gunicorn settings for the gateway; every value can be overridden from the environment.
+
+gthread workers: each request gets a thread, so a minutes-long /generate or an SSE stream
+never blocks /health in the same worker. The gateway does no heavy work (the model server
+does), so a few processes with many threads go a long way.
+"""
+
+import os
+
+wsgi_app = "gateway.wsgi:app"
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GATEWAY_THREADS", "32"))
+# The worker heartbeat, not a request limit: gthread requests may run far longer.
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
+graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'

@@ -1,0 +1,148 @@
+"""The real pipeline: diffusers Stable Diffusion on the CPU. The only module importing torch.
+
+Loading follows the measured CPU settings (docs/performance.md): PyTorch SDPA attention
+(slicing is opt-in: ~1.5x slower per step here and no memory saved), bfloat16 only where the
+CPU has native bf16, torch threads = physical cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       UniPCMultistepScheduler)
+
+from model_server import cpu
+from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error
+from model_server.settings import ModelServerSettings
+from protocol.messages import GenerationParams
+
+log = logging.getLogger(__name__)
+
+_SCHEDULER_FACTORIES = {
+    "pndm": lambda cfg: PNDMScheduler.from_config(cfg, skip_prk_steps=True),
+    "ddim": lambda cfg: DDIMScheduler.from_config(cfg),
+    "euler": lambda cfg: EulerDiscreteScheduler.from_config(cfg),
+    "euler_a": lambda cfg: EulerAncestralDiscreteScheduler.from_config(cfg),
+    "dpmpp_2m": lambda cfg: DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++"),
+    "dpmpp_2m_karras": lambda cfg: DPMSolverMultistepScheduler.from_config(
+        cfg, algorithm_type="dpmsolver++", use_karras_sigmas=True),
+    "unipc": lambda cfg: UniPCMultistepScheduler.from_config(cfg),
+}
+
+
+def choose_dtype(requested: str, flags: set[str] | None = None, env=None) -> tuple[torch.dtype, str]:
+    if requested == "float32":
+        return torch.float32, "configured"
+    if requested == "bfloat16":
+        return torch.bfloat16, "configured"
+    native, reason = cpu.native_bf16(flags, env)
+    return (torch.bfloat16 if native else torch.float32), reason
+
+
+def resolve_model(settings: ModelServerSettings) -> str:
+    """Hub id or local directory; "tiny" writes (once) and uses the tiny random-weight model."""
+    if settings.model == "tiny":
+        from model_server.tiny_model import write_tiny_model
+
+        return str(write_tiny_model(Path(settings.cache_dir) / "tiny-sd"))
+    return settings.model
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _from_pretrained(source: str, settings: ModelServerSettings, dtype: torch.dtype):
+    kwargs = dict(dtype=dtype, low_cpu_mem_usage=True, token=settings.token, revision=settings.revision)
+    if not settings.safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return StableDiffusionPipeline.from_pretrained(source, **kwargs)
+    except Exception as exc:  # any loader failure becomes a clear, token-free message
+        message = _redact(f"could not load model {source!r}: {type(exc).__name__}: {exc}", settings.token)
+        name = type(exc).__name__
+        if "Gated" in name or "401" in str(exc) or "403" in str(exc):
+            hint = "The model needs a Hugging Face token with access: set HF_TOKEN (or HF_TOKEN_FILE)."
+        elif Path(source).exists():
+            hint = "The directory exists but is not a complete diffusers pipeline (model_index.json, unet/, vae/, ...)."
+        else:
+            hint = ("Download the model once with network access (it is cached under HF_HOME), or set "
+                    "SD_MODEL to a local diffusers directory; SD_MODEL=tiny runs an offline demo model.")
+        raise load_error(message[:2000], hint) from None
+
+
+class DiffusersPipeline:
+    def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict):
+        self.pipe = pipe
+        self.model_id = model_id
+        self._opts = opts
+        self._base_scheduler_config = pipe.scheduler.config
+
+    @classmethod
+    def load(cls, settings: ModelServerSettings) -> "DiffusersPipeline":
+        threads = settings.threads or cpu.usable_cores()
+        torch.set_num_threads(threads)
+        dtype, why = choose_dtype(settings.dtype)
+        source = resolve_model(settings)
+        started = time.monotonic()
+        pipe = _from_pretrained(source, settings, dtype)
+        if settings.attention == "sliced":
+            pipe.enable_attention_slicing()
+        pipe.set_progress_bar_config(disable=True)
+        has_checker = getattr(pipe, "safety_checker", None) is not None
+        if settings.safety_checker and not has_checker:
+            log.warning("SD_SAFETY_CHECKER is on but %s has no safety checker", settings.model)
+        opts = {
+            "pipeline": "diffusers",
+            "dtype": str(dtype).removeprefix("torch."),
+            "dtype_reason": why,
+            "attention": "sliced" if settings.attention == "sliced" else "sdpa",
+            "threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "safety_checker": has_checker,
+            "default_scheduler": type(pipe.scheduler).__name__,
+            "torch": str(torch.__version__),
+            "load_seconds": round(time.monotonic() - started, 2),
+        }
+        log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
+        return cls(pipe, settings.model, opts)
+
+    def optimizations(self):
+        return dict(self._opts)
+
+    def schedulers(self) -> list[str]:
+        return list(SCHEDULERS)
+
+    def _scheduler(self, name: str):
+        cfg = self._base_scheduler_config
+        if name == "default":
+            return type(self.pipe.scheduler).from_config(cfg)
+        return _SCHEDULER_FACTORIES[name](cfg)
+
+    def generate(self, params: GenerationParams, seed: int, on_step, should_stop):
+        self.pipe.scheduler = self._scheduler(params.scheduler)
+        last = time.monotonic()
+
+        def step_end(pipe, index, timestep, tensors):
+            nonlocal last
+            now = time.monotonic()
+            # PNDM evaluates the UNet steps+1 times; report within the requested step count.
+            on_step(min(index + 1, params.steps), now - last)
+            last = now
+            if should_stop():
+                raise JobCancelledError()
+            return tensors
+
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=params.prompt, negative_prompt=params.negative_prompt or None,
+                num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
+                width=params.width, height=params.height, generator=generator,
+                callback_on_step_end=step_end, output_type="pil")
+        return out.images[0]

@@ -1,0 +1,42 @@
+"""A torch-free pipeline for gateway tests and compose smoke runs.
+
+It honours the whole Pipeline contract (steps, progress, cancellation, size, determinism per
+seed) and draws a deterministic noise image from (prompt, seed), so everything around the
+model can be exercised in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+from PIL import Image
+
+from model_server.pipeline import SCHEDULERS, JobCancelledError
+from protocol.messages import GenerationParams
+
+
+class FakePipeline:
+    def __init__(self, step_seconds: float = 0.0, model_id: str = "fake"):
+        self.step_seconds = step_seconds
+        self.model_id = f"fake:{model_id}"
+
+    def optimizations(self):
+        return {"pipeline": "fake", "dtype": "none", "attention": "none", "threads": 1}
+
+    def schedulers(self) -> list[str]:
+        return list(SCHEDULERS)
+
+    def generate(self, params: GenerationParams, seed: int, on_step, should_stop) -> Image.Image:
+        for step in range(1, params.steps + 1):
+            if should_stop():
+                raise JobCancelledError()
+            started = time.monotonic()
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
+            on_step(step, time.monotonic() - started)
+        digest = hashlib.sha256(f"{seed}\0{params.prompt}".encode()).digest()
+        rng = random.Random(digest)
+        return Image.frombytes("RGB", (params.width, params.height),
+                               rng.randbytes(params.width * params.height * 3))

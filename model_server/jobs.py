@@ -1,0 +1,284 @@
+"""The job table: every job's state, the bounded FIFO queue, progress, results and expiry.
+
+Shared by the IO thread (which answers requests) and the worker thread (which runs jobs); one
+lock guards it all, and every method holds it only briefly. Jobs move
+queued -> running -> succeeded | failed | cancelled (``_finish`` is the only way out of
+running). Finished jobs keep their images for a TTL and within a byte budget, oldest evicted
+first; an evicted id is remembered for a while so it answers "expired" rather than "not found".
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+import uuid
+
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo
+
+_TOMBSTONES = 10_000
+
+
+class Rejection(Exception):
+    """A request that cannot be carried out; carries the ErrorInfo to send back."""
+
+    def __init__(self, error: ErrorInfo):
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    params: GenerationParams
+    created_at: float
+    client_id: str = ""
+    request_id: str = ""
+    state: JobState = JobState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    finished_mono: float | None = None
+    image_index: int = 0
+    step: int = 0
+    seconds_per_step: float | None = None
+    error: ErrorInfo | None = None
+    images: list[tuple[ImageInfo, bytes]] = dataclasses.field(default_factory=list)
+    cancel_requested: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.params.steps
+
+    @property
+    def result_bytes(self) -> int:
+        return sum(len(data) for _, data in self.images)
+
+
+class JobTable:
+    def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic):
+        self.capacity = capacity
+        self.ttl_seconds = ttl_seconds
+        self.budget_bytes = budget_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._running: Job | None = None
+        self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._accepting = True
+        self._sps_estimate: float | None = None  # seconds per step, smoothed across jobs
+
+    # --- submitting and looking up ------------------------------------------------------
+
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> Job:
+        with self._lock:
+            if not self._accepting:
+                raise Rejection(ErrorInfo(
+                    code=ErrorCode.SHUTTING_DOWN, message="the model server is shutting down",
+                    hint="Retry in a few seconds; it restarts on its own.", retryable=True,
+                    retry_after=5.0))
+            if len(self._queue) >= self.capacity:
+                # A slot frees when the running job ends.
+                wait = self._remaining_locked(self._running) if self._running else None
+                raise Rejection(ErrorInfo(
+                    code=ErrorCode.QUEUE_FULL,
+                    message=f"the queue is full ({self.capacity} jobs waiting)",
+                    hint="Retry later, or lower steps/size so jobs finish sooner.",
+                    retryable=True, retry_after=round(max(wait or 10.0, 1.0), 1)))
+            job = Job(id=uuid.uuid4().hex, params=params, created_at=time.time(),
+                      client_id=client_id, request_id=request_id)
+            self._jobs[job.id] = job
+            self._queue.append(job.id)
+            self._work.notify()
+            return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            return self._get_locked(job_id)
+
+    def _get_locked(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        if job_id in self._expired:
+            raise Rejection(ErrorInfo(
+                code=ErrorCode.EXPIRED, message=f"job {job_id} has expired",
+                hint=f"Results are kept for {self.ttl_seconds:g} s; submit the job again."))
+        raise Rejection(ErrorInfo(
+            code=ErrorCode.NOT_FOUND, message=f"no job with id {job_id!r}",
+            hint="Check the id; jobs are forgotten when the model server restarts."))
+
+    def view(self, job: Job) -> JobView:
+        """A consistent snapshot of one job for the wire."""
+        with self._lock:
+            return self._view_locked(job)
+
+    def _view_locked(self, job: Job) -> JobView:
+        position = None
+        progress = None
+        if job.state is JobState.QUEUED:
+            position = self._queue.index(job.id) + 1 if job.id in self._queue else None
+            eta = self._eta_locked(position - 1) if position else None
+            progress = ProgressInfo(total_steps=job.total_steps, eta_seconds=eta)
+        elif job.state is JobState.RUNNING:
+            now = time.time()
+            progress = ProgressInfo(
+                step=job.step, total_steps=job.total_steps, image_index=job.image_index,
+                seconds_per_step=job.seconds_per_step, eta_seconds=self._remaining_locked(job),
+                elapsed_seconds=round(now - (job.started_at or now), 3))
+        elif job.state is JobState.SUCCEEDED:
+            progress = ProgressInfo(step=job.total_steps, total_steps=job.total_steps,
+                                    image_index=job.params.n - 1, seconds_per_step=job.seconds_per_step,
+                                    eta_seconds=0.0,
+                                    elapsed_seconds=round((job.finished_at or 0) - (job.started_at or 0), 3))
+        return JobView(
+            job_id=job.id, state=job.state, created_at=job.created_at, params=job.params,
+            queue_position=position, started_at=job.started_at, finished_at=job.finished_at,
+            progress=progress, error=job.error, images=[info for info, _ in job.images],
+            cancel_requested=job.cancel_requested)
+
+    def result(self, job_id: str, index: int) -> tuple[ImageInfo, bytes]:
+        with self._lock:
+            job = self._get_locked(job_id)
+            if job.state is not JobState.SUCCEEDED and not job.images:
+                raise Rejection(ErrorInfo(
+                    code=ErrorCode.NOT_FOUND if job.state.terminal else ErrorCode.NOT_READY,
+                    message=f"job {job_id} has no image ({job.state.value})",
+                    hint="Wait for the job to succeed; watch its events or poll its status.",
+                    retryable=not job.state.terminal))
+            if not 0 <= index < len(job.images):
+                raise Rejection(ErrorInfo(
+                    code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no image {index}",
+                    hint=f"Image indexes run from 0 to {len(job.images) - 1}."))
+            return job.images[index]
+
+    # --- estimates ---------------------------------------------------------------------
+
+    def _remaining_locked(self, job: Job) -> float | None:
+        sps = job.seconds_per_step or self._sps_estimate
+        if sps is None:
+            return None
+        steps_left = (job.params.n - job.image_index) * job.total_steps - job.step
+        return round(max(steps_left, 0) * sps, 1)
+
+    def _eta_locked(self, jobs_ahead: int) -> float | None:
+        """Seconds until the job at queue index ``jobs_ahead`` could start."""
+        if self._sps_estimate is None:
+            return None
+        total = (self._remaining_locked(self._running) or 0.0) if self._running else 0.0
+        for job_id in list(self._queue)[:jobs_ahead]:
+            p = self._jobs[job_id].params
+            total += p.steps * p.n * self._sps_estimate
+        return round(total, 1)
+
+    def eta_for_new_job(self) -> float | None:
+        with self._lock:
+            return self._eta_locked(len(self._queue))
+
+    # --- the worker's side -------------------------------------------------------------
+
+    def next_job(self, timeout: float | None = None) -> Job | None:
+        """Block until a job is queued, then mark it running and return it."""
+        with self._work:
+            if not self._queue:
+                self._work.wait(timeout)
+            if not self._queue:
+                return None
+            job = self._jobs[self._queue.popleft()]
+            job.state = JobState.RUNNING
+            job.started_at = time.time()
+            self._running = job
+            return job
+
+    def record_step(self, job: Job, image_index: int, step: int, seconds: float | None) -> None:
+        with self._lock:
+            job.image_index, job.step = image_index, step
+            if seconds is not None and seconds > 0:
+                # Smooth out one-off stalls; the first step also carries warm-up work.
+                prev = job.seconds_per_step
+                job.seconds_per_step = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+                self._sps_estimate = job.seconds_per_step
+
+    def succeed(self, job: Job, images: list[tuple[ImageInfo, bytes]]) -> None:
+        self._finish(job, JobState.SUCCEEDED, images=images)
+
+    def fail(self, job: Job, error: ErrorInfo) -> None:
+        self._finish(job, JobState.FAILED, error=error)
+
+    def mark_cancelled(self, job: Job, images: list[tuple[ImageInfo, bytes]] = ()) -> None:
+        self._finish(job, JobState.CANCELLED, images=list(images), error=ErrorInfo(
+            code=ErrorCode.CANCELLED, message="the job was cancelled", hint="Submit it again if needed."))
+
+    def _finish(self, job: Job, state: JobState, images=(), error: ErrorInfo | None = None) -> None:
+        with self._lock:
+            if job.state.terminal:
+                return
+            job.state, job.error, job.images = state, error, list(images)
+            job.finished_at, job.finished_mono = time.time(), self._clock()
+            if self._running is job:
+                self._running = None
+            if job.id in self._queue:
+                self._queue.remove(job.id)
+            self._evict_locked()
+
+    # --- cancelling and shutting down --------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once; ask a running one to stop at its next step."""
+        with self._lock:
+            job = self._get_locked(job_id)
+            if job.state.terminal:
+                return job
+            job.cancel_requested = True
+            queued = job.state is JobState.QUEUED
+        if queued:
+            self.mark_cancelled(job)
+        return job
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def fail_queued(self, error: ErrorInfo) -> list[Job]:
+        """Fail every queued job (shutdown); returns them so watchers can be told."""
+        with self._lock:
+            jobs = [self._jobs[job_id] for job_id in self._queue]
+        for job in jobs:
+            self.fail(job, error)
+        return jobs
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def unfinished(self) -> list[Job]:
+        with self._lock:
+            return [job for job in self._jobs.values() if not job.state.terminal]
+
+    # --- expiry --------------------------------------------------------------------------
+
+    def evict_expired(self) -> None:
+        with self._lock:
+            self._evict_locked()
+
+    def _evict_locked(self) -> None:
+        finished = sorted((j for j in self._jobs.values() if j.state.terminal),
+                          key=lambda j: j.finished_mono or 0.0)
+        now = self._clock()
+        total = sum(j.result_bytes for j in finished)
+        for job in finished:
+            too_old = now - (job.finished_mono or now) > self.ttl_seconds
+            if not too_old and total <= self.budget_bytes:
+                continue
+            total -= job.result_bytes
+            del self._jobs[job.id]
+            self._expired[job.id] = None
+            if len(self._expired) > _TOMBSTONES:
+                self._expired.popitem(last=False)

@@ -1,0 +1,60 @@
+"""What the model server needs from a text-to-image pipeline, and the factory that picks one.
+
+Only ``diffusers_pipeline`` imports torch; it is imported lazily here so the fake pipeline
+(tests, compose smoke runs) works without torch installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from protocol.errors import ErrorCode
+from protocol.messages import SCHEDULERS, ErrorInfo, GenerationParams  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from model_server.settings import ModelServerSettings
+
+
+
+class JobCancelledError(Exception):
+    """Raised inside ``generate`` when ``should_stop`` turned true; the job ends cancelled."""
+
+
+class PipelineLoadError(Exception):
+    """The model could not be loaded; carries a user-facing error with a hint."""
+
+    def __init__(self, error: ErrorInfo):
+        super().__init__(error.message)
+        self.error = error
+
+
+class Pipeline(Protocol):
+    model_id: str
+
+    def optimizations(self) -> dict[str, str | int | float | bool | None]:
+        """The settings in force (dtype, attention, threads...), reported by /health."""
+
+    def schedulers(self) -> list[str]:
+        """Scheduler names ``generate`` accepts."""
+
+    def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
+                 should_stop: Callable[[], bool]) -> "Image":
+        """One image. Calls ``on_step(step, seconds)`` after each step (1-based) and raises
+        :class:`JobCancelledError` at the first step boundary where ``should_stop()`` is true."""
+
+
+def make_pipeline(settings: "ModelServerSettings") -> Pipeline:
+    """Build the configured pipeline; slow for diffusers (loads the model)."""
+    if settings.pipeline == "fake":
+        from model_server.fake_pipeline import FakePipeline
+
+        return FakePipeline(step_seconds=settings.fake_step_seconds, model_id=settings.model)
+    from model_server.diffusers_pipeline import DiffusersPipeline
+
+    return DiffusersPipeline.load(settings)
+
+
+def load_error(message: str, hint: str) -> PipelineLoadError:
+    return PipelineLoadError(ErrorInfo(code=ErrorCode.NOT_READY, message=message, hint=hint))

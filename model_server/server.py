@@ -1,0 +1,256 @@
+"""The model server's IO side: one ROUTER socket, owned by one thread.
+
+Answers pings, status and cancels at once, even mid-generation (the worker thread runs the
+pipeline), streams job events to watchers, sends heartbeats so a gateway can tell a slow step
+from a dead server, and shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import threading
+import time
+
+import zmq
+
+from model_server.jobs import Job, JobTable, Rejection
+from model_server.pipeline import Pipeline
+from model_server.settings import ModelServerSettings
+from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
+from protocol import codec
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchResult,
+                               GenerationParams, GetJob, JobInfo, JobState, ModelState, Ping, Pong,
+                               Progress, Rejected, Result, Submit, Watch)
+
+log = logging.getLogger(__name__)
+_PAGE = resource.getpagesize()
+_TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _invalid(message: str, hint: str) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint))
+
+
+class ModelServer:
+    def __init__(self, settings: ModelServerSettings, pipeline: Pipeline | None = None,
+                 ctx: zmq.Context | None = None):
+        self.settings = settings
+        self.ctx = ctx or zmq.Context.instance()
+        self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes)
+        self.state = ServerState(model=settings.model)
+        self.worker = Worker(settings, self.table, self.state, self.ctx, pipeline)
+        self._watchers: dict[str, set[tuple[bytes, int]]] = {}
+        self._shutdown = threading.Event()
+        self._started = time.monotonic()
+        self.router: zmq.Socket | None = None
+        self.bound_address: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "ModelServer":
+        """Bind the sockets (so pings answer "loading" at once), then start loading the model."""
+        self._events = self.ctx.socket(zmq.PULL)
+        self._events.bind(EVENTS_ADDRESS)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.bind(self.settings.bind)
+        self.bound_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("model server listening on %s", self.bound_address)
+        self.worker.start()
+        return self
+
+    def request_shutdown(self) -> None:
+        """Safe to call from a signal handler: the IO loop does the work."""
+        self._shutdown.set()
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._events, zmq.POLLIN)
+        next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        grace_deadline = None
+        while True:
+            timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+            for sock, _ in poller.poll(min(timeout_ms, 200)):
+                if sock is self.router:
+                    self._handle(self.router.recv_multipart(copy=False))
+                else:
+                    self._publish(self._events.recv_string())
+            if time.monotonic() >= next_beat:
+                self._heartbeat()
+                next_beat = time.monotonic() + self.settings.heartbeat_seconds
+            if self._shutdown.is_set():
+                if grace_deadline is None:
+                    grace_deadline = self._begin_shutdown()
+                if self._shutdown_finished(grace_deadline):
+                    break
+        self._close()
+
+    def _begin_shutdown(self) -> float:
+        log.info("shutting down: refusing new jobs, failing queued ones")
+        self.state.model_state = ModelState.STOPPING
+        self.table.stop_accepting()
+        error = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server shut down before the job ran",
+                          hint="Submit the job again in a few seconds.", retryable=True, retry_after=5.0)
+        for job in self.table.fail_queued(error):
+            self._publish(job.id)
+        return time.monotonic() + self.settings.shutdown_grace_seconds
+
+    def _shutdown_finished(self, grace_deadline: float) -> bool:
+        running = self.table.running
+        if running is None:
+            return True
+        if time.monotonic() >= grace_deadline and not running.cancel_requested:
+            log.info("job %s still running after the grace period: cancelling it", running.id)
+            self.table.cancel(running.id)
+        return False
+
+    def _close(self) -> None:
+        self.worker.stopping.set()
+        for job_id in list(self._watchers):
+            self._publish(job_id)
+        self.router.close(linger=1000)
+        self._events.close(linger=0)
+        log.info("model server stopped")
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _send(self, identity: bytes, ref: int, body, blobs=()) -> None:
+        self.router.send_multipart([identity, *codec.encode(body, ref, blobs)], copy=False)
+
+    def _handle(self, frames) -> None:
+        identity, payload = bytes(frames[0]), [f.buffer for f in frames[1:]]
+        try:
+            envelope, _ = codec.decode(payload)
+        except ProtocolError as exc:
+            log.warning("refused a malformed message: %s", exc)
+            self._send(identity, 0, Rejected(error=ErrorInfo(
+                code=exc.code, message=str(exc), hint=f"Both sides must speak {codec.PROTOCOL_ID.decode()}.")))
+            return
+        body, ref = envelope.body, envelope.ref
+        try:
+            handler = self._handlers.get(type(body))
+            if handler is None:
+                raise Rejection(ErrorInfo(code=ErrorCode.PROTOCOL_MISMATCH,
+                                          message=f"{type(body).__name__} is not a request", hint=""))
+            handler(self, identity, ref, body)
+        except Rejection as exc:
+            self._send(identity, ref, Rejected(error=exc.error))
+        except Exception:  # a bug in one request must not take the IO loop down
+            log.exception("error handling %s", type(body).__name__)
+            self._send(identity, ref, Rejected(error=ErrorInfo(
+                code=ErrorCode.PIPELINE_ERROR, message=f"the model server failed to handle {type(body).__name__}",
+                hint="The model server log has details.")))
+
+    def _on_ping(self, identity, ref, msg: Ping) -> None:
+        self._send(identity, ref, self.pong())
+
+    def pong(self) -> Pong:
+        pipeline, running = self.state.pipeline, self.table.running
+        return Pong(
+            model=self.settings.model, model_state=self.state.model_state,
+            optimizations=pipeline.optimizations() if pipeline else {},
+            queue_depth=self.table.depth, queue_capacity=self.settings.queue_size,
+            running_job=running.id if running else None, rss_bytes=_rss_bytes(),
+            peak_rss_bytes=_peak_rss_bytes(), load_seconds=self.state.load_seconds,
+            uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
+            schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid())
+
+    def _on_submit(self, identity, ref, msg: Submit) -> None:
+        self._check_ready()
+        self._check_params(msg.params)
+        job = self.table.submit(msg.params, msg.client_id, msg.request_id)
+        log.info("job %s queued (request %s, position %d)", job.id, msg.request_id or "-", self.table.depth)
+        self._send(identity, ref, Accepted(job=self.table.view(job)))
+
+    def _check_ready(self) -> None:
+        state = self.state.model_state
+        if state is ModelState.READY:
+            return
+        if state is ModelState.LOADING:
+            waited = time.monotonic() - self.state.load_started
+            raise Rejection(ErrorInfo(
+                code=ErrorCode.NOT_READY, message=f"the model is still loading ({waited:.0f} s so far)",
+                hint="Retry in a few seconds; GET /health/ready turns 200 when it is loaded.",
+                retryable=True, retry_after=5.0))
+        if state is ModelState.STOPPING:
+            raise Rejection(ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server is shutting down",
+                                      hint="Retry in a few seconds.", retryable=True, retry_after=5.0))
+        error = self.state.error
+        raise Rejection(ErrorInfo(code=ErrorCode.NOT_READY, message=error.message if error else "model failed to load",
+                                  hint=error.hint if error else "See the model server log.", retryable=False))
+
+    def _check_params(self, p: GenerationParams) -> None:
+        """The model server's own guard; the gateway validates user input in detail first."""
+        schedulers = self.state.pipeline.schedulers()
+        if p.scheduler not in schedulers:
+            raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(schedulers)}.")
+        if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
+            raise _invalid("width and height must be multiples of 8, at least 64", "Use e.g. 512x512.")
+        if not 1 <= p.steps <= 1000 or not 1 <= p.n <= self.settings.max_images_per_job:
+            raise _invalid("steps or n out of range", f"n may be 1 to {self.settings.max_images_per_job}.")
+        if p.format not in ("png", "jpeg", "webp"):
+            raise _invalid(f"unknown format {p.format!r}", "Use png, jpeg or webp.")
+
+    def _on_get_job(self, identity, ref, msg: GetJob) -> None:
+        self._send(identity, ref, JobInfo(job=self.table.view(self.table.get(msg.job_id))))
+
+    def _on_watch(self, identity, ref, msg: Watch) -> None:
+        job = self.table.get(msg.job_id)
+        self._watchers.setdefault(job.id, set()).add((identity, ref))
+        self._publish(job.id)
+
+    def _on_fetch(self, identity, ref, msg: FetchResult) -> None:
+        info, data = self.table.result(msg.job_id, msg.index)
+        self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
+
+    def _on_cancel(self, identity, ref, msg: Cancel) -> None:
+        job = self.table.cancel(msg.job_id)
+        log.info("job %s cancel requested (state %s)", job.id, job.state.value)
+        self._send(identity, ref, JobInfo(job=self.table.view(job)))
+        self._publish(job.id)
+
+    _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
+                 FetchResult: _on_fetch, Cancel: _on_cancel}
+
+    # --- events ------------------------------------------------------------------------
+
+    def _publish(self, job_id: str) -> None:
+        """Send a job's current view to its watchers; a terminal view ends the watch."""
+        watchers = self._watchers.get(job_id)
+        if not watchers:
+            return
+        try:
+            job: Job = self.table.get(job_id)
+        except Rejection as exc:
+            for identity, ref in self._watchers.pop(job_id):
+                self._send(identity, ref, Rejected(error=exc.error))
+            return
+        view = self.table.view(job)
+        message_type = _TERMINAL.get(view.state, Progress)
+        if view.state.terminal:
+            del self._watchers[job_id]
+        for identity, ref in watchers:
+            self._send(identity, ref, message_type(job=view))
+
+    def _heartbeat(self) -> None:
+        # Watchers hear from us at least every heartbeat, even during a long VAE decode, so a
+        # silent gateway deadline means a dead model server, not a slow step.
+        for job_id in list(self._watchers):
+            self._publish(job_id)
+        self.table.evict_expired()

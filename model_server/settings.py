@@ -1,0 +1,99 @@
+"""The model server's configuration: one frozen object, built from the environment here only."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+
+
+def _env_int(env, name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _env_float(env, name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _env_bool(env, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
+def read_token(env) -> str | None:
+    """The Hugging Face token: HF_TOKEN, its alias HF_AUTH_TOKEN, or a file (Docker secrets)."""
+    for name in ("HF_TOKEN", "HF_AUTH_TOKEN"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    path = env.get("HF_TOKEN_FILE", "").strip()
+    if path:
+        text = Path(path).read_text(encoding="utf-8").strip()
+        return text or None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServerSettings:
+    bind: str = "tcp://127.0.0.1:5555"
+    pipeline: str = "diffusers"  # "diffusers" or "fake" (torch-free, for tests and smoke runs)
+    model: str = DEFAULT_MODEL  # hub id, local directory, or "tiny"
+    revision: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)  # never logged
+    cache_dir: str = str(Path.home() / ".cache" / "sd-cpu")
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    attention: str = "sdpa"  # sdpa | sliced
+    threads: int = 0  # 0 = physical cores available to this process
+    safety_checker: bool = False
+    queue_size: int = 16
+    result_ttl_seconds: float = 900.0
+    result_budget_bytes: int = 256 * 1024 * 1024
+    heartbeat_seconds: float = 1.0
+    shutdown_grace_seconds: float = 5.0
+    fake_step_seconds: float = 0.01
+    max_images_per_job: int = 4
+
+    @classmethod
+    def from_env(cls, env=None) -> "ModelServerSettings":
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            bind=env.get("MODEL_SERVER_BIND", d.bind),
+            pipeline=env.get("MODEL_SERVER_PIPELINE", d.pipeline).strip().lower(),
+            model=env.get("SD_MODEL", d.model).strip() or d.model,
+            revision=env.get("SD_MODEL_REVISION", "").strip() or None,
+            token=read_token(env),
+            cache_dir=env.get("SD_CACHE_DIR", d.cache_dir),
+            dtype=env.get("SD_DTYPE", d.dtype).strip().lower(),
+            attention=env.get("SD_ATTENTION", d.attention).strip().lower(),
+            threads=_env_int(env, "SD_THREADS", d.threads),
+            safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
+            queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
+            result_ttl_seconds=_env_float(env, "RESULT_TTL_SECONDS", d.result_ttl_seconds),
+            result_budget_bytes=_env_int(env, "RESULT_BUDGET_BYTES", d.result_budget_bytes),
+            heartbeat_seconds=_env_float(env, "MODEL_SERVER_HEARTBEAT_SECONDS", d.heartbeat_seconds),
+            shutdown_grace_seconds=_env_float(env, "SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
+            fake_step_seconds=_env_float(env, "FAKE_STEP_SECONDS", d.fake_step_seconds),
+            max_images_per_job=_env_int(env, "MAX_IMAGES_PER_REQUEST", d.max_images_per_job),
+        ).validated()
+
+    def validated(self) -> "ModelServerSettings":
+        if self.pipeline not in ("diffusers", "fake"):
+            raise ValueError(f"MODEL_SERVER_PIPELINE must be diffusers or fake, got {self.pipeline!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"SD_DTYPE must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.attention not in ("sdpa", "sliced"):
+            raise ValueError(f"SD_ATTENTION must be sdpa or sliced, got {self.attention!r}")
+        if self.queue_size < 1:
+            raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
+        return self

@@ -1,0 +1,135 @@
+"""The worker thread: loads the pipeline, then runs one job at a time from the job table.
+
+It never touches the ROUTER socket (sockets are single-threaded); it tells the IO thread that
+a job changed by pushing the job id over an inproc socket, and the IO thread does the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import logging
+import threading
+import time
+
+import zmq
+
+from model_server.imaging import encode_image
+from model_server.jobs import Job, JobTable
+from model_server.pipeline import Pipeline, JobCancelledError, PipelineLoadError, make_pipeline
+from model_server.settings import ModelServerSettings
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo, ImageInfo, ModelState
+
+log = logging.getLogger(__name__)
+EVENTS_ADDRESS = "inproc://job-events"
+
+
+@dataclasses.dataclass
+class ServerState:
+    """What the IO thread reports about the model; written by the worker thread only."""
+
+    model: str
+    model_state: ModelState = ModelState.LOADING
+    pipeline: Pipeline | None = None
+    error: ErrorInfo | None = None
+    load_seconds: float | None = None
+    load_started: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def _release_memory() -> None:
+    # Activations of a finished job are freed by Python, but glibc keeps the pages; trimming
+    # returns them to the OS so the process's resident memory stays flat between jobs.
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _job_error(exc: BaseException) -> ErrorInfo:
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+        return ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="the model server ran out of memory",
+                         hint="Try a smaller width/height or fewer images per request.", retryable=True)
+    return ErrorInfo(code=ErrorCode.PIPELINE_ERROR, message=f"generation failed ({type(exc).__name__})",
+                     hint="Try a shorter prompt or other parameters; the model server log has details.")
+
+
+class Worker(threading.Thread):
+    def __init__(self, settings: ModelServerSettings, table: JobTable, state: ServerState,
+                 ctx: zmq.Context, pipeline: Pipeline | None = None):
+        super().__init__(name="model-server-worker", daemon=True)
+        self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
+        self._preloaded = pipeline
+        self.stopping = threading.Event()
+        self._events: zmq.Socket | None = None
+
+    def notify(self, job_id: str) -> None:
+        self._events.send_string(job_id)
+
+    def run(self) -> None:
+        self._events = self.ctx.socket(zmq.PUSH)
+        self._events.connect(EVENTS_ADDRESS)
+        try:
+            if not self._load():
+                return
+            while not self.stopping.is_set():
+                job = self.table.next_job(timeout=0.5)
+                if job is not None:
+                    self._run(job)
+        finally:
+            self._events.close(linger=1000)
+
+    def _load(self) -> bool:
+        try:
+            pipeline = self._preloaded or make_pipeline(self.settings)
+        except PipelineLoadError as exc:
+            log.error("model load failed: %s", exc.error.message)
+            self.state.error, self.state.model_state = exc.error, ModelState.FAILED
+            return False
+        except Exception as exc:
+            log.exception("model load failed")
+            self.state.error = ErrorInfo(code=ErrorCode.NOT_READY, message=f"model load failed ({type(exc).__name__})",
+                                         hint="See the model server log; check SD_MODEL and free memory.")
+            self.state.model_state = ModelState.FAILED
+            return False
+        self.state.pipeline = pipeline
+        self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
+        _release_memory()
+        self.state.model_state = ModelState.READY
+        log.info("model ready after %.1f s", self.state.load_seconds)
+        return True
+
+    def _run(self, job: Job) -> None:
+        p = job.params
+        log.info("job %s started: %dx%d, %d steps, n=%d, scheduler=%s", job.id, p.width, p.height,
+                 p.steps, p.n, p.scheduler)
+        self.notify(job.id)
+        pipeline = self.state.pipeline
+        images: list[tuple[ImageInfo, bytes]] = []
+        started = time.monotonic()
+        try:
+            for index in range(p.n):
+                seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
+
+                def on_step(step: int, seconds: float, index=index) -> None:
+                    self.table.record_step(job, index, step, seconds)
+                    self.notify(job.id)
+
+                image = pipeline.generate(p, seed, on_step, lambda: job.cancel_requested)
+                data, media_type = encode_image(image, p, seed, pipeline.model_id)
+                images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
+                                         height=image.height, size_bytes=len(data)), data))
+            self.table.succeed(job, images)
+            log.info("job %s succeeded in %.2f s", job.id, time.monotonic() - started)
+        except JobCancelledError:
+            self.table.mark_cancelled(job, images)
+            log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
+        except Exception as exc:  # a failed job must never kill the worker
+            log.exception("job %s failed", job.id)
+            self.table.fail(job, _job_error(exc))
+        finally:
+            self.notify(job.id)
+            _release_memory()

@@ -1,0 +1,39 @@
+"""Framing: ``[PROTOCOL_ID, msgpack(Envelope), *blobs]``.
+
+The first frame names the protocol version, so a peer speaking another version is refused
+with a clear error instead of misread. Images travel as extra raw frames, never base64 inside
+the control message. There is no pickle anywhere: msgspec decodes only the declared types.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.errors import ProtocolError
+from protocol.messages import Envelope
+
+PROTOCOL_ID = b"SDCPU/1"
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def encode(body, ref: int = 0, blobs: tuple[bytes, ...] | list[bytes] = ()) -> list[bytes]:
+    """Frames for one message (without any ZMQ routing prefix)."""
+    return [PROTOCOL_ID, _encoder.encode(Envelope(ref=ref, body=body)), *blobs]
+
+
+def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
+    """Parse frames produced by :func:`encode`; raises :class:`ProtocolError` on anything else."""
+    if len(frames) < 2:
+        raise ProtocolError(f"expected at least 2 frames, got {len(frames)}")
+    version = bytes(frames[0])
+    if version != PROTOCOL_ID:
+        raise ProtocolError(
+            f"protocol mismatch: peer speaks {version[:32]!r}, this side {PROTOCOL_ID!r}"
+        )
+    try:
+        envelope = _decoder.decode(frames[1])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"undecodable message: {exc}") from exc
+    return envelope, [bytes(f) for f in frames[2:]]
