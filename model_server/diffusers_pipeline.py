@@ -76,6 +76,15 @@ def _from_pretrained(source: str, settings: ModelServerSettings, dtype: torch.dt
         raise load_error(message[:2000], hint) from None
 
 
+def _quiet_progress_bars() -> None:
+    # Loader progress bars would interleave with the server's log lines.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 class DiffusersPipeline:
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict):
         self.pipe = pipe
@@ -85,6 +94,7 @@ class DiffusersPipeline:
 
     @classmethod
     def load(cls, settings: ModelServerSettings) -> "DiffusersPipeline":
+        _quiet_progress_bars()
         threads = settings.threads or cpu.usable_cores()
         torch.set_num_threads(threads)
         dtype, why = choose_dtype(settings.dtype)

@@ -12,6 +12,7 @@ import os
 import resource
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -47,13 +48,14 @@ def _invalid(message: str, hint: str) -> Rejection:
 
 
 class ModelServer:
-    def __init__(self, settings: ModelServerSettings, pipeline: Pipeline | None = None,
+    def __init__(self, settings: ModelServerSettings, load: Callable[[], Pipeline] | None = None,
                  ctx: zmq.Context | None = None):
+        """``load`` builds the pipeline in the worker thread (default: the configured one)."""
         self.settings = settings
-        self.ctx = ctx or zmq.Context.instance()
+        self.ctx = ctx or zmq.Context()
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes)
         self.state = ServerState(model=settings.model)
-        self.worker = Worker(settings, self.table, self.state, self.ctx, pipeline)
+        self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
         self._shutdown = threading.Event()
         self._started = time.monotonic()

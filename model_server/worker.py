@@ -12,6 +12,7 @@ import gc
 import logging
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -59,10 +60,10 @@ def _job_error(exc: BaseException) -> ErrorInfo:
 
 class Worker(threading.Thread):
     def __init__(self, settings: ModelServerSettings, table: JobTable, state: ServerState,
-                 ctx: zmq.Context, pipeline: Pipeline | None = None):
+                 ctx: zmq.Context, load: Callable[[], Pipeline] | None = None):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
-        self._preloaded = pipeline
+        self._load_pipeline = load or (lambda: make_pipeline(settings))
         self.stopping = threading.Event()
         self._events: zmq.Socket | None = None
 
@@ -84,7 +85,7 @@ class Worker(threading.Thread):
 
     def _load(self) -> bool:
         try:
-            pipeline = self._preloaded or make_pipeline(self.settings)
+            pipeline = self._load_pipeline()
         except PipelineLoadError as exc:
             log.error("model load failed: %s", exc.error.message)
             self.state.error, self.state.model_state = exc.error, ModelState.FAILED

@@ -1,0 +1,24 @@
+"""Fixtures shared by every tier: the tiny model directory and a place for process logs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PYTHON, ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD pipeline, written once per run by the project's own command."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    subprocess.run([PYTHON, "-m", "model_server.tiny_model", str(folder)], cwd=ROOT, check=True,
+                   capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")

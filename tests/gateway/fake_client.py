@@ -1,0 +1,86 @@
+"""A scriptable stand-in for ModelClient, for gateway unit tests (no sockets, no processes)."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from protocol.errors import ErrorCode
+from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, ModelState,
+                               Pong, Progress, ProgressInfo)
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+class FakeModelClient:
+    def __init__(self):
+        self.jobs: dict[str, JobView] = {}
+        self.submitted = []
+        self.cancelled = []
+        self.model_state = ModelState.READY
+        self.outcome = JobState.SUCCEEDED  # what watch() ends with
+        self.error: Exception | None = None  # raised by the next call
+
+    def _maybe_raise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def will_raise(self, code: ErrorCode, retryable=False, retry_after=None, message="boom", hint="do X"):
+        self.error = RemoteError(ErrorInfo(code=code, message=message, hint=hint, retryable=retryable,
+                                           retry_after=retry_after))
+
+    def will_be_unreachable(self):
+        self.error = ModelServerUnavailable("the model server did not answer within 5 s")
+
+    def ping(self, timeout=None):
+        self._maybe_raise()
+        return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
+                    queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"])
+
+    def submit(self, params, client_id="", request_id=""):
+        self._maybe_raise()
+        job_id = f"job{len(self.jobs) + 1}"
+        view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
+                       queue_position=1)
+        self.jobs[job_id] = view
+        self.submitted.append((params, client_id, request_id))
+        return view
+
+    def get_job(self, job_id):
+        self._maybe_raise()
+        if job_id not in self.jobs:
+            raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}", hint="check"))
+        return self.jobs[job_id]
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+        view = self.get_job(job_id)
+        self.jobs[job_id] = view = _replace(view, state=JobState.CANCELLED)
+        return view
+
+    def fetch(self, job_id, index=0):
+        self._maybe_raise()
+        p = self.jobs[job_id].params
+        return ImageInfo(index=index, seed=p.seed + index, media_type="image/png", width=p.width,
+                         height=p.height, size_bytes=len(PNG)), PNG
+
+    def watch(self, job_id):
+        self._maybe_raise()
+        view = self.get_job(job_id)
+        running = _replace(view, state=JobState.RUNNING, queue_position=None,
+                           progress=ProgressInfo(step=1, total_steps=view.params.steps))
+        yield Progress(job=running)
+        final = _replace(running, state=self.outcome)
+        if self.outcome is JobState.FAILED:
+            final = _replace(final, error=ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="ran out of memory",
+                                                    hint="Try a smaller size.", retryable=True))
+        self.jobs[job_id] = final
+        yield {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}[self.outcome](
+            job=final)
+
+
+def _replace(view: JobView, **changes) -> JobView:
+    import msgspec
+
+    return msgspec.structs.replace(view, **changes)

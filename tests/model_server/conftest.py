@@ -1,0 +1,52 @@
+"""A real ModelServer on an ipc:// socket, in a thread, with a pipeline chosen by the test."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zmq
+
+from gateway.model_client import ModelClient
+from model_server.fake_pipeline import FakePipeline
+from model_server.server import ModelServer
+from model_server.settings import ModelServerSettings
+from protocol.messages import GenerationParams
+
+
+class FailingPipeline(FakePipeline):
+    """Raises for the prompt "boom", otherwise behaves like the fake."""
+
+    def generate(self, params, seed, on_step, should_stop):
+        if params.prompt == "boom":
+            raise RuntimeError("the UNet exploded")
+        return super().generate(params, seed, on_step, should_stop)
+
+
+def params(**kw) -> GenerationParams:
+    kw.setdefault("prompt", "a cat")
+    kw.setdefault("seed", 1)
+    kw.setdefault("steps", 5)
+    kw.setdefault("width", 64)
+    kw.setdefault("height", 64)
+    return GenerationParams(**kw)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    started = []
+
+    def start(load=None, step_seconds: float = 0.01, **overrides) -> tuple[ModelServer, ModelClient]:
+        settings = ModelServerSettings(bind=f"ipc://{tmp_path}/model-{len(started)}.sock", pipeline="fake",
+                                       **overrides)
+        load = load or (lambda: FailingPipeline(step_seconds=step_seconds))
+        server = ModelServer(settings, load=load, ctx=zmq.Context()).start()
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        return server, ModelClient(server.bound_address, timeout=3.0)
+
+    yield start
+    for server, thread in started:
+        server.request_shutdown()
+        thread.join(10)

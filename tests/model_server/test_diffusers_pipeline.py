@@ -1,0 +1,114 @@
+"""The real diffusers pipeline on the tiny random-weight model: loading, schedulers, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from model_server.diffusers_pipeline import DiffusersPipeline, choose_dtype, resolve_model  # noqa: E402
+from model_server.pipeline import JobCancelledError, PipelineLoadError  # noqa: E402
+from model_server.settings import ModelServerSettings, read_token  # noqa: E402
+from protocol.messages import SCHEDULERS, GenerationParams  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def params(**kw):
+    base = dict(prompt="a cat", seed=3, steps=3, width=64, height=64)
+    return GenerationParams(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_model_dir):
+    return DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="float32"))
+
+
+def generate(pipe, p, stop=lambda: False):
+    steps = []
+    image = pipe.generate(p, p.seed, lambda step, seconds: steps.append((step, seconds)), stop)
+    return image, steps
+
+
+def test_a_local_directory_loads_through_from_pretrained_with_the_cpu_defaults(fp32):
+    opts = fp32.optimizations()
+    assert opts["attention"] == "sdpa" and opts["dtype"] == "float32" and opts["threads"] >= 1
+    assert opts["safety_checker"] is False
+    assert fp32.pipe.unet.dtype == torch.float32
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_scheduler_gives_an_image_of_the_requested_size(fp32, scheduler):
+    image, steps = generate(fp32, params(scheduler=scheduler, width=96, height=64))
+    assert image.size == (96, 64)
+    assert [s for s, _ in steps][-1] == 3 and all(s <= 3 for s, _ in steps)
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_does_not(fp32):
+    a, _ = generate(fp32, params(seed=5))
+    b, _ = generate(fp32, params(seed=5))
+    c, _ = generate(fp32, params(seed=6))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_should_stop_cancels_at_the_next_step_boundary(fp32):
+    seen = []
+
+    def stop():
+        return len(seen) >= 2
+
+    with pytest.raises(JobCancelledError):
+        fp32.generate(params(steps=50), 1, lambda step, seconds: seen.append(step), stop)
+    assert len(seen) == 2
+
+
+def test_bfloat16_stays_close_to_float32_on_the_same_seed(fp32, tiny_model_dir):
+    bf16 = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16"))
+    assert bf16.pipe.unet.dtype == torch.bfloat16
+    a = np.asarray(generate(fp32, params())[0], dtype=np.float32)
+    b = np.asarray(generate(bf16, params())[0], dtype=np.float32)
+    assert np.abs(a - b).mean() < 8.0  # of 255: bf16 rounding, not a different image
+
+
+def test_sliced_attention_is_available_as_an_opt_in(tiny_model_dir):
+    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), attention="sliced",
+                                                      dtype="float32"))
+    assert pipe.optimizations()["attention"] == "sliced"
+    assert generate(pipe, params())[0].size == (64, 64)
+
+
+def test_auto_dtype_picks_bf16_only_with_native_support():
+    assert choose_dtype("auto", {"avx2", "avx512_bf16"}, {})[0] == torch.bfloat16
+    assert choose_dtype("auto", {"avx2", "amx_bf16"}, {})[0] == torch.bfloat16
+    assert choose_dtype("auto", {"avx2", "avx512f"}, {})[0] == torch.float32
+    dtype, why = choose_dtype("auto", {"avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert dtype == torch.float32 and "AVX2" in why
+    assert choose_dtype("float32", {"amx_bf16"}, {})[0] == torch.float32
+
+
+def test_sd_model_tiny_creates_the_tiny_model_in_the_cache(tmp_path):
+    path = resolve_model(ModelServerSettings(model="tiny", cache_dir=str(tmp_path)))
+    assert (tmp_path / "tiny-sd" / "model_index.json").exists() and path.endswith("tiny-sd")
+
+
+def test_a_load_failure_explains_itself_and_never_shows_the_token(tmp_path):
+    secret = "hf_supersecret123"
+    (tmp_path / "broken").mkdir()
+    for model in (str(tmp_path / "broken"), "someone/not-downloaded-model"):
+        with pytest.raises(PipelineLoadError) as info:
+            DiffusersPipeline.load(ModelServerSettings(model=model, token=secret, cache_dir=str(tmp_path)))
+        text = f"{info.value.error.message} {info.value.error.hint}"
+        assert secret not in text
+        assert info.value.error.hint
+    assert "SD_MODEL" in info.value.error.hint
+
+
+def test_the_token_comes_from_hf_token_its_alias_or_a_file(tmp_path):
+    assert read_token({"HF_TOKEN": "a"}) == "a"
+    assert read_token({"HF_AUTH_TOKEN": "b"}) == "b"
+    (tmp_path / "token").write_text("c\n")
+    assert read_token({"HF_TOKEN_FILE": str(tmp_path / "token")}) == "c"
+    assert read_token({}) is None
+    assert "secret" not in repr(ModelServerSettings(token="secret"))

@@ -1,0 +1,182 @@
+"""The model server's behaviour over its real socket, with fake pipelines."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+import zmq
+from PIL import Image
+
+from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteError
+from model_server.pipeline import load_error
+from protocol import codec
+from protocol.errors import ErrorCode
+from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Ping, Pong, Progress,
+                               Rejected)
+from tests.helpers import wait_until
+from tests.model_server.conftest import FailingPipeline, params
+
+
+def run_to_end(client: ModelClient, job_id: str):
+    events = list(client.watch(job_id))
+    assert all(isinstance(e, Progress) for e in events[:-1])
+    return events
+
+
+def test_watch_streams_progress_then_completed_and_the_image_can_be_fetched(start_server):
+    _, client = start_server()
+    job = client.submit(params(steps=4, width=96, height=64))
+    events = run_to_end(client, job.job_id)
+    assert isinstance(events[-1], Completed)
+    steps = [e.job.progress.step for e in events if e.job.state is JobState.RUNNING]
+    assert steps == sorted(steps) and steps[-1] == 4
+    info, data = client.fetch(job.job_id)
+    assert (info.width, info.height, info.media_type) == (96, 64, "image/png")
+    assert Image.open(io.BytesIO(data)).size == (96, 64)
+
+
+def test_ping_answers_at_once_while_a_job_runs(start_server):
+    server, client = start_server(step_seconds=0.1)
+    job = client.submit(params(steps=30))
+    wait_until(lambda: server.table.running is not None, 5)
+    started = time.monotonic()
+    pong = client.ping()
+    assert time.monotonic() - started < 0.2
+    assert pong.running_job == job.job_id and pong.model_state is ModelState.READY
+    client.cancel(job.job_id)
+
+
+def test_cancel_mid_job_stops_it_and_the_next_job_still_succeeds(start_server):
+    server, client = start_server(step_seconds=0.05)
+    job = client.submit(params(steps=200))
+    wait_until(lambda: (server.table.running or 0) and server.table.running.step >= 2, 5)
+    view = client.cancel(job.job_id)
+    assert view.cancel_requested
+    assert isinstance(run_to_end(client, job.job_id)[-1], Cancelled)
+    assert server.table.get(job.job_id).step < 200
+    nxt = client.submit(params(steps=2))
+    assert isinstance(run_to_end(client, nxt.job_id)[-1], Completed)
+
+
+def test_a_failing_pipeline_fails_the_job_not_the_server(start_server):
+    _, client = start_server()
+    bad = client.submit(params(prompt="boom"))
+    final = run_to_end(client, bad.job_id)[-1]
+    assert isinstance(final, Failed)
+    assert final.job.error.code is ErrorCode.PIPELINE_ERROR
+    assert "exploded" not in final.job.error.message  # internals stay in the log
+    good = client.submit(params())
+    assert isinstance(run_to_end(client, good.job_id)[-1], Completed)
+
+
+def test_malformed_frames_get_a_protocol_error_and_the_server_survives(start_server):
+    server, client = start_server()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(server.bound_address)
+    for frames in ([b"garbage"], [b"SDCPU/0", b"x"], [codec.PROTOCOL_ID, b"\xc1"]):
+        sock.send_multipart(frames)
+        assert sock.poll(3000)
+        envelope, _ = codec.decode(sock.recv_multipart())
+        assert isinstance(envelope.body, Rejected)
+        assert envelope.body.error.code is ErrorCode.PROTOCOL_MISMATCH
+    # A reply message sent as a request is refused too.
+    sock.send_multipart(codec.encode(Pong(model="x", model_state=ModelState.READY), 9))
+    assert sock.poll(3000)
+    assert isinstance(codec.decode(sock.recv_multipart())[0].body, Rejected)
+    sock.close(0)
+    assert client.ping().model_state is ModelState.READY
+
+
+def test_a_full_queue_is_refused_with_a_retryable_error(start_server):
+    server, client = start_server(step_seconds=0.05, queue_size=1)
+    running = client.submit(params(steps=200))
+    wait_until(lambda: server.table.running is not None, 5)
+    queued = client.submit(params())
+    with pytest.raises(RemoteError) as info:
+        client.submit(params())
+    assert info.value.error.code is ErrorCode.QUEUE_FULL and info.value.error.retryable
+    for job in (queued, running):
+        client.cancel(job.job_id)
+
+
+def test_submit_while_loading_is_refused_as_not_ready_then_accepted_once_loaded(start_server):
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(10)
+        return FailingPipeline()
+
+    _, client = start_server(load=slow_load)
+    assert client.ping().model_state is ModelState.LOADING
+    with pytest.raises(RemoteError) as info:
+        client.submit(params())
+    assert info.value.error.code is ErrorCode.NOT_READY and info.value.error.retryable
+    loaded.set()
+    wait_until(lambda: client.ping().model_state is ModelState.READY, 5)
+    assert isinstance(run_to_end(client, client.submit(params()).job_id)[-1], Completed)
+
+
+def test_a_failed_load_is_reported_with_its_hint(start_server):
+    def broken_load():
+        raise load_error("could not load model 'x'", "Set SD_MODEL to a local directory.")
+
+    _, client = start_server(load=broken_load)
+    wait_until(lambda: client.ping().model_state is ModelState.FAILED, 5)
+    assert client.ping().error.hint == "Set SD_MODEL to a local directory."
+    with pytest.raises(RemoteError) as info:
+        client.submit(params())
+    assert info.value.error.code is ErrorCode.NOT_READY and not info.value.error.retryable
+
+
+def test_parameters_the_pipeline_cannot_take_are_refused(start_server):
+    _, client = start_server()
+    for bad in (params(scheduler="nonsense"), params(width=65), params(n=99), params(format="gif")):
+        with pytest.raises(RemoteError) as info:
+            client.submit(bad)
+        assert info.value.error.code is ErrorCode.INVALID_PARAMS
+
+
+def test_n_images_use_consecutive_seeds_and_the_same_seed_gives_the_same_bytes(start_server):
+    _, client = start_server()
+    job = client.submit(params(n=2, seed=41))
+    run_to_end(client, job.job_id)
+    (i0, d0), (i1, d1) = client.fetch(job.job_id, 0), client.fetch(job.job_id, 1)
+    assert (i0.seed, i1.seed) == (41, 42) and d0 != d1
+    again = client.submit(params(seed=41))
+    run_to_end(client, again.job_id)
+    assert client.fetch(again.job_id)[1] == d0
+    with pytest.raises(RemoteError) as info:
+        client.fetch(job.job_id, 2)
+    assert info.value.error.code is ErrorCode.NOT_FOUND
+
+
+def test_unknown_jobs_are_not_found(start_server):
+    _, client = start_server()
+    for call in (client.get_job, client.cancel, client.fetch):
+        with pytest.raises(RemoteError) as info:
+            call("does-not-exist")
+        assert info.value.error.code is ErrorCode.NOT_FOUND
+
+
+def test_a_client_notices_a_missing_server_within_its_deadline(tmp_path):
+    client = ModelClient(f"ipc://{tmp_path}/nobody.sock", timeout=1.0, connect_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(ModelServerUnavailable):
+        client.ping()
+    assert time.monotonic() - started < 2.0
+
+
+def test_watchers_hear_heartbeats_while_nothing_changes(start_server):
+    server, client = start_server(step_seconds=0.05, queue_size=4)
+    blocker = client.submit(params(steps=100))
+    waiting = client.submit(params())
+    stream = client.watch(waiting.job_id)
+    first, second = next(stream), next(stream)  # the second arrives by heartbeat alone
+    assert first.job.state is second.job.state is JobState.QUEUED
+    stream.close()
+    client.cancel(blocker.job_id)
+    client.cancel(waiting.job_id)
+    assert isinstance(client.ping(), Pong)
