@@ -14,7 +14,7 @@ from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteErro
 from model_server.pipeline import load_error
 from protocol import codec
 from protocol.errors import ErrorCode
-from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Ping, Pong, Progress,
+from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Pong, Progress,
                                Rejected)
 from tests.helpers import wait_until
 from tests.model_server.conftest import FailingPipeline, params
