@@ -21,7 +21,7 @@ import zmq
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (TERMINAL_EVENTS, Cancel, ErrorInfo, FetchResult, GenerationParams, GetJob,
-                               ImageInfo, JobView, Ping, Pong, Rejected, Submit, Watch)
+                               ImageInfo, JobView, Ping, Pong, Rejected, StopMode, Submit, Watch)
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class ModelClient:
     def get_job(self, job_id: str) -> JobView:
         return self.call(GetJob(job_id=job_id))[0].job
 
-    def cancel(self, job_id: str) -> JobView:
-        return self.call(Cancel(job_id=job_id))[0].job
+    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL) -> JobView:
+        return self.call(Cancel(job_id=job_id, mode=mode))[0].job
 
     def fetch(self, job_id: str, index: int = 0) -> tuple[ImageInfo, bytes]:
         reply, blobs = self.call(FetchResult(job_id=job_id, index=index))

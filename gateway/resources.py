@@ -38,6 +38,7 @@ class JobResource(msgspec.Struct, kw_only=True):
     error: JobError | None = None
     images: list[ImageLink] = []
     cancel_requested: bool = False
+    interrupted: bool = False
     links: dict[str, str] = {}
 
 
@@ -71,7 +72,7 @@ def job_resource(view: JobView) -> JobResource:
         queue_position=view.queue_position, started_at=view.started_at, finished_at=view.finished_at,
         progress=view.progress, error=_job_error(view.error),
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
-        links=links)
+        interrupted=view.interrupted, links=links)
 
 
 def to_json(obj) -> bytes:

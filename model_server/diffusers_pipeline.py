@@ -19,7 +19,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 from model_server import cpu
 from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error
 from model_server.settings import ModelServerSettings
-from protocol.messages import GenerationParams
+from protocol.messages import GenerationParams, StopMode
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class DiffusersPipeline:
             return type(self.pipe.scheduler).from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
 
-    def generate(self, params: GenerationParams, seed: int, on_step, should_stop):
+    def generate(self, params: GenerationParams, seed: int, on_step, stop):
         self.pipe.scheduler = self._scheduler(params.scheduler)
         last = time.monotonic()
 
@@ -144,8 +144,11 @@ class DiffusersPipeline:
             # PNDM evaluates the UNet steps+1 times; report within the requested step count.
             on_step(min(index + 1, params.steps), now - last)
             last = now
-            if should_stop():
-                raise JobCancelledError()
+            mode = stop()
+            if mode is StopMode.CANCEL:
+                raise JobCancelledError()  # no VAE decode wasted on a cancelled image
+            if mode is not None:
+                pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)

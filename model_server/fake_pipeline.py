@@ -14,7 +14,7 @@ import time
 from PIL import Image
 
 from model_server.pipeline import SCHEDULERS, JobCancelledError
-from protocol.messages import GenerationParams
+from protocol.messages import GenerationParams, StopMode
 
 
 class FakePipeline:
@@ -28,10 +28,13 @@ class FakePipeline:
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
 
-    def generate(self, params: GenerationParams, seed: int, on_step, should_stop) -> Image.Image:
+    def generate(self, params: GenerationParams, seed: int, on_step, stop) -> Image.Image:
         for step in range(1, params.steps + 1):
-            if should_stop():
+            mode = stop()
+            if mode is StopMode.CANCEL:
                 raise JobCancelledError()
+            if mode is not None:
+                break
             started = time.monotonic()
             if self.step_seconds:
                 time.sleep(self.step_seconds)

@@ -16,7 +16,7 @@ import time
 import uuid
 
 from protocol.errors import ErrorCode
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo, StopMode
 
 _TOMBSTONES = 10_000
 
@@ -45,7 +45,12 @@ class Job:
     seconds_per_step: float | None = None
     error: ErrorInfo | None = None
     images: list[tuple[ImageInfo, bytes]] = dataclasses.field(default_factory=list)
-    cancel_requested: bool = False
+    stop_mode: StopMode | None = None
+    interrupted: bool = False
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.stop_mode is StopMode.CANCEL
 
     @property
     def total_steps(self) -> int:
@@ -138,7 +143,7 @@ class JobTable:
             job_id=job.id, state=job.state, created_at=job.created_at, params=job.params,
             queue_position=position, started_at=job.started_at, finished_at=job.finished_at,
             progress=progress, error=job.error, images=[info for info, _ in job.images],
-            cancel_requested=job.cancel_requested)
+            cancel_requested=job.cancel_requested, interrupted=job.interrupted)
 
     def result(self, job_id: str, index: int) -> tuple[ImageInfo, bytes]:
         with self._lock:
@@ -203,6 +208,7 @@ class JobTable:
                 self._sps_estimate = job.seconds_per_step
 
     def succeed(self, job: Job, images: list[tuple[ImageInfo, bytes]]) -> None:
+        # An interrupt keeps what was made; the job succeeds (AUTOMATIC1111 semantics).
         self._finish(job, JobState.SUCCEEDED, images=images)
 
     def fail(self, job: Job, error: ErrorInfo) -> None:
@@ -226,17 +232,32 @@ class JobTable:
 
     # --- cancelling and shutting down --------------------------------------------------
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job at once; ask a running one to stop at its next step."""
+    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL) -> Job:
+        """Cancel a queued job at once; ask a running one to stop at its next step.
+
+        ``interrupt`` and ``skip`` only concern a running job (as in AUTOMATIC1111) and keep
+        what it made; a later ``cancel`` still wins over them.
+        """
         with self._lock:
             job = self._get_locked(job_id)
-            if job.state.terminal:
+            if job.state.terminal or (mode is not StopMode.CANCEL and job.state is JobState.QUEUED):
                 return job
-            job.cancel_requested = True
+            if job.stop_mode is not StopMode.CANCEL:
+                job.stop_mode = mode
             queued = job.state is JobState.QUEUED
         if queued:
             self.mark_cancelled(job)
         return job
+
+    def stopped_early(self, job: Job) -> StopMode | None:
+        """Called by the worker after each image: consume a skip, report an interrupt."""
+        with self._lock:
+            mode = job.stop_mode
+            if mode in (StopMode.SKIP, StopMode.INTERRUPT):
+                job.interrupted = True
+            if mode is StopMode.SKIP:
+                job.stop_mode = None
+            return mode
 
     def stop_accepting(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from protocol.errors import ErrorCode
-from protocol.messages import SCHEDULERS, ErrorInfo, GenerationParams  # noqa: F401  (re-exported)
+from protocol.messages import SCHEDULERS, ErrorInfo, GenerationParams, StopMode  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -40,9 +40,10 @@ class Pipeline(Protocol):
         """Scheduler names ``generate`` accepts."""
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
-                 should_stop: Callable[[], bool]) -> "Image":
-        """One image. Calls ``on_step(step, seconds)`` after each step (1-based) and raises
-        :class:`JobCancelledError` at the first step boundary where ``should_stop()`` is true."""
+                 stop: Callable[[], StopMode | None]) -> "Image":
+        """One image. Calls ``on_step(step, seconds)`` after each step (1-based). At the first
+        step boundary where ``stop()`` says CANCEL it raises :class:`JobCancelledError`; where it
+        says INTERRUPT or SKIP it stops denoising and returns the image decoded so far."""
 
 
 def make_pipeline(settings: "ModelServerSettings") -> Pipeline:

@@ -222,8 +222,8 @@ class ModelServer:
         self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
 
     def _on_cancel(self, identity, ref, msg: Cancel) -> None:
-        job = self.table.cancel(msg.job_id)
-        log.info("job %s cancel requested (state %s)", job.id, job.state.value)
+        job = self.table.cancel(msg.job_id, msg.mode)
+        log.info("job %s %s requested (state %s)", job.id, msg.mode.value, job.state.value)
         self._send(identity, ref, JobInfo(job=self.table.view(job)))
         self._publish(job.id)
 

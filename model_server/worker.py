@@ -21,7 +21,7 @@ from model_server.jobs import Job, JobTable
 from model_server.pipeline import Pipeline, JobCancelledError, PipelineLoadError, make_pipeline
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
-from protocol.messages import ErrorInfo, ImageInfo, ModelState
+from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
 
 log = logging.getLogger(__name__)
 EVENTS_ADDRESS = "inproc://job-events"
@@ -119,10 +119,12 @@ class Worker(threading.Thread):
                     self.table.record_step(job, index, step, seconds)
                     self.notify(job.id)
 
-                image = pipeline.generate(p, seed, on_step, lambda: job.cancel_requested)
+                image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode)
                 data, media_type = encode_image(image, p, seed, pipeline.model_id)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
                                          height=image.height, size_bytes=len(data)), data))
+                if self.table.stopped_early(job) is StopMode.INTERRUPT:
+                    break
             self.table.succeed(job, images)
             log.info("job %s succeeded in %.2f s", job.id, time.monotonic() - started)
         except JobCancelledError:

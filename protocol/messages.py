@@ -29,6 +29,14 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class StopMode(str, enum.Enum):
+    """How to stop a running job: drop it, or keep what it has (AUTOMATIC1111's interrupt/skip)."""
+
+    CANCEL = "cancel"  # stop at the next step; the job ends cancelled, nothing decoded
+    INTERRUPT = "interrupt"  # stop at the next step, decode what is there; no further images
+    SKIP = "skip"  # like interrupt for the current image only; the next images still run
+
+
 class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
@@ -108,6 +116,7 @@ class JobView(_Shape):
     error: ErrorInfo | None = None
     images: list[ImageInfo] = []
     cancel_requested: bool = False
+    interrupted: bool = False  # finished early by an interrupt/skip; images hold what was made
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------
@@ -140,6 +149,7 @@ class FetchResult(_Msg):
 
 class Cancel(_Msg):
     job_id: str
+    mode: StopMode = StopMode.CANCEL
 
 
 # --- replies and events (model server -> gateway) ------------------------------------------

@@ -53,7 +53,7 @@ class FakeModelClient:
             raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}", hint="check"))
         return self.jobs[job_id]
 
-    def cancel(self, job_id):
+    def cancel(self, job_id, mode=None):
         self.cancelled.append(job_id)
         view = self.get_job(job_id)
         self.jobs[job_id] = view = _replace(view, state=JobState.CANCELLED)

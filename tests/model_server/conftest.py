@@ -17,10 +17,10 @@ from protocol.messages import GenerationParams
 class FailingPipeline(FakePipeline):
     """Raises for the prompt "boom", otherwise behaves like the fake."""
 
-    def generate(self, params, seed, on_step, should_stop):
+    def generate(self, params, seed, on_step, stop):
         if params.prompt == "boom":
             raise RuntimeError("the UNet exploded")
-        return super().generate(params, seed, on_step, should_stop)
+        return super().generate(params, seed, on_step, stop)
 
 
 def params(**kw) -> GenerationParams:

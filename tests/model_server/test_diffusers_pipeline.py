@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from model_server.diffusers_pipeline import DiffusersPipeline, choose_dtype, resolve_model  # noqa: E402
 from model_server.pipeline import JobCancelledError, PipelineLoadError  # noqa: E402
 from model_server.settings import ModelServerSettings, read_token  # noqa: E402
-from protocol.messages import SCHEDULERS, GenerationParams  # noqa: E402
+from protocol.messages import SCHEDULERS, GenerationParams, StopMode  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def fp32(tiny_model_dir):
     return DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="float32"))
 
 
-def generate(pipe, p, stop=lambda: False):
+def generate(pipe, p, stop=lambda: None):
     steps = []
     image = pipe.generate(p, p.seed, lambda step, seconds: steps.append((step, seconds)), stop)
     return image, steps
@@ -53,15 +53,25 @@ def test_the_same_seed_gives_the_same_pixels_and_another_seed_does_not(fp32):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
-def test_should_stop_cancels_at_the_next_step_boundary(fp32):
+def test_a_cancel_stops_at_the_next_step_boundary(fp32):
     seen = []
 
     def stop():
-        return len(seen) >= 2
+        return StopMode.CANCEL if len(seen) >= 2 else None
 
     with pytest.raises(JobCancelledError):
         fp32.generate(params(steps=50), 1, lambda step, seconds: seen.append(step), stop)
     assert len(seen) == 2
+
+
+def test_an_interrupt_stops_early_and_still_decodes_an_image(fp32):
+    seen = []
+
+    def stop():
+        return StopMode.INTERRUPT if len(seen) >= 2 else None
+
+    image = fp32.generate(params(steps=50, width=96), 1, lambda step, seconds: seen.append(step), stop)
+    assert image.size == (96, 64) and len(seen) == 2
 
 
 def test_bfloat16_stays_close_to_float32_on_the_same_seed(fp32, tiny_model_dir):

@@ -14,7 +14,7 @@ from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteErro
 from model_server.pipeline import load_error
 from protocol import codec
 from protocol.errors import ErrorCode
-from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Pong, Progress,
+from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Pong, Progress, StopMode,
                                Rejected)
 from tests.helpers import wait_until
 from tests.model_server.conftest import FailingPipeline, params
@@ -180,3 +180,41 @@ def test_watchers_hear_heartbeats_while_nothing_changes(start_server):
     client.cancel(blocker.job_id)
     client.cancel(waiting.job_id)
     assert isinstance(client.ping(), Pong)
+
+
+def _running_at_step(server, n: int):
+    return wait_until(lambda: (server.table.running or 0) and server.table.running.step >= n, 5)
+
+
+def test_an_interrupt_keeps_the_partial_image_and_skips_the_remaining_ones(start_server):
+    server, client = start_server(step_seconds=0.02)
+    job = client.submit(params(steps=200, n=3))
+    _running_at_step(server, 2)
+    client.cancel(job.job_id, StopMode.INTERRUPT)
+    final = run_to_end(client, job.job_id)[-1]
+    assert isinstance(final, Completed) and final.job.interrupted
+    assert len(final.job.images) == 1
+    assert server.table.get(job.job_id).step < 200
+
+
+def test_skip_ends_the_current_image_and_moves_on_to_the_next(start_server):
+    server, client = start_server(step_seconds=0.02)
+    job = client.submit(params(steps=200, n=2))
+    _running_at_step(server, 2)
+    client.cancel(job.job_id, StopMode.SKIP)
+    wait_until(lambda: server.table.get(job.job_id).image_index == 1, 5)
+    assert server.table.get(job.job_id).state is JobState.RUNNING
+    client.cancel(job.job_id, StopMode.SKIP)
+    final = run_to_end(client, job.job_id)[-1]
+    assert isinstance(final, Completed) and len(final.job.images) == 2
+
+
+def test_an_interrupt_never_touches_a_queued_job(start_server):
+    server, client = start_server(step_seconds=0.02)
+    running = client.submit(params(steps=200))
+    queued = client.submit(params(steps=2))
+    _running_at_step(server, 1)
+    client.cancel(queued.job_id, StopMode.INTERRUPT)
+    client.cancel(running.job_id, StopMode.INTERRUPT)
+    assert isinstance(run_to_end(client, queued.job_id)[-1], Completed)
+    assert not client.get_job(queued.job_id).interrupted

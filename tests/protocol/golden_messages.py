@@ -11,7 +11,7 @@ from pathlib import Path
 from protocol import codec
 from protocol.errors import ErrorCode
 from protocol.messages import (Accepted, Cancel, ErrorInfo, FetchResult, GenerationParams, GetJob, ImageInfo,
-                               JobState, JobView, ModelState, Ping, Pong, ProgressInfo, Rejected, Result,
+                               JobState, JobView, ModelState, Ping, StopMode, Pong, ProgressInfo, Rejected, Result,
                                Submit, Watch)
 
 GOLDEN_DIR = Path(__file__).with_name("golden_v1")
@@ -29,6 +29,7 @@ GOLDEN = {
     "watch": Watch(job_id=_VIEW.job_id),
     "fetch_result": FetchResult(job_id=_VIEW.job_id, index=1),
     "cancel": Cancel(job_id=_VIEW.job_id),
+    "cancel_interrupt": Cancel(job_id=_VIEW.job_id, mode=StopMode.INTERRUPT),
     "pong": Pong(model="CompVis/stable-diffusion-v1-4", model_state=ModelState.READY,
                  optimizations={"dtype": "bfloat16", "threads": 2, "safety_checker": False},
                  queue_depth=1, queue_capacity=16, running_job=_VIEW.job_id, rss_bytes=2_500_000_000),
