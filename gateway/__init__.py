@@ -43,9 +43,9 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from gateway import health, jobs_api, native, openapi, web
+    from gateway import a1111_api, health, jobs_api, native, openai_api, openapi, web
 
-    for module in (web, native, jobs_api, health, openapi):
+    for module in (web, native, jobs_api, openai_api, a1111_api, health, openapi):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     logging.getLogger(__name__).info("gateway ready; model server at %s", settings.model_server)

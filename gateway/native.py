@@ -6,7 +6,7 @@ from flask import Blueprint, Response, g, request
 
 from gateway.errors import ApiError
 from gateway.services import services
-from gateway.waiting import wait_for_job
+from gateway.waiting import generate_sync
 
 bp = Blueprint("native", __name__)
 
@@ -22,9 +22,7 @@ def generate():
     if params.n != 1:
         raise ApiError(400, "invalid_params", "/generate returns one image; n must be 1",
                        "Use POST /v1/jobs for several images from one request.", field="n")
-    job = sv.client.submit(params, client_id=client_id(), request_id=g.request_id)
-    done = wait_for_job(sv.client, job.job_id, sv.settings.sync_timeout)
-    info, data = sv.client.fetch(done.job_id, 0)
+    done, [(info, data)] = generate_sync(sv, params, g.request_id)
     return Response(data, mimetype=info.media_type, headers={
         "X-Seed": str(info.seed), "X-Job-Id": done.job_id,
         "Content-Disposition": f'inline; filename="{done.job_id}.{info.media_type.split("/")[1]}"'})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import msgspec
 from flask import Blueprint, current_app, jsonify
 
+from gateway.a1111_api import Txt2ImgRequest
+from gateway.openai_api import ImagesRequest
 from gateway.resources import ErrorBody, JobResource
 from gateway.services import services
 
@@ -39,8 +41,40 @@ _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type":
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
 
 
+def _compat_paths() -> dict:
+    def get(summary: str) -> dict:
+        return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": _ANY_JSON}}}}
+
+    def post(summary: str, schema: str | None = None, errors=(422, 429, 503)) -> dict:
+        op = {"summary": summary, "responses": {
+            "200": {"description": "OK", "content": _ANY_JSON},
+            **{str(s): {"description": "Error", "content": _ANY_JSON} for s in errors}}}
+        if schema:
+            op["requestBody"] = {"required": True, "content": _json_content(schema)}
+        return {"post": op}
+
+    a1111 = "/sdapi/v1"
+    return {
+        "/v1/images/generations": post("OpenAI Images API: generate (b64_json or url)", "ImagesRequest",
+                                       (400, 429, 500, 503)),
+        "/v1/models": get("OpenAI: the loaded model"),
+        f"{a1111}/txt2img": post("AUTOMATIC1111 txt2img (blocking; base64 PNGs, info JSON string)",
+                                 "Txt2ImgRequest", (404, 422, 429, 500, 503)),
+        f"{a1111}/progress": get("AUTOMATIC1111: progress of the running job"),
+        f"{a1111}/interrupt": post("AUTOMATIC1111: stop the running job, keep what it made", errors=(503,)),
+        f"{a1111}/skip": post("AUTOMATIC1111: end the running job's current image", errors=(503,)),
+        f"{a1111}/sd-models": get("AUTOMATIC1111: models"),
+        f"{a1111}/samplers": get("AUTOMATIC1111: samplers"),
+        f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers"),
+        f"{a1111}/options": {**get("AUTOMATIC1111: options"),
+                             **post("AUTOMATIC1111: set options (accepted, ignored)", errors=())},
+        f"{a1111}/scripts": get("AUTOMATIC1111: scripts (none)"),
+    }
+
+
 def build_spec(request_type: type) -> dict:
-    _, components = msgspec.json.schema_components([request_type, JobResource, ErrorBody], ref_template=_REF)
+    _, components = msgspec.json.schema_components(
+        [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest], ref_template=_REF)
     body = {"required": True, "content": _json_content(request_type.__name__)}
     job_ok = {"content": _json_content("JobResource")}
     paths = {
@@ -68,6 +102,7 @@ def build_spec(request_type: type) -> dict:
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "get": {"summary": "A finished job's image", "responses": {
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 503)}}},
+        **_compat_paths(),
         "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory",
                             "responses": {"200": {"description": "Healthy or loading", "content": _ANY_JSON},
                                           "503": {"description": "Model server down or failed", "content": _ANY_JSON}}}},

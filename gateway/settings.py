@@ -34,6 +34,8 @@ class GatewaySettings:
     max_body_bytes: int = 64 * 1024
     cors_origins: tuple[str, ...] = ()
     sse_keepalive_seconds: float = 15.0
+    # Base of absolute URLs handed out (OpenAI response_format=url); default: the request's host.
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, env=None) -> "GatewaySettings":
@@ -54,6 +56,7 @@ class GatewaySettings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
             cors_origins=origins,
             sse_keepalive_seconds=_float(env, "SSE_KEEPALIVE_SECONDS", d.sse_keepalive_seconds),
+            public_url=env.get("PUBLIC_URL", d.public_url).strip(),
         )
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")

@@ -16,7 +16,7 @@ import time
 from flask import request
 
 from gateway.errors import ApiError
-from protocol.messages import Cancelled, Completed, JobView
+from protocol.messages import Cancelled, Completed, GenerationParams, ImageInfo, JobView
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +65,10 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
             raise ApiError(504, "timeout", f"the image was not ready within {timeout:g} s; the job was cancelled",
                            "Use fewer steps or a smaller size, or use the job API (POST /v1/jobs) for long work.")
     raise ApiError(503, "model_server_lost", "the job's event stream ended early", "Retry shortly.", 5.0)
+
+
+def generate_sync(sv, params: GenerationParams, request_id: str) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
+    """Submit, wait, fetch every image: the whole life of a synchronous request."""
+    job = sv.client.submit(params, client_id=request.remote_addr or "", request_id=request_id)
+    done = wait_for_job(sv.client, job.job_id, sv.settings.sync_timeout)
+    return done, [sv.client.fetch(done.job_id, info.index) for info in done.images]

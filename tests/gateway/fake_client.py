@@ -72,6 +72,8 @@ class FakeModelClient:
                            progress=ProgressInfo(step=1, total_steps=view.params.steps))
         yield Progress(job=running)
         final = _replace(running, state=self.outcome)
+        if self.outcome is JobState.SUCCEEDED:
+            final = _replace(final, images=[self.fetch(job_id, i)[0] for i in range(view.params.n)])
         if self.outcome is JobState.FAILED:
             final = _replace(final, error=ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="ran out of memory",
                                                     hint="Try a smaller size.", retryable=True))

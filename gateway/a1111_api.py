@@ -1,0 +1,174 @@
+"""The AUTOMATIC1111 API subset under ``/sdapi/v1`` (webuiapi, SillyTavern, bots, scripts).
+
+txt2img blocks like A1111's and returns base64 PNGs with ``info`` as a JSON *string* carrying the
+real seeds. ``interrupt``/``skip`` act on whatever job is running (A1111 has one global job):
+the waiting txt2img still answers 200 with what was made. Validation errors are FastAPI-style
+422 ``{"detail": [...]}``; other errors A1111's ``{"error", "detail", "body", "errors"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import PurePath
+
+import msgspec
+from flask import Blueprint, g, jsonify, request
+
+from gateway.a1111_names import SAMPLERS, SCHEDULERS, infotext, resolve_sampler
+from gateway.errors import ApiError, as_api_error
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.services import services
+from gateway.waiting import generate_sync
+from protocol.messages import StopMode
+
+bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
+
+
+class Txt2ImgRequest(msgspec.Struct, kw_only=True):
+    """The fields we use; A1111's other ~40 fields are accepted and ignored."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@bp.errorhandler(ApiError)
+@bp.errorhandler(RemoteError)
+@bp.errorhandler(ModelServerUnavailable)
+def _errors(exc):
+    err = as_api_error(exc)
+    if err.status == 400:  # FastAPI's validation error shape
+        loc = ["body", err.field] if err.field else ["body"]
+        return jsonify(detail=[{"loc": loc, "msg": f"{err.message}. {err.hint}", "type": err.code}]), 422
+    body = {"error": err.code, "detail": err.hint, "body": "", "errors": err.message}
+    return jsonify(body), err.status, err.headers()
+
+
+def _decode() -> tuple[Txt2ImgRequest, dict]:
+    try:
+        raw = msgspec.json.decode(request.get_data(cache=False) or b"{}")
+        return msgspec.convert(raw, Txt2ImgRequest), raw
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", "Send an A1111 txt2img JSON object.") from None
+
+
+@bp.post("/txt2img")
+def txt2img():
+    sv = services()
+    r, raw = _decode()
+    scheduler, sampler = resolve_sampler(r.sampler_name or r.sampler_index, r.scheduler)
+    count = (r.batch_size or 1) * (r.n_iter or 1)
+    if count < 1:
+        raise ApiError(400, "invalid_params", "batch_size and n_iter must be at least 1", "Use 1 or more.",
+                       field="batch_size")
+    fields = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps, "width": r.width,
+              "height": r.height, "guidance_scale": r.cfg_scale, "scheduler": scheduler, "n": count,
+              "seed": None if r.seed is None or r.seed < 0 else r.seed}
+    params = sv.validator.parse_object(fields)
+    done, images = generate_sync(sv, params, g.request_id)
+    seeds = [info.seed for info, _ in images]
+    model = sv.client.ping(timeout=2.0).model
+    info = {
+        "prompt": params.prompt, "all_prompts": [params.prompt] * len(seeds),
+        "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * len(seeds),
+        "seed": params.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),
+        "subseed_strength": 0, "width": params.width, "height": params.height, "sampler_name": sampler,
+        "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": r.batch_size or 1,
+        "n_iter": r.n_iter or 1, "restore_faces": False, "sd_model_name": PurePath(model).name,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "clip_skip": 1,
+        "index_of_first_image": 0, "is_using_inpainting_conditioning": False,
+        "infotexts": [infotext(params, s, sampler, model) for s in seeds],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
+        "interrupted": done.interrupted, "job_id": done.job_id,
+    }
+    return jsonify(images=[base64.b64encode(data).decode("ascii") for _, data in images],
+                   parameters=raw, info=json.dumps(info))
+
+
+@bp.get("/progress")
+def progress():
+    sv = services()
+    pong = sv.client.ping(timeout=2.0)
+    idle = {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": pong.queue_depth,
+                      "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
+    if pong.running_job is None:
+        return jsonify(idle)
+    try:
+        job = sv.client.get_job(pong.running_job)
+    except RemoteError:
+        return jsonify(idle)  # finished between the two calls
+    p, n = job.progress, job.params.n
+    done_steps = (p.image_index * job.params.steps + p.step) if p else 0
+    idle["state"].update(job=job.job_id, job_count=pong.queue_depth + 1, job_no=p.image_index if p else 0,
+                         sampling_step=p.step if p else 0, sampling_steps=job.params.steps,
+                         interrupted=job.interrupted, job_timestamp=time.strftime(
+                             "%Y%m%d%H%M%S", time.localtime(job.created_at)))
+    idle.update(progress=round(done_steps / (n * job.params.steps), 4),
+                eta_relative=(p.eta_seconds or 0.0) if p else 0.0,
+                textinfo=f"step {p.step if p else 0}/{job.params.steps}")
+    return jsonify(idle)
+
+
+def _stop_running(mode: StopMode):
+    sv = services()
+    running = sv.client.ping(timeout=2.0).running_job
+    if running:
+        try:
+            sv.client.cancel(running, mode)
+        except RemoteError:
+            pass  # it finished meanwhile: nothing to stop, as in A1111
+    return jsonify({})
+
+
+@bp.post("/interrupt")
+def interrupt():
+    return _stop_running(StopMode.INTERRUPT)
+
+
+@bp.post("/skip")
+def skip():
+    return _stop_running(StopMode.SKIP)
+
+
+@bp.get("/sd-models")
+def sd_models():
+    model = services().client.ping(timeout=2.0).model
+    return jsonify([{"title": model, "model_name": PurePath(model).name, "hash": None, "sha256": None,
+                     "filename": model, "config": None}])
+
+
+@bp.get("/samplers")
+def samplers():
+    return jsonify([{"name": name, "aliases": aliases, "options": {}} for name, (_, aliases) in SAMPLERS.items()])
+
+
+@bp.get("/schedulers")
+def schedulers():
+    return jsonify([{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                    for name, label in SCHEDULERS])
+
+
+@bp.route("/options", methods=["GET", "POST"])
+def options():
+    if request.method == "POST":
+        return jsonify(None)  # accepted and ignored: one model, fixed settings
+    sv = services()
+    model = sv.client.ping(timeout=2.0).model
+    return jsonify(sd_model_checkpoint=model, sd_checkpoint_hash=None, samples_format="png")
+
+
+@bp.get("/scripts")
+def scripts():
+    return jsonify(txt2img=[], img2img=[])

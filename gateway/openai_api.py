@@ -1,0 +1,124 @@
+"""OpenAI Images API compatibility: ``POST /v1/images/generations`` and ``GET /v1/models``.
+
+Works with the official ``openai`` SDK and tools built on it (Open WebUI, ...). Mapping:
+``size`` "WxH" -> width/height ("auto": the default size); ``n`` -> images (seeds seed, seed+1...);
+``response_format`` ``b64_json`` (the default here: self-contained) or ``url`` (the job's image
+URL, fetchable for RESULT_TTL_SECONDS); ``quality`` -> steps (low 15, standard/medium/auto the
+default, hd/high 40); ``output_format``/``output_compression`` -> format/quality; ``model``,
+``style``, ``user``, ``background``, ``moderation`` are accepted and ignored (one model is loaded).
+Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``scheduler``) may be
+sent through the SDK's ``extra_body``. Errors use OpenAI's shape so the SDK fills
+``e.message``/``e.code``/``e.param``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+
+import msgspec
+from flask import Blueprint, g, jsonify, request
+
+from gateway.errors import ApiError, as_api_error
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.services import services
+from gateway.waiting import generate_sync
+
+bp = Blueprint("openai", __name__)
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
+_PASSTHROUGH = ("seed", "steps", "negative_prompt", "guidance_scale", "scheduler")
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          409: "conflict_error", 410: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+class ImagesRequest(msgspec.Struct, kw_only=True):
+    prompt: str
+    n: int | None = None
+    size: str | None = None
+    response_format: str | None = None
+    model: str | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+
+
+def _openai_error(err: ApiError):
+    body = {"error": {"message": f"{err.message}. {err.hint}".strip() if err.hint else err.message,
+                      "type": _TYPES.get(err.status, "server_error"), "param": err.field, "code": err.code}}
+    headers = err.headers()
+    if err.status >= 500 and err.retry_after is None:
+        headers["x-should-retry"] = "false"  # a failed generation will fail again; don't triple the wait
+    return jsonify(body), err.status, headers
+
+
+@bp.errorhandler(ApiError)
+@bp.errorhandler(RemoteError)
+@bp.errorhandler(ModelServerUnavailable)
+def _errors(exc):
+    return _openai_error(as_api_error(exc))
+
+
+def _size(value: str | None) -> dict:
+    if value in (None, "auto"):
+        return {}
+    match = _SIZE.match(value)
+    if not match:
+        raise ApiError(400, "invalid_size", f"size must look like 512x512, got {value[:40]!r}",
+                       "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'.", field="size")
+    return {"width": int(match.group(1)), "height": int(match.group(2))}
+
+
+def _to_fields(r: ImagesRequest, raw: dict) -> dict:
+    fields = {"prompt": r.prompt, "n": r.n, **_size(r.size)}
+    if r.quality in _QUALITY_STEPS:
+        fields["steps"] = _QUALITY_STEPS[r.quality]
+    if r.output_format is not None:
+        fields["format"] = r.output_format
+    if r.output_compression is not None:
+        fields["quality"] = max(1, 100 - r.output_compression)
+    fields.update({k: raw[k] for k in _PASSTHROUGH if k in raw})
+    return fields
+
+
+@bp.post("/v1/images/generations")
+def generations():
+    sv = services()
+    try:
+        raw = msgspec.json.decode(request.get_data(cache=False) or b"null")
+        r = msgspec.convert(raw, ImagesRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "invalid_request", f"invalid request body: {exc}",
+                       'Send JSON such as {"prompt": "a cat", "size": "512x512"}.') from None
+    response_format = r.response_format or "b64_json"
+    if response_format not in ("b64_json", "url"):
+        raise ApiError(400, "invalid_response_format", f"response_format must be b64_json or url, got "
+                       f"{response_format[:40]!r}", "Use b64_json or url.", field="response_format")
+    try:
+        params = sv.validator.parse_object(_to_fields(r, raw))
+    except ApiError as exc:
+        if exc.field in ("width", "height"):
+            exc.field = "size"
+        raise
+    done, images = generate_sync(sv, params, g.request_id)
+    base = (sv.settings.public_url or request.host_url).rstrip("/")
+    data = []
+    for info, blob in images:
+        item = {"revised_prompt": params.prompt}
+        if response_format == "url":
+            item["url"] = f"{base}/v1/jobs/{done.job_id}/image?index={info.index}"
+        else:
+            item["b64_json"] = base64.b64encode(blob).decode("ascii")
+        data.append(item)
+    return jsonify(created=int(time.time()), data=data)
+
+
+@bp.get("/v1/models")
+def models():
+    pong = services().client.ping(timeout=2.0)
+    return jsonify(object="list", data=[{"id": pong.model, "object": "model", "created": 0,
+                                         "owned_by": "sd-cpu"}])
