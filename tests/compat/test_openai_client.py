@@ -1,0 +1,70 @@
+"""The official ``openai`` SDK, unchanged, against the real service."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import openai
+import pytest
+import requests
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def client(stack):
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="any-key", max_retries=0)
+
+
+def decode(item) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+
+
+def pixels(response, index=0):
+    return np.asarray(decode(response.data[index]))
+
+
+def test_b64_images_decode_at_the_requested_size_and_n_gives_distinct_images(client):
+    response = client.images.generate(prompt="a cat", size="96x64", n=2, response_format="b64_json",
+                                      extra_body={"steps": 2})
+    assert isinstance(response.created, int)
+    assert [decode(d).size for d in response.data] == [(96, 64), (96, 64)]
+    assert not np.array_equal(pixels(response, 0), pixels(response, 1))
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_does_not(client):
+    def make(seed):
+        return pixels(client.images.generate(prompt="a red cube", size="64x64",
+                                             extra_body={"seed": seed, "steps": 2}))
+
+    assert np.array_equal(make(11), make(11))
+    assert not np.array_equal(make(11), make(12))
+
+
+def test_url_responses_point_at_a_fetchable_image(client):
+    response = client.images.generate(prompt="a cat", size="64x64", response_format="url", model="dall-e-2",
+                                      quality="standard", style="vivid", user="tester", extra_body={"steps": 2})
+    fetched = requests.get(response.data[0].url, timeout=10)
+    assert fetched.status_code == 200
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"size": "banana"}, "size"), ({"size": "100x100"}, "size"), ({"size": "4096x4096"}, "size"),
+    ({"n": 0}, "n"), ({"n": 50}, "n"), ({"response_format": "gif"}, "response_format"),
+    ({"prompt": "x" * 201}, "prompt"), ({"prompt": ""}, "prompt"),
+])
+def test_invalid_requests_raise_bad_request_with_a_populated_message(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(**({"prompt": "a cat"} | kwargs))
+    error = info.value
+    assert error.status_code == 400 and error.param == param and error.code
+    assert error.message.startswith("Error code: 400 - ") and len(error.message) > 30
+
+
+def test_models_lists_the_loaded_model(client, stack):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [stack.model_env["SD_MODEL"]]

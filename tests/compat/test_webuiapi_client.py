@@ -1,0 +1,116 @@
+"""The ``webuiapi`` client (AUTOMATIC1111's API), unchanged, against the real service."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import webuiapi
+
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.slow
+SMALL = {"steps": 2, "width": 64, "height": 64}
+
+
+@pytest.fixture
+def api(stack):
+    url = urlparse(stack.url)
+    return webuiapi.WebUIApi(host=url.hostname, port=url.port)
+
+
+def test_txt2img_decodes_at_the_requested_size_and_reports_the_seed(api):
+    result = api.txt2img(prompt="a cat", seed=1234, steps=2, width=96, height=64)
+    assert result.image.size == (96, 64)
+    assert result.info["seed"] == 1234 and result.info["all_seeds"] == [1234]
+    assert "Seed: 1234" in result.info["infotexts"][0]
+    assert result.parameters["prompt"] == "a cat"
+
+
+def test_seed_minus_one_is_random_and_the_real_seed_is_reported(api):
+    a = api.txt2img(prompt="a cat", seed=-1, **SMALL)
+    b = api.txt2img(prompt="a cat", seed=-1, **SMALL)
+    assert a.info["seed"] >= 0 and a.info["seed"] != b.info["seed"]
+    again = api.txt2img(prompt="a cat", seed=a.info["seed"], **SMALL)
+    assert np.array_equal(np.asarray(again.image), np.asarray(a.image))
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_does_not(api):
+    a, b, c = (api.txt2img(prompt="a cube", seed=s, **SMALL).image for s in (5, 5, 6))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_batch_size_and_n_iter_give_distinct_images_with_consecutive_seeds(api):
+    result = api.txt2img(prompt="a cat", seed=100, batch_size=2, n_iter=2, **SMALL)
+    assert len(result.images) == 4 and result.info["all_seeds"] == [100, 101, 102, 103]
+    arrays = [np.asarray(i).tobytes() for i in result.images]
+    assert len(set(arrays)) == 4
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("Euler a", "automatic"), ("DPM++ 2M", "Karras"),
+                                                ("DPM++ 2M Karras", "automatic"), ("DDIM", "automatic")])
+def test_a1111_sampler_names_are_understood(api, sampler, scheduler):
+    result = api.txt2img(prompt="a cat", sampler_name=sampler, scheduler=scheduler, seed=1, **SMALL)
+    assert result.image.size == (64, 64)
+    expected = "DPM++ 2M Karras" if scheduler == "Karras" else sampler
+    assert result.info["sampler_name"] == expected
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"width": 65}, "multiple of 8"), ({"steps": 0}, "steps"), ({"prompt": "x" * 201}, "too long"),
+    ({"sampler_name": "Nonexistent"}, "Sampler not found"), ({"batch_size": 5}, "images"),
+])
+def test_invalid_requests_raise_the_clients_error_with_a_message(api, kwargs, fragment):
+    with pytest.raises(RuntimeError) as info:
+        api.txt2img(**({"prompt": "a cat", "steps": 2, "width": 64, "height": 64} | kwargs))
+    status, text = info.value.args
+    assert status in (404, 422) and fragment in text
+
+
+def test_an_interrupt_from_a_second_client_ends_a_long_generation_with_a_partial_image(api, stack):
+    outcome = {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        result=api.txt2img(prompt="long", steps=100, width=512, height=512, seed=9)))
+    waiter.start()
+    other = webuiapi.WebUIApi(host=urlparse(stack.url).hostname, port=urlparse(stack.url).port)
+    wait_until(lambda: other.get_progress()["state"]["sampling_step"] >= 2, 60, 0.1, "generation under way")
+    started = time.monotonic()
+    other.interrupt()
+    waiter.join(60)
+    result = outcome["result"]
+    assert time.monotonic() - started < 10
+    assert result.image.size == (512, 512) and result.info["interrupted"] is True
+    nxt = api.txt2img(prompt="next", seed=1, **SMALL)
+    assert nxt.info["interrupted"] is False and nxt.image.size == (64, 64)
+
+
+def test_progress_answers_within_2_s_while_a_job_runs_and_reports_idle_after(api, stack):
+    waiter = threading.Thread(target=lambda: api.txt2img(prompt="busy", steps=40, width=256, height=256))
+    waiter.start()
+    wait_until(lambda: api.get_progress()["state"]["job"], 30, 0.05, "job running")
+    for _ in range(5):
+        started = time.monotonic()
+        progress = api.get_progress()
+        assert time.monotonic() - started < 2
+        assert 0.0 <= progress["progress"] <= 1.0 and progress["state"]["sampling_steps"] == 40
+    waiter.join(120)
+    api.util_wait_for_ready(check_interval=0.2)
+    idle = api.get_progress()
+    assert idle["progress"] == 0.0 and idle["state"]["job_count"] == 0
+
+
+def test_the_informational_endpoints_answer_in_a1111_shapes(api, stack):
+    model = stack.model_env["SD_MODEL"]
+    assert api.util_get_model_names() == [model]
+    assert api.util_get_current_model() == model
+    assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras"} <= set(api.util_get_sampler_names())
+    assert "karras" in api.util_get_scheduler_names()
+    assert api.set_options({"sd_model_checkpoint": model}) is None
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.skip() == {} and api.interrupt() == {}  # idle: harmless
+    nxt = api.txt2img(prompt="after an idle interrupt", **SMALL)
+    assert nxt.info["interrupted"] is False
