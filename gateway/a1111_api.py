@@ -117,8 +117,16 @@ def progress():
                              "%Y%m%d%H%M%S", time.localtime(job.created_at)))
     idle.update(progress=round(done_steps / (n * job.params.steps), 4),
                 eta_relative=(p.eta_seconds or 0.0) if p else 0.0,
-                textinfo=f"step {p.step if p else 0}/{job.params.steps}")
+                textinfo=f"step {p.step if p else 0}/{job.params.steps}",
+                current_image=_preview_b64(sv, job.job_id) if p and p.preview_step else None)
     return jsonify(idle)
+
+
+def _preview_b64(sv, job_id: str) -> str | None:
+    try:
+        return base64.b64encode(sv.client.fetch_preview(job_id)[1]).decode("ascii")
+    except RemoteError:
+        return None
 
 
 def _stop_running(mode: StopMode):

@@ -71,6 +71,12 @@ def job_image(job_id: str):
                                                             "Cache-Control": "private, max-age=3600"})
 
 
+@bp.get("/v1/jobs/<job_id>/preview")
+def job_preview(job_id: str):
+    info, data = services().client.fetch_preview(_checked(job_id))
+    return Response(data, mimetype=info.media_type, headers={"Cache-Control": "no-store"})
+
+
 def _sse(event: str, data: bytes | str) -> str:
     if isinstance(data, bytes):
         data = data.decode()

@@ -20,7 +20,7 @@ import zmq
 
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (TERMINAL_EVENTS, Cancel, ErrorInfo, FetchResult, GenerationParams, GetJob,
+from protocol.messages import (TERMINAL_EVENTS, Cancel, ErrorInfo, FetchPreview, FetchResult, GenerationParams, GetJob,
                                ImageInfo, JobView, Ping, Pong, Rejected, StopMode, Submit, Watch)
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,10 @@ class ModelClient:
 
     def fetch(self, job_id: str, index: int = 0) -> tuple[ImageInfo, bytes]:
         reply, blobs = self.call(FetchResult(job_id=job_id, index=index))
+        return reply.image, blobs[0]
+
+    def fetch_preview(self, job_id: str) -> tuple[ImageInfo, bytes]:
+        reply, blobs = self.call(FetchPreview(job_id=job_id))
         return reply.image, blobs[0]
 
     def watch(self, job_id: str) -> Iterator:

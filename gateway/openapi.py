@@ -103,6 +103,10 @@ def build_spec(request_type: type) -> dict:
             "get": {"summary": "A finished job's image", "responses": {
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 503)}}},
         **_compat_paths(),
+        "/v1/jobs/{job_id}/preview": {"parameters": _JOB_ID, "get": {
+            "summary": "The latest low-res preview of a running job that asked for one (preview: true)",
+            "responses": {"200": {"description": "A small JPEG", "content": {"image/jpeg": {}}},
+                          **_errors(404, 503)}}},
         "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory",
                             "responses": {"200": {"description": "Healthy or loading", "content": _ANY_JSON},
                                           "503": {"description": "Model server down or failed", "content": _ANY_JSON}}}},

@@ -48,6 +48,8 @@ def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type
             f"Images to make (1-{s.max_images}), with seeds seed, seed+1, ...; /generate takes 1."))] | None, None),
         ("format", Annotated[Literal[IMAGE_FORMATS], Meta(description="Output format (default png).")] | None, None),
         ("quality", Annotated[int, Meta(ge=1, le=100, description="JPEG/WebP quality (default 90).")] | None, None),
+        ("preview", Annotated[bool, Meta(description=(
+            "Keep a low-res preview while the job runs: GET /v1/jobs/{id}/preview (default false)."))] | None, None),
     ]
     return msgspec.defstruct(name, fields, kw_only=True)
 
@@ -130,4 +132,4 @@ class ParamValidator:
             steps=pick(r.steps, s.default_steps), guidance_scale=float(pick(r.guidance_scale, 7.5)),
             width=pick(r.width, s.default_size), height=pick(r.height, s.default_size),
             scheduler=pick(r.scheduler, "default"), n=pick(r.n, 1), format=pick(r.format, "png"),
-            quality=pick(r.quality, 90))
+            quality=pick(r.quality, 90), preview=bool(r.preview))

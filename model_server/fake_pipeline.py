@@ -38,7 +38,11 @@ class FakePipeline:
             started = time.monotonic()
             if self.step_seconds:
                 time.sleep(self.step_seconds)
-            on_step(step, time.monotonic() - started)
+            preview = None
+            if params.preview:
+                shade = int(255 * step / params.steps)
+                preview = Image.new("RGB", (params.width // 8, params.height // 8), (shade, shade, shade))
+            on_step(step, time.monotonic() - started, preview)
         digest = hashlib.sha256(f"{seed}\0{params.prompt}".encode()).digest()
         rng = random.Random(digest)
         return Image.frombytes("RGB", (params.width, params.height),

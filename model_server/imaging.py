@@ -25,6 +25,13 @@ def infotext(params: GenerationParams, seed: int, model: str) -> str:
     return "\n".join(lines)
 
 
+def encode_preview(image: Image.Image) -> bytes:
+    """A small JPEG: previews are latent-resolution and only need to show the image forming."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=75)
+    return buf.getvalue()
+
+
 def encode_image(image: Image.Image, params: GenerationParams, seed: int, model: str) -> tuple[bytes, str]:
     """Return (bytes, media type) in the requested format."""
     buf = io.BytesIO()

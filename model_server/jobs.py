@@ -47,6 +47,7 @@ class Job:
     images: list[tuple[ImageInfo, bytes]] = dataclasses.field(default_factory=list)
     stop_mode: StopMode | None = None
     interrupted: bool = False
+    preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
 
     @property
     def cancel_requested(self) -> bool:
@@ -133,7 +134,8 @@ class JobTable:
             progress = ProgressInfo(
                 step=job.step, total_steps=job.total_steps, image_index=job.image_index,
                 seconds_per_step=job.seconds_per_step, eta_seconds=self._remaining_locked(job),
-                elapsed_seconds=round(now - (job.started_at or now), 3))
+                elapsed_seconds=round(now - (job.started_at or now), 3),
+                preview_step=job.preview[0] if job.preview else None)
         elif job.state is JobState.SUCCEEDED:
             progress = ProgressInfo(step=job.total_steps, total_steps=job.total_steps,
                                     image_index=job.params.n - 1, seconds_per_step=job.seconds_per_step,
@@ -207,6 +209,19 @@ class JobTable:
                 job.seconds_per_step = seconds if prev is None else 0.7 * prev + 0.3 * seconds
                 self._sps_estimate = job.seconds_per_step
 
+    def record_preview(self, job: Job, step: int, data: bytes) -> None:
+        with self._lock:
+            job.preview = (step, data)
+
+    def preview(self, job_id: str) -> tuple[int, bytes]:
+        with self._lock:
+            job = self._get_locked(job_id)
+            if job.preview is None or job.state.terminal:
+                raise Rejection(ErrorInfo(
+                    code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no preview",
+                    hint="Previews exist while a job that asked for them (preview: true) is running."))
+            return job.preview
+
     def succeed(self, job: Job, images: list[tuple[ImageInfo, bytes]]) -> None:
         # An interrupt keeps what was made; the job succeeds (AUTOMATIC1111 semantics).
         self._finish(job, JobState.SUCCEEDED, images=images)
@@ -224,6 +239,7 @@ class JobTable:
                 return
             job.state, job.error, job.images = state, error, list(images)
             job.finished_at, job.finished_mono = time.time(), self._clock()
+            job.preview = None
             if self._running is job:
                 self._running = None
             if job.id in self._queue:

@@ -41,7 +41,8 @@ class Pipeline(Protocol):
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
                  stop: Callable[[], StopMode | None]) -> "Image":
-        """One image. Calls ``on_step(step, seconds)`` after each step (1-based). At the first
+        """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based); preview is
+        a latent-resolution PIL image when ``params.preview`` is set, else None. At the first
         step boundary where ``stop()`` says CANCEL it raises :class:`JobCancelledError`; where it
         says INTERRUPT or SKIP it stops denoising and returns the image decoded so far."""
 

@@ -22,8 +22,8 @@ from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchResult,
-                               GenerationParams, GetJob, JobInfo, JobState, ModelState, Ping, Pong,
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchPreview,
+                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobState, ModelState, Ping, Pong,
                                Progress, Rejected, Result, Submit, Watch)
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,13 @@ class ModelServer:
         info, data = self.table.result(msg.job_id, msg.index)
         self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
 
+    def _on_preview(self, identity, ref, msg: FetchPreview) -> None:
+        step, data = self.table.preview(msg.job_id)
+        job = self.table.get(msg.job_id)
+        info = ImageInfo(index=job.image_index, seed=job.params.seed + job.image_index, media_type="image/jpeg",
+                         width=job.params.width // 8, height=job.params.height // 8, size_bytes=len(data))
+        self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
+
     def _on_cancel(self, identity, ref, msg: Cancel) -> None:
         job = self.table.cancel(msg.job_id, msg.mode)
         log.info("job %s %s requested (state %s)", job.id, msg.mode.value, job.state.value)
@@ -228,7 +235,7 @@ class ModelServer:
         self._publish(job.id)
 
     _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
-                 FetchResult: _on_fetch, Cancel: _on_cancel}
+                 FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview}
 
     # --- events ------------------------------------------------------------------------
 

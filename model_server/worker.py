@@ -16,7 +16,7 @@ from typing import Callable
 
 import zmq
 
-from model_server.imaging import encode_image
+from model_server.imaging import encode_image, encode_preview
 from model_server.jobs import Job, JobTable
 from model_server.pipeline import Pipeline, JobCancelledError, PipelineLoadError, make_pipeline
 from model_server.settings import ModelServerSettings
@@ -115,7 +115,9 @@ class Worker(threading.Thread):
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
-                def on_step(step: int, seconds: float, index=index) -> None:
+                def on_step(step: int, seconds: float, preview=None, index=index) -> None:
+                    if preview is not None:
+                        self.table.record_preview(job, step, encode_preview(preview))
                     self.table.record_step(job, index, step, seconds)
                     self.notify(job.id)
 

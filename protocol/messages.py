@@ -82,6 +82,7 @@ class GenerationParams(_Shape):
     n: int = 1
     format: str = "png"
     quality: int = 90
+    preview: bool = False  # make a cheap low-res preview from the latents after each step
 
 
 class ProgressInfo(_Shape):
@@ -91,6 +92,7 @@ class ProgressInfo(_Shape):
     seconds_per_step: float | None = None
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
+    preview_step: int | None = None  # the step the latest preview shows (FetchPreview gets it)
 
 
 class ImageInfo(_Shape):
@@ -145,6 +147,12 @@ class Watch(_Msg):
 class FetchResult(_Msg):
     job_id: str
     index: int = 0
+
+
+class FetchPreview(_Msg):
+    """The latest low-res preview of a job that asked for previews; answered with a Result."""
+
+    job_id: str
 
 
 class Cancel(_Msg):
@@ -209,7 +217,7 @@ class Rejected(_Msg):
     error: ErrorInfo
 
 
-Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel]
+Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview]
 Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected]
 TERMINAL_EVENTS = (Completed, Failed, Cancelled)
 

@@ -1,110 +1,267 @@
-// The page's behaviour: submit a job, follow its events (SSE), show progress, cancel, show the image.
-"use strict";
+// The page: submit a job, follow it (SSE, polling as fallback), preview, cancel, show, keep a gallery.
+import * as gallery from "/static/gallery.js";
+
 const $ = (id) => document.getElementById(id);
-let limits = { max_prompt_length: 200 };
-let current = null; // { id, source }
+const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1024, max_height: 1024,
+                          default_size: 512, default_steps: 25 },
+                job: null, source: null, poll: null, lastSeed: null, lastRequest: null, previewStep: null };
 
-function say(text, isError = false) {
-  $("status").textContent = text;
-  $("status").className = isError ? "error" : "";
-}
-
+// --- server state --------------------------------------------------------------------------
 async function refreshHealth() {
+  const chip = $("server-state");
   try {
     const r = await fetch("/health");
     const h = await r.json();
-    if (h.limits) limits = h.limits;
+    chip.dataset.state = h.status;
+    if (h.status === "unavailable") {
+      chip.textContent = "Model server unreachable — retrying";
+      return;
+    }
+    if (h.limits && !state.limitsLoaded) applyLimits(h.limits, h.schedulers || []);
     const opt = h.optimizations || {};
-    $("server-state").textContent = h.status === "unavailable"
-      ? `Model server unreachable — ${h.error ? h.error.hint : ""}`
-      : `${h.model} · ${h.device} · ${opt.dtype || "?"} · ${h.status} · queue ${h.queue ? h.queue.depth : 0}`;
-    $("steps").max = limits.max_steps || 100;
-  } catch (e) {
-    $("server-state").textContent = "Gateway unreachable";
+    const what = { ok: "ready", loading: `loading the model (${Math.round(h.uptime_seconds || 0)} s)`,
+                   error: "model failed to load", stopping: "restarting" }[h.status] || h.status;
+    chip.textContent = `${h.model} · ${h.device}${opt.dtype ? " · " + opt.dtype : ""} · ${what} · queue ${h.queue.depth}`;
+    chip.title = h.error ? `${h.error.error} — ${h.error.hint}` : "";
+  } catch {
+    chip.dataset.state = "unavailable";
+    chip.textContent = "Gateway unreachable";
   }
+}
+
+function applyLimits(limits, schedulers) {
+  state.limits = limits;
+  state.limitsLoaded = true;
+  $("steps").max = limits.max_steps;
+  $("steps").value = limits.default_steps;
+  for (const [id, max] of [["width", limits.max_width], ["height", limits.max_height]]) {
+    const select = $(id);
+    select.textContent = "";
+    for (let v = 256; v <= Math.min(max, 1024); v += 64) select.add(new Option(`${v}`, v, false, v === limits.default_size));
+  }
+  const sched = $("scheduler");
+  sched.textContent = "";
+  for (const name of schedulers) sched.add(new Option(name, name));
   updateCounter();
 }
 
 function updateCounter() {
-  $("counter").textContent = `${$("prompt").value.length}/${limits.max_prompt_length}`;
+  const n = [...$("prompt").value].length;
+  const max = state.limits.max_prompt_length;
+  $("counter").textContent = `${n}/${max}`;
+  $("counter").classList.toggle("error-text", n > max);
 }
 
-function showError(body) {
-  say(`${body.error}${body.hint ? " — " + body.hint : ""}`, true);
+// --- messages --------------------------------------------------------------------------------
+function showError(body, retryAfter) {
+  const box = $("error");
+  const wait = retryAfter ? ` You can retry in about ${retryAfter} s.` : "";
+  const message = body.error || "something went wrong";
+  box.textContent = `${message[0].toUpperCase()}${message.slice(1)}.${body.hint ? " " + body.hint : ""}${wait}`;
+  box.hidden = false;
 }
 
-function finish() {
-  if (current && current.source) current.source.close();
-  current = null;
-  $("submit").disabled = false;
-  $("cancel").disabled = true;
+function clearError() { $("error").hidden = true; }
+
+function say(text) { $("status").textContent = text; }
+
+// --- a job's life ----------------------------------------------------------------------------
+function requestBody() {
+  const body = { prompt: $("prompt").value, steps: Number($("steps").value),
+                 guidance_scale: Number($("guidance").value), width: Number($("width").value),
+                 height: Number($("height").value), scheduler: $("scheduler").value || "default", preview: true };
+  if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
+  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  return body;
 }
 
-function onJob(job) {
+async function submit(event) {
+  event.preventDefault();
+  if (state.job) return;
+  clearError();
+  $("result").hidden = true;
+  const body = requestBody();
+  setBusy(true);
+  say("Submitting…");
+  let r;
+  try {
+    r = await fetch("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                  body: JSON.stringify(body) });
+  } catch {
+    setBusy(false);
+    showError({ error: "The gateway cannot be reached", hint: "Check that the service is running." });
+    return;
+  }
+  const job = await r.json();
+  if (!r.ok) {
+    setBusy(false);
+    $("progress-area").hidden = true;
+    showError(job, r.headers.get("Retry-After"));
+    return;
+  }
+  state.job = job;
+  state.lastRequest = { ...body, seed: job.params.seed };
+  state.previewStep = null;
+  $("progress-area").hidden = false;
+  $("preview").hidden = true;
+  onProgress(job);
+  follow(job.id);
+}
+
+function follow(id) {
+  if (!window.EventSource) return poll(id);
+  const source = new EventSource(`/v1/jobs/${id}/events`);
+  state.source = source;
+  source.addEventListener("progress", (e) => onProgress(JSON.parse(e.data)));
+  for (const name of ["completed", "failed", "cancelled"]) source.addEventListener(name, (e) => onDone(JSON.parse(e.data)));
+  source.addEventListener("error", (e) => {
+    source.close();
+    state.source = null;
+    if (!state.job) return;
+    if (e.data) { const body = JSON.parse(e.data); say(body.error); }
+    poll(id); // the stream broke (proxy, model server restart): keep following by polling
+  });
+}
+
+function poll(id) {
+  clearInterval(state.poll);
+  state.poll = setInterval(async () => {
+    try {
+      const r = await fetch(`/v1/jobs/${id}`);
+      const job = await r.json();
+      if (!r.ok) { finish(); showError(job, r.headers.get("Retry-After")); return; }
+      if (["succeeded", "failed", "cancelled"].includes(job.state)) onDone(job); else onProgress(job);
+    } catch { say("Lost contact with the gateway; still trying…"); }
+  }, 1000);
+}
+
+function onProgress(job) {
   const p = job.progress || {};
   if (job.state === "queued") {
-    say(`Queued: position ${job.queue_position}${p.eta_seconds ? `, about ${Math.round(p.eta_seconds)} s` : ""}`);
+    say(`Queued: position ${job.queue_position ?? "?"}` + (p.eta_seconds ? ` · starts in about ${fmt(p.eta_seconds)}` : ""));
+    $("bar").removeAttribute("value");
   } else if (job.state === "running") {
-    $("bar").hidden = false;
-    $("bar").value = p.total_steps ? p.step / p.total_steps : 0;
-    say(`Step ${p.step}/${p.total_steps} · ${Math.round(p.elapsed_seconds || 0)} s elapsed` +
-        (p.eta_seconds != null ? ` · about ${Math.round(p.eta_seconds)} s left` : ""));
+    const n = job.params.n || 1;
+    const done = (p.image_index || 0) * p.total_steps + (p.step || 0);
+    $("bar").max = 1;
+    $("bar").value = p.total_steps ? done / (n * p.total_steps) : 0;
+    say(job.cancel_requested ? "Cancelling…" : `Step ${p.step}/${p.total_steps}`);
+    $("timing").textContent = `${fmt(p.elapsed_seconds || 0)} elapsed` +
+      (p.eta_seconds != null ? ` · about ${fmt(p.eta_seconds)} left` : "") +
+      (p.seconds_per_step ? ` · ${p.seconds_per_step.toFixed(2)} s/step` : "");
+    if (p.preview_step != null && p.preview_step !== state.previewStep) {
+      state.previewStep = p.preview_step;
+      $("preview").src = `/v1/jobs/${job.id}/preview?step=${p.preview_step}`;
+      $("preview").hidden = false;
+    }
   }
 }
 
 function onDone(job) {
   finish();
+  $("preview").hidden = true;
   if (job.state === "succeeded") {
     const img = job.images[0];
     $("bar").value = 1;
-    $("image").src = img.url;
-    $("download").href = img.url;
-    $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height}`;
-    $("result").hidden = false;
-    say("Done.");
+    say(job.interrupted ? "Stopped early; here is what was made." : "Done.");
+    showResult(job, img);
   } else if (job.state === "cancelled") {
-    say("Cancelled.");
+    say("Cancelled. Nothing was kept.");
+    $("bar").value = 0;
   } else {
-    showError({ error: job.error ? job.error.message : "failed", hint: job.error ? job.error.hint : "" });
+    say("Failed.");
+    showError({ error: job.error ? job.error.message : "The job failed", hint: job.error ? job.error.hint : "" });
   }
 }
 
-async function submit(event) {
-  event.preventDefault();
-  const size = Number($("size").value);
-  const body = { prompt: $("prompt").value, steps: Number($("steps").value), width: size, height: size };
-  if ($("seed").value !== "") body.seed = Number($("seed").value);
-  $("submit").disabled = true;
-  $("result").hidden = true;
-  say("Submitting…");
-  const r = await fetch("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                      body: JSON.stringify(body) });
-  const job = await r.json();
-  if (!r.ok) { finish(); showError(job); return; }
-  const source = new EventSource(`/v1/jobs/${job.id}/events`);
-  current = { id: job.id, source };
-  $("cancel").disabled = false;
-  onJob(job);
-  source.addEventListener("progress", (e) => onJob(JSON.parse(e.data)));
-  for (const name of ["completed", "failed", "cancelled"]) {
-    source.addEventListener(name, (e) => onDone(JSON.parse(e.data)));
-  }
-  source.addEventListener("error", (e) => {
-    if (e.data) { finish(); showError(JSON.parse(e.data)); }
-  });
+function showResult(job, img) {
+  state.lastSeed = img.seed;
+  $("seed-reuse").disabled = false;
+  const p = job.params;
+  $("image").src = img.url;
+  $("image").width = img.width;
+  $("image").height = img.height;
+  $("image").alt = `Generated image: ${p.prompt}`;
+  $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.steps} steps · ` +
+    `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
+  $("download").href = img.url;
+  $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
+  $("curl").hidden = true;
+  $("result").hidden = false;
+  $("image").addEventListener("load", () => {
+    gallery.add({ id: job.id, thumb: gallery.thumbnail($("image")), params: { ...state.lastRequest, seed: img.seed },
+                  created: Date.now() });
+    gallery.render($("gallery"), pick);
+  }, { once: true });
+}
+
+function finish() {
+  if (state.source) state.source.close();
+  clearInterval(state.poll);
+  state.source = null;
+  state.job = null;
+  setBusy(false);
+}
+
+function setBusy(busy) {
+  $("submit").disabled = busy;
+  $("cancel").disabled = !busy;
 }
 
 async function cancel() {
-  if (!current) return;
-  const r = await fetch(`/v1/jobs/${current.id}`, { method: "DELETE" });
-  if (!r.ok) showError(await r.json());
+  if (!state.job) return;
+  say("Cancelling…");
+  const r = await fetch(`/v1/jobs/${state.job.id}`, { method: "DELETE" });
+  const job = await r.json();
+  if (!r.ok) showError(job);
+  else if (job.state === "cancelled") onDone(job);
 }
 
+// --- helpers -----------------------------------------------------------------------------------
+function fmt(seconds) {
+  seconds = Math.round(seconds);
+  return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+}
+
+function curlCommand() {
+  const body = { ...state.lastRequest };
+  delete body.preview;
+  const json = JSON.stringify(body).replaceAll("'", "'\\''");
+  return `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -d '${json}' -o image.png`;
+}
+
+async function copyCurl() {
+  const text = curlCommand();
+  $("curl").textContent = text;
+  $("curl").hidden = false;
+  try { await navigator.clipboard.writeText(text); $("copy-curl").textContent = "Copied"; }
+  catch { $("copy-curl").textContent = "Select and copy below"; }
+  setTimeout(() => { $("copy-curl").textContent = "Copy as curl"; }, 2000);
+}
+
+function pick(entry) {
+  const p = entry.params;
+  $("prompt").value = p.prompt;
+  $("negative").value = p.negative_prompt || "";
+  for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
+                         ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed]]) {
+    if (v != null) $(id).value = v;
+  }
+  updateCounter();
+  $("prompt").focus();
+}
+
+// --- wiring ------------------------------------------------------------------------------------
 $("form").addEventListener("submit", submit);
 $("cancel").addEventListener("click", cancel);
 $("prompt").addEventListener("input", updateCounter);
 $("prompt").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); }
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
 });
+$("seed-random").addEventListener("click", () => { $("seed").value = ""; });
+$("seed-reuse").addEventListener("click", () => { if (state.lastSeed != null) $("seed").value = state.lastSeed; });
+$("copy-curl").addEventListener("click", copyCurl);
+$("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
+gallery.render($("gallery"), pick);
 refreshHealth();
-setInterval(refreshHealth, 10000);
+setInterval(refreshHealth, 5000);

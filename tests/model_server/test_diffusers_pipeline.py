@@ -27,7 +27,7 @@ def fp32(tiny_model_dir):
 
 def generate(pipe, p, stop=lambda: None):
     steps = []
-    image = pipe.generate(p, p.seed, lambda step, seconds: steps.append((step, seconds)), stop)
+    image = pipe.generate(p, p.seed, lambda step, seconds, preview=None: steps.append((step, seconds)), stop)
     return image, steps
 
 
@@ -60,7 +60,7 @@ def test_a_cancel_stops_at_the_next_step_boundary(fp32):
         return StopMode.CANCEL if len(seen) >= 2 else None
 
     with pytest.raises(JobCancelledError):
-        fp32.generate(params(steps=50), 1, lambda step, seconds: seen.append(step), stop)
+        fp32.generate(params(steps=50), 1, lambda step, seconds, preview=None: seen.append(step), stop)
     assert len(seen) == 2
 
 
@@ -70,7 +70,7 @@ def test_an_interrupt_stops_early_and_still_decodes_an_image(fp32):
     def stop():
         return StopMode.INTERRUPT if len(seen) >= 2 else None
 
-    image = fp32.generate(params(steps=50, width=96), 1, lambda step, seconds: seen.append(step), stop)
+    image = fp32.generate(params(steps=50, width=96), 1, lambda step, seconds, preview=None: seen.append(step), stop)
     assert image.size == (96, 64) and len(seen) == 2
 
 
@@ -122,3 +122,13 @@ def test_the_token_comes_from_hf_token_its_alias_or_a_file(tmp_path):
     assert read_token({"HF_TOKEN_FILE": str(tmp_path / "token")}) == "c"
     assert read_token({}) is None
     assert "secret" not in repr(ModelServerSettings(token="secret"))
+
+
+def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):
+    previews = []
+    fp32.generate(params(steps=2, preview=True, width=128), 1, lambda s, sec, preview=None: previews.append(preview),
+                  lambda: None)
+    assert [p.size for p in previews] == [(16, 8), (16, 8)]
+    plain = []
+    fp32.generate(params(steps=2), 1, lambda s, sec, preview=None: plain.append(preview), lambda: None)
+    assert plain == [None, None]

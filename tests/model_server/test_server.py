@@ -218,3 +218,19 @@ def test_an_interrupt_never_touches_a_queued_job(start_server):
     client.cancel(running.job_id, StopMode.INTERRUPT)
     assert isinstance(run_to_end(client, queued.job_id)[-1], Completed)
     assert not client.get_job(queued.job_id).interrupted
+
+
+def test_a_running_job_that_asked_for_previews_has_one_to_fetch(start_server):
+    server, client = start_server(step_seconds=0.05)
+    plain = client.submit(params(steps=3))
+    job = client.submit(params(steps=200, preview=True, width=128))
+    with pytest.raises(RemoteError):
+        client.fetch_preview(plain.job_id)
+    wait_until(lambda: (client.get_job(job.job_id).progress.preview_step or 0) >= 2, 10)
+    info, data = client.fetch_preview(job.job_id)
+    assert info.media_type == "image/jpeg" and Image.open(io.BytesIO(data)).size == (16, 8)
+    client.cancel(job.job_id)
+    run_to_end(client, job.job_id)
+    with pytest.raises(RemoteError) as err:
+        client.fetch_preview(job.job_id)
+    assert err.value.error.code is ErrorCode.NOT_FOUND

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from protocol import codec
 from protocol.errors import ErrorCode
-from protocol.messages import (Accepted, Cancel, ErrorInfo, FetchResult, GenerationParams, GetJob, ImageInfo,
+from protocol.messages import (Accepted, Cancel, ErrorInfo, FetchPreview, FetchResult, GenerationParams, GetJob, ImageInfo,
                                JobState, JobView, ModelState, Ping, StopMode, Pong, ProgressInfo, Rejected, Result,
                                Submit, Watch)
 
@@ -30,6 +30,7 @@ GOLDEN = {
     "fetch_result": FetchResult(job_id=_VIEW.job_id, index=1),
     "cancel": Cancel(job_id=_VIEW.job_id),
     "cancel_interrupt": Cancel(job_id=_VIEW.job_id, mode=StopMode.INTERRUPT),
+    "fetch_preview": FetchPreview(job_id=_VIEW.job_id),
     "pong": Pong(model="CompVis/stable-diffusion-v1-4", model_state=ModelState.READY,
                  optimizations={"dtype": "bfloat16", "threads": 2, "safety_checker": False},
                  queue_depth=1, queue_capacity=16, running_job=_VIEW.job_id, rss_bytes=2_500_000_000),

@@ -9,7 +9,7 @@ import pytest
 
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchResult,
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchPreview, FetchResult,
                                GenerationParams, GetJob, ImageInfo, JobInfo, JobState, JobView, ModelState,
                                Ping, Pong, Progress, ProgressInfo, Rejected, Result, Submit, Watch)
 
@@ -18,7 +18,7 @@ VIEW = JobView(job_id="j1", state=JobState.RUNNING, created_at=1.5, params=PARAM
                progress=ProgressInfo(step=1, total_steps=3, seconds_per_step=0.5, eta_seconds=1.0))
 ALL_MESSAGES = [
     Ping(), Submit(params=PARAMS, client_id="c", request_id="r"), GetJob(job_id="j1"), Watch(job_id="j1"),
-    FetchResult(job_id="j1", index=1), Cancel(job_id="j1"),
+    FetchResult(job_id="j1", index=1), Cancel(job_id="j1"), FetchPreview(job_id="j1"),
     Pong(model="m", model_state=ModelState.READY, optimizations={"dtype": "bfloat16", "threads": 2}),
     Accepted(job=VIEW), JobInfo(job=VIEW), Progress(job=VIEW), Completed(job=VIEW), Failed(job=VIEW),
     Cancelled(job=VIEW),

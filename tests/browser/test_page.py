@@ -1,0 +1,127 @@
+"""The web page in a real browser: submit, progress, preview, cancel, errors, restart, gallery."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import shot
+from tests.helpers import wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def fill(page, prompt: str, steps: int, size: int = 256, seed: str = ""):
+    page.fill("#prompt", prompt)
+    page.fill("#steps", str(steps))
+    page.select_option("#width", str(size))
+    page.select_option("#height", str(size))
+    page.fill("#seed", seed)
+
+
+def test_submit_shows_progress_a_preview_then_the_image_at_its_size(page):
+    expect(page.locator("#server-state")).to_contain_text("ready")
+    expect(page.locator("#scheduler option")).not_to_have_count(0)
+    fill(page, "a lighthouse at dawn", steps=60, size=512, seed="1234")
+    page.click("#submit")
+    expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/60"), timeout=20_000)
+    first = page.eval_on_selector("#bar", "b => b.value")
+    expect(page.locator("#preview")).to_be_visible(timeout=10_000)
+    page.wait_for_function(f"document.getElementById('bar').value > {first}", timeout=20_000)
+    shot(page, "1-progress")
+    expect(page.locator("#result")).to_be_visible(timeout=60_000)
+    page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+    assert page.eval_on_selector("#image", "i => [i.naturalWidth, i.naturalHeight]") == [512, 512]
+    expect(page.locator("#caption")).to_contain_text("Seed 1234")
+    expect(page.locator("#download")).to_have_attribute("href", re.compile(r"/v1/jobs/\w+/image"))
+    expect(page.locator("#gallery li")).to_have_count(1)
+    shot(page, "2-done")
+
+
+def test_cancel_mid_run_shows_the_cancelled_state(page):
+    fill(page, "a long one", steps=100, size=512)
+    page.click("#submit")
+    expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/100"), timeout=20_000)
+    page.click("#cancel")
+    expect(page.locator("#status")).to_contain_text("Cancelled", timeout=10_000)
+    expect(page.locator("#submit")).to_be_enabled()
+    expect(page.locator("#result")).to_be_hidden()
+    shot(page, "3-cancelled")
+
+
+def test_a_too_long_prompt_shows_the_servers_error_and_hint(page):
+    fill(page, "x" * 201, steps=2)
+    expect(page.locator("#counter")).to_have_text("201/200")
+    page.click("#submit")
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("too long")
+    expect(error).to_contain_text("Try a shorter prompt")
+    shot(page, "4-prompt-too-long")
+
+
+def test_keyboard_only_on_a_phone_width_screen(browser, stack):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto(stack.url + "/")
+    page.wait_for_function("document.getElementById('server-state').dataset.state === 'ok'")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+    page.focus("#prompt")
+    page.keyboard.type("a small red cube")
+    order = []
+    for _ in range(7):  # Tab walks the form in reading order
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order == ["negative", "width", "height", "steps", "guidance", "scheduler", "seed"]
+    page.keyboard.press("Control+a")
+    page.keyboard.type("77")
+    page.keyboard.press("Shift+Tab")  # back to the sampler, then steps
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("3")
+    page.keyboard.press("Enter")  # Enter in any field submits the form
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#caption")).to_contain_text("Seed 77 · 512×512 · 3 steps")
+    for control in page.locator("input, select, textarea").all():
+        assert control.evaluate("c => c.labels.length > 0"), control.get_attribute("id")
+    shot(page, "5-phone")
+    context.close()
+
+
+def test_reuse_last_seed_and_the_gallery_fill_the_form(page):
+    fill(page, "gallery item", steps=2, seed="")
+    page.click("#submit")
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    seed = re.search(r"Seed (\d+)", page.inner_text("#caption")).group(1)
+    page.click("#seed-random")
+    expect(page.locator("#seed")).to_have_value("")
+    page.click("#seed-reuse")
+    expect(page.locator("#seed")).to_have_value(seed)
+    page.fill("#prompt", "something else")
+    page.locator("#gallery li button").first.click()
+    expect(page.locator("#prompt")).to_have_value("gallery item")
+    expect(page.locator("#seed")).to_have_value(seed)
+    page.click("#copy-curl")
+    expect(page.locator("#curl")).to_contain_text("/generate")
+    expect(page.locator("#curl")).to_contain_text(f'"seed":{seed}')
+
+
+def test_the_page_keeps_working_after_the_model_server_restarts(page, stack, log_dir):
+    stack.model_server.signal(signal.SIGKILL)
+    stack.model_server.stop()
+    expect(page.locator("#server-state")).to_contain_text("unreachable", timeout=15_000)
+    fill(page, "while down", steps=2)
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("model server", timeout=10_000)
+    shot(page, "6-model-server-down")
+    stack.restart_model_server(log_dir)
+    wait_ready(stack.url, stack.model_server)
+    expect(page.locator("#server-state")).to_contain_text("ready", timeout=15_000)
+    fill(page, "after the restart", steps=3)
+    page.click("#submit")
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    shot(page, "7-after-restart")
