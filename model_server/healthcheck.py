@@ -1,0 +1,56 @@
+"""Container healthcheck: exit 0 only when the model server answers a Ping and its model is ready.
+
+``python -m model_server.healthcheck [ADDRESS]`` (default: MODEL_SERVER_HEALTH_ADDRESS, or the
+bind address with 0.0.0.0 replaced by 127.0.0.1). Speaks the real protocol, so "healthy"
+means the IO loop is alive, not just that a port is open.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import zmq
+
+from protocol import codec
+from protocol.messages import ModelState, Ping, Pong
+
+
+def _default_address() -> str:
+    explicit = os.environ.get("MODEL_SERVER_HEALTH_ADDRESS")
+    if explicit:
+        return explicit
+    return os.environ.get("MODEL_SERVER_BIND", "tcp://127.0.0.1:5555").replace("0.0.0.0", "127.0.0.1")
+
+
+def check(address: str, timeout_ms: int = 3000) -> tuple[bool, str]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send_multipart(codec.encode(Ping(), ref=1))
+        if not sock.poll(timeout_ms):
+            return False, f"no answer from {address} within {timeout_ms} ms"
+        envelope, _ = codec.decode(sock.recv_multipart())
+        pong = envelope.body
+        if not isinstance(pong, Pong):
+            return False, f"unexpected reply {type(pong).__name__}"
+        if pong.model_state is not ModelState.READY:
+            detail = f": {pong.error.message}" if pong.error else ""
+            return False, f"model {pong.model_state.value}{detail}"
+        return True, f"ready ({pong.model})"
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ok, message = check(argv[0] if argv else _default_address())
+    print(message)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
