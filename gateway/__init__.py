@@ -13,6 +13,7 @@ import uuid
 from flask import Flask, g, request
 from flask_cors import CORS
 
+from gateway import auth
 from gateway.errors import register_error_handlers
 from gateway.model_client import ModelClient
 from gateway.services import Services
@@ -38,15 +39,19 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
+    auth.install(app, settings)
+
     @app.after_request
     def _echo_request_id(response):
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from gateway import a1111_api, health, jobs_api, native, openai_api, openapi, web
+    from gateway import a1111_api, health, jobs_api, metrics, native, openai_api, openapi, rate_limits, web
 
-    for module in (web, native, jobs_api, openai_api, a1111_api, health, openapi):
+    for module in (web, native, jobs_api, openai_api, a1111_api, health, metrics, openapi):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
+    rate_limits.install(app, settings)  # after the routes exist and after auth has named the client
+    metrics.install(app)
     logging.getLogger(__name__).info("gateway ready; model server at %s", settings.model_server)
     return app

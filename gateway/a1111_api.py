@@ -17,8 +17,8 @@ import msgspec
 from flask import Blueprint, g, jsonify, request
 
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, infotext, resolve_sampler
-from gateway.errors import ApiError, as_api_error
-from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.errors import FAMILY_RENDERERS, ApiError
+from gateway.model_client import RemoteError
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.messages import StopMode
@@ -43,16 +43,15 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     height: int | None = None
 
 
-@bp.errorhandler(ApiError)
-@bp.errorhandler(RemoteError)
-@bp.errorhandler(ModelServerUnavailable)
-def _errors(exc):
-    err = as_api_error(exc)
+def _a1111_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
         loc = ["body", err.field] if err.field else ["body"]
         return jsonify(detail=[{"loc": loc, "msg": f"{err.message}. {err.hint}", "type": err.code}]), 422
     body = {"error": err.code, "detail": err.hint, "body": "", "errors": err.message}
     return jsonify(body), err.status, err.headers()
+
+
+FAMILY_RENDERERS[bp.name] = _a1111_error
 
 
 def _decode() -> tuple[Txt2ImgRequest, dict]:

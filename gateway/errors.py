@@ -1,13 +1,16 @@
-"""JSON errors for every failure: ``{"error", "code", "hint"}``, never a traceback.
+"""Every failure becomes an :class:`ApiError`, rendered in its route family's JSON shape.
 
-Errors from the model server (``ErrorInfo``) map onto HTTP statuses here, in one table, so
-every route family reports the same condition with the same status.
+The native and seed routes answer ``{"error", "code", "hint"}``; the OpenAI and A1111 façades
+register their own renderers (``FAMILY_RENDERERS``, keyed by blueprint name), so a rate limit, an
+auth failure or an unexpected error looks right to each family's clients. Model-server errors
+(``ErrorInfo``) map onto HTTP statuses in one table. Never a traceback in a response.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -43,10 +46,11 @@ class ApiError(Exception):
     """An error answered as JSON with an HTTP status (and Retry-After where it helps)."""
 
     def __init__(self, status: int, code: str, message: str, hint: str = "",
-                 retry_after: float | None = None, field: str | None = None):
+                 retry_after: float | None = None, field: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.hint = status, code, message, hint
         self.retry_after, self.field = retry_after, field
+        self.extra_headers = headers or {}
 
     @classmethod
     def from_info(cls, error: ErrorInfo) -> "ApiError":
@@ -65,9 +69,22 @@ class ApiError(Exception):
         return body
 
     def headers(self) -> dict:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        headers = dict(self.extra_headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
+
+
+def native_response(err: ApiError):
+    return jsonify(err.body()), err.status, err.headers()
+
+
+# Blueprint name -> renderer; routes of other blueprints (and unknown routes) use the native shape.
+FAMILY_RENDERERS: dict[str, Callable[[ApiError], object]] = {}
+
+
+def render(err: ApiError):
+    return FAMILY_RENDERERS.get(request.blueprint or "", native_response)(err)
 
 
 def as_api_error(exc: Exception) -> ApiError:
@@ -75,31 +92,25 @@ def as_api_error(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, (RemoteError, ModelServerUnavailable)):
         return ApiError.from_info(exc.error)
+    if isinstance(exc, HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return ApiError(exc.code or 500, code, exc.description or exc.name, _HTTP_HINTS.get(exc.code, ""))
     raise TypeError(f"not an API error: {exc!r}")
-
-
-def error_response(err: ApiError):
-    return jsonify(err.body()), err.status, err.headers()
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     @app.errorhandler(RemoteError)
     @app.errorhandler(ModelServerUnavailable)
+    @app.errorhandler(HTTPException)
     def _known(exc):
         err = as_api_error(exc)
         if err.status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.path, err.status, err.code, err.message)
-        return error_response(err)
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(ApiError(exc.code or 500, code, exc.description or exc.name,
-                                       _HTTP_HINTS.get(exc.code, "")))
+        return render(err)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError(500, "internal_error", "the gateway hit an unexpected error",
-                                       "Retry; if it persists, report it with the X-Request-Id header."))
+        return render(ApiError(500, "internal_error", "the gateway hit an unexpected error",
+                               "Retry; if it persists, report it with the X-Request-Id header."))

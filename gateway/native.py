@@ -12,7 +12,8 @@ bp = Blueprint("native", __name__)
 
 
 def client_id() -> str:
-    return request.remote_addr or ""
+    """Who is asking: an API key fingerprint, or the client address (see gateway.auth)."""
+    return g.get("client_id") or "ip:" + (request.remote_addr or "")
 
 
 @bp.post("/generate")

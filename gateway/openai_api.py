@@ -20,8 +20,7 @@ import time
 import msgspec
 from flask import Blueprint, g, jsonify, request
 
-from gateway.errors import ApiError, as_api_error
-from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.errors import FAMILY_RENDERERS, ApiError
 from gateway.services import services
 from gateway.waiting import generate_sync
 
@@ -56,11 +55,7 @@ def _openai_error(err: ApiError):
     return jsonify(body), err.status, headers
 
 
-@bp.errorhandler(ApiError)
-@bp.errorhandler(RemoteError)
-@bp.errorhandler(ModelServerUnavailable)
-def _errors(exc):
-    return _openai_error(as_api_error(exc))
+FAMILY_RENDERERS[bp.name] = _openai_error
 
 
 def _size(value: str | None) -> dict:

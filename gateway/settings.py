@@ -11,6 +11,26 @@ def _int(env, name, default):
     return int(raw) if raw else default
 
 
+def _bool(env, name, default):
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
+def _keys(env) -> tuple[str, ...]:
+    keys = [k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()]
+    path = env.get("API_KEYS_FILE", "").strip()
+    if path:
+        with open(path, encoding="utf-8") as f:
+            keys += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return tuple(keys)
+
+
 def _float(env, name, default):
     raw = env.get(name, "").strip()
     return float(raw) if raw else default
@@ -36,6 +56,13 @@ class GatewaySettings:
     sse_keepalive_seconds: float = 15.0
     # Base of absolute URLs handed out (OpenAI response_format=url); default: the request's host.
     public_url: str = ""
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # empty: no auth
+    auth_public_health: bool = False  # with keys set, /health, /health/ready and /metrics need one too
+    rate_limit_enabled: bool = True
+    rate_limit_storage: str = "memory://"  # redis://host:6379/0 to share limits across workers
+    rate_limit_generate: str = "30/minute"  # per client, across all generation routes
+    rate_limit_read: str = "1200/minute"  # per client, status/events/images/health
+    rate_limit_on_store_error: str = "memory"  # memory | open | closed
 
     @classmethod
     def from_env(cls, env=None) -> "GatewaySettings":
@@ -57,7 +84,16 @@ class GatewaySettings:
             cors_origins=origins,
             sse_keepalive_seconds=_float(env, "SSE_KEEPALIVE_SECONDS", d.sse_keepalive_seconds),
             public_url=env.get("PUBLIC_URL", d.public_url).strip(),
+            api_keys=_keys(env),
+            auth_public_health=_bool(env, "AUTH_PUBLIC_HEALTH", d.auth_public_health),
+            rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", d.rate_limit_enabled),
+            rate_limit_storage=env.get("RATE_LIMIT_STORAGE", d.rate_limit_storage).strip() or d.rate_limit_storage,
+            rate_limit_generate=env.get("RATE_LIMIT_GENERATE", d.rate_limit_generate),
+            rate_limit_read=env.get("RATE_LIMIT_READ", d.rate_limit_read),
+            rate_limit_on_store_error=env.get("RATE_LIMIT_ON_STORE_ERROR", d.rate_limit_on_store_error).strip(),
         )
+        if settings.rate_limit_on_store_error not in ("memory", "open", "closed"):
+            raise ValueError("RATE_LIMIT_ON_STORE_ERROR must be memory, open or closed")
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")
         if settings.default_size % 8 or not settings.min_size <= settings.default_size <= min(

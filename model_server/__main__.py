@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 
+from model_server.logs import configure_logging
 from model_server.server import ModelServer
 from model_server.settings import ModelServerSettings
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s [model-server] %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     try:
         settings = ModelServerSettings.from_env()
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         logging.getLogger(__name__).error("bad configuration: %s", exc)
         return 2
+    configure_logging(secrets=(settings.token or "",))
     server = ModelServer(settings).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.request_shutdown())

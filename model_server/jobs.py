@@ -63,8 +63,10 @@ class Job:
 
 
 class JobTable:
-    def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic):
+    def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic,
+                 per_client: int = 0):
         self.capacity = capacity
+        self.per_client = per_client  # queued jobs one client may have; 0 = no cap
         self.ttl_seconds = ttl_seconds
         self.budget_bytes = budget_bytes
         self._clock = clock
@@ -76,6 +78,9 @@ class JobTable:
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._accepting = True
         self._sps_estimate: float | None = None  # seconds per step, smoothed across jobs
+        # Monotonic counters for /metrics (reset when the model server restarts).
+        self.stats = {"jobs_succeeded": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_rejected": 0,
+                      "generation_seconds": 0.0, "steps": 0, "step_seconds": 0.0, "images": 0}
 
     # --- submitting and looking up ------------------------------------------------------
 
@@ -94,6 +99,15 @@ class JobTable:
                     message=f"the queue is full ({self.capacity} jobs waiting)",
                     hint="Retry later, or lower steps/size so jobs finish sooner.",
                     retryable=True, retry_after=round(max(wait or 10.0, 1.0), 1)))
+            if self.per_client and client_id:
+                mine = sum(1 for job_id in self._queue if self._jobs[job_id].client_id == client_id)
+                if mine >= self.per_client:
+                    raise Rejection(ErrorInfo(
+                        code=ErrorCode.QUEUE_FULL,
+                        message=f"you already have {mine} jobs waiting (the limit per client is {self.per_client})",
+                        hint="Wait for one of your jobs to start, or cancel one, then submit again.",
+                        retryable=True, retry_after=round(max(self._remaining_locked(self._running) or 10.0, 1.0)
+                                                          if self._running else 10.0, 1)))
             job = Job(id=uuid.uuid4().hex, params=params, created_at=time.time(),
                       client_id=client_id, request_id=request_id)
             self._jobs[job.id] = job
@@ -204,6 +218,8 @@ class JobTable:
         with self._lock:
             job.image_index, job.step = image_index, step
             if seconds is not None and seconds > 0:
+                self.stats["steps"] += 1
+                self.stats["step_seconds"] += seconds
                 # Smooth out one-off stalls; the first step also carries warm-up work.
                 prev = job.seconds_per_step
                 job.seconds_per_step = seconds if prev is None else 0.7 * prev + 0.3 * seconds
@@ -240,6 +256,10 @@ class JobTable:
             job.state, job.error, job.images = state, error, list(images)
             job.finished_at, job.finished_mono = time.time(), self._clock()
             job.preview = None
+            self.stats[f"jobs_{state.value}"] += 1
+            self.stats["images"] += len(job.images)
+            if job.started_at is not None:
+                self.stats["generation_seconds"] += job.finished_at - job.started_at
             if self._running is job:
                 self._running = None
             if job.id in self._queue:

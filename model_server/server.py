@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import threading
 import time
 from typing import Callable
 
 import zmq
 
+from model_server import memory
 from model_server.jobs import Job, JobTable, Rejection
+from model_server.logs import job_context
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
@@ -27,20 +28,7 @@ from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo
                                Progress, Rejected, Result, Submit, Watch)
 
 log = logging.getLogger(__name__)
-_PAGE = resource.getpagesize()
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        return 0
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _invalid(message: str, hint: str) -> Rejection:
@@ -53,7 +41,8 @@ class ModelServer:
         """``load`` builds the pipeline in the worker thread (default: the configured one)."""
         self.settings = settings
         self.ctx = ctx or zmq.Context()
-        self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes)
+        self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
+                              per_client=settings.max_queued_per_client)
         self.state = ServerState(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
@@ -168,16 +157,23 @@ class ModelServer:
             model=self.settings.model, model_state=self.state.model_state,
             optimizations=pipeline.optimizations() if pipeline else {},
             queue_depth=self.table.depth, queue_capacity=self.settings.queue_size,
-            running_job=running.id if running else None, rss_bytes=_rss_bytes(),
-            peak_rss_bytes=_peak_rss_bytes(), load_seconds=self.state.load_seconds,
+            running_job=running.id if running else None, rss_bytes=memory.rss_bytes(),
+            peak_rss_bytes=memory.peak_rss_bytes(), load_seconds=self.state.load_seconds,
+            available_bytes=memory.available_bytes(), stats=dict(self.table.stats),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid())
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
-        self._check_ready()
-        self._check_params(msg.params)
+        try:
+            self._check_ready()
+            self._check_params(msg.params)
+            self._check_memory()
+        except Rejection:
+            self.table.stats["jobs_rejected"] += 1
+            raise
         job = self.table.submit(msg.params, msg.client_id, msg.request_id)
-        log.info("job %s queued (request %s, position %d)", job.id, msg.request_id or "-", self.table.depth)
+        with job_context(job.id, msg.request_id):
+            log.info("queued at position %d for client %s", self.table.depth, msg.client_id or "-")
         self._send(identity, ref, Accepted(job=self.table.view(job)))
 
     def _check_ready(self) -> None:
@@ -196,6 +192,16 @@ class ModelServer:
         error = self.state.error
         raise Rejection(ErrorInfo(code=ErrorCode.NOT_READY, message=error.message if error else "model failed to load",
                                   hint=error.hint if error else "See the model server log.", retryable=False))
+
+    def _check_memory(self) -> None:
+        floor = self.settings.min_free_memory_mb * 2**20
+        available = memory.available_bytes()
+        if floor and available is not None and available < floor:
+            raise Rejection(ErrorInfo(
+                code=ErrorCode.OUT_OF_MEMORY,
+                message=f"only {available // 2**20} MB of memory is free (the floor is {floor // 2**20} MB)",
+                hint="Close other programs or wait for running work to finish; smaller images need less.",
+                retryable=True, retry_after=30.0))
 
     def _check_params(self, p: GenerationParams) -> None:
         """The model server's own guard; the gateway validates user input in detail first."""
@@ -230,7 +236,8 @@ class ModelServer:
 
     def _on_cancel(self, identity, ref, msg: Cancel) -> None:
         job = self.table.cancel(msg.job_id, msg.mode)
-        log.info("job %s %s requested (state %s)", job.id, msg.mode.value, job.state.value)
+        with job_context(job.id, job.request_id):
+            log.info("%s requested (state %s)", msg.mode.value, job.state.value)
         self._send(identity, ref, JobInfo(job=self.table.view(job)))
         self._publish(job.id)
 

@@ -62,6 +62,8 @@ class ModelServerSettings:
     shutdown_grace_seconds: float = 5.0
     fake_step_seconds: float = 0.01
     max_images_per_job: int = 4
+    max_queued_per_client: int = 4  # 0 = no per-client cap
+    min_free_memory_mb: int = 0  # refuse new jobs below this much free memory; 0 = off
 
     @classmethod
     def from_env(cls, env=None) -> "ModelServerSettings":
@@ -85,6 +87,8 @@ class ModelServerSettings:
             shutdown_grace_seconds=_env_float(env, "SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
             fake_step_seconds=_env_float(env, "FAKE_STEP_SECONDS", d.fake_step_seconds),
             max_images_per_job=_env_int(env, "MAX_IMAGES_PER_REQUEST", d.max_images_per_job),
+            max_queued_per_client=_env_int(env, "MAX_QUEUED_PER_CLIENT", d.max_queued_per_client),
+            min_free_memory_mb=_env_int(env, "MIN_FREE_MEMORY_MB", d.min_free_memory_mb),
         ).validated()
 
     def validated(self) -> "ModelServerSettings":

@@ -35,7 +35,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _tokenizer_vocab() -> tuple[dict[str, int], list[str]]:
+def tokenizer_vocab() -> tuple[dict[str, int], list[str]]:
     """A CLIP vocabulary of every byte (plain and word-final) plus a few common merges."""
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
@@ -47,16 +47,24 @@ def _tokenizer_vocab() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
+def local_tokenizer():
+    """A CLIP tokenizer built from the local vocabulary (77-token context, like SD v1)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tokenizer_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
 def build_tiny_pipeline(seed: int = 0):
     """Return an in-memory tiny StableDiffusionPipeline with random weights."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    vocab, merges = _tokenizer_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
-    tokenizer.model_max_length = 77
+    tokenizer = local_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,

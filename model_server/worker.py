@@ -18,6 +18,7 @@ import zmq
 
 from model_server.imaging import encode_image, encode_preview
 from model_server.jobs import Job, JobTable
+from model_server.logs import job_context
 from model_server.pipeline import Pipeline, JobCancelledError, PipelineLoadError, make_pipeline
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
@@ -79,7 +80,8 @@ class Worker(threading.Thread):
             while not self.stopping.is_set():
                 job = self.table.next_job(timeout=0.5)
                 if job is not None:
-                    self._run(job)
+                    with job_context(job.id, job.request_id):
+                        self._run(job)
         finally:
             self._events.close(linger=1000)
 
@@ -105,8 +107,7 @@ class Worker(threading.Thread):
 
     def _run(self, job: Job) -> None:
         p = job.params
-        log.info("job %s started: %dx%d, %d steps, n=%d, scheduler=%s", job.id, p.width, p.height,
-                 p.steps, p.n, p.scheduler)
+        log.info("started: %dx%d, %d steps, n=%d, scheduler=%s", p.width, p.height, p.steps, p.n, p.scheduler)
         self.notify(job.id)
         pipeline = self.state.pipeline
         images: list[tuple[ImageInfo, bytes]] = []
@@ -128,12 +129,12 @@ class Worker(threading.Thread):
                 if self.table.stopped_early(job) is StopMode.INTERRUPT:
                     break
             self.table.succeed(job, images)
-            log.info("job %s succeeded in %.2f s", job.id, time.monotonic() - started)
+            log.info("succeeded in %.2f s (%.2f s/step)", time.monotonic() - started, job.seconds_per_step or 0)
         except JobCancelledError:
             self.table.mark_cancelled(job, images)
-            log.info("job %s cancelled after %.2f s", job.id, time.monotonic() - started)
+            log.info("cancelled after %.2f s", time.monotonic() - started)
         except Exception as exc:  # a failed job must never kill the worker
-            log.exception("job %s failed", job.id)
+            log.exception("failed")
             self.table.fail(job, _job_error(exc))
         finally:
             self.notify(job.id)

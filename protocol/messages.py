@@ -178,6 +178,8 @@ class Pong(_Msg):
     error: ErrorInfo | None = None
     schedulers: list[str] = []
     pid: int = 0
+    available_bytes: int | None = None  # memory the machine/container still has
+    stats: dict[str, float] = {}  # monotonic counters since start (jobs by outcome, steps, seconds...)
 
 
 class Accepted(_Msg):

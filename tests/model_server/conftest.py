@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import zmq
@@ -11,7 +12,7 @@ from gateway.model_client import ModelClient
 from model_server.fake_pipeline import FakePipeline
 from model_server.server import ModelServer
 from model_server.settings import ModelServerSettings
-from protocol.messages import GenerationParams
+from protocol.messages import GenerationParams, ModelState
 
 
 class FailingPipeline(FakePipeline):
@@ -36,7 +37,8 @@ def params(**kw) -> GenerationParams:
 def start_server(tmp_path):
     started = []
 
-    def start(load=None, step_seconds: float = 0.01, **overrides) -> tuple[ModelServer, ModelClient]:
+    def start(load=None, step_seconds: float = 0.01, wait_ready: bool = True,
+              **overrides) -> tuple[ModelServer, ModelClient]:
         settings = ModelServerSettings(bind=f"ipc://{tmp_path}/model-{len(started)}.sock", pipeline="fake",
                                        **overrides)
         load = load or (lambda: FailingPipeline(step_seconds=step_seconds))
@@ -44,6 +46,10 @@ def start_server(tmp_path):
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         started.append((server, thread))
+        if wait_ready:  # the worker thread loads the pipeline asynchronously
+            deadline = time.monotonic() + 10
+            while server.state.model_state is not ModelState.READY and time.monotonic() < deadline:
+                time.sleep(0.01)
         return server, ModelClient(server.bound_address, timeout=3.0)
 
     yield start

@@ -32,7 +32,7 @@ def test_sigterm_fails_queued_jobs_retryably_cancels_the_running_one_and_exits_0
     finally:
         proc.stop()
     log = proc.log()
-    assert f"job {running.job_id} cancelled" in log
+    assert f"job={running.job_id} rid=-: cancelled" in log
     assert "Traceback" not in log
 
 

@@ -109,7 +109,7 @@ def test_submit_while_loading_is_refused_as_not_ready_then_accepted_once_loaded(
         loaded.wait(10)
         return FailingPipeline()
 
-    _, client = start_server(load=slow_load)
+    _, client = start_server(load=slow_load, wait_ready=False)
     assert client.ping().model_state is ModelState.LOADING
     with pytest.raises(RemoteError) as info:
         client.submit(params())
@@ -123,7 +123,7 @@ def test_a_failed_load_is_reported_with_its_hint(start_server):
     def broken_load():
         raise load_error("could not load model 'x'", "Set SD_MODEL to a local directory.")
 
-    _, client = start_server(load=broken_load)
+    _, client = start_server(load=broken_load, wait_ready=False)
     wait_until(lambda: client.ping().model_state is ModelState.FAILED, 5)
     assert client.ping().error.hint == "Set SD_MODEL to a local directory."
     with pytest.raises(RemoteError) as info:

@@ -1,0 +1,150 @@
+"""Measures one pipeline configuration in this (fresh) process and prints one JSON line.
+
+Run by ``bench/run.py``; by hand: ``python -m bench.measure --config ours --model DIR``.
+Configurations:
+  seed   the seed service's settings: float32, attention slicing, the model's PNDM scheduler
+  ours   the model server's real loading code (model_server.diffusers_pipeline), SD_* settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import threading
+import time
+
+import psutil
+
+PROMPT = "a photograph of an astronaut riding a horse on mars"
+
+
+class PeakRss:
+    """Samples this process's resident memory every 20 ms (ru_maxrss misses nothing but resets never)."""
+
+    def __init__(self):
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def mark(self) -> int:
+        """Peak so far, then start a new window."""
+        peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = 0
+        return peak
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def load_seed(model: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.enable_attention_slicing()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_seed(pipe, args, on_step):
+    import torch
+
+    last = [time.perf_counter()]
+
+    def step_end(p, index, timestep, tensors):
+        now = time.perf_counter()
+        on_step(now - last[0])
+        last[0] = now
+        return tensors
+
+    pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, width=args.size, height=args.size,
+         generator=torch.Generator("cpu").manual_seed(1234), callback_on_step_end=step_end)
+
+
+def load_ours(model: str, dtype: str, preset: str | None):
+    from model_server.diffusers_pipeline import DiffusersPipeline
+    from model_server.settings import ModelServerSettings
+
+    return DiffusersPipeline.load(ModelServerSettings(model=model, dtype=dtype))
+
+
+def run_ours(pipe, args, on_step):
+    from protocol.messages import GenerationParams
+
+    params = GenerationParams(prompt=PROMPT, seed=1234, steps=args.steps, width=args.size, height=args.size,
+                              guidance_scale=7.5)
+    pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
+    return pipe.pipe
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", choices=["seed", "ours"], required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--dtype", default="auto")
+    args = ap.parse_args()
+
+    import torch
+    from tqdm import tqdm
+
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        pipe = load_seed(args.model) if args.config == "seed" else load_ours(args.model, args.dtype, None)
+        load_s = time.perf_counter() - started
+        load_peak, after_load = rss.mark(), psutil.Process().memory_info().rss
+        sd = pipe if args.config == "seed" else pipe.pipe
+        vae_times, decode = [], sd.vae.decode
+
+        def timed_decode(*a, **kw):
+            t = time.perf_counter()
+            out = decode(*a, **kw)
+            vae_times.append(time.perf_counter() - t)
+            return out
+
+        sd.vae.decode = timed_decode
+        steps: list[float] = []
+        bar = tqdm(total=args.steps + 1, desc=f"{args.config} {args.size}px", unit="eval", file=sys.stderr)
+
+        def on_step(seconds: float):
+            steps.append(seconds)
+            bar.update(1)
+
+        started = time.perf_counter()
+        (run_seed if args.config == "seed" else run_ours)(pipe, args, on_step)
+        image_s = time.perf_counter() - started
+        bar.close()
+        gen_peak = rss.mark()
+
+    opts = pipe.optimizations() if args.config != "seed" else {
+        "dtype": "float32", "attention": "sliced", "threads": torch.get_num_threads()}
+    steady = steps[1:] or steps
+    print(json.dumps({
+        "config": args.config, "size": args.size, "steps": args.steps, "unet_evals": len(steps),
+        "dtype": opts.get("dtype"), "attention": opts.get("attention"), "threads": opts.get("threads"),
+        "optimizations": opts, "load_s": round(load_s, 2),
+        "s_per_step": round(statistics.median(steady), 3), "first_step_s": round(steps[0], 3),
+        "vae_decode_s": round(sum(vae_times), 3), "s_per_image": round(image_s, 2),
+        "rss_after_load_gib": round(after_load / 2**30, 2),
+        "peak_rss_load_gib": round(load_peak / 2**30, 2),
+        "peak_rss_gib": round(max(load_peak, gen_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                              / 2**30, 2),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

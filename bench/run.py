@@ -1,0 +1,148 @@
+"""Side-by-side CPU benchmark: the seed's settings vs ours, each in a fresh process, one run.
+
+    python -m bench.run                      # 512x512, 25 steps: seed vs ours, table + JSON
+    python -m bench.run --isa AVX2 --dtype float32 --name laptop-avx2
+    python -m bench.run --configs ours --http  # also: HTTP end to end vs the bare pipeline
+
+Builds (once, cached outside the repo) an SD v1.4-shaped random-weight pipeline; timing and
+memory do not depend on weight values. Results go to bench/results/NAME.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.sd14_model import DEFAULT_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> dict:
+    import psutil
+    import torch
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    return {"cpu": cpu, "logical_cpus": psutil.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "isa_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def measure(config: str, args, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "bench.measure", "--config", config, "--model", str(args.model),
+           "--steps", str(args.steps), "--size", str(args.size), "--dtype", args.dtype]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def http_overhead(args, env: dict, requests_n: int = 3) -> dict:
+    """Wall time of POST /generate minus the model server's own run time for the same job."""
+    import requests
+
+    from tests.helpers import free_port, start_gateway, start_model_server, wait_ready
+
+    logs = Path("/tmp/sd-cpu-bench-logs")
+    logs.mkdir(exist_ok=True)
+    model_port, http_port = free_port(), free_port()
+    server = start_model_server(logs, model_port, SD_MODEL=str(args.model), SD_DTYPE=args.dtype,
+                                **{k: env[k] for k in ("ONEDNN_MAX_CPU_ISA",) if k in env})
+    gateway = start_gateway(logs, http_port, model_port)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_ready(url, server, timeout=600)
+        rows = []
+        for i in range(requests_n):
+            started = time.perf_counter()
+            r = requests.post(url + "/generate", json={"prompt": "a photograph of an astronaut riding a horse",
+                                                       "steps": args.steps, "width": args.size,
+                                                       "height": args.size, "seed": 1234 + i}, timeout=3600)
+            wall = time.perf_counter() - started
+            r.raise_for_status()
+            job = requests.get(f"{url}/v1/jobs/{r.headers['X-Job-Id']}", timeout=10).json()
+            rows.append({"http_s": round(wall, 3), "job_s": round(job["finished_at"] - job["started_at"], 3)})
+            print(f"http {i + 1}/{requests_n}: {rows[-1]}", file=sys.stderr)
+    finally:
+        gateway.stop()
+        server.stop()
+    overhead = [r["http_s"] - r["job_s"] for r in rows]
+    return {"requests": rows, "median_overhead_s": round(statistics.median(overhead), 3),
+            "median_http_s": round(statistics.median(r["http_s"] for r in rows), 3)}
+
+
+def table(rows: list[dict], seed: dict | None) -> str:
+    head = ("| config | dtype | attention | threads | load s | s/step | VAE s | s/image | peak RSS GiB "
+            "(load) | RSS after load GiB | vs seed |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ratio = f"{seed['s_per_image'] / r['s_per_image']:.2f}x" if seed else "-"
+        lines.append(f"| {r['config']} | {r['dtype']} | {r['attention']} | {r['threads']} | {r['load_s']} | "
+                     f"{r['s_per_step']} | {r['vae_decode_s']} | {r['s_per_image']} | {r['peak_rss_gib']} "
+                     f"({r['peak_rss_load_gib']}) | {r['rss_after_load_gib']} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="SD v1.4-shaped model dir (built if absent)")
+    ap.add_argument("--configs", default="seed,ours")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--dtype", default="auto", help="for 'ours': auto, float32 or bfloat16")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--isa", help="cap oneDNN's instruction set, e.g. AVX2 to emulate a laptop")
+    ap.add_argument("--http", action="store_true", help="also measure HTTP end to end vs the bare pipeline")
+    ap.add_argument("--name", default=None, help="results file name (default: derived from the options)")
+    args = ap.parse_args()
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if args.isa:
+        env["ONEDNN_MAX_CPU_ISA"] = args.isa
+    if not (args.model / "model_index.json").exists():
+        print(f"building the SD v1.4-shaped random model in {args.model} (once)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "bench.sd14_model", str(args.model)], cwd=ROOT, env=env, check=True)
+
+    rows = []
+    for rep in range(args.repeat):
+        for config in args.configs.split(","):
+            print(f"[{rep + 1}/{args.repeat}] {config}: fresh process", file=sys.stderr)
+            rows.append(measure(config, args, env))
+    seeds = [r for r in rows if r["config"] == "seed"]
+    seed = min(seeds, key=lambda r: r["s_per_image"]) if seeds else None
+    result = {"command": " ".join(["python -m bench.run", *sys.argv[1:]]), "machine": machine(),
+              "settings": {"size": args.size, "steps": args.steps, "guidance": 7.5, "isa": args.isa}, "runs": rows}
+    if args.http:
+        result["http"] = http_overhead(args, env)
+        ours = [r for r in rows if r["config"] == "ours"]
+        if ours:
+            bare = statistics.median(r["s_per_image"] for r in ours)
+            result["http"]["bare_pipeline_s"] = bare
+            result["http"]["overhead_vs_bare_pct"] = round(100 * (result["http"]["median_http_s"] - bare) / bare, 2)
+    name = args.name or f"{args.size}px-{args.steps}steps-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['logical_cpus']} CPUs)\n\n"
+    md += table(rows, seed) + "\n"
+    if args.http:
+        md += f"\nHTTP end to end: {json.dumps(result['http'])}\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

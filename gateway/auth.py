@@ -1,0 +1,79 @@
+"""Optional API keys: ``Authorization: Bearer KEY`` (what the OpenAI SDK sends), HTTP Basic with
+the key as password (AUTOMATIC1111-style clients such as webuiapi), ``X-API-Key``, or the
+``sd_api_key`` cookie the web page sets (EventSource and <img> cannot send headers).
+
+Off when no key is configured. Keys come from API_KEYS and/or API_KEYS_FILE and are compared in
+constant time. ``/health/live`` and the page's static files are always public; health and
+metrics are public only with AUTH_PUBLIC_HEALTH=true. The caller's identity (a key fingerprint
+or the client address) is ``g.client_id``, used by rate limits and per-client queue caps.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+from flask import Flask, g, request
+
+from gateway.errors import ApiError
+from gateway.settings import GatewaySettings
+
+ALWAYS_PUBLIC = {"web.index", "static", "health.live", "openapi.openapi_json", "openapi.docs"}
+HEALTH = {"health.health", "health.ready", "metrics.metrics"}
+
+
+def presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            user, _, password = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return password or user
+    return request.headers.get("X-API-Key") or request.cookies.get("sd_api_key") or None
+
+
+def fingerprint(key: str) -> str:
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ApiKeys:
+    def __init__(self, keys: tuple[str, ...]):
+        self._keys = [k.encode() for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def valid(self, presented: str) -> bool:
+        given = presented.encode()
+        # Compare against every key, so timing does not tell how many keys were tried.
+        return sum(hmac.compare_digest(given, key) for key in self._keys) > 0
+
+
+def install(app: Flask, settings: GatewaySettings) -> None:
+    keys = ApiKeys(settings.api_keys)
+    public = ALWAYS_PUBLIC | (HEALTH if settings.auth_public_health else set())
+
+    @app.before_request
+    def _authenticate():
+        key = presented_key()
+        if not keys.enabled:
+            g.client_id = "ip:" + (request.remote_addr or "")
+            return None
+        if request.endpoint in public or request.method == "OPTIONS":
+            g.client_id = fingerprint(key) if key and keys.valid(key) else "ip:" + (request.remote_addr or "")
+            return None
+        if not key or not keys.valid(key):
+            realm = 'Basic realm="sd-cpu"' if request.path.startswith("/sdapi/") else 'Bearer realm="sd-cpu"'
+            raise ApiError(401, "unauthorized", "a valid API key is required" if key is None
+                           else "the API key is not valid",
+                           "Send Authorization: Bearer <key> (or HTTP Basic with the key as password).",
+                           headers={"WWW-Authenticate": realm})
+        g.client_id = fingerprint(key)
+        return None

@@ -1,0 +1,99 @@
+"""``GET /metrics`` in Prometheus format, with the official client.
+
+Under gunicorn the request metrics are multiprocess-safe (PROMETHEUS_MULTIPROC_DIR, set by
+gunicorn.conf.py). The model server's own figures (queue, jobs by outcome, generation and step
+seconds, memory, time to ready) are read from its Pong at scrape time, so they are exact and
+no state lives in the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
+                               generate_latest, multiprocess)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.services import services
+
+bp = Blueprint("metrics", __name__)
+REQUESTS = Counter("sdcpu_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
+LATENCY = Histogram("sdcpu_http_request_duration_seconds", "Time to answer an HTTP request (to first byte)",
+                    ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
+_COUNTERS = {"jobs_succeeded": ("jobs", "succeeded"), "jobs_failed": ("jobs", "failed"),
+             "jobs_cancelled": ("jobs", "cancelled"), "jobs_rejected": ("jobs", "rejected")}
+
+
+def install(app: Flask) -> None:
+    @app.before_request
+    def _start():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+
+class ModelServerCollector:
+    def __init__(self, client):
+        self.client = client
+
+    def collect(self):
+        up = GaugeMetricFamily("sdcpu_model_server_up", "1 if the model server answered the scrape's ping")
+        try:
+            pong = self.client.ping(timeout=1.0)
+        except (ModelServerUnavailable, RemoteError):
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        gauges = {
+            "sdcpu_model_ready": ("1 if the model is loaded", float(pong.model_state.value == "ready")),
+            "sdcpu_queue_depth": ("Jobs waiting", pong.queue_depth),
+            "sdcpu_queue_capacity": ("Queue bound", pong.queue_capacity),
+            "sdcpu_job_running": ("1 while a job runs", float(pong.running_job is not None)),
+            "sdcpu_model_server_rss_bytes": ("Model server resident memory", pong.rss_bytes),
+            "sdcpu_model_server_peak_rss_bytes": ("Model server peak resident memory", pong.peak_rss_bytes),
+            "sdcpu_model_load_seconds": ("Time from start to model ready", pong.load_seconds or 0.0),
+            "sdcpu_model_server_uptime_seconds": ("Model server uptime", pong.uptime_seconds),
+        }
+        if pong.available_bytes is not None:
+            gauges["sdcpu_memory_available_bytes"] = ("Memory the model server's machine/container has left",
+                                                      pong.available_bytes)
+        for name, (doc, value) in gauges.items():
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+        stats = pong.stats
+        jobs = CounterMetricFamily("sdcpu_jobs", "Jobs by outcome since the model server started", labels=["outcome"])
+        for key, (_, outcome) in _COUNTERS.items():
+            jobs.add_metric([outcome], stats.get(key, 0.0))
+        yield jobs
+        for name, key, doc in (("sdcpu_generation_seconds", "generation_seconds", "Seconds spent running jobs"),
+                               ("sdcpu_steps", "steps", "Denoising steps run"),
+                               ("sdcpu_step_seconds", "step_seconds", "Seconds spent in denoising steps "
+                                                                      "(divide by sdcpu_steps for s/step)"),
+                               ("sdcpu_images", "images", "Images produced")):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], stats.get(key, 0.0))
+            yield family
+
+
+@bp.get("/metrics")
+def metrics():
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    scrape = CollectorRegistry()
+    scrape.register(ModelServerCollector(services().client))
+    return Response(body + generate_latest(scrape), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,77 @@
+"""Rate limits (Flask-Limiter), per API key or client address, in two route classes.
+
+``generate`` covers the routes that start work (/generate, POST /v1/jobs, OpenAI and A1111
+generation); ``read`` covers status, events, images, models and health. /health/live and the
+page's static files are never limited. Counters live in RATE_LIMIT_STORAGE: Redis
+(``redis://host:6379/0``) shares them across gunicorn workers and gateway replicas; the
+default ``memory://`` is per process, fine for a single-worker local run. If the store is down,
+RATE_LIMIT_ON_STORE_ERROR decides: ``memory`` (default) falls back to per-process limits,
+``open`` lets requests through, ``closed`` answers 503. Never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from flask import Flask, g, request
+from flask_limiter import HeaderNames, Limiter
+from flask_limiter.errors import RateLimitExceeded
+
+from gateway.errors import ApiError, render
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+GENERATE = {"native.generate", "jobs.submit_job", "openai.generations", "a1111.txt2img"}
+NEVER_LIMITED = {"health.live", "static", "web.index"}
+
+
+def _client() -> str:
+    return g.get("client_id") or "ip:" + (request.remote_addr or "")
+
+
+def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
+    if not settings.rate_limit_enabled:
+        return None
+    mode = settings.rate_limit_on_store_error
+    limiter = Limiter(_client, app=app, storage_uri=settings.rate_limit_storage, strategy="moving-window",
+                      headers_enabled=True,
+                      # Our handlers set Retry-After themselves (also for queue_full 429s, which
+                      # Flask-Limiter would otherwise overwrite with its own window).
+                      header_name_mapping={HeaderNames.RETRY_AFTER: "X-RateLimit-Retry-After"},
+                      swallow_errors=mode in ("open", "memory"),
+                      in_memory_fallback_enabled=mode == "memory",
+                      storage_options={"socket_connect_timeout": 1, "socket_timeout": 1})
+    generate = limiter.shared_limit(settings.rate_limit_generate, scope="generate")
+    read = limiter.shared_limit(settings.rate_limit_read, scope="read")
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint not in NEVER_LIMITED:
+            app.view_functions[endpoint] = (generate if endpoint in GENERATE else read)(view)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _limited(exc: RateLimitExceeded):
+        current = limiter.current_limit
+        wait = max(1, math.ceil(current.reset_at - time.time())) if current else 60
+        return render(ApiError(429, "rate_limited", f"too many requests: the limit is {exc.limit.limit}",
+                               f"Slow down; retry in {wait} s.", retry_after=wait))
+
+    if mode == "closed":
+        @app.errorhandler(ConnectionError)
+        def _store_down(exc):
+            return _store_error(exc)
+
+        try:
+            import redis
+
+            app.register_error_handler(redis.exceptions.RedisError, _store_error)
+        except ImportError:
+            pass
+    return limiter
+
+
+def _store_error(exc: Exception):
+    log.warning("rate limit store unavailable (%s); refusing the request (RATE_LIMIT_ON_STORE_ERROR=closed)",
+                type(exc).__name__)
+    return render(ApiError(503, "rate_limit_store_unavailable", "the rate limit store cannot be reached",
+                           "Retry shortly; the operator should check the Redis service.", retry_after=5))

@@ -1,0 +1,54 @@
+"""Logging for the model server: every line about a job carries its job id and the gateway's
+request id (sent in Submit), so one grep follows a request across both processes. LOG_FORMAT=json
+writes one JSON object per line. The Hugging Face token is redacted from every line."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+
+_job: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("job", default=("-", "-"))
+
+
+@contextlib.contextmanager
+def job_context(job_id: str, request_id: str):
+    """Lines logged inside (by us or by libraries, on this thread) name this job and request."""
+    token = _job.set((job_id, request_id or "-"))
+    try:
+        yield
+    finally:
+        _job.reset(token)
+
+
+class JobFilter(logging.Filter):
+    def __init__(self, secrets: tuple[str, ...] = ()):
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job_id, record.request_id = _job.get()
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(secrets: tuple[str, ...] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobFilter(secrets))
+    if os.environ.get("LOG_FORMAT", "text").lower() == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(job_id)s %(request_id)s %(message)s",
+                                           static_fields={"process": "model-server"}))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s [model-server] %(name)s job=%(job_id)s rid=%(request_id)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
