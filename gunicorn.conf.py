@@ -9,6 +9,10 @@ import os
 import shutil
 import tempfile
 
+# Imported here, in the master at start-up: importing it inside child_exit (a SIGCHLD handler)
+# can re-enter a half-finished import and crash the arbiter on shutdown.
+from prometheus_client import multiprocess
+
 wsgi_app = "gateway.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
@@ -36,6 +40,4 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)

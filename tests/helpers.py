@@ -69,7 +69,8 @@ class Proc:
 
 
 def base_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SD_", "MODEL_SERVER_", "GATEWAY_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "SD_", "MODEL_SERVER_", "GATEWAY_", "RATE_LIMIT_", "API_KEYS", "OUTPUTS_"))}
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", LOG_LEVEL="INFO")
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -83,6 +84,7 @@ def start_model_server(log_dir: Path, port: int, **env) -> Proc:
 def start_gateway(log_dir: Path, port: int, model_port: int, **env) -> Proc:
     env.setdefault("GATEWAY_WORKERS", 2)
     env.setdefault("GATEWAY_THREADS", 16)
+    env.setdefault("RATE_LIMIT_ENABLED", "false")  # tests poll fast; the limits have their own tests
     return Proc("gateway", [GUNICORN, "-c", "gunicorn.conf.py"],
                 base_env(GATEWAY_BIND=f"127.0.0.1:{port}", MODEL_SERVER_ADDRESS=f"tcp://127.0.0.1:{model_port}",
                          **env), log_dir)
