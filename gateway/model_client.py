@@ -75,6 +75,13 @@ class ModelClient:
             self._local.socket = sock
         return sock
 
+    def close(self) -> None:
+        """Close this thread's socket and the context (tests; a gateway worker just exits)."""
+        self._reset()
+        if self._ctx is not None and self._pid == os.getpid():
+            self._ctx.destroy(linger=0)
+            self._ctx, self._pid = None, None
+
     def _reset(self) -> None:
         sock = getattr(self._local, "socket", None)
         if sock is not None:

@@ -5,20 +5,26 @@ lock guards it all, and every method holds it only briefly. Jobs move
 queued -> running -> succeeded | failed | cancelled (``_finish`` is the only way out of
 running). Finished jobs keep their images for a TTL and within a byte budget, oldest evicted
 first; an evicted id is remembered for a while so it answers "expired" rather than "not found".
+With an OutputStore, every state change is also recorded on disk (outside the lock), and a job
+the table no longer holds is read back from its record, so its images outlive eviction and
+restarts.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 import uuid
 
+from model_server.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo, StopMode
 
 _TOMBSTONES = 10_000
+log = logging.getLogger(__name__)
 
 
 class Rejection(Exception):
@@ -44,7 +50,8 @@ class Job:
     step: int = 0
     seconds_per_step: float | None = None
     error: ErrorInfo | None = None
-    images: list[tuple[ImageInfo, bytes]] = dataclasses.field(default_factory=list)
+    images: list[tuple[ImageInfo, bytes | None]] = dataclasses.field(default_factory=list)  # None: on disk
+    files: list[str] = dataclasses.field(default_factory=list)  # the images in the OutputStore
     stop_mode: StopMode | None = None
     interrupted: bool = False
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
@@ -59,12 +66,27 @@ class Job:
 
     @property
     def result_bytes(self) -> int:
-        return sum(len(data) for _, data in self.images)
+        return sum(len(data) for _, data in self.images if data is not None)
+
+    def record(self) -> JobRecord:
+        return JobRecord(job_id=self.id, state=self.state, params=self.params, created_at=self.created_at,
+                         client_id=self.client_id, request_id=self.request_id, started_at=self.started_at,
+                         finished_at=self.finished_at, error=self.error, images=[i for i, _ in self.images],
+                         files=list(self.files), interrupted=self.interrupted)
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> "Job":
+        return cls(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
+                   request_id=r.request_id, state=r.state, started_at=r.started_at, finished_at=r.finished_at,
+                   error=r.error, images=[(info, None) for info in r.images], files=list(r.files),
+                   interrupted=r.interrupted)
 
 
 class JobTable:
     def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic,
-                 per_client: int = 0):
+                 per_client: int = 0, store: OutputStore | None = None):
+        self.store = store
+        self._persist_lock = threading.Lock()
         self.capacity = capacity
         self.per_client = per_client  # queued jobs one client may have; 0 = no cap
         self.ttl_seconds = ttl_seconds
@@ -113,7 +135,28 @@ class JobTable:
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()
-            return job
+        self._persist("accepted", job)
+        return job
+
+    def _persist(self, event: str, job: Job) -> JobRecord | None:
+        """Record a state change on disk; a full or broken disk costs the record, never the job.
+
+        The IO and worker threads both record; one lock keeps their writes in order, and each
+        writes the job's state as it is at that moment, so a late write never rolls it back.
+        """
+        if self.store is None:
+            return None
+        with self._persist_lock:
+            with self._lock:
+                record, blobs = job.record(), [data for _, data in job.images]
+            try:
+                if event == "finished":
+                    self.store.finished(record, blobs)
+                else:
+                    getattr(self.store, event)(record)
+            except OSError as exc:
+                log.error("could not record job %s on disk (%s): %s", job.id, event, exc)
+            return record
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -122,6 +165,12 @@ class JobTable:
     def _get_locked(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is not None:
+            return job
+        record = self.store.load(job_id) if self.store else None
+        if record is not None:  # evicted or from before a restart: back from disk
+            job = Job.from_record(record)
+            job.finished_mono = self._clock()
+            self._jobs[job.id] = job
             return job
         if job_id in self._expired:
             raise Rejection(ErrorInfo(
@@ -174,7 +223,13 @@ class JobTable:
                 raise Rejection(ErrorInfo(
                     code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no image {index}",
                     hint=f"Image indexes run from 0 to {len(job.images) - 1}."))
-            return job.images[index]
+            info, data = job.images[index]
+            if data is None and self.store is not None:
+                data = self.store.read_image(job.record(), index)
+            if data is None:
+                raise Rejection(ErrorInfo(code=ErrorCode.EXPIRED, message=f"image {index} of job {job_id} is gone",
+                                          hint="It was deleted to keep the outputs folder within its budget."))
+            return info, data
 
     # --- estimates ---------------------------------------------------------------------
 
@@ -212,7 +267,8 @@ class JobTable:
             job.state = JobState.RUNNING
             job.started_at = time.time()
             self._running = job
-            return job
+        self._persist("started", job)
+        return job
 
     def record_step(self, job: Job, image_index: int, step: int, seconds: float | None) -> None:
         with self._lock:
@@ -264,6 +320,10 @@ class JobTable:
                 self._running = None
             if job.id in self._queue:
                 self._queue.remove(job.id)
+        record = self._persist("finished", job)
+        with self._lock:
+            if record is not None:
+                job.files = record.files
             self._evict_locked()
 
     # --- cancelling and shutting down --------------------------------------------------
@@ -336,6 +396,8 @@ class JobTable:
                 continue
             total -= job.result_bytes
             del self._jobs[job.id]
+            if job.files:
+                continue  # still on disk: _get_locked brings it back on demand
             self._expired[job.id] = None
             if len(self._expired) > _TOMBSTONES:
                 self._expired.popitem(last=False)

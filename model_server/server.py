@@ -18,6 +18,7 @@ import zmq
 from model_server import memory
 from model_server.jobs import Job, JobTable, Rejection
 from model_server.logs import job_context
+from model_server.outputs import OutputStore
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
@@ -40,9 +41,13 @@ class ModelServer:
                  ctx: zmq.Context | None = None):
         """``load`` builds the pipeline in the worker thread (default: the configured one)."""
         self.settings = settings
+        self._owns_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
+        store = OutputStore(settings.outputs_dir, settings.outputs_budget_bytes) if settings.outputs_dir else None
+        if store is not None:
+            store.recover_unfinished()
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
-                              per_client=settings.max_queued_per_client)
+                              per_client=settings.max_queued_per_client, store=store)
         self.state = ServerState(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
@@ -113,10 +118,15 @@ class ModelServer:
 
     def _close(self) -> None:
         self.worker.stopping.set()
+        # Let the worker finish its bookkeeping for the last job (it is idle or just cancelled);
+        # a worker still loading the model cannot be interrupted, so do not wait for long.
+        self.worker.join(timeout=5 if self.state.pipeline is not None else 0.1)
         for job_id in list(self._watchers):
             self._publish(job_id)
         self.router.close(linger=1000)
         self._events.close(linger=0)
+        if self._owns_ctx and not self.worker.is_alive():
+            self.ctx.term()  # left to the garbage collector, term() could block some other thread
         log.info("model server stopped")
 
     # --- requests ----------------------------------------------------------------------

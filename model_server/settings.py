@@ -64,6 +64,8 @@ class ModelServerSettings:
     max_images_per_job: int = 4
     max_queued_per_client: int = 4  # 0 = no per-client cap
     min_free_memory_mb: int = 0  # refuse new jobs below this much free memory; 0 = off
+    outputs_dir: str = ""  # "" = keep images in memory only (python -m model_server defaults to ./outputs)
+    outputs_budget_bytes: int = 2 * 1024**3
 
     @classmethod
     def from_env(cls, env=None) -> "ModelServerSettings":
@@ -89,6 +91,8 @@ class ModelServerSettings:
             max_images_per_job=_env_int(env, "MAX_IMAGES_PER_REQUEST", d.max_images_per_job),
             max_queued_per_client=_env_int(env, "MAX_QUEUED_PER_CLIENT", d.max_queued_per_client),
             min_free_memory_mb=_env_int(env, "MIN_FREE_MEMORY_MB", d.min_free_memory_mb),
+            outputs_dir=env.get("OUTPUTS_DIR", "outputs").strip(),
+            outputs_budget_bytes=_env_int(env, "OUTPUTS_BUDGET_BYTES", d.outputs_budget_bytes),
         ).validated()
 
     def validated(self) -> "ModelServerSettings":

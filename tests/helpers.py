@@ -77,6 +77,7 @@ def base_env(**extra) -> dict:
 
 
 def start_model_server(log_dir: Path, port: int, **env) -> Proc:
+    env.setdefault("OUTPUTS_DIR", log_dir / f"outputs-{port}")
     return Proc("model-server", [PYTHON, "-m", "model_server"],
                 base_env(MODEL_SERVER_BIND=f"tcp://127.0.0.1:{port}", **env), log_dir)
 

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import zmq
 
 from gateway.model_client import ModelClient
 from model_server.fake_pipeline import FakePipeline
@@ -42,7 +41,7 @@ def start_server(tmp_path):
         settings = ModelServerSettings(bind=f"ipc://{tmp_path}/model-{len(started)}.sock", pipeline="fake",
                                        **overrides)
         load = load or (lambda: FailingPipeline(step_seconds=step_seconds))
-        server = ModelServer(settings, load=load, ctx=zmq.Context()).start()
+        server = ModelServer(settings, load=load).start()
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         started.append((server, thread))
@@ -50,9 +49,14 @@ def start_server(tmp_path):
             deadline = time.monotonic() + 10
             while server.state.model_state is not ModelState.READY and time.monotonic() < deadline:
                 time.sleep(0.01)
-        return server, ModelClient(server.bound_address, timeout=3.0)
+        client = ModelClient(server.bound_address, timeout=3.0)
+        clients.append(client)
+        return server, client
 
+    clients: list[ModelClient] = []
     yield start
+    for client in clients:
+        client.close()
     for server, thread in started:
         server.request_shutdown()
         thread.join(10)

@@ -1,0 +1,136 @@
+"""Finished images on disk, with a record per job, so nothing is lost to a restart.
+
+Layout under OUTPUTS_DIR:
+  YYYY-MM-DD/<job_id>-<index>.<ext>   the images (PNGs carry A1111 infotext)
+  jobs/<job_id>.json                  the job's record: params, state, seeds, files, error
+  pending/<job_id>                    present while a job is queued or running
+
+A job the table no longer holds (evicted, or the server restarted) is read back from its record,
+so its images stay fetchable by id. At start-up every ``pending`` job is marked failed with the
+retryable ``model_server_lost``: it was accepted and never finished, and its client is told so.
+The oldest outputs are deleted once their total passes OUTPUTS_BUDGET_BYTES.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState
+
+log = logging.getLogger(__name__)
+_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    job_id: str
+    state: JobState
+    params: GenerationParams
+    created_at: float
+    client_id: str = ""
+    request_id: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorInfo | None = None
+    images: list[ImageInfo] = []
+    files: list[str] = []
+    interrupted: bool = False
+
+
+class OutputStore:
+    def __init__(self, folder: str | Path, budget_bytes: int):
+        self.folder = Path(folder)
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        for sub in ("jobs", "pending"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        self._used = sum(p.stat().st_size for p in self.folder.glob("*/*-*.*") if p.is_file())
+
+    def _record_path(self, job_id: str) -> Path:
+        return self.folder / "jobs" / f"{job_id}.json"
+
+    def _write(self, record: JobRecord) -> None:
+        path = self._record_path(record.job_id)
+        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(msgspec.json.encode(record))
+        os.replace(tmp, path)  # a crash never leaves half a record
+
+    def accepted(self, record: JobRecord) -> None:
+        self._write(record)
+        (self.folder / "pending" / record.job_id).touch()
+
+    def started(self, record: JobRecord) -> None:
+        self._write(record)
+
+    def finished(self, record: JobRecord, blobs: list[bytes]) -> None:
+        """Write the images and the final record, then drop the pending marker."""
+        day = time.strftime("%Y-%m-%d", time.localtime(record.finished_at or time.time()))
+        files = []
+        for info, data in zip(record.images, blobs):
+            rel = f"{day}/{record.job_id}-{info.index}.{_EXT.get(info.media_type, 'bin')}"
+            (self.folder / day).mkdir(exist_ok=True)
+            (self.folder / rel).write_bytes(data)
+            files.append(rel)
+            with self._lock:
+                self._used += len(data)
+        record.files = files
+        self._write(record)
+        (self.folder / "pending" / record.job_id).unlink(missing_ok=True)
+        self._enforce_budget()
+
+    def load(self, job_id: str) -> JobRecord | None:
+        try:
+            return msgspec.json.decode(self._record_path(job_id).read_bytes(), type=JobRecord)
+        except (OSError, ValueError, msgspec.DecodeError):
+            return None
+
+    def read_image(self, record: JobRecord, index: int) -> bytes | None:
+        try:
+            return (self.folder / record.files[index]).read_bytes()
+        except (OSError, IndexError):
+            return None
+
+    def recover_unfinished(self) -> list[str]:
+        """Mark jobs that were queued or running when the server stopped as failed (retryable)."""
+        lost = []
+        for marker in (self.folder / "pending").iterdir():
+            record = self.load(marker.name)
+            if record is not None and not record.state.terminal:
+                record.state, record.finished_at = JobState.FAILED, time.time()
+                record.error = ErrorInfo(
+                    code=ErrorCode.MODEL_SERVER_LOST, retryable=True, retry_after=5.0,
+                    message="the model server stopped before this job finished",
+                    hint="Submit the job again; nothing else was lost.")
+                self._write(record)
+                lost.append(record.job_id)
+            marker.unlink(missing_ok=True)
+        if lost:
+            log.warning("%d job(s) were unfinished when the model server stopped; marked failed: %s",
+                        len(lost), ", ".join(lost))
+        return lost
+
+    def _enforce_budget(self) -> None:
+        with self._lock:
+            if self._used <= self.budget_bytes:
+                return
+            records = sorted(self.folder.glob("jobs/*.json"), key=lambda p: p.stat().st_mtime)
+            for path in records:
+                if self._used <= self.budget_bytes:
+                    break
+                record = self.load(path.stem)
+                for rel in record.files if record else ():
+                    file = self.folder / rel
+                    try:
+                        self._used -= file.stat().st_size
+                        file.unlink()
+                    except OSError:
+                        pass
+                path.unlink(missing_ok=True)
+                log.info("outputs over budget: deleted job %s", path.stem)

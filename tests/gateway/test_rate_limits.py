@@ -1,0 +1,61 @@
+"""Rate limits per client and route class, in each family's error shape, and store failures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def limited(make_client):
+    return make_client(rate_limit_generate="2/minute", rate_limit_read="5/minute")
+
+
+def test_generation_is_limited_per_client_with_retry_after(limited, fake):
+    for _ in range(2):
+        assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 202
+    response = limited.post("/generate", json={"prompt": "a cat"})  # the same class, shared budget
+    assert response.status_code == 429
+    body = response.get_json()
+    assert body["code"] == "rate_limited" and "2 per 1 minute" in body["error"] and body["hint"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 61  # the window, rounded up
+    other = limited.post("/v1/jobs", json={"prompt": "a cat"}, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 202  # another client has its own budget
+
+
+def test_reads_have_their_own_budget_and_liveness_is_never_limited(limited):
+    for _ in range(2):
+        limited.post("/v1/jobs", json={"prompt": "a cat"})
+    assert limited.get("/v1/jobs/job1").status_code == 200  # generation spent; reads still fine
+    for _ in range(5):
+        limited.get("/health")
+    assert limited.get("/v1/jobs/job1").status_code == 429
+    assert all(limited.get("/health/live").status_code == 200 for _ in range(20))
+
+
+def test_each_family_gets_its_own_429_shape(limited):
+    for _ in range(2):
+        limited.post("/v1/jobs", json={"prompt": "a cat"})
+    openai = limited.post("/v1/images/generations", json={"prompt": "a cat"})
+    assert openai.status_code == 429 and openai.get_json()["error"]["type"] == "rate_limit_error"
+    assert openai.headers["Retry-After"]
+    a1111 = limited.post("/sdapi/v1/txt2img", json={"prompt": "a cat"})
+    assert a1111.status_code == 429 and a1111.get_json()["error"] == "rate_limited"
+
+
+def test_a_queue_full_429_keeps_the_model_servers_retry_after(limited, fake):
+    from protocol.errors import ErrorCode
+
+    fake.will_raise(ErrorCode.QUEUE_FULL, retryable=True, retry_after=42)
+    assert limited.post("/v1/jobs", json={"prompt": "a cat"}).headers["Retry-After"] == "42"
+
+
+@pytest.mark.parametrize("mode, status", [("open", 202), ("memory", 202), ("closed", 503)])
+def test_an_unreachable_store_fails_as_configured_never_500(make_client, mode, status):
+    client = make_client(rate_limit_storage="redis://127.0.0.1:1/0", rate_limit_on_store_error=mode,
+                         rate_limit_generate="1/minute")
+    response = client.post("/v1/jobs", json={"prompt": "a cat"})
+    assert response.status_code == status, response.get_data(as_text=True)
+    if mode == "closed":
+        assert response.get_json()["code"] == "rate_limit_store_unavailable" and response.headers["Retry-After"]
+    if mode == "memory":  # limits still hold, per process
+        assert client.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 429

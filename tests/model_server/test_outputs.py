@@ -1,0 +1,82 @@
+"""Outputs on disk: images with their parameters, records that survive a restart, lost jobs told."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from gateway.model_client import RemoteError
+from model_server.outputs import JobRecord, OutputStore
+from protocol.errors import ErrorCode
+from protocol.messages import Completed, JobState
+from tests.model_server.conftest import params
+
+
+def finish(client, job_id):
+    return list(client.watch(job_id))[-1]
+
+
+def test_finished_images_are_written_with_a1111_infotext_and_survive_a_restart(start_server, tmp_path):
+    outputs = tmp_path / "outputs"
+    server, client = start_server(outputs_dir=str(outputs))
+    job = client.submit(params(prompt="a red cube", seed=77, n=2, negative_prompt="blurry"))
+    assert isinstance(finish(client, job.job_id), Completed)
+    _, first = client.fetch(job.job_id, 0)
+    files = sorted(outputs.glob("*/*.png"))
+    assert [f.name for f in files] == [f"{job.job_id}-0.png", f"{job.job_id}-1.png"]
+    text = Image.open(files[0]).text["parameters"]
+    assert text.startswith("a red cube\nNegative prompt: blurry\nSteps: 5,") and "Seed: 77" in text
+
+    server.request_shutdown()
+    _, client2 = start_server(outputs_dir=str(outputs))
+    view = client2.get_job(job.job_id)
+    assert view.state is JobState.SUCCEEDED and [i.seed for i in view.images] == [77, 78]
+    assert client2.fetch(job.job_id, 0)[1] == first
+
+
+def test_jobs_unfinished_at_a_crash_are_reported_failed_and_retryable(tmp_path, start_server):
+    store = OutputStore(tmp_path / "outputs", budget_bytes=10**9)
+    store.accepted(JobRecord(job_id="lost1", state=JobState.RUNNING, params=params(), created_at=1.0))
+    _, client = start_server(outputs_dir=str(tmp_path / "outputs"))
+    view = client.get_job("lost1")
+    assert view.state is JobState.FAILED
+    assert view.error.code is ErrorCode.MODEL_SERVER_LOST and view.error.retryable
+    assert not list((tmp_path / "outputs" / "pending").iterdir())
+
+
+def test_the_disk_budget_deletes_the_oldest_outputs(start_server, tmp_path):
+    outputs = tmp_path / "outputs"
+    _, client = start_server(outputs_dir=str(outputs), outputs_budget_bytes=40_000, result_budget_bytes=0)
+    ids = []
+    for seed in range(4):
+        job = client.submit(params(seed=seed, width=96, height=96))  # ~28 KB PNG of noise each
+        finish(client, job.job_id)
+        ids.append(job.job_id)
+    assert sum(f.stat().st_size for f in outputs.glob("*/*.png")) <= 40_000
+    with pytest.raises(RemoteError) as info:
+        client.get_job(ids[0])
+    assert info.value.error.code in (ErrorCode.EXPIRED, ErrorCode.NOT_FOUND)
+    assert Image.open(io.BytesIO(client.fetch(ids[-1])[1])).size == (96, 96)
+
+
+def test_one_client_cannot_fill_the_queue(start_server):
+    server, client = start_server(step_seconds=0.05, max_queued_per_client=2)
+    running = client.submit(params(steps=200), client_id="a")
+    waiting = [client.submit(params(), client_id="a") for _ in range(2)]
+    with pytest.raises(RemoteError) as info:
+        client.submit(params(), client_id="a")
+    assert info.value.error.code is ErrorCode.QUEUE_FULL and "you already have 2" in info.value.error.message
+    other = client.submit(params(), client_id="b")
+    for job in [running, *waiting, other]:
+        client.cancel(job.job_id)
+
+
+def test_new_jobs_are_refused_below_the_free_memory_floor(start_server):
+    _, client = start_server(min_free_memory_mb=10**9)
+    with pytest.raises(RemoteError) as info:
+        client.submit(params())
+    error = info.value.error
+    assert error.code is ErrorCode.OUT_OF_MEMORY and error.retryable and "MB" in error.message
+    assert client.ping().stats["jobs_rejected"] == 1
