@@ -9,9 +9,15 @@ import os
 import shutil
 import tempfile
 
+# Prometheus metrics from every worker are merged through files in this folder (prometheus_client's
+# multiprocess mode). It must be set before prometheus_client is first imported (the mode is
+# chosen at import), and exist, empty, before the workers start.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sd-cpu-metrics-")
+
 # Imported here, in the master at start-up: importing it inside child_exit (a SIGCHLD handler)
 # can re-enter a half-finished import and crash the arbiter on shutdown.
-from prometheus_client import multiprocess
+from prometheus_client import multiprocess  # noqa: E402
 
 wsgi_app = "gateway.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
@@ -26,11 +32,6 @@ accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
-
-# Prometheus metrics from every worker are merged through files in this folder (prometheus_client's
-# multiprocess mode); it must exist, and be empty, before the workers import the app.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sd-cpu-metrics-")
 
 
 def on_starting(server):

@@ -1,8 +1,8 @@
 """Rate limits (Flask-Limiter), per API key or client address, in two route classes.
 
 ``generate`` covers the routes that start work (/generate, POST /v1/jobs, OpenAI and A1111
-generation); ``read`` covers status, events, images, models and health. /health/live and the
-page's static files are never limited. Counters live in RATE_LIMIT_STORAGE: Redis
+generation); ``read`` covers status, events, images and models. Health, metrics and the page's static files
+are never limited, so probes keep working whatever the store does. Counters live in RATE_LIMIT_STORAGE: Redis
 (``redis://host:6379/0``) shares them across gunicorn workers and gateway replicas; the
 default ``memory://`` is per process, fine for a single-worker local run. If the store is down,
 RATE_LIMIT_ON_STORE_ERROR decides: ``memory`` (default) falls back to per-process limits,
@@ -24,16 +24,29 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 GENERATE = {"native.generate", "jobs.submit_job", "openai.generations", "a1111.txt2img"}
-NEVER_LIMITED = {"health.live", "static", "web.index"}
+# Probes and scrapes must keep working when the limit store is down (and they are cheap).
+NEVER_LIMITED = {"health.live", "health.ready", "health.health", "metrics.metrics", "static", "web.index"}
 
 
 def _client() -> str:
     return g.get("client_id") or "ip:" + (request.remote_addr or "")
 
 
+class _OneLine(logging.Filter):
+    """A Redis outage would log a traceback on every request; one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
     if not settings.rate_limit_enabled:
         return None
+    logging.getLogger("flask-limiter").addFilter(_OneLine())
     mode = settings.rate_limit_on_store_error
     limiter = Limiter(_client, app=app, storage_uri=settings.rate_limit_storage, strategy="moving-window",
                       headers_enabled=True,

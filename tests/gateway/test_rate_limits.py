@@ -22,14 +22,15 @@ def test_generation_is_limited_per_client_with_retry_after(limited, fake):
     assert other.status_code == 202  # another client has its own budget
 
 
-def test_reads_have_their_own_budget_and_liveness_is_never_limited(limited):
+def test_reads_have_their_own_budget_and_probes_are_never_limited(limited):
     for _ in range(2):
         limited.post("/v1/jobs", json={"prompt": "a cat"})
     assert limited.get("/v1/jobs/job1").status_code == 200  # generation spent; reads still fine
-    for _ in range(5):
-        limited.get("/health")
+    for _ in range(4):
+        limited.get("/v1/jobs/job1")
     assert limited.get("/v1/jobs/job1").status_code == 429
-    assert all(limited.get("/health/live").status_code == 200 for _ in range(20))
+    for path in ("/health/live", "/health", "/health/ready", "/metrics"):
+        assert all(limited.get(path).status_code == 200 for _ in range(10)), path
 
 
 def test_each_family_gets_its_own_429_shape(limited):
