@@ -79,12 +79,16 @@ def native_response(err: ApiError):
     return jsonify(err.body()), err.status, err.headers()
 
 
-# Blueprint name -> renderer; routes of other blueprints (and unknown routes) use the native shape.
+# Blueprint name -> renderer; routes of other blueprints use the native shape. Errors raised while
+# routing (404, 405) have no blueprint yet, so the family is told by the path's prefix.
 FAMILY_RENDERERS: dict[str, Callable[[ApiError], object]] = {}
+FAMILY_PREFIXES = {"/v1/images/": "openai", "/v1/models": "openai", "/sdapi/": "a1111"}
 
 
 def render(err: ApiError):
-    return FAMILY_RENDERERS.get(request.blueprint or "", native_response)(err)
+    family = request.blueprint or next(
+        (name for prefix, name in FAMILY_PREFIXES.items() if request.path.startswith(prefix)), "")
+    return FAMILY_RENDERERS.get(family, native_response)(err)
 
 
 def as_api_error(exc: Exception) -> ApiError:
