@@ -322,8 +322,11 @@ class JobTable:
                 self._queue.remove(job.id)
         record = self._persist("finished", job)
         with self._lock:
-            if record is not None:
+            if record is not None and len(record.files) == len(job.images):
+                # On disk now: serve from there (the page cache keeps recent ones hot) and keep
+                # the model server's own memory flat however many results are kept.
                 job.files = record.files
+                job.images = [(info, None) for info, _ in job.images]
             self._evict_locked()
 
     # --- cancelling and shutting down --------------------------------------------------

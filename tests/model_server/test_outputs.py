@@ -48,7 +48,7 @@ def test_jobs_unfinished_at_a_crash_are_reported_failed_and_retryable(tmp_path, 
 
 def test_the_disk_budget_deletes_the_oldest_outputs(start_server, tmp_path):
     outputs = tmp_path / "outputs"
-    _, client = start_server(outputs_dir=str(outputs), outputs_budget_bytes=40_000, result_budget_bytes=0)
+    _, client = start_server(outputs_dir=str(outputs), outputs_budget_bytes=40_000)
     ids = []
     for seed in range(4):
         job = client.submit(params(seed=seed, width=96, height=96))  # ~28 KB PNG of noise each
@@ -56,8 +56,8 @@ def test_the_disk_budget_deletes_the_oldest_outputs(start_server, tmp_path):
         ids.append(job.job_id)
     assert sum(f.stat().st_size for f in outputs.glob("*/*.png")) <= 40_000
     with pytest.raises(RemoteError) as info:
-        client.get_job(ids[0])
-    assert info.value.error.code in (ErrorCode.EXPIRED, ErrorCode.NOT_FOUND)
+        client.fetch(ids[0])
+    assert info.value.error.code is ErrorCode.EXPIRED and "budget" in info.value.error.hint
     assert Image.open(io.BytesIO(client.fetch(ids[-1])[1])).size == (96, 96)
 
 
@@ -80,3 +80,11 @@ def test_new_jobs_are_refused_below_the_free_memory_floor(start_server):
     error = info.value.error
     assert error.code is ErrorCode.OUT_OF_MEMORY and error.retryable and "MB" in error.message
     assert client.ping().stats["jobs_rejected"] == 1
+
+
+def test_results_on_disk_are_not_also_held_in_memory(start_server, tmp_path):
+    server, client = start_server(outputs_dir=str(tmp_path / "outputs"))
+    job = client.submit(params(width=128, height=128))
+    finish(client, job.job_id)
+    assert server.table.get(job.job_id).result_bytes == 0
+    assert Image.open(io.BytesIO(client.fetch(job.job_id)[1])).size == (128, 128)
