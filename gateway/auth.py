@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from urllib.parse import unquote
 
 from flask import Flask, g, request
 
@@ -35,7 +36,8 @@ def presented_key() -> str | None:
         except (binascii.Error, UnicodeDecodeError):
             return None
         return password or user
-    return request.headers.get("X-API-Key") or request.cookies.get("sd_api_key") or None
+    cookie = request.cookies.get("sd_api_key")
+    return request.headers.get("X-API-Key") or (unquote(cookie) if cookie else None)
 
 
 def fingerprint(key: str) -> str:

@@ -11,6 +11,7 @@ async function refreshHealth() {
   const chip = $("server-state");
   try {
     const r = await fetch("/health");
+    if (r.status === 401) { askForKey(); return; }
     const h = await r.json();
     chip.dataset.state = h.status;
     if (h.status === "unavailable") {
@@ -50,6 +51,21 @@ function updateCounter() {
   const max = state.limits.max_prompt_length;
   $("counter").textContent = `${n}/${max}`;
   $("counter").classList.toggle("error-text", n > max);
+}
+
+// The service may require an API key: kept in a cookie so EventSource and <img> send it too.
+function askForKey() {
+  const chip = $("server-state");
+  chip.dataset.state = "error";
+  chip.textContent = "This server needs an API key";
+  $("key-form").hidden = false;
+}
+
+function useKey(event) {
+  event.preventDefault();
+  document.cookie = `sd_api_key=${encodeURIComponent($("api-key").value)}; path=/; SameSite=Strict`;
+  $("key-form").hidden = true;
+  refreshHealth();
 }
 
 // --- messages --------------------------------------------------------------------------------
@@ -93,6 +109,7 @@ async function submit(event) {
     return;
   }
   const job = await r.json();
+  if (r.status === 401) askForKey();
   if (!r.ok) {
     setBusy(false);
     $("progress-area").hidden = true;
@@ -253,6 +270,7 @@ function pick(entry) {
 
 // --- wiring ------------------------------------------------------------------------------------
 $("form").addEventListener("submit", submit);
+$("key-form").addEventListener("submit", useKey);
 $("cancel").addEventListener("click", cancel);
 $("prompt").addEventListener("input", updateCounter);
 $("prompt").addEventListener("keydown", (e) => {

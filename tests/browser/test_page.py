@@ -125,3 +125,30 @@ def test_the_page_keeps_working_after_the_model_server_restarts(page, stack, log
     page.click("#submit")
     expect(page.locator("#result")).to_be_visible(timeout=30_000)
     shot(page, "7-after-restart")
+
+
+def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, log_dir, tiny_model_dir):
+    from tests.integration.conftest import start_stack, stop_stack
+
+    stack = start_stack(log_dir, tiny_model_dir, gateway_env={"API_KEYS": "page-key-1", "AUTH_PUBLIC_HEALTH": "true"})
+    try:
+        # Health is public here (AUTH_PUBLIC_HEALTH), so readiness checks work; jobs need the key.
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(stack.url + "/")
+        page.wait_for_function("document.getElementById('server-state').dataset.state === 'ok'")
+        expect(page.locator("#key-form")).to_be_hidden()
+        fill(page, "a locked door", steps=2)
+        page.click("#submit")
+        expect(page.locator("#key-form")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("API key")
+        page.fill("#api-key", "page-key-1")
+        page.click("#key-form button")
+        expect(page.locator("#key-form")).to_be_hidden()
+        page.click("#submit")
+        expect(page.locator("#result")).to_be_visible(timeout=30_000)  # SSE and <img> carry the cookie
+        page.wait_for_function("document.getElementById('image').naturalWidth === 256")
+        shot(page, "8-api-key")
+        context.close()
+    finally:
+        stop_stack(stack)

@@ -25,11 +25,11 @@ class Stack:
         self.model_server = start_model_server(log_dir, self.model_port, **self.model_env)
 
 
-def start_stack(log_dir, tiny_model_dir, **model_env) -> Stack:
+def start_stack(log_dir, tiny_model_dir, gateway_env: dict | None = None, **model_env) -> Stack:
     model_port, http_port = free_port(), free_port()
     model_env = {"SD_MODEL": str(tiny_model_dir), "MODEL_SERVER_PIPELINE": "diffusers", **model_env}
     model_server = start_model_server(log_dir, model_port, **model_env)
-    gateway = start_gateway(log_dir, http_port, model_port, MODEL_SERVER_TIMEOUT=3)
+    gateway = start_gateway(log_dir, http_port, model_port, MODEL_SERVER_TIMEOUT=3, **(gateway_env or {}))
     stack = Stack(f"http://127.0.0.1:{http_port}", model_port, model_server, gateway, model_env)
     try:
         wait_ready(stack.url, model_server)
