@@ -32,7 +32,7 @@ cp "$("$TOOLS/bin/python" -c 'import compose, os; print(os.path.dirname(compose.
 COMPOSE=(docker compose -f compose.yaml -f compose.tiny.yaml -f compose.ci.yaml)
 
 log "hadolint (error level)"
-"$TOOLS/bin/hadolint" --failure-threshold error Dockerfile.model Dockerfile.gateway
+"$TOOLS/bin/hadolint" --failure-threshold error Dockerfile.model Dockerfile.gateway docker/redis-ci.Dockerfile
 log "compose config"
 docker compose -f compose.yaml config -q
 "${COMPOSE[@]}" config -q
@@ -78,13 +78,13 @@ for dir in $(pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p"
   cp "$dir"/torch-2.13.0+cpu-*.whl docker/wheels/ 2>/dev/null || true
 done
 if ls docker/wheels/torch-*.whl >/dev/null 2>&1; then export TORCH_INDEX_URL=""; fi
-for service in gateway model; do
+for service in redis gateway model; do
   start=$(date +%s)
   log "building $service"
   "${COMPOSE[@]}" build "$service" >"$WORK/build-$service.log" 2>&1 || { tail -40 "$WORK/build-$service.log"; exit 1; }
   log "built $service in $(( $(date +%s) - start )) s"
 done
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep sd-cpu
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'sd-cpu|redis' 
 
 # --- run and check ---------------------------------------------------------------------------------
 log "compose up (waits for both healthchecks)"
@@ -95,6 +95,13 @@ log "POST /generate -> $status"
 [ "$status" = "200 image/png" ] || { "${COMPOSE[@]}" logs --tail 50; exit 1; }
 head -c 8 "$WORK/smoke.png" | od -An -c | grep -q 'P   N   G' || { echo "not a PNG"; exit 1; }
 curl -fsS "http://127.0.0.1:$PORT/health" | python3 -c 'import json,sys; h=json.load(sys.stdin); assert h["status"]=="ok", h; print("health:", h["status"], h["model"], h["optimizations"]["dtype"])'
+
+# Rate limits live in the redis service (shared by every gunicorn worker).
+keys=$("${COMPOSE[@]}" exec -T redis redis-cli dbsize | tr -dc 0-9)
+log "redis holds $keys rate-limit key(s)"
+[ "${keys:-0}" -gt 0 ] || { echo "no rate-limit keys in redis"; "${COMPOSE[@]}" logs --tail 30 gateway; exit 1; }
+curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q 'sdcpu_jobs_total{outcome="succeeded"} 1.0' \
+  || { echo "metrics do not show the job"; exit 1; }
 
 # The model server must not be reachable from the host: no published port, no TCP listener at all
 # (it speaks over a Unix socket on a volume shared with the gateway).
