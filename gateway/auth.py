@@ -40,6 +40,11 @@ def presented_key() -> str | None:
     return request.headers.get("X-API-Key") or (unquote(cookie) if cookie else None)
 
 
+def client_id() -> str:
+    """Who is asking: an API key fingerprint, or the client address."""
+    return g.get("client_id") or "ip:" + (request.remote_addr or "")
+
+
 def fingerprint(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -65,17 +70,13 @@ def install(app: Flask, settings: GatewaySettings) -> None:
     @app.before_request
     def _authenticate():
         key = presented_key()
-        if not keys.enabled:
-            g.client_id = "ip:" + (request.remote_addr or "")
+        valid = keys.enabled and bool(key) and keys.valid(key)
+        if valid:
+            g.client_id = fingerprint(key)  # otherwise client_id() falls back to the address
+        if not keys.enabled or valid or request.endpoint in public or request.method == "OPTIONS":
             return None
-        if request.endpoint in public or request.method == "OPTIONS":
-            g.client_id = fingerprint(key) if key and keys.valid(key) else "ip:" + (request.remote_addr or "")
-            return None
-        if not key or not keys.valid(key):
-            realm = 'Basic realm="sd-cpu"' if request.path.startswith("/sdapi/") else 'Bearer realm="sd-cpu"'
-            raise ApiError(401, "unauthorized", "a valid API key is required" if key is None
-                           else "the API key is not valid",
-                           "Send Authorization: Bearer <key> (or HTTP Basic with the key as password).",
-                           headers={"WWW-Authenticate": realm})
-        g.client_id = fingerprint(key)
-        return None
+        realm = 'Basic realm="sd-cpu"' if request.path.startswith("/sdapi/") else 'Bearer realm="sd-cpu"'
+        raise ApiError(401, "unauthorized",
+                       "a valid API key is required" if key is None else "the API key is not valid",
+                       "Send Authorization: Bearer <key> (or HTTP Basic with the key as password).",
+                       headers={"WWW-Authenticate": realm})

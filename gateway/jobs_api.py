@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, request, stream_with_context
 
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
-from gateway.native import client_id
+from gateway.auth import client_id
 from gateway.resources import job_resource, to_json
 from gateway.services import services
 from protocol.messages import JobState

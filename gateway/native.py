@@ -11,11 +11,6 @@ from gateway.waiting import generate_sync
 bp = Blueprint("native", __name__)
 
 
-def client_id() -> str:
-    """Who is asking: an API key fingerprint, or the client address (see gateway.auth)."""
-    return g.get("client_id") or "ip:" + (request.remote_addr or "")
-
-
 @bp.post("/generate")
 def generate():
     sv = services()

@@ -20,6 +20,13 @@ from protocol.messages import IMAGE_FORMATS, SCHEDULERS, GenerationParams
 
 MAX_SEED = 2**32 - 1
 _PATH = re.compile(r"at `\$\.(\w+)")
+# C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """Prompts without control characters (tabs and newlines become spaces), trimmed."""
+    return " ".join(_CONTROL.sub("", text).split())
 
 
 def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type:
@@ -118,7 +125,7 @@ class ParamValidator:
 
     def to_params(self, r) -> GenerationParams:
         s = self.settings
-        prompt = r.prompt.strip()
+        prompt = clean_text(r.prompt)
         if not prompt:
             raise ApiError(400, "invalid_params", "prompt must not be empty",
                            'Describe the image, e.g. {"prompt": "a cat"}.', field="prompt")
@@ -127,7 +134,7 @@ class ParamValidator:
             return default if value is None else value
 
         return GenerationParams(
-            prompt=prompt, negative_prompt=(r.negative_prompt or "").strip(),
+            prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""),
             seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
             steps=pick(r.steps, s.default_steps), guidance_scale=float(pick(r.guidance_scale, 7.5)),
             width=pick(r.width, s.default_size), height=pick(r.height, s.default_size),

@@ -15,10 +15,11 @@ import logging
 import math
 import time
 
-from flask import Flask, g, request
+from flask import Flask
 from flask_limiter import HeaderNames, Limiter
 from flask_limiter.errors import RateLimitExceeded
 
+from gateway.auth import client_id
 from gateway.errors import ApiError, render
 from gateway.settings import GatewaySettings
 
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 GENERATE = {"native.generate", "jobs.submit_job", "openai.generations", "a1111.txt2img"}
 # Probes and scrapes must keep working when the limit store is down (and they are cheap).
 NEVER_LIMITED = {"health.live", "health.ready", "health.health", "metrics.metrics", "static", "web.index"}
-
-
-def _client() -> str:
-    return g.get("client_id") or "ip:" + (request.remote_addr or "")
 
 
 class _OneLine(logging.Filter):
@@ -48,7 +45,7 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
         return None
     logging.getLogger("flask-limiter").addFilter(_OneLine())
     mode = settings.rate_limit_on_store_error
-    limiter = Limiter(_client, app=app, storage_uri=settings.rate_limit_storage, strategy="moving-window",
+    limiter = Limiter(client_id, app=app, storage_uri=settings.rate_limit_storage, strategy="moving-window",
                       headers_enabled=True,
                       # Our handlers set Retry-After themselves (also for queue_full 429s, which
                       # Flask-Limiter would otherwise overwrite with its own window).

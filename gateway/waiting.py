@@ -13,8 +13,9 @@ import select
 import socket
 import time
 
-from flask import g, request
+from flask import request
 
+from gateway.auth import client_id
 from gateway.errors import ApiError
 from protocol.messages import Cancelled, Completed, GenerationParams, ImageInfo, JobView
 
@@ -69,6 +70,6 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
 
 def generate_sync(sv, params: GenerationParams, request_id: str) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
     """Submit, wait, fetch every image: the whole life of a synchronous request."""
-    job = sv.client.submit(params, client_id=g.get("client_id", ""), request_id=request_id)
+    job = sv.client.submit(params, client_id=client_id(), request_id=request_id)
     done = wait_for_job(sv.client, job.job_id, sv.settings.sync_timeout)
     return done, [sv.client.fetch(done.job_id, info.index) for info in done.images]

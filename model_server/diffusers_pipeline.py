@@ -8,6 +8,7 @@ CPU has native bf16, torch threads = physical cores.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -53,7 +54,12 @@ def resolve_model(settings: ModelServerSettings) -> str:
     return settings.model
 
 
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)")
+
+
 def _redact(text: str, token: str | None) -> str:
+    """No token and no internal paths (library messages name cache files) in what users see."""
+    text = _ABS_PATH.sub(r"…/\1", text)
     return text.replace(token, "***") if token else text
 
 

@@ -13,7 +13,6 @@ The oldest outputs are deleted once their total passes OUTPUTS_BUDGET_BYTES.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading

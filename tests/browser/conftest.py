@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.integration.conftest import start_stack, stop_stack
+from tests.integration.conftest import stack_fixture
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -35,11 +35,7 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def stack(log_dir, tiny_model_dir):
-    stack = start_stack(log_dir, tiny_model_dir, MODEL_SERVER_QUEUE_SIZE=4)
-    yield stack
-    stop_stack(stack)
+stack = stack_fixture(MODEL_SERVER_QUEUE_SIZE=4)
 
 
 @pytest.fixture

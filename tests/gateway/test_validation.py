@@ -89,3 +89,15 @@ def test_form_encoded_curl_bodies_are_read_as_json(client, fake):
 def test_generate_takes_one_image_only(client):
     body = assert_error(client.post("/generate", json={"prompt": "a cat", "n": 2}), 400)
     assert "/v1/jobs" in body["hint"]
+
+
+def test_control_characters_are_stripped_and_whitespace_folded(client, fake):
+    response = client.post("/v1/jobs", json={"prompt": "a\x00 cat\x1b[31m\ton\nthe\u0085 mat ",
+                                             "negative_prompt": "\x07blurry"})
+    assert response.status_code == 202
+    params = fake.submitted[0][0]
+    assert params.prompt == "a cat[31m on the mat" and params.negative_prompt == "blurry"
+
+
+def test_a_prompt_of_only_control_characters_is_empty(client):
+    assert_error(client.post("/v1/jobs", json={"prompt": "\x00\x01\x02"}), 400, "invalid_params")

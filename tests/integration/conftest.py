@@ -44,12 +44,20 @@ def stop_stack(stack: Stack) -> None:
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(log_dir, tiny_model_dir):
-    stack = start_stack(log_dir, tiny_model_dir, MODEL_SERVER_QUEUE_SIZE=2)
-    yield stack
-    stop_stack(stack)
-    assert "Traceback" not in stack.gateway.log()
+def stack_fixture(**model_env):
+    """A module-scoped ``stack`` fixture: one real service shared by a test module."""
+
+    @pytest.fixture(scope="module")
+    def stack(log_dir, tiny_model_dir):
+        stack = start_stack(log_dir, tiny_model_dir, **model_env)
+        yield stack
+        stop_stack(stack)
+        assert "Traceback" not in stack.gateway.log()
+
+    return stack
+
+
+stack = stack_fixture(MODEL_SERVER_QUEUE_SIZE=2)
 
 
 def sse_events(response: requests.Response):

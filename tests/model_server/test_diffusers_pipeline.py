@@ -111,6 +111,7 @@ def test_a_load_failure_explains_itself_and_never_shows_the_token(tmp_path):
             DiffusersPipeline.load(ModelServerSettings(model=model, token=secret, cache_dir=str(tmp_path)))
         text = f"{info.value.error.message} {info.value.error.hint}"
         assert secret not in text
+        assert str(tmp_path) not in text  # no internal paths either
         assert info.value.error.hint
     assert "SD_MODEL" in info.value.error.hint
 

@@ -127,3 +127,23 @@ def test_a_client_hanging_up_during_a_burst_leaves_no_hung_requests(service_fact
         t.join(60)
     assert len(results) == 12 and set(results) <= {200, 429}, results
     assert time.monotonic()  # every request answered; none hung past its timeout
+
+
+def test_a_model_server_killed_and_restarted_under_load_loses_nothing(service_factory):
+    from bench import load_test
+
+    service = service_factory(model_env={"FAKE_STEP_SECONDS": "0.02", "MAX_QUEUED_PER_CLIENT": "0"})
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=load_test.run(service.url, clients=12,
+                                                                                   seconds=10)))
+    runner.start()
+    time.sleep(3)
+    service.model.signal(signal.SIGKILL)
+    time.sleep(1)
+    service.restart_model()
+    runner.join(200)
+    result = outcome["result"]
+    statuses = {int(key.split()[1]) for key in result["statuses"]}
+    assert statuses <= load_test.ALLOWED and result["timeouts"] == 0, result["statuses"]
+    assert 503 in statuses  # the outage was seen, and answered, not hung
+    assert result["jobs_lost"] == []  # every accepted job ended: done, cancelled, or failed as lost
