@@ -7,8 +7,12 @@ CPU has native bf16, torch threads = physical cores.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,6 +110,34 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
+    """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.convert).
+
+    Falls back to ``source`` itself, converting while loading, if the copy cannot be made.
+    """
+    from model_server.convert import converted
+
+    key = hashlib.sha256(f"{source}\0{settings.revision}\0{settings.safety_checker}".encode()).hexdigest()[:12]
+    dest = Path(settings.cache_dir) / "bf16" / f"{Path(source).name or 'model'}-{key}"
+    if converted(dest):
+        return str(dest), {"weights": "bf16 copy (cached)"}
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "model_server.convert", source, str(dest)]
+    cmd += ["--revision", settings.revision] if settings.revision else []
+    cmd += ["--safety-checker"] if settings.safety_checker else []
+    env = dict(os.environ, **({"HF_TOKEN": settings.token} if settings.token else {}))
+    log.info("converting %s to bfloat16 once (a child process; later starts reuse %s)", source, dest)
+    result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0 or not converted(dest):
+        tail = _redact(result.stdout[-1500:], settings.token)
+        log.warning("bf16 conversion failed (exit %s); converting while loading instead:\n%s",
+                    result.returncode, tail)
+        return source, {"weights": "converted while loading"}
+    seconds = round(time.monotonic() - started, 1)
+    log.info("converted to bfloat16 in %.1f s", seconds)
+    return str(dest), {"weights": "bf16 copy (made now)", "conversion_seconds": seconds}
+
+
 class DiffusersPipeline:
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict):
         self.pipe = pipe
@@ -120,6 +152,9 @@ class DiffusersPipeline:
         torch.set_num_threads(threads)
         dtype, why = choose_dtype(settings.dtype)
         source = resolve_model(settings)
+        weights = {"weights": "as stored"}
+        if dtype == torch.bfloat16 and settings.bf16_cache:
+            source, weights = bf16_copy(source, settings)
         started = time.monotonic()
         pipe = _from_pretrained(source, settings, dtype)
         if settings.attention == "sliced":
@@ -139,6 +174,7 @@ class DiffusersPipeline:
             "default_scheduler": type(pipe.scheduler).__name__,
             "torch": str(torch.__version__),
             "load_seconds": round(time.monotonic() - started, 2),
+            **weights,
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
         return cls(pipe, settings.model, opts)

@@ -55,6 +55,9 @@ class ModelServerSettings:
     attention: str = "sdpa"  # sdpa | sliced
     threads: int = 0  # 0 = physical cores available to this process
     safety_checker: bool = False
+    # bf16 only: convert once to a cached bf16 copy in a child process, so the server never holds
+    # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
+    bf16_cache: bool = True
     queue_size: int = 16
     result_ttl_seconds: float = 900.0
     result_budget_bytes: int = 256 * 1024 * 1024
@@ -82,6 +85,7 @@ class ModelServerSettings:
             attention=env.get("SD_ATTENTION", d.attention).strip().lower(),
             threads=_env_int(env, "SD_THREADS", d.threads),
             safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
+            bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
             queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
             result_ttl_seconds=_env_float(env, "RESULT_TTL_SECONDS", d.result_ttl_seconds),
             result_budget_bytes=_env_int(env, "RESULT_BUDGET_BYTES", d.result_budget_bytes),

@@ -78,6 +78,7 @@ def base_env(**extra) -> dict:
 
 def start_model_server(log_dir: Path, port: int, **env) -> Proc:
     env.setdefault("OUTPUTS_DIR", log_dir / f"outputs-{port}")
+    env.setdefault("SD_CACHE_DIR", log_dir / "sd-cache")  # bf16 copies, shared by a run's servers
     return Proc("model-server", [PYTHON, "-m", "model_server"],
                 base_env(MODEL_SERVER_BIND=f"tcp://127.0.0.1:{port}", **env), log_dir)
 

@@ -74,8 +74,9 @@ def test_an_interrupt_stops_early_and_still_decodes_an_image(fp32):
     assert image.size == (96, 64) and len(seen) == 2
 
 
-def test_bfloat16_stays_close_to_float32_on_the_same_seed(fp32, tiny_model_dir):
-    bf16 = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16"))
+def test_bfloat16_stays_close_to_float32_on_the_same_seed(fp32, tiny_model_dir, tmp_path):
+    bf16 = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16",
+                                                      cache_dir=str(tmp_path)))
     assert bf16.pipe.unet.dtype == torch.bfloat16
     a = np.asarray(generate(fp32, params())[0], dtype=np.float32)
     b = np.asarray(generate(bf16, params())[0], dtype=np.float32)
@@ -133,3 +134,25 @@ def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):
     plain = []
     fp32.generate(params(steps=2), 1, lambda s, sec, preview=None: plain.append(preview), lambda: None)
     assert plain == [None, None]
+
+
+def test_bf16_is_converted_once_in_a_child_process_then_reused(tiny_model_dir, tmp_path):
+    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", cache_dir=str(tmp_path))
+    first = DiffusersPipeline.load(settings)
+    assert first.optimizations()["weights"] == "bf16 copy (made now)"
+    assert first.optimizations()["conversion_seconds"] > 0
+    copies = list((tmp_path / "bf16").iterdir())
+    assert len(copies) == 1 and (copies[0] / "sd_cpu_converted.json").exists()
+    second = DiffusersPipeline.load(settings)
+    assert second.optimizations()["weights"] == "bf16 copy (cached)"
+    assert second.pipe.unet.dtype == torch.bfloat16
+    a = np.asarray(generate(first, params())[0])
+    assert np.array_equal(a, np.asarray(generate(second, params())[0]))
+
+
+def test_a_failed_conversion_falls_back_to_converting_while_loading(tiny_model_dir, tmp_path):
+    (tmp_path / "bf16").write_text("not a directory")  # the copy cannot be written
+    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16",
+                                                      cache_dir=str(tmp_path)))
+    assert pipe.optimizations()["weights"] == "converted while loading"
+    assert generate(pipe, params())[0].size == (64, 64)
