@@ -73,11 +73,14 @@ def run_seed(pipe, args, on_step):
          generator=torch.Generator("cpu").manual_seed(1234), callback_on_step_end=step_end)
 
 
-def load_ours(model: str, dtype: str, preset: str | None):
+def load_ours(model: str, dtype: str):
+    """The model server's own loader, configured like the server (SD_* variables apply)."""
+    import dataclasses
+
     from model_server.diffusers_pipeline import DiffusersPipeline
     from model_server.settings import ModelServerSettings
 
-    return DiffusersPipeline.load(ModelServerSettings(model=model, dtype=dtype))
+    return DiffusersPipeline.load(dataclasses.replace(ModelServerSettings.from_env(), model=model, dtype=dtype))
 
 
 def run_ours(pipe, args, on_step):
@@ -103,7 +106,7 @@ def main() -> int:
 
     with PeakRss() as rss:
         started = time.perf_counter()
-        pipe = load_seed(args.model) if args.config == "seed" else load_ours(args.model, args.dtype, None)
+        pipe = load_seed(args.model) if args.config == "seed" else load_ours(args.model, args.dtype)
         load_s = time.perf_counter() - started
         load_peak, after_load = rss.mark(), psutil.Process().memory_info().rss
         sd = pipe if args.config == "seed" else pipe.pipe

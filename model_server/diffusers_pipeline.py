@@ -159,6 +159,9 @@ class DiffusersPipeline:
         pipe = _from_pretrained(source, settings, dtype)
         if settings.attention == "sliced":
             pipe.enable_attention_slicing()
+        if settings.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
         pipe.set_progress_bar_config(disable=True)
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
@@ -168,6 +171,7 @@ class DiffusersPipeline:
             "dtype": str(dtype).removeprefix("torch."),
             "dtype_reason": why,
             "attention": "sliced" if settings.attention == "sliced" else "sdpa",
+            "channels_last": settings.channels_last,
             "threads": threads,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "safety_checker": has_checker,

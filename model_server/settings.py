@@ -58,6 +58,7 @@ class ModelServerSettings:
     # bf16 only: convert once to a cached bf16 copy in a child process, so the server never holds
     # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
     bf16_cache: bool = True
+    channels_last: bool = False  # NHWC memory format for UNet and VAE convolutions
     queue_size: int = 16
     result_ttl_seconds: float = 900.0
     result_budget_bytes: int = 256 * 1024 * 1024
@@ -86,6 +87,7 @@ class ModelServerSettings:
             threads=_env_int(env, "SD_THREADS", d.threads),
             safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
             bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
+            channels_last=_env_bool(env, "SD_CHANNELS_LAST", d.channels_last),
             queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
             result_ttl_seconds=_env_float(env, "RESULT_TTL_SECONDS", d.result_ttl_seconds),
             result_budget_bytes=_env_int(env, "RESULT_BUDGET_BYTES", d.result_budget_bytes),
