@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 
+import msgspec
+
 from model_server.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo, StopMode
@@ -55,6 +57,7 @@ class Job:
     stop_mode: StopMode | None = None
     interrupted: bool = False
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
+    finishing: bool = False  # _finish is writing its result; it turns terminal right after
 
     @property
     def cancel_requested(self) -> bool:
@@ -138,25 +141,23 @@ class JobTable:
         self._persist("accepted", job)
         return job
 
-    def _persist(self, event: str, job: Job) -> JobRecord | None:
-        """Record a state change on disk; a full or broken disk costs the record, never the job.
+    def _persist(self, event: str, job: Job) -> None:
+        """Record "accepted" or "started" on disk; a full or broken disk costs the record, never the job.
 
         The IO and worker threads both record; one lock keeps their writes in order, and each
         writes the job's state as it is at that moment, so a late write never rolls it back.
         """
         if self.store is None:
-            return None
+            return
         with self._persist_lock:
             with self._lock:
-                record, blobs = job.record(), [data for _, data in job.images]
+                if job.state.terminal or job.finishing:
+                    return  # the final record is written (or being written) by _finish
+                record = job.record()
             try:
-                if event == "finished":
-                    self.store.finished(record, blobs)
-                else:
-                    getattr(self.store, event)(record)
+                getattr(self.store, event)(record)
             except OSError as exc:
                 log.error("could not record job %s on disk (%s): %s", job.id, event, exc)
-            return record
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -306,28 +307,45 @@ class JobTable:
             code=ErrorCode.CANCELLED, message="the job was cancelled", hint="Submit it again if needed."))
 
     def _finish(self, job: Job, state: JobState, images=(), error: ErrorInfo | None = None) -> None:
+        """End a job. Its images and record reach the disk *before* it turns terminal, so anyone
+        told "completed" can fetch the result, and nothing is held twice in memory."""
+        images = list(images)
         with self._lock:
-            if job.state.terminal:
+            if job.state.terminal or job.finishing:
                 return
-            job.state, job.error, job.images = state, error, list(images)
-            job.finished_at, job.finished_mono = time.time(), self._clock()
+            job.finishing = True
+            if job.id in self._queue:
+                self._queue.remove(job.id)  # no worker may start it while it is being finished
+            finished_at = time.time()
+            record = msgspec.structs.replace(job.record(), state=state, error=error, finished_at=finished_at,
+                                             images=[info for info, _ in images])
+        files = self._store_finished(record, [data for _, data in images])
+        with self._lock:
+            # On disk: served from there (the page cache keeps recent ones hot), so the model
+            # server's own memory stays flat however many results are kept.
+            on_disk = bool(images) and len(files) == len(images)
+            job.state, job.error, job.files = state, error, files
+            job.images = [(info, None if on_disk else data) for info, data in images]
+            job.finished_at, job.finished_mono = finished_at, self._clock()
             job.preview = None
             self.stats[f"jobs_{state.value}"] += 1
-            self.stats["images"] += len(job.images)
+            self.stats["images"] += len(images)
             if job.started_at is not None:
-                self.stats["generation_seconds"] += job.finished_at - job.started_at
+                self.stats["generation_seconds"] += finished_at - job.started_at
             if self._running is job:
                 self._running = None
-            if job.id in self._queue:
-                self._queue.remove(job.id)
-        record = self._persist("finished", job)
-        with self._lock:
-            if record is not None and len(record.files) == len(job.images):
-                # On disk now: serve from there (the page cache keeps recent ones hot) and keep
-                # the model server's own memory flat however many results are kept.
-                job.files = record.files
-                job.images = [(info, None) for info, _ in job.images]
             self._evict_locked()
+
+    def _store_finished(self, record: JobRecord, blobs: list[bytes]) -> list[str]:
+        if self.store is None:
+            return []
+        with self._persist_lock:
+            try:
+                self.store.finished(record, blobs)
+                return list(record.files)
+            except OSError as exc:
+                log.error("could not record job %s on disk (finished): %s", record.job_id, exc)
+                return []
 
     # --- cancelling and shutting down --------------------------------------------------
 
