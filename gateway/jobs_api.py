@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 
@@ -17,7 +16,6 @@ from gateway.services import services
 from protocol.messages import JobState
 
 bp = Blueprint("jobs", __name__)
-log = logging.getLogger(__name__)
 _EVENT_NAMES = {JobState.SUCCEEDED: "completed", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -23,8 +23,7 @@ bp = Blueprint("metrics", __name__)
 REQUESTS = Counter("sdcpu_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram("sdcpu_http_request_duration_seconds", "Time to answer an HTTP request (to first byte)",
                     ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
-_COUNTERS = {"jobs_succeeded": ("jobs", "succeeded"), "jobs_failed": ("jobs", "failed"),
-             "jobs_cancelled": ("jobs", "cancelled"), "jobs_rejected": ("jobs", "rejected")}
+_OUTCOMES = ("succeeded", "failed", "cancelled", "rejected")  # the model server's jobs_<outcome> counters
 
 
 def install(app: Flask) -> None:
@@ -73,8 +72,8 @@ class ModelServerCollector:
             yield family
         stats = pong.stats
         jobs = CounterMetricFamily("sdcpu_jobs", "Jobs by outcome since the model server started", labels=["outcome"])
-        for key, (_, outcome) in _COUNTERS.items():
-            jobs.add_metric([outcome], stats.get(key, 0.0))
+        for outcome in _OUTCOMES:
+            jobs.add_metric([outcome], stats.get(f"jobs_{outcome}", 0.0))
         yield jobs
         for name, key, doc in (("sdcpu_generation_seconds", "generation_seconds", "Seconds spent running jobs"),
                                ("sdcpu_steps", "steps", "Denoising steps run"),

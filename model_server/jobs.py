@@ -251,9 +251,6 @@ class JobTable:
             total += p.steps * p.n * self._sps_estimate
         return round(total, 1)
 
-    def eta_for_new_job(self) -> float | None:
-        with self._lock:
-            return self._eta_locked(len(self._queue))
 
     # --- the worker's side -------------------------------------------------------------
 
@@ -396,9 +393,6 @@ class JobTable:
     def depth(self) -> int:
         return len(self._queue)
 
-    def unfinished(self) -> list[Job]:
-        with self._lock:
-            return [job for job in self._jobs.values() if not job.state.terminal]
 
     # --- expiry --------------------------------------------------------------------------
 
