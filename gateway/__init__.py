@@ -46,9 +46,10 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from gateway import a1111_api, health, jobs_api, metrics, native, openai_api, openapi, rate_limits, web
+    from gateway import (a1111_api, health, jobs_api, metrics, native, openai_api, openapi, presets_api,
+                         rate_limits, web)
 
-    for module in (web, native, jobs_api, openai_api, a1111_api, health, metrics, openapi):
+    for module in (web, native, jobs_api, presets_api, openai_api, a1111_api, health, metrics, openapi):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     rate_limits.install(app, settings)  # after the routes exist and after auth has named the client

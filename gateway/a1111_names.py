@@ -15,6 +15,7 @@ SAMPLERS = {
     "PLMS": ("pndm", []),
     "PNDM": ("pndm", []),
     "UniPC": ("unipc", []),
+    "LCM": ("lcm", []),
 }
 _BY_LOWER = {name.lower(): name for name in SAMPLERS} | {
     alias: name for name, (_, aliases) in SAMPLERS.items() for alias in aliases}

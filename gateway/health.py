@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify
 
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.presets_api import describe
 from gateway.services import services
 from protocol.messages import ModelState
 
@@ -55,6 +56,8 @@ def health():
         "load_seconds": pong.load_seconds,
         "uptime_seconds": pong.uptime_seconds,
         "schedulers": pong.schedulers,
+        "default_preset": sv.settings.default_preset,
+        "presets": describe(sv, pong),
         "limits": {"max_prompt_length": sv.settings.max_prompt_length, "max_steps": sv.settings.max_steps,
                    "max_width": sv.settings.max_width, "max_height": sv.settings.max_height,
                    "max_images": sv.settings.max_images, "default_steps": sv.settings.default_steps,

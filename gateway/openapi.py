@@ -102,6 +102,9 @@ def build_spec(request_type: type) -> dict:
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "get": {"summary": "A finished job's image", "responses": {
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 503)}}},
+        "/v1/presets": {"get": {
+            "summary": "Speed/quality presets: their steps, guidance and sampler, and which this server can run",
+            "responses": {"200": {"description": "The default preset and the list", "content": _ANY_JSON}}}},
         **_compat_paths(),
         "/v1/jobs/{job_id}/preview": {"parameters": _JOB_ID, "get": {
             "summary": "The latest low-res preview of a running job that asked for one (preview: true)",

@@ -17,6 +17,7 @@ from msgspec import Meta
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
 from protocol.messages import IMAGE_FORMATS, SCHEDULERS, GenerationParams
+from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 MAX_SEED = 2**32 - 1
 _PATH = re.compile(r"at `\$\.(\w+)")
@@ -27,6 +28,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def clean_text(text: str) -> str:
     """Prompts without control characters (tabs and newlines become spaces), trimmed."""
     return " ".join(_CONTROL.sub("", text).split())
+
+
+def presets(s: GatewaySettings) -> dict[str, Preset]:
+    """The presets as this gateway applies them (DEFAULT_STEPS is the quality preset's steps)."""
+    return {**PRESETS, "quality": msgspec.structs.replace(PRESETS["quality"], steps=s.default_steps)}
 
 
 def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type:
@@ -40,17 +46,23 @@ def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type
                                        description=f"What to draw; 1-{s.max_prompt_length} characters.")]),
         ("negative_prompt", Annotated[str, Meta(max_length=s.max_prompt_length,
                                                 description="What to steer away from.")] | None, None),
+        ("preset", Annotated[Literal[PRESET_NAMES], Meta(description=(
+            f"Speed/quality preset (default {s.default_preset}): it sets the default steps, guidance and "
+            "sampler, and 'fast' also switches on LCM-LoRA and the tiny VAE. GET /v1/presets lists them. "
+            + " ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())))] | None, None),
         ("steps", Annotated[int, Meta(ge=1, le=s.max_steps, description=(
-            f"Denoising steps (1-{s.max_steps}; default {s.default_steps}).")) ] | None, None),
+            f"Denoising steps (1-{s.max_steps}; default: the preset's, {s.default_steps} for quality).")) ] | None, None),
         ("guidance_scale", Annotated[float, Meta(ge=0, le=30, description=(
-            "Classifier-free guidance (0-30; default 7.5); 1 or less disables it and halves the work."))] | None, None),
+            "Classifier-free guidance (0-30; default: the preset's, 7.5 for quality); 1 or less disables "
+            "it and halves the work."))] | None, None),
         ("width", size(s.max_width, "width") | None, None),
         ("height", size(s.max_height, "height") | None, None),
         ("seed", Annotated[int, Meta(ge=0, le=MAX_SEED, description=(
             "Random seed; the same seed and parameters give the same image. Random when absent; "
             "always reported back."))] | None, None),
         ("scheduler", Annotated[Literal[SCHEDULERS], Meta(description=(
-            "Sampler; 'default' is the model's own (PNDM for SD v1.4)."))] | None, None),
+            "Sampler (default: the preset's); 'default' is the model's own (PNDM for SD v1.4); 'lcm' "
+            "only suits LCM weights (the fast preset)."))] | None, None),
         ("n", Annotated[int, Meta(ge=1, le=s.max_images, description=(
             f"Images to make (1-{s.max_images}), with seeds seed, seed+1, ...; /generate takes 1."))] | None, None),
         ("format", Annotated[Literal[IMAGE_FORMATS], Meta(description="Output format (default png).")] | None, None),
@@ -65,6 +77,7 @@ class ParamValidator:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.request_type = make_request_type(settings)
+        self.presets = presets(settings)
         self._decoder = msgspec.json.Decoder(self.request_type)
         self._hints = self._field_hints(settings)
 
@@ -73,6 +86,7 @@ class ParamValidator:
         return {
             "prompt": f"Try a shorter prompt: at most {s.max_prompt_length} characters.",
             "negative_prompt": f"Keep the negative prompt within {s.max_prompt_length} characters.",
+            "preset": f"Use one of: {', '.join(PRESET_NAMES)} (GET /v1/presets).",
             "steps": f"Use 1 to {s.max_steps} steps ({s.default_steps} is the default; fewer is faster).",
             "guidance_scale": "Use a number from 0 to 30 (7.5 is the default).",
             "width": f"Use a multiple of 8 from {s.min_size} to {s.max_width}.",
@@ -133,10 +147,12 @@ class ParamValidator:
         def pick(value, default):
             return default if value is None else value
 
+        preset = self.presets[r.preset or s.default_preset]
+
         return GenerationParams(
             prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""),
             seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
-            steps=pick(r.steps, s.default_steps), guidance_scale=float(pick(r.guidance_scale, 7.5)),
+            steps=pick(r.steps, preset.steps), guidance_scale=float(pick(r.guidance_scale, preset.guidance_scale)),
             width=pick(r.width, s.default_size), height=pick(r.height, s.default_size),
-            scheduler=pick(r.scheduler, "default"), n=pick(r.n, 1), format=pick(r.format, "png"),
-            quality=pick(r.quality, 90), preview=bool(r.preview))
+            scheduler=pick(r.scheduler, preset.scheduler), n=pick(r.n, 1), format=pick(r.format, "png"),
+            quality=pick(r.quality, 90), preview=bool(r.preview), preset=preset.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from protocol.presets import PRESETS
+
 
 def _int(env, name, default):
     raw = env.get(name, "").strip()
@@ -44,7 +46,8 @@ class GatewaySettings:
     # Longest a synchronous request (/generate) waits for its image before giving up.
     sync_timeout: float = 3600.0
     max_prompt_length: int = 200
-    default_steps: int = 25
+    default_steps: int = 25  # the "quality" preset's steps
+    default_preset: str = "quality"  # for requests that name none (protocol/presets.py)
     max_steps: int = 100
     default_size: int = 512
     min_size: int = 64
@@ -75,6 +78,7 @@ class GatewaySettings:
             sync_timeout=_float(env, "SYNC_TIMEOUT_SECONDS", d.sync_timeout),
             max_prompt_length=_int(env, "MAX_PROMPT_LENGTH", d.max_prompt_length),
             default_steps=_int(env, "DEFAULT_STEPS", d.default_steps),
+            default_preset=env.get("DEFAULT_PRESET", d.default_preset).strip().lower() or d.default_preset,
             max_steps=_int(env, "MAX_STEPS", d.max_steps),
             default_size=_int(env, "DEFAULT_SIZE", d.default_size),
             max_width=_int(env, "MAX_WIDTH", d.max_width),
@@ -94,6 +98,8 @@ class GatewaySettings:
         )
         if settings.rate_limit_on_store_error not in ("memory", "open", "closed"):
             raise ValueError("RATE_LIMIT_ON_STORE_ERROR must be memory, open or closed")
+        if settings.default_preset not in PRESETS:
+            raise ValueError(f"DEFAULT_PRESET must be one of {', '.join(PRESETS)}, got {settings.default_preset!r}")
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")
         if settings.default_size % 8 or not settings.min_size <= settings.default_size <= min(

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, StableDiffusionPipeline,
                        UniPCMultistepScheduler)
 
 from model_server import cpu
+from model_server import preset_parts
 from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error
 from model_server.settings import ModelServerSettings
 from protocol.messages import GenerationParams, StopMode
+from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ _SCHEDULER_FACTORIES = {
     "dpmpp_2m_karras": lambda cfg: DPMSolverMultistepScheduler.from_config(
         cfg, algorithm_type="dpmsolver++", use_karras_sigmas=True),
     "unipc": lambda cfg: UniPCMultistepScheduler.from_config(cfg),
+    "lcm": lambda cfg: LCMScheduler.from_config(cfg),
 }
 
 
@@ -139,11 +142,22 @@ def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
 
 
 class DiffusersPipeline:
-    def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict):
+    def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict, *, lcm: str | None = None,
+                 tiny_vae=None):
+        """``lcm``: why the LCM-LoRA is missing (None = attached); ``tiny_vae``: TAESD or None."""
         self.pipe = pipe
         self.model_id = model_id
         self._opts = opts
         self._base_scheduler_config = pipe.scheduler.config
+        # Kept apart: pipe.scheduler is replaced per job, so "default" must not read it back.
+        self._default_scheduler = type(pipe.scheduler)
+        self._lcm_missing = lcm
+        self._lcm_on = False
+        # The same modules with TAESD as the decoder: a second pipeline object costs nothing.
+        self.fast_pipe = None if tiny_vae is None else StableDiffusionPipeline(
+            **{**pipe.components, "vae": tiny_vae}, requires_safety_checker=False)
+        if self.fast_pipe is not None:
+            self.fast_pipe.set_progress_bar_config(disable=True)
 
     @classmethod
     def load(cls, settings: ModelServerSettings) -> "DiffusersPipeline":
@@ -162,6 +176,11 @@ class DiffusersPipeline:
         if settings.channels_last:
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
+        lcm_loaded, lcm_source = preset_parts.load_lcm_lora(pipe, settings)
+        tiny_vae, vae_source = (preset_parts.load_tiny_vae(settings, dtype) if lcm_loaded
+                                else (None, "not loaded: no LCM-LoRA"))
+        if tiny_vae is not None and settings.channels_last:
+            tiny_vae.to(memory_format=torch.channels_last)
         pipe.set_progress_bar_config(disable=True)
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
@@ -177,11 +196,13 @@ class DiffusersPipeline:
             "safety_checker": has_checker,
             "default_scheduler": type(pipe.scheduler).__name__,
             "torch": str(torch.__version__),
+            "lcm_lora": lcm_source if lcm_loaded else False,
+            "tiny_vae": vae_source if tiny_vae is not None else False,
             "load_seconds": round(time.monotonic() - started, 2),
             **weights,
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
-        return cls(pipe, settings.model, opts)
+        return cls(pipe, settings.model, opts, lcm=None if lcm_loaded else lcm_source, tiny_vae=tiny_vae)
 
     def optimizations(self):
         return dict(self._opts)
@@ -189,14 +210,33 @@ class DiffusersPipeline:
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
 
+    def unavailable_presets(self) -> dict[str, str]:
+        if self._lcm_missing is None:
+            return {}
+        return {name: f"no LCM-LoRA ({self._lcm_missing})" for name, p in PRESETS.items() if p.lcm_lora}
+
+    def _pipe_for(self, params: GenerationParams) -> StableDiffusionPipeline:
+        """The LCM adapter on or off, and the decoder, as the job's preset says."""
+        preset = PRESETS.get(params.preset)
+        lcm = bool(preset and preset.lcm_lora)
+        if lcm and self._lcm_missing is not None:
+            raise ValueError(f"preset {params.preset!r} needs the LCM-LoRA, which is not loaded")
+        if lcm != self._lcm_on:
+            preset_parts.set_lcm(self.pipe, lcm)
+            self._lcm_on = lcm
+        if preset and preset.tiny_vae and self.fast_pipe is not None:
+            return self.fast_pipe
+        return self.pipe
+
     def _scheduler(self, name: str):
         cfg = self._base_scheduler_config
         if name == "default":
-            return type(self.pipe.scheduler).from_config(cfg)
+            return self._default_scheduler.from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop):
-        self.pipe.scheduler = self._scheduler(params.scheduler)
+        pipe = self._pipe_for(params)
+        pipe.scheduler = self._scheduler(params.scheduler)
         last = time.monotonic()
 
         def step_end(pipe, index, timestep, tensors):
@@ -215,7 +255,7 @@ class DiffusersPipeline:
 
         generator = torch.Generator("cpu").manual_seed(seed)
         with torch.inference_mode():
-            out = self.pipe(
+            out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
                 width=params.width, height=params.height, generator=generator,

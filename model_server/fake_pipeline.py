@@ -28,6 +28,9 @@ class FakePipeline:
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
 
+    def unavailable_presets(self) -> dict[str, str]:
+        return {}
+
     def generate(self, params: GenerationParams, seed: int, on_step, stop) -> Image.Image:
         for step in range(1, params.steps + 1):
             mode = stop()

@@ -39,6 +39,9 @@ class Pipeline(Protocol):
     def schedulers(self) -> list[str]:
         """Scheduler names ``generate`` accepts."""
 
+    def unavailable_presets(self) -> dict[str, str]:
+        """Presets (protocol.presets) this pipeline cannot run, with the reason."""
+
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
                  stop: Callable[[], StopMode | None]) -> "Image":
         """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based); preview is

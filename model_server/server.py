@@ -24,6 +24,7 @@ from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.presets import PRESETS
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchPreview,
                                FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobState, ModelState, Ping, Pong,
                                Progress, Rejected, Result, Submit, Watch)
@@ -171,7 +172,8 @@ class ModelServer:
             peak_rss_bytes=memory.peak_rss_bytes(), load_seconds=self.state.load_seconds,
             available_bytes=memory.available_bytes(), stats=dict(self.table.stats),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
-            schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid())
+            schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
+            unavailable_presets=pipeline.unavailable_presets() if pipeline else {})
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
@@ -218,6 +220,14 @@ class ModelServer:
         schedulers = self.state.pipeline.schedulers()
         if p.scheduler not in schedulers:
             raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(schedulers)}.")
+        if p.preset and p.preset not in PRESETS:
+            raise _invalid(f"unknown preset {p.preset!r}", f"Use one of: {', '.join(PRESETS)}.")
+        missing = self.state.pipeline.unavailable_presets().get(p.preset)
+        if missing:
+            others = [name for name in PRESETS if name not in self.state.pipeline.unavailable_presets()]
+            raise _invalid(f"preset {p.preset!r} is not available on this server: {missing}",
+                           f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
+                           "to the LCM-LoRA's hub id or a local copy.")
         if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
             raise _invalid("width and height must be multiples of 8, at least 64", "Use e.g. 512x512.")
         if not 1 <= p.steps <= 1000 or not 1 <= p.n <= self.settings.max_images_per_job:

@@ -59,6 +59,10 @@ class ModelServerSettings:
     # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
     bf16_cache: bool = True
     channels_last: bool = False  # NHWC memory format for UNet and VAE convolutions
+    # The "fast" preset's parts: hub id or directory, "auto" (the SD v1 ones; the locally made
+    # tiny ones for SD_MODEL=tiny), or "none". Loaded at start; a failure only disables the preset.
+    lcm_lora: str = "auto"
+    tiny_vae: str = "auto"
     queue_size: int = 16
     result_ttl_seconds: float = 900.0
     result_budget_bytes: int = 256 * 1024 * 1024
@@ -88,6 +92,8 @@ class ModelServerSettings:
             safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
             bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
             channels_last=_env_bool(env, "SD_CHANNELS_LAST", d.channels_last),
+            lcm_lora=env.get("SD_LCM_LORA", d.lcm_lora).strip() or "none",
+            tiny_vae=env.get("SD_TINY_VAE", d.tiny_vae).strip() or "none",
             queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
             result_ttl_seconds=_env_float(env, "RESULT_TTL_SECONDS", d.result_ttl_seconds),
             result_budget_bytes=_env_int(env, "RESULT_BUDGET_BYTES", d.result_budget_bytes),

@@ -109,6 +109,63 @@ def write_tiny_model(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+# The modules the published LCM-LoRA for SD v1 adapts (latent-consistency/lcm-lora-sdv1-5).
+LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv",
+                    "time_emb_proj"]
+
+
+def write_random_lcm_lora(unet, folder: str | Path, rank: int = 64, seed: int = 0, std: float = 0.02) -> Path:
+    """A random-weight LoRA shaped like LCM-LoRA for ``unet``, in diffusers' LoRA file format.
+
+    Both LoRA matrices are random (not B = 0), so a test can tell the adapter is applied.
+    ``unet`` gets the adapter attached; pass one that is thrown away afterwards.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    if (folder / "pytorch_lora_weights.safetensors").exists():
+        return folder
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LCM_LORA_TARGETS))
+    state = get_peft_model_state_dict(unet)
+    with torch.no_grad():
+        for tensor in state.values():
+            tensor.normal_(0.0, std)
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
+    return folder
+
+
+def write_random_taesd(folder: str | Path, tiny: bool = False, seed: int = 0) -> Path:
+    """A random-weight tiny VAE (TAESD's architecture; ``tiny`` narrows it for tests)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(seed)
+    # Four blocks keep the scale factor of 8 either way.
+    vae = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                          num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4) if tiny else AutoencoderTiny()
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_tiny_extras(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """(LCM-LoRA dir, TAESD dir) for the tiny model, made once under ``folder``."""
+    folder = Path(folder)
+    lora = folder / "tiny-lcm-lora"
+    if not (lora / "pytorch_lora_weights.safetensors").exists():
+        # Strong enough that a test sees the adapter change the image.
+        write_random_lcm_lora(build_tiny_pipeline(seed).unet, lora, rank=4, seed=seed, std=0.3)
+    return lora, write_random_taesd(folder / "tiny-taesd", tiny=True, seed=seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

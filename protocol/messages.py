@@ -45,7 +45,8 @@ class ModelState(str, enum.Enum):
 
 
 # Scheduler names both sides agree on; "default" is the model's own (PNDM for SD v1.4).
-SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
+# "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
+SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 
 
@@ -83,6 +84,7 @@ class GenerationParams(_Shape):
     format: str = "png"
     quality: int = 90
     preview: bool = False  # make a cheap low-res preview from the latents after each step
+    preset: str = ""  # a protocol.presets name; "" (older gateways) = no LCM-LoRA, full VAE
 
 
 class ProgressInfo(_Shape):
@@ -180,6 +182,7 @@ class Pong(_Msg):
     pid: int = 0
     available_bytes: int | None = None  # memory the machine/container still has
     stats: dict[str, float] = {}  # monotonic counters since start (jobs by outcome, steps, seconds...)
+    unavailable_presets: dict[str, str] = {}  # preset name -> why this server cannot run it
 
 
 class Accepted(_Msg):

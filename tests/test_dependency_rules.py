@@ -12,7 +12,8 @@ import pytest
 from tests.helpers import ROOT
 
 HEAVY = {"torch", "diffusers", "transformers", "accelerate", "safetensors"}
-TORCH_IMPORTERS = {"model_server/diffusers_pipeline.py", "model_server/tiny_model.py", "model_server/convert.py"}
+TORCH_IMPORTERS = {"model_server/diffusers_pipeline.py", "model_server/tiny_model.py", "model_server/convert.py",
+                   "model_server/preset_parts.py"}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -45,6 +45,13 @@ def test_every_scheduler_gives_an_image_of_the_requested_size(fp32, scheduler):
     assert [s for s, _ in steps][-1] == 3 and all(s <= 3 for s, _ in steps)
 
 
+def test_default_means_the_models_own_scheduler_even_after_another_was_used(fp32):
+    first, _ = generate(fp32, params())
+    generate(fp32, params(scheduler="euler_a"))
+    assert np.array_equal(np.asarray(generate(fp32, params())[0]), np.asarray(first))
+    assert type(fp32.pipe.scheduler).__name__ == "PNDMScheduler"
+
+
 def test_the_same_seed_gives_the_same_pixels_and_another_seed_does_not(fp32):
     a, _ = generate(fp32, params(seed=5))
     b, _ = generate(fp32, params(seed=5))
@@ -128,11 +135,11 @@ def test_the_token_comes_from_hf_token_its_alias_or_a_file(tmp_path):
 
 def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):
     previews = []
-    fp32.generate(params(steps=2, preview=True, width=128), 1, lambda s, sec, preview=None: previews.append(preview),
+    fp32.generate(params(steps=2, preview=True, width=128, scheduler="euler"), 1, lambda s, sec, preview=None: previews.append(preview),
                   lambda: None)
     assert [p.size for p in previews] == [(16, 8), (16, 8)]
     plain = []
-    fp32.generate(params(steps=2), 1, lambda s, sec, preview=None: plain.append(preview), lambda: None)
+    fp32.generate(params(steps=2, scheduler="euler"), 1, lambda s, sec, preview=None: plain.append(preview), lambda: None)
     assert plain == [None, None]
 
 

@@ -1,0 +1,87 @@
+"""Loads what the "fast" preset needs on top of the model: the LCM-LoRA adapter and TAESD.
+
+Both are optional. A part that cannot be loaded (offline, wrong architecture) is logged and
+disables only what needs it, never the server: without LCM-LoRA the fast preset is refused with
+a reason; without TAESD it decodes with the full VAE.
+
+The LoRA stays a separate, switchable adapter rather than being fused into the UNet: fusing
+would make every preset pay for it, and fusing/unfusing per request drifts bf16 weights. Its
+measured cost when switched off is nil; switched on it adds the low-rank matmuls (about +8% per
+step at rank 64, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny, StableDiffusionPipeline
+
+from model_server.settings import ModelServerSettings
+
+log = logging.getLogger(__name__)
+
+HUB_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
+HUB_TAESD = "madebyollin/taesd"
+ADAPTER = "lcm"
+
+
+def _source(value: str, settings: ModelServerSettings, kind: str) -> str | None:
+    """Where to load a part from: None when turned off; the local random ones for the tiny model."""
+    if value.lower() in ("none", "off", "false", "0"):
+        return None
+    if value in ("auto", "tiny") and (value == "tiny" or settings.model == "tiny"):
+        from model_server.tiny_model import write_tiny_extras
+
+        lora, taesd = write_tiny_extras(Path(settings.cache_dir) / "tiny-extras")
+        return str(lora if kind == "lora" else taesd)
+    if value == "auto":
+        return HUB_LCM_LORA if kind == "lora" else HUB_TAESD
+    return value
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
+def load_lcm_lora(pipe: StableDiffusionPipeline, settings: ModelServerSettings) -> tuple[bool, str]:
+    """Attach the LCM-LoRA adapter, switched off. (loaded, source or why not)."""
+    source = _source(settings.lcm_lora, settings, "lora")
+    if source is None:
+        return False, "SD_LCM_LORA=none"
+    try:
+        pipe.load_lora_weights(source, adapter_name=ADAPTER, token=settings.token, low_cpu_mem_usage=True)
+        # LoRA matrices arrive in float32; keep them in the model's dtype (half the memory in
+        # bf16, and no dtype round trip per layer).
+        dtype = pipe.unet.dtype
+        for name, param in pipe.unet.named_parameters():
+            if "lora_" in name and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+        pipe.disable_lora()
+        return True, source
+    except Exception as exc:  # a missing adapter must not take the server down
+        reason = f"could not load the LCM-LoRA {source!r}: {_short(exc)}"
+        log.warning("%s; the fast preset is off (set SD_LCM_LORA to a local copy, or none)", reason)
+        return False, reason.replace(settings.token or "\0", "***")
+
+
+def load_tiny_vae(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[AutoencoderTiny | None, str]:
+    source = _source(settings.tiny_vae, settings, "vae")
+    if source is None:
+        return None, "SD_TINY_VAE=none"
+    try:
+        vae = AutoencoderTiny.from_pretrained(source, dtype=dtype, token=settings.token)
+        return vae.eval(), source
+    except Exception as exc:
+        reason = f"could not load the tiny VAE {source!r}: {_short(exc)}"
+        log.warning("%s; the fast preset decodes with the full VAE", reason)
+        return None, reason.replace(settings.token or "\0", "***")
+
+
+def set_lcm(pipe: StableDiffusionPipeline, on: bool) -> None:
+    if on:
+        pipe.enable_lora()
+        pipe.set_adapters([ADAPTER], [1.0])
+    else:
+        pipe.disable_lora()

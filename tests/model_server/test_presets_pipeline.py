@@ -1,0 +1,97 @@
+"""The presets on the real tiny pipeline: LCM-LoRA switched per job, TAESD as the fast decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from diffusers import AutoencoderTiny  # noqa: E402
+
+from model_server.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.settings import ModelServerSettings  # noqa: E402
+from protocol.messages import GenerationParams  # noqa: E402
+from protocol.presets import PRESETS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def params(name: str, **kw) -> GenerationParams:
+    p = PRESETS[name]
+    base = dict(prompt="a cat", seed=3, steps=p.steps, guidance_scale=p.guidance_scale, scheduler=p.scheduler,
+                width=96, height=64, preset=name)
+    return GenerationParams(**(base | kw))
+
+
+def pixels(pipe, p: GenerationParams) -> np.ndarray:
+    return np.asarray(pipe.generate(p, p.seed, lambda *a, **k: None, lambda: None), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """SD_MODEL=tiny with SD_LCM_LORA / SD_TINY_VAE left at auto: the locally made random parts."""
+    cache = tmp_path_factory.mktemp("cache")
+    return DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(cache), dtype="float32"))
+
+
+def test_auto_loads_the_lcm_lora_and_taesd_for_the_tiny_model(tiny):
+    opts = tiny.optimizations()
+    assert opts["lcm_lora"].endswith("tiny-lcm-lora") and opts["tiny_vae"].endswith("tiny-taesd")
+    assert tiny.unavailable_presets() == {}
+    assert isinstance(tiny.fast_pipe.vae, AutoencoderTiny)
+    assert tiny.fast_pipe.unet is tiny.pipe.unet  # one UNet in memory, not two
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_gives_an_image_of_the_requested_size(tiny, preset):
+    assert pixels(tiny, params(preset)).shape == (64, 96, 3)
+
+
+def test_the_fast_preset_applies_the_adapter_and_decodes_with_taesd(tiny):
+    decoded = []
+    original = tiny.fast_pipe.vae.decode
+    tiny.fast_pipe.vae.decode = lambda *a, **k: decoded.append(1) or original(*a, **k)
+    try:
+        fast = pixels(tiny, params("fast"))
+    finally:
+        tiny.fast_pipe.vae.decode = original
+    assert decoded == [1] and fast.shape == (64, 96, 3)
+
+
+def test_the_fast_preset_switches_the_lora_on(tiny, monkeypatch):
+    monkeypatch.setattr(tiny, "fast_pipe", None)  # both runs decode with the full VAE
+    with_lora = pixels(tiny, params("fast"))
+    without = pixels(tiny, params("fast", preset=""))  # same sampler, steps and guidance; no adapter
+    assert np.abs(with_lora - without).mean() > 3.0
+
+
+def test_the_adapter_is_switched_off_again_for_other_presets(tiny):
+    before = pixels(tiny, params("quality"))
+    pixels(tiny, params("fast"))
+    assert np.array_equal(pixels(tiny, params("quality")), before)
+
+
+def test_without_an_lcm_lora_the_fast_preset_is_unavailable_with_a_reason(tmp_path):
+    pipe = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="float32",
+                                                      lcm_lora="none"))
+    assert pipe.unavailable_presets() == {"fast": "no LCM-LoRA (SD_LCM_LORA=none)"}
+    assert pipe.optimizations()["lcm_lora"] is False and pipe.fast_pipe is None
+    with pytest.raises(ValueError, match="LCM-LoRA"):
+        pixels(pipe, params("fast"))
+    assert pixels(pipe, params("balanced")).shape == (64, 96, 3)
+
+
+def test_a_missing_part_disables_the_preset_instead_of_failing_the_load(tmp_path):
+    pipe = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="float32",
+                                                      lcm_lora=str(tmp_path / "nowhere")))
+    assert "could not load the LCM-LoRA" in pipe.unavailable_presets()["fast"]
+
+
+def test_bf16_keeps_the_adapter_in_bf16_and_stays_close_to_float32(tiny, tmp_path):
+    bf16 = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="bfloat16"))
+    lora = {p.dtype for n, p in bf16.pipe.unet.named_parameters() if "lora_" in n}
+    assert lora == {torch.bfloat16} and bf16.fast_pipe.vae.dtype == torch.bfloat16
+    for preset in PRESETS:
+        a, b = pixels(tiny, params(preset)), pixels(bf16, params(preset))
+        assert np.abs(a - b).mean() < 8.0, preset  # of 255: rounding, not a different image
