@@ -74,6 +74,10 @@ def txt2img():
     fields = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps, "width": r.width,
               "height": r.height, "guidance_scale": r.cfg_scale, "scheduler": scheduler, "n": count,
               "seed": None if r.seed is None or r.seed < 0 else r.seed}
+    if scheduler == "lcm":
+        # A1111 users pair the LCM sampler with an LCM LoRA; here that is the fast preset's adapter
+        # (their steps and CFG scale still apply; the preset's tiny VAE too).
+        fields["preset"] = "fast"
     params = sv.validator.parse_object(fields)
     done, images = generate_sync(sv, params, g.request_id)
     seeds = [info.seed for info, _ in images]

@@ -52,6 +52,14 @@ def test_url_responses_point_at_a_fetchable_image(client):
     assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
 
 
+def test_our_fast_preset_passes_through_extra_body(client, stack):
+    response = client.images.generate(prompt="a cat", size="64x64", quality="high", response_format="url",
+                                      extra_body={"preset": "fast"})
+    job_id = response.data[0].url.split("/v1/jobs/")[1].split("/")[0]
+    params = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["params"]
+    assert (params["preset"], params["steps"], params["scheduler"]) == ("fast", 4, "lcm")
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"size": "banana"}, "size"), ({"size": "100x100"}, "size"), ({"size": "4096x4096"}, "size"),
     ({"n": 0}, "n"), ({"n": 50}, "n"), ({"response_format": "gif"}, "response_format"),

@@ -52,7 +52,8 @@ def test_batch_size_and_n_iter_give_distinct_images_with_consecutive_seeds(api):
 
 
 @pytest.mark.parametrize("sampler, scheduler", [("Euler a", "automatic"), ("DPM++ 2M", "Karras"),
-                                                ("DPM++ 2M Karras", "automatic"), ("DDIM", "automatic")])
+                                                ("DPM++ 2M Karras", "automatic"), ("DDIM", "automatic"),
+                                                ("LCM", "automatic")])
 def test_a1111_sampler_names_are_understood(api, sampler, scheduler):
     result = api.txt2img(prompt="a cat", sampler_name=sampler, scheduler=scheduler, seed=1, **SMALL)
     assert result.image.size == (64, 64)

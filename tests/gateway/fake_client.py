@@ -20,6 +20,7 @@ class FakeModelClient:
         self.model_state = ModelState.READY
         self.outcome = JobState.SUCCEEDED  # what watch() ends with
         self.error: Exception | None = None  # raised by the next call
+        self.unavailable_presets: dict[str, str] = {}
 
     def _maybe_raise(self):
         if self.error is not None:
@@ -36,7 +37,8 @@ class FakeModelClient:
     def ping(self, timeout=None):
         self._maybe_raise()
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
-                    queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"])
+                    queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
+                    unavailable_presets=self.unavailable_presets)
 
     def submit(self, params, client_id="", request_id=""):
         self._maybe_raise()

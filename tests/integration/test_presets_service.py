@@ -1,0 +1,50 @@
+"""Presets through the real service: SD_MODEL=tiny brings its own random LCM-LoRA and TAESD."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.integration.conftest import stack_fixture, start_stack, stop_stack
+
+pytestmark = pytest.mark.slow
+
+stack = stack_fixture(SD_MODEL="tiny")
+
+
+def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
+    presets = requests.get(stack.url + "/v1/presets", timeout=5).json()
+    assert [(p["name"], p["available"]) for p in presets["presets"]] == [
+        ("quality", True), ("balanced", True), ("fast", True)]
+    opts = requests.get(stack.url + "/health", timeout=5).json()["optimizations"]
+    assert opts["lcm_lora"].endswith("tiny-lcm-lora") and opts["tiny_vae"].endswith("tiny-taesd")
+
+
+@pytest.mark.parametrize("preset, steps, scheduler", [("fast", 4, "lcm"), ("balanced", 15, "dpmpp_2m_karras")])
+def test_a_preset_request_makes_a_full_size_image_with_the_presets_settings(stack, preset, steps, scheduler):
+    response = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": preset}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == (512, 512)
+    job = requests.get(f"{stack.url}/v1/jobs/{response.headers['X-Job-Id']}", timeout=5).json()
+    assert (job["params"]["preset"], job["params"]["steps"], job["params"]["scheduler"]) == (preset, steps, scheduler)
+    assert job["progress"]["total_steps"] == steps
+
+
+def test_a_preset_the_server_cannot_run_is_a_400_that_says_how_to_enable_it(log_dir, tiny_model_dir):
+    stack = start_stack(log_dir, tiny_model_dir, SD_MODEL="tiny", SD_LCM_LORA="none")
+    try:
+        listed = requests.get(stack.url + "/v1/presets", timeout=5).json()["presets"]
+        assert [p["available"] for p in listed] == [True, True, False]
+        response = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": "fast"}, timeout=30)
+        body = response.json()
+        assert response.status_code == 400, body
+        assert "not available" in body["error"] and "SD_LCM_LORA" in body["hint"] and "balanced" in body["hint"]
+        ok = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": "balanced", "steps": 2},
+                           timeout=60)
+        assert ok.status_code == 200
+    finally:
+        stop_stack(stack)
+    assert "Traceback" not in stack.model_server.log()
