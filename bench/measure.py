@@ -3,7 +3,8 @@
 Run by ``bench/run.py``; by hand: ``python -m bench.measure --config ours --model DIR``.
 Configurations:
   seed   the seed service's settings: float32, attention slicing, the model's PNDM scheduler
-  ours   the model server's real loading code (model_server.diffusers_pipeline), SD_* settings
+  ours   the model server's real loading code (model_server.diffusers_pipeline), SD_* settings,
+         running a preset (--preset; its steps, guidance and sampler unless --steps is given)
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def load_ours(model: str, dtype: str):
 
 def run_ours(pipe, args, on_step):
     from protocol.messages import GenerationParams
+    from protocol.presets import PRESETS
 
+    preset = PRESETS[args.preset]
     params = GenerationParams(prompt=PROMPT, seed=1234, steps=args.steps, width=args.size, height=args.size,
-                              guidance_scale=7.5)
+                              guidance_scale=preset.guidance_scale, scheduler=preset.scheduler, preset=preset.name)
     pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
     return pipe.pipe
 
@@ -99,6 +102,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--preset", default="quality", help="for 'ours': quality, balanced or fast")
     args = ap.parse_args()
 
     import torch
@@ -109,16 +113,20 @@ def main() -> int:
         pipe = load_seed(args.model) if args.config == "seed" else load_ours(args.model, args.dtype)
         load_s = time.perf_counter() - started
         load_peak, after_load = rss.mark(), psutil.Process().memory_info().rss
-        sd = pipe if args.config == "seed" else pipe.pipe
-        vae_times, decode = [], sd.vae.decode
+        vae_times: list[float] = []
 
-        def timed_decode(*a, **kw):
-            t = time.perf_counter()
-            out = decode(*a, **kw)
-            vae_times.append(time.perf_counter() - t)
-            return out
+        def timed(decode):
+            def timed_decode(*a, **kw):
+                t = time.perf_counter()
+                out = decode(*a, **kw)
+                vae_times.append(time.perf_counter() - t)
+                return out
+            return timed_decode
 
-        sd.vae.decode = timed_decode
+        vaes = [pipe.vae] if args.config == "seed" else [pipe.pipe.vae] + (
+            [pipe.fast_pipe.vae] if pipe.fast_pipe is not None else [])
+        for vae in vaes:
+            vae.decode = timed(vae.decode)
         steps: list[float] = []
         bar = tqdm(total=args.steps + 1, desc=f"{args.config} {args.size}px", unit="eval", file=sys.stderr)
 
@@ -136,7 +144,8 @@ def main() -> int:
         "dtype": "float32", "attention": "sliced", "threads": torch.get_num_threads()}
     steady = steps[1:] or steps
     print(json.dumps({
-        "config": args.config, "size": args.size, "steps": args.steps, "unet_evals": len(steps),
+        "config": args.config if args.config == "seed" else f"ours-{args.preset}", "preset": args.preset,
+        "size": args.size, "steps": args.steps, "unet_evals": len(steps),
         "dtype": opts.get("dtype"), "attention": opts.get("attention"), "threads": opts.get("threads"),
         "optimizations": opts, "load_s": round(load_s, 2),
         "s_per_step": round(statistics.median(steady), 3), "first_step_s": round(steps[0], 3),

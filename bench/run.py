@@ -3,6 +3,7 @@
     python -m bench.run                      # 512x512, 25 steps: seed vs ours, table + JSON
     python -m bench.run --isa AVX2 --dtype float32 --name laptop-avx2
     python -m bench.run --configs ours --http  # also: HTTP end to end vs the bare pipeline
+    python -m bench.run --preset fast          # seed (25 steps) vs our fast preset (4 steps)
 
 Builds (once, cached outside the repo) an SD v1.4-shaped random-weight pipeline; timing and
 memory do not depend on weight values. Results go to bench/results/NAME.{json,md}.
@@ -44,8 +45,13 @@ def machine() -> dict:
 
 
 def measure(config: str, args, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "bench.measure", "--config", config, "--model", str(args.model),
-           "--steps", str(args.steps), "--size", str(args.size), "--dtype", args.dtype]
+    from protocol.presets import PRESETS
+
+    ours, preset = config.startswith("ours"), config.partition(":")[2] or args.preset
+    steps = args.steps or (PRESETS[preset].steps if ours else 25)  # the seed always had 25 steps
+    cmd = [sys.executable, "-m", "bench.measure", "--config", "ours" if ours else config, "--model",
+           str(args.model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
+           "--preset", preset]
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -59,8 +65,12 @@ def http_overhead(args, env: dict, requests_n: int = 3) -> dict:
     logs = Path("/tmp/sd-cpu-bench-logs")
     logs.mkdir(exist_ok=True)
     model_port, http_port = free_port(), free_port()
+    from protocol.presets import PRESETS
+
+    steps = args.steps or PRESETS[args.preset].steps
     server = start_model_server(logs, model_port, SD_MODEL=str(args.model), SD_DTYPE=args.dtype,
-                                **{k: env[k] for k in ("ONEDNN_MAX_CPU_ISA",) if k in env})
+                                **{k: env[k] for k in ("ONEDNN_MAX_CPU_ISA", "SD_LCM_LORA", "SD_TINY_VAE")
+                                   if k in env})
     gateway = start_gateway(logs, http_port, model_port)
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -69,7 +79,8 @@ def http_overhead(args, env: dict, requests_n: int = 3) -> dict:
         for i in range(requests_n):
             started = time.perf_counter()
             r = requests.post(url + "/generate", json={"prompt": "a photograph of an astronaut riding a horse",
-                                                       "steps": args.steps, "width": args.size,
+                                                       "steps": steps, "preset": args.preset,
+                                                       "width": args.size,
                                                        "height": args.size, "seed": 1234 + i}, timeout=3600)
             wall = time.perf_counter() - started
             r.raise_for_status()
@@ -85,12 +96,12 @@ def http_overhead(args, env: dict, requests_n: int = 3) -> dict:
 
 
 def table(rows: list[dict], seed: dict | None) -> str:
-    head = ("| config | dtype | attention | threads | load s | s/step | VAE s | s/image | peak RSS GiB "
-            "(load) | RSS after load GiB | vs seed |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| config | steps | dtype | attention | threads | load s | s/step | VAE s | s/image | peak RSS GiB "
+            "(load) | RSS after load GiB | vs seed |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ratio = f"{seed['s_per_image'] / r['s_per_image']:.2f}x" if seed else "-"
-        lines.append(f"| {r['config']} | {r['dtype']} | {r['attention']} | {r['threads']} | {r['load_s']} | "
+        lines.append(f"| {r['config']} | {r['steps']} | {r['dtype']} | {r['attention']} | {r['threads']} | {r['load_s']} | "
                      f"{r['s_per_step']} | {r['vae_decode_s']} | {r['s_per_image']} | {r['peak_rss_gib']} "
                      f"({r['peak_rss_load_gib']}) | {r['rss_after_load_gib']} | {ratio} |")
     return "\n".join(lines)
@@ -99,9 +110,11 @@ def table(rows: list[dict], seed: dict | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="SD v1.4-shaped model dir (built if absent)")
-    ap.add_argument("--configs", default="seed,ours")
+    ap.add_argument("--configs", default="seed,ours",
+                    help="comma-separated: seed, ours (with --preset) or ours:PRESET, e.g. seed,ours:quality,ours:fast")
+    ap.add_argument("--preset", default="quality", help="the preset 'ours' runs: quality, balanced or fast")
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=None, help="default: 25 for the seed, the preset's for ours")
     ap.add_argument("--dtype", default="auto", help="for 'ours': auto, float32 or bfloat16")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--isa", help="cap oneDNN's instruction set, e.g. AVX2 to emulate a laptop")
@@ -112,11 +125,13 @@ def main() -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if args.isa:
         env["ONEDNN_MAX_CPU_ISA"] = args.isa
-    if not (args.model / "model_index.json").exists():
-        print(f"building the SD v1.4-shaped random model in {args.model} (once)...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "bench.sd14_model", str(args.model)], cwd=ROOT, env=env, check=True)
+    print(f"the SD v1.4-shaped random model and fast-preset parts in {args.model} (built once)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "bench.sd14_model", str(args.model)], cwd=ROOT, env=env, check=True)
+    # Ours runs as deployed: the fast preset's parts loaded (random stand-ins of the real shapes).
+    env.setdefault("SD_LCM_LORA", str(args.model.parent / f"{args.model.name}-lcm-lora"))
+    env.setdefault("SD_TINY_VAE", str(args.model.parent / f"{args.model.name}-taesd"))
 
-    if "ours" in args.configs.split(","):
+    if any(c.startswith("ours") for c in args.configs.split(",")):
         # The one-time bf16 conversion (if this CPU gets bf16) happens here, not inside a measurement.
         subprocess.run([sys.executable, "-c", (
             "from model_server.diffusers_pipeline import bf16_copy, choose_dtype; import torch, sys; "
@@ -132,15 +147,16 @@ def main() -> int:
     seeds = [r for r in rows if r["config"] == "seed"]
     seed = min(seeds, key=lambda r: r["s_per_image"]) if seeds else None
     result = {"command": " ".join(["python -m bench.run", *sys.argv[1:]]), "machine": machine(),
-              "settings": {"size": args.size, "steps": args.steps, "guidance": 7.5, "isa": args.isa}, "runs": rows}
+              "settings": {"size": args.size, "steps": args.steps, "preset": args.preset, "isa": args.isa},
+              "runs": rows}
     if args.http:
         result["http"] = http_overhead(args, env)
-        ours = [r for r in rows if r["config"] == "ours"]
+        ours = [r for r in rows if r["config"].startswith("ours")]
         if ours:
             bare = statistics.median(r["s_per_image"] for r in ours)
             result["http"]["bare_pipeline_s"] = bare
             result["http"]["overhead_vs_bare_pct"] = round(100 * (result["http"]["median_http_s"] - bare) / bare, 2)
-    name = args.name or f"{args.size}px-{args.steps}steps-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")
+    name = args.name or f"{args.size}px-{args.preset}-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['logical_cpus']} CPUs)\n\n"

@@ -59,6 +59,24 @@ def build(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_extras(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Random-weight stand-ins for the fast preset's parts, next to the model in ``folder``:
+    an LCM-LoRA of the published one's shape (rank 64 on the same modules, 67.5 M parameters)
+    and a TAESD of the real architecture. Returns (LoRA dir, TAESD dir)."""
+    from model_server.tiny_model import write_random_lcm_lora, write_random_taesd
+
+    lora, taesd = folder.parent / f"{folder.name}-lcm-lora", folder.parent / f"{folder.name}-taesd"
+    if not (lora / "pytorch_lora_weights.safetensors").exists():
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        write_random_lcm_lora(unet, lora, rank=64, seed=seed)
+        del unet
+    return lora, write_random_taesd(taesd, seed=seed)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR)
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
+    build(target)
+    print(build_extras(target))
