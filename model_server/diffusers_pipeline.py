@@ -23,9 +23,11 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 
 from model_server import cpu
 from model_server import preset_parts
-from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error
+from model_server.layout import to_channels_last
+from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error
 from model_server.settings import ModelServerSettings
-from protocol.messages import GenerationParams, StopMode
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo, GenerationParams, StopMode
 from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,18 @@ def _redact(text: str, token: str | None) -> str:
     """No token and no internal paths (library messages name cache files) in what users see."""
     text = _ABS_PATH.sub(r"…/\1", text)
     return text.replace(token, "***") if token else text
+
+
+def _local_dir(source: str, settings: ModelServerSettings) -> str | None:
+    """The directory the weights were loaded from (a hub id's cached snapshot), if there is one."""
+    if Path(source).is_dir():
+        return source
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, revision=settings.revision, token=settings.token, local_files_only=True)
+    except Exception:  # not in the cache in the expected form: fall back to plain copies
+        return None
 
 
 def _from_pretrained(source: str, settings: ModelServerSettings, dtype: torch.dtype):
@@ -142,22 +156,46 @@ def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
 
 
 class DiffusersPipeline:
-    def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict, *, lcm: str | None = None,
-                 tiny_vae=None):
-        """``lcm``: why the LCM-LoRA is missing (None = attached); ``tiny_vae``: TAESD or None."""
+    def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
+                 settings: ModelServerSettings | None = None):
         self.pipe = pipe
         self.model_id = model_id
         self._opts = opts
+        self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none")
         self._base_scheduler_config = pipe.scheduler.config
         # Kept apart: pipe.scheduler is replaced per job, so "default" must not read it back.
         self._default_scheduler = type(pipe.scheduler)
-        self._lcm_missing = lcm
+        self._lcm_source, self._vae_source, self._lcm_missing = preset_parts.resolve(self._settings)
+        self._fast_loaded = False
         self._lcm_on = False
-        # The same modules with TAESD as the decoder: a second pipeline object costs nothing.
-        self.fast_pipe = None if tiny_vae is None else StableDiffusionPipeline(
-            **{**pipe.components, "vae": tiny_vae}, requires_safety_checker=False)
-        if self.fast_pipe is not None:
+        self.fast_pipe: StableDiffusionPipeline | None = None  # the same modules, TAESD as decoder
+        self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
+        self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
+                                  if self._vae_source and not self._lcm_missing else False)
+
+    def load_fast_parts(self) -> None:
+        """Attach the LCM-LoRA and load TAESD (the first fast job does this; later ones reuse them)."""
+        if self._fast_loaded or self._lcm_missing:
+            return
+        started = time.monotonic()
+        loaded, why = preset_parts.load_lcm_lora(self.pipe, self._lcm_source, self._settings)
+        if not loaded:
+            self._lcm_missing, self._opts["lcm_lora"] = why, False
+            return
+        tiny_vae, vae_why = preset_parts.load_tiny_vae(self._vae_source, self._settings, self.pipe.unet.dtype)
+        if tiny_vae is not None:
+            if self._settings.channels_last:
+                tiny_vae.to(memory_format=torch.channels_last)
+            # A second pipeline object over the same modules costs nothing.
+            self.fast_pipe = StableDiffusionPipeline(**{**self.pipe.components, "vae": tiny_vae},
+                                                     requires_safety_checker=False)
             self.fast_pipe.set_progress_bar_config(disable=True)
+        self._fast_loaded = True
+        self._opts["lcm_lora"] = self._lcm_source
+        self._opts["tiny_vae"] = self._vae_source if tiny_vae is not None else False
+        self._opts["fast_parts_load_seconds"] = round(time.monotonic() - started, 2)
+        log.info("fast preset ready in %.1f s: LCM-LoRA %s, decoder %s", self._opts["fast_parts_load_seconds"],
+                 self._lcm_source, self._vae_source if tiny_vae is not None else f"full VAE ({vae_why})")
 
     @classmethod
     def load(cls, settings: ModelServerSettings) -> "DiffusersPipeline":
@@ -173,14 +211,13 @@ class DiffusersPipeline:
         pipe = _from_pretrained(source, settings, dtype)
         if settings.attention == "sliced":
             pipe.enable_attention_slicing()
+        layout = {}
         if settings.channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
-        lcm_loaded, lcm_source = preset_parts.load_lcm_lora(pipe, settings)
-        tiny_vae, vae_source = (preset_parts.load_tiny_vae(settings, dtype) if lcm_loaded
-                                else (None, "not loaded: no LCM-LoRA"))
-        if tiny_vae is not None and settings.channels_last:
-            tiny_vae.to(memory_format=torch.channels_last)
+            # Before the LoRA is attached: its wrappers rename the conv weights.
+            folder = _local_dir(source, settings)
+            for name in ("unet", "vae"):
+                counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
+                layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         pipe.set_progress_bar_config(disable=True)
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
@@ -191,18 +228,17 @@ class DiffusersPipeline:
             "dtype_reason": why,
             "attention": "sliced" if settings.attention == "sliced" else "sdpa",
             "channels_last": settings.channels_last,
+            **layout,
             "threads": threads,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "safety_checker": has_checker,
             "default_scheduler": type(pipe.scheduler).__name__,
             "torch": str(torch.__version__),
-            "lcm_lora": lcm_source if lcm_loaded else False,
-            "tiny_vae": vae_source if tiny_vae is not None else False,
             "load_seconds": round(time.monotonic() - started, 2),
             **weights,
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
-        return cls(pipe, settings.model, opts, lcm=None if lcm_loaded else lcm_source, tiny_vae=tiny_vae)
+        return cls(pipe, settings.model, opts, settings)
 
     def optimizations(self):
         return dict(self._opts)
@@ -211,7 +247,7 @@ class DiffusersPipeline:
         return list(SCHEDULERS)
 
     def unavailable_presets(self) -> dict[str, str]:
-        if self._lcm_missing is None:
+        if not self._lcm_missing:
             return {}
         return {name: f"no LCM-LoRA ({self._lcm_missing})" for name, p in PRESETS.items() if p.lcm_lora}
 
@@ -219,8 +255,13 @@ class DiffusersPipeline:
         """The LCM adapter on or off, and the decoder, as the job's preset says."""
         preset = PRESETS.get(params.preset)
         lcm = bool(preset and preset.lcm_lora)
-        if lcm and self._lcm_missing is not None:
-            raise ValueError(f"preset {params.preset!r} needs the LCM-LoRA, which is not loaded")
+        if lcm:
+            self.load_fast_parts()
+        if lcm and self._lcm_missing:
+            raise PipelineLoadError(ErrorInfo(
+                code=ErrorCode.PIPELINE_ERROR, message=f"preset {params.preset!r} is not available: {self._lcm_missing}",
+                hint="Use the balanced or quality preset; or set SD_LCM_LORA on the model server to the "
+                     "LCM-LoRA's hub id or a local copy."))
         if lcm != self._lcm_on:
             preset_parts.set_lcm(self.pipe, lcm)
             self._lcm_on = lcm

@@ -51,6 +51,8 @@ def _release_memory() -> None:
 
 
 def _job_error(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, PipelineLoadError):  # a part loaded on first use (the fast preset's) failed
+        return exc.error
     text = str(exc)
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
         return ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="the model server ran out of memory",

@@ -19,6 +19,7 @@ async function refreshHealth() {
       return;
     }
     if (h.limits && !state.limitsLoaded) applyLimits(h.limits, h.schedulers || []);
+    if (h.presets && !state.presetsLoaded && h.model_state === "ready") applyPresets(h.presets);
     const opt = h.optimizations || {};
     const what = { ok: "ready", loading: `loading the model (${Math.round(h.uptime_seconds || 0)} s)`,
                    error: "model failed to load", stopping: "restarting" }[h.status] || h.status;
@@ -44,6 +45,30 @@ function applyLimits(limits, schedulers) {
   sched.textContent = "";
   for (const name of schedulers) sched.add(new Option(name, name));
   updateCounter();
+}
+
+// A preset fills steps, guidance and sampler (still editable); the server says which it can run.
+function applyPresets(presets) {
+  state.presets = Object.fromEntries(presets.map((p) => [p.name, p]));
+  state.presetsLoaded = true;
+  const select = $("preset");
+  select.textContent = "";
+  for (const p of presets) {
+    const option = new Option(p.available === false ? `${p.name} (unavailable)` : p.name, p.name, false, p.default);
+    option.disabled = p.available === false;
+    option.title = p.unavailable_reason || p.summary;
+    select.add(option);
+  }
+  usePreset();
+}
+
+function usePreset() {
+  const p = state.presets && state.presets[$("preset").value];
+  if (!p) return;
+  $("steps").value = p.steps;
+  $("guidance").value = p.guidance_scale;
+  $("scheduler").value = p.scheduler;
+  $("preset-help").textContent = p.summary;
 }
 
 function updateCounter() {
@@ -86,6 +111,7 @@ function requestBody() {
   const body = { prompt: $("prompt").value, steps: Number($("steps").value),
                  guidance_scale: Number($("guidance").value), width: Number($("width").value),
                  height: Number($("height").value), scheduler: $("scheduler").value || "default", preview: true };
+  if ($("preset").value) body.preset = $("preset").value;
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
@@ -199,7 +225,7 @@ function showResult(job, img) {
   $("image").width = img.width;
   $("image").height = img.height;
   $("image").alt = `Generated image: ${p.prompt}`;
-  $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.steps} steps · ` +
+  $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
     `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
   $("download").href = img.url;
   $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
@@ -260,6 +286,10 @@ function pick(entry) {
   const p = entry.params;
   $("prompt").value = p.prompt;
   $("negative").value = p.negative_prompt || "";
+  if (p.preset && state.presets && state.presets[p.preset]) {
+    $("preset").value = p.preset;
+    $("preset-help").textContent = state.presets[p.preset].summary;
+  }
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
                          ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed]]) {
     if (v != null) $(id).value = v;
@@ -273,6 +303,7 @@ $("form").addEventListener("submit", submit);
 $("key-form").addEventListener("submit", useKey);
 $("cancel").addEventListener("click", cancel);
 $("prompt").addEventListener("input", updateCounter);
+$("preset").addEventListener("change", usePreset);
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
 });

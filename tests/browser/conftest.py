@@ -35,7 +35,7 @@ def browser():
         browser.close()
 
 
-stack = stack_fixture(MODEL_SERVER_QUEUE_SIZE=4)
+stack = stack_fixture(MODEL_SERVER_QUEUE_SIZE=4, SD_MODEL="tiny")  # tiny brings the fast preset's parts
 
 
 @pytest.fixture

@@ -41,6 +41,23 @@ def test_submit_shows_progress_a_preview_then_the_image_at_its_size(page):
     shot(page, "2-done")
 
 
+def test_a_preset_fills_the_form_and_is_sent_with_the_request(page):
+    expect(page.locator("#preset option")).to_have_count(3)
+    expect(page.locator("#preset")).to_have_value("quality")
+    page.select_option("#preset", "fast")
+    expect(page.locator("#steps")).to_have_value("4")
+    expect(page.locator("#guidance")).to_have_value("1")
+    expect(page.locator("#scheduler")).to_have_value("lcm")
+    expect(page.locator("#preset-help")).to_contain_text("LCM-LoRA")
+    page.fill("#prompt", "a red fox in snow")
+    page.select_option("#width", "512")
+    page.select_option("#height", "512")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("fast · 4 steps", timeout=60_000)
+    page.wait_for_function("document.getElementById('image').naturalWidth === 512")
+    shot(page, "9-fast-preset")
+
+
 def test_cancel_mid_run_shows_the_cancelled_state(page):
     fill(page, "a long one", steps=100, size=512)
     page.click("#submit")

@@ -20,7 +20,7 @@ def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
     assert [(p["name"], p["available"]) for p in presets["presets"]] == [
         ("quality", True), ("balanced", True), ("fast", True)]
     opts = requests.get(stack.url + "/health", timeout=5).json()["optimizations"]
-    assert opts["lcm_lora"].endswith("tiny-lcm-lora") and opts["tiny_vae"].endswith("tiny-taesd")
+    assert "tiny-lcm-lora" in opts["lcm_lora"] and "tiny-taesd" in opts["tiny_vae"]  # loaded by the first fast job
 
 
 @pytest.mark.parametrize("preset, steps, scheduler", [("fast", 4, "lcm"), ("balanced", 15, "dpmpp_2m_karras")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -143,6 +145,15 @@ def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):
     assert plain == [None, None]
 
 
+def test_channels_last_reads_the_same_values_from_the_bf16_copy(tiny_model_dir, tmp_path):
+    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", cache_dir=str(tmp_path))
+    plain = DiffusersPipeline.load(settings)
+    cl = DiffusersPipeline.load(dataclasses.replace(settings, channels_last=True))
+    assert cl.optimizations()["channels_last_unet"].endswith(" 0 copied")
+    for (name, a), (_, b) in zip(plain.pipe.unet.named_parameters(), cl.pipe.unet.named_parameters()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
 def test_bf16_is_converted_once_in_a_child_process_then_reused(tiny_model_dir, tmp_path):
     settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", cache_dir=str(tmp_path))
     first = DiffusersPipeline.load(settings)
@@ -167,8 +178,13 @@ def test_a_failed_conversion_falls_back_to_converting_while_loading(tiny_model_d
 
 def test_channels_last_is_an_opt_in_that_gives_the_same_image(fp32, tiny_model_dir):
     cl = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="float32", channels_last=True))
-    assert cl.optimizations()["channels_last"] is True
-    assert cl.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    opts = cl.optimizations()
+    assert opts["channels_last"] is True
+    # Every conv weight is read from the file straight into NHWC; none is copied off the mmap.
+    assert opts["channels_last_unet"].endswith(" read from file, 0 copied") and not opts["channels_last_unet"].startswith("0 ")
+    assert opts["channels_last_vae"].endswith(" read from file, 0 copied")
+    convs = [p for p in list(cl.pipe.unet.parameters()) + list(cl.pipe.vae.parameters()) if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     a = np.asarray(generate(fp32, params())[0], dtype=np.float32)
     b = np.asarray(generate(cl, params())[0], dtype=np.float32)
     assert np.abs(a - b).mean() < 8.0  # the same maths in another layout; kernels round differently

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from diffusers import AutoencoderTiny  # noqa: E402
 
 from model_server.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.pipeline import PipelineLoadError  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
 from protocol.messages import GenerationParams  # noqa: E402
 from protocol.presets import PRESETS  # noqa: E402
@@ -35,10 +36,15 @@ def tiny(tmp_path_factory):
     return DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(cache), dtype="float32"))
 
 
-def test_auto_loads_the_lcm_lora_and_taesd_for_the_tiny_model(tiny):
+def test_auto_loads_the_lcm_lora_and_taesd_for_the_tiny_model_on_first_use(tiny):
+    opts = tiny.optimizations()
+    assert opts["lcm_lora"].endswith("tiny-lcm-lora (loads on first use)") and tiny.fast_pipe is None
+    assert not any("lora_" in name for name, _ in tiny.pipe.unet.named_parameters())
+    assert tiny.unavailable_presets() == {}
+    pixels(tiny, params("fast"))
     opts = tiny.optimizations()
     assert opts["lcm_lora"].endswith("tiny-lcm-lora") and opts["tiny_vae"].endswith("tiny-taesd")
-    assert tiny.unavailable_presets() == {}
+    assert opts["fast_parts_load_seconds"] > 0
     assert isinstance(tiny.fast_pipe.vae, AutoencoderTiny)
     assert tiny.fast_pipe.unet is tiny.pipe.unet  # one UNet in memory, not two
 
@@ -49,6 +55,7 @@ def test_every_preset_gives_an_image_of_the_requested_size(tiny, preset):
 
 
 def test_the_fast_preset_applies_the_adapter_and_decodes_with_taesd(tiny):
+    tiny.load_fast_parts()
     decoded = []
     original = tiny.fast_pipe.vae.decode
     tiny.fast_pipe.vae.decode = lambda *a, **k: decoded.append(1) or original(*a, **k)
@@ -77,19 +84,37 @@ def test_without_an_lcm_lora_the_fast_preset_is_unavailable_with_a_reason(tmp_pa
                                                       lcm_lora="none"))
     assert pipe.unavailable_presets() == {"fast": "no LCM-LoRA (SD_LCM_LORA=none)"}
     assert pipe.optimizations()["lcm_lora"] is False and pipe.fast_pipe is None
-    with pytest.raises(ValueError, match="LCM-LoRA"):
+    with pytest.raises(PipelineLoadError, match="not available") as info:
         pixels(pipe, params("fast"))
+    assert "SD_LCM_LORA" in info.value.error.hint
     assert pixels(pipe, params("balanced")).shape == (64, 96, 3)
 
 
 def test_a_missing_part_disables_the_preset_instead_of_failing_the_load(tmp_path):
     pipe = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="float32",
                                                       lcm_lora=str(tmp_path / "nowhere")))
+    assert "does not exist" in pipe.unavailable_presets()["fast"]
+    offline = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="float32",
+                                                         lcm_lora="someone/not-cached-lora"))
+    assert "not in the local Hugging Face cache" in offline.unavailable_presets()["fast"]
+
+
+def test_a_part_that_fails_on_first_use_fails_that_job_and_disables_the_preset(tmp_path):
+    broken = tmp_path / "broken-lora"
+    broken.mkdir()
+    (broken / "pytorch_lora_weights.safetensors").write_bytes(b"not safetensors")
+    pipe = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="float32",
+                                                      lcm_lora=str(broken)))
+    assert pipe.unavailable_presets() == {}
+    with pytest.raises(PipelineLoadError):
+        pixels(pipe, params("fast"))
     assert "could not load the LCM-LoRA" in pipe.unavailable_presets()["fast"]
+    assert pixels(pipe, params("quality")).shape == (64, 96, 3)  # the model itself is untouched
 
 
 def test_bf16_keeps_the_adapter_in_bf16_and_stays_close_to_float32(tiny, tmp_path):
     bf16 = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="bfloat16"))
+    bf16.load_fast_parts()
     lora = {p.dtype for n, p in bf16.pipe.unet.named_parameters() if "lora_" in n}
     assert lora == {torch.bfloat16} and bf16.fast_pipe.vae.dtype == torch.bfloat16
     for preset in PRESETS:
