@@ -51,7 +51,7 @@ def measure(config: str, args, env: dict) -> dict:
     steps = args.steps or (PRESETS[preset].steps if ours else 25)  # the seed always had 25 steps
     cmd = [sys.executable, "-m", "bench.measure", "--config", "ours" if ours else config, "--model",
            str(args.model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
-           "--preset", preset]
+           "--preset", preset, "--images", str(args.images)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="default: 25 for the seed, the preset's for ours")
     ap.add_argument("--dtype", default="auto", help="for 'ours': auto, float32 or bfloat16")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--images", type=int, default=1, help="images per process; later ones are reported as next_images_s")
     ap.add_argument("--isa", help="cap oneDNN's instruction set, e.g. AVX2 to emulate a laptop")
     ap.add_argument("--http", action="store_true", help="also measure HTTP end to end vs the bare pipeline")
     ap.add_argument("--name", default=None, help="results file name (default: derived from the options)")

@@ -24,6 +24,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 from model_server import cpu
 from model_server import preset_parts
 from model_server.layout import to_channels_last
+from model_server.residency import MappedWeights
 from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
@@ -157,8 +158,10 @@ def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
 
 class DiffusersPipeline:
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
-                 settings: ModelServerSettings | None = None):
+                 settings: ModelServerSettings | None = None, residency: MappedWeights | None = None):
         self.pipe = pipe
+        self.residency = residency or MappedWeights(None)
+        self._release_unet = (settings or ModelServerSettings()).release_idle_weights == "all"
         self.model_id = model_id
         self._opts = opts
         self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none")
@@ -212,9 +215,9 @@ class DiffusersPipeline:
         if settings.attention == "sliced":
             pipe.enable_attention_slicing()
         layout = {}
+        folder = _local_dir(source, settings)
         if settings.channels_last:
             # Before the LoRA is attached: its wrappers rename the conv weights.
-            folder = _local_dir(source, settings)
             for name in ("unet", "vae"):
                 counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
                 layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
@@ -238,7 +241,9 @@ class DiffusersPipeline:
             **weights,
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
-        return cls(pipe, settings.model, opts, settings)
+        residency = MappedWeights(folder, settings.release_idle_weights != "none")
+        opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
+        return cls(pipe, settings.model, opts, settings, residency)
 
     def optimizations(self):
         return dict(self._opts)
@@ -283,6 +288,8 @@ class DiffusersPipeline:
         def step_end(pipe, index, timestep, tensors):
             nonlocal last
             now = time.monotonic()
+            if index == 0:
+                self.residency.release("text_encoder")  # prompts are encoded; not needed until the next job
             preview = latent_preview(tensors["latents"]) if params.preview else None
             # PNDM evaluates the UNet steps+1 times; report within the requested step count.
             on_step(min(index + 1, params.steps), now - last, preview)
@@ -292,6 +299,9 @@ class DiffusersPipeline:
                 raise JobCancelledError()  # no VAE decode wasted on a cancelled image
             if mode is not None:
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
+            if self._release_unet and (mode is not None or index + 1 >= pipe.num_timesteps):
+                # The UNet is done: its pages need not sit beside the VAE decode's activations.
+                self.residency.release("unet")
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -59,6 +59,9 @@ class ModelServerSettings:
     # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
     bf16_cache: bool = True
     channels_last: bool = False  # NHWC memory format for UNet and VAE convolutions
+    # Mapped weights dropped from resident memory after their phase of each job (residency.py):
+    # "text_encoder", "all" (text encoder, then the UNet before the VAE decode) or "none".
+    release_idle_weights: str = "all"
     # The "fast" preset's parts: hub id or directory, "auto" (the SD v1 ones; the locally made
     # tiny ones for SD_MODEL=tiny), or "none". Loaded at start; a failure only disables the preset.
     lcm_lora: str = "auto"
@@ -92,6 +95,7 @@ class ModelServerSettings:
             safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
             bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
             channels_last=_env_bool(env, "SD_CHANNELS_LAST", d.channels_last),
+            release_idle_weights=env.get("SD_RELEASE_IDLE_WEIGHTS", d.release_idle_weights).strip().lower(),
             lcm_lora=env.get("SD_LCM_LORA", d.lcm_lora).strip() or "none",
             tiny_vae=env.get("SD_TINY_VAE", d.tiny_vae).strip() or "none",
             queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
@@ -114,6 +118,9 @@ class ModelServerSettings:
             raise ValueError(f"SD_DTYPE must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.attention not in ("sdpa", "sliced"):
             raise ValueError(f"SD_ATTENTION must be sdpa or sliced, got {self.attention!r}")
+        if self.release_idle_weights not in ("text_encoder", "all", "none"):
+            raise ValueError("SD_RELEASE_IDLE_WEIGHTS must be text_encoder, all or none, "
+                             f"got {self.release_idle_weights!r}")
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         return self

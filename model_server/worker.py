@@ -40,7 +40,7 @@ class ServerState:
     load_started: float = dataclasses.field(default_factory=time.monotonic)
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     # Activations of a finished job are freed by Python, but glibc keeps the pages; trimming
     # returns them to the OS so the process's resident memory stays flat between jobs.
     gc.collect()
@@ -102,7 +102,7 @@ class Worker(threading.Thread):
             return False
         self.state.pipeline = pipeline
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
-        _release_memory()
+        release_memory()
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
@@ -140,4 +140,4 @@ class Worker(threading.Thread):
             self.table.fail(job, _job_error(exc))
         finally:
             self.notify(job.id)
-            _release_memory()
+            release_memory()
