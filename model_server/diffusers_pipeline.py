@@ -23,6 +23,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 
 from model_server import cpu
 from model_server import preset_parts
+from model_server.deepcache import DeepCache
 from model_server.layout import to_channels_last
 from model_server.residency import MappedWeights
 from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error
@@ -305,7 +306,7 @@ class DiffusersPipeline:
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active():
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale,

@@ -232,6 +232,8 @@ class ModelServer:
             raise _invalid("width and height must be multiples of 8, at least 64", "Use e.g. 512x512.")
         if not 1 <= p.steps <= 1000 or not 1 <= p.n <= self.settings.max_images_per_job:
             raise _invalid("steps or n out of range", f"n may be 1 to {self.settings.max_images_per_job}.")
+        if not 0 <= p.deep_cache <= 10:
+            raise _invalid("deep_cache out of range", "Use 0 (off) to 10.")
         if p.format not in ("png", "jpeg", "webp"):
             raise _invalid(f"unknown format {p.format!r}", "Use png, jpeg or webp.")
 

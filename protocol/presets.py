@@ -18,13 +18,15 @@ class Preset(msgspec.Struct, frozen=True, kw_only=True):
     scheduler: str
     lcm_lora: bool = False  # needs the LCM-LoRA adapter (few-step sampling without guidance)
     tiny_vae: bool = False  # decode with the tiny VAE (TAESD) when one is loaded
+    deep_cache: int = 0  # run the UNet in full every Nth step only (DeepCache); 0 = every step
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(name="quality", steps=25, guidance_scale=7.5, scheduler="default",
            summary="The model's own sampler, 25 steps, full VAE: the reference image."),
-    Preset(name="balanced", steps=15, guidance_scale=7.5, scheduler="dpmpp_2m_karras",
-           summary="DPM++ 2M Karras in 15 steps: close to 'quality' in 60% of the time."),
+    Preset(name="balanced", steps=20, guidance_scale=7.5, scheduler="dpmpp_2m_karras", deep_cache=3,
+           summary=("DPM++ 2M Karras in 20 steps, the UNet in full every 3rd step and its shallow layers "
+                    "only in between (DeepCache): about half the time of 'quality', slightly less detail.")),
     Preset(name="fast", steps=4, guidance_scale=1.0, scheduler="lcm", lcm_lora=True, tiny_vae=True,
            summary=("LCM-LoRA in 4 steps without classifier-free guidance (half the work per step) "
                     "and the tiny TAESD decoder: seconds instead of minutes; softer detail, "

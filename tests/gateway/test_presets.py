@@ -68,3 +68,11 @@ def test_presets_are_listed_even_when_the_model_server_is_down(client, fake):
     fake.will_be_unreachable()
     body = client.get("/v1/presets").get_json()
     assert {p["available"] for p in body["presets"]} == {None} and "did not answer" in body["note"]
+
+
+def test_deep_cache_comes_from_the_preset_unless_the_request_sets_it(client, fake):
+    assert submitted(client, fake, preset="balanced").deep_cache == 3
+    assert submitted(client, fake, preset="balanced", deep_cache=0).deep_cache == 0
+    assert submitted(client, fake).deep_cache == 0
+    response = client.post("/v1/jobs", json={"prompt": "a cat", "deep_cache": 11})
+    assert response.status_code == 400 and response.get_json()["field"] == "deep_cache"

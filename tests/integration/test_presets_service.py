@@ -23,7 +23,7 @@ def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
     assert "tiny-lcm-lora" in opts["lcm_lora"] and "tiny-taesd" in opts["tiny_vae"]  # loaded by the first fast job
 
 
-@pytest.mark.parametrize("preset, steps, scheduler", [("fast", 4, "lcm"), ("balanced", 15, "dpmpp_2m_karras")])
+@pytest.mark.parametrize("preset, steps, scheduler", [("fast", 4, "lcm"), ("balanced", 20, "dpmpp_2m_karras")])
 def test_a_preset_request_makes_a_full_size_image_with_the_presets_settings(stack, preset, steps, scheduler):
     response = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": preset}, timeout=120)
     assert response.status_code == 200, response.text

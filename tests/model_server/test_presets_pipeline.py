@@ -120,3 +120,34 @@ def test_bf16_keeps_the_adapter_in_bf16_and_stays_close_to_float32(tiny, tmp_pat
     for preset in PRESETS:
         a, b = pixels(tiny, params(preset)), pixels(bf16, params(preset))
         assert np.abs(a - b).mean() < 8.0, preset  # of 255: rounding, not a different image
+
+
+def test_deep_cache_runs_shallow_calls_between_full_ones_and_restores_the_unet(tiny):
+    from model_server.deepcache import DeepCache
+
+    unet = tiny.pipe.unet
+    full_calls = []
+    hook = unet.mid_block.register_forward_hook(lambda *a: full_calls.append(1))  # deep layers ran
+    try:
+        cached = pixels(tiny, params("balanced", steps=7, deep_cache=3))
+        assert len(full_calls) == 3  # calls 0, 3 and 6 of 7
+        full_calls.clear()
+        plain = pixels(tiny, params("balanced", steps=7, deep_cache=0))
+        assert len(full_calls) == 7
+    finally:
+        hook.remove()
+    assert cached.shape == plain.shape == (64, 96, 3)
+    assert not np.array_equal(cached, plain)  # a trade-off, not a free lunch
+    assert np.abs(cached - plain).mean() < 40  # ...but the same picture, not noise
+    assert "forward" not in vars(unet) and DeepCache(unet, 3).supported
+
+
+def test_deep_cache_is_undone_when_a_job_is_cancelled(tiny):
+    from model_server.pipeline import JobCancelledError
+    from protocol.messages import StopMode
+
+    seen = []
+    with pytest.raises(JobCancelledError):
+        tiny.generate(params("balanced", steps=9), 1, lambda *a, **k: seen.append(1),
+                      lambda: StopMode.CANCEL if len(seen) >= 2 else None)
+    assert "forward" not in vars(tiny.pipe.unet)
