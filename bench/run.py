@@ -141,10 +141,14 @@ def main() -> int:
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],
             cwd=ROOT, env=env, check=True)
     rows = []
+    name = args.name or f"{args.size}px-{args.preset}-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for rep in range(args.repeat):
         for config in args.configs.split(","):
             print(f"[{rep + 1}/{args.repeat}] {config}: fresh process", file=sys.stderr)
             rows.append(measure(config, args, env))
+            # Kept as we go: a failure later in a long run must not lose what was measured.
+            (RESULTS / f"{name}.partial.json").write_text(json.dumps(rows, indent=2) + "\n")
     seeds = [r for r in rows if r["config"] == "seed"]
     seed = min(seeds, key=lambda r: r["s_per_image"]) if seeds else None
     result = {"command": " ".join(["python -m bench.run", *sys.argv[1:]]), "machine": machine(),
@@ -157,9 +161,8 @@ def main() -> int:
             bare = statistics.median(r["s_per_image"] for r in ours)
             result["http"]["bare_pipeline_s"] = bare
             result["http"]["overhead_vs_bare_pct"] = round(100 * (result["http"]["median_http_s"] - bare) / bare, 2)
-    name = args.name or f"{args.size}px-{args.preset}-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.partial.json").unlink(missing_ok=True)
     md = f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['logical_cpus']} CPUs)\n\n"
     md += table(rows, seed) + "\n"
     if args.http:

@@ -1,8 +1,10 @@
-"""The real pipeline: diffusers Stable Diffusion on the CPU. The only module importing torch.
+"""The real pipeline: diffusers Stable Diffusion on the CPU.
 
 Loading follows the measured CPU settings (docs/performance.md): PyTorch SDPA attention
-(slicing is opt-in: ~1.5x slower per step here and no memory saved), bfloat16 only where the
-CPU has native bf16, torch threads = physical cores.
+(slicing is opt-in: ~1.3-1.5x slower per step and no memory saved), bfloat16 only where the
+CPU has native bf16 (from a bf16 copy made once), torch threads = physical cores, idle mapped
+weights released after their phase of each job (residency.py). Per job it applies the preset:
+the LCM-LoRA adapter and TAESD decoder (preset_parts.py) and step caching (deepcache.py).
 """
 
 from __future__ import annotations
@@ -161,11 +163,12 @@ class DiffusersPipeline:
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
                  settings: ModelServerSettings | None = None, residency: MappedWeights | None = None):
         self.pipe = pipe
-        self.residency = residency or MappedWeights(None)
-        self._release_unet = (settings or ModelServerSettings()).release_idle_weights == "all"
         self.model_id = model_id
         self._opts = opts
-        self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none")
+        self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none",
+                                                         release_idle_weights="none")
+        self.residency = residency or MappedWeights(None)
+        self._release_unet = self._settings.release_idle_weights == "all"
         self._base_scheduler_config = pipe.scheduler.config
         # Kept apart: pipe.scheduler is replaced per job, so "default" must not read it back.
         self._default_scheduler = type(pipe.scheduler)
