@@ -96,7 +96,8 @@ def run_ours(pipe, args, on_step):
 
     preset = PRESETS[args.preset]
     params = GenerationParams(prompt=PROMPT, seed=1234, steps=args.steps, width=args.size, height=args.size,
-                              guidance_scale=preset.guidance_scale, scheduler=preset.scheduler, preset=preset.name)
+                              guidance_scale=preset.guidance_scale, scheduler=preset.scheduler, preset=preset.name,
+                              deep_cache=preset.deep_cache)  # every field the gateway takes from a preset
     pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
     return pipe.pipe
 

@@ -42,6 +42,21 @@ def native_bf16(flags: set[str] | None = None, env=None) -> tuple[bool, str]:
     return True, f"cpu has {'+'.join(have)}"
 
 
+def channels_last_pays(flags: set[str] | None = None, env=None) -> tuple[bool, str]:
+    """Whether NHWC convolution weights are worth it here (SD_CHANNELS_LAST=auto), and why.
+
+    Measured (docs/performance.md): with AMX, bf16 steps -7% and the VAE decode -41%; on an AMD
+    CPU with AVX512-BF16 but no AMX, no gain in bf16. The weights are read into NHWC from the
+    files, so it costs no memory either way.
+    """
+    env = os.environ if env is None else env
+    flags = cpu_flags() if flags is None else flags
+    cap = env.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if "amx_bf16" in flags and (not cap or "AMX" in cap or cap in ("ALL", "DEFAULT")):
+        return True, "cpu has amx_bf16"
+    return False, "no measured gain without AMX"
+
+
 def usable_cores() -> int:
     """Physical cores this process may use: affinity, cgroup quota and SMT taken into account."""
     try:

@@ -9,6 +9,7 @@ the LCM-LoRA adapter and TAESD decoder (preset_parts.py) and step caching (deepc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -220,7 +221,9 @@ class DiffusersPipeline:
             pipe.enable_attention_slicing()
         layout = {}
         folder = _local_dir(source, settings)
-        if settings.channels_last:
+        channels_last, layout["channels_last_reason"] = (
+            (settings.channels_last, "configured") if settings.channels_last is not None else cpu.channels_last_pays())
+        if channels_last:
             # Before the LoRA is attached: its wrappers rename the conv weights.
             for name in ("unet", "vae"):
                 counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
@@ -234,7 +237,7 @@ class DiffusersPipeline:
             "dtype": str(dtype).removeprefix("torch."),
             "dtype_reason": why,
             "attention": "sliced" if settings.attention == "sliced" else "sdpa",
-            "channels_last": settings.channels_last,
+            "channels_last": channels_last,
             **layout,
             "threads": threads,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -247,7 +250,7 @@ class DiffusersPipeline:
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
         residency = MappedWeights(folder, settings.release_idle_weights != "none")
         opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
-        return cls(pipe, settings.model, opts, settings, residency)
+        return cls(pipe, settings.model, opts, dataclasses.replace(settings, channels_last=channels_last), residency)
 
     def optimizations(self):
         return dict(self._opts)

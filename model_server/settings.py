@@ -58,7 +58,7 @@ class ModelServerSettings:
     # bf16 only: convert once to a cached bf16 copy in a child process, so the server never holds
     # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
     bf16_cache: bool = True
-    channels_last: bool = False  # NHWC memory format for UNet and VAE convolutions
+    channels_last: bool | None = None  # NHWC UNet/VAE convolution weights; None = auto (cpu.channels_last_pays)
     # Mapped weights dropped from resident memory after their phase of each job (residency.py):
     # "text_encoder", "all" (text encoder, then the UNet before the VAE decode) or "none".
     release_idle_weights: str = "all"
@@ -94,7 +94,8 @@ class ModelServerSettings:
             threads=_env_int(env, "SD_THREADS", d.threads),
             safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
             bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
-            channels_last=_env_bool(env, "SD_CHANNELS_LAST", d.channels_last),
+            channels_last=(None if env.get("SD_CHANNELS_LAST", "").strip().lower() in ("", "auto")
+                           else _env_bool(env, "SD_CHANNELS_LAST", False)),
             release_idle_weights=env.get("SD_RELEASE_IDLE_WEIGHTS", d.release_idle_weights).strip().lower(),
             lcm_lora=env.get("SD_LCM_LORA", d.lcm_lora).strip() or "none",
             tiny_vae=env.get("SD_TINY_VAE", d.tiny_vae).strip() or "none",

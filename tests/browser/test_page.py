@@ -89,10 +89,10 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.focus("#prompt")
     page.keyboard.type("a small red cube")
     order = []
-    for _ in range(7):  # Tab walks the form in reading order
+    for _ in range(8):  # Tab walks the form in reading order
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
-    assert order == ["negative", "width", "height", "steps", "guidance", "scheduler", "seed"]
+    assert order == ["negative", "preset", "width", "height", "steps", "guidance", "scheduler", "seed"]
     page.keyboard.press("Control+a")
     page.keyboard.type("77")
     page.keyboard.press("Shift+Tab")  # back to the sampler, then steps
@@ -102,7 +102,7 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.keyboard.type("3")
     page.keyboard.press("Enter")  # Enter in any field submits the form
     expect(page.locator("#result")).to_be_visible(timeout=30_000)
-    expect(page.locator("#caption")).to_contain_text("Seed 77 · 512×512 · 3 steps")
+    expect(page.locator("#caption")).to_contain_text("Seed 77 · 512×512 · quality · 3 steps")
     for control in page.locator("input, select, textarea").all():
         assert control.evaluate("c => c.labels.length > 0"), control.get_attribute("id")
     shot(page, "5-phone")

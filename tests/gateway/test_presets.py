@@ -22,6 +22,18 @@ def test_a_preset_sets_steps_guidance_and_sampler(client, fake, name):
         name, preset.steps, preset.guidance_scale, preset.scheduler)
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_field_that_is_a_parameter_reaches_the_model_server(client, fake, name):
+    import msgspec
+
+    from protocol.messages import GenerationParams
+
+    p = submitted(client, fake, preset=name)
+    shared = set(msgspec.structs.asdict(PRESETS[name])) & set(GenerationParams.__struct_fields__)
+    assert shared >= {"steps", "guidance_scale", "scheduler", "deep_cache"}
+    assert {f: getattr(p, f) for f in shared} == {f: getattr(PRESETS[name], f) for f in shared}
+
+
 def test_without_a_preset_the_default_applies_and_is_quality(client, fake):
     p = submitted(client, fake)
     assert (p.preset, p.steps, p.guidance_scale, p.scheduler) == ("quality", 25, 7.5, "default")

@@ -99,6 +99,17 @@ def test_sliced_attention_is_available_as_an_opt_in(tiny_model_dir):
     assert generate(pipe, params())[0].size == (64, 64)
 
 
+def test_channels_last_is_automatic_only_where_it_was_measured_to_pay():
+    from model_server.cpu import channels_last_pays
+
+    assert channels_last_pays({"avx512_bf16", "amx_bf16"}, {})[0] is True
+    assert channels_last_pays({"avx512_bf16", "amx_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"})[0] is False
+    assert channels_last_pays({"avx512_bf16", "avx2"}, {})[0] is False
+    assert channels_last_pays({"avx2"}, {})[0] is False
+    assert ModelServerSettings.from_env({}).channels_last is None
+    assert ModelServerSettings.from_env({"SD_CHANNELS_LAST": "1"}).channels_last is True
+
+
 def test_auto_dtype_picks_bf16_only_with_native_support():
     assert choose_dtype("auto", {"avx2", "avx512_bf16"}, {})[0] == torch.bfloat16
     assert choose_dtype("auto", {"avx2", "amx_bf16"}, {})[0] == torch.bfloat16
@@ -179,7 +190,7 @@ def test_a_failed_conversion_falls_back_to_converting_while_loading(tiny_model_d
 def test_channels_last_is_an_opt_in_that_gives_the_same_image(fp32, tiny_model_dir):
     cl = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="float32", channels_last=True))
     opts = cl.optimizations()
-    assert opts["channels_last"] is True
+    assert opts["channels_last"] is True and opts["channels_last_reason"] == "configured"
     # Every conv weight is read from the file straight into NHWC; none is copied off the mmap.
     assert opts["channels_last_unet"].endswith(" read from file, 0 copied") and not opts["channels_last_unet"].startswith("0 ")
     assert opts["channels_last_vae"].endswith(" read from file, 0 copied")
