@@ -79,11 +79,20 @@ class Worker(threading.Thread):
         try:
             if not self._load():
                 return
+            used = False
             while not self.stopping.is_set():
                 job = self.table.next_job(timeout=0.5)
-                if job is not None:
-                    with job_context(job.id, job.request_id):
-                        self._run(job)
+                if job is None:
+                    # Idle for half a second: hand the last job's memory back now, not at its end,
+                    # where gc.collect() (holding the GIL) would delay the result fetch that follows
+                    # and a queued job would only fault the same memory in again.
+                    if used:
+                        release_memory()
+                        used = False
+                    continue
+                with job_context(job.id, job.request_id):
+                    self._run(job)
+                used = True
         finally:
             self._events.close(linger=1000)
 
@@ -140,4 +149,3 @@ class Worker(threading.Thread):
             self.table.fail(job, _job_error(exc))
         finally:
             self.notify(job.id)
-            release_memory()
