@@ -91,13 +91,13 @@ def load_ours(model: str, dtype: str, preset: str):
 
 
 def run_ours(pipe, args, on_step):
-    from protocol.messages import GenerationParams
-    from protocol.presets import PRESETS
+    from gateway.params import ParamValidator
+    from gateway.settings import GatewaySettings
 
-    preset = PRESETS[args.preset]
-    params = GenerationParams(prompt=PROMPT, seed=1234, steps=args.steps, width=args.size, height=args.size,
-                              guidance_scale=preset.guidance_scale, scheduler=preset.scheduler, preset=preset.name,
-                              deep_cache=preset.deep_cache)  # every field the gateway takes from a preset
+    # The gateway's own resolver turns the preset into parameters, exactly as for a request.
+    params = ParamValidator(GatewaySettings()).parse_object(
+        {"prompt": PROMPT, "seed": 1234, "steps": args.steps, "width": args.size, "height": args.size,
+         "preset": args.preset})
     pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
     return pipe.pipe
 

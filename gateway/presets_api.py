@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from flask import Blueprint, jsonify
 
 from gateway.errors import as_api_error
@@ -16,9 +17,8 @@ def describe(sv: Services, pong: Pong | None) -> list[dict]:
     """Each preset with its settings; ``available`` is None while the model server is unknown."""
     unavailable = pong.unavailable_presets if pong else {}
     known = pong is not None and bool(pong.schedulers)  # schedulers are listed once the model is loaded
-    return [{"name": p.name, "summary": p.summary, "steps": p.steps, "guidance_scale": p.guidance_scale,
-             "scheduler": p.scheduler, "lcm_lora": p.lcm_lora, "tiny_vae": p.tiny_vae,
-             "default": p.name == sv.settings.default_preset,
+    # Every field of the preset, so the listing cannot fall behind protocol/presets.py.
+    return [{**msgspec.structs.asdict(p), "default": p.name == sv.settings.default_preset,
              "available": (p.name not in unavailable) if known else None,
              **({"unavailable_reason": unavailable[p.name]} if p.name in unavailable else {})}
             for p in sv.validator.presets.values()]

@@ -29,10 +29,10 @@ from model_server import preset_parts
 from model_server.deepcache import DeepCache
 from model_server.layout import to_channels_last
 from model_server.residency import MappedWeights
-from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error
+from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, preset_unavailable
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
-from protocol.messages import ErrorInfo, GenerationParams, StopMode
+from protocol.messages import GenerationParams, StopMode
 from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -270,10 +270,8 @@ class DiffusersPipeline:
         if lcm:
             self.load_fast_parts()
         if lcm and self._lcm_missing:
-            raise PipelineLoadError(ErrorInfo(
-                code=ErrorCode.PIPELINE_ERROR, message=f"preset {params.preset!r} is not available: {self._lcm_missing}",
-                hint="Use the balanced or quality preset; or set SD_LCM_LORA on the model server to the "
-                     "LCM-LoRA's hub id or a local copy."))
+            raise PipelineLoadError(preset_unavailable(params.preset, self._lcm_missing, self.unavailable_presets(),
+                                                       ErrorCode.PIPELINE_ERROR))
         if lcm != self._lcm_on:
             preset_parts.set_lcm(self.pipe, lcm)
             self._lcm_on = lcm

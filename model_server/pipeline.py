@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from protocol.errors import ErrorCode
 from protocol.messages import SCHEDULERS, ErrorInfo, GenerationParams, StopMode  # noqa: F401  (re-exported)
+from protocol.presets import PRESETS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -63,3 +64,11 @@ def make_pipeline(settings: "ModelServerSettings") -> Pipeline:
 
 def load_error(message: str, hint: str) -> PipelineLoadError:
     return PipelineLoadError(ErrorInfo(code=ErrorCode.NOT_READY, message=message, hint=hint))
+
+
+def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:
+    """Why a preset cannot run here and what to use instead: refused at submit, or failed on first use."""
+    others = [name for name in PRESETS if name not in unavailable and name != preset]
+    return ErrorInfo(code=code, message=f"preset {preset!r} is not available on this server: {why}",
+                     hint=f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
+                          "to the LCM-LoRA's hub id or a local copy.")

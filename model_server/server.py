@@ -19,7 +19,7 @@ from model_server import memory
 from model_server.jobs import Job, JobTable, Rejection
 from model_server.logs import job_context
 from model_server.outputs import OutputStore
-from model_server.pipeline import Pipeline
+from model_server.pipeline import Pipeline, preset_unavailable
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
 from protocol import codec
@@ -222,12 +222,9 @@ class ModelServer:
             raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(schedulers)}.")
         if p.preset and p.preset not in PRESETS:
             raise _invalid(f"unknown preset {p.preset!r}", f"Use one of: {', '.join(PRESETS)}.")
-        missing = self.state.pipeline.unavailable_presets().get(p.preset)
-        if missing:
-            others = [name for name in PRESETS if name not in self.state.pipeline.unavailable_presets()]
-            raise _invalid(f"preset {p.preset!r} is not available on this server: {missing}",
-                           f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
-                           "to the LCM-LoRA's hub id or a local copy.")
+        unavailable = self.state.pipeline.unavailable_presets()
+        if p.preset in unavailable:
+            raise Rejection(preset_unavailable(p.preset, unavailable[p.preset], unavailable, ErrorCode.INVALID_PARAMS))
         if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
             raise _invalid("width and height must be multiples of 8, at least 64", "Use e.g. 512x512.")
         if not 1 <= p.steps <= 1000 or not 1 <= p.n <= self.settings.max_images_per_job:

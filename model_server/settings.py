@@ -63,7 +63,8 @@ class ModelServerSettings:
     # "text_encoder", "all" (text encoder, then the UNet before the VAE decode) or "none".
     release_idle_weights: str = "all"
     # The "fast" preset's parts: hub id or directory, "auto" (the SD v1 ones; the locally made
-    # tiny ones for SD_MODEL=tiny), or "none". Loaded at start; a failure only disables the preset.
+    # tiny ones for SD_MODEL=tiny), or "none". Loaded on the first fast job; a failure only
+    # disables the preset.
     lcm_lora: str = "auto"
     tiny_vae: str = "auto"
     queue_size: int = 16

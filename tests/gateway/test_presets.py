@@ -72,6 +72,7 @@ def test_presets_are_listed_with_their_settings_and_availability(client, fake):
     assert listed["quality"]["available"] is True and listed["quality"]["default"] is True
     assert listed["fast"]["available"] is False and "SD_LCM_LORA" in listed["fast"]["unavailable_reason"]
     assert listed["fast"]["lcm_lora"] and listed["fast"]["tiny_vae"] and listed["fast"]["steps"] == 4
+    assert listed["balanced"]["deep_cache"] == 3 and listed["quality"]["deep_cache"] == 0
     health = client.get("/health").get_json()
     assert health["presets"] == body["presets"] and health["default_preset"] == "quality"
 
