@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def server_jobs(model: Path, jobs: int, params: dict) -> list[float]:
 
 
 def bare_jobs(model: Path, jobs: int, params: dict) -> list[float]:
-    env = dict(__import__("os").environ, SD_MODEL=str(model), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, SD_MODEL=str(model), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", _BARE, str(jobs), json.dumps(params)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

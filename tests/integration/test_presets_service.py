@@ -20,16 +20,21 @@ def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
     assert [(p["name"], p["available"]) for p in presets["presets"]] == [
         ("quality", True), ("balanced", True), ("fast", True)]
     opts = requests.get(stack.url + "/health", timeout=5).json()["optimizations"]
+    # The automatic per-CPU choices are reported with their reasons.
+    assert opts["release_idle_weights"] == "all" and opts["channels_last_reason"] and opts["dtype_reason"]
     assert "tiny-lcm-lora" in opts["lcm_lora"] and "tiny-taesd" in opts["tiny_vae"]  # loaded by the first fast job
 
 
-@pytest.mark.parametrize("preset, steps, scheduler", [("fast", 4, "lcm"), ("balanced", 20, "dpmpp_2m_karras")])
-def test_a_preset_request_makes_a_full_size_image_with_the_presets_settings(stack, preset, steps, scheduler):
+@pytest.mark.parametrize("preset, steps, scheduler, deep_cache", [("fast", 4, "lcm", 0),
+                                                                ("balanced", 20, "dpmpp_2m_karras", 3)])
+def test_a_preset_request_makes_a_full_size_image_with_the_presets_settings(stack, preset, steps, scheduler,
+                                                                            deep_cache):
     response = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": preset}, timeout=120)
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == (512, 512)
     job = requests.get(f"{stack.url}/v1/jobs/{response.headers['X-Job-Id']}", timeout=5).json()
-    assert (job["params"]["preset"], job["params"]["steps"], job["params"]["scheduler"]) == (preset, steps, scheduler)
+    assert (job["params"]["preset"], job["params"]["steps"], job["params"]["scheduler"],
+            job["params"]["deep_cache"]) == (preset, steps, scheduler, deep_cache)
     assert job["progress"]["total_steps"] == steps
 
 
