@@ -93,7 +93,13 @@ class ModelClient:
         if not sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
             self._reset()
             raise ModelServerUnavailable(f"cannot reach the model server at {self.address}")
-        sock.send_multipart(codec.encode(body, ref), flags=zmq.NOBLOCK)
+        try:
+            sock.send_multipart(codec.encode(body, ref), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # The peer went away between the poll and the send (a model server killed under load):
+            # the same outage as a failed poll, not a gateway error.
+            self._reset()
+            raise ModelServerUnavailable(f"lost the model server at {self.address} while sending") from None
         return ref
 
     def _receive(self, ref: int, timeout: float | None = None):
