@@ -40,8 +40,21 @@ def machine() -> dict:
     return {"cpu": cpu, "logical_cpus": psutil.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "isa_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"), "torch": torch.__version__,
             "python": platform.python_version()}
+
+
+def isa_cap(isa: str) -> dict:
+    """Environment that caps every kernel library torch uses to ``isa``, to emulate a lesser CPU.
+
+    ONEDNN_MAX_CPU_ISA alone caps the convolutions and bf16 matmuls, but float32 matmuls go
+    through MKL and attention, norms and activations through ATen's own vectorised kernels,
+    which keep using AVX-512 unless capped too."""
+    env = {"ONEDNN_MAX_CPU_ISA": isa.upper()}
+    if isa.upper() == "AVX2":
+        env.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    return env
 
 
 def measure(config: str, args, env: dict) -> dict:
@@ -118,14 +131,14 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto", help="for 'ours': auto, float32 or bfloat16")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--images", type=int, default=1, help="images per process; later ones are reported as next_images_s")
-    ap.add_argument("--isa", help="cap oneDNN's instruction set, e.g. AVX2 to emulate a laptop")
+    ap.add_argument("--isa", help="cap the instruction set (oneDNN, MKL and ATen), e.g. AVX2 to emulate a laptop")
     ap.add_argument("--http", action="store_true", help="also measure HTTP end to end vs the bare pipeline")
     ap.add_argument("--name", default=None, help="results file name (default: derived from the options)")
     args = ap.parse_args()
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if args.isa:
-        env["ONEDNN_MAX_CPU_ISA"] = args.isa
+        env.update(isa_cap(args.isa))
     print(f"the SD v1.4-shaped random model and fast-preset parts in {args.model} (built once)...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "bench.sd14_model", str(args.model)], cwd=ROOT, env=env, check=True)
     # Ours runs as deployed: the fast preset's parts loaded (random stand-ins of the real shapes).

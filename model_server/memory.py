@@ -1,12 +1,32 @@
 """Memory readings for the model server (no psutil needed): own RSS and peak, and how much the
-machine or container still has available, so jobs are refused instead of OOM-killed mid-run."""
+machine or container still has available, so jobs are refused instead of OOM-killed mid-run;
+and the libc calls that hand memory back."""
 
 from __future__ import annotations
 
+import ctypes
 import resource
 from pathlib import Path
 
 _PAGE = resource.getpagesize()
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):  # not glibc Linux: nothing to trim or release
+        return None
+
+
+LIBC = _libc()  # loaded once; used to trim the heap and to drop mapped weight pages (residency.py)
+
+
+def trim_heap() -> None:
+    """Return the heap's free pages to the OS: glibc keeps freed activations' pages otherwise."""
+    if LIBC is not None:
+        LIBC.malloc_trim(0)
 
 
 def rss_bytes() -> int:

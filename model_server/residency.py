@@ -21,21 +21,12 @@ import logging
 import os
 from pathlib import Path
 
+from model_server.memory import LIBC
+
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4
 
-
-def _libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc
-    except OSError:  # not glibc Linux: nothing to release
-        return None
-
-
-_LIBC = _libc()
 
 
 def mappings(files: set[str]) -> list[tuple[int, int]]:
@@ -58,7 +49,7 @@ class MappedWeights:
 
     def __init__(self, folder: str | Path | None, enabled: bool = True):
         self.files: dict[str, set[str]] = {}
-        if not (enabled and folder and _LIBC is not None and Path(folder).is_dir()):
+        if not (enabled and folder and LIBC is not None and Path(folder).is_dir()):
             return
         for component in Path(folder).iterdir():
             found = {os.path.realpath(p) for p in component.glob("*.safetensors")} if component.is_dir() else set()
@@ -76,7 +67,7 @@ class MappedWeights:
             return 0
         released = 0
         for start, end in mappings(files):
-            if _LIBC.madvise(start, end - start, MADV_DONTNEED) == 0:
+            if LIBC.madvise(start, end - start, MADV_DONTNEED) == 0:
                 released += end - start
             else:
                 log.debug("madvise failed for %s: errno %d", component, ctypes.get_errno())

@@ -6,7 +6,6 @@ a job changed by pushing the job id over an inproc socket, and the IO thread doe
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import logging
@@ -16,6 +15,7 @@ from typing import Callable
 
 import zmq
 
+from model_server import memory
 from model_server.imaging import encode_image, encode_preview
 from model_server.jobs import Job, JobTable
 from model_server.logs import job_context
@@ -44,10 +44,7 @@ def release_memory() -> None:
     # Activations of a finished job are freed by Python, but glibc keeps the pages; trimming
     # returns them to the OS so the process's resident memory stays flat between jobs.
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    memory.trim_heap()
 
 
 def _job_error(exc: BaseException) -> ErrorInfo:
