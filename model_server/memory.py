@@ -25,8 +25,9 @@ LIBC = _libc()  # loaded once; used to trim the heap and to drop mapped weight p
 
 def trim_heap() -> None:
     """Return the heap's free pages to the OS: glibc keeps freed activations' pages otherwise."""
-    if LIBC is not None:
-        LIBC.malloc_trim(0)
+    trim = getattr(LIBC, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 
 def rss_bytes() -> int:

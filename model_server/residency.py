@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 MADV_DONTNEED = 4
 
 
-
 def mappings(files: set[str]) -> list[tuple[int, int]]:
     """Address ranges of this process's mappings of ``files`` (real paths)."""
     ranges = []
