@@ -97,7 +97,7 @@ def run_ours(pipe, args, on_step):
     # The gateway's own resolver turns the preset into parameters, exactly as for a request.
     params = ParamValidator(GatewaySettings()).parse_object(
         {"prompt": PROMPT, "seed": 1234, "steps": args.steps, "width": args.size, "height": args.size,
-         "preset": args.preset})
+         "preset": args.preset, "token_merging": args.token_merging})
     pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
     return pipe.pipe
 
@@ -111,6 +111,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--preset", default="quality", help="for 'ours': quality, balanced or fast")
     ap.add_argument("--images", type=int, default=1, help="images in this process (the first is the one timed in detail)")
+    ap.add_argument("--token-merging", type=float, default=None, help="for 'ours': a token_merging share (default: the preset's)")
     args = ap.parse_args()
 
     import torch
@@ -163,7 +164,8 @@ def main() -> int:
         "dtype": "float32", "attention": "sliced", "threads": torch.get_num_threads()}
     steady = steps[1:] or steps
     print(json.dumps({
-        "config": args.config if args.config == "seed" else f"ours-{args.preset}", "preset": args.preset,
+        "config": args.config if args.config == "seed" else f"ours-{args.preset}" + (
+            f"-tome{args.token_merging:g}" if args.token_merging else ""), "preset": args.preset,
         "size": args.size, "steps": args.steps, "unet_evals": len(steps),
         "dtype": opts.get("dtype"), "attention": opts.get("attention"), "threads": opts.get("threads"),
         "optimizations": opts, "load_s": round(load_s, 2),

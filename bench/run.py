@@ -65,6 +65,8 @@ def measure(config: str, args, env: dict) -> dict:
     cmd = [sys.executable, "-m", "bench.measure", "--config", "ours" if ours else config, "--model",
            str(args.model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
            "--preset", preset, "--images", str(args.images)]
+    if ours and args.token_merging is not None:
+        cmd += ["--token-merging", str(args.token_merging)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -131,6 +133,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto", help="for 'ours': auto, float32 or bfloat16")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--images", type=int, default=1, help="images per process; later ones are reported as next_images_s")
+    ap.add_argument("--token-merging", type=float, default=None, help="for 'ours': a token_merging share (ToMe)")
     ap.add_argument("--isa", help="cap the instruction set (oneDNN, MKL and ATen), e.g. AVX2 to emulate a laptop")
     ap.add_argument("--http", action="store_true", help="also measure HTTP end to end vs the bare pipeline")
     ap.add_argument("--name", default=None, help="results file name (default: derived from the options)")

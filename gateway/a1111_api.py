@@ -41,6 +41,7 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     cfg_scale: float | None = None
     width: int | None = None
     height: int | None = None
+    override_settings: dict | None = None  # only token_merging_ratio is used
 
 
 def _a1111_error(err: ApiError):
@@ -78,6 +79,8 @@ def txt2img():
         # A1111 users pair the LCM sampler with an LCM LoRA; here that is the fast preset's adapter
         # (their steps and CFG scale still apply; the preset's tiny VAE too).
         fields["preset"] = "fast"
+    if (r.override_settings or {}).get("token_merging_ratio") is not None:
+        fields["token_merging"] = r.override_settings["token_merging_ratio"]
     params = sv.validator.parse_object(fields)
     done, images = generate_sync(sv, params, g.request_id)
     seeds = [info.seed for info, _ in images]

@@ -7,7 +7,7 @@ URL, fetchable for RESULT_TTL_SECONDS); ``quality`` -> steps (low 15, standard/m
 default, hd/high 40); ``output_format``/``output_compression`` -> format/quality; ``model``,
 ``style``, ``user``, ``background``, ``moderation`` are accepted and ignored (one model is loaded).
 Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``scheduler``,
-``preset``) may be sent through the SDK's ``extra_body``; with a ``preset``, ``quality`` no longer
+``preset``, ``deep_cache``, ``token_merging``) may be sent through the SDK's ``extra_body``; with a ``preset``, ``quality`` no longer
 sets the steps. Errors use OpenAI's shape so the SDK fills
 ``e.message``/``e.code``/``e.param``.
 """
@@ -28,7 +28,8 @@ from gateway.waiting import generate_sync
 bp = Blueprint("openai", __name__)
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
-_PASSTHROUGH = ("seed", "steps", "negative_prompt", "guidance_scale", "scheduler", "preset")
+_PASSTHROUGH = ("seed", "steps", "negative_prompt", "guidance_scale", "scheduler", "preset", "deep_cache",
+                "token_merging")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           409: "conflict_error", 410: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}

@@ -20,6 +20,7 @@ from protocol.messages import IMAGE_FORMATS, SCHEDULERS, GenerationParams
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 MAX_SEED = 2**32 - 1
+MAX_TOKEN_MERGING = 0.75  # a cap: at high ratios most tokens share one output and detail dissolves
 _PATH = re.compile(r"at `\$\.(\w+)")
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -59,6 +60,11 @@ def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type
             "Step caching (DeepCache): run the UNet in full every Nth step and only its shallow layers in "
             "between; 2-5 trade some detail for up to ~1.7x speed, 0 or 1 is off (default: the preset's, "
             "3 for balanced)."))] | None, None),
+        ("token_merging", Annotated[float, Meta(ge=0, le=MAX_TOKEN_MERGING, description=(
+            "Token merging ratio (ToMe, A1111's 'token merging ratio'): the share of the 4,096 tokens of "
+            "a 512x512 image's largest self-attentions merged into similar ones before attention; 0.5 "
+            f"made a step 12-20% faster on a 2-core CPU, for a small loss of detail (0-{MAX_TOKEN_MERGING}; default: "
+            "the preset's, 0 for all)."))] | None, None),
         ("width", size(s.max_width, "width") | None, None),
         ("height", size(s.max_height, "height") | None, None),
         ("seed", Annotated[int, Meta(ge=0, le=MAX_SEED, description=(
@@ -92,6 +98,7 @@ class ParamValidator:
             "negative_prompt": f"Keep the negative prompt within {s.max_prompt_length} characters.",
             "preset": f"Use one of: {', '.join(PRESET_NAMES)} (GET /v1/presets).",
             "deep_cache": "Use 0 (off) to 10; 3 caches two steps out of three.",
+            "token_merging": f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}; 0.5 is a common choice.",
             "steps": f"Use 1 to {s.max_steps} steps ({s.default_steps} is the default; fewer is faster).",
             "guidance_scale": "Use a number from 0 to 30 (7.5 is the default).",
             "width": f"Use a multiple of 8 from {s.min_size} to {s.max_width}.",
@@ -161,4 +168,5 @@ class ParamValidator:
             width=pick(r.width, s.default_size), height=pick(r.height, s.default_size),
             scheduler=pick(r.scheduler, preset.scheduler), n=pick(r.n, 1), format=pick(r.format, "png"),
             quality=pick(r.quality, 90), preview=bool(r.preview), preset=preset.name,
-            deep_cache=pick(r.deep_cache, preset.deep_cache))
+            deep_cache=pick(r.deep_cache, preset.deep_cache),
+            token_merging=float(pick(r.token_merging, preset.token_merging)))

@@ -31,6 +31,7 @@ from model_server.layout import to_channels_last
 from model_server.residency import MappedWeights
 from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, preset_unavailable
 from model_server.settings import ModelServerSettings
+from model_server.token_merging import TokenMerging
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode
 from protocol.presets import PRESETS
@@ -310,7 +311,8 @@ class DiffusersPipeline:
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)
-        with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active():
+        merging = TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed)
+        with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active(), merging.active():
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale,

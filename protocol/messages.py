@@ -86,6 +86,7 @@ class GenerationParams(_Shape):
     preview: bool = False  # make a cheap low-res preview from the latents after each step
     preset: str = ""  # a protocol.presets name; "" (older gateways) = no LCM-LoRA, full VAE
     deep_cache: int = 0  # UNet in full every Nth step, shallow layers only in between; 0 or 1 = off
+    token_merging: float = 0.0  # share of tokens merged before the largest self-attentions (ToMe); 0 = off
 
 
 class ProgressInfo(_Shape):

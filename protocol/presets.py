@@ -19,6 +19,7 @@ class Preset(msgspec.Struct, frozen=True, kw_only=True):
     lcm_lora: bool = False  # needs the LCM-LoRA adapter (few-step sampling without guidance)
     tiny_vae: bool = False  # decode with the tiny VAE (TAESD) when one is loaded
     deep_cache: int = 0  # run the UNet in full every Nth step only (DeepCache); 0 = every step
+    token_merging: float = 0.0  # share of tokens merged in the largest self-attentions (ToMe); 0 = off
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

@@ -13,7 +13,8 @@ from tests.helpers import ROOT
 
 HEAVY = {"torch", "diffusers", "transformers", "accelerate", "safetensors"}
 TORCH_IMPORTERS = {"model_server/diffusers_pipeline.py", "model_server/tiny_model.py", "model_server/convert.py",
-                   "model_server/preset_parts.py", "model_server/layout.py", "model_server/deepcache.py"}
+                   "model_server/preset_parts.py", "model_server/layout.py", "model_server/deepcache.py",
+                   "model_server/token_merging.py"}
 
 
 def imports_of(path: Path) -> set[str]:

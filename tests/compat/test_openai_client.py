@@ -60,6 +60,14 @@ def test_our_fast_preset_passes_through_extra_body(client, stack):
     assert (params["preset"], params["steps"], params["scheduler"]) == ("fast", 4, "lcm")
 
 
+def test_step_caching_and_token_merging_pass_through_extra_body(client, stack):
+    response = client.images.generate(prompt="a cat", size="64x64", response_format="url",
+                                      extra_body={"steps": 3, "deep_cache": 2, "token_merging": 0.5})
+    job_id = response.data[0].url.split("/v1/jobs/")[1].split("/")[0]
+    params = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["params"]
+    assert (params["deep_cache"], params["token_merging"]) == (2, 0.5)
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"size": "banana"}, "size"), ({"size": "100x100"}, "size"), ({"size": "4096x4096"}, "size"),
     ({"n": 0}, "n"), ({"n": 50}, "n"), ({"response_format": "gif"}, "response_format"),

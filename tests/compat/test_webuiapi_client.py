@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+import requests
 import webuiapi
 
 from tests.helpers import wait_until
@@ -59,6 +60,12 @@ def test_a1111_sampler_names_are_understood(api, sampler, scheduler):
     assert result.image.size == (64, 64)
     expected = "DPM++ 2M Karras" if scheduler == "Karras" else sampler
     assert result.info["sampler_name"] == expected
+
+
+def test_the_token_merging_ratio_override_setting_is_applied(api, stack):
+    result = api.txt2img(prompt="a cat", seed=1, override_settings={"token_merging_ratio": 0.5}, **SMALL)
+    job = requests.get(f"{stack.url}/v1/jobs/{result.info['job_id']}", timeout=5).json()
+    assert result.image.size == (64, 64) and job["params"]["token_merging"] == 0.5
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

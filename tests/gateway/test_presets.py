@@ -89,3 +89,11 @@ def test_deep_cache_comes_from_the_preset_unless_the_request_sets_it(client, fak
     assert submitted(client, fake).deep_cache == 0
     response = client.post("/v1/jobs", json={"prompt": "a cat", "deep_cache": 11})
     assert response.status_code == 400 and response.get_json()["field"] == "deep_cache"
+
+
+def test_token_merging_is_a_share_from_0_to_0_75(client, fake):
+    assert submitted(client, fake).token_merging == 0.0
+    assert submitted(client, fake, token_merging=0.5).token_merging == 0.5
+    response = client.post("/v1/jobs", json={"prompt": "a cat", "token_merging": 0.9})
+    body = response.get_json()
+    assert response.status_code == 400 and body["field"] == "token_merging" and "0.75" in body["hint"]

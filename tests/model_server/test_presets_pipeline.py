@@ -151,3 +151,15 @@ def test_deep_cache_is_undone_when_a_job_is_cancelled(tiny):
         tiny.generate(params("balanced", steps=9), 1, lambda *a, **k: seen.append(1),
                       lambda: StopMode.CANCEL if len(seen) >= 2 else None)
     assert "forward" not in vars(tiny.pipe.unet)
+
+
+def test_token_merging_changes_the_image_a_little_and_leaves_no_hooks_behind(tiny):
+    attn = [m for m in tiny.pipe.unet.modules() if hasattr(m, "attn1")]
+    plain = pixels(tiny, params("quality", steps=4))
+    merged = pixels(tiny, params("quality", steps=4, token_merging=0.5))
+    assert merged.shape == plain.shape == (64, 96, 3)
+    assert not np.array_equal(merged, plain)
+    assert np.abs(merged - plain).mean() < 40  # the same picture, not noise
+    assert all(not m.attn1._forward_hooks and not m.attn1._forward_pre_hooks for m in attn)
+    assert np.array_equal(pixels(tiny, params("quality", steps=4, token_merging=0.5)), merged)  # same seed, same image
+    assert np.array_equal(pixels(tiny, params("quality", steps=4)), plain)
