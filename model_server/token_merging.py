@@ -21,6 +21,9 @@ import contextlib
 import torch
 
 
+_SCORE_ROWS = 1024  # sources scored at once (bounds the similarity matrix)
+
+
 class TokenMerging:
     def __init__(self, unet, ratio: float, latent_hw: tuple[int, int], seed: int = 0):
         self.unet, self.ratio = unet, float(ratio)
@@ -86,8 +89,12 @@ def bipartite_merge(x: torch.Tensor, h: int, w: int, ratio: float, generator: to
 
     with torch.no_grad():
         metric = x / x.norm(dim=-1, keepdim=True)
-        scores = metric[:, src_idx] @ metric[:, dst_idx].transpose(1, 2)  # (batch, sources, destinations)
-        best, best_dst = scores.max(dim=-1)
+        src_metric, dst_metric = metric[:, src_idx], metric[:, dst_idx].transpose(1, 2)
+        # Cosine similarity of every source to every destination, a slice of sources at a time: the
+        # whole matrix grows with the square of the pixels (200 MB at 1024x1024 in bf16).
+        best, best_dst = zip(*((src_metric[:, i:i + _SCORE_ROWS] @ dst_metric).max(dim=-1)
+                               for i in range(0, src_idx.numel(), _SCORE_ROWS)))
+        best, best_dst = torch.cat(best, dim=1), torch.cat(best_dst, dim=1)
         order = best.argsort(dim=-1, descending=True)
         merged_src, kept_src = order[:, :r], order[:, r:]  # positions within the source list
         into = best_dst.gather(1, merged_src)  # each merged source's destination (within the dst list)

@@ -94,3 +94,13 @@ def test_attention_below_the_top_resolution_is_left_alone():
         unet(torch.randn(1, 4, 8, 8), torch.tensor(10), torch.randn(1, 77, 8))
     top = len(unet.down_blocks[0].attentions) + len(unet.up_blocks[-1].attentions)
     assert merging.merged_calls == top == 3  # the 8x8 blocks; the 4x4 down, mid and up blocks run as they are
+
+
+def test_scoring_in_slices_plans_the_same_merge_as_scoring_at_once(monkeypatch):
+    from model_server import token_merging
+
+    x = _tokens(h=64, w=48, channels=16)
+    merge, unmerge = bipartite_merge(x, 64, 48, 0.5, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(token_merging, "_SCORE_ROWS", 10**9)
+    whole_merge, whole_unmerge = bipartite_merge(x, 64, 48, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(unmerge(merge(x)), whole_unmerge(whole_merge(x)))
