@@ -112,6 +112,7 @@ function requestBody() {
                  guidance_scale: Number($("guidance").value), width: Number($("width").value),
                  height: Number($("height").value), scheduler: $("scheduler").value || "default", preview: true };
   if ($("preset").value) body.preset = $("preset").value;
+  if (Number($("token-merging").value) > 0) body.token_merging = Number($("token-merging").value);
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
@@ -226,7 +227,8 @@ function showResult(job, img) {
   $("image").height = img.height;
   $("image").alt = `Generated image: ${p.prompt}`;
   $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
-    `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
+    `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
+    (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
   $("download").href = img.url;
   $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
   $("curl").hidden = true;
@@ -291,7 +293,8 @@ function pick(entry) {
     $("preset-help").textContent = state.presets[p.preset].summary;
   }
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
-                         ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed]]) {
+                         ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed],
+                         ["token-merging", String(p.token_merging || 0)]]) {
     if (v != null) $(id).value = v;
   }
   updateCounter();

@@ -6,6 +6,7 @@ import re
 import signal
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from tests.browser.conftest import shot
@@ -58,6 +59,18 @@ def test_a_preset_fills_the_form_and_is_sent_with_the_request(page):
     shot(page, "9-fast-preset")
 
 
+def test_token_merging_is_sent_shown_in_the_caption_and_restored_from_the_gallery(page, stack):
+    fill(page, "a lighthouse, merged", steps=2)
+    page.select_option("#token-merging", "0.5")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("token merging 0.5", timeout=60_000)
+    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
+    assert requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["params"]["token_merging"] == 0.5
+    page.select_option("#token-merging", "0")
+    page.locator("#gallery li").first.click()
+    expect(page.locator("#token-merging")).to_have_value("0.5")
+
+
 def test_cancel_mid_run_shows_the_cancelled_state(page):
     fill(page, "a long one", steps=100, size=512)
     page.click("#submit")
@@ -89,13 +102,15 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.focus("#prompt")
     page.keyboard.type("a small red cube")
     order = []
-    for _ in range(8):  # Tab walks the form in reading order
+    for _ in range(9):  # Tab walks the form in reading order
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
-    assert order == ["negative", "preset", "width", "height", "steps", "guidance", "scheduler", "seed"]
+    assert order == ["negative", "preset", "width", "height", "steps", "guidance", "scheduler", "token-merging",
+                     "seed"]
     page.keyboard.press("Control+a")
     page.keyboard.type("77")
-    page.keyboard.press("Shift+Tab")  # back to the sampler, then steps
+    page.keyboard.press("Shift+Tab")  # back through token merging, the sampler and guidance to steps
+    page.keyboard.press("Shift+Tab")
     page.keyboard.press("Shift+Tab")
     page.keyboard.press("Shift+Tab")
     page.keyboard.press("Control+a")
