@@ -104,3 +104,9 @@ def test_scoring_in_slices_plans_the_same_merge_as_scoring_at_once(monkeypatch):
     monkeypatch.setattr(token_merging, "_SCORE_ROWS", 10**9)
     whole_merge, whole_unmerge = bipartite_merge(x, 64, 48, 0.5, torch.Generator().manual_seed(1))
     assert torch.equal(unmerge(merge(x)), whole_unmerge(whole_merge(x)))
+
+
+def test_a_grid_too_small_for_a_cell_is_left_as_it_is():
+    x = _tokens(h=1, w=6)
+    merge, unmerge = bipartite_merge(x, 1, 6, 0.5, torch.Generator())
+    assert torch.equal(unmerge(merge(x)), x)
