@@ -16,11 +16,12 @@ from pathlib import PurePath
 import msgspec
 from flask import Blueprint, g, jsonify, request
 
-from gateway.a1111_names import SAMPLERS, SCHEDULERS, infotext, resolve_sampler
+from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
 from gateway.errors import FAMILY_RENDERERS, ApiError
 from gateway.model_client import RemoteError
 from gateway.services import services
 from gateway.waiting import generate_sync
+from protocol.infotext import infotext
 from protocol.messages import StopMode
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")

@@ -1,9 +1,8 @@
-"""AUTOMATIC1111's sampler and scheduler names, mapped onto ours, and its infotext format."""
+"""AUTOMATIC1111's sampler and scheduler names, mapped onto ours."""
 
 from __future__ import annotations
 
 from gateway.errors import ApiError
-from protocol.messages import GenerationParams
 
 # A1111 sampler name -> (our scheduler, aliases A1111 lists for it)
 SAMPLERS = {
@@ -33,10 +32,3 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[st
     if (scheduler or "").lower() == "karras" and name == "DPM++ 2M":
         name = "DPM++ 2M Karras"
     return SAMPLERS[name][0], name
-
-
-def infotext(p: GenerationParams, seed: int, sampler: str, model: str) -> str:
-    lines = [p.prompt] + ([f"Negative prompt: {p.negative_prompt}"] if p.negative_prompt else [])
-    lines.append(f"Steps: {p.steps}, Sampler: {sampler}, CFG scale: {p.guidance_scale:g}, Seed: {seed}, "
-                 f"Size: {p.width}x{p.height}, Model: {model}")
-    return "\n".join(lines)

@@ -10,19 +10,10 @@ import io
 
 from PIL import Image, PngImagePlugin
 
+from protocol.infotext import infotext
 from protocol.messages import GenerationParams
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-def infotext(params: GenerationParams, seed: int, model: str) -> str:
-    lines = [params.prompt]
-    if params.negative_prompt:
-        lines.append(f"Negative prompt: {params.negative_prompt}")
-    lines.append(
-        f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance_scale:g}, "
-        f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {model}")
-    return "\n".join(lines)
 
 
 def encode_preview(image: Image.Image) -> bytes:
@@ -38,7 +29,7 @@ def encode_image(image: Image.Image, params: GenerationParams, seed: int, model:
     fmt = params.format
     if fmt == "png":
         meta = PngImagePlugin.PngInfo()
-        meta.add_text("parameters", infotext(params, seed, model))
+        meta.add_text("parameters", infotext(params, seed, params.scheduler, model))
         # compress_level 1: the PNG is noise-like for tests and photos alike; level 6 costs
         # ~10x the time for a few percent fewer bytes.
         image.save(buf, format="PNG", pnginfo=meta, compress_level=1)

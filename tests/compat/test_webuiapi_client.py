@@ -66,6 +66,7 @@ def test_the_token_merging_ratio_override_setting_is_applied(api, stack):
     result = api.txt2img(prompt="a cat", seed=1, override_settings={"token_merging_ratio": 0.5}, **SMALL)
     job = requests.get(f"{stack.url}/v1/jobs/{result.info['job_id']}", timeout=5).json()
     assert result.image.size == (64, 64) and job["params"]["token_merging"] == 0.5
+    assert "Token merging ratio: 0.5" in result.info["infotexts"][0]
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
