@@ -142,15 +142,16 @@ def test_deep_cache_runs_shallow_calls_between_full_ones_and_restores_the_unet(t
     assert "forward" not in vars(unet) and DeepCache(unet, 3).supported
 
 
-def test_deep_cache_is_undone_when_a_job_is_cancelled(tiny):
+def test_deep_cache_and_token_merging_are_undone_when_a_job_is_cancelled(tiny):
     from model_server.pipeline import JobCancelledError
     from protocol.messages import StopMode
 
     seen = []
     with pytest.raises(JobCancelledError):
-        tiny.generate(params("balanced", steps=9), 1, lambda *a, **k: seen.append(1),
+        tiny.generate(params("balanced", steps=9, token_merging=0.5), 1, lambda *a, **k: seen.append(1),
                       lambda: StopMode.CANCEL if len(seen) >= 2 else None)
     assert "forward" not in vars(tiny.pipe.unet)
+    assert not any(m.attn1._forward_pre_hooks for m in tiny.pipe.unet.modules() if hasattr(m, "attn1"))
 
 
 def test_token_merging_changes_the_image_a_little_and_leaves_no_hooks_behind(tiny):
