@@ -166,6 +166,7 @@ def main() -> int:
     print(json.dumps({
         "config": args.config if args.config == "seed" else f"ours-{args.preset}" + (
             f"-tome{args.token_merging:g}" if args.token_merging else ""), "preset": args.preset,
+        "token_merging": args.token_merging or 0.0,
         "size": args.size, "steps": args.steps, "unet_evals": len(steps),
         "dtype": opts.get("dtype"), "attention": opts.get("attention"), "threads": opts.get("threads"),
         "optimizations": opts, "load_s": round(load_s, 2),

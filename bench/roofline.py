@@ -106,8 +106,11 @@ def compare(floor: dict, results: Path) -> list[dict]:
             continue
         preset = PRESETS[run["preset"]] if run["config"] != "seed" else PRESETS["quality"]
         per_step = floor[dtype]["s_per_step_guided" if preset.guidance_scale > 1 else "s_per_step_unguided"]
-        # Step caching skips part of the arithmetic, so its steps are not held to the full floor.
-        share = "n/a: cached steps do less work" if preset.deep_cache else f"{round(100 * per_step / run['s_per_step'])}%"
+        # Step caching and token merging skip part of the arithmetic: not held to the full floor.
+        if preset.deep_cache or run.get("token_merging") or "-tome" in run["config"]:
+            share = "n/a: cached steps or merged tokens do less work"
+        else:
+            share = f"{round(100 * per_step / run['s_per_step'])}%"
         rows.append({"config": run["config"], "dtype": dtype, "s_per_step": run["s_per_step"],
                      "floor_s_per_step": per_step, "share_of_floor": share})
     return rows

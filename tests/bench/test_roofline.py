@@ -30,7 +30,9 @@ def test_runs_are_set_against_the_floor_of_their_dtype_and_guidance(tmp_path):
     runs = [{"config": "seed", "preset": "quality", "dtype": "float32", "s_per_step": 8.0},
             {"config": "ours-quality", "preset": "quality", "dtype": "bfloat16", "s_per_step": 4.0},
             {"config": "ours-fast", "preset": "fast", "dtype": "bfloat16", "s_per_step": 2.0},
-            {"config": "ours-balanced", "preset": "balanced", "dtype": "bfloat16", "s_per_step": 1.0}]
+            {"config": "ours-balanced", "preset": "balanced", "dtype": "bfloat16", "s_per_step": 1.0},
+            {"config": "ours-quality-tome0.5", "preset": "quality", "dtype": "bfloat16", "s_per_step": 1.5,
+             "token_merging": 0.5}]
     results = tmp_path / "r.json"
     results.write_text(json.dumps({"runs": runs}))
     floor = {"float32": {"s_per_step_guided": 4.0, "s_per_step_unguided": 2.0},
@@ -40,3 +42,4 @@ def test_runs_are_set_against_the_floor_of_their_dtype_and_guidance(tmp_path):
     assert rows["ours-quality"]["share_of_floor"] == "50%"
     assert rows["ours-fast"]["floor_s_per_step"] == 1.0  # guidance 1: one UNet pass per step
     assert rows["ours-balanced"]["share_of_floor"].startswith("n/a")  # step caching does less work
+    assert rows["ours-quality-tome0.5"]["share_of_floor"].startswith("n/a")  # so does token merging
