@@ -111,7 +111,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--preset", default="quality", help="for 'ours': quality, balanced or fast")
     ap.add_argument("--images", type=int, default=1, help="images in this process (the first is the one timed in detail)")
-    ap.add_argument("--token-merging", type=float, default=None, help="for 'ours': a token_merging share (default: the preset's)")
+    ap.add_argument("--token-merging", type=float, default=None,
+                    help="for 'ours': a token_merging share (default: the preset's)")
     args = ap.parse_args()
 
     import torch

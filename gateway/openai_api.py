@@ -7,8 +7,8 @@ URL, fetchable for RESULT_TTL_SECONDS); ``quality`` -> steps (low 15, standard/m
 default, hd/high 40); ``output_format``/``output_compression`` -> format/quality; ``model``,
 ``style``, ``user``, ``background``, ``moderation`` are accepted and ignored (one model is loaded).
 Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``scheduler``,
-``preset``, ``deep_cache``, ``token_merging``) may be sent through the SDK's ``extra_body``; with a ``preset``, ``quality`` no longer
-sets the steps. Errors use OpenAI's shape so the SDK fills
+``preset``, ``deep_cache``, ``token_merging``) may be sent through the SDK's ``extra_body``; with a
+``preset``, ``quality`` no longer sets the steps. Errors use OpenAI's shape so the SDK fills
 ``e.message``/``e.code``/``e.param``.
 """
 
