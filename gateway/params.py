@@ -16,11 +16,10 @@ from msgspec import Meta
 
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
-from protocol.messages import IMAGE_FORMATS, SCHEDULERS, GenerationParams
+from protocol.messages import IMAGE_FORMATS, MAX_TOKEN_MERGING, SCHEDULERS, GenerationParams
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 MAX_SEED = 2**32 - 1
-MAX_TOKEN_MERGING = 0.75  # a cap: at high ratios most tokens share one output and detail dissolves
 _PATH = re.compile(r"at `\$\.(\w+)")
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

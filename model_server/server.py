@@ -26,8 +26,8 @@ from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.presets import PRESETS
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchPreview,
-                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobState, ModelState, Ping, Pong,
-                               Progress, Rejected, Result, Submit, Watch)
+                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobState, MAX_TOKEN_MERGING,
+                               ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch)
 
 log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
@@ -231,6 +231,8 @@ class ModelServer:
             raise _invalid("steps or n out of range", f"n may be 1 to {self.settings.max_images_per_job}.")
         if not 0 <= p.deep_cache <= 10:
             raise _invalid("deep_cache out of range", "Use 0 (off) to 10.")
+        if not 0 <= p.token_merging <= MAX_TOKEN_MERGING:  # NaN fails this too
+            raise _invalid("token_merging out of range", f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}.")
         if p.format not in ("png", "jpeg", "webp"):
             raise _invalid(f"unknown format {p.format!r}", "Use png, jpeg or webp.")
 

@@ -48,6 +48,8 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+# token_merging above this: most tokens share one output and detail dissolves (both sides refuse it)
+MAX_TOKEN_MERGING = 0.75
 
 
 class _Shape(msgspec.Struct, kw_only=True):

@@ -133,7 +133,8 @@ def test_a_failed_load_is_reported_with_its_hint(start_server):
 
 def test_parameters_the_pipeline_cannot_take_are_refused(start_server):
     _, client = start_server()
-    for bad in (params(scheduler="nonsense"), params(width=65), params(n=99), params(format="gif")):
+    for bad in (params(scheduler="nonsense"), params(width=65), params(n=99), params(format="gif"),
+                params(token_merging=0.9), params(token_merging=float("nan"))):
         with pytest.raises(RemoteError) as info:
             client.submit(bad)
         assert info.value.error.code is ErrorCode.INVALID_PARAMS
