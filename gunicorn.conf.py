@@ -12,7 +12,8 @@ import tempfile
 # Prometheus metrics from every worker are merged through files in this folder (prometheus_client's
 # multiprocess mode). It must be set before prometheus_client is first imported (the mode is
 # chosen at import), and exist, empty, before the workers start.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sd-cpu-metrics-")
 
 # Imported here, in the master at start-up: importing it inside child_exit (a SIGCHLD handler)
@@ -21,8 +22,12 @@ from prometheus_client import multiprocess  # noqa: E402
 
 wsgi_app = "gateway.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "gthread"
+# Rate-limit counters in memory:// are per process, so with the default store one worker keeps the
+# documented limits exact (its threads share them); with a shared store (Redis) use more.
+_SHARED_LIMITS = not os.environ.get("RATE_LIMIT_STORAGE", "memory://").strip().startswith("memory")
+workers = int(os.environ.get("GATEWAY_WORKERS") or ("2" if _SHARED_LIMITS else "1"))
+# gthread with a deadline on reading each request (gateway/worker.py): slow clients cannot pin threads.
+worker_class = "gateway.worker.DeadlineThreadWorker"
 threads = int(os.environ.get("GATEWAY_THREADS", "32"))
 # The worker heartbeat, not a request limit: gthread requests may run far longer.
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
@@ -42,3 +47,8 @@ def on_starting(server):
 
 def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:  # a folder we made for this run: leave nothing behind in the temp dir
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

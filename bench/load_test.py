@@ -36,6 +36,8 @@ class Recorder:
         self.latency = collections.defaultdict(list)
         self.timeouts = 0
         self.job_ids: list[str] = []
+        # DELETE on a finished job deletes it: later requests for it answer 404, as they should.
+        self.deleted: set[str] = set()
 
     def add(self, route: str, status, seconds: float):
         with self.lock:
@@ -65,6 +67,11 @@ def client_loop(url: str, deadline: float, rec: Recorder, rng: random.Random):
             with rec.lock:
                 rec.timeouts += 1
             continue
+        if r.headers.get("X-Deleted") == "true":
+            with rec.lock:
+                rec.deleted.add(known)
+        if r.status_code == 404 and known in rec.deleted:
+            action = "after-delete"  # gone because this run deleted it, not lost
         rec.add(action, r.status_code, time.monotonic() - started)
         if action == "submit" and r.status_code == 202:
             with rec.lock:
@@ -72,12 +79,16 @@ def client_loop(url: str, deadline: float, rec: Recorder, rng: random.Random):
         time.sleep(rng.uniform(0, 0.05))
 
 
-def settle(url: str, job_ids: list[str], limit_s: float) -> list[str]:
-    """Cancel what is left, then wait for every accepted job to reach a final state."""
-    for job_id in job_ids:
-        requests.delete(f"{url}/v1/jobs/{job_id}", timeout=10)
+def settle(url: str, job_ids: list[str], limit_s: float, deleted: set[str] = frozenset()) -> list[str]:
+    """Cancel what is left, then wait for every accepted job to reach a final state.
+
+    A finished job that DELETE removed (this run's own doing) has reached its final state."""
+    gone = set(deleted)
+    for job_id in set(job_ids) - gone:
+        if requests.delete(f"{url}/v1/jobs/{job_id}", timeout=10).headers.get("X-Deleted") == "true":
+            gone.add(job_id)
     deadline = time.monotonic() + limit_s
-    pending = set(job_ids)
+    pending = set(job_ids) - gone
     while pending and time.monotonic() < deadline:
         for job_id in list(pending):
             r = requests.get(f"{url}/v1/jobs/{job_id}", timeout=10)
@@ -101,11 +112,12 @@ def run(url: str, clients: int, seconds: float, seed: int = 1) -> dict:
         t.start()
     for t in threads:
         t.join(seconds + 60)
-    lost = settle(url, rec.job_ids, 120)
+    lost = settle(url, rec.job_ids, 120, rec.deleted)
     latency = {route: {"n": len(v), "p50_ms": round(statistics.median(v) * 1000, 1),
                        "p99_ms": round(percentile(v, 99) * 1000, 1), "max_ms": round(max(v) * 1000, 1)}
                for route, v in rec.latency.items()}
-    unexpected = {k: n for k, n in rec.statuses.items() if int(k.split()[1]) not in ALLOWED}
+    unexpected = {k: n for k, n in rec.statuses.items()
+                  if int(k.split()[1]) not in ALLOWED and not k.startswith("after-delete 404")}
     return {"clients": clients, "seconds": seconds, "requests": sum(rec.statuses.values()),
             "statuses": dict(sorted(rec.statuses.items())), "unexpected_statuses": unexpected,
             "timeouts": rec.timeouts, "jobs_accepted": len(rec.job_ids), "jobs_lost": lost, "latency": latency}

@@ -12,6 +12,7 @@ import uuid
 
 from flask import Flask, g, request
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import auth
 from gateway.errors import register_error_handlers
@@ -28,6 +29,11 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
     settings = settings or GatewaySettings.from_env()
     client = model_client or ModelClient(settings.model_server, timeout=settings.model_server_timeout)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
+    if settings.trusted_proxies:
+        # Behind N reverse proxies (compose's nginx), the client is the address they forwarded:
+        # rate limits and, without keys, job ownership follow the real client, not the proxy.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
+                                x_host=settings.trusted_proxies)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["sd"] = Services(settings, client)
@@ -44,6 +50,9 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
     @app.after_request
     def _echo_request_id(response):
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        if settings.cors_origins:
+            # Answers differ by Origin (CORS headers or none): caches must key on it, on every response.
+            response.vary.add("Origin")
         return response
 
     from gateway import (a1111_api, health, jobs_api, metrics, native, openai_api, openapi, presets_api,

@@ -1,8 +1,9 @@
 """The AUTOMATIC1111 API subset under ``/sdapi/v1`` (webuiapi, SillyTavern, bots, scripts).
 
 txt2img blocks like A1111's and returns base64 PNGs with ``info`` as a JSON *string* carrying the
-real seeds. ``interrupt``/``skip`` act on whatever job is running (A1111 has one global job):
-the waiting txt2img still answers 200 with what was made. Validation errors are FastAPI-style
+real seeds. A1111 has one global job; here ``progress``, ``interrupt`` and ``skip`` concern the
+caller's own job only (an admin key: any), and the waiting txt2img still answers 200 with what
+was made. Validation errors are FastAPI-style
 422 ``{"detail": [...]}``; other errors A1111's ``{"error", "detail", "body", "errors"}``.
 """
 
@@ -14,15 +15,19 @@ import time
 from pathlib import PurePath
 
 import msgspec
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
+from gateway.auth import owner
 from gateway.errors import FAMILY_RENDERERS, ApiError
+from gateway.json_body import convert, decode_object
 from gateway.model_client import RemoteError
+from gateway.policy import starts_work
 from gateway.services import services
 from gateway.waiting import generate_sync
+from protocol.contract import field_of
 from protocol.infotext import infotext
-from protocol.messages import StopMode
+from protocol.messages import JobState, StopMode
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
@@ -56,16 +61,19 @@ def _a1111_error(err: ApiError):
 FAMILY_RENDERERS[bp.name] = _a1111_error
 
 
+_EXAMPLE = 'Send an A1111 txt2img JSON object such as {"prompt": "a cat", "steps": 20}.'
+
+
 def _decode() -> tuple[Txt2ImgRequest, dict]:
+    raw = decode_object(request.get_data(cache=False), _EXAMPLE, empty_ok=True)
     try:
-        raw = msgspec.json.decode(request.get_data(cache=False) or b"{}")
-        return msgspec.convert(raw, Txt2ImgRequest), raw
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", "Send an A1111 txt2img JSON object.") from None
+        return convert(raw, Txt2ImgRequest), raw
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", _EXAMPLE,
+                       field=field_of(str(exc))) from None
 
 
-@bp.post("/txt2img")
-def txt2img():
+def _parse():
     sv = services()
     r, raw = _decode()
     scheduler, sampler = resolve_sampler(r.sampler_name or r.sampler_index, r.scheduler)
@@ -82,8 +90,15 @@ def txt2img():
         fields["preset"] = "fast"
     if (r.override_settings or {}).get("token_merging_ratio") is not None:
         fields["token_merging"] = r.override_settings["token_merging_ratio"]
-    params = sv.validator.parse_object(fields)
-    done, images = generate_sync(sv, params, g.request_id)
+    return r, raw, sampler, sv.validator.parse_object(fields)
+
+
+@bp.post("/txt2img")
+@starts_work(_parse)
+def txt2img(parsed):
+    sv = services()
+    r, raw, sampler, params = parsed
+    done, images = generate_sync(sv, params)
     seeds = [info.seed for info, _ in images]
     model = sv.client.ping(timeout=2.0).model
     info = {
@@ -105,20 +120,18 @@ def txt2img():
 
 @bp.get("/progress")
 def progress():
+    """The caller's own running job, else its first queued one, else idle (never another's)."""
     sv = services()
-    pong = sv.client.ping(timeout=2.0)
+    mine = sv.client.unfinished_jobs(owner())
     idle = {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
-            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": pong.queue_depth,
+            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": len(mine),
                       "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
-    if pong.running_job is None:
+    if not mine:
         return jsonify(idle)
-    try:
-        job = sv.client.get_job(pong.running_job)
-    except RemoteError:
-        return jsonify(idle)  # finished between the two calls
+    job = mine[0]  # the running one comes first
     p, n = job.progress, job.params.n
     done_steps = (p.image_index * job.params.steps + p.step) if p else 0
-    idle["state"].update(job=job.job_id, job_count=pong.queue_depth + 1, job_no=p.image_index if p else 0,
+    idle["state"].update(job=job.job_id, job_no=p.image_index if p else 0,
                          sampling_step=p.step if p else 0, sampling_steps=job.params.steps,
                          interrupted=job.interrupted, job_timestamp=time.strftime(
                              "%Y%m%d%H%M%S", time.localtime(job.created_at)))
@@ -131,17 +144,18 @@ def progress():
 
 def _preview_b64(sv, job_id: str) -> str | None:
     try:
-        return base64.b64encode(sv.client.fetch_preview(job_id)[1]).decode("ascii")
+        return base64.b64encode(sv.client.fetch_preview(job_id, owner())[1]).decode("ascii")
     except RemoteError:
         return None
 
 
 def _stop_running(mode: StopMode):
+    """A1111 has one global job; here each client stops only its own running job."""
     sv = services()
-    running = sv.client.ping(timeout=2.0).running_job
-    if running:
+    running = [job for job in sv.client.unfinished_jobs(owner()) if job.state is JobState.RUNNING]
+    for job in running:
         try:
-            sv.client.cancel(running, mode)
+            sv.client.cancel(job.job_id, mode, owner())
         except RemoteError:
             pass  # it finished meanwhile: nothing to stop, as in A1111
     return jsonify({})
@@ -178,7 +192,8 @@ def schedulers():
 @bp.route("/options", methods=["GET", "POST"])
 def options():
     if request.method == "POST":
-        return jsonify(None)  # accepted and ignored: one model, fixed settings
+        decode_object(request.get_data(cache=False), "Send a JSON object of A1111 options.")
+        return jsonify(None)  # a valid object is accepted and ignored: one model, fixed settings
     sv = services()
     model = sv.client.ping(timeout=2.0).model
     return jsonify(sd_model_checkpoint=model, sd_checkpoint_hash=None, samples_format="png")

@@ -5,7 +5,9 @@ the key as password (AUTOMATIC1111-style clients such as webuiapi), ``X-API-Key`
 Off when no key is configured. Keys come from API_KEYS and/or API_KEYS_FILE and are compared in
 constant time. ``/health/live`` and the page's static files are always public; health and
 metrics are public only with AUTH_PUBLIC_HEALTH=true. The caller's identity (a key fingerprint
-or the client address) is ``g.client_id``, used by rate limits and per-client queue caps.
+or the client address) is ``g.client_id``, used by rate limits and per-client queue caps, and it
+owns the jobs it submits: every job route answers 404 for another client's job, as for an unknown
+id. ADMIN_API_KEYS are keys that may also see and cancel every job (operators).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def client_id() -> str:
     return g.get("client_id") or "ip:" + (request.remote_addr or "")
 
 
+def owner() -> str:
+    """Whose jobs the caller may see and stop: its own, or every one ("") with an admin key."""
+    return "" if g.get("admin") else client_id()
+
+
 def fingerprint(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -64,7 +71,8 @@ class ApiKeys:
 
 
 def install(app: Flask, settings: GatewaySettings) -> None:
-    keys = ApiKeys(settings.api_keys)
+    keys = ApiKeys(settings.api_keys + settings.admin_api_keys)
+    admins = ApiKeys(settings.admin_api_keys)
     public = ALWAYS_PUBLIC | (HEALTH if settings.auth_public_health else set())
 
     @app.before_request
@@ -73,6 +81,7 @@ def install(app: Flask, settings: GatewaySettings) -> None:
         valid = keys.enabled and bool(key) and keys.valid(key)
         if valid:
             g.client_id = fingerprint(key)  # otherwise client_id() falls back to the address
+            g.admin = admins.enabled and admins.valid(key)
         if not keys.enabled or valid or request.endpoint in public or request.method == "OPTIONS":
             return None
         realm = 'Basic realm="sd-cpu"' if request.path.startswith("/sdapi/") else 'Bearer realm="sd-cpu"'

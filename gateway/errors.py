@@ -98,7 +98,9 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError.from_info(exc.error)
     if isinstance(exc, HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return ApiError(exc.code or 500, code, exc.description or exc.name, _HTTP_HINTS.get(exc.code, ""))
+        allowed = getattr(exc, "valid_methods", None)  # a 405 says which methods would do (RFC 9110)
+        return ApiError(exc.code or 500, code, exc.description or exc.name, _HTTP_HINTS.get(exc.code, ""),
+                        headers={"Allow": ", ".join(sorted(allowed))} if allowed else None)
     raise TypeError(f"not an API error: {exc!r}")
 
 

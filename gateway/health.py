@@ -30,7 +30,8 @@ def ready():
     if pong.model_state is not ModelState.READY:
         hint = pong.error.hint if pong.error else "Retry in a few seconds."
         raise ApiError(503, "not_ready", f"the model is {pong.model_state.value}", hint,
-                       retry_after=5.0 if pong.model_state is ModelState.LOADING else None)
+                       # Loading and stopping pass (a restart follows a stop); a failed load needs an operator.
+                       retry_after=None if pong.model_state is ModelState.FAILED else 5.0)
     return jsonify(status="ready", model=pong.model)
 
 
@@ -51,7 +52,8 @@ def health():
         "model": pong.model,
         "optimizations": pong.optimizations,
         "model_state": pong.model_state.value,
-        "queue": {"depth": pong.queue_depth, "capacity": pong.queue_capacity, "running_job": pong.running_job},
+        "queue": {"depth": pong.queue_depth, "capacity": pong.queue_capacity,
+                  "running": pong.running_job is not None},  # a count, never whose job
         "memory": {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes},
         "load_seconds": pong.load_seconds,
         "uptime_seconds": pong.uptime_seconds,

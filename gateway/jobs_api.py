@@ -10,9 +10,11 @@ from flask import Blueprint, Response, g, request, stream_with_context
 
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
-from gateway.auth import client_id
+from gateway.auth import owner
+from gateway.policy import starts_work
 from gateway.resources import job_resource, to_json
 from gateway.services import services
+from gateway.waiting import start_job
 from protocol.messages import JobState
 
 bp = Blueprint("jobs", __name__)
@@ -30,22 +32,31 @@ def _checked(job_id: str) -> str:
     return job_id
 
 
+def _parse():
+    return services().validator.parse_json(request.get_data(cache=False))
+
+
 @bp.post("/v1/jobs")
-def submit_job():
-    sv = services()
-    params = sv.validator.parse_json(request.get_data(cache=False))
-    view = sv.client.submit(params, client_id=client_id(), request_id=g.request_id)
+@starts_work(_parse)
+def submit_job(params):
+    view = start_job(services(), params)
     return _json(job_resource(view), 202, {"Location": f"/v1/jobs/{view.job_id}"})
 
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    return _json(job_resource(services().client.get_job(_checked(job_id))))
+    return _json(job_resource(services().client.get_job(_checked(job_id), owner())))
 
 
 @bp.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str):
-    view = services().client.cancel(_checked(job_id))
+    """Cancel an unfinished job; delete a finished one's images and record."""
+    client = services().client
+    view = client.get_job(_checked(job_id), owner())
+    if view.state.terminal:
+        view = client.delete(job_id, owner())
+        return _json(job_resource(view), 200, {"X-Deleted": "true"})
+    view = client.cancel(job_id, client_id=owner())
     # 202 while a running job is still on its way to the next step boundary.
     return _json(job_resource(view), 200 if view.state.terminal else 202)
 
@@ -56,7 +67,7 @@ def job_image(job_id: str):
     index = request.args.get("index", "0")
     if not index.isdigit():
         raise ApiError(400, "invalid_params", "index must be a whole number", "Use ?index=0 for the first image.")
-    view = sv.client.get_job(_checked(job_id))
+    view = sv.client.get_job(_checked(job_id), owner())
     if view.state is not JobState.SUCCEEDED:
         if view.state.terminal:
             raise ApiError(409, "job_" + view.state.value, f"job {job_id} {view.state.value}; it has no image",
@@ -64,14 +75,14 @@ def job_image(job_id: str):
         eta = view.progress.eta_seconds if view.progress else None
         raise ApiError(409, "not_finished", f"job {job_id} is {view.state.value}; the image is not ready yet",
                        "Wait for the 'completed' event on /events, or poll the job.", retry_after=eta or 2.0)
-    info, data = sv.client.fetch(job_id, int(index))
+    info, data = sv.client.fetch(job_id, int(index), owner())
     return Response(data, mimetype=info.media_type, headers={"X-Seed": str(info.seed), "X-Job-Id": job_id,
                                                             "Cache-Control": "private, max-age=3600"})
 
 
 @bp.get("/v1/jobs/<job_id>/preview")
 def job_preview(job_id: str):
-    info, data = services().client.fetch_preview(_checked(job_id))
+    info, data = services().client.fetch_preview(_checked(job_id), owner())
     return Response(data, mimetype=info.media_type, headers={"Cache-Control": "no-store"})
 
 
@@ -84,14 +95,15 @@ def _sse(event: str, data: bytes | str) -> str:
 @bp.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str):
     sv = services()
-    sv.client.get_job(_checked(job_id))  # unknown or expired ids get a plain 404/410, not a stream
+    who = owner()
+    sv.client.get_job(_checked(job_id), who)  # unknown, foreign or expired ids get a plain 404/410, not a stream
     keepalive = sv.settings.sse_keepalive_seconds
 
     def stream():
         yield "retry: 2000\n\n"
         last_key, last_sent = None, time.monotonic()
         try:
-            for event in sv.client.watch(job_id):
+            for event in sv.client.watch(job_id, who):
                 view = event.job
                 p = view.progress
                 key = (view.state, p.step if p else 0, p.image_index if p else 0, view.queue_position,

@@ -95,4 +95,5 @@ def metrics():
         body = generate_latest(REGISTRY)
     scrape = CollectorRegistry()
     scrape.register(ModelServerCollector(services().client))
-    return Response(body + generate_latest(scrape), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST carries its charset, which mimetype would repeat.
+    return Response(body + generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)

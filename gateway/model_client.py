@@ -20,8 +20,8 @@ import zmq
 
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (TERMINAL_EVENTS, Cancel, ErrorInfo, FetchPreview, FetchResult, GenerationParams, GetJob,
-                               ImageInfo, JobView, Ping, Pong, Rejected, StopMode, Submit, Watch)
+from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, FetchPreview, FetchResult, GenerationParams,
+                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, StopMode, Submit, Watch)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ class ModelClient:
         return self._receive(self._send(body), timeout)
 
     # --- the protocol's requests ---------------------------------------------------------
+    # ``client_id`` on a job request is who acts: the model server answers "not found" for
+    # another client's job. "" (an admin key) may act on every job.
 
     def ping(self, timeout: float | None = None) -> Pong:
         return self.call(Ping(), timeout)[0]
@@ -134,28 +136,35 @@ class ModelClient:
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> JobView:
         return self.call(Submit(params=params, client_id=client_id, request_id=request_id))[0].job
 
-    def get_job(self, job_id: str) -> JobView:
-        return self.call(GetJob(job_id=job_id))[0].job
+    def get_job(self, job_id: str, client_id: str = "") -> JobView:
+        return self.call(GetJob(job_id=job_id, client_id=client_id))[0].job
 
-    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL) -> JobView:
-        return self.call(Cancel(job_id=job_id, mode=mode))[0].job
+    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL, client_id: str = "") -> JobView:
+        return self.call(Cancel(job_id=job_id, mode=mode, client_id=client_id))[0].job
 
-    def fetch(self, job_id: str, index: int = 0) -> tuple[ImageInfo, bytes]:
-        reply, blobs = self.call(FetchResult(job_id=job_id, index=index))
+    def delete(self, job_id: str, client_id: str = "") -> JobView:
+        return self.call(Delete(job_id=job_id, client_id=client_id))[0].job
+
+    def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
+        """The client's running job, then its queued ones in order."""
+        return self.call(ListJobs(client_id=client_id))[0].jobs
+
+    def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:
+        reply, blobs = self.call(FetchResult(job_id=job_id, index=index, client_id=client_id))
         return reply.image, blobs[0]
 
-    def fetch_preview(self, job_id: str) -> tuple[ImageInfo, bytes]:
-        reply, blobs = self.call(FetchPreview(job_id=job_id))
+    def fetch_preview(self, job_id: str, client_id: str = "") -> tuple[ImageInfo, bytes]:
+        reply, blobs = self.call(FetchPreview(job_id=job_id, client_id=client_id))
         return reply.image, blobs[0]
 
-    def watch(self, job_id: str) -> Iterator:
+    def watch(self, job_id: str, client_id: str = "") -> Iterator:
         """Yield Progress events, then the terminal one (Completed, Failed or Cancelled).
 
         Each event must arrive within the timeout (the server sends one at least every
         heartbeat). Closing the iterator early drops the socket so the rest of the stream
         cannot leak into the next request on this thread.
         """
-        ref = self._send(Watch(job_id=job_id))
+        ref = self._send(Watch(job_id=job_id, client_id=client_id))
         finished = False
         try:
             while True:

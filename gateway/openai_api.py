@@ -19,13 +19,17 @@ import re
 import time
 
 import msgspec
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from gateway.errors import FAMILY_RENDERERS, ApiError
+from gateway.json_body import convert, decode_object
+from gateway.policy import starts_work
 from gateway.services import services
 from gateway.waiting import generate_sync
+from protocol.contract import field_of
 
 bp = Blueprint("openai", __name__)
+_EXAMPLE = 'Send JSON such as {"prompt": "a cat", "size": "512x512"}.'
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
 _PASSTHROUGH = ("seed", "steps", "negative_prompt", "guidance_scale", "scheduler", "preset", "deep_cache",
@@ -82,15 +86,14 @@ def _to_fields(r: ImagesRequest, raw: dict) -> dict:
     return fields
 
 
-@bp.post("/v1/images/generations")
-def generations():
+def _parse():
     sv = services()
+    raw = decode_object(request.get_data(cache=False), _EXAMPLE)
     try:
-        raw = msgspec.json.decode(request.get_data(cache=False) or b"null")
-        r = msgspec.convert(raw, ImagesRequest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "invalid_request", f"invalid request body: {exc}",
-                       'Send JSON such as {"prompt": "a cat", "size": "512x512"}.') from None
+        r = convert(raw, ImagesRequest)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_request", f"invalid request body: {exc}", _EXAMPLE,
+                       field=field_of(str(exc))) from None
     response_format = r.response_format or "b64_json"
     if response_format not in ("b64_json", "url"):
         raise ApiError(400, "invalid_response_format", f"response_format must be b64_json or url, got "
@@ -101,7 +104,15 @@ def generations():
         if exc.field in ("width", "height"):
             exc.field = "size"
         raise
-    done, images = generate_sync(sv, params, g.request_id)
+    return params, response_format
+
+
+@bp.post("/v1/images/generations")
+@starts_work(_parse)
+def generations(parsed):
+    sv = services()
+    params, response_format = parsed
+    done, images = generate_sync(sv, params)
     base = (sv.settings.public_url or request.host_url).rstrip("/")
     data = []
     for info, blob in images:

@@ -28,7 +28,8 @@ def _json_content(name: str) -> dict:
 
 def _errors(*statuses: int) -> dict:
     descriptions = {400: "Invalid input", 404: "Unknown job", 409: "Job not in the needed state",
-                    410: "Job expired", 413: "Body too large", 429: "Queue full (see Retry-After)",
+                    410: "Job expired", 413: "Body too large",
+                    429: "Rate limited, or the queue is full (see Retry-After)",
                     500: "Generation failed", 503: "Model server unavailable or loading (see Retry-After)",
                     504: "Timed out waiting for the image"}
     return {str(s): {"description": descriptions[s], "content": _json_content("ErrorBody")} for s in statuses}
@@ -39,11 +40,14 @@ _IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}},
           "image/webp": {"schema": {"type": "string", "format": "binary"}}}
 _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
+_ANY_JSON_ARRAY = {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}
 
 
 def _compat_paths() -> dict:
-    def get(summary: str) -> dict:
-        return {"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": _ANY_JSON}}}}
+    def get(summary: str, content: dict = _ANY_JSON) -> dict:
+        return {"get": {"summary": summary, "responses": {
+            "200": {"description": "OK", "content": content},
+            "429": {"description": "Rate limited (see Retry-After)", "content": _ANY_JSON}}}}
 
     def post(summary: str, schema: str | None = None, errors=(422, 429, 503)) -> dict:
         op = {"summary": summary, "responses": {
@@ -61,13 +65,15 @@ def _compat_paths() -> dict:
         f"{a1111}/txt2img": post("AUTOMATIC1111 txt2img (blocking; base64 PNGs, info JSON string)",
                                  "Txt2ImgRequest", (404, 422, 429, 500, 503)),
         f"{a1111}/progress": get("AUTOMATIC1111: progress of the running job"),
-        f"{a1111}/interrupt": post("AUTOMATIC1111: stop the running job, keep what it made", errors=(503,)),
-        f"{a1111}/skip": post("AUTOMATIC1111: end the running job's current image", errors=(503,)),
-        f"{a1111}/sd-models": get("AUTOMATIC1111: models"),
-        f"{a1111}/samplers": get("AUTOMATIC1111: samplers"),
-        f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers"),
+        f"{a1111}/interrupt": post("AUTOMATIC1111: stop the caller's running job, keep what it made",
+                                   errors=(429, 503)),
+        f"{a1111}/skip": post("AUTOMATIC1111: end the caller's running job's current image", errors=(429, 503)),
+        f"{a1111}/sd-models": get("AUTOMATIC1111: models", _ANY_JSON_ARRAY),
+        f"{a1111}/samplers": get("AUTOMATIC1111: samplers", _ANY_JSON_ARRAY),
+        f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers", _ANY_JSON_ARRAY),
         f"{a1111}/options": {**get("AUTOMATIC1111: options"),
-                             **post("AUTOMATIC1111: set options (accepted, ignored)", errors=())},
+                             **post("AUTOMATIC1111: set options (a JSON object, accepted and ignored)",
+                                    errors=(422, 429))},
         f"{a1111}/scripts": get("AUTOMATIC1111: scripts (none)"),
     }
 
@@ -88,20 +94,21 @@ def build_spec(request_type: type) -> dict:
         "/v1/jobs/{job_id}": {
             "parameters": _JOB_ID,
             "get": {"summary": "A job's state, progress, ETA, queue position and error",
-                    "responses": {"200": {"description": "The job", **job_ok}, **_errors(404, 410, 503)}},
-            "delete": {"summary": "Cancel this job (queued: at once; running: at the next step)",
-                       "responses": {"200": {"description": "Finished or cancelled", **job_ok},
+                    "responses": {"200": {"description": "The job", **job_ok}, **_errors(404, 410, 429, 503)}},
+            "delete": {"summary": "Cancel this job (queued: at once; running: at the next step); a finished "
+                                  "job is deleted with its images (X-Deleted: true)",
+                       "responses": {"200": {"description": "Cancelled, or deleted", **job_ok},
                                      "202": {"description": "Cancellation requested", **job_ok},
-                                     **_errors(404, 410, 503)}}},
+                                     **_errors(404, 410, 429, 503)}}},
         "/v1/jobs/{job_id}/events": {"parameters": _JOB_ID, "get": {
             "summary": "Server-Sent Events: 'progress' events, then 'completed', 'failed' or 'cancelled'",
             "responses": {"200": {"description": "An event stream; each data is a JobResource",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(404, 410, 503)}}},
+                          **_errors(404, 410, 429, 503)}}},
         "/v1/jobs/{job_id}/image": {"parameters": _JOB_ID + [
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "get": {"summary": "A finished job's image", "responses": {
-                "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 503)}}},
+                "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 429, 503)}}},
         "/v1/presets": {"get": {
             "summary": "Speed/quality presets: their steps, guidance and sampler, and which this server can run",
             "responses": {"200": {"description": "The default preset and the list", "content": _ANY_JSON}}}},
@@ -109,7 +116,7 @@ def build_spec(request_type: type) -> dict:
         "/v1/jobs/{job_id}/preview": {"parameters": _JOB_ID, "get": {
             "summary": "The latest low-res preview of a running job that asked for one (preview: true)",
             "responses": {"200": {"description": "A small JPEG", "content": {"image/jpeg": {}}},
-                          **_errors(404, 503)}}},
+                          **_errors(404, 429, 503)}}},
         "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory",
                             "responses": {"200": {"description": "Healthy or loading", "content": _ANY_JSON},
                                           "503": {"description": "Model server down or failed", "content": _ANY_JSON}}}},

@@ -1,7 +1,9 @@
 """Rate limits (Flask-Limiter), per API key or client address, in two route classes.
 
-``generate`` covers the routes that start work (/generate, POST /v1/jobs, OpenAI and A1111
-generation); ``read`` covers status, events, images and models. Health, metrics and the page's static files
+``generate`` covers the routes that start work (views marked ``policy.starts_work``: /generate,
+POST /v1/jobs, OpenAI and A1111 generation), charged only once the request has been validated:
+a malformed request gets its 400 and spends none of it (validation costs no model time).
+``read`` covers every other route. Health, metrics and the page's static files
 are never limited, so probes keep working whatever the store does. Counters live in RATE_LIMIT_STORAGE: Redis
 (``redis://host:6379/0``) shares them across gunicorn workers and gateway replicas; the
 default ``memory://`` is per process, fine for a single-worker local run. If the store is down,
@@ -15,16 +17,18 @@ import logging
 import math
 import time
 
-from flask import Flask
+import functools
+
+from flask import Flask, g
 from flask_limiter import HeaderNames, Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from gateway.auth import client_id
 from gateway.errors import ApiError, render
+from gateway.policy import parse_first
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-GENERATE = {"native.generate", "jobs.submit_job", "openai.generations", "a1111.txt2img"}
 # Probes and scrapes must keep working when the limit store is down (and they are cheap).
 NEVER_LIMITED = {"health.live", "health.ready", "health.health", "metrics.metrics", "static", "web.index"}
 
@@ -56,8 +60,10 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
     generate = limiter.shared_limit(settings.rate_limit_generate, scope="generate")
     read = limiter.shared_limit(settings.rate_limit_read, scope="read")
     for endpoint, view in list(app.view_functions.items()):
-        if endpoint not in NEVER_LIMITED:
-            app.view_functions[endpoint] = (generate if endpoint in GENERATE else read)(view)
+        if endpoint in NEVER_LIMITED:
+            continue
+        parse = parse_first(view)
+        app.view_functions[endpoint] = read(view) if parse is None else _validated_first(parse, generate(view))
 
     @app.errorhandler(RateLimitExceeded)
     def _limited(exc: RateLimitExceeded):
@@ -78,6 +84,16 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
         except ImportError:
             pass
     return limiter
+
+
+def _validated_first(parse, limited_view):
+    """Validate (a 400 costs no budget), then charge the generation limit, then run the view."""
+    @functools.wraps(limited_view)
+    def run(**kwargs):
+        g.parsed = parse()
+        return limited_view(**kwargs)
+
+    return run
 
 
 def _store_error(exc: Exception):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from protocol.presets import PRESETS
+from protocol.contract import Limits
+from protocol.transport import default_address
 
 
 def _int(env, name, default):
@@ -24,9 +25,9 @@ def _bool(env, name, default):
     raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
-def _keys(env) -> tuple[str, ...]:
-    keys = [k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()]
-    path = env.get("API_KEYS_FILE", "").strip()
+def _keys(env, prefix: str = "") -> tuple[str, ...]:
+    keys = [k.strip() for k in env.get(f"{prefix}API_KEYS", "").split(",") if k.strip()]
+    path = env.get(f"{prefix}API_KEYS_FILE", "").strip()
     if path:
         with open(path, encoding="utf-8") as f:
             keys += [line.strip() for line in f if line.strip() and not line.startswith("#")]
@@ -40,7 +41,7 @@ def _float(env, name, default):
 
 @dataclasses.dataclass(frozen=True)
 class GatewaySettings:
-    model_server: str = "tcp://127.0.0.1:5555"
+    model_server: str = dataclasses.field(default_factory=default_address)  # as the model server's default bind
     # A reply or heartbeat must arrive within this; the model server beats every second.
     model_server_timeout: float = 5.0
     # Longest a synchronous request (/generate) waits for its image before giving up.
@@ -60,6 +61,11 @@ class GatewaySettings:
     # Base of absolute URLs handed out (OpenAI response_format=url); default: the request's host.
     public_url: str = ""
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # empty: no auth
+    # Keys that may also see and cancel every client's jobs (operators); valid keys in their own right.
+    admin_api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    # Reverse proxies in front of the gateway whose X-Forwarded-For is believed (compose's nginx: 1).
+    # 0: the client is the connection's address. Used for rate limits and job ownership without keys.
+    trusted_proxies: int = 0
     auth_public_health: bool = False  # with keys set, /health, /health/ready and /metrics need one too
     rate_limit_enabled: bool = True
     rate_limit_storage: str = "memory://"  # redis://host:6379/0 to share limits across workers
@@ -73,7 +79,7 @@ class GatewaySettings:
         d = cls()
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
         settings = cls(
-            model_server=env.get("MODEL_SERVER_ADDRESS", d.model_server),
+            model_server=env.get("MODEL_SERVER_ADDRESS", "").strip() or default_address(env),
             model_server_timeout=_float(env, "MODEL_SERVER_TIMEOUT", d.model_server_timeout),
             sync_timeout=_float(env, "SYNC_TIMEOUT_SECONDS", d.sync_timeout),
             max_prompt_length=_int(env, "MAX_PROMPT_LENGTH", d.max_prompt_length),
@@ -89,6 +95,8 @@ class GatewaySettings:
             sse_keepalive_seconds=_float(env, "SSE_KEEPALIVE_SECONDS", d.sse_keepalive_seconds),
             public_url=env.get("PUBLIC_URL", d.public_url).strip(),
             api_keys=_keys(env),
+            admin_api_keys=_keys(env, "ADMIN_"),
+            trusted_proxies=_int(env, "TRUSTED_PROXIES", d.trusted_proxies),
             auth_public_health=_bool(env, "AUTH_PUBLIC_HEALTH", d.auth_public_health),
             rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", d.rate_limit_enabled),
             rate_limit_storage=env.get("RATE_LIMIT_STORAGE", d.rate_limit_storage).strip() or d.rate_limit_storage,
@@ -98,11 +106,15 @@ class GatewaySettings:
         )
         if settings.rate_limit_on_store_error not in ("memory", "open", "closed"):
             raise ValueError("RATE_LIMIT_ON_STORE_ERROR must be memory, open or closed")
-        if settings.default_preset not in PRESETS:
-            raise ValueError(f"DEFAULT_PRESET must be one of {', '.join(PRESETS)}, got {settings.default_preset!r}")
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")
-        if settings.default_size % 8 or not settings.min_size <= settings.default_size <= min(
-                settings.max_width, settings.max_height):
-            raise ValueError("DEFAULT_SIZE must be a multiple of 8 within MAX_WIDTH/MAX_HEIGHT")
+        settings.limits  # noqa: B018  (validates the bounds against the protocol's)
         return settings
+
+    @property
+    def limits(self) -> Limits:
+        """The request bounds, as the model server reads them from the same variables."""
+        return Limits(max_prompt_length=self.max_prompt_length, max_steps=self.max_steps, min_size=self.min_size,
+                      max_width=self.max_width, max_height=self.max_height, max_images=self.max_images,
+                      default_steps=self.default_steps, default_size=self.default_size,
+                      default_preset=self.default_preset)

@@ -13,7 +13,7 @@ import select
 import socket
 import time
 
-from flask import request
+from flask import g, request
 
 from gateway.auth import client_id
 from gateway.errors import ApiError
@@ -49,27 +49,33 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
     """Block until the job is terminal; return its view or raise an ApiError for failures."""
     deadline = time.monotonic() + timeout
     environ = request.environ
-    for event in client.watch(job_id):
+    who = client_id()  # the submitter: its own job, whatever key role it has
+    for event in client.watch(job_id, who):
         if isinstance(event, Completed):
             return event.job
-        if isinstance(event, Cancelled):
+        if isinstance(event, Cancelled) and not (event.job.error and event.job.error.retryable):
             raise ApiError(409, "cancelled", "the job was cancelled before it finished",
                            "Someone cancelled it (DELETE /v1/jobs/<id>); submit it again if needed.")
-        if event.job.state.terminal:  # Failed
+        if event.job.state.terminal:  # failed, or stopped by a shutdown (retryable)
             raise ApiError.from_info(event.job.error)
         if client_disconnected(environ):
             log.info("client went away; cancelling job %s", job_id)
-            client.cancel(job_id)
+            client.cancel(job_id, client_id=who)
             raise ClientGone()
         if time.monotonic() > deadline:
-            client.cancel(job_id)
+            client.cancel(job_id, client_id=who)
             raise ApiError(504, "timeout", f"the image was not ready within {timeout:g} s; the job was cancelled",
                            "Use fewer steps or a smaller size, or use the job API (POST /v1/jobs) for long work.")
     raise ApiError(503, "model_server_lost", "the job's event stream ended early", "Retry shortly.", 5.0)
 
 
-def generate_sync(sv, params: GenerationParams, request_id: str) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
+def start_job(sv, params: GenerationParams) -> JobView:
+    """Submit a job for the caller, who owns it from now on."""
+    return sv.client.submit(params, client_id=client_id(), request_id=g.request_id)
+
+
+def generate_sync(sv, params: GenerationParams) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
     """Submit, wait, fetch every image: the whole life of a synchronous request."""
-    job = sv.client.submit(params, client_id=client_id(), request_id=request_id)
+    job = start_job(sv, params)
     done = wait_for_job(sv.client, job.job_id, sv.settings.sync_timeout)
-    return done, [sv.client.fetch(done.job_id, info.index) for info in done.images]
+    return done, [sv.client.fetch(done.job_id, info.index, client_id()) for info in done.images]

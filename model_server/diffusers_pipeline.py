@@ -29,7 +29,8 @@ from model_server import preset_parts
 from model_server.deepcache import DeepCache
 from model_server.layout import to_channels_last
 from model_server.residency import MappedWeights
-from model_server.pipeline import SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, preset_unavailable
+from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
+                                   preset_unavailable)
 from model_server.settings import ModelServerSettings
 from model_server.token_merging import TokenMerging
 from protocol.errors import ErrorCode
@@ -258,6 +259,9 @@ class DiffusersPipeline:
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
+
+    def max_steps(self, scheduler: str) -> int:
+        return max_steps(scheduler)
 
     def unavailable_presets(self) -> dict[str, str]:
         if not self._lcm_missing:

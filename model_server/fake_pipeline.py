@@ -13,7 +13,7 @@ import time
 
 from PIL import Image
 
-from model_server.pipeline import SCHEDULERS, JobCancelledError
+from model_server.pipeline import SCHEDULERS, JobCancelledError, max_steps
 from protocol.messages import GenerationParams, StopMode
 
 
@@ -30,6 +30,9 @@ class FakePipeline:
 
     def unavailable_presets(self) -> dict[str, str]:
         return {}
+
+    def max_steps(self, scheduler: str) -> int:
+        return max_steps(scheduler)
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop) -> Image.Image:
         for step in range(1, params.steps + 1):

@@ -13,6 +13,7 @@ import sys
 import zmq
 
 from protocol import codec
+from protocol.transport import default_address
 from protocol.messages import ModelState, Ping, Pong
 
 
@@ -20,7 +21,8 @@ def _default_address() -> str:
     explicit = os.environ.get("MODEL_SERVER_HEALTH_ADDRESS")
     if explicit:
         return explicit
-    return os.environ.get("MODEL_SERVER_BIND", "tcp://127.0.0.1:5555").replace("0.0.0.0", "127.0.0.1")
+    bind = os.environ.get("MODEL_SERVER_BIND", "").strip() or default_address()
+    return bind.replace("0.0.0.0", "127.0.0.1")
 
 
 def check(address: str, timeout_ms: int = 3000) -> tuple[bool, str]:

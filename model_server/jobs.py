@@ -37,6 +37,13 @@ class Rejection(Exception):
         self.error = error
 
 
+def not_found(job_id: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.NOT_FOUND, message=f"no job with id {job_id[:64]!r}",
+        hint="Check the id: it is the one POST /v1/jobs returned to you. Finished jobs are kept for "
+             "RESULT_TTL_SECONDS, across restarts, unless deleted."))
+
+
 @dataclasses.dataclass
 class Job:
     id: str
@@ -55,6 +62,7 @@ class Job:
     images: list[tuple[ImageInfo, bytes | None]] = dataclasses.field(default_factory=list)  # None: on disk
     files: list[str] = dataclasses.field(default_factory=list)  # the images in the OutputStore
     stop_mode: StopMode | None = None
+    stop_error: ErrorInfo | None = None  # why it was cancelled, when not at a client's request
     interrupted: bool = False
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # _finish is writing its result; it turns terminal right after
@@ -100,9 +108,10 @@ class JobTable:
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._running: Job | None = None
-        self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._expired: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> owner
         self._accepting = True
         self._sps_estimate: float | None = None  # seconds per step, smoothed across jobs
+        self._next_sweep = clock()
         # Monotonic counters for /metrics (reset when the model server restarts).
         self.stats = {"jobs_succeeded": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_rejected": 0,
                       "generation_seconds": 0.0, "steps": 0, "step_seconds": 0.0, "images": 0}
@@ -159,27 +168,52 @@ class JobTable:
             except OSError as exc:
                 log.error("could not record job %s on disk (%s): %s", job.id, event, exc)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str = "") -> Job:
+        """The job, if ``owner`` may see it ("" sees every job); others get "not found"."""
         with self._lock:
-            return self._get_locked(job_id)
+            return self._get_locked(job_id, owner)
 
-    def _get_locked(self, job_id: str) -> Job:
+    def _get_locked(self, job_id: str, owner: str = "") -> Job:
         job = self._jobs.get(job_id)
+        if job is None and job_id not in self._expired and self.store is not None:
+            record = self.store.load(job_id)
+            if record is not None:  # evicted or from before a restart: back from disk
+                job = Job.from_record(record)
+                # Its age counts from when it finished, not from when it was read back.
+                job.finished_mono = self._clock() - max(0.0, time.time() - (record.finished_at or time.time()))
+                self._jobs[job.id] = job
         if job is not None:
-            return job
-        record = self.store.load(job_id) if self.store else None
-        if record is not None:  # evicted or from before a restart: back from disk
-            job = Job.from_record(record)
-            job.finished_mono = self._clock()
-            self._jobs[job.id] = job
-            return job
-        if job_id in self._expired:
+            if owner and job.client_id != owner:
+                raise not_found(job_id)  # someone else's job: exactly as if it did not exist
+            if job.state.terminal and self._too_old(job):
+                self._expire_locked(job)
+            else:
+                return job
+        if job_id in self._expired and (not owner or self._expired[job_id] == owner):
             raise Rejection(ErrorInfo(
                 code=ErrorCode.EXPIRED, message=f"job {job_id} has expired",
                 hint=f"Results are kept for {self.ttl_seconds:g} s; submit the job again."))
-        raise Rejection(ErrorInfo(
-            code=ErrorCode.NOT_FOUND, message=f"no job with id {job_id!r}",
-            hint="Check the id; jobs are forgotten when the model server restarts."))
+        raise not_found(job_id)
+
+    def unfinished(self, owner: str = "") -> list[Job]:
+        """The running job, then the queued ones in order, of ``owner`` ("" = everyone's)."""
+        with self._lock:
+            jobs = ([self._running] if self._running else []) + [self._jobs[i] for i in self._queue]
+            return [job for job in jobs if not owner or job.client_id == owner]
+
+    def delete(self, job_id: str, owner: str = "") -> Job:
+        """Forget a finished job: its images and record leave the disk; its id answers "not found"."""
+        with self._lock:
+            job = self._get_locked(job_id, owner)
+            if not job.state.terminal:
+                raise Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} is not finished",
+                                          hint="Cancel it first; a finished job can be deleted."))
+            del self._jobs[job.id]
+            self._expired.pop(job.id, None)
+        if self.store is not None:
+            with self._persist_lock:
+                self.store.delete(job.id)
+        return job
 
     def view(self, job: Job) -> JobView:
         """A consistent snapshot of one job for the wire."""
@@ -191,7 +225,9 @@ class JobTable:
         progress = None
         if job.state is JobState.QUEUED:
             position = self._queue.index(job.id) + 1 if job.id in self._queue else None
-            eta = self._eta_locked(position - 1) if position else None
+            wait = self._eta_locked(position - 1) if position else None
+            # Until it is done, like a running job's: the wait plus its own steps.
+            eta = None if wait is None else round(wait + job.params.steps * job.params.n * self._sps_estimate, 1)
             progress = ProgressInfo(total_steps=job.total_steps, eta_seconds=eta)
         elif job.state is JobState.RUNNING:
             now = time.time()
@@ -205,15 +241,20 @@ class JobTable:
                                     image_index=job.params.n - 1, seconds_per_step=job.seconds_per_step,
                                     eta_seconds=0.0,
                                     elapsed_seconds=round((job.finished_at or 0) - (job.started_at or 0), 3))
+        else:  # failed or cancelled: how far it got
+            progress = ProgressInfo(step=job.step, total_steps=job.total_steps, image_index=job.image_index,
+                                    seconds_per_step=job.seconds_per_step, eta_seconds=0.0,
+                                    elapsed_seconds=round((job.finished_at or 0) - (job.started_at or 0), 3)
+                                    if job.started_at else 0.0)
         return JobView(
             job_id=job.id, state=job.state, created_at=job.created_at, params=job.params,
             queue_position=position, started_at=job.started_at, finished_at=job.finished_at,
             progress=progress, error=job.error, images=[info for info, _ in job.images],
             cancel_requested=job.cancel_requested, interrupted=job.interrupted)
 
-    def result(self, job_id: str, index: int) -> tuple[ImageInfo, bytes]:
+    def result(self, job_id: str, index: int, owner: str = "") -> tuple[ImageInfo, bytes]:
         with self._lock:
-            job = self._get_locked(job_id)
+            job = self._get_locked(job_id, owner)
             if job.state is not JobState.SUCCEEDED and not job.images:
                 raise Rejection(ErrorInfo(
                     code=ErrorCode.NOT_FOUND if job.state.terminal else ErrorCode.NOT_READY,
@@ -283,9 +324,9 @@ class JobTable:
         with self._lock:
             job.preview = (step, data)
 
-    def preview(self, job_id: str) -> tuple[int, bytes]:
+    def preview(self, job_id: str, owner: str = "") -> tuple[int, bytes]:
         with self._lock:
-            job = self._get_locked(job_id)
+            job = self._get_locked(job_id, owner)
             if job.preview is None or job.state.terminal:
                 raise Rejection(ErrorInfo(
                     code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no preview",
@@ -300,7 +341,7 @@ class JobTable:
         self._finish(job, JobState.FAILED, error=error)
 
     def mark_cancelled(self, job: Job, images: list[tuple[ImageInfo, bytes]] = ()) -> None:
-        self._finish(job, JobState.CANCELLED, images=list(images), error=ErrorInfo(
+        self._finish(job, JobState.CANCELLED, images=list(images), error=job.stop_error or ErrorInfo(
             code=ErrorCode.CANCELLED, message="the job was cancelled", hint="Submit it again if needed."))
 
     def _finish(self, job: Job, state: JobState, images=(), error: ErrorInfo | None = None) -> None:
@@ -346,18 +387,21 @@ class JobTable:
 
     # --- cancelling and shutting down --------------------------------------------------
 
-    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL) -> Job:
+    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL, owner: str = "",
+               reason: ErrorInfo | None = None) -> Job:
         """Cancel a queued job at once; ask a running one to stop at its next step.
 
         ``interrupt`` and ``skip`` only concern a running job (as in AUTOMATIC1111) and keep
-        what it made; a later ``cancel`` still wins over them.
+        what it made; a later ``cancel`` still wins over them. ``reason`` is the error the job
+        ends with when not the client's own cancel (a shutdown: retryable).
         """
         with self._lock:
-            job = self._get_locked(job_id)
+            job = self._get_locked(job_id, owner)
             if job.state.terminal or (mode is not StopMode.CANCEL and job.state is JobState.QUEUED):
                 return job
             if job.stop_mode is not StopMode.CANCEL:
                 job.stop_mode = mode
+                job.stop_error = reason
             queued = job.state is JobState.QUEUED
         if queued:
             self.mark_cancelled(job)
@@ -399,20 +443,41 @@ class JobTable:
     def evict_expired(self) -> None:
         with self._lock:
             self._evict_locked()
+            sweep = self.store is not None and self._clock() >= self._next_sweep
+            if sweep:
+                self._next_sweep = self._clock() + 60.0
+                held = set(self._jobs)
+        if sweep:
+            # Records this process never loaded (earlier runs) expire too; read outside the lock.
+            with self._persist_lock:
+                self.store.delete_finished_before(time.time() - self.ttl_seconds, keep=held)
+
+    def _too_old(self, job: Job) -> bool:
+        return job.finished_mono is not None and self._clock() - job.finished_mono > self.ttl_seconds
+
+    def _expire_locked(self, job: Job) -> None:
+        """Past its TTL: gone from memory and from disk; its id answers "expired" (to its owner)."""
+        self._jobs.pop(job.id, None)
+        if self.store is not None:
+            self.store.delete(job.id)
+        self._tombstone_locked(job)
+
+    def _tombstone_locked(self, job: Job) -> None:
+        self._expired[job.id] = job.client_id
+        if len(self._expired) > _TOMBSTONES:
+            self._expired.popitem(last=False)
 
     def _evict_locked(self) -> None:
         finished = sorted((j for j in self._jobs.values() if j.state.terminal),
                           key=lambda j: j.finished_mono or 0.0)
-        now = self._clock()
         total = sum(j.result_bytes for j in finished)
         for job in finished:
-            too_old = now - (job.finished_mono or now) > self.ttl_seconds
-            if not too_old and total <= self.budget_bytes:
-                continue
-            total -= job.result_bytes
-            del self._jobs[job.id]
-            if job.files:
-                continue  # still on disk: _get_locked brings it back on demand
-            self._expired[job.id] = None
-            if len(self._expired) > _TOMBSTONES:
-                self._expired.popitem(last=False)
+            if self._too_old(job):
+                total -= job.result_bytes
+                self._expire_locked(job)
+            elif total > self.budget_bytes:
+                total -= job.result_bytes
+                del self._jobs[job.id]
+                if not job.files:  # held only in memory: gone for good
+                    self._tombstone_locked(job)
+                # else still on disk: _get_locked brings it back on demand

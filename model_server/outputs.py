@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState
 
 log = logging.getLogger(__name__)
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# Job ids are the table's uuid4().hex; anything else never becomes a path.
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -45,7 +48,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 class OutputStore:
     def __init__(self, folder: str | Path, budget_bytes: int):
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         for sub in ("jobs", "pending"):
@@ -53,7 +56,16 @@ class OutputStore:
         self._used = sum(p.stat().st_size for p in self.folder.glob("*/*-*.*") if p.is_file())
 
     def _record_path(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id[:64]!r}")
         return self.folder / "jobs" / f"{job_id}.json"
+
+    def _inside(self, rel: str) -> Path:
+        """A path from a record, refused unless it resolves inside the outputs folder."""
+        path = (self.folder / rel).resolve()
+        if not path.is_relative_to(self.folder) or path == self.folder:
+            raise ValueError(f"path outside the outputs folder: {rel[:200]!r}")
+        return path
 
     def _write(self, record: JobRecord) -> None:
         path = self._record_path(record.job_id)
@@ -87,19 +99,53 @@ class OutputStore:
     def load(self, job_id: str) -> JobRecord | None:
         try:
             return msgspec.json.decode(self._record_path(job_id).read_bytes(), type=JobRecord)
-        except (OSError, ValueError, msgspec.DecodeError):
+        except (OSError, ValueError, msgspec.DecodeError):  # ValueError: not a job id
             return None
 
     def read_image(self, record: JobRecord, index: int) -> bytes | None:
         try:
-            return (self.folder / record.files[index]).read_bytes()
-        except (OSError, IndexError):
+            return self._inside(record.files[index]).read_bytes()
+        except (OSError, IndexError, ValueError):
             return None
+
+    def delete(self, job_id: str) -> None:
+        """Delete a job's images, record and marker (a deleted or expired job)."""
+        record = self.load(job_id)
+        self._delete_files(record.files if record else ())
+        self._record_path(job_id).unlink(missing_ok=True)
+        (self.folder / "pending" / job_id).unlink(missing_ok=True)
+
+    def delete_finished_before(self, cutoff: float, keep: set[str] = frozenset()) -> list[str]:
+        """Delete every finished job that ended before ``cutoff`` (wall clock), except ``keep``."""
+        gone = []
+        for path in self.folder.glob("jobs/*.json"):
+            if path.stem in keep or not JOB_ID.match(path.stem):
+                continue
+            record = self.load(path.stem)
+            if record is not None and record.state.terminal and (record.finished_at or cutoff) < cutoff:
+                self.delete(path.stem)
+                gone.append(path.stem)
+        if gone:
+            log.info("deleted %d job(s) past RESULT_TTL_SECONDS", len(gone))
+        return gone
+
+    def _delete_files(self, files) -> None:
+        for rel in files:
+            try:
+                file = self._inside(rel)
+                size = file.stat().st_size
+                file.unlink()
+            except (OSError, ValueError):
+                continue
+            with self._lock:
+                self._used -= size
 
     def recover_unfinished(self) -> list[str]:
         """Mark jobs that were queued or running when the server stopped as failed (retryable)."""
         lost = []
         for marker in (self.folder / "pending").iterdir():
+            if not JOB_ID.match(marker.name):
+                continue
             record = self.load(marker.name)
             if record is not None and not record.state.terminal:
                 record.state, record.finished_at = JobState.FAILED, time.time()
@@ -116,20 +162,11 @@ class OutputStore:
         return lost
 
     def _enforce_budget(self) -> None:
-        with self._lock:
+        if self._used <= self.budget_bytes:
+            return
+        for path in sorted(self.folder.glob("jobs/*.json"), key=lambda p: p.stat().st_mtime):
             if self._used <= self.budget_bytes:
-                return
-            records = sorted(self.folder.glob("jobs/*.json"), key=lambda p: p.stat().st_mtime)
-            for path in records:
-                if self._used <= self.budget_bytes:
-                    break
-                record = self.load(path.stem)
-                for rel in record.files if record else ():
-                    file = self.folder / rel
-                    try:
-                        self._used -= file.stat().st_size
-                        file.unlink()
-                    except OSError:
-                        pass
-                path.unlink(missing_ok=True)
+                break
+            if JOB_ID.match(path.stem):
+                self.delete(path.stem)
                 log.info("outputs over budget: deleted job %s", path.stem)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from protocol.errors import ErrorCode
-from protocol.messages import SCHEDULERS, ErrorInfo, GenerationParams, StopMode  # noqa: F401  (re-exported)
+from protocol.messages import MAX_STEPS, SCHEDULERS, ErrorInfo, GenerationParams, StopMode  # noqa: F401  (re-exported)
 from protocol.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 
     from model_server.settings import ModelServerSettings
 
+
+
+# LCMScheduler's schedule has original_inference_steps (50) points; every other sampler here runs
+# the protocol's whole range (tests/model_server/test_scheduler_steps.py runs each one).
+LCM_MAX_STEPS = 50
+
+
+def max_steps(scheduler: str) -> int:
+    return LCM_MAX_STEPS if scheduler == "lcm" else MAX_STEPS
 
 
 class JobCancelledError(Exception):
@@ -42,6 +51,9 @@ class Pipeline(Protocol):
 
     def unavailable_presets(self) -> dict[str, str]:
         """Presets (protocol.presets) this pipeline cannot run, with the reason."""
+
+    def max_steps(self, scheduler: str) -> int:
+        """The most steps ``scheduler`` can run (checked at submit, so no job fails mid-way)."""
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
                  stop: Callable[[], StopMode | None]) -> "Image":

@@ -16,17 +16,16 @@ from typing import Callable
 import zmq
 
 from model_server import memory
-from model_server.jobs import Job, JobTable, Rejection
+from model_server.jobs import Job, JobTable, Rejection, not_found
 from model_server.logs import job_context
-from model_server.outputs import OutputStore
+from model_server.outputs import JOB_ID, OutputStore
 from model_server.pipeline import Pipeline, preset_unavailable
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
-from protocol import codec
+from protocol import codec, contract, transport
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.presets import PRESETS
-from protocol.messages import (Accepted, Cancel, Cancelled, Completed, ErrorInfo, Failed, FetchPreview,
-                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobState, MAX_TOKEN_MERGING,
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, ErrorInfo, Failed, FetchPreview,
+                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
                                ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch)
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,9 @@ _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CA
 
 def _invalid(message: str, hint: str) -> Rejection:
     return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint))
+
+
+_HINTS = {ErrorCode.INVALID_PARAMS: "The parameters break the protocol's bounds (protocol.messages.GenerationParams)."}
 
 
 class ModelServer:
@@ -65,6 +67,7 @@ class ModelServer:
         self._events.bind(EVENTS_ADDRESS)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
+        transport.prepare_bind(self.settings.bind)
         self.router.bind(self.settings.bind)
         self.bound_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("model server listening on %s", self.bound_address)
@@ -108,13 +111,17 @@ class ModelServer:
             self._publish(job.id)
         return time.monotonic() + self.settings.shutdown_grace_seconds
 
+    _STOPPED = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, retryable=True, retry_after=5.0,
+                         message="the model server shut down while the job ran",
+                         hint="Submit the job again in a few seconds; the server restarts.")
+
     def _shutdown_finished(self, grace_deadline: float) -> bool:
         running = self.table.running
         if running is None:
             return True
         if time.monotonic() >= grace_deadline and not running.cancel_requested:
             log.info("job %s still running after the grace period: cancelling it", running.id)
-            self.table.cancel(running.id)
+            self.table.cancel(running.id, reason=self._STOPPED)
         return False
 
     def _close(self) -> None:
@@ -141,8 +148,9 @@ class ModelServer:
             envelope, _ = codec.decode(payload)
         except ProtocolError as exc:
             log.warning("refused a malformed message: %s", exc)
-            self._send(identity, 0, Rejected(error=ErrorInfo(
-                code=exc.code, message=str(exc), hint=f"Both sides must speak {codec.PROTOCOL_ID.decode()}.")))
+            self._send(identity, exc.ref, Rejected(error=ErrorInfo(
+                code=exc.code, message=str(exc),
+                hint=_HINTS.get(exc.code, f"Both sides must speak {codec.PROTOCOL_ID.decode()}."))))
             return
         body, ref = envelope.body, envelope.ref
         try:
@@ -150,6 +158,9 @@ class ModelServer:
             if handler is None:
                 raise Rejection(ErrorInfo(code=ErrorCode.PROTOCOL_MISMATCH,
                                           message=f"{type(body).__name__} is not a request", hint=""))
+            job_id = getattr(body, "job_id", None)
+            if job_id is not None and not JOB_ID.match(job_id):
+                raise not_found(job_id)  # ids name files on disk: one not of ours is unknown, whatever it holds
             handler(self, identity, ref, body)
         except Rejection as exc:
             self._send(identity, ref, Rejected(error=exc.error))
@@ -216,54 +227,59 @@ class ModelServer:
                 retryable=True, retry_after=30.0))
 
     def _check_params(self, p: GenerationParams) -> None:
-        """The model server's own guard; the gateway validates user input in detail first."""
-        schedulers = self.state.pipeline.schedulers()
-        if p.scheduler not in schedulers:
-            raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(schedulers)}.")
-        if p.preset and p.preset not in PRESETS:
-            raise _invalid(f"unknown preset {p.preset!r}", f"Use one of: {', '.join(PRESETS)}.")
-        unavailable = self.state.pipeline.unavailable_presets()
+        """What the codec's strict decode cannot know: this server's limits and this pipeline."""
+        broken = contract.violation(p, self.settings.limits)
+        if broken is not None:
+            raise _invalid(broken[1], broken[2])
+        pipeline = self.state.pipeline
+        if p.scheduler not in pipeline.schedulers():
+            raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(pipeline.schedulers())}.")
+        most = pipeline.max_steps(p.scheduler)
+        if p.steps > most:  # e.g. LCM's schedule has 50 points: more would fail mid-job
+            raise _invalid(f"the {p.scheduler} sampler runs at most {most} steps, not {p.steps}",
+                           f"Use 1 to {most} steps with {p.scheduler}, or another sampler.")
+        unavailable = pipeline.unavailable_presets()
         if p.preset in unavailable:
             raise Rejection(preset_unavailable(p.preset, unavailable[p.preset], unavailable, ErrorCode.INVALID_PARAMS))
-        if p.width % 8 or p.height % 8 or p.width < 64 or p.height < 64:
-            raise _invalid("width and height must be multiples of 8, at least 64", "Use e.g. 512x512.")
-        if not 1 <= p.steps <= 1000 or not 1 <= p.n <= self.settings.max_images_per_job:
-            raise _invalid("steps or n out of range", f"n may be 1 to {self.settings.max_images_per_job}.")
-        if not 0 <= p.deep_cache <= 10:
-            raise _invalid("deep_cache out of range", "Use 0 (off) to 10.")
-        if not 0 <= p.token_merging <= MAX_TOKEN_MERGING:  # NaN fails this too
-            raise _invalid("token_merging out of range", f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}.")
-        if p.format not in ("png", "jpeg", "webp"):
-            raise _invalid(f"unknown format {p.format!r}", "Use png, jpeg or webp.")
 
     def _on_get_job(self, identity, ref, msg: GetJob) -> None:
-        self._send(identity, ref, JobInfo(job=self.table.view(self.table.get(msg.job_id))))
+        self._send(identity, ref, JobInfo(job=self.table.view(self.table.get(msg.job_id, msg.client_id))))
 
     def _on_watch(self, identity, ref, msg: Watch) -> None:
-        job = self.table.get(msg.job_id)
+        job = self.table.get(msg.job_id, msg.client_id)
         self._watchers.setdefault(job.id, set()).add((identity, ref))
         self._publish(job.id)
 
     def _on_fetch(self, identity, ref, msg: FetchResult) -> None:
-        info, data = self.table.result(msg.job_id, msg.index)
+        info, data = self.table.result(msg.job_id, msg.index, msg.client_id)
         self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
 
     def _on_preview(self, identity, ref, msg: FetchPreview) -> None:
-        step, data = self.table.preview(msg.job_id)
-        job = self.table.get(msg.job_id)
+        step, data = self.table.preview(msg.job_id, msg.client_id)
+        job = self.table.get(msg.job_id, msg.client_id)
         info = ImageInfo(index=job.image_index, seed=job.params.seed + job.image_index, media_type="image/jpeg",
                          width=job.params.width // 8, height=job.params.height // 8, size_bytes=len(data))
         self._send(identity, ref, Result(job_id=msg.job_id, image=info), [data])
 
     def _on_cancel(self, identity, ref, msg: Cancel) -> None:
-        job = self.table.cancel(msg.job_id, msg.mode)
+        job = self.table.cancel(msg.job_id, msg.mode, msg.client_id)
         with job_context(job.id, job.request_id):
             log.info("%s requested (state %s)", msg.mode.value, job.state.value)
         self._send(identity, ref, JobInfo(job=self.table.view(job)))
         self._publish(job.id)
 
+    def _on_delete(self, identity, ref, msg: Delete) -> None:
+        job = self.table.delete(msg.job_id, msg.client_id)
+        with job_context(job.id, job.request_id):
+            log.info("deleted at its owner's request")
+        self._send(identity, ref, JobInfo(job=self.table.view(job)))
+
+    def _on_list(self, identity, ref, msg: ListJobs) -> None:
+        self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in self.table.unfinished(msg.client_id)]))
+
     _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
-                 FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview}
+                 FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview, Delete: _on_delete,
+                 ListJobs: _on_list}
 
     # --- events ------------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ import dataclasses
 import os
 from pathlib import Path
 
+from protocol.contract import Limits
+from protocol.transport import check_bind, default_address
+
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
 
@@ -45,7 +48,10 @@ def read_token(env) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelServerSettings:
-    bind: str = "tcp://127.0.0.1:5555"
+    # Default: a Unix socket in a private runtime directory (protocol.transport); tcp:// on loopback
+    # when asked for; beyond loopback only with allow_remote (the socket has no authentication).
+    bind: str = dataclasses.field(default_factory=default_address)
+    allow_remote: bool = False
     pipeline: str = "diffusers"  # "diffusers" or "fake" (torch-free, for tests and smoke runs)
     model: str = DEFAULT_MODEL  # hub id, local directory, or "tiny"
     revision: str | None = None
@@ -73,7 +79,10 @@ class ModelServerSettings:
     heartbeat_seconds: float = 1.0
     shutdown_grace_seconds: float = 5.0
     fake_step_seconds: float = 0.01
-    max_images_per_job: int = 4
+    # The configurable request bounds, read from the same variables as the gateway's (MAX_STEPS,
+    # MAX_WIDTH, MAX_HEIGHT, MAX_PROMPT_LENGTH, MAX_IMAGES_PER_REQUEST): a peer that skips the
+    # gateway still cannot ask for more.
+    limits: Limits = Limits()
     max_queued_per_client: int = 4  # 0 = no per-client cap
     min_free_memory_mb: int = 0  # refuse new jobs below this much free memory; 0 = off
     outputs_dir: str = ""  # "" = keep images in memory only (python -m model_server defaults to ./outputs)
@@ -84,7 +93,8 @@ class ModelServerSettings:
         env = os.environ if env is None else env
         d = cls()
         return cls(
-            bind=env.get("MODEL_SERVER_BIND", d.bind),
+            bind=env.get("MODEL_SERVER_BIND", "").strip() or default_address(env),
+            allow_remote=_env_bool(env, "MODEL_SERVER_ALLOW_REMOTE", d.allow_remote),
             pipeline=env.get("MODEL_SERVER_PIPELINE", d.pipeline).strip().lower(),
             model=env.get("SD_MODEL", d.model).strip() or d.model,
             revision=env.get("SD_MODEL_REVISION", "").strip() or None,
@@ -106,7 +116,7 @@ class ModelServerSettings:
             heartbeat_seconds=_env_float(env, "MODEL_SERVER_HEARTBEAT_SECONDS", d.heartbeat_seconds),
             shutdown_grace_seconds=_env_float(env, "SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
             fake_step_seconds=_env_float(env, "FAKE_STEP_SECONDS", d.fake_step_seconds),
-            max_images_per_job=_env_int(env, "MAX_IMAGES_PER_REQUEST", d.max_images_per_job),
+            limits=Limits.from_env(env),
             max_queued_per_client=_env_int(env, "MAX_QUEUED_PER_CLIENT", d.max_queued_per_client),
             min_free_memory_mb=_env_int(env, "MIN_FREE_MEMORY_MB", d.min_free_memory_mb),
             outputs_dir=env.get("OUTPUTS_DIR", "outputs").strip(),
@@ -123,6 +133,7 @@ class ModelServerSettings:
         if self.release_idle_weights not in ("text_encoder", "all", "none"):
             raise ValueError("SD_RELEASE_IDLE_WEIGHTS must be text_encoder, all or none, "
                              f"got {self.release_idle_weights!r}")
+        check_bind(self.bind, self.allow_remote)
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         return self

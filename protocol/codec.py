@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import Envelope
 
 PROTOCOL_ID = b"SDCPU/1"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+class _Ref(msgspec.Struct):
+    ref: int = 0
+
+
+_ref_decoder = msgspec.msgpack.Decoder(_Ref)
 
 
 def encode(body, ref: int = 0, blobs: tuple[bytes, ...] | list[bytes] = ()) -> list[bytes]:
@@ -34,6 +41,18 @@ def decode(frames: list[bytes]) -> tuple[Envelope, list[bytes]]:
         )
     try:
         envelope = _decoder.decode(frames[1])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
+        # A well-formed message that breaks the contract (e.g. a Submit of 1000 steps): its sender
+        # gets the reason, under its own ref, as invalid params rather than a protocol mismatch.
+        code = ErrorCode.INVALID_PARAMS if "at `$.body.params" in str(exc) else ErrorCode.PROTOCOL_MISMATCH
+        raise ProtocolError(f"refused message: {exc}", code, ref=_ref_of(frames[1])) from exc
+    except msgspec.DecodeError as exc:
         raise ProtocolError(f"undecodable message: {exc}") from exc
     return envelope, [bytes(f) for f in frames[2:]]
+
+
+def _ref_of(frame) -> int:
+    try:
+        return _ref_decoder.decode(frame).ref
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return 0

@@ -24,6 +24,7 @@ class ErrorCode(str, enum.Enum):
 class ProtocolError(Exception):
     """A frame could not be decoded: wrong version, wrong shape or not a known message."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_MISMATCH):
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_MISMATCH, ref: int = 0):
         super().__init__(message)
         self.code = code
+        self.ref = ref  # the sender's correlation number, when the envelope could be read

@@ -10,11 +10,12 @@ renamed (``tests/protocol/test_golden.py`` keeps committed v1 bytes decoding).
 from __future__ import annotations
 
 import enum
-from typing import Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
 from protocol.errors import ErrorCode
+from protocol.presets import PRESET_NAMES
 
 
 class JobState(str, enum.Enum):
@@ -48,8 +49,29 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+
+# The absolute bounds of one request, enforced by both sides (GenerationParams below). Deployments
+# tighten the configurable ones (protocol.contract.Limits: MAX_STEPS, MAX_WIDTH...), never widen them.
+MAX_PROMPT_LENGTH = 2000
+MAX_STEPS = 150  # A1111's own ceiling; every scheduler here runs 1-150 (tests/protocol/test_contract.py)
+MIN_SIZE = 64
+MAX_SIZE = 2048  # 2048x2048 needs ~40 GB of attention activations without slicing: the hard ceiling
+MAX_IMAGES = 8
+MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 30.0
+MAX_DEEP_CACHE = 10
 # token_merging above this: most tokens share one output and detail dissolves (both sides refuse it)
 MAX_TOKEN_MERGING = 0.75
+# At least one visible character: what is left after control characters and spaces are dropped.
+_VISIBLE = r"[^\s\x00-\x1f\x7f-\x9f]"
+
+
+def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
+    """A field type with its absolute bounds, its user-facing doc and hint (templates over the
+    limits' names, e.g. "{max_steps}") and which configurable limit tightens it (``limit`` for
+    the upper bound, ``floor`` for the lower)."""
+    extra = {"doc": doc, "hint": hint, "limit": limit, "floor": floor}
+    return Annotated[base, msgspec.Meta(**meta, extra=extra)]
 
 
 class _Shape(msgspec.Struct, kw_only=True):
@@ -72,23 +94,69 @@ class ErrorInfo(_Shape):
 
 
 class GenerationParams(_Shape):
-    """One text-to-image request, already validated and with a concrete seed."""
+    """One text-to-image request, already validated and with a concrete seed.
 
-    prompt: str
-    seed: int
-    negative_prompt: str = ""
-    steps: int = 25
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
-    scheduler: str = "default"
-    n: int = 1
-    format: str = "png"
-    quality: int = 90
-    preview: bool = False  # make a cheap low-res preview from the latents after each step
-    preset: str = ""  # a protocol.presets name; "" (older gateways) = no LCM-LoRA, full VAE
-    deep_cache: int = 0  # UNet in full every Nth step, shallow layers only in between; 0 or 1 = off
-    token_merging: float = 0.0  # share of tokens merged before the largest self-attentions (ToMe); 0 = off
+    This is the one parameter contract: every bound lives here (msgspec ``Meta``), so the model
+    server's strict decode enforces it against any peer, and the gateway's request types and
+    ``/openapi.json`` are derived from it (``protocol.contract``). A new field is added here, in
+    the pipeline and in the docs.
+    """
+
+    prompt: _bound(str, min_length=1, max_length=MAX_PROMPT_LENGTH, pattern=_VISIBLE, limit="max_prompt_length",
+                   doc="What to draw; 1-{max_prompt_length} characters.",
+                   hint="Try a shorter prompt: at most {max_prompt_length} characters.")
+    seed: _bound(int, ge=0, le=MAX_SEED,
+                 doc="Random seed; the same seed and parameters give the same image. Random when absent; "
+                     "always reported back.",
+                 hint=f"Use a whole number from 0 to {MAX_SEED}, or leave it out for a random one.")
+    negative_prompt: _bound(str, max_length=MAX_PROMPT_LENGTH, limit="max_prompt_length",
+                            doc="What to steer away from; at most {max_prompt_length} characters.",
+                            hint="Keep the negative prompt within {max_prompt_length} characters.") = ""
+    steps: _bound(int, ge=1, le=MAX_STEPS, limit="max_steps",
+                  doc="Denoising steps (1-{max_steps}; default: the preset's, {default_steps} for quality).",
+                  hint="Use 1 to {max_steps} steps ({default_steps} is the default; fewer is faster).") = 25
+    guidance_scale: _bound(float, ge=0, le=MAX_GUIDANCE,
+                           doc=f"Classifier-free guidance (0-{MAX_GUIDANCE:g}; default: the preset's, 7.5 for "
+                               "quality); 1 or less disables it and halves the work.",
+                           hint=f"Use a number from 0 to {MAX_GUIDANCE:g} (7.5 is the default).") = 7.5
+    width: _bound(int, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, limit="max_width", floor="min_size",
+                  doc="Image width in pixels, a multiple of 8 ({min_size}-{max_width}; default {default_size}).",
+                  hint="Use a multiple of 8 from {min_size} to {max_width}.") = 512
+    height: _bound(int, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, limit="max_height", floor="min_size",
+                   doc="Image height in pixels, a multiple of 8 ({min_size}-{max_height}; default {default_size}).",
+                   hint="Use a multiple of 8 from {min_size} to {max_height}.") = 512
+    scheduler: _bound(Literal[SCHEDULERS],
+                      doc="Sampler (default: the preset's); 'default' is the model's own (PNDM for SD v1.4); "
+                          "'lcm' only suits LCM weights (the fast preset).",
+                      hint=f"Use one of: {', '.join(SCHEDULERS)}.") = "default"
+    n: _bound(int, ge=1, le=MAX_IMAGES, limit="max_images",
+              doc="Images to make (1-{max_images}), with seeds seed, seed+1, ...; /generate takes 1.",
+              hint="Ask for 1 to {max_images} images.") = 1
+    format: _bound(Literal[IMAGE_FORMATS], doc="Output format (default png).",
+                   hint=f"Use one of: {', '.join(IMAGE_FORMATS)}.") = "png"
+    quality: _bound(int, ge=1, le=100, doc="JPEG/WebP quality (default 90).",
+                    hint="Use a whole number from 1 to 100.") = 90
+    # Make a cheap low-res preview from the latents after each step.
+    preview: _bound(bool, doc="Keep a low-res preview while the job runs: GET /v1/jobs/{{id}}/preview "
+                              "(default false).", hint="Use true or false.") = False
+    # A protocol.presets name; "" (older gateways) = no LCM-LoRA, full VAE.
+    preset: _bound(Literal[("",) + PRESET_NAMES], doc="Speed/quality preset (default {default_preset}): it sets "
+                   "the default steps, guidance and sampler, and 'fast' also switches on LCM-LoRA and the tiny "
+                   "VAE. GET /v1/presets lists them.",
+                   hint=f"Use one of: {', '.join(PRESET_NAMES)} (GET /v1/presets).") = ""
+    # UNet in full every Nth step, shallow layers only in between; 0 or 1 = off.
+    deep_cache: _bound(int, ge=0, le=MAX_DEEP_CACHE,
+                       doc="Step caching (DeepCache): run the UNet in full every Nth step and only its shallow "
+                           "layers in between; 2-5 trade some detail for up to ~1.7x speed, 0 or 1 is off "
+                           "(default: the preset's, 3 for balanced).",
+                       hint=f"Use 0 (off) to {MAX_DEEP_CACHE}; 3 caches two steps out of three.") = 0
+    # Share of tokens merged before the largest self-attentions (ToMe); 0 = off.
+    token_merging: _bound(float, ge=0, le=MAX_TOKEN_MERGING,
+                          doc="Token merging ratio (ToMe, A1111's 'token merging ratio'): the share of the 4,096 "
+                              "tokens of a 512x512 image's largest self-attentions merged into similar ones before "
+                              "attention; 0.5 made a step 12-20% faster on a 2-core CPU, for a small loss of detail "
+                              f"(0-{MAX_TOKEN_MERGING}; default: the preset's, 0 for all).",
+                          hint=f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}; 0.5 is a common choice.") = 0.0
 
 
 class ProgressInfo(_Shape):
@@ -140,30 +208,53 @@ class Submit(_Msg):
     request_id: str = ""
 
 
+# Requests about one job carry the client acting on it: the model server answers "not found" when
+# the job is someone else's, exactly as for an unknown id. "" is the operator (an admin key, or a
+# gateway from before ownership), who may see every job.
+
+
 class GetJob(_Msg):
     job_id: str
+    client_id: str = ""
 
 
 class Watch(_Msg):
     """Subscribe to a job: the server streams Progress, then exactly one terminal event."""
 
     job_id: str
+    client_id: str = ""
 
 
 class FetchResult(_Msg):
     job_id: str
-    index: int = 0
+    index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    client_id: str = ""
 
 
 class FetchPreview(_Msg):
     """The latest low-res preview of a job that asked for previews; answered with a Result."""
 
     job_id: str
+    client_id: str = ""
 
 
 class Cancel(_Msg):
     job_id: str
     mode: StopMode = StopMode.CANCEL
+    client_id: str = ""
+
+
+class Delete(_Msg):
+    """Forget a finished job: its images and record are deleted; answered with its last JobInfo."""
+
+    job_id: str
+    client_id: str = ""
+
+
+class ListJobs(_Msg):
+    """The client's unfinished jobs, running first then queued in order; answered with JobList."""
+
+    client_id: str = ""
 
 
 # --- replies and events (model server -> gateway) ------------------------------------------
@@ -213,6 +304,10 @@ class Cancelled(_Msg):
     job: JobView
 
 
+class JobList(_Msg):
+    jobs: list[JobView] = []
+
+
 class Result(_Msg):
     """Metadata of one image; the encoded image bytes travel in the next frame."""
 
@@ -226,8 +321,8 @@ class Rejected(_Msg):
     error: ErrorInfo
 
 
-Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview]
-Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected]
+Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete]
+Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList]
 TERMINAL_EVENTS = (Completed, Failed, Cancelled)
 
 

@@ -32,7 +32,8 @@ cp "$("$TOOLS/bin/python" -c 'import compose, os; print(os.path.dirname(compose.
 COMPOSE=(docker compose -f compose.yaml -f compose.tiny.yaml -f compose.ci.yaml)
 
 log "hadolint (error level)"
-"$TOOLS/bin/hadolint" --failure-threshold error Dockerfile.model Dockerfile.gateway docker/redis-ci.Dockerfile
+"$TOOLS/bin/hadolint" --failure-threshold error Dockerfile.model Dockerfile.gateway docker/redis-ci.Dockerfile \
+  docker/nginx-ci.Dockerfile
 log "compose config"
 docker compose -f compose.yaml config -q
 "${COMPOSE[@]}" config -q
@@ -78,7 +79,7 @@ for dir in $(pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p"
   cp "$dir"/torch-2.13.0+cpu-*.whl docker/wheels/ 2>/dev/null || true
 done
 if ls docker/wheels/torch-*.whl >/dev/null 2>&1; then export TORCH_INDEX_URL=""; fi
-for service in redis gateway model; do
+for service in redis proxy gateway model; do
   start=$(date +%s)
   log "building $service"
   "${COMPOSE[@]}" build "$service" >"$WORK/build-$service.log" 2>&1 || { tail -40 "$WORK/build-$service.log"; exit 1; }
@@ -87,7 +88,7 @@ done
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'sd-cpu|redis' 
 
 # --- run and check ---------------------------------------------------------------------------------
-log "compose up (waits for both healthchecks)"
+log "compose up (waits for every healthcheck; requests go through the nginx proxy)"
 "${COMPOSE[@]}" up -d --wait --wait-timeout 300
 status=$(curl -sS -o "$WORK/smoke.png" -w '%{http_code} %{content_type}' -X POST "http://127.0.0.1:$PORT/generate" \
   -H 'Content-Type: application/json' -d '{"prompt": "a cat", "steps": 3, "width": 128, "height": 128}')

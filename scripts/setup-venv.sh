@@ -28,4 +28,5 @@ if ! "$VENV/bin/pip" install --disable-pip-version-check "${args[@]}" >"$log" 2>
   echo "pip install failed; full log in $log" >&2
   exit 1
 fi
+rm -f "$log"  # kept only when the install failed
 touch "$stamp"

@@ -15,6 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\nfake"
 class FakeModelClient:
     def __init__(self):
         self.jobs: dict[str, JobView] = {}
+        self.owners: dict[str, str] = {}  # job id -> the client that submitted it
         self.submitted = []
         self.cancelled = []
         self.model_state = ModelState.READY
@@ -46,30 +47,45 @@ class FakeModelClient:
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
                        queue_position=1)
         self.jobs[job_id] = view
+        self.owners[job_id] = client_id
         self.submitted.append((params, client_id, request_id))
         return view
 
-    def get_job(self, job_id):
+    def get_job(self, job_id, client_id=""):
         self._maybe_raise()
-        if job_id not in self.jobs:
+        if job_id not in self.jobs or client_id and self.owners.get(job_id) != client_id:
             raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}", hint="check"))
         return self.jobs[job_id]
 
-    def cancel(self, job_id, mode=None):
+    def cancel(self, job_id, mode=None, client_id=""):
+        view = self.get_job(job_id, client_id)
         self.cancelled.append(job_id)
-        view = self.get_job(job_id)
         self.jobs[job_id] = view = _replace(view, state=JobState.CANCELLED)
         return view
 
-    def fetch(self, job_id, index=0):
+    def delete(self, job_id, client_id=""):
+        view = self.get_job(job_id, client_id)
+        del self.jobs[job_id]
+        return view
+
+    def unfinished_jobs(self, client_id=""):
         self._maybe_raise()
-        p = self.jobs[job_id].params
+        return [view for job_id, view in self.jobs.items()
+                if not view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
+
+    def fetch_preview(self, job_id, client_id=""):
+        self.get_job(job_id, client_id)
+        return ImageInfo(index=0, seed=0, media_type="image/jpeg", width=8, height=8, size_bytes=4), b"jpeg"
+
+    def fetch(self, job_id, index=0, client_id=""):
+        self._maybe_raise()
+        p = self.get_job(job_id, client_id).params
         return ImageInfo(index=index, seed=p.seed + index, media_type="image/png", width=p.width,
                          height=p.height, size_bytes=len(PNG)), PNG
 
-    def watch(self, job_id):
+    def watch(self, job_id, client_id=""):
         self._maybe_raise()
-        view = self.get_job(job_id)
+        view = self.get_job(job_id, client_id)
         running = _replace(view, state=JobState.RUNNING, queue_position=None,
                            progress=ProgressInfo(step=1, total_steps=view.params.steps))
         yield Progress(job=running)

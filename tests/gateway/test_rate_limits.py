@@ -60,3 +60,14 @@ def test_an_unreachable_store_fails_as_configured_never_500(make_client, mode, s
         assert response.get_json()["code"] == "rate_limit_store_unavailable" and response.headers["Retry-After"]
     if mode == "memory":  # limits still hold, per process
         assert client.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 429
+
+
+def test_malformed_requests_get_their_400_and_spend_no_generation_budget(limited, fake):
+    for body in ({"prompt": ""}, {"prompt": "a cat", "steps": 0}, {"prompt": "a cat", "width": 100}):
+        assert limited.post("/v1/jobs", json=body).status_code == 400
+    openai = limited.post("/v1/images/generations", json={"prompt": "a cat", "size": "7x7"})
+    assert openai.status_code == 400
+    assert limited.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": -1}).status_code == 422
+    for _ in range(2):  # the whole budget is still there
+        assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 202
+    assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 429

@@ -104,6 +104,12 @@ def test_health_reports_loading_and_unreachable(client, fake):
     assert response.status_code == 503 and response.get_json()["status"] == "unavailable"
 
 
+def test_readiness_during_shutdown_is_a_503_with_retry_after(client, fake):
+    fake.model_state = ModelState.STOPPING
+    response = client.get("/health/ready")
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+
+
 def test_liveness_does_not_touch_the_model_server(client, fake):
     fake.will_be_unreachable()
     assert client.get("/health/live").status_code == 200

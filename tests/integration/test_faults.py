@@ -35,7 +35,7 @@ def test_sigkill_mid_job_gives_503_within_10_s_and_a_restart_recovers_without_th
 
     waiter = threading.Thread(target=wait_for_image)
     waiter.start()
-    wait_until(lambda: requests.get(stack.url + "/health", timeout=5).json()["queue"]["running_job"], 30)
+    wait_until(lambda: requests.get(stack.url + "/health", timeout=5).json()["queue"]["running"], 30)
     killed_at = time.monotonic()
     stack.model_server.signal(signal.SIGKILL)
     waiter.join(30)

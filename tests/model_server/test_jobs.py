@@ -72,7 +72,8 @@ def test_progress_gives_seconds_per_step_and_eta_for_running_and_queued_jobs():
     assert (view.progress.step, view.progress.total_steps) == (4, 10)
     assert view.progress.seconds_per_step == 2.0
     assert view.progress.eta_seconds == pytest.approx(12.0)
-    assert table.view(queued).progress.eta_seconds == pytest.approx(12.0)
+    # a queued job's ETA is until it is done: the wait (12 s) plus its own 10 steps
+    assert table.view(queued).progress.eta_seconds == pytest.approx(32.0)
 
 
 def test_finished_results_expire_after_the_ttl_and_then_answer_expired():

@@ -7,27 +7,33 @@ import subprocess
 
 from gateway.model_client import ModelClient
 from protocol.errors import ErrorCode
-from protocol.messages import Failed, JobState, ModelState
+from protocol.messages import Cancelled, Failed, JobState, ModelState
 from tests.helpers import PYTHON, ROOT, base_env, free_port, start_model_server, wait_until
 from tests.model_server.conftest import params
 
 
 def test_sigterm_fails_queued_jobs_retryably_cancels_the_running_one_and_exits_0(log_dir):
     port = free_port()
-    proc = start_model_server(log_dir, port, MODEL_SERVER_PIPELINE="fake", FAKE_STEP_SECONDS=0.05,
+    proc = start_model_server(log_dir, port, MODEL_SERVER_PIPELINE="fake", FAKE_STEP_SECONDS=0.1,
                               SHUTDOWN_GRACE_SECONDS=1)
     try:
         client = ModelClient(f"tcp://127.0.0.1:{port}", timeout=3.0)
+        watcher = ModelClient(f"tcp://127.0.0.1:{port}", timeout=3.0)  # a socket of its own
         wait_until(lambda: _ready(client), 20, 0.1, "model server ready")
-        running = client.submit(params(steps=900))
+        running = client.submit(params(steps=100))
         queued = client.submit(params())
         wait_until(lambda: client.get_job(running.job_id).state is JobState.RUNNING, 5)
         stream = client.watch(queued.job_id)
-        next(stream)
+        running_stream = watcher.watch(running.job_id)
+        next(stream), next(running_stream)
         proc.signal(signal.SIGTERM)
         final = [e for e in stream][-1]
         assert isinstance(final, Failed)
         assert final.job.error.code is ErrorCode.SHUTTING_DOWN and final.job.error.retryable
+        # The running job is stopped by the shutdown, not by a user: retryable, so /generate says 503.
+        stopped = [e for e in running_stream][-1]
+        assert isinstance(stopped, Cancelled)
+        assert stopped.job.error.code is ErrorCode.SHUTTING_DOWN and stopped.job.error.retryable
         assert proc.popen.wait(15) == 0
     finally:
         proc.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -12,6 +13,8 @@ from model_server.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState
 from tests.model_server.conftest import params
+
+LOST = "0" * 31 + "1"  # a job id of the shape the table makes (uuid4 hex)
 
 
 def finish(client, job_id):
@@ -38,9 +41,9 @@ def test_finished_images_are_written_with_a1111_infotext_and_survive_a_restart(s
 
 def test_jobs_unfinished_at_a_crash_are_reported_failed_and_retryable(tmp_path, start_server):
     store = OutputStore(tmp_path / "outputs", budget_bytes=10**9)
-    store.accepted(JobRecord(job_id="lost1", state=JobState.RUNNING, params=params(), created_at=1.0))
+    store.accepted(JobRecord(job_id=LOST, state=JobState.RUNNING, params=params(), created_at=1.0))
     _, client = start_server(outputs_dir=str(tmp_path / "outputs"))
-    view = client.get_job("lost1")
+    view = client.get_job(LOST)
     assert view.state is JobState.FAILED
     assert view.error.code is ErrorCode.MODEL_SERVER_LOST and view.error.retryable
     assert not list((tmp_path / "outputs" / "pending").iterdir())
@@ -63,7 +66,7 @@ def test_the_disk_budget_deletes_the_oldest_outputs(start_server, tmp_path):
 
 def test_one_client_cannot_fill_the_queue(start_server):
     server, client = start_server(step_seconds=0.05, max_queued_per_client=2)
-    running = client.submit(params(steps=200), client_id="a")
+    running = client.submit(params(steps=100), client_id="a")
     waiting = [client.submit(params(), client_id="a") for _ in range(2)]
     with pytest.raises(RemoteError) as info:
         client.submit(params(), client_id="a")
@@ -88,3 +91,29 @@ def test_results_on_disk_are_not_also_held_in_memory(start_server, tmp_path):
     finish(client, job.job_id)
     assert server.table.get(job.job_id).result_bytes == 0
     assert Image.open(io.BytesIO(client.fetch(job.job_id)[1])).size == (128, 128)
+
+
+def test_after_the_ttl_a_job_is_expired_and_its_files_are_gone_even_when_read_back_from_disk(start_server, tmp_path):
+    outputs = tmp_path / "outputs"
+    server, client = start_server(outputs_dir=str(outputs), result_ttl_seconds=1.0)
+    job = client.submit(params(steps=1))
+    assert isinstance(finish(client, job.job_id), Completed)
+    assert client.fetch(job.job_id)[1]
+    server.table._jobs.clear()  # as after a restart: the job comes back from its record
+    assert client.get_job(job.job_id).state is JobState.SUCCEEDED
+    time.sleep(1.5)
+    with pytest.raises(RemoteError) as caught:
+        client.get_job(job.job_id)
+    assert caught.value.error.code is ErrorCode.EXPIRED
+    assert not list(outputs.glob(f"*/{job.job_id}*")), "its image and record must be deleted"
+
+
+def test_records_left_by_an_earlier_run_are_deleted_once_past_the_ttl(tmp_path):
+    store = OutputStore(tmp_path / "outputs", budget_bytes=10**9)
+    old, new = "a" * 32, "b" * 32
+    for job_id, finished in ((old, time.time() - 100), (new, time.time())):
+        record = JobRecord(job_id=job_id, state=JobState.SUCCEEDED, params=params(), created_at=1.0,
+                           finished_at=finished, images=[])
+        store.finished(record, [])
+    assert store.delete_finished_before(time.time() - 50) == [old]
+    assert store.load(old) is None and store.load(new) is not None

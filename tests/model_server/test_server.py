@@ -51,7 +51,7 @@ def test_ping_answers_at_once_while_a_job_runs(start_server):
 
 def test_cancel_mid_job_stops_it_and_the_next_job_still_succeeds(start_server):
     server, client = start_server(step_seconds=0.05)
-    job = client.submit(params(steps=200))
+    job = client.submit(params(steps=100))
     wait_until(lambda: (server.table.running or 0) and server.table.running.step >= 2, 5)
     view = client.cancel(job.job_id)
     assert view.cancel_requested
@@ -92,7 +92,7 @@ def test_malformed_frames_get_a_protocol_error_and_the_server_survives(start_ser
 
 def test_a_full_queue_is_refused_with_a_retryable_error(start_server):
     server, client = start_server(step_seconds=0.05, queue_size=1)
-    running = client.submit(params(steps=200))
+    running = client.submit(params(steps=100))
     wait_until(lambda: server.table.running is not None, 5)
     queued = client.submit(params())
     with pytest.raises(RemoteError) as info:
@@ -189,7 +189,7 @@ def _running_at_step(server, n: int):
 
 def test_an_interrupt_keeps_the_partial_image_and_skips_the_remaining_ones(start_server):
     server, client = start_server(step_seconds=0.02)
-    job = client.submit(params(steps=200, n=3))
+    job = client.submit(params(steps=100, n=3))
     _running_at_step(server, 2)
     client.cancel(job.job_id, StopMode.INTERRUPT)
     final = run_to_end(client, job.job_id)[-1]
@@ -200,7 +200,7 @@ def test_an_interrupt_keeps_the_partial_image_and_skips_the_remaining_ones(start
 
 def test_skip_ends_the_current_image_and_moves_on_to_the_next(start_server):
     server, client = start_server(step_seconds=0.02)
-    job = client.submit(params(steps=200, n=2))
+    job = client.submit(params(steps=100, n=2))
     _running_at_step(server, 2)
     client.cancel(job.job_id, StopMode.SKIP)
     wait_until(lambda: server.table.get(job.job_id).image_index == 1, 5)
@@ -212,7 +212,7 @@ def test_skip_ends_the_current_image_and_moves_on_to_the_next(start_server):
 
 def test_an_interrupt_never_touches_a_queued_job(start_server):
     server, client = start_server(step_seconds=0.02)
-    running = client.submit(params(steps=200))
+    running = client.submit(params(steps=100))
     queued = client.submit(params(steps=2))
     _running_at_step(server, 1)
     client.cancel(queued.job_id, StopMode.INTERRUPT)
@@ -224,7 +224,7 @@ def test_an_interrupt_never_touches_a_queued_job(start_server):
 def test_a_running_job_that_asked_for_previews_has_one_to_fetch(start_server):
     server, client = start_server(step_seconds=0.05)
     plain = client.submit(params(steps=3))
-    job = client.submit(params(steps=200, preview=True, width=128))
+    job = client.submit(params(steps=100, preview=True, width=128))
     with pytest.raises(RemoteError):
         client.fetch_preview(plain.job_id)
     wait_until(lambda: (client.get_job(job.job_id).progress.preview_step or 0) >= 2, 10)

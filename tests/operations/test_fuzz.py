@@ -5,7 +5,9 @@ route family's shape (native, OpenAI or A1111)."""
 from __future__ import annotations
 
 import pytest
+import requests
 import schemathesis
+from schemathesis import checks
 from hypothesis import HealthCheck, settings
 
 from tests.operations.conftest import Service
@@ -43,12 +45,34 @@ def check_error_shape(path: str, status: int, body) -> None:
         assert set(body) >= {"error", "code", "hint"} and body["error"] and body["hint"]
 
 
+# What the published document promises must hold: the documented statuses, content types and
+# response bodies, and the methods a 405 names (Allow).
+CONFORMANCE = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+               checks.response_schema_conformance, checks.allow_header_conformance]
+
+
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_gets_a_5xx_and_errors_have_their_familys_shape(case):
     response = case.call(timeout=60)
     assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+    case.validate_response(response, checks=CONFORMANCE)
     if response.status_code >= 400:
         check_error_shape(case.path, response.status_code, response.json())
         if response.status_code == 429:
             assert response.headers.get("retry-after")  # schemathesis lower-cases header names
+
+
+HOSTILE_BODIES = [b'{"prompt":"\xff"}', b'{"prompt":' + b"[" * 2000 + b"]" * 2000 + b"}", b"[" * 5000 + b"]" * 5000,
+                  b'{"prompt": "a cat", "n": 3.0, "quality": 13.0}', b'{"prompt": "\u0000"}', b"\xef\xbb\xbf{}"]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img",
+                                  "/sdapi/v1/options"])
+def test_hostile_bodies_get_a_client_error_from_the_real_gateway(fuzz_service, path):
+    for body in HOSTILE_BODIES:
+        response = requests.post(fuzz_service.url + path, data=body, timeout=60,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code < 500, (path, body[:40], response.status_code, response.text[:300])
+        if response.status_code >= 400:
+            check_error_shape(path, response.status_code, response.json())
