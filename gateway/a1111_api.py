@@ -110,7 +110,7 @@ def txt2img(parsed):
         "n_iter": r.n_iter or 1, "restore_faces": False, "sd_model_name": PurePath(model).name,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "clip_skip": 1,
         "index_of_first_image": 0, "is_using_inpainting_conditioning": False,
-        "infotexts": [infotext(params, s, sampler, model) for s in seeds],
+        "infotexts": [infotext(params, s, model, sampler) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
         "interrupted": done.interrupted, "job_id": done.job_id,
     }

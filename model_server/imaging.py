@@ -29,7 +29,7 @@ def encode_image(image: Image.Image, params: GenerationParams, seed: int, model:
     fmt = params.format
     if fmt == "png":
         meta = PngImagePlugin.PngInfo()
-        meta.add_text("parameters", infotext(params, seed, params.scheduler, model))
+        meta.add_text("parameters", infotext(params, seed, model))
         # compress_level 1: the PNG is noise-like for tests and photos alike; level 6 costs
         # ~10x the time for a few percent fewer bytes.
         image.save(buf, format="PNG", pnginfo=meta, compress_level=1)

@@ -52,3 +52,12 @@ def configure_logging(secrets: tuple[str, ...] = ()) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+    # transformers warns that torchvision is missing whenever the safety checker's CLIP image
+    # processor is built, then uses the PIL one, which is what we want: torchvision would add
+    # hundreds of MB for nothing. Only that message is dropped.
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()

@@ -74,7 +74,7 @@ class ModelServerSettings:
     lcm_lora: str = "auto"
     tiny_vae: str = "auto"
     queue_size: int = 16
-    result_ttl_seconds: float = 900.0
+    result_ttl_seconds: float = 86400.0  # a day: images, records and ids, in memory and on disk
     result_budget_bytes: int = 256 * 1024 * 1024
     heartbeat_seconds: float = 1.0
     shutdown_grace_seconds: float = 5.0

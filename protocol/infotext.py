@@ -7,8 +7,14 @@ from __future__ import annotations
 from protocol.messages import GenerationParams
 
 
-def infotext(params: GenerationParams, seed: int, sampler: str, model: str) -> str:
-    """``sampler`` is the name to show (A1111's name where the caller has one, else ours)."""
+# Our scheduler names as A1111 shows them; "default" is SD v1's own sampler, PNDM (A1111's PLMS).
+A1111_SAMPLER_NAMES = {"default": "PNDM", "pndm": "PNDM", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a",
+                       "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "unipc": "UniPC", "lcm": "LCM"}
+
+
+def infotext(params: GenerationParams, seed: int, model: str, sampler: str | None = None) -> str:
+    """``sampler`` is the name to show; by default A1111's name for ``params.scheduler``."""
+    sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)
     lines = [params.prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
     settings = [f"Steps: {params.steps}", f"Sampler: {sampler}", f"CFG scale: {params.guidance_scale:g}",
                 f"Seed: {seed}", f"Size: {params.width}x{params.height}", f"Model: {model}"]

@@ -20,6 +20,7 @@ class FakeModelClient:
         self.cancelled = []
         self.model_state = ModelState.READY
         self.outcome = JobState.SUCCEEDED  # what watch() ends with
+        self.outcome_error: ErrorInfo | None = None  # the error it ends with, if not the usual one
         self.error: Exception | None = None  # raised by the next call
         self.unavailable_presets: dict[str, str] = {}
 
@@ -95,6 +96,8 @@ class FakeModelClient:
         if self.outcome is JobState.FAILED:
             final = _replace(final, error=ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="ran out of memory",
                                                     hint="Try a smaller size.", retryable=True))
+        if self.outcome_error is not None:
+            final = _replace(final, error=self.outcome_error)
         self.jobs[job_id] = final
         yield {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}[self.outcome](
             job=final)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.errors import ErrorCode
-from protocol.messages import JobState, ModelState
+from protocol.messages import ErrorInfo, JobState, ModelState
 from tests.gateway.fake_client import PNG
 
 
@@ -48,6 +48,15 @@ def test_a_failed_job_is_a_5xx_with_the_job_hint(client, fake):
 def test_a_job_cancelled_elsewhere_is_409_for_the_waiting_request(client, fake):
     fake.outcome = JobState.CANCELLED
     assert client.post("/generate", json={"prompt": "a cat"}).status_code == 409
+
+
+def test_a_job_stopped_by_a_model_server_shutdown_is_a_retryable_503_not_a_user_cancel(client, fake):
+    fake.outcome = JobState.CANCELLED
+    fake.outcome_error = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server shut down",
+                                   hint="Submit it again.", retryable=True, retry_after=5.0)
+    for path in ("/generate", "/v1/images/generations"):
+        response = client.post(path, json={"prompt": "a cat"})
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) == 5, path
 
 
 def test_job_submission_is_202_with_location_and_the_job(client):

@@ -29,6 +29,9 @@ def test_the_seed_curl_flow_returns_a_512_png_made_with_25_steps(stack):
     job = requests.get(f"{stack.url}/v1/jobs/{response.headers['X-Job-Id']}", timeout=5).json()
     assert job["params"]["steps"] == 25 and job["state"] == "succeeded"
     assert int(response.headers["X-Seed"]) == job["params"]["seed"]
+    # The PNG says which sampler made it as A1111 names it, and the start-up log has no noise.
+    assert "Sampler: PNDM," in Image.open(io.BytesIO(response.content)).text["parameters"]
+    assert "torchvision" not in stack.model_server.log()
 
 
 @pytest.mark.parametrize("body, fragment", [

@@ -63,6 +63,39 @@ def test_cancelling_a_running_job_only_flags_it_until_the_worker_stops():
     assert table.view(job).state is JobState.CANCELLED
 
 
+def test_a_stopped_job_still_says_how_far_it_got_and_a_lone_queued_job_has_a_real_eta():
+    table = JobTable(capacity=3, ttl_seconds=60, budget_bytes=10**6)
+    first = table.submit(params())
+    table.next_job(0)
+    table.record_step(first, 0, 3, 2.0)
+    table.cancel(first.id)
+    table.mark_cancelled(first)
+    progress = table.view(first).progress
+    assert (progress.step, progress.total_steps, progress.seconds_per_step) == (3, 10, 2.0)
+    alone = table.submit(params())  # first in line, nothing running: its ETA is its own 10 steps
+    assert table.view(alone).progress.eta_seconds == pytest.approx(20.0)
+
+
+def test_other_clients_jobs_are_not_found_and_their_tombstones_do_not_say_expired():
+    clock = Clock()
+    table = JobTable(capacity=3, ttl_seconds=60, budget_bytes=10**6, clock=clock)
+    job = table.submit(params(), client_id="key:alice")
+    assert table.get(job.id, "key:alice") is job and table.get(job.id) is job  # "" is the operator
+    for call in (lambda: table.get(job.id, "key:bob"), lambda: table.cancel(job.id, owner="key:bob"),
+                 lambda: table.result(job.id, 0, "key:bob"), lambda: table.preview(job.id, "key:bob")):
+        with pytest.raises(Rejection) as caught:
+            call()
+        assert caught.value.error.code is ErrorCode.NOT_FOUND
+    assert table.unfinished("key:bob") == [] and table.unfinished("key:alice") == [job]
+    table.cancel(job.id, owner="key:alice")
+    clock.now += 61
+    table.evict_expired()
+    for owner, code in (("key:alice", ErrorCode.EXPIRED), ("key:bob", ErrorCode.NOT_FOUND)):
+        with pytest.raises(Rejection) as caught:
+            table.get(job.id, owner)
+        assert caught.value.error.code is code
+
+
 def test_progress_gives_seconds_per_step_and_eta_for_running_and_queued_jobs():
     table = JobTable(capacity=3, ttl_seconds=60, budget_bytes=10**6)
     running, queued = table.submit(params()), table.submit(params())
