@@ -17,8 +17,10 @@ from __future__ import annotations
 import base64
 import re
 import time
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 from flask import Blueprint, jsonify, request
 
 from gateway.errors import FAMILY_RENDERERS, ApiError
@@ -27,13 +29,18 @@ from gateway.policy import starts_work
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
+from protocol.messages import GenerationParams
 
 bp = Blueprint("openai", __name__)
 _EXAMPLE = 'Send JSON such as {"prompt": "a cat", "size": "512x512"}.'
+_HINTS = {"size": "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'.",
+          "response_format": "Use b64_json or url."}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
-_PASSTHROUGH = ("seed", "steps", "negative_prompt", "guidance_scale", "scheduler", "preset", "deep_cache",
-                "token_merging")
+# Our own fields reach through the SDK's extra_body: every contract field OpenAI's fields do not already
+# map (a new field in GenerationParams arrives here by itself). "quality" is OpenAI's own (steps).
+_PASSTHROUGH = tuple(f.name for f in msgspec.structs.fields(GenerationParams)
+                     if f.name not in ("prompt", "n", "width", "height", "format", "quality", "preview"))
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           409: "conflict_error", 410: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
@@ -42,8 +49,8 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
 class ImagesRequest(msgspec.Struct, kw_only=True):
     prompt: str
     n: int | None = None
-    size: str | None = None
-    response_format: str | None = None
+    size: Annotated[str, Meta(pattern=r"^(\d{1,5}x\d{1,5}|auto)$")] | None = None
+    response_format: Literal["b64_json", "url"] | None = None
     model: str | None = None
     quality: str | None = None
     style: str | None = None
@@ -67,10 +74,7 @@ FAMILY_RENDERERS[bp.name] = _openai_error
 def _size(value: str | None) -> dict:
     if value in (None, "auto"):
         return {}
-    match = _SIZE.match(value)
-    if not match:
-        raise ApiError(400, "invalid_size", f"size must look like 512x512, got {value[:40]!r}",
-                       "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'.", field="size")
+    match = _SIZE.match(value)  # the type's pattern let it through, so it matches
     return {"width": int(match.group(1)), "height": int(match.group(2))}
 
 
@@ -92,12 +96,11 @@ def _parse():
     try:
         r = convert(raw, ImagesRequest)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_request", f"invalid request body: {exc}", _EXAMPLE,
-                       field=field_of(str(exc))) from None
+        field = field_of(str(exc))
+        hint = _HINTS.get(field, _EXAMPLE)
+        raise ApiError(400, f"invalid_{field}" if field in _HINTS else "invalid_request",
+                       f"invalid request body: {exc}", hint, field=field) from None
     response_format = r.response_format or "b64_json"
-    if response_format not in ("b64_json", "url"):
-        raise ApiError(400, "invalid_response_format", f"response_format must be b64_json or url, got "
-                       f"{response_format[:40]!r}", "Use b64_json or url.", field="response_format")
     try:
         params = sv.validator.parse_object(_to_fields(r, raw))
     except ApiError as exc:

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 def test_a_killed_model_server_is_restarted_and_the_gateway_keeps_serving(log_dir, tmp_path):
     port = free_port()
     venv = Path(sys.executable).parent.parent  # this test run's virtualenv
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     env = dict(MODEL_SERVER_PIPELINE="fake", GATEWAY_BIND=f"127.0.0.1:{port}", XDG_RUNTIME_DIR=tmp_path,
-               OUTPUTS_DIR=tmp_path / "outputs", VENV=venv)
+               OUTPUTS_DIR=tmp_path / "outputs", VENV=venv, TMPDIR=temp)
     run = Proc("run-sh", ["bash", "scripts/run.sh"], base_env(**env), log_dir)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -37,6 +39,7 @@ def test_a_killed_model_server_is_restarted_and_the_gateway_keeps_serving(log_di
     finally:
         run.stop(30)
     assert "Traceback" not in run.log()
+    assert list(temp.iterdir()) == [], "a run leaves nothing in the temp dir (metrics folder, pip log)"
 
 
 def _pid(client: ModelClient) -> int | None:
