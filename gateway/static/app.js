@@ -182,7 +182,7 @@ function poll(id) {
 function onProgress(job) {
   const p = job.progress || {};
   if (job.state === "queued") {
-    say(`Queued: position ${job.queue_position ?? "?"}` + (p.eta_seconds ? ` · starts in about ${fmt(p.eta_seconds)}` : ""));
+    say(`Queued: position ${job.queue_position ?? "?"}` + (p.eta_seconds ? ` · done in about ${fmt(p.eta_seconds)}` : ""));
     $("bar").removeAttribute("value");
   } else if (job.state === "running") {
     const n = job.params.n || 1;
