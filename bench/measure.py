@@ -3,7 +3,7 @@
 Run by ``bench/run.py``; by hand: ``python -m bench.measure --config ours --model DIR``.
 Configurations:
   seed   the seed service's settings: float32, attention slicing, the model's PNDM scheduler
-  ours   the model server's real loading code (model_server.diffusers_pipeline), SD_* settings,
+  ours   the model server's real loading code (model_server.engine.diffusers_pipeline), SD_* settings,
          running a preset (--preset; its steps, guidance and sampler unless --steps is given)
 """
 
@@ -80,7 +80,7 @@ def load_ours(model: str, dtype: str, preset: str):
     For a preset with parts that load on first use (fast), they are loaded here, inside load time."""
     import dataclasses
 
-    from model_server.diffusers_pipeline import DiffusersPipeline
+    from model_server.engine.diffusers_pipeline import DiffusersPipeline
     from model_server.settings import ModelServerSettings
     from protocol.presets import PRESETS
 

@@ -151,7 +151,7 @@ def main() -> int:
     if any(c.startswith("ours") for c in args.configs.split(",")):
         # The one-time bf16 conversion (if this CPU gets bf16) happens here, not inside a measurement.
         subprocess.run([sys.executable, "-c", (
-            "from model_server.diffusers_pipeline import bf16_copy, choose_dtype; import torch, sys; "
+            "from model_server.engine.diffusers_pipeline import bf16_copy, choose_dtype; import torch, sys; "
             "from model_server.settings import ModelServerSettings as S; "
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}); "
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],

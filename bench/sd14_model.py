@@ -3,7 +3,7 @@
 Same architecture and parameter counts as CompVis/stable-diffusion-v1-4 (UNet 859.5 M, VAE
 83.7 M, CLIP text encoder 123.1 M), saved as fp32 safetensors like the hub repository, so load
 time, step time and memory match the real model (they do not depend on weight values).
-The tokenizer is the small local one from ``model_server.tiny_model``; the text encoder keeps
+The tokenizer is the small local one from ``model_server.engine.tiny_model``; the text encoder keeps
 the real 49,408-token embedding table.
 """
 
@@ -26,7 +26,7 @@ def build(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from model_server.tiny_model import local_tokenizer
+    from model_server.engine.tiny_model import local_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -63,7 +63,7 @@ def build_extras(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """Random-weight stand-ins for the fast preset's parts, next to the model in ``folder``:
     an LCM-LoRA of the published one's shape (rank 64 on the same modules, 67.5 M parameters)
     and a TAESD of the real architecture. Returns (LoRA dir, TAESD dir)."""
-    from model_server.tiny_model import write_random_lcm_lora, write_random_taesd
+    from model_server.engine.tiny_model import write_random_lcm_lora, write_random_taesd
 
     lora, taesd = folder.parent / f"{folder.name}-lcm-lora", folder.parent / f"{folder.name}-taesd"
     if not (lora / "pytorch_lora_weights.safetensors").exists():

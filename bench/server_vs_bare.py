@@ -27,7 +27,7 @@ PARAMS = dict(prompt="a photograph of an astronaut riding a horse", seed=1)
 
 _BARE = """
 import json, sys, threading, time
-from model_server.diffusers_pipeline import DiffusersPipeline
+from model_server.engine.diffusers_pipeline import DiffusersPipeline
 from model_server.settings import ModelServerSettings
 from protocol.messages import GenerationParams
 times = []

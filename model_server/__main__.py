@@ -6,7 +6,7 @@ import logging
 import signal
 
 from model_server.logs import configure_logging
-from model_server.server import ModelServer
+from model_server.transport.server import ModelServer
 from model_server.settings import ModelServerSettings
 
 

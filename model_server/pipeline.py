@@ -1,8 +1,6 @@
-"""What the model server needs from a text-to-image pipeline, and the factory that picks one.
-
-Only ``diffusers_pipeline`` imports torch; it is imported lazily here so the fake pipeline
-(tests, compose smoke runs) works without torch installed.
-"""
+"""What the model server needs from a text-to-image pipeline: the interface every backend meets,
+its errors and the sampler step limits. The factory that picks a backend is ``factory``, so
+this module imports no implementation (and none imports it back in a circle)."""
 
 from __future__ import annotations
 
@@ -14,9 +12,6 @@ from protocol.presets import PRESETS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
-
-    from model_server.settings import ModelServerSettings
-
 
 
 # LCMScheduler's schedule has original_inference_steps (50) points; every other sampler here runs
@@ -61,17 +56,6 @@ class Pipeline(Protocol):
         a latent-resolution PIL image when ``params.preview`` is set, else None. At the first
         step boundary where ``stop()`` says CANCEL it raises :class:`JobCancelledError`; where it
         says INTERRUPT or SKIP it stops denoising and returns the image decoded so far."""
-
-
-def make_pipeline(settings: "ModelServerSettings") -> Pipeline:
-    """Build the configured pipeline; slow for diffusers (loads the model)."""
-    if settings.pipeline == "fake":
-        from model_server.fake_pipeline import FakePipeline
-
-        return FakePipeline(step_seconds=settings.fake_step_seconds, model_id=settings.model)
-    from model_server.diffusers_pipeline import DiffusersPipeline
-
-    return DiffusersPipeline.load(settings)
 
 
 def load_error(message: str, hint: str) -> PipelineLoadError:

@@ -17,9 +17,10 @@ import zmq
 
 from model_server import memory
 from model_server.imaging import encode_image, encode_preview
-from model_server.jobs import Job, JobTable
+from model_server.jobs.table import Job, JobTable
 from model_server.logs import job_context
-from model_server.pipeline import Pipeline, JobCancelledError, PipelineLoadError, make_pipeline
+from model_server.factory import make_pipeline
+from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight SD pipeline, written once per run by the project's own command."""
     folder = tmp_path_factory.mktemp("tiny-sd")
-    subprocess.run([PYTHON, "-m", "model_server.tiny_model", str(folder)], cwd=ROOT, check=True,
+    subprocess.run([PYTHON, "-m", "model_server.engine.tiny_model", str(folder)], cwd=ROOT, check=True,
                    capture_output=True)
     return folder
 

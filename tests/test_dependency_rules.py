@@ -12,9 +12,7 @@ import pytest
 from tests.helpers import ROOT
 
 HEAVY = {"torch", "diffusers", "transformers", "accelerate", "safetensors"}
-TORCH_IMPORTERS = {"model_server/diffusers_pipeline.py", "model_server/tiny_model.py", "model_server/convert.py",
-                   "model_server/preset_parts.py", "model_server/layout.py", "model_server/deepcache.py",
-                   "model_server/token_merging.py"}
+ENGINE = ROOT / "model_server" / "engine"  # the only package that may import torch and its kin
 
 
 def imports_of(path: Path) -> set[str]:
@@ -44,9 +42,48 @@ def test_gateway_never_imports_the_model_server_or_torch(path):
 
 
 @pytest.mark.parametrize("path", package_files("model_server"), ids=str)
-def test_only_the_diffusers_modules_import_torch(path):
-    if str(path.relative_to(ROOT)) not in TORCH_IMPORTERS:
-        assert not imports_of(path) & HEAVY
+def test_only_the_engine_package_imports_torch(path):
+    if ENGINE not in path.parents:
+        assert not imports_of(path) & HEAVY, "torch and its kin belong in model_server/engine/"
+
+
+def test_the_engine_is_where_torch_is_imported():
+    assert any(imports_of(path) & HEAVY for path in ENGINE.rglob("*.py"))
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (at any depth of the file), from the source."""
+    graph = {}
+    for path in package_files(package):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t.split(".")[0] == package}
+    return {name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()}
+
+
+@pytest.mark.parametrize("package", ["protocol", "gateway", "model_server"])
+def test_no_import_circles(package):
+    graph, state = _module_graph(package), {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                pytest.fail("import circle: " + " -> ".join(trail + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
 
 
 def test_importing_and_running_the_gateway_does_not_load_torch():
@@ -59,7 +96,7 @@ def test_importing_and_running_the_gateway_does_not_load_torch():
 
 def test_the_fake_model_server_runs_without_torch():
     code = ("import sys; sys.modules['torch'] = None; "  # any torch import now fails
-            "from model_server.pipeline import make_pipeline; from model_server.settings import ModelServerSettings; "
+            "from model_server.factory import make_pipeline; from model_server.settings import ModelServerSettings; "
             "p = make_pipeline(ModelServerSettings(pipeline='fake')); print(type(p).__name__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "FakePipeline"

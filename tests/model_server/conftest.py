@@ -9,7 +9,7 @@ import pytest
 
 from gateway.model_client import ModelClient
 from model_server.fake_pipeline import FakePipeline
-from model_server.server import ModelServer
+from model_server.transport.server import ModelServer
 from model_server.settings import ModelServerSettings
 from protocol.messages import GenerationParams, ModelState
 

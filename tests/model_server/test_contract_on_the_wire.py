@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from gateway.model_client import RemoteError
-from model_server.outputs import JobRecord, OutputStore
+from model_server.jobs.outputs import JobRecord, OutputStore
 from protocol.contract import Limits
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gateway.model_client import RemoteError
-from model_server.outputs import JobRecord, OutputStore
+from model_server.jobs.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState
 from tests.model_server.conftest import params

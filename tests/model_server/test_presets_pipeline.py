@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from diffusers import AutoencoderTiny  # noqa: E402
 
-from model_server.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
 from model_server.pipeline import PipelineLoadError  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
 from protocol.messages import GenerationParams  # noqa: E402
@@ -123,7 +123,7 @@ def test_bf16_keeps_the_adapter_in_bf16_and_stays_close_to_float32(tiny, tmp_pat
 
 
 def test_deep_cache_runs_shallow_calls_between_full_ones_and_restores_the_unet(tiny):
-    from model_server.deepcache import DeepCache
+    from model_server.engine.deepcache import DeepCache
 
     unet = tiny.pipe.unet
     full_calls = []

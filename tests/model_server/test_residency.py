@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model_server.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
 from protocol.messages import GenerationParams  # noqa: E402
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import PNDMScheduler
 
-from model_server.diffusers_pipeline import _SCHEDULER_FACTORIES
+from model_server.engine.diffusers_pipeline import _SCHEDULER_FACTORIES
 from model_server.pipeline import max_steps
 from protocol.messages import MAX_STEPS, SCHEDULERS
 

@@ -1,11 +1,11 @@
-"""Token merging (model_server/token_merging.py): the merge plan, and the hooks on a real UNet."""
+"""Token merging (model_server/engine/token_merging.py): the merge plan, and the hooks on a real UNet."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model_server.token_merging import TokenMerging, bipartite_merge
+from model_server.engine.token_merging import TokenMerging, bipartite_merge
 
 
 def _tokens(batch=2, h=8, w=6, channels=5, seed=0):
@@ -97,7 +97,7 @@ def test_attention_below_the_top_resolution_is_left_alone():
 
 
 def test_scoring_in_slices_plans_the_same_merge_as_scoring_at_once(monkeypatch):
-    from model_server import token_merging
+    from model_server.engine import token_merging
 
     x = _tokens(h=64, w=48, channels=16)
     merge, unmerge = bipartite_merge(x, 64, 48, 0.5, torch.Generator().manual_seed(1))

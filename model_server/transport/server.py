@@ -16,9 +16,9 @@ from typing import Callable
 import zmq
 
 from model_server import memory
-from model_server.jobs import Job, JobTable, Rejection, not_found
+from model_server.jobs.table import Job, JobTable, Rejection, not_found
 from model_server.logs import job_context
-from model_server.outputs import JOB_ID, OutputStore
+from model_server.jobs.outputs import JOB_ID, OutputStore
 from model_server.pipeline import Pipeline, preset_unavailable
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ServerState, Worker

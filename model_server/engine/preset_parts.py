@@ -35,7 +35,7 @@ def _source(value: str, settings: ModelServerSettings, kind: str) -> str | None:
     if value.lower() in ("none", "off", "false", "0"):
         return None
     if value in ("auto", "tiny") and (value == "tiny" or settings.model == "tiny"):
-        from model_server.tiny_model import write_tiny_extras
+        from model_server.engine.tiny_model import write_tiny_extras
 
         lora, taesd = write_tiny_extras(Path(settings.cache_dir) / "tiny-extras")
         return str(lora if kind == "lora" else taesd)

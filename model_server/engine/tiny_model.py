@@ -6,7 +6,7 @@ vocabulary), so no network is needed. The shapes follow SD v1 (4 latent channels
 factor 8, 77-token context) at a fraction of the width, so pipeline logic is exercised for real
 at any image size while a 512x512 image takes well under a second.
 
-Usage: ``python -m model_server.tiny_model DIR``
+Usage: ``python -m model_server.engine.tiny_model DIR``
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def write_tiny_extras(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m model_server.tiny_model DIR", file=sys.stderr)
+        print("usage: python -m model_server.engine.tiny_model DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO)
     write_tiny_model(argv[0])

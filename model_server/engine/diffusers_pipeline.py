@@ -25,14 +25,14 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        UniPCMultistepScheduler)
 
 from model_server import cpu
-from model_server import preset_parts
-from model_server.deepcache import DeepCache
-from model_server.layout import to_channels_last
-from model_server.residency import MappedWeights
+from model_server.engine import preset_parts
+from model_server.engine.deepcache import DeepCache
+from model_server.engine.channels_last import to_channels_last
+from model_server.engine.residency import MappedWeights
 from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
-from model_server.token_merging import TokenMerging
+from model_server.engine.token_merging import TokenMerging
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode
 from protocol.presets import PRESETS
@@ -64,7 +64,7 @@ def choose_dtype(requested: str, flags: set[str] | None = None, env=None) -> tup
 def resolve_model(settings: ModelServerSettings) -> str:
     """Hub id or local directory; "tiny" writes (once) and uses the tiny random-weight model."""
     if settings.model == "tiny":
-        from model_server.tiny_model import write_tiny_model
+        from model_server.engine.tiny_model import write_tiny_model
 
         return str(write_tiny_model(Path(settings.cache_dir) / "tiny-sd"))
     return settings.model
@@ -135,18 +135,18 @@ def _quiet_progress_bars() -> None:
 
 
 def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
-    """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.convert).
+    """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.engine.convert).
 
     Falls back to ``source`` itself, converting while loading, if the copy cannot be made.
     """
-    from model_server.convert import converted
+    from model_server.engine.convert import converted
 
     key = hashlib.sha256(f"{source}\0{settings.revision}\0{settings.safety_checker}".encode()).hexdigest()[:12]
     dest = Path(settings.cache_dir) / "bf16" / f"{Path(source).name or 'model'}-{key}"
     if converted(dest):
         return str(dest), {"weights": "bf16 copy (cached)"}
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "model_server.convert", source, str(dest)]
+    cmd = [sys.executable, "-m", "model_server.engine.convert", source, str(dest)]
     cmd += ["--revision", settings.revision] if settings.revision else []
     cmd += ["--safety-checker"] if settings.safety_checker else []
     env = dict(os.environ, **({"HF_TOKEN": settings.token} if settings.token else {}))

@@ -21,7 +21,7 @@ import uuid
 
 import msgspec
 
-from model_server.outputs import JobRecord, OutputStore
+from model_server.jobs.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo, StopMode
 

@@ -5,7 +5,7 @@ server then keeps. Doing that once, in a short-lived child process, and saving t
 the long-lived model server only ever maps bf16 files: its peak stays near its steady state, and
 later starts skip the conversion.
 
-    python -m model_server.convert SOURCE DEST [--revision REV] [--safety-checker]
+    python -m model_server.engine.convert SOURCE DEST [--revision REV] [--safety-checker]
 The token, if any, comes from HF_TOKEN in the environment (never the command line).
 """
 
