@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from flask import Blueprint, Response, g, request, stream_with_context
+from flask import Blueprint, Response, request, stream_with_context
 
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from model_server import errors
+from model_server.errors import PipelineLoadError, load_error  # noqa: F401  (part of the interface)
 from protocol.errors import ErrorCode
 from protocol.messages import MAX_STEPS, SCHEDULERS, ErrorInfo, GenerationParams, StopMode  # noqa: F401  (re-exported)
 from protocol.presets import PRESETS
@@ -25,14 +27,6 @@ def max_steps(scheduler: str) -> int:
 
 class JobCancelledError(Exception):
     """Raised inside ``generate`` when ``should_stop`` turned true; the job ends cancelled."""
-
-
-class PipelineLoadError(Exception):
-    """The model could not be loaded; carries a user-facing error with a hint."""
-
-    def __init__(self, error: ErrorInfo):
-        super().__init__(error.message)
-        self.error = error
 
 
 class Pipeline(Protocol):
@@ -58,13 +52,7 @@ class Pipeline(Protocol):
         says INTERRUPT or SKIP it stops denoising and returns the image decoded so far."""
 
 
-def load_error(message: str, hint: str) -> PipelineLoadError:
-    return PipelineLoadError(ErrorInfo(code=ErrorCode.NOT_READY, message=message, hint=hint))
-
-
 def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:
-    """Why a preset cannot run here and what to use instead: refused at submit, or failed on first use."""
+    """Why a preset cannot run here, naming the ones that can: refused at submit, or failed on first use."""
     others = [name for name in PRESETS if name not in unavailable and name != preset]
-    return ErrorInfo(code=code, message=f"preset {preset!r} is not available on this server: {why}",
-                     hint=f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
-                          "to the LCM-LoRA's hub id or a local copy.")
+    return errors.preset_not_here(preset, why, others, code)

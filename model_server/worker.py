@@ -15,14 +15,14 @@ from typing import Callable
 
 import zmq
 
-from model_server import memory
+from model_server import errors, memory
 from model_server.imaging import encode_image, encode_preview
-from model_server.jobs.table import Job, JobTable
+from model_server.jobs.job import Job
+from model_server.jobs.table import JobTable
 from model_server.logs import job_context
 from model_server.factory import make_pipeline
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
-from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ EVENTS_ADDRESS = "inproc://job-events"
 
 
 @dataclasses.dataclass
-class ServerState:
-    """What the IO thread reports about the model; written by the worker thread only."""
+class ModelStatus:
+    """The model's state as pings report it. Written here, by the worker thread, as it loads the
+    model; the IO thread reads it, and writes ``model_state`` once, to STOPPING, at shutdown."""
 
     model: str
     model_state: ModelState = ModelState.LOADING
@@ -53,14 +54,12 @@ def _job_error(exc: BaseException) -> ErrorInfo:
         return exc.error
     text = str(exc)
     if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
-        return ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="the model server ran out of memory",
-                         hint="Try a smaller width/height or fewer images per request.", retryable=True)
-    return ErrorInfo(code=ErrorCode.PIPELINE_ERROR, message=f"generation failed ({type(exc).__name__})",
-                     hint="Try a shorter prompt or other parameters; the model server log has details.")
+        return errors.out_of_memory()
+    return errors.generation_failed(exc)
 
 
 class Worker(threading.Thread):
-    def __init__(self, settings: ModelServerSettings, table: JobTable, state: ServerState,
+    def __init__(self, settings: ModelServerSettings, table: JobTable, state: ModelStatus,
                  ctx: zmq.Context, load: Callable[[], Pipeline] | None = None):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
@@ -103,8 +102,7 @@ class Worker(threading.Thread):
             return False
         except Exception as exc:
             log.exception("model load failed")
-            self.state.error = ErrorInfo(code=ErrorCode.NOT_READY, message=f"model load failed ({type(exc).__name__})",
-                                         hint="See the model server log; check SD_MODEL and free memory.")
+            self.state.error = errors.load_crashed(exc)
             self.state.model_state = ModelState.FAILED
             return False
         self.state.pipeline = pipeline

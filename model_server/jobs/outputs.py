@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.errors import ErrorCode
+from model_server import errors
 from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,7 @@ class OutputStore:
             record = self.load(marker.name)
             if record is not None and not record.state.terminal:
                 record.state, record.finished_at = JobState.FAILED, time.time()
-                record.error = ErrorInfo(
-                    code=ErrorCode.MODEL_SERVER_LOST, retryable=True, retry_after=5.0,
-                    message="the model server stopped before this job finished",
-                    hint="Submit the job again; nothing else was lost.")
+                record.error = errors.model_server_lost()
                 self._write(record)
                 lost.append(record.job_id)
             marker.unlink(missing_ok=True)

@@ -15,25 +15,24 @@ from typing import Callable
 
 import zmq
 
-from model_server import memory
-from model_server.jobs.table import Job, JobTable, Rejection, not_found
-from model_server.logs import job_context
+from model_server import errors, memory
+from model_server.errors import Rejection
+from model_server.jobs.admission import admit
+from model_server.jobs.job import Job
+from model_server.jobs.table import JobTable
 from model_server.jobs.outputs import JOB_ID, OutputStore
-from model_server.pipeline import Pipeline, preset_unavailable
+from model_server.logs import job_context
+from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
-from model_server.worker import EVENTS_ADDRESS, ServerState, Worker
-from protocol import codec, contract, transport
+from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
+from protocol import codec, transport
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, ErrorInfo, Failed, FetchPreview,
-                               FetchResult, GenerationParams, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
+                               FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
                                ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch)
 
 log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
-
-
-def _invalid(message: str, hint: str) -> Rejection:
-    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint))
 
 
 _HINTS = {ErrorCode.INVALID_PARAMS: "The parameters break the protocol's bounds (protocol.messages.GenerationParams)."}
@@ -51,7 +50,7 @@ class ModelServer:
             store.recover_unfinished()
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
                               per_client=settings.max_queued_per_client, store=store)
-        self.state = ServerState(model=settings.model)
+        self.state = ModelStatus(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
         self._shutdown = threading.Event()
@@ -105,15 +104,9 @@ class ModelServer:
         log.info("shutting down: refusing new jobs, failing queued ones")
         self.state.model_state = ModelState.STOPPING
         self.table.stop_accepting()
-        error = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server shut down before the job ran",
-                          hint="Submit the job again in a few seconds.", retryable=True, retry_after=5.0)
-        for job in self.table.fail_queued(error):
+        for job in self.table.fail_queued(errors.shutting_down("the model server shut down before the job ran")):
             self._publish(job.id)
         return time.monotonic() + self.settings.shutdown_grace_seconds
-
-    _STOPPED = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, retryable=True, retry_after=5.0,
-                         message="the model server shut down while the job ran",
-                         hint="Submit the job again in a few seconds; the server restarts.")
 
     def _shutdown_finished(self, grace_deadline: float) -> bool:
         running = self.table.running
@@ -121,7 +114,7 @@ class ModelServer:
             return True
         if time.monotonic() >= grace_deadline and not running.cancel_requested:
             log.info("job %s still running after the grace period: cancelling it", running.id)
-            self.table.cancel(running.id, reason=self._STOPPED)
+            self.table.cancel(running.id, reason=errors.shutting_down("the model server shut down while the job ran"))
         return False
 
     def _close(self) -> None:
@@ -156,19 +149,16 @@ class ModelServer:
         try:
             handler = self._handlers.get(type(body))
             if handler is None:
-                raise Rejection(ErrorInfo(code=ErrorCode.PROTOCOL_MISMATCH,
-                                          message=f"{type(body).__name__} is not a request", hint=""))
+                raise errors.not_a_request(type(body).__name__)
             job_id = getattr(body, "job_id", None)
             if job_id is not None and not JOB_ID.match(job_id):
-                raise not_found(job_id)  # ids name files on disk: one not of ours is unknown, whatever it holds
+                raise errors.not_found(job_id)  # ids name files on disk: one not of ours is unknown, whatever it holds
             handler(self, identity, ref, body)
         except Rejection as exc:
             self._send(identity, ref, Rejected(error=exc.error))
         except Exception:  # a bug in one request must not take the IO loop down
             log.exception("error handling %s", type(body).__name__)
-            self._send(identity, ref, Rejected(error=ErrorInfo(
-                code=ErrorCode.PIPELINE_ERROR, message=f"the model server failed to handle {type(body).__name__}",
-                hint="The model server log has details.")))
+            self._send(identity, ref, Rejected(error=errors.handling_failed(type(body).__name__)))
 
     def _on_ping(self, identity, ref, msg: Ping) -> None:
         self._send(identity, ref, self.pong())
@@ -188,9 +178,7 @@ class ModelServer:
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
-            self._check_ready()
-            self._check_params(msg.params)
-            self._check_memory()
+            admit(msg.params, self.state, self.settings)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
@@ -198,49 +186,6 @@ class ModelServer:
         with job_context(job.id, msg.request_id):
             log.info("queued at position %d for client %s", self.table.depth, msg.client_id or "-")
         self._send(identity, ref, Accepted(job=self.table.view(job)))
-
-    def _check_ready(self) -> None:
-        state = self.state.model_state
-        if state is ModelState.READY:
-            return
-        if state is ModelState.LOADING:
-            waited = time.monotonic() - self.state.load_started
-            raise Rejection(ErrorInfo(
-                code=ErrorCode.NOT_READY, message=f"the model is still loading ({waited:.0f} s so far)",
-                hint="Retry in a few seconds; GET /health/ready turns 200 when it is loaded.",
-                retryable=True, retry_after=5.0))
-        if state is ModelState.STOPPING:
-            raise Rejection(ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server is shutting down",
-                                      hint="Retry in a few seconds.", retryable=True, retry_after=5.0))
-        error = self.state.error
-        raise Rejection(ErrorInfo(code=ErrorCode.NOT_READY, message=error.message if error else "model failed to load",
-                                  hint=error.hint if error else "See the model server log.", retryable=False))
-
-    def _check_memory(self) -> None:
-        floor = self.settings.min_free_memory_mb * 2**20
-        available = memory.available_bytes()
-        if floor and available is not None and available < floor:
-            raise Rejection(ErrorInfo(
-                code=ErrorCode.OUT_OF_MEMORY,
-                message=f"only {available // 2**20} MB of memory is free (the floor is {floor // 2**20} MB)",
-                hint="Close other programs or wait for running work to finish; smaller images need less.",
-                retryable=True, retry_after=30.0))
-
-    def _check_params(self, p: GenerationParams) -> None:
-        """What the codec's strict decode cannot know: this server's limits and this pipeline."""
-        broken = contract.violation(p, self.settings.limits)
-        if broken is not None:
-            raise _invalid(broken[1], broken[2])
-        pipeline = self.state.pipeline
-        if p.scheduler not in pipeline.schedulers():
-            raise _invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(pipeline.schedulers())}.")
-        most = pipeline.max_steps(p.scheduler)
-        if p.steps > most:  # e.g. LCM's schedule has 50 points: more would fail mid-job
-            raise _invalid(f"the {p.scheduler} sampler runs at most {most} steps, not {p.steps}",
-                           f"Use 1 to {most} steps with {p.scheduler}, or another sampler.")
-        unavailable = pipeline.unavailable_presets()
-        if p.preset in unavailable:
-            raise Rejection(preset_unavailable(p.preset, unavailable[p.preset], unavailable, ErrorCode.INVALID_PARAMS))
 
     def _on_get_job(self, identity, ref, msg: GetJob) -> None:
         self._send(identity, ref, JobInfo(job=self.table.view(self.table.get(msg.job_id, msg.client_id))))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_server.jobs.table import JobTable, Rejection
+from model_server.errors import Rejection
+from model_server.jobs.table import JobTable
 from protocol.errors import ErrorCode
 from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState
 

@@ -1,0 +1,167 @@
+"""Every error the model server sends, written once: one factory per situation, and one exception.
+
+A gateway maps the codes onto HTTP statuses; the message says what happened and the hint what
+to do. Code that fails with one of these raises :class:`Rejection` (or a subclass) carrying it.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import ErrorCode
+from protocol.messages import ErrorInfo
+
+_RETRY_SOON = 5.0
+
+
+class Rejection(Exception):
+    """Fails with an ErrorInfo: the request or job cannot be carried out, and this says why."""
+
+    def __init__(self, error: ErrorInfo):
+        super().__init__(error.message)
+        self.error = error
+
+
+# --- jobs by id ------------------------------------------------------------------------------
+
+
+def not_found(job_id: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.NOT_FOUND, message=f"no job with id {job_id[:64]!r}",
+        hint="Check the id: it is the one POST /v1/jobs returned to you. Finished jobs are kept for "
+             "RESULT_TTL_SECONDS, across restarts, unless deleted."))
+
+
+def expired(job_id: str, ttl_seconds: float) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.EXPIRED, message=f"job {job_id} has expired",
+                               hint=f"Results are kept for {ttl_seconds:g} s; submit the job again."))
+
+
+def not_finished(job_id: str) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} is not finished",
+                               hint="Cancel it first; a finished job can be deleted."))
+
+
+def no_image(job_id: str, state: str, terminal: bool) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.NOT_FOUND if terminal else ErrorCode.NOT_READY,
+        message=f"job {job_id} has no image ({state})",
+        hint="Wait for the job to succeed; watch its events or poll its status.", retryable=not terminal))
+
+
+def no_such_image(job_id: str, index: int, count: int) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no image {index}",
+                               hint=f"Image indexes run from 0 to {count - 1}."))
+
+
+def image_gone(job_id: str, index: int) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.EXPIRED, message=f"image {index} of job {job_id} is gone",
+                               hint="It was deleted to keep the outputs folder within its budget."))
+
+
+def no_preview(job_id: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no preview",
+        hint="Previews exist while a job that asked for them (preview: true) is running."))
+
+
+# --- admission ---------------------------------------------------------------------------------
+
+
+def invalid(message: str, hint: str) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint))
+
+
+def queue_full(capacity: int, retry_after: float) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.QUEUE_FULL, message=f"the queue is full ({capacity} jobs waiting)",
+        hint="Retry later, or lower steps/size so jobs finish sooner.", retryable=True, retry_after=retry_after))
+
+
+def client_queue_full(mine: int, cap: int, retry_after: float) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.QUEUE_FULL, message=f"you already have {mine} jobs waiting (the limit per client is {cap})",
+        hint="Wait for one of your jobs to start, or cancel one, then submit again.", retryable=True,
+        retry_after=retry_after))
+
+
+def still_loading(waited: float) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.NOT_READY, message=f"the model is still loading ({waited:.0f} s so far)",
+        hint="Retry in a few seconds; GET /health/ready turns 200 when it is loaded.", retryable=True,
+        retry_after=_RETRY_SOON))
+
+
+def load_failed(error: ErrorInfo | None) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.NOT_READY,
+                               message=error.message if error else "model failed to load",
+                               hint=error.hint if error else "See the model server log.", retryable=False))
+
+
+def out_of_memory_floor(available_mb: int, floor_mb: int) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.OUT_OF_MEMORY, message=f"only {available_mb} MB of memory is free (the floor is {floor_mb} MB)",
+        hint="Close other programs or wait for running work to finish; smaller images need less.",
+        retryable=True, retry_after=30.0))
+
+
+def shutting_down(message: str = "the model server is shutting down") -> ErrorInfo:
+    """Refused, failed while queued, or stopped while running by a shutdown: always retryable."""
+    return ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message=message, retryable=True, retry_after=_RETRY_SOON,
+                     hint="Submit the job again in a few seconds; the model server restarts.")
+
+
+# --- outcomes of jobs ------------------------------------------------------------------------
+
+
+def cancelled() -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.CANCELLED, message="the job was cancelled", hint="Submit it again if needed.")
+
+
+def model_server_lost() -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.MODEL_SERVER_LOST, retryable=True, retry_after=_RETRY_SOON,
+                     message="the model server stopped before this job finished",
+                     hint="Submit the job again; nothing else was lost.")
+
+
+def out_of_memory() -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="the model server ran out of memory",
+                     hint="Try a smaller width/height or fewer images per request.", retryable=True)
+
+
+def generation_failed(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.PIPELINE_ERROR, message=f"generation failed ({type(exc).__name__})",
+                     hint="Try a shorter prompt or other parameters; the model server log has details.")
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+def not_a_request(name: str) -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.PROTOCOL_MISMATCH, message=f"{name} is not a request", hint=""))
+
+
+def handling_failed(name: str) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.PIPELINE_ERROR, message=f"the model server failed to handle {name}",
+                     hint="The model server log has details.")
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+class PipelineLoadError(Rejection):
+    """The model, or a part loaded on first use, could not be loaded; says why and what to do."""
+
+
+def load_error(message: str, hint: str) -> PipelineLoadError:
+    return PipelineLoadError(ErrorInfo(code=ErrorCode.NOT_READY, message=message, hint=hint))
+
+
+def load_crashed(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.NOT_READY, message=f"model load failed ({type(exc).__name__})",
+                     hint="See the model server log; check SD_MODEL and free memory.")
+
+
+def preset_not_here(preset: str, why: str, others: list[str], code: ErrorCode) -> ErrorInfo:
+    """Why a preset cannot run here and what to use instead: refused at submit, or failed on first use."""
+    return ErrorInfo(code=code, message=f"preset {preset!r} is not available on this server: {why}",
+                     hint=f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
+                          "to the LCM-LoRA's hub id or a local copy.")

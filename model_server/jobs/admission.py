@@ -1,0 +1,55 @@
+"""Whether a job may be queued: everything checked at submit that the job table does not know.
+
+In order: the model is ready; the params keep this server's limits (the codec has already held
+them to the protocol's bounds) and the pipeline can run them (its samplers' step ranges, its
+presets); the machine has the configured free memory. The table then checks its own bounds
+(queue capacity, the per-client cap, shutdown).
+"""
+
+from __future__ import annotations
+
+import time
+
+from model_server import errors, memory
+from model_server.errors import Rejection
+from model_server.pipeline import Pipeline, preset_unavailable
+from model_server.settings import ModelServerSettings
+from model_server.worker import ModelStatus
+from protocol import contract
+from protocol.errors import ErrorCode
+from protocol.messages import GenerationParams, ModelState
+
+
+def admit(params: GenerationParams, status: ModelStatus, settings: ModelServerSettings) -> None:
+    """Raise a Rejection saying why ``params`` cannot be queued now; return if they can."""
+    _ready(status)
+    _runnable(params, status.pipeline, settings)
+    floor = settings.min_free_memory_mb * 2**20
+    available = memory.available_bytes()
+    if floor and available is not None and available < floor:
+        raise errors.out_of_memory_floor(available // 2**20, floor // 2**20)
+
+
+def _ready(status: ModelStatus) -> None:
+    state = status.model_state
+    if state is ModelState.LOADING:
+        raise errors.still_loading(time.monotonic() - status.load_started)
+    if state is ModelState.STOPPING:
+        raise Rejection(errors.shutting_down())
+    if state is not ModelState.READY:
+        raise errors.load_failed(status.error)
+
+
+def _runnable(p: GenerationParams, pipeline: Pipeline, settings: ModelServerSettings) -> None:
+    broken = contract.violation(p, settings.limits)
+    if broken is not None:
+        raise errors.invalid(broken[1], broken[2])
+    if p.scheduler not in pipeline.schedulers():
+        raise errors.invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(pipeline.schedulers())}.")
+    most = pipeline.max_steps(p.scheduler)
+    if p.steps > most:  # e.g. LCM's schedule has 50 points: more would fail mid-job
+        raise errors.invalid(f"the {p.scheduler} sampler runs at most {most} steps, not {p.steps}",
+                             f"Use 1 to {most} steps with {p.scheduler}, or another sampler.")
+    unavailable = pipeline.unavailable_presets()
+    if p.preset in unavailable:
+        raise Rejection(preset_unavailable(p.preset, unavailable[p.preset], unavailable, ErrorCode.INVALID_PARAMS))

@@ -1,0 +1,60 @@
+"""One job as the table holds it, and its conversion to and from the record on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model_server.jobs.outputs import JobRecord
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, StopMode
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    params: GenerationParams
+    created_at: float
+    client_id: str = ""  # who submitted it, and so who may see it ("" = any operator)
+    request_id: str = ""
+    state: JobState = JobState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    finished_mono: float | None = None
+    image_index: int = 0
+    step: int = 0
+    seconds_per_step: float | None = None
+    error: ErrorInfo | None = None
+    images: list[tuple[ImageInfo, bytes | None]] = dataclasses.field(default_factory=list)  # None: on disk
+    files: list[str] = dataclasses.field(default_factory=list)  # the images in the OutputStore
+    stop_mode: StopMode | None = None
+    stop_error: ErrorInfo | None = None  # why it was cancelled, when not at a client's request
+    interrupted: bool = False
+    preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
+    finishing: bool = False  # the table is writing its result; it turns terminal right after
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.stop_mode is StopMode.CANCEL
+
+    @property
+    def total_steps(self) -> int:
+        return self.params.steps
+
+    @property
+    def result_bytes(self) -> int:
+        return sum(len(data) for _, data in self.images if data is not None)
+
+    def visible_to(self, owner: str) -> bool:
+        return not owner or self.client_id == owner
+
+    def record(self) -> JobRecord:
+        return JobRecord(job_id=self.id, state=self.state, params=self.params, created_at=self.created_at,
+                         client_id=self.client_id, request_id=self.request_id, started_at=self.started_at,
+                         finished_at=self.finished_at, error=self.error, images=[i for i, _ in self.images],
+                         files=list(self.files), interrupted=self.interrupted)
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> "Job":
+        return cls(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
+                   request_id=r.request_id, state=r.state, started_at=r.started_at, finished_at=r.finished_at,
+                   error=r.error, images=[(info, None) for info in r.images], files=list(r.files),
+                   interrupted=r.interrupted)
