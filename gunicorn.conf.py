@@ -1,4 +1,4 @@
-"""gunicorn settings for the gateway; every value can be overridden from the environment.
+"""gunicorn settings for the gateway, from the environment (gateway.settings.ServingSettings).
 
 gthread workers: each request gets a thread, so a minutes-long /generate or an SSE stream
 never blocks /health in the same worker. The gateway does no heavy work (the model server
@@ -20,20 +20,24 @@ if _OWN_METRICS_DIR:
 # can re-enter a half-finished import and crash the arbiter on shutdown.
 from prometheus_client import multiprocess  # noqa: E402
 
+from gateway.settings import GatewaySettings, ServingSettings  # noqa: E402
+
+_serving = ServingSettings.from_env()
 wsgi_app = "gateway.wsgi:app"
-bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+bind = _serving.bind
 # Rate-limit counters in memory:// are per process, so with the default store one worker keeps the
 # documented limits exact (its threads share them); with a shared store (Redis) use more.
-_SHARED_LIMITS = not os.environ.get("RATE_LIMIT_STORAGE", "memory://").strip().startswith("memory")
-workers = int(os.environ.get("GATEWAY_WORKERS") or ("2" if _SHARED_LIMITS else "1"))
-# gthread with a deadline on reading each request (gateway/worker.py): slow clients cannot pin threads.
+_SHARED_LIMITS = not GatewaySettings.from_env().rate_limit_storage.startswith("memory")
+workers = _serving.workers or (2 if _SHARED_LIMITS else 1)
+# gthread that reads each request whole before a thread takes it (gateway/worker.py): slow clients
+# cannot pin threads.
 worker_class = "gateway.worker.DeadlineThreadWorker"
-threads = int(os.environ.get("GATEWAY_THREADS", "32"))
+threads = _serving.threads
 # The worker heartbeat, not a request limit: gthread requests may run far longer.
-timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "30"))
+timeout = _serving.worker_timeout
+graceful_timeout = _serving.graceful_timeout
 keepalive = 5
-accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+accesslog = _serving.access_log
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'

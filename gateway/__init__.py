@@ -60,7 +60,8 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
 
     for module in (web, native, jobs_api, presets_api, openai_api, a1111_api, health, metrics, openapi):
         app.register_blueprint(module.bp)
-    register_error_handlers(app)
+    register_error_handlers(app, {openai_api.bp.name: openai_api.render_error,
+                                  a1111_api.bp.name: a1111_api.render_error})
     rate_limits.install(app, settings)  # after the routes exist and after auth has named the client
     metrics.install(app)
     logging.getLogger(__name__).info("gateway ready; model server at %s", settings.model_server)

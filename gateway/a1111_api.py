@@ -19,7 +19,7 @@ from flask import Blueprint, jsonify, request
 
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
 from gateway.auth import owner
-from gateway.errors import FAMILY_RENDERERS, ApiError
+from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.model_client import RemoteError
 from gateway.policy import starts_work
@@ -50,15 +50,13 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     override_settings: dict | None = None  # only token_merging_ratio is used
 
 
-def _a1111_error(err: ApiError):
+def render_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
         loc = ["body", err.field] if err.field else ["body"]
         return jsonify(detail=[{"loc": loc, "msg": f"{err.message}. {err.hint}", "type": err.code}]), 422
     body = {"error": err.code, "detail": err.hint, "body": "", "errors": err.message}
     return jsonify(body), err.status, err.headers()
 
-
-FAMILY_RENDERERS[bp.name] = _a1111_error
 
 
 _EXAMPLE = 'Send an A1111 txt2img JSON object such as {"prompt": "a cat", "steps": 20}.'

@@ -3,8 +3,8 @@ the key as password (AUTOMATIC1111-style clients such as webuiapi), ``X-API-Key`
 ``sd_api_key`` cookie the web page sets (EventSource and <img> cannot send headers).
 
 Off when no key is configured. Keys come from API_KEYS and/or API_KEYS_FILE and are compared in
-constant time. ``/health/live`` and the page's static files are always public; health and
-metrics are public only with AUTH_PUBLIC_HEALTH=true. The caller's identity (a key fingerprint
+constant time. Routes marked ``policy.public`` (the page, the API documents, liveness) are always
+open; ``policy.probe`` routes (health, readiness, metrics) only with AUTH_PUBLIC_HEALTH=true. The caller's identity (a key fingerprint
 or the client address) is ``g.client_id``, used by rate limits and per-client queue caps, and it
 owns the jobs it submits: every job route answers 404 for another client's job, as for an unknown
 id. ADMIN_API_KEYS are keys that may also see and cancel every job (operators).
@@ -20,11 +20,10 @@ from urllib.parse import unquote
 
 from flask import Flask, g, request
 
+from gateway import policy
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
 
-ALWAYS_PUBLIC = {"web.index", "static", "health.live", "openapi.openapi_json", "openapi.docs"}
-HEALTH = {"health.health", "health.ready", "metrics.metrics"}
 
 
 def presented_key() -> str | None:
@@ -57,6 +56,8 @@ def fingerprint(key: str) -> str:
 
 
 class ApiKeys:
+    """The configured keys, checked in constant time against every one of them."""
+
     def __init__(self, keys: tuple[str, ...]):
         self._keys = [k.encode() for k in keys]
 
@@ -73,7 +74,7 @@ class ApiKeys:
 def install(app: Flask, settings: GatewaySettings) -> None:
     keys = ApiKeys(settings.api_keys + settings.admin_api_keys)
     admins = ApiKeys(settings.admin_api_keys)
-    public = ALWAYS_PUBLIC | (HEALTH if settings.auth_public_health else set())
+    open_access = {policy.PUBLIC, policy.PROBE} if settings.auth_public_health else {policy.PUBLIC}
 
     @app.before_request
     def _authenticate():
@@ -82,7 +83,8 @@ def install(app: Flask, settings: GatewaySettings) -> None:
         if valid:
             g.client_id = fingerprint(key)  # otherwise client_id() falls back to the address
             g.admin = admins.enabled and admins.valid(key)
-        if not keys.enabled or valid or request.endpoint in public or request.method == "OPTIONS":
+        if (not keys.enabled or valid or request.method == "OPTIONS"
+                or policy.access_of(app, request.endpoint) in open_access):
             return None
         realm = 'Basic realm="sd-cpu"' if request.path.startswith("/sdapi/") else 'Bearer realm="sd-cpu"'
         raise ApiError(401, "unauthorized",

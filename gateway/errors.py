@@ -1,7 +1,7 @@
 """Every failure becomes an :class:`ApiError`, rendered in its route family's JSON shape.
 
-The native and seed routes answer ``{"error", "code", "hint"}``; the OpenAI and A1111 façades
-register their own renderers (``FAMILY_RENDERERS``, keyed by blueprint name), so a rate limit, an
+The native and seed routes answer ``{"error", "code", "hint"}``; create_app registers the OpenAI and
+A1111 façades' own renderers (keyed by blueprint name), so a rate limit, an
 auth failure or an unexpected error looks right to each family's clients. Model-server errors
 (``ErrorInfo``) map onto HTTP statuses in one table. Never a traceback in a response.
 """
@@ -12,7 +12,7 @@ import logging
 import math
 from typing import Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.model_client import ModelServerUnavailable, RemoteError
@@ -79,16 +79,15 @@ def native_response(err: ApiError):
     return jsonify(err.body()), err.status, err.headers()
 
 
-# Blueprint name -> renderer; routes of other blueprints use the native shape. Errors raised while
-# routing (404, 405) have no blueprint yet, so the family is told by the path's prefix.
-FAMILY_RENDERERS: dict[str, Callable[[ApiError], object]] = {}
+# Errors raised while routing (404, 405) have no blueprint yet, so the family is told by the path.
 FAMILY_PREFIXES = {"/v1/images/": "openai", "/v1/models": "openai", "/sdapi/": "a1111"}
 
 
 def render(err: ApiError):
+    """The error in its route family's shape (the renderers create_app registered), else native."""
     family = request.blueprint or next(
         (name for prefix, name in FAMILY_PREFIXES.items() if request.path.startswith(prefix)), "")
-    return FAMILY_RENDERERS.get(family, native_response)(err)
+    return current_app.extensions["sd_error_renderers"].get(family, native_response)(err)
 
 
 def as_api_error(exc: Exception) -> ApiError:
@@ -104,7 +103,10 @@ def as_api_error(exc: Exception) -> ApiError:
     raise TypeError(f"not an API error: {exc!r}")
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, renderers: dict[str, Callable[[ApiError], object]]) -> None:
+    """``renderers``: blueprint name -> the function that renders errors in that family's shape."""
+    app.extensions["sd_error_renderers"] = dict(renderers)
+
     @app.errorhandler(ApiError)
     @app.errorhandler(RemoteError)
     @app.errorhandler(ModelServerUnavailable)

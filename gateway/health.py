@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify
 
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.policy import probe, public, unlimited
 from gateway.presets_api import describe
 from gateway.services import services
 from protocol.messages import ModelState
@@ -19,12 +20,15 @@ _STATUS = {ModelState.READY: "ok", ModelState.LOADING: "loading", ModelState.STO
 
 
 @bp.get("/health/live")
+@public
+@unlimited
 def live():
     """The gateway process answers; says nothing about the model (that is readiness)."""
     return jsonify(status="alive")
 
 
 @bp.get("/health/ready")
+@probe
 def ready():
     pong = services().client.ping(timeout=_PING_TIMEOUT)
     if pong.model_state is not ModelState.READY:
@@ -36,6 +40,7 @@ def ready():
 
 
 @bp.get("/health")
+@probe
 def health():
     """The seed's shape (status, device, model, optimizations) plus queue, memory and state."""
     sv = services()

@@ -5,10 +5,10 @@ writes one JSON object per line."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 from flask import g, has_request_context
+
+from common.logs import configure
 
 
 class RequestIdFilter(logging.Filter):
@@ -18,16 +18,4 @@ class RequestIdFilter(logging.Filter):
 
 
 def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    if os.environ.get("LOG_FORMAT", "text").lower() == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(process)d %(request_id)s %(message)s",
-                                           static_fields={"service": "gateway"}))
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s [gateway %(process)d] %(name)s rid=%(request_id)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+    configure("request_id", "[gateway %(process)d]", {"service": "gateway"}, RequestIdFilter())

@@ -17,6 +17,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.policy import probe
 from gateway.services import services
 
 bp = Blueprint("metrics", __name__)
@@ -40,6 +41,8 @@ def install(app: Flask) -> None:
 
 
 class ModelServerCollector:
+    """Model-server gauges and counters, read from one ping at scrape time."""
+
     def __init__(self, client):
         self.client = client
 
@@ -86,6 +89,7 @@ class ModelServerCollector:
 
 
 @bp.get("/metrics")
+@probe
 def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

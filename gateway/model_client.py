@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import zmq
 
@@ -44,7 +44,33 @@ class RemoteError(Exception):
         self.error = error
 
 
+class ModelServerClient(Protocol):
+    """What the gateway needs from a model server. ``ModelClient`` speaks the real protocol; the
+    tests' fake implements the same, and tests/gateway/test_model_client_conformance.py runs one
+    set of checks against both, so the fake cannot drift from the real thing."""
+
+    def ping(self, timeout: float | None = None) -> Pong: ...
+
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> JobView: ...
+
+    def get_job(self, job_id: str, client_id: str = "") -> JobView: ...
+
+    def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL, client_id: str = "") -> JobView: ...
+
+    def delete(self, job_id: str, client_id: str = "") -> JobView: ...
+
+    def unfinished_jobs(self, client_id: str = "") -> list[JobView]: ...
+
+    def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]: ...
+
+    def fetch_preview(self, job_id: str, client_id: str = "") -> tuple[ImageInfo, bytes]: ...
+
+    def watch(self, job_id: str, client_id: str = "") -> Iterator: ...
+
+
 class ModelClient:
+    """The real model client: one DEALER socket per thread, every receive bounded (see the module)."""
+
     def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0):
         self.address = address
         self.timeout = timeout

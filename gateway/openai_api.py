@@ -23,7 +23,7 @@ import msgspec
 from msgspec import Meta
 from flask import Blueprint, jsonify, request
 
-from gateway.errors import FAMILY_RENDERERS, ApiError
+from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.policy import starts_work
 from gateway.services import services
@@ -59,7 +59,7 @@ class ImagesRequest(msgspec.Struct, kw_only=True):
     output_compression: int | None = None
 
 
-def _openai_error(err: ApiError):
+def render_error(err: ApiError):
     body = {"error": {"message": f"{err.message}. {err.hint}".strip() if err.hint else err.message,
                       "type": _TYPES.get(err.status, "server_error"), "param": err.field, "code": err.code}}
     headers = err.headers()
@@ -67,8 +67,6 @@ def _openai_error(err: ApiError):
         headers["x-should-retry"] = "false"  # a failed generation will fail again; don't triple the wait
     return jsonify(body), err.status, headers
 
-
-FAMILY_RENDERERS[bp.name] = _openai_error
 
 
 def _size(value: str | None) -> dict:

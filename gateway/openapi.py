@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, jsonify
 
 from gateway.a1111_api import Txt2ImgRequest
 from gateway.openai_api import ImagesRequest
+from gateway.policy import public
 from gateway.resources import ErrorBody, JobResource
 from gateway.services import services
 
@@ -146,6 +147,7 @@ def build_spec(request_type: type) -> dict:
 
 
 @bp.get("/openapi.json")
+@public
 def openapi_json():
     spec = current_app.extensions.get("openapi")
     if spec is None:
@@ -154,5 +156,6 @@ def openapi_json():
 
 
 @bp.get("/docs")
+@public
 def docs():
     return current_app.send_static_file("docs.html")

@@ -56,6 +56,9 @@ def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type
 
 
 class ParamValidator:
+    """Turns a request body (or a façade's fields) into GenerationParams: validated against this
+    deployment's bounds, defaults filled from the preset, a seed chosen."""
+
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.request_type = make_request_type(settings)

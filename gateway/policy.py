@@ -1,6 +1,10 @@
 """Route policy attached to the views themselves, so guards read it from the view, not from lists.
 
-``starts_work(parse)`` marks a view that starts generation work. ``parse()`` validates the
+By default a route needs a key (when keys are configured) and counts against the ``read`` rate
+limit. ``public`` routes never need a key (the page, the API documents, liveness); ``probe``
+routes (health, readiness, metrics) need one unless AUTH_PUBLIC_HEALTH, and are never rate
+limited, so probes keep working whatever the limit store does; ``unlimited`` routes are never
+rate limited. ``starts_work(parse)`` marks a view that starts generation work. ``parse()`` validates the
 request and returns what the view needs (its first argument). The rate limiter runs ``parse``
 *before* it charges the generation budget, so a malformed request gets its 400 and costs nothing:
 a user fixing a typo is not an abuser, and a malformed request costs no model time.
@@ -26,6 +30,34 @@ def starts_work(parse: Callable[[], object]):
         return run
 
     return mark
+
+
+KEY, PUBLIC, PROBE = "key", "public", "probe"
+
+
+def public(view):
+    view.access = PUBLIC
+    return view
+
+
+def probe(view):
+    view.access, view.unlimited = PROBE, True
+    return view
+
+
+def unlimited(view):
+    view.unlimited = True
+    return view
+
+
+def access_of(app, endpoint: str | None) -> str:
+    if endpoint == "static":  # Flask's own route for the page's files
+        return PUBLIC
+    return getattr(app.view_functions.get(endpoint), "access", KEY)
+
+
+def is_unlimited(app, endpoint: str) -> bool:
+    return endpoint == "static" or getattr(app.view_functions.get(endpoint), "unlimited", False)
 
 
 def parse_first(view) -> Callable[[], object] | None:

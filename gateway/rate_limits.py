@@ -3,10 +3,11 @@
 ``generate`` covers the routes that start work (views marked ``policy.starts_work``: /generate,
 POST /v1/jobs, OpenAI and A1111 generation), charged only once the request has been validated:
 a malformed request gets its 400 and spends none of it (validation costs no model time).
-``read`` covers every other route. Health, metrics and the page's static files
-are never limited, so probes keep working whatever the store does. Counters live in RATE_LIMIT_STORAGE: Redis
-(``redis://host:6379/0``) shares them across gunicorn workers and gateway replicas; the
-default ``memory://`` is per process, fine for a single-worker local run. If the store is down,
+``read`` covers every other route but those marked ``policy.unlimited`` or ``policy.probe``
+(health, metrics, the page and its files), so probes keep working whatever the store does.
+Counters live in RATE_LIMIT_STORAGE: Redis (``redis://host:6379/0``) shares them across gunicorn
+workers and gateway replicas; the default ``memory://`` is per process (the gateway then runs one
+worker). If the store is down,
 RATE_LIMIT_ON_STORE_ERROR decides: ``memory`` (default) falls back to per-process limits,
 ``open`` lets requests through, ``closed`` answers 503. Never a 500.
 """
@@ -25,12 +26,10 @@ from flask_limiter.errors import RateLimitExceeded
 
 from gateway.auth import client_id
 from gateway.errors import ApiError, render
-from gateway.policy import parse_first
+from gateway.policy import is_unlimited, parse_first
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-# Probes and scrapes must keep working when the limit store is down (and they are cheap).
-NEVER_LIMITED = {"health.live", "health.ready", "health.health", "metrics.metrics", "static", "web.index"}
 
 
 class _OneLine(logging.Filter):
@@ -60,7 +59,7 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
     generate = limiter.shared_limit(settings.rate_limit_generate, scope="generate")
     read = limiter.shared_limit(settings.rate_limit_read, scope="read")
     for endpoint, view in list(app.view_functions.items()):
-        if endpoint in NEVER_LIMITED:
+        if is_unlimited(app, endpoint):  # probes and the page: they must work whatever the store does
             continue
         parse = parse_first(view)
         app.view_functions[endpoint] = read(view) if parse is None else _validated_first(parse, generate(view))

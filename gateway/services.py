@@ -6,14 +6,17 @@ import dataclasses
 
 from flask import current_app
 
+from gateway.model_client import ModelServerClient
 from gateway.params import ParamValidator
 from gateway.settings import GatewaySettings
 
 
 @dataclasses.dataclass
 class Services:
+    """The per-app singletons every route uses (``services()`` inside a request)."""
+
     settings: GatewaySettings
-    client: object  # ModelClient or a test double with the same methods
+    client: ModelServerClient
     validator: ParamValidator = dataclasses.field(init=False)
 
     def __post_init__(self):

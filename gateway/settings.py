@@ -1,120 +1,105 @@
-"""The gateway's configuration: one frozen object, built from the environment here only."""
+"""The gateway's configuration: one frozen object, each field declared with its variable and doc
+(``common.env``), built from the environment here only. ``docs/configuration.md`` is generated
+from these declarations (``python -m common.reference``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from protocol.contract import Limits
+from common.env import Env, lines_of_file, load, setting
+from common.limits import RequestLimits
 from protocol.transport import default_address
 
 
-def _int(env, name, default):
-    raw = env.get(name, "").strip()
-    return int(raw) if raw else default
+def _keys(prefix: str):
+    def read(env: Env, name: str) -> tuple[str, ...] | None:
+        keys = tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+        return (keys + lines_of_file(env, f"{prefix}API_KEYS_FILE")) or None
+
+    return read
 
 
-def _bool(env, name, default):
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
-
-
-def _keys(env, prefix: str = "") -> tuple[str, ...]:
-    keys = [k.strip() for k in env.get(f"{prefix}API_KEYS", "").split(",") if k.strip()]
-    path = env.get(f"{prefix}API_KEYS_FILE", "").strip()
-    if path:
-        with open(path, encoding="utf-8") as f:
-            keys += [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    return tuple(keys)
-
-
-def _float(env, name, default):
-    raw = env.get(name, "").strip()
-    return float(raw) if raw else default
+def _stripped(env: Env, name: str) -> str | None:
+    return env.get(name, "").strip() or None
 
 
 @dataclasses.dataclass(frozen=True)
-class GatewaySettings:
-    model_server: str = dataclasses.field(default_factory=default_address)  # as the model server's default bind
-    # A reply or heartbeat must arrive within this; the model server beats every second.
-    model_server_timeout: float = 5.0
-    # Longest a synchronous request (/generate) waits for its image before giving up.
-    sync_timeout: float = 3600.0
-    max_prompt_length: int = 200
-    default_steps: int = 25  # the "quality" preset's steps
-    default_preset: str = "quality"  # for requests that name none (protocol/presets.py)
-    max_steps: int = 100
-    default_size: int = 512
-    min_size: int = 64
-    max_width: int = 1024
-    max_height: int = 1024
-    max_images: int = 4
-    max_body_bytes: int = 64 * 1024
-    cors_origins: tuple[str, ...] = ()
-    sse_keepalive_seconds: float = 15.0
-    # Base of absolute URLs handed out (OpenAI response_format=url); default: the request's host.
-    public_url: str = ""
-    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # empty: no auth
-    # Keys that may also see and cancel every client's jobs (operators); valid keys in their own right.
-    admin_api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
-    # Reverse proxies in front of the gateway whose X-Forwarded-For is believed (compose's nginx: 1).
-    # 0: the client is the connection's address. Used for rate limits and job ownership without keys.
-    trusted_proxies: int = 0
-    auth_public_health: bool = False  # with keys set, /health, /health/ready and /metrics need one too
-    rate_limit_enabled: bool = True
-    rate_limit_storage: str = "memory://"  # redis://host:6379/0 to share limits across workers
-    rate_limit_generate: str = "30/minute"  # per client, across all generation routes
-    rate_limit_read: str = "1200/minute"  # per client, status/events/images/health
-    rate_limit_on_store_error: str = "memory"  # memory | open | closed
+class GatewaySettings(RequestLimits):
+    """The gateway's settings (the request limits included), each read from its variable."""
+
+    model_server: str = setting("MODEL_SERVER_ADDRESS", "Where the model server listens",
+                                default_factory=default_address, shown="the model server's default bind",
+                                read=lambda env, name: env.get(name, "").strip() or default_address(env))
+    model_server_timeout: float = setting(
+        "MODEL_SERVER_TIMEOUT", "Seconds without a reply or heartbeat (one a second) before the model server counts "
+        "as down (503)", 5.0)
+    sync_timeout: float = setting("SYNC_TIMEOUT_SECONDS", "Longest `/generate` waits; after that its job is "
+                                  "cancelled (504)", 3600.0)
+    max_body_bytes: int = setting("MAX_BODY_BYTES", "Larger bodies get 413", 64 * 1024)
+    cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", "A comma-separated allowlist of origins; a `*` wildcard "
+                                            "is refused", ())
+    sse_keepalive_seconds: float = setting("SSE_KEEPALIVE_SECONDS", "Comment lines that keep idle event streams "
+                                           "open through proxies", 15.0)
+    public_url: str = setting("PUBLIC_URL", "Base of absolute image URLs handed out (OpenAI `response_format=url`), "
+                              "e.g. behind a proxy", "", read=_stripped, shown="the request's host")
+    api_keys: tuple[str, ...] = setting(
+        "API_KEYS", "Comma-separated keys (and `API_KEYS_FILE`, one per line). With keys set, requests need "
+        "`Authorization: Bearer <key>`, HTTP Basic with the key as password, `X-API-Key`, or the web page's cookie; "
+        "each key's jobs are its own. Keys are compared in constant time and never logged.", (),
+        read=_keys(""), shown="none (auth off)", secret=True)
+    admin_api_keys: tuple[str, ...] = setting(
+        "ADMIN_API_KEYS", "Keys (and `ADMIN_API_KEYS_FILE`) that are valid and may also see and cancel every "
+        "client's jobs (operators)", (), read=_keys("ADMIN_"), secret=True)
+    trusted_proxies: int = setting(
+        "TRUSTED_PROXIES", "Reverse proxies in front whose `X-Forwarded-For` is believed (compose's nginx: 1); rate "
+        "limits and, without keys, job ownership then follow the real client", 0)
+    auth_public_health: bool = setting("AUTH_PUBLIC_HEALTH", "With keys set, also leave `/health`, `/health/ready` "
+                                       "and `/metrics` open (`/health/live` and the page always are)", False)
+    rate_limit_enabled: bool = setting("RATE_LIMIT_ENABLED", "Per-client limits (API key fingerprint, else the "
+                                       "address)", True)
+    rate_limit_storage: str = setting(
+        "RATE_LIMIT_STORAGE", "`redis://host:6379/0` shares the limits across gunicorn workers and replicas, as "
+        "compose does. With `memory://` the gateway runs one worker, so the limits stay exact.", "memory://",
+        read=_stripped)
+    rate_limit_generate: str = setting(
+        "RATE_LIMIT_GENERATE", "Per client, across the routes that start work; charged only once a request is "
+        "valid (a malformed one gets its 400 and costs nothing)", "30/minute")
+    rate_limit_read: str = setting("RATE_LIMIT_READ", "Per client, for status, events, images and models (health "
+                                   "and metrics are never limited)", "1200/minute")
+    rate_limit_on_store_error: str = setting(
+        "RATE_LIMIT_ON_STORE_ERROR", "If Redis is down: `memory` falls back to per-process limits, `open` lets "
+        "requests through, `closed` answers 503. Never a 500.", "memory", read=_stripped)
 
     @classmethod
-    def from_env(cls, env=None) -> "GatewaySettings":
-        env = os.environ if env is None else env
-        d = cls()
-        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
-        settings = cls(
-            model_server=env.get("MODEL_SERVER_ADDRESS", "").strip() or default_address(env),
-            model_server_timeout=_float(env, "MODEL_SERVER_TIMEOUT", d.model_server_timeout),
-            sync_timeout=_float(env, "SYNC_TIMEOUT_SECONDS", d.sync_timeout),
-            max_prompt_length=_int(env, "MAX_PROMPT_LENGTH", d.max_prompt_length),
-            default_steps=_int(env, "DEFAULT_STEPS", d.default_steps),
-            default_preset=env.get("DEFAULT_PRESET", d.default_preset).strip().lower() or d.default_preset,
-            max_steps=_int(env, "MAX_STEPS", d.max_steps),
-            default_size=_int(env, "DEFAULT_SIZE", d.default_size),
-            max_width=_int(env, "MAX_WIDTH", d.max_width),
-            max_height=_int(env, "MAX_HEIGHT", d.max_height),
-            max_images=_int(env, "MAX_IMAGES_PER_REQUEST", d.max_images),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes),
-            cors_origins=origins,
-            sse_keepalive_seconds=_float(env, "SSE_KEEPALIVE_SECONDS", d.sse_keepalive_seconds),
-            public_url=env.get("PUBLIC_URL", d.public_url).strip(),
-            api_keys=_keys(env),
-            admin_api_keys=_keys(env, "ADMIN_"),
-            trusted_proxies=_int(env, "TRUSTED_PROXIES", d.trusted_proxies),
-            auth_public_health=_bool(env, "AUTH_PUBLIC_HEALTH", d.auth_public_health),
-            rate_limit_enabled=_bool(env, "RATE_LIMIT_ENABLED", d.rate_limit_enabled),
-            rate_limit_storage=env.get("RATE_LIMIT_STORAGE", d.rate_limit_storage).strip() or d.rate_limit_storage,
-            rate_limit_generate=env.get("RATE_LIMIT_GENERATE", d.rate_limit_generate),
-            rate_limit_read=env.get("RATE_LIMIT_READ", d.rate_limit_read),
-            rate_limit_on_store_error=env.get("RATE_LIMIT_ON_STORE_ERROR", d.rate_limit_on_store_error).strip(),
-        )
+    def from_env(cls, env: Env | None = None) -> "GatewaySettings":
+        settings = load(cls, os.environ if env is None else env)
         if settings.rate_limit_on_store_error not in ("memory", "open", "closed"):
             raise ValueError("RATE_LIMIT_ON_STORE_ERROR must be memory, open or closed")
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")
-        settings.limits  # noqa: B018  (validates the bounds against the protocol's)
+        settings.limits  # noqa: B018  (checks the bounds against the protocol's)
         return settings
 
-    @property
-    def limits(self) -> Limits:
-        """The request bounds, as the model server reads them from the same variables."""
-        return Limits(max_prompt_length=self.max_prompt_length, max_steps=self.max_steps, min_size=self.min_size,
-                      max_width=self.max_width, max_height=self.max_height, max_images=self.max_images,
-                      default_steps=self.default_steps, default_size=self.default_size,
-                      default_preset=self.default_preset)
+
+@dataclasses.dataclass(frozen=True)
+class ServingSettings:
+    """How gunicorn serves the gateway (read by gunicorn.conf.py and the worker class)."""
+
+    bind: str = setting("GATEWAY_BIND", "gunicorn's listen address", "127.0.0.1:8000")
+    workers: int = setting("GATEWAY_WORKERS", "gunicorn processes; each waiting `/generate` or SSE stream holds "
+                           "one thread", 0, shown="1 with `memory://` limits, else 2")
+    threads: int = setting("GATEWAY_THREADS", "Threads per gunicorn process", 32)
+    worker_timeout: int = setting("GATEWAY_WORKER_TIMEOUT", "gunicorn's worker heartbeat, not a request limit", 60)
+    graceful_timeout: int = setting("GATEWAY_GRACEFUL_TIMEOUT", "Seconds a stopping worker may finish its "
+                                    "requests", 30)
+    access_log: str = setting("GATEWAY_ACCESS_LOG", "Where gunicorn writes its access log", "-")
+    client_read_timeout: float = setting(
+        "CLIENT_READ_TIMEOUT", "A request must arrive whole within this many seconds of its first byte; it is read "
+        "ahead in the event loop, and only a whole request takes a thread (`gateway/worker.py`)", 15.0)
+    client_write_timeout: float = setting("CLIENT_WRITE_TIMEOUT", "A client that stops reading its answer is "
+                                          "dropped after this many seconds", 60.0)
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> "ServingSettings":
+        return load(cls, os.environ if env is None else env)

@@ -13,12 +13,13 @@ CLIENT_WRITE_TIMEOUT. Behind compose's nginx (docker/nginx.conf) requests arrive
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from gateway.settings import ServingSettings
 
 _BUFFER_LIMIT = 256 * 1024  # bodies beyond this are read by the thread (the gateway refuses > 64 KiB)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})", re.IGNORECASE)
@@ -88,10 +89,11 @@ def _too_slow() -> OSError:
 
 
 class DeadlineThreadWorker(ThreadWorker):
-    read_seconds = float(os.environ.get("CLIENT_READ_TIMEOUT") or 15)
-    write_seconds = float(os.environ.get("CLIENT_WRITE_TIMEOUT") or 60)
+    """gthread, but a thread takes a request only once it has arrived whole (see the module)."""
 
     def init_process(self):
+        serving = ServingSettings.from_env()
+        self.read_seconds, self.write_seconds = serving.client_read_timeout, serving.client_write_timeout
         self._filling = {}  # connection -> (deadline, the object the poller knows it by)
         super().init_process()
 

@@ -18,6 +18,8 @@ from protocol.messages import GenerationParams, StopMode
 
 
 class FakePipeline:
+    """The Pipeline interface without torch: deterministic noise images, real steps and cancellation."""
+
     def __init__(self, step_seconds: float = 0.0, model_id: str = "fake"):
         self.step_seconds = step_seconds
         self.model_id = f"fake:{model_id}"

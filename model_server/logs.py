@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
-import sys
+
+from common.logs import configure
 
 _job: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("job", default=("-", "-"))
 
@@ -39,19 +39,7 @@ class JobFilter(logging.Filter):
 
 
 def configure_logging(secrets: tuple[str, ...] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(JobFilter(secrets))
-    if os.environ.get("LOG_FORMAT", "text").lower() == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(job_id)s %(request_id)s %(message)s",
-                                           static_fields={"process": "model-server"}))
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s [model-server] %(name)s job=%(job_id)s rid=%(request_id)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+    configure("job_id request_id", "[model-server]", {"process": "model-server"}, JobFilter(secrets))
     # transformers warns that torchvision is missing whenever the safety checker's CLIP image
     # processor is built, then uses the PIL one, which is what we want: torchvision would add
     # hundreds of MB for nothing. Only that message is dropped.

@@ -30,6 +30,8 @@ class JobCancelledError(Exception):
 
 
 class Pipeline(Protocol):
+    """A text-to-image backend as the worker drives it."""
+
     model_id: str
 
     def optimizations(self) -> dict[str, str | int | float | bool | None]:
@@ -44,7 +46,7 @@ class Pipeline(Protocol):
     def max_steps(self, scheduler: str) -> int:
         """The most steps ``scheduler`` can run (checked at submit, so no job fails mid-way)."""
 
-    def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float], None],
+    def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None]) -> "Image":
         """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based); preview is
         a latent-resolution PIL image when ``params.preview`` is set, else None. At the first

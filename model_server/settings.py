@@ -1,4 +1,6 @@
-"""The model server's configuration: one frozen object, built from the environment here only."""
+"""The model server's configuration: one frozen object, each field declared with its variable and
+doc (``common.env``), built from the environment here only. ``docs/configuration.md`` is
+generated from these declarations (``python -m common.reference``)."""
 
 from __future__ import annotations
 
@@ -6,37 +8,17 @@ import dataclasses
 import os
 from pathlib import Path
 
-from protocol.contract import Limits
+from common.env import Env, load, setting, truth
+from common.limits import RequestLimits
 from protocol.transport import check_bind, default_address
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
 
-def _env_int(env, name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    return int(raw) if raw else default
-
-
-def _env_float(env, name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    return float(raw) if raw else default
-
-
-def _env_bool(env, name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
-
-
-def read_token(env) -> str | None:
+def read_token(env: Env, name: str = "HF_TOKEN") -> str | None:
     """The Hugging Face token: HF_TOKEN, its alias HF_AUTH_TOKEN, or a file (Docker secrets)."""
-    for name in ("HF_TOKEN", "HF_AUTH_TOKEN"):
-        value = env.get(name, "").strip()
+    for var in ("HF_TOKEN", "HF_AUTH_TOKEN"):
+        value = env.get(var, "").strip()
         if value:
             return value
     path = env.get("HF_TOKEN_FILE", "").strip()
@@ -46,82 +28,96 @@ def read_token(env) -> str | None:
     return None
 
 
+def _lower(env: Env, name: str) -> str | None:
+    return env.get(name, "").strip().lower() or None
+
+
+def _or_none(env: Env, name: str) -> str | None:
+    """Set but empty means "none" (the part is switched off)."""
+    return None if name not in env else env[name].strip() or "none"
+
+
+def _auto_or_bool(env: Env, name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    return None if raw in ("", "auto") else truth(name, raw)
+
+
+def _bind(env: Env, name: str) -> str:
+    return env.get(name, "").strip() or default_address(env)
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelServerSettings:
-    # Default: a Unix socket in a private runtime directory (protocol.transport); tcp:// on loopback
-    # when asked for; beyond loopback only with allow_remote (the socket has no authentication).
-    bind: str = dataclasses.field(default_factory=default_address)
-    allow_remote: bool = False
-    pipeline: str = "diffusers"  # "diffusers" or "fake" (torch-free, for tests and smoke runs)
-    model: str = DEFAULT_MODEL  # hub id, local directory, or "tiny"
-    revision: str | None = None
-    token: str | None = dataclasses.field(default=None, repr=False)  # never logged
-    cache_dir: str = str(Path.home() / ".cache" / "sd-cpu")
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    attention: str = "sdpa"  # sdpa | sliced
-    threads: int = 0  # 0 = physical cores available to this process
-    safety_checker: bool = False
-    # bf16 only: convert once to a cached bf16 copy in a child process, so the server never holds
-    # fp32 and bf16 weights at once (the load peak drops from ~5.3 to ~2.5 GB for SD v1.4).
-    bf16_cache: bool = True
-    channels_last: bool | None = None  # NHWC UNet/VAE convolution weights; None = auto (cpu.channels_last_pays)
-    # Mapped weights dropped from resident memory after their phase of each job (residency.py):
-    # "text_encoder", "all" (text encoder, then the UNet before the VAE decode) or "none".
-    release_idle_weights: str = "all"
-    # The "fast" preset's parts: hub id or directory, "auto" (the SD v1 ones; the locally made
-    # tiny ones for SD_MODEL=tiny), or "none". Loaded on the first fast job; a failure only
-    # disables the preset.
-    lcm_lora: str = "auto"
-    tiny_vae: str = "auto"
-    queue_size: int = 16
-    result_ttl_seconds: float = 86400.0  # a day: images, records and ids, in memory and on disk
-    result_budget_bytes: int = 256 * 1024 * 1024
-    heartbeat_seconds: float = 1.0
-    shutdown_grace_seconds: float = 5.0
-    fake_step_seconds: float = 0.01
-    # The configurable request bounds, read from the same variables as the gateway's (MAX_STEPS,
-    # MAX_WIDTH, MAX_HEIGHT, MAX_PROMPT_LENGTH, MAX_IMAGES_PER_REQUEST): a peer that skips the
-    # gateway still cannot ask for more.
-    limits: Limits = Limits()
-    max_queued_per_client: int = 4  # 0 = no per-client cap
-    min_free_memory_mb: int = 0  # refuse new jobs below this much free memory; 0 = off
-    outputs_dir: str = ""  # "" = keep images in memory only (python -m model_server defaults to ./outputs)
-    outputs_budget_bytes: int = 2 * 1024**3
+class ModelServerSettings(RequestLimits):
+    """The model server's settings (the request limits included), each read from its variable."""
+
+    bind: str = setting(
+        "MODEL_SERVER_BIND", "The ZeroMQ ROUTER address. The protocol has no auth of its own, so the default is a "
+        "Unix socket in a directory only this user can enter (mode 0700); `tcp://127.0.0.1:PORT` when asked for",
+        default_factory=default_address, read=_bind,
+        shown="`ipc://$XDG_RUNTIME_DIR/sd-cpu/model.sock` (else in `/tmp/sd-cpu-$UID/`)")
+    allow_remote: bool = setting("MODEL_SERVER_ALLOW_REMOTE", "Allow a TCP bind other machines could reach (only "
+                                 "on a network you trust)", False)
+    pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",
+                            "diffusers", read=_lower)
+    model: str = setting("SD_MODEL", "Hub id, local diffusers directory, or `tiny` (a tiny random-weight model "
+                         "written to `SD_CACHE_DIR`, no network)", DEFAULT_MODEL)
+    revision: str | None = setting("SD_MODEL_REVISION", "Hub revision (branch, tag or commit)", None)
+    token: str | None = setting(
+        "HF_TOKEN", "Hugging Face token (or `HF_AUTH_TOKEN`, or `HF_TOKEN_FILE` naming a file that holds it). It "
+        "never appears in logs, errors or `/health`.", None, read=read_token, secret=True)
+    cache_dir: str = setting("SD_CACHE_DIR", "Where the bf16 copy and `SD_MODEL=tiny` are written",
+                             str(Path.home() / ".cache" / "sd-cpu"), shown="`~/.cache/sd-cpu`")
+    dtype: str = setting(
+        "SD_DTYPE", "`auto` uses bfloat16 where the CPU has native bf16 (`amx_bf16`/`avx512_bf16`, and "
+        "`ONEDNN_MAX_CPU_ISA` allows it), float32 elsewhere; or `float32`, `bfloat16`", "auto", read=_lower)
+    attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
+                             "only)", "sdpa", read=_lower)
+    threads: int = setting("SD_THREADS", "torch intra-op threads; 0 = the physical cores this process may use "
+                           "(affinity and cgroup quota respected)", 0)
+    safety_checker: bool = setting("SD_SAFETY_CHECKER", "Load the model's safety checker (about 1.2 GB of RAM; "
+                                   "it can blank images after minutes of work)", False)
+    bf16_cache: bool = setting(
+        "SD_BF16_CACHE", "With bf16, convert the model once, in a child process, to a bf16 copy under "
+        "`SD_CACHE_DIR/bf16`, and map that: the server never holds fp32 and bf16 weights at once", True)
+    channels_last: bool | None = setting(
+        "SD_CHANNELS_LAST", "NHWC layout for UNet and VAE convolutions: `auto` where it was measured to pay (AMX "
+        "CPUs); `true`/`false` force it", None, read=_auto_or_bool, shown="`auto`")
+    release_idle_weights: str = setting(
+        "SD_RELEASE_IDLE_WEIGHTS", "Drop mapped weights from resident memory after their phase of each job: "
+        "`text_encoder`, `all` (also the UNet before the VAE decode) or `none`", "all", read=_lower)
+    lcm_lora: str = setting(
+        "SD_LCM_LORA", "The `fast` preset's LCM-LoRA: hub id or directory; `auto` (the SD v1 one; for "
+        "`SD_MODEL=tiny` a locally made one); `none` turns the preset off. Attached on the first fast job.",
+        "auto", read=_or_none)
+    tiny_vae: str = setting("SD_TINY_VAE", "The `fast` preset's decoder: hub id or directory; `auto` "
+                            "(`madebyollin/taesd`); `none` decodes with the full VAE", "auto", read=_or_none)
+    queue_size: int = setting("MODEL_SERVER_QUEUE_SIZE", "Queued jobs before submissions get `429 queue_full`", 16)
+    result_ttl_seconds: float = setting(
+        "RESULT_TTL_SECONDS", "How long a finished job's images and record are kept, in memory and on disk; then "
+        "they are deleted and the job answers 410", 86400.0)
+    result_budget_bytes: int = setting("RESULT_BUDGET_BYTES", "Memory for kept images (oldest first out; those on "
+                                       "disk stay fetchable)", 256 * 1024 * 1024)
+    heartbeat_seconds: float = setting("MODEL_SERVER_HEARTBEAT_SECONDS", "How often watchers hear from a job, even "
+                                       "when nothing changed", 1.0)
+    shutdown_grace_seconds: float = setting(
+        "SHUTDOWN_GRACE_SECONDS", "After SIGTERM, how long the running job may finish before it is stopped with a "
+        "retryable `shutting_down`; queued jobs fail so at once, and the process exits 0", 5.0)
+    fake_step_seconds: float = setting("FAKE_STEP_SECONDS", "Step time of the fake pipeline", 0.01)
+    max_queued_per_client: int = setting("MAX_QUEUED_PER_CLIENT", "Queued jobs one client (API key or address) may "
+                                         "have; 0 = no cap", 4)
+    min_free_memory_mb: int = setting(
+        "MIN_FREE_MEMORY_MB", "Refuse new jobs (`503 out_of_memory`, retryable) while the machine or container has "
+        "less free memory than this; 0 = off", 0)
+    outputs_dir: str = setting(
+        "OUTPUTS_DIR", "Where finished images and a record per job are written; jobs unfinished at a crash are "
+        "reported failed (`model_server_lost`, retryable) after a restart. Empty keeps results in memory only.",
+        "", read=lambda env, name: env.get(name, "outputs").strip(), shown="`outputs`")
+    outputs_budget_bytes: int = setting("OUTPUTS_BUDGET_BYTES", "Disk budget for outputs; the oldest are deleted "
+                                        "first", 2 * 1024**3)
 
     @classmethod
-    def from_env(cls, env=None) -> "ModelServerSettings":
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            bind=env.get("MODEL_SERVER_BIND", "").strip() or default_address(env),
-            allow_remote=_env_bool(env, "MODEL_SERVER_ALLOW_REMOTE", d.allow_remote),
-            pipeline=env.get("MODEL_SERVER_PIPELINE", d.pipeline).strip().lower(),
-            model=env.get("SD_MODEL", d.model).strip() or d.model,
-            revision=env.get("SD_MODEL_REVISION", "").strip() or None,
-            token=read_token(env),
-            cache_dir=env.get("SD_CACHE_DIR", d.cache_dir),
-            dtype=env.get("SD_DTYPE", d.dtype).strip().lower(),
-            attention=env.get("SD_ATTENTION", d.attention).strip().lower(),
-            threads=_env_int(env, "SD_THREADS", d.threads),
-            safety_checker=_env_bool(env, "SD_SAFETY_CHECKER", d.safety_checker),
-            bf16_cache=_env_bool(env, "SD_BF16_CACHE", d.bf16_cache),
-            channels_last=(None if env.get("SD_CHANNELS_LAST", "").strip().lower() in ("", "auto")
-                           else _env_bool(env, "SD_CHANNELS_LAST", False)),
-            release_idle_weights=env.get("SD_RELEASE_IDLE_WEIGHTS", d.release_idle_weights).strip().lower(),
-            lcm_lora=env.get("SD_LCM_LORA", d.lcm_lora).strip() or "none",
-            tiny_vae=env.get("SD_TINY_VAE", d.tiny_vae).strip() or "none",
-            queue_size=_env_int(env, "MODEL_SERVER_QUEUE_SIZE", d.queue_size),
-            result_ttl_seconds=_env_float(env, "RESULT_TTL_SECONDS", d.result_ttl_seconds),
-            result_budget_bytes=_env_int(env, "RESULT_BUDGET_BYTES", d.result_budget_bytes),
-            heartbeat_seconds=_env_float(env, "MODEL_SERVER_HEARTBEAT_SECONDS", d.heartbeat_seconds),
-            shutdown_grace_seconds=_env_float(env, "SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_seconds),
-            fake_step_seconds=_env_float(env, "FAKE_STEP_SECONDS", d.fake_step_seconds),
-            limits=Limits.from_env(env),
-            max_queued_per_client=_env_int(env, "MAX_QUEUED_PER_CLIENT", d.max_queued_per_client),
-            min_free_memory_mb=_env_int(env, "MIN_FREE_MEMORY_MB", d.min_free_memory_mb),
-            outputs_dir=env.get("OUTPUTS_DIR", "outputs").strip(),
-            outputs_budget_bytes=_env_int(env, "OUTPUTS_BUDGET_BYTES", d.outputs_budget_bytes),
-        ).validated()
+    def from_env(cls, env: Env | None = None) -> "ModelServerSettings":
+        return load(cls, os.environ if env is None else env).validated()
 
     def validated(self) -> "ModelServerSettings":
         if self.pipeline not in ("diffusers", "fake"):
@@ -136,4 +132,5 @@ class ModelServerSettings:
         check_bind(self.bind, self.allow_remote)
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
+        self.limits  # noqa: B018  (checks the bounds against the protocol's)
         return self

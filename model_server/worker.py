@@ -59,6 +59,8 @@ def _job_error(exc: BaseException) -> ErrorInfo:
 
 
 class Worker(threading.Thread):
+    """The thread that loads the pipeline and runs queued jobs one at a time."""
+
     def __init__(self, settings: ModelServerSettings, table: JobTable, state: ModelStatus,
                  ctx: zmq.Context, load: Callable[[], Pipeline] | None = None):
         super().__init__(name="model-server-worker", daemon=True)

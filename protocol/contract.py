@@ -37,22 +37,6 @@ class Limits:
     default_size: int = 512
     default_preset: str = "quality"
 
-    @classmethod
-    def from_env(cls, env) -> "Limits":
-        """The bounds both deployables read from the same variables (MAX_STEPS, MAX_WIDTH...)."""
-        def number(name: str, default: int) -> int:
-            raw = env.get(name, "").strip()
-            return int(raw) if raw else default
-
-        d = cls()
-        return cls(max_prompt_length=number("MAX_PROMPT_LENGTH", d.max_prompt_length),
-                   max_steps=number("MAX_STEPS", d.max_steps), max_width=number("MAX_WIDTH", d.max_width),
-                   max_height=number("MAX_HEIGHT", d.max_height),
-                   max_images=number("MAX_IMAGES_PER_REQUEST", d.max_images),
-                   default_steps=number("DEFAULT_STEPS", d.default_steps),
-                   default_size=number("DEFAULT_SIZE", d.default_size),
-                   default_preset=env.get("DEFAULT_PRESET", d.default_preset).strip().lower() or d.default_preset)
-
     def __post_init__(self):
         absolute = {"max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": MAX_STEPS, "max_width": MAX_SIZE,
                     "max_height": MAX_SIZE, "max_images": MAX_IMAGES}

@@ -36,6 +36,12 @@ def test_protocol_imports_only_the_standard_library_and_msgspec(path):
     assert third_party <= {"msgspec"}, third_party
 
 
+@pytest.mark.parametrize("path", package_files("common"), ids=str)
+def test_common_imports_only_the_standard_library_and_the_protocol(path):
+    third_party = imports_of(path) - set(sys.stdlib_module_names) - {"protocol", "common", "__future__"}
+    assert third_party <= {"pythonjsonlogger"}, third_party  # the JSON log formatter, loaded only when asked
+
+
 @pytest.mark.parametrize("path", package_files("gateway"), ids=str)
 def test_gateway_never_imports_the_model_server_or_torch(path):
     assert not imports_of(path) & (HEAVY | {"model_server"})
@@ -53,22 +59,23 @@ def test_the_engine_is_where_torch_is_imported():
 
 def _module_graph(package: str) -> dict[str, set[str]]:
     """Module -> the modules of ``package`` it imports (at any depth of the file), from the source."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package_files(package)}
     graph = {}
-    for path in package_files(package):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for name, path in modules.items():
         targets = set()
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.add(node.module)
-                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+                for alias in node.names:  # "from pkg import submodule" needs the submodule, not pkg's body
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in modules else node.module)
             elif isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
-        graph[name] = {t for t in targets if t.split(".")[0] == package}
-    return {name: {t for t in targets if t in graph and t != name} for name, targets in graph.items()}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
 
 
-@pytest.mark.parametrize("package", ["protocol", "gateway", "model_server"])
+@pytest.mark.parametrize("package", ["protocol", "common", "gateway", "model_server"])
 def test_no_import_circles(package):
     graph, state = _module_graph(package), {}
 

@@ -20,6 +20,8 @@ import torch
 
 
 class DeepCache:
+    """Step caching around one image's denoising loop: patches the UNet on entry, restores it on exit."""
+
     def __init__(self, unet, interval: int):
         self.unet = unet
         self.interval = max(1, interval)

@@ -163,6 +163,8 @@ def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
 
 
 class DiffusersPipeline:
+    """Stable Diffusion on the CPU through diffusers: the Pipeline interface over a loaded model."""
+
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
                  settings: ModelServerSettings | None = None, residency: MappedWeights | None = None):
         self.pipe = pipe

@@ -25,6 +25,8 @@ _SCORE_ROWS = 1024  # sources scored at once (bounds the similarity matrix)
 
 
 class TokenMerging:
+    """Token merging around one image's denoising loop: hooks on entry, removed on exit."""
+
     def __init__(self, unet, ratio: float, latent_hw: tuple[int, int], seed: int = 0):
         self.unet, self.ratio = unet, float(ratio)
         # The token grid of the highest-resolution blocks that have attention (SD v1: the first,

@@ -9,6 +9,8 @@ from model_server.jobs.job import Job
 
 
 class StepClock:
+    """The smoothed seconds per step, and the ETAs made from it."""
+
     def __init__(self):
         self.seconds_per_step: float | None = None  # the latest smoothed rate, across jobs
 

@@ -10,6 +10,8 @@ from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, 
 
 @dataclasses.dataclass
 class Job:
+    """A job's state, progress, result and owner, as the table holds it (guarded by the table's lock)."""
+
     id: str
     params: GenerationParams
     created_at: float

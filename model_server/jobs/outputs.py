@@ -32,6 +32,8 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
+    """A job as written to ``jobs/<id>.json``: enough to answer for it after a restart."""
+
     job_id: str
     state: JobState
     params: GenerationParams
@@ -47,6 +49,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 
 class OutputStore:
+    """The outputs folder: images, records and pending markers, within a byte budget."""
+
     def __init__(self, folder: str | Path, budget_bytes: int):
         self.folder = Path(folder).resolve()
         self.budget_bytes = budget_bytes

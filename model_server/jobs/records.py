@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Records:
+    """The job table's disk work, kept out of its lock and in order."""
+
     def __init__(self, store: OutputStore | None):
         self.store = store
         self._lock = threading.Lock()

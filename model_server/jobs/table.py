@@ -31,6 +31,8 @@ _SWEEP_SECONDS = 60.0
 
 
 class JobTable:
+    """Every job the server knows, the queue, and the running job (see the module)."""
+
     def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic,
                  per_client: int = 0, store: OutputStore | None = None):
         self.capacity = capacity

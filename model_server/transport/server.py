@@ -39,6 +39,9 @@ _HINTS = {ErrorCode.INVALID_PARAMS: "The parameters break the protocol's bounds 
 
 
 class ModelServer:
+    """The model server: binds the ROUTER socket, answers every request on its IO thread, streams
+    job events to watchers, and runs the worker thread that owns the pipeline."""
+
     def __init__(self, settings: ModelServerSettings, load: Callable[[], Pipeline] | None = None,
                  ctx: zmq.Context | None = None):
         """``load`` builds the pipeline in the worker thread (default: the configured one)."""

@@ -5,6 +5,14 @@ import pytest
 from gateway import create_app
 from gateway.settings import GatewaySettings
 from tests.gateway.fake_client import FakeModelClient
+from tests.helpers.servers import server_starter
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """A real model server (fake pipeline) in a thread, for the client conformance checks."""
+    with server_starter(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

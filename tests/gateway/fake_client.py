@@ -75,7 +75,10 @@ class FakeModelClient:
                 if not view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
 
     def fetch_preview(self, job_id, client_id=""):
-        self.get_job(job_id, client_id)
+        view = self.get_job(job_id, client_id)
+        if view.state is not JobState.RUNNING or not view.params.preview:  # as the model server says
+            raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"job {job_id} has no preview",
+                                        hint="Previews exist while a job that asked for them is running."))
         return ImageInfo(index=0, seed=0, media_type="image/jpeg", width=8, height=8, size_bytes=4), b"jpeg"
 
     def fetch(self, job_id, index=0, client_id=""):

@@ -7,10 +7,9 @@ import pytest
 
 from gateway.model_client import RemoteError
 from model_server.jobs.outputs import JobRecord, OutputStore
-from protocol.contract import Limits
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState
-from tests.model_server.conftest import params
+from tests.helpers.servers import params
 
 
 @pytest.mark.parametrize("bad", [dict(steps=1000), dict(width=1_048_576, height=1_048_576), dict(width=100),
@@ -26,8 +25,8 @@ def test_a_submit_outside_the_protocols_bounds_is_refused_as_invalid_params(star
 
 
 def test_the_servers_configured_limits_hold_against_a_peer(start_server):
-    _, client = start_server(limits=Limits(max_steps=10, max_width=256, max_height=256, max_images=2,
-                                           max_prompt_length=20, default_steps=10, default_size=256))
+    _, client = start_server(max_steps=10, max_width=256, max_height=256, max_images=2, max_prompt_length=20,
+                             default_steps=10, default_size=256)
     for bad, field in ((dict(steps=11), "steps"), (dict(width=264), "width"), (dict(n=3), "n"),
                        (dict(prompt="y" * 21), "prompt")):
         with pytest.raises(RemoteError) as caught:

@@ -9,7 +9,7 @@ from gateway.model_client import ModelClient
 from protocol.errors import ErrorCode
 from protocol.messages import Cancelled, Failed, JobState, ModelState
 from tests.helpers import PYTHON, ROOT, base_env, free_port, start_model_server, wait_until
-from tests.model_server.conftest import params
+from tests.helpers.servers import params
 
 
 def test_sigterm_fails_queued_jobs_retryably_cancels_the_running_one_and_exits_0(log_dir):

@@ -12,7 +12,7 @@ from gateway.model_client import RemoteError
 from model_server.jobs.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState
-from tests.model_server.conftest import params
+from tests.helpers.servers import params
 
 LOST = "0" * 31 + "1"  # a job id of the shape the table makes (uuid4 hex)
 

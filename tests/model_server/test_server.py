@@ -17,7 +17,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Pong, Progress, StopMode,
                                Rejected)
 from tests.helpers import wait_until
-from tests.model_server.conftest import FailingPipeline, params
+from tests.helpers.servers import FailingPipeline, params
 
 
 def run_to_end(client: ModelClient, job_id: str):
@@ -32,7 +32,8 @@ def test_watch_streams_progress_then_completed_and_the_image_can_be_fetched(star
     events = run_to_end(client, job.job_id)
     assert isinstance(events[-1], Completed)
     steps = [e.job.progress.step for e in events if e.job.state is JobState.RUNNING]
-    assert steps == sorted(steps) and steps[-1] == 4
+    # In order; the last step may be reported by the completion itself when the worker outpaces the IO thread.
+    assert steps == sorted(steps) and steps[-1] >= 3 and events[-1].job.progress.step == 4
     info, data = client.fetch(job.job_id)
     assert (info.width, info.height, info.media_type) == (96, 64, "image/png")
     assert Image.open(io.BytesIO(data)).size == (96, 64)

@@ -1,0 +1,36 @@
+"""The request limits, read from the same variables by the gateway and the model server, so a
+peer that bypasses the gateway gets no more than an HTTP client."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from common.env import setting
+from protocol.contract import Limits
+from protocol.messages import MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MIN_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """The request limits both processes read; ``limits`` gives them as the contract takes them."""
+
+    max_prompt_length: int = setting("MAX_PROMPT_LENGTH", f"Characters, for `prompt` and `negative_prompt` (at most "
+                                     f"{MAX_PROMPT_LENGTH}, the protocol's bound)", 200)
+    max_steps: int = setting("MAX_STEPS", f"Denoising steps per image (at most {MAX_STEPS})", 100)
+    max_width: int = setting("MAX_WIDTH", f"Image width in pixels (at most {MAX_SIZE})", 1024)
+    max_height: int = setting("MAX_HEIGHT", f"Image height in pixels (at most {MAX_SIZE})", 1024)
+    max_images: int = setting("MAX_IMAGES_PER_REQUEST", f"Images per request (at most {MAX_IMAGES})", 4)
+    default_steps: int = setting("DEFAULT_STEPS", "The `quality` preset's steps", 25)
+    default_size: int = setting("DEFAULT_SIZE", "Width and height of requests that give none", 512)
+    default_preset: str = setting("DEFAULT_PRESET", "The preset of requests that name none: `quality`, `balanced` "
+                                  "or `fast`", "quality",
+                                  read=lambda env, name: env.get(name, "").strip().lower() or None)
+    min_size: int = MIN_SIZE
+
+    @property
+    def limits(self) -> Limits:
+        """The bounds as the contract takes them (and checks against the protocol's own)."""
+        return Limits(max_prompt_length=self.max_prompt_length, max_steps=self.max_steps, min_size=self.min_size,
+                      max_width=self.max_width, max_height=self.max_height, max_images=self.max_images,
+                      default_steps=self.default_steps, default_size=self.default_size,
+                      default_preset=self.default_preset)
