@@ -36,8 +36,10 @@ class Recorder:
         self.latency = collections.defaultdict(list)
         self.timeouts = 0
         self.job_ids: list[str] = []
-        # DELETE on a finished job deletes it: later requests for it answer 404, as they should.
+        # DELETE on a finished job deletes it: later requests for it answer 404, as they should. Which
+        # 404s those are is settled at the end (another thread's DELETE may answer after this 404).
         self.deleted: set[str] = set()
+        self.not_found: list[tuple[str, str]] = []  # (action, job id)
 
     def add(self, route: str, status, seconds: float):
         with self.lock:
@@ -70,9 +72,12 @@ def client_loop(url: str, deadline: float, rec: Recorder, rng: random.Random):
         if r.headers.get("X-Deleted") == "true":
             with rec.lock:
                 rec.deleted.add(known)
-        if r.status_code == 404 and known in rec.deleted:
-            action = "after-delete"  # gone because this run deleted it, not lost
-        rec.add(action, r.status_code, time.monotonic() - started)
+        if r.status_code == 404 and known is not None:
+            with rec.lock:
+                rec.not_found.append((action, known))
+                rec.latency[action].append(time.monotonic() - started)
+        else:
+            rec.add(action, r.status_code, time.monotonic() - started)
         if action == "submit" and r.status_code == 202:
             with rec.lock:
                 rec.job_ids.append(r.json()["id"])
@@ -112,6 +117,8 @@ def run(url: str, clients: int, seconds: float, seed: int = 1) -> dict:
         t.start()
     for t in threads:
         t.join(seconds + 60)
+    for action, job_id in rec.not_found:  # gone because this run deleted it, or truly not found
+        rec.statuses["after-delete 404" if job_id in rec.deleted else f"{action} 404"] += 1
     lost = settle(url, rec.job_ids, 120, rec.deleted)
     latency = {route: {"n": len(v), "p50_ms": round(statistics.median(v) * 1000, 1),
                        "p99_ms": round(percentile(v, 99) * 1000, 1), "max_ms": round(max(v) * 1000, 1)}

@@ -5,6 +5,9 @@ tense (``Pong``, ``Accepted``, ``Progress``, ``Completed``...). Each is a msgspe
 with its class name, so a decoder knows the type without guessing. Within protocol version 1
 changes are additive only: new fields must have defaults, no field changes type, no tag is
 renamed (``tests/protocol/test_golden.py`` keeps committed v1 bytes decoding).
+
+One file over 250 lines on purpose: the whole wire protocol, the parameter contract included,
+reads in one place, and the golden bytes are defined against it.
 """
 
 from __future__ import annotations

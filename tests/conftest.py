@@ -26,3 +26,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
+
+
+def pytest_collection_modifyitems(items):
+    """One rule for the fast tier: a test that starts processes (it uses ``log_dir``) or loads a
+    diffusers model (``tiny_model_dir``) is ``slow``, whether or not its module says so."""
+    for item in items:
+        if {"tiny_model_dir", "log_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -5,6 +5,10 @@ Loading follows the measured CPU settings (docs/performance.md): PyTorch SDPA at
 CPU has native bf16 (from a bf16 copy made once), torch threads = physical cores, idle mapped
 weights released after their phase of each job (residency.py). Per job it applies the preset:
 the LCM-LoRA adapter and TAESD decoder (preset_parts.py) and step caching (deepcache.py).
+
+Over 250 lines on purpose: loading (source resolution, the bf16 copy, dtype and thread choice)
+and running (scheduler, per-step callback, cancel/interrupt, weight release) share one object's
+state; the separable parts already live in the sibling modules.
 """
 
 from __future__ import annotations

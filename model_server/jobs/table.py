@@ -7,6 +7,9 @@ running). A job belongs to the client that submitted it: asked for by anyone els
 found", as an unknown id is. Finished jobs are kept for a TTL (then deleted, on disk too) and in
 memory within a byte budget; an expired id is remembered for a while so it answers "expired".
 Beside it: ``job`` (one job), ``eta`` (time estimates), ``records`` (the outputs folder).
+
+Over 250 lines on purpose: every transition of a job happens under this one lock, so they stay in
+one class; what needs no lock (estimates, disk, admission) has moved out.
 """
 
 from __future__ import annotations

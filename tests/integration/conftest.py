@@ -10,7 +10,6 @@ import requests
 
 from tests.helpers import Proc, free_port, start_gateway, start_model_server, wait_ready
 
-pytestmark = pytest.mark.slow
 
 
 @dataclasses.dataclass

@@ -12,7 +12,6 @@ import requests
 
 from tests.helpers import free_port, start_gateway, start_model_server, wait_ready, wait_until
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
