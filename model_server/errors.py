@@ -6,7 +6,7 @@ to do. Code that fails with one of these raises :class:`Rejection` (or a subclas
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ErrorInfo
 
 _RETRY_SOON = 5.0
@@ -133,6 +133,13 @@ def generation_failed(exc: BaseException) -> ErrorInfo:
 
 
 # --- the protocol ----------------------------------------------------------------------------
+
+
+def undecodable(exc: ProtocolError, protocol_id: str) -> ErrorInfo:
+    """A message the codec refused: a contract violation (invalid params) or not our protocol."""
+    hint = ("The parameters break the protocol's bounds (protocol.messages.GenerationParams)."
+            if exc.code is ErrorCode.INVALID_PARAMS else f"Both sides must speak {protocol_id}.")
+    return ErrorInfo(code=exc.code, message=str(exc), hint=hint)
 
 
 def not_a_request(name: str) -> Rejection:

@@ -26,8 +26,8 @@ from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
 from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
 from protocol import codec, transport
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, ErrorInfo, Failed, FetchPreview,
+from protocol.errors import ProtocolError
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
                                FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
                                ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch)
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
 
 
-_HINTS = {ErrorCode.INVALID_PARAMS: "The parameters break the protocol's bounds (protocol.messages.GenerationParams)."}
 
 
 class ModelServer:
@@ -144,9 +143,7 @@ class ModelServer:
             envelope, _ = codec.decode(payload)
         except ProtocolError as exc:
             log.warning("refused a malformed message: %s", exc)
-            self._send(identity, exc.ref, Rejected(error=ErrorInfo(
-                code=exc.code, message=str(exc),
-                hint=_HINTS.get(exc.code, f"Both sides must speak {codec.PROTOCOL_ID.decode()}."))))
+            self._send(identity, exc.ref, Rejected(error=errors.undecodable(exc, codec.PROTOCOL_ID.decode())))
             return
         body, ref = envelope.body, envelope.ref
         try:
