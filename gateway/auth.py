@@ -4,10 +4,11 @@ the key as password (AUTOMATIC1111-style clients such as webuiapi), ``X-API-Key`
 
 Off when no key is configured. Keys come from API_KEYS and/or API_KEYS_FILE and are compared in
 constant time. Routes marked ``policy.public`` (the page, the API documents, liveness) are always
-open; ``policy.probe`` routes (health, readiness, metrics) only with AUTH_PUBLIC_HEALTH=true. The caller's identity (a key fingerprint
-or the client address) is ``g.client_id``, used by rate limits and per-client queue caps, and it
-owns the jobs it submits: every job route answers 404 for another client's job, as for an unknown
-id. ADMIN_API_KEYS are keys that may also see and cancel every job (operators).
+open; ``policy.probe`` routes (health, readiness, metrics) only with AUTH_PUBLIC_HEALTH=true. The
+caller's identity (a key fingerprint or the client address) is ``g.client_id``, used by rate
+limits and per-client queue caps, and it owns the jobs it submits: every job route answers 404
+for another client's job, as for an unknown id. ADMIN_API_KEYS are keys that may also see and
+cancel every job (operators).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from flask import Flask, g, request
 from gateway import policy
 from gateway.errors import ApiError
 from gateway.settings import GatewaySettings
-
 
 
 def presented_key() -> str | None:
