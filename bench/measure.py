@@ -97,7 +97,7 @@ def run_ours(pipe, args, on_step):
     # The gateway's own resolver turns the preset into parameters, exactly as for a request.
     params = ParamValidator(GatewaySettings()).parse_object(
         {"prompt": PROMPT, "seed": 1234, "steps": args.steps, "width": args.size, "height": args.size,
-         "preset": args.preset, "token_merging": args.token_merging})
+         "preset": args.preset, "token_merging": args.token_merging}).params
     pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
     return pipe.pipe
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from common.env import setting
 from protocol.contract import Limits
-from protocol.messages import MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from protocol.messages import MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPLOAD_BYTES, MIN_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,9 @@ class RequestLimits:
     default_preset: str = setting("DEFAULT_PRESET", "The preset of requests that name none: `quality`, `balanced` "
                                   "or `fast`", "quality",
                                   read=lambda env, name: env.get(name, "").strip().lower() or None)
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", f"An init image's encoded size (at most {MAX_UPLOAD_BYTES // 2**20} "
+                                    "MiB); requests that carry one may be this much larger than MAX_BODY_BYTES",
+                                    8 * 2**20)
     min_size: int = MIN_SIZE
 
     @property

@@ -7,6 +7,7 @@ and thread can answer any request. Never imports ``model_server`` nor torch.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 
@@ -14,7 +15,7 @@ from flask import Flask, g, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import auth
+from gateway import auth, policy
 from gateway.errors import register_error_handlers
 from gateway.model_client import ModelClient
 from gateway.services import Services
@@ -40,10 +41,14 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
     if settings.cors_origins:
         CORS(app, origins=list(settings.cors_origins), expose_headers=EXPOSED_HEADERS)
 
+    # Text-only bodies stay small; routes that take an image allow it, base64-encoded.
+    with_image = settings.max_body_bytes + math.ceil(settings.max_upload_bytes * 4 / 3)
+
     @app.before_request
     def _request_id():
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.max_content_length = policy.body_limit(app, request.endpoint, settings.max_body_bytes, with_image)
 
     auth.install(app, settings)
 

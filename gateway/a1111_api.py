@@ -95,8 +95,9 @@ def _parse():
 @starts_work(_parse)
 def txt2img(parsed):
     sv = services()
-    r, raw, sampler, params = parsed
-    done, images = generate_sync(sv, params)
+    r, raw, sampler, generation = parsed
+    params = generation.params
+    done, images = generate_sync(sv, generation)
     seeds = [info.seed for info, _ in images]
     model = sv.client.ping(timeout=2.0).model
     info = {

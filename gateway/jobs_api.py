@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
 from gateway.auth import owner
-from gateway.policy import starts_work
+from gateway.policy import starts_work, takes_images
 from gateway.resources import job_resource, to_json
 from gateway.services import services
 from gateway.waiting import start_job
@@ -38,8 +38,9 @@ def _parse():
 
 @bp.post("/v1/jobs")
 @starts_work(_parse)
-def submit_job(params):
-    view = start_job(services(), params)
+@takes_images
+def submit_job(generation):
+    view = start_job(services(), generation)
     return _json(job_resource(view), 202, {"Location": f"/v1/jobs/{view.job_id}"})
 
 

@@ -51,7 +51,8 @@ class ModelServerClient(Protocol):
 
     def ping(self, timeout: float | None = None) -> Pong: ...
 
-    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> JobView: ...
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
+               init_image: bytes = b"") -> JobView: ...
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView: ...
 
@@ -159,8 +160,10 @@ class ModelClient:
     def ping(self, timeout: float | None = None) -> Pong:
         return self.call(Ping(), timeout)[0]
 
-    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "") -> JobView:
-        return self.call(Submit(params=params, client_id=client_id, request_id=request_id))[0].job
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
+               init_image: bytes = b"") -> JobView:
+        return self.call(Submit(params=params, client_id=client_id, request_id=request_id,
+                                init_image=init_image))[0].job
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView:
         return self.call(GetJob(job_id=job_id, client_id=client_id))[0].job

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from gateway.errors import ApiError
-from gateway.policy import starts_work
+from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
 
@@ -13,17 +13,18 @@ bp = Blueprint("native", __name__)
 
 
 def _parse():
-    params = services().validator.parse_json(request.get_data(cache=False))
-    if params.n != 1:
+    generation = services().validator.parse_json(request.get_data(cache=False))
+    if generation.params.n != 1:
         raise ApiError(400, "invalid_params", "/generate returns one image; n must be 1",
                        "Use POST /v1/jobs for several images from one request.", field="n")
-    return params
+    return generation
 
 
 @bp.post("/generate")
 @starts_work(_parse)
-def generate(params):
-    done, [(info, data)] = generate_sync(services(), params)
+@takes_images
+def generate(generation):
+    done, [(info, data)] = generate_sync(services(), generation)
     return Response(data, mimetype=info.media_type, headers={
         "X-Seed": str(info.seed), "X-Job-Id": done.job_id,
         "Content-Disposition": f'inline; filename="{done.job_id}.{info.media_type.split("/")[1]}"'})

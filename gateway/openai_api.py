@@ -100,20 +100,21 @@ def _parse():
                        f"invalid request body: {exc}", hint, field=field) from None
     response_format = r.response_format or "b64_json"
     try:
-        params = sv.validator.parse_object(_to_fields(r, raw))
+        generation = sv.validator.parse_object(_to_fields(r, raw))
     except ApiError as exc:
         if exc.field in ("width", "height"):
             exc.field = "size"
         raise
-    return params, response_format
+    return generation, response_format
 
 
 @bp.post("/v1/images/generations")
 @starts_work(_parse)
 def generations(parsed):
     sv = services()
-    params, response_format = parsed
-    done, images = generate_sync(sv, params)
+    generation, response_format = parsed
+    params = generation.params
+    done, images = generate_sync(sv, generation)
     base = (sv.settings.public_url or request.host_url).rstrip("/")
     data = []
     for info, blob in images:

@@ -9,9 +9,11 @@ A1111) ends in :meth:`ParamValidator.to_params`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -20,7 +22,7 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs
-from protocol.messages import MAX_SEED, GenerationParams
+from protocol.messages import MAX_SEED, GenerationParams, steps_run
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
@@ -28,6 +30,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What the HTTP API takes differently from the wire: a named preset only ("" is older gateways').
 _HTTP_TYPES = {"preset": Literal[PRESET_NAMES]}
 _EXAMPLES = {"prompt": ["a cat"]}
+_DERIVED = {"mode"}  # set from the request (an init image makes it img2img), never sent
+_DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+class Generation(NamedTuple):
+    """A validated request: its parameters and, for img2img, the init image's bytes as uploaded."""
+
+    params: GenerationParams
+    init_image: bytes = b""
 
 
 def clean_text(text: str) -> str:
@@ -51,8 +62,14 @@ def _http_field(spec: FieldSpec):
 
 
 def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type:
-    """The HTTP request type: every contract field, bounded by this deployment's limits."""
-    return msgspec.defstruct(name, [_http_field(spec) for spec in field_specs(s.limits)], kw_only=True)
+    """The HTTP request type: every contract field, bounded by this deployment's limits, and the
+    init image (base64) that makes a request image-to-image."""
+    fields = [_http_field(spec) for spec in field_specs(s.limits) if spec.name not in _DERIVED]
+    fields.append(("init_image", Annotated[str, Meta(description=(
+        "Image-to-image: the image to start from, base64 (a data: URL too), PNG, JPEG or WebP, at most "
+        f"{s.max_upload_bytes // 2**20} MiB; it is resized to width x height, and strength says how much of it "
+        "is repainted."))] | None, None))
+    return msgspec.defstruct(name, fields, kw_only=True)
 
 
 class ParamValidator:
@@ -65,11 +82,11 @@ class ParamValidator:
         self.presets = presets(settings)
         self.hints = {spec.name: spec.hint for spec in field_specs(settings.limits)}
 
-    def parse_json(self, raw: bytes) -> GenerationParams:
+    def parse_json(self, raw: bytes) -> Generation:
         """Decode and validate a JSON request body."""
         return self.parse_object(decode_object(raw))
 
-    def parse_object(self, obj: dict) -> GenerationParams:
+    def parse_object(self, obj: dict) -> Generation:
         """Validate already-decoded fields (used by the compatibility façades too)."""
         try:
             request = convert(obj, self.request_type)
@@ -93,26 +110,50 @@ class ParamValidator:
         return ApiError(400, "invalid_params", f"invalid {field or 'request'}: {text}",
                         self.hints.get(field, f"Check the request against GET /openapi.json. {EXAMPLE}"), field=field)
 
-    def to_params(self, r) -> GenerationParams:
+    def to_params(self, r) -> Generation:
         """Fill what the request left out: its preset's values, else the contract's defaults."""
         s = self.settings
         prompt = clean_text(r.prompt)
         if not prompt:
             raise _empty_prompt()
+        init_image = self._init_image(r.init_image)
+        if r.strength is not None and not init_image:
+            raise ApiError(400, "invalid_params", "strength applies to image-to-image only",
+                           "Send init_image with it, or leave strength out.", field="strength")
         preset = self.presets[r.preset or s.default_preset]
         defaults = {"width": s.default_size, "height": s.default_size,
                     **{f: getattr(preset, f) for f in ("steps", "guidance_scale", "scheduler", "deep_cache",
                                                        "token_merging")}}
         values = {}
         for field in msgspec.structs.fields(GenerationParams):
-            given = getattr(r, field.name)
+            given = getattr(r, field.name, None)
             if given is None:
                 given = defaults.get(field.name, field.default)
             values[field.name] = given
         values.update(prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""), preset=preset.name,
                       seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
-                      guidance_scale=float(values["guidance_scale"]), token_merging=float(values["token_merging"]))
-        return GenerationParams(**values)
+                      guidance_scale=float(values["guidance_scale"]), token_merging=float(values["token_merging"]),
+                      strength=float(values["strength"]), mode="img2img" if init_image else "txt2img")
+        params = GenerationParams(**values)
+        if init_image and steps_run(params) < 1:
+            raise ApiError(400, "invalid_params", f"{params.steps} steps at strength {params.strength:g} run no step",
+                           "Raise steps or strength so that steps x strength is at least 1.", field="strength")
+        return Generation(params, init_image)
+
+    def _init_image(self, text: str | None) -> bytes:
+        if not text:
+            return b""
+        try:
+            data = base64.b64decode(_DATA_URL.sub("", text.strip(), count=1), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "invalid_params", "init_image is not valid base64",
+                           "Send the image file's bytes base64-encoded (a data: URL works too).",
+                           field="init_image") from None
+        if len(data) > self.settings.max_upload_bytes:
+            raise ApiError(413, "upload_too_large", f"init_image is {len(data):,} bytes, more than "
+                           f"{self.settings.max_upload_bytes:,}", "Send a smaller image (MAX_UPLOAD_BYTES).",
+                           field="init_image")
+        return data
 
 
 def _empty_prompt() -> ApiError:

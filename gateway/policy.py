@@ -60,6 +60,16 @@ def is_unlimited(app, endpoint: str) -> bool:
     return endpoint == "static" or getattr(app.view_functions.get(endpoint), "unlimited", False)
 
 
+def takes_images(view):
+    """The route's body may carry an image: it may be MAX_UPLOAD_BYTES (base64) larger."""
+    view.takes_images = True
+    return view
+
+
+def body_limit(app, endpoint: str | None, text_only: int, images: int) -> int:
+    return images if getattr(app.view_functions.get(endpoint), "takes_images", False) else text_only
+
+
 def parse_first(view) -> Callable[[], object] | None:
     """The parser of a view that starts work, else None."""
     return getattr(view, "parse_first", None)

@@ -17,7 +17,8 @@ from flask import g, request
 
 from gateway.auth import client_id
 from gateway.errors import ApiError
-from protocol.messages import Cancelled, Completed, GenerationParams, ImageInfo, JobView
+from gateway.params import Generation
+from protocol.messages import Cancelled, Completed, ImageInfo, JobView
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,14 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
     raise ApiError(503, "model_server_lost", "the job's event stream ended early", "Retry shortly.", 5.0)
 
 
-def start_job(sv, params: GenerationParams) -> JobView:
+def start_job(sv, generation: Generation) -> JobView:
     """Submit a job for the caller, who owns it from now on."""
-    return sv.client.submit(params, client_id=client_id(), request_id=g.request_id)
+    return sv.client.submit(generation.params, client_id=client_id(), request_id=g.request_id,
+                            init_image=generation.init_image)
 
 
-def generate_sync(sv, params: GenerationParams) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
+def generate_sync(sv, generation: Generation) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:
     """Submit, wait, fetch every image: the whole life of a synchronous request."""
-    job = start_job(sv, params)
+    job = start_job(sv, generation)
     done = wait_for_job(sv.client, job.job_id, sv.settings.sync_timeout)
     return done, [sv.client.fetch(done.job_id, info.index, client_id()) for info in done.images]

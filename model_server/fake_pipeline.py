@@ -14,7 +14,7 @@ import time
 from PIL import Image
 
 from model_server.pipeline import SCHEDULERS, JobCancelledError, max_steps
-from protocol.messages import GenerationParams, StopMode
+from protocol.messages import GenerationParams, StopMode, steps_run
 
 
 class FakePipeline:
@@ -36,8 +36,9 @@ class FakePipeline:
     def max_steps(self, scheduler: str) -> int:
         return max_steps(scheduler)
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop) -> Image.Image:
-        for step in range(1, params.steps + 1):
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None) -> Image.Image:
+        total = steps_run(params)
+        for step in range(1, total + 1):
             mode = stop()
             if mode is StopMode.CANCEL:
                 raise JobCancelledError()
@@ -48,10 +49,11 @@ class FakePipeline:
                 time.sleep(self.step_seconds)
             preview = None
             if params.preview:
-                shade = int(255 * step / params.steps)
+                shade = int(255 * step / total)
                 preview = Image.new("RGB", (params.width // 8, params.height // 8), (shade, shade, shade))
             on_step(step, time.monotonic() - started, preview)
         digest = hashlib.sha256(f"{seed}\0{params.prompt}".encode()).digest()
         rng = random.Random(digest)
-        return Image.frombytes("RGB", (params.width, params.height),
-                               rng.randbytes(params.width * params.height * 3))
+        noise = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
+        # img2img: the init image shows through, the more the lower the strength.
+        return noise if init_image is None else Image.blend(init_image, noise, params.strength)

@@ -112,6 +112,8 @@ class ModelServerSettings(RequestLimits):
         "OUTPUTS_DIR", "Where finished images and a record per job are written; jobs unfinished at a crash are "
         "reported failed (`model_server_lost`, retryable) after a restart. Empty keeps results in memory only.",
         "", read=lambda env, name: env.get(name, "outputs").strip(), shown="`outputs`")
+    max_upload_pixels: int = setting("MAX_UPLOAD_PIXELS", "An init image's pixel count, checked from its header "
+                                     "before it is decoded (a decompression bomb never gets its buffer)", 4096 * 4096)
     outputs_budget_bytes: int = setting("OUTPUTS_BUDGET_BYTES", "Disk budget for outputs; the oldest are deleted "
                                         "first", 2 * 1024**3)
 

@@ -52,6 +52,7 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+MODES = ("txt2img", "img2img")
 
 # The absolute bounds of one request, enforced by both sides (GenerationParams below). Deployments
 # tighten the configurable ones (protocol.contract.Limits: MAX_STEPS, MAX_WIDTH...), never widen them.
@@ -62,6 +63,7 @@ MAX_SIZE = 2048  # 2048x2048 needs ~40 GB of attention activations without slici
 MAX_IMAGES = 8
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
+MAX_UPLOAD_BYTES = 32 * 2**20  # an init image's encoded size; deployments narrow it (MAX_UPLOAD_BYTES)
 MAX_DEEP_CACHE = 10
 # token_merging above this: most tokens share one output and detail dissolves (both sides refuse it)
 MAX_TOKEN_MERGING = 0.75
@@ -160,6 +162,20 @@ class GenerationParams(_Shape):
                               "attention; 0.5 made a step 12-20% faster on a 2-core CPU, for a small loss of detail "
                               f"(0-{MAX_TOKEN_MERGING}; default: the preset's, 0 for all).",
                           hint=f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}; 0.5 is a common choice.") = 0.0
+    # "img2img": the Submit carries an init image (set by the gateway from the request, not sent by users).
+    mode: _bound(Literal[MODES], doc="txt2img, or img2img when an init image is sent.",
+                 hint=f"Use one of: {', '.join(MODES)}.") = "txt2img"
+    strength: _bound(float, ge=0.0, le=1.0,
+                     doc="Image-to-image only: how much of the init image is repainted, 0-1 (default 0.75); "
+                         "the steps run are steps x strength, at least one.",
+                     hint="Use a number from 0 to 1 (0.75 is the default); with fewer steps, a higher one.") = 0.75
+
+
+def steps_run(params: GenerationParams) -> int:
+    """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength."""
+    if params.mode == "img2img":
+        return min(int(params.steps * params.strength), params.steps)
+    return params.steps
 
 
 class ProgressInfo(_Shape):
@@ -209,6 +225,9 @@ class Submit(_Msg):
     params: GenerationParams
     client_id: str = ""
     request_id: str = ""
+    # img2img: the init image as uploaded (PNG, JPEG or WebP bytes); the model server decodes and
+    # checks it (format, pixel count, size) as it does every input.
+    init_image: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
 
 
 # Requests about one job carry the client acting on it: the model server answers "not found" when

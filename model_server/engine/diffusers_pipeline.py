@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, StableDiffusionPipeline,
-                       UniPCMultistepScheduler)
+                       EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline,
+                       StableDiffusionPipeline, UniPCMultistepScheduler)
 
 from model_server import cpu
 from model_server.engine import preset_parts
@@ -38,7 +38,7 @@ from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadEr
 from model_server.settings import ModelServerSettings
 from model_server.engine.token_merging import TokenMerging
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, StopMode
+from protocol.messages import GenerationParams, StopMode, steps_run
 from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ class DiffusersPipeline:
         self._fast_loaded = False
         self._lcm_on = False
         self.fast_pipe: StableDiffusionPipeline | None = None  # the same modules, TAESD as decoder
+        self._img2img_pipes: dict[int, StableDiffusionImg2ImgPipeline] = {}
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
         self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
                                   if self._vae_source and not self._lcm_missing else False)
@@ -296,9 +297,20 @@ class DiffusersPipeline:
             return self._default_scheduler.from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop):
-        pipe = self._pipe_for(params)
+    def _img2img(self, base: StableDiffusionPipeline) -> StableDiffusionImg2ImgPipeline:
+        """The image-to-image pipeline over ``base``'s very modules (made once per base: it costs nothing)."""
+        pipe = self._img2img_pipes.get(id(base))
+        if pipe is None:
+            pipe = StableDiffusionImg2ImgPipeline(**base.components, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            self._img2img_pipes[id(base)] = pipe
+        return pipe
+
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None):
+        base = self._pipe_for(params)
+        pipe = base if init_image is None else self._img2img(base)
         pipe.scheduler = self._scheduler(params.scheduler)
+        total = steps_run(params)
         last = time.monotonic()
 
         def step_end(pipe, index, timestep, tensors):
@@ -307,8 +319,8 @@ class DiffusersPipeline:
             if index == 0:
                 self.residency.release("text_encoder")  # prompts are encoded; not needed until the next job
             preview = latent_preview(tensors["latents"]) if params.preview else None
-            # PNDM evaluates the UNet steps+1 times; report within the requested step count.
-            on_step(min(index + 1, params.steps), now - last, preview)
+            # PNDM evaluates the UNet steps+1 times; report within the step count run.
+            on_step(min(index + 1, total), now - last, preview)
             last = now
             mode = stop()
             if mode is StopMode.CANCEL:
@@ -323,9 +335,10 @@ class DiffusersPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
         merging = TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed)
         with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active(), merging.active():
+            size = ({"width": params.width, "height": params.height} if init_image is None
+                    else {"image": init_image, "strength": params.strength})  # img2img: the image's size
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
-                num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
-                width=params.width, height=params.height, generator=generator,
-                callback_on_step_end=step_end, output_type="pil")
+                num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,
+                callback_on_step_end=step_end, output_type="pil", **size)
         return out.images[0]

@@ -33,7 +33,7 @@ class StepClock:
         if self.seconds_per_step is None:
             return None
         total = (self.remaining(running) or 0.0) if running else 0.0
-        total += sum(j.params.steps * j.params.n for j in ahead + [job]) * self.seconds_per_step
+        total += sum(j.total_steps * j.params.n for j in ahead + [job]) * self.seconds_per_step
         return round(total, 1)
 
     def until_a_slot_frees(self, running: Job | None) -> float:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from model_server.jobs.outputs import JobRecord
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, StopMode
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, StopMode, steps_run
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class Job:
     interrupted: bool = False
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # the table is writing its result; it turns terminal right after
+    init_image: Any = None  # img2img: the decoded, resized PIL image (memory only, never on disk)
 
     @property
     def cancel_requested(self) -> bool:
@@ -39,7 +41,8 @@ class Job:
 
     @property
     def total_steps(self) -> int:
-        return self.params.steps
+        """Steps per image actually run (image-to-image runs steps x strength)."""
+        return steps_run(self.params)
 
     @property
     def result_bytes(self) -> int:

@@ -16,6 +16,7 @@ class FakeModelClient:
     def __init__(self):
         self.jobs: dict[str, JobView] = {}
         self.owners: dict[str, str] = {}  # job id -> the client that submitted it
+        self.init_images: dict[str, bytes] = {}
         self.submitted = []
         self.cancelled = []
         self.model_state = ModelState.READY
@@ -42,7 +43,7 @@ class FakeModelClient:
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
                     unavailable_presets=self.unavailable_presets)
 
-    def submit(self, params, client_id="", request_id=""):
+    def submit(self, params, client_id="", request_id="", init_image=b""):
         self._maybe_raise()
         job_id = f"job{len(self.jobs) + 1}"
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
@@ -50,6 +51,7 @@ class FakeModelClient:
         self.jobs[job_id] = view
         self.owners[job_id] = client_id
         self.submitted.append((params, client_id, request_id))
+        self.init_images[job_id] = init_image
         return view
 
     def get_job(self, job_id, client_id=""):

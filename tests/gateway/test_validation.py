@@ -73,10 +73,16 @@ def test_null_optional_fields_mean_default_and_unknown_fields_are_ignored(client
 
 
 def test_a_body_over_the_limit_is_413_json(make_client):
-    client = make_client(max_body_bytes=1000)
-    body = assert_error(client.post("/generate", data=json.dumps({"prompt": "x" * 2000}),
+    client = make_client(max_body_bytes=1000, max_upload_bytes=3000)
+    # A route that takes an image allows it (base64: 4/3 of MAX_UPLOAD_BYTES) on top of the text limit...
+    body = assert_error(client.post("/generate", data=json.dumps({"prompt": "x" * 6000}),
                                     content_type="application/json"), 413)
     assert body["hint"]
+    assert client.post("/generate", data=json.dumps({"prompt": "x" * 4000}),
+                       content_type="application/json").status_code == 400  # within it: too long a prompt
+    # ...while text-only routes keep the small limit.
+    assert client.post("/v1/images/generations", data=json.dumps({"prompt": "x" * 2000}),
+                       content_type="application/json").status_code == 413
 
 
 def test_form_encoded_curl_bodies_are_read_as_json(client, fake):

@@ -17,10 +17,10 @@ from protocol.messages import GenerationParams, ModelState
 class FailingPipeline(FakePipeline):
     """Raises for the prompt "boom", otherwise behaves like the fake."""
 
-    def generate(self, params, seed, on_step, stop):
+    def generate(self, params, seed, on_step, stop, init_image=None):
         if params.prompt == "boom":
             raise RuntimeError("the UNet exploded")
-        return super().generate(params, seed, on_step, stop)
+        return super().generate(params, seed, on_step, stop, init_image)
 
 
 def params(**kw) -> GenerationParams:

@@ -138,3 +138,21 @@ def test_a_client_that_hangs_up_on_generate_gets_its_job_cancelled(stack):
     match = wait_until(lambda: re.search(r"client went away; cancelling job (\w+)", stack.gateway.log()), 10)
     job_id = match.group(1)
     wait_until(lambda: requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["state"] == "cancelled", 10)
+
+
+def test_image_to_image_through_http_with_the_real_pipeline(stack):
+    import base64
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (230, 20, 20)).save(buffer, "PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    body = {"prompt": "a red cat", "init_image": init, "strength": 0.5, "steps": 10, "width": 64, "height": 64}
+    response = post(stack, "/generate", body)
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (64, 64) and "Denoising strength: 0.5" in image.text["parameters"]
+    job = requests.get(f"{stack.url}/v1/jobs/{response.headers['X-Job-Id']}", timeout=5).json()
+    assert job["params"]["mode"] == "img2img" and job["progress"]["total_steps"] == 5
+    # Not an image: the model server's check answers, as a 400 with a hint, never a 5xx.
+    bad = post(stack, "/generate", {**body, "init_image": base64.b64encode(b"GIF89a not really").decode()})
+    assert bad.status_code == 400 and bad.json()["hint"]

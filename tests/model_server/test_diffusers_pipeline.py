@@ -199,3 +199,37 @@ def test_channels_last_is_an_opt_in_that_gives_the_same_image(fp32, tiny_model_d
     a = np.asarray(generate(fp32, params())[0], dtype=np.float32)
     b = np.asarray(generate(cl, params())[0], dtype=np.float32)
     assert np.abs(a - b).mean() < 8.0  # the same maths in another layout; kernels round differently
+
+
+def _init(color=(220, 30, 30), size=(64, 64)):
+    from PIL import Image
+
+    return Image.new("RGB", size, color)
+
+
+@pytest.mark.parametrize("scheduler", ["default", "euler_a", "dpmpp_2m_karras", "lcm"])
+def test_img2img_runs_steps_x_strength_from_the_init_image(fp32, scheduler):
+    p = params(steps=8, strength=0.5, mode="img2img", scheduler=scheduler)
+    steps = []
+    image = fp32.generate(p, p.seed, lambda step, seconds, preview=None: steps.append(step), lambda: None,
+                          init_image=_init())
+    assert image.size == (64, 64) and max(steps) == 4
+    # A different init image gives a different result: the image is really the starting point.
+    other = fp32.generate(p, p.seed, lambda *a, **k: None, lambda: None, init_image=_init((20, 200, 20)))
+    assert not np.array_equal(np.asarray(image), np.asarray(other))
+
+
+def test_img2img_can_be_cancelled_and_interrupted_like_txt2img(fp32):
+    p = params(steps=10, strength=0.6, mode="img2img")
+    calls = []
+
+    def stop_after(n, mode):
+        return lambda: mode if len(calls) >= n else None
+
+    with pytest.raises(JobCancelledError):
+        fp32.generate(p, p.seed, lambda step, *a: calls.append(step), stop_after(2, StopMode.CANCEL),
+                      init_image=_init())
+    calls.clear()
+    image = fp32.generate(p, p.seed, lambda step, *a: calls.append(step), stop_after(2, StopMode.INTERRUPT),
+                          init_image=_init())
+    assert image.size == (64, 64) and max(calls) < 6

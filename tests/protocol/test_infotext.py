@@ -21,3 +21,9 @@ def test_every_scheduler_is_shown_by_its_a1111_name_never_ours():
     assert "Sampler: PNDM," in infotext(default, 1, "m")
     assert "Sampler: DPM++ 2M Karras," in infotext(GenerationParams(prompt="a", seed=1, scheduler="dpmpp_2m_karras"),
                                                    1, "m")
+
+
+def test_image_to_image_says_its_denoising_strength_as_a1111_does():
+    p = GenerationParams(prompt="a cat", seed=1, mode="img2img", strength=0.5)
+    assert "Denoising strength: 0.5" in infotext(p, 1, "m")
+    assert "Denoising strength" not in infotext(GenerationParams(prompt="a cat", seed=1), 1, "m")

@@ -1,0 +1,79 @@
+"""Image-to-image on the model server: init images are hostile input; steps run are steps x strength."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from gateway.model_client import RemoteError
+from protocol.errors import ErrorCode
+from protocol.messages import Completed, JobState
+from tests.helpers.servers import params
+
+
+def encoded(size=(80, 48), fmt="PNG", color=(255, 0, 0), exif_rotated=False) -> bytes:
+    img = Image.new("RGB", size, color)
+    buffer = io.BytesIO()
+    if exif_rotated:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+        img.save(buffer, fmt, exif=exif)
+    else:
+        img.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size and whose data is tiny (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"", "needs an init image"), (b"plain text, not an image", "cannot be read"),
+    (encoded(fmt="GIF"), "GIF"), (encoded(fmt="BMP"), "BMP"), (encoded()[:60], "cannot be read"),
+    (png_header_claiming(100_000, 100_000), "more than"), (png_header_claiming(5000, 5000), "5000x5000"),
+])
+def test_unusable_init_images_are_refused_at_submit(start_server, data, fragment):
+    server, client = start_server()
+    with pytest.raises(RemoteError) as caught:
+        client.submit(params(mode="img2img", strength=0.5), init_image=data)
+    assert caught.value.error.code is ErrorCode.INVALID_PARAMS and fragment in caught.value.error.message
+    assert server.table.depth == 0 and client.ping().model_state.value == "ready"
+
+
+def test_an_init_image_must_match_the_mode(start_server):
+    _, client = start_server()
+    with pytest.raises(RemoteError) as caught:
+        client.submit(params(), init_image=encoded())
+    assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "txt2img" in caught.value.error.message
+
+
+def test_img2img_runs_steps_x_strength_and_the_init_image_shows_through(start_server):
+    _, client = start_server(max_upload_pixels=10_000)
+    job = client.submit(params(steps=10, strength=0.3, mode="img2img", width=64, height=64),
+                        init_image=encoded(size=(96, 64)))
+    assert job.progress.total_steps == 3
+    events = list(client.watch(job.job_id))
+    assert isinstance(events[-1], Completed) and events[-1].job.progress.step == 3
+    assert max(e.job.progress.step for e in events if e.job.state is JobState.RUNNING) <= 3
+    image = Image.open(io.BytesIO(client.fetch(job.job_id)[1]))
+    assert image.size == (64, 64)  # resized to the job's size
+    red, green, _ = image.convert("RGB").getpixel((32, 32))
+    assert red > green + 60  # the fake blends 70% of the red init image in
+    assert "Denoising strength: 0.3" in image.text["parameters"]
+
+
+def test_exif_orientation_is_applied_before_resizing(start_server):
+    from model_server.uploads import decode_init_image
+
+    upright = decode_init_image(encoded(size=(80, 40), fmt="JPEG", exif_rotated=True), 40, 80, 10_000)
+    assert upright.size == (40, 80)
+    tall = decode_init_image(encoded(size=(80, 40), fmt="JPEG", exif_rotated=True), 8, 8, 10_000)
+    assert tall.mode == "RGB"
