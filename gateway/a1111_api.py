@@ -22,7 +22,7 @@ from gateway.auth import owner
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.model_client import RemoteError
-from gateway.policy import starts_work
+from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
@@ -50,6 +50,17 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     override_settings: dict | None = None  # only token_merging_ratio is used
 
 
+class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
+    """txt2img's fields plus the image ones we use. The mask is white where to repaint (black with
+    inpainting_mask_invert=1, which we refuse rather than ignore); the kept parts are the original
+    pixels ("original" fill, whole picture); resize_mode is "just resize"."""
+
+    init_images: list[str] | None = None
+    denoising_strength: float | None = None
+    mask: str | None = None
+    inpainting_mask_invert: int | None = 0
+
+
 def render_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
         loc = ["body", err.field] if err.field else ["body"]
@@ -60,20 +71,41 @@ def render_error(err: ApiError):
 
 
 _EXAMPLE = 'Send an A1111 txt2img JSON object such as {"prompt": "a cat", "steps": 20}.'
+_IMG2IMG_EXAMPLE = ('Send an A1111 img2img JSON object such as {"prompt": "a cat", "init_images": ["<base64>"], '
+                    '"denoising_strength": 0.6}.')
 
 
-def _decode() -> tuple[Txt2ImgRequest, dict]:
-    raw = decode_object(request.get_data(cache=False), _EXAMPLE, empty_ok=True)
+def _decode(kind: type, example: str):
+    raw = decode_object(request.get_data(cache=False), example, empty_ok=True)
     try:
-        return convert(raw, Txt2ImgRequest), raw
+        return convert(raw, kind), raw
     except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", _EXAMPLE,
+        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", example,
                        field=field_of(str(exc))) from None
 
 
 def _parse():
-    sv = services()
-    r, raw = _decode()
+    r, raw = _decode(Txt2ImgRequest, _EXAMPLE)
+    sampler, fields = _fields(r)
+    return r, raw, sampler, services().validator.parse_object(fields)
+
+
+def _parse_img2img():
+    r, raw = _decode(Img2ImgRequest, _IMG2IMG_EXAMPLE)
+    sampler, fields = _fields(r)
+    if not r.init_images:
+        raise ApiError(400, "invalid_params", "init_images is empty", _IMG2IMG_EXAMPLE, field="init_images")
+    if r.mask and r.inpainting_mask_invert:
+        raise ApiError(400, "invalid_params", "inpainting_mask_invert is not supported",
+                       "Send the mask white where to repaint, with inpainting_mask_invert 0.",
+                       field="inpainting_mask_invert")
+    fields.update(init_image=r.init_images[0], mask=r.mask or None,
+                  strength=0.75 if r.denoising_strength is None else r.denoising_strength)
+    return r, raw, sampler, services().validator.parse_object(fields)
+
+
+def _fields(r: Txt2ImgRequest) -> tuple[str, dict]:
+    """Our fields from A1111's, and the sampler name to report."""
     scheduler, sampler = resolve_sampler(r.sampler_name or r.sampler_index, r.scheduler)
     count = (r.batch_size or 1) * (r.n_iter or 1)
     if count < 1:
@@ -88,12 +120,24 @@ def _parse():
         fields["preset"] = "fast"
     if (r.override_settings or {}).get("token_merging_ratio") is not None:
         fields["token_merging"] = r.override_settings["token_merging_ratio"]
-    return r, raw, sampler, sv.validator.parse_object(fields)
+    return sampler, fields
 
 
 @bp.post("/txt2img")
 @starts_work(_parse)
 def txt2img(parsed):
+    return _generate(parsed)
+
+
+@bp.post("/img2img")
+@starts_work(_parse_img2img)
+@takes_images
+def img2img(parsed):
+    return _generate(parsed)
+
+
+def _generate(parsed):
+    """Both routes' work and answer: A1111's {images, parameters, info (a JSON string)}."""
     sv = services()
     r, raw, sampler, generation = parsed
     params = generation.params
@@ -107,8 +151,9 @@ def txt2img(parsed):
         "subseed_strength": 0, "width": params.width, "height": params.height, "sampler_name": sampler,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": r.batch_size or 1,
         "n_iter": r.n_iter or 1, "restore_faces": False, "sd_model_name": PurePath(model).name,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": 0, "clip_skip": 1,
-        "index_of_first_image": 0, "is_using_inpainting_conditioning": False,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
+        "denoising_strength": params.strength if params.mode != "txt2img" else 0,
+        "is_using_inpainting_conditioning": False,
         "infotexts": [infotext(params, s, model, sampler) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
         "interrupted": done.interrupted, "job_id": done.job_id,

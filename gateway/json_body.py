@@ -33,11 +33,12 @@ def decode_object(raw: bytes, hint: str = EXAMPLE, empty_ok: bool = False) -> di
     return value
 
 
-def convert(obj: dict, struct_type: type):
-    """``msgspec.convert`` that takes whole-number floats (``3.0``) for integer fields."""
+def convert(obj: dict, struct_type: type, strict: bool = True):
+    """``msgspec.convert`` that takes whole-number floats (``3.0``) for integer fields; not
+    ``strict``, it also takes numbers and booleans written as strings (form fields)."""
     ints = _int_fields(struct_type)
     fixed = {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in obj.items()}
-    return msgspec.convert(fixed, struct_type)
+    return msgspec.convert(fixed, struct_type, strict=strict)
 
 
 @functools.cache

@@ -52,7 +52,7 @@ class ModelServerClient(Protocol):
     def ping(self, timeout: float | None = None) -> Pong: ...
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
-               init_image: bytes = b"") -> JobView: ...
+               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView: ...
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView: ...
 
@@ -161,9 +161,9 @@ class ModelClient:
         return self.call(Ping(), timeout)[0]
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
-               init_image: bytes = b"") -> JobView:
+               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView:
         return self.call(Submit(params=params, client_id=client_id, request_id=request_id,
-                                init_image=init_image))[0].job
+                                init_image=init_image, mask=mask, mask_from=mask_from))[0].job
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView:
         return self.call(GetJob(job_id=job_id, client_id=client_id))[0].job

@@ -25,7 +25,7 @@ from flask import Blueprint, jsonify, request
 
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
-from gateway.policy import starts_work
+from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
@@ -89,10 +89,30 @@ def _to_fields(r: ImagesRequest, raw: dict) -> dict:
 
 
 def _parse():
+    return _validated(decode_object(request.get_data(cache=False), _EXAMPLE))
+
+
+def _parse_edit():
+    """``/v1/images/edits``: multipart form fields, the image file and the optional mask file.
+    Transparent parts repaint (the mask's, else the image's own), as OpenAI documents."""
+    form = {key: value for key, value in request.form.items()}
+    image = request.files.get("image") or next(iter(request.files.getlist("image[]")), None)
+    if image is None:
+        raise ApiError(400, "invalid_request", "image is required",
+                       "Send the image to edit as the multipart file field 'image'.", field="image")
+    mask = request.files.get("mask")
+    checked = services().validator.checked_upload
+    extra = {"init_image": base64.b64encode(checked(image.read(), "image")).decode()}
+    if mask is not None:
+        extra["mask"] = base64.b64encode(checked(mask.read(), "mask")).decode()
+    return _validated(form, extra, lax=True)
+
+
+def _validated(raw: dict, images: dict | None = None, lax: bool = False):
+    """OpenAI's fields (form fields are strings: ``lax`` converts "2" to 2) into a Generation."""
     sv = services()
-    raw = decode_object(request.get_data(cache=False), _EXAMPLE)
     try:
-        r = convert(raw, ImagesRequest)
+        r = convert(raw, ImagesRequest, strict=not lax)
     except msgspec.ValidationError as exc:
         field = field_of(str(exc))
         hint = _HINTS.get(field, _EXAMPLE)
@@ -100,7 +120,8 @@ def _parse():
                        f"invalid request body: {exc}", hint, field=field) from None
     response_format = r.response_format or "b64_json"
     try:
-        generation = sv.validator.parse_object(_to_fields(r, raw))
+        generation = sv.validator.parse_object({**_to_fields(r, raw), **(images or {})}, mask_from="alpha",
+                                               strict=not lax)
     except ApiError as exc:
         if exc.field in ("width", "height"):
             exc.field = "size"
@@ -111,6 +132,18 @@ def _parse():
 @bp.post("/v1/images/generations")
 @starts_work(_parse)
 def generations(parsed):
+    return _answer(parsed)
+
+
+@bp.post("/v1/images/edits")
+@starts_work(_parse_edit)
+@takes_images
+def edits(parsed):
+    return _answer(parsed)
+
+
+def _answer(parsed):
+    """Run the job and answer as OpenAI does: {created, data: [{b64_json | url, revised_prompt}]}."""
     sv = services()
     generation, response_format = parsed
     params = generation.params

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 from flask import Blueprint, current_app, jsonify
 
-from gateway.a1111_api import Txt2ImgRequest
+from gateway.a1111_api import Img2ImgRequest, Txt2ImgRequest
 from gateway.openai_api import ImagesRequest
 from gateway.policy import public
 from gateway.resources import ErrorBody, JobResource
@@ -62,9 +62,24 @@ def _compat_paths() -> dict:
     return {
         "/v1/images/generations": post("OpenAI Images API: generate (b64_json or url)", "ImagesRequest",
                                        (400, 429, 500, 503)),
+        "/v1/images/edits": {"post": {
+            "summary": "OpenAI Images API: edit an image (multipart); transparent parts of the mask, else of the "
+                       "image, are repainted",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["image", "prompt"],
+                "properties": {"image": {"type": "string", "format": "binary"},
+                               "mask": {"type": "string", "format": "binary"},
+                               "prompt": {"type": "string", "minLength": 1}, "n": {"type": "integer"},
+                               "size": {"type": "string"},
+                               "response_format": {"type": "string", "enum": ["b64_json", "url"]}}}}}},
+            "responses": {"200": {"description": "OK", "content": _ANY_JSON},
+                          **{str(s): {"description": "Error", "content": _ANY_JSON}
+                             for s in (400, 413, 429, 500, 503)}}}},
         "/v1/models": get("OpenAI: the loaded model"),
         f"{a1111}/txt2img": post("AUTOMATIC1111 txt2img (blocking; base64 PNGs, info JSON string)",
                                  "Txt2ImgRequest", (404, 422, 429, 500, 503)),
+        f"{a1111}/img2img": post("AUTOMATIC1111 img2img and inpainting (init_images, denoising_strength, mask "
+                                 "white where to repaint)", "Img2ImgRequest", (404, 413, 422, 429, 500, 503)),
         f"{a1111}/progress": get("AUTOMATIC1111: progress of the running job"),
         f"{a1111}/interrupt": post("AUTOMATIC1111: stop the caller's running job, keep what it made",
                                    errors=(429, 503)),
@@ -81,7 +96,7 @@ def _compat_paths() -> dict:
 
 def build_spec(request_type: type) -> dict:
     _, components = msgspec.json.schema_components(
-        [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest], ref_template=_REF)
+        [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest, Img2ImgRequest], ref_template=_REF)
     body = {"required": True, "content": _json_content(request_type.__name__)}
     job_ok = {"content": _json_content("JobResource")}
     paths = {

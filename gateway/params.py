@@ -35,10 +35,12 @@ _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
 class Generation(NamedTuple):
-    """A validated request: its parameters and, for img2img, the init image's bytes as uploaded."""
+    """A validated request: its parameters and, for img2img and inpaint, the images as uploaded."""
 
     params: GenerationParams
     init_image: bytes = b""
+    mask: bytes = b""
+    mask_from: str = "luminance"  # "alpha": transparent repaints (OpenAI's edits)
 
 
 def clean_text(text: str) -> str:
@@ -69,6 +71,9 @@ def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type
         "Image-to-image: the image to start from, base64 (a data: URL too), PNG, JPEG or WebP, at most "
         f"{s.max_upload_bytes // 2**20} MiB; it is resized to width x height, and strength says how much of it "
         "is repainted."))] | None, None))
+    fields.append(("mask", Annotated[str, Meta(description=(
+        "Inpainting, with init_image: where to repaint, base64 like init_image; white repaints, black keeps. "
+        "It is resized to width x height."))] | None, None))
     return msgspec.defstruct(name, fields, kw_only=True)
 
 
@@ -86,13 +91,15 @@ class ParamValidator:
         """Decode and validate a JSON request body."""
         return self.parse_object(decode_object(raw))
 
-    def parse_object(self, obj: dict) -> Generation:
-        """Validate already-decoded fields (used by the compatibility façades too)."""
+    def parse_object(self, obj: dict, mask_from: str = "luminance", strict: bool = True) -> Generation:
+        """Validate already-decoded fields (used by the compatibility façades too). ``mask_from``
+        "alpha" (OpenAI's edits): inpaint by the images' transparency, with or without a mask.
+        ``strict=False`` takes numbers sent as strings (multipart form fields)."""
         try:
-            request = convert(obj, self.request_type)
+            request = convert(obj, self.request_type, strict=strict)
         except msgspec.ValidationError as exc:
             raise self._invalid(exc) from None
-        return self.to_params(request)
+        return self.to_params(request, mask_from)
 
     def _invalid(self, exc: msgspec.ValidationError) -> ApiError:
         text = str(exc)
@@ -110,13 +117,18 @@ class ParamValidator:
         return ApiError(400, "invalid_params", f"invalid {field or 'request'}: {text}",
                         self.hints.get(field, f"Check the request against GET /openapi.json. {EXAMPLE}"), field=field)
 
-    def to_params(self, r) -> Generation:
+    def to_params(self, r, mask_from: str = "luminance") -> Generation:
         """Fill what the request left out: its preset's values, else the contract's defaults."""
         s = self.settings
         prompt = clean_text(r.prompt)
         if not prompt:
             raise _empty_prompt()
-        init_image = self._init_image(r.init_image)
+        init_image = self._upload(r.init_image, "init_image")
+        mask = self._upload(r.mask, "mask")
+        if mask and not init_image:
+            raise ApiError(400, "invalid_params", "a mask needs an init_image to repaint",
+                           "Send init_image with the mask.", field="mask")
+        inpaint = bool(mask) or (bool(init_image) and mask_from == "alpha")
         if r.strength is not None and not init_image:
             raise ApiError(400, "invalid_params", "strength applies to image-to-image only",
                            "Send init_image with it, or leave strength out.", field="strength")
@@ -133,26 +145,31 @@ class ParamValidator:
         values.update(prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""), preset=preset.name,
                       seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
                       guidance_scale=float(values["guidance_scale"]), token_merging=float(values["token_merging"]),
-                      strength=float(values["strength"]), mode="img2img" if init_image else "txt2img")
+                      strength=float(values["strength"]),
+                      mode="inpaint" if inpaint else "img2img" if init_image else "txt2img")
         params = GenerationParams(**values)
         if init_image and steps_run(params) < 1:
             raise ApiError(400, "invalid_params", f"{params.steps} steps at strength {params.strength:g} run no step",
                            "Raise steps or strength so that steps x strength is at least 1.", field="strength")
-        return Generation(params, init_image)
+        return Generation(params, init_image, mask, mask_from)
 
-    def _init_image(self, text: str | None) -> bytes:
+    def _upload(self, text: str | None, field: str) -> bytes:
         if not text:
             return b""
         try:
             data = base64.b64decode(_DATA_URL.sub("", text.strip(), count=1), validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(400, "invalid_params", "init_image is not valid base64",
+            raise ApiError(400, "invalid_params", f"{field} is not valid base64",
                            "Send the image file's bytes base64-encoded (a data: URL works too).",
-                           field="init_image") from None
+                           field=field) from None
+        return self.checked_upload(data, field)
+
+    def checked_upload(self, data: bytes, field: str) -> bytes:
+        """An uploaded image's size against MAX_UPLOAD_BYTES (its content is the model server's to check)."""
         if len(data) > self.settings.max_upload_bytes:
-            raise ApiError(413, "upload_too_large", f"init_image is {len(data):,} bytes, more than "
+            raise ApiError(413, "upload_too_large", f"{field} is {len(data):,} bytes, more than "
                            f"{self.settings.max_upload_bytes:,}", "Send a smaller image (MAX_UPLOAD_BYTES).",
-                           field="init_image")
+                           field=field)
         return data
 
 

@@ -36,7 +36,7 @@ class FakePipeline:
     def max_steps(self, scheduler: str) -> int:
         return max_steps(scheduler)
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None) -> Image.Image:
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None) -> Image.Image:
         total = steps_run(params)
         for step in range(1, total + 1):
             mode = stop()
@@ -56,4 +56,7 @@ class FakePipeline:
         rng = random.Random(digest)
         noise = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
         # img2img: the init image shows through, the more the lower the strength.
-        return noise if init_image is None else Image.blend(init_image, noise, params.strength)
+        if init_image is None:
+            return noise
+        painted = Image.blend(init_image, noise, params.strength)
+        return painted if mask is None else Image.composite(painted, init_image, mask)  # white repaints

@@ -47,13 +47,15 @@ class Pipeline(Protocol):
         """The most steps ``scheduler`` can run (checked at submit, so no job fails mid-way)."""
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
-                 stop: Callable[[], StopMode | None], init_image: "Image | None" = None) -> "Image":
+                 stop: Callable[[], StopMode | None], init_image: "Image | None" = None,
+                 mask: "Image | None" = None) -> "Image":
         """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based, up to
         ``steps_run(params)``); preview is a latent-resolution PIL image when ``params.preview`` is
         set, else None. At the first step boundary where ``stop()`` says CANCEL it raises
         :class:`JobCancelledError`; where it says INTERRUPT or SKIP it stops denoising and returns the
         image decoded so far. ``init_image`` (img2img: RGB at the job's size) is what denoising
-        starts from, ``params.strength`` of the way into the schedule."""
+        starts from, ``params.strength`` of the way into the schedule; with ``mask`` (inpaint: L,
+        white repaints) only the white parts change."""
 
 
 def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:

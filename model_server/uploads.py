@@ -1,4 +1,5 @@
-"""Images clients send (image-to-image's init image), decoded as the hostile input they may be.
+"""Images clients send (image-to-image's init image, inpainting's mask), decoded as the hostile
+input they may be.
 
 Only PNG, JPEG and WebP; the pixel count is checked from the header before anything is decoded
 (a decompression bomb never gets its buffer); EXIF orientation is applied, as a phone's photo
@@ -16,25 +17,46 @@ from model_server.errors import Rejection
 
 FORMATS = {"PNG", "JPEG", "WEBP"}
 _HINT = "Send a PNG, JPEG or WebP image as init_image."
+# The mask and the init image may differ in size (both are resized to the job's); OpenAI asks for the
+# same size, A1111 does not.
 
 
 def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> Image.Image:
     """The init image, RGB, resized to ``width`` x ``height``; a Rejection (invalid params) if unusable."""
+    return _decode(data, "init image", max_pixels).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
+def decode_mask(data: bytes, init: bytes, mask_from: str, width: int, height: int, max_pixels: int) -> Image.Image:
+    """Where to repaint, as an L image at the job's size: white repaints, black keeps.
+
+    ``luminance`` (A1111's and ours): the mask's brightness. ``alpha`` (OpenAI's): the mask's
+    transparent parts repaint, and without a mask the init image's own; no alpha repaints it all."""
+    if mask_from == "alpha":
+        source = _decode(data or init, "mask" if data else "init image", max_pixels)
+        alpha = source.getchannel("A") if "A" in source.getbands() else Image.new("L", source.size, 0)
+        mask = ImageOps.invert(alpha)
+    else:
+        mask = _decode(data, "mask", max_pixels).convert("L")
+    return mask.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _decode(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    hint = _HINT.replace("init_image", what.replace(" ", "_"))
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format not in FORMATS:
-                raise errors.invalid(f"the init image is {img.format or 'of an unknown format'}", _HINT)
+                raise errors.invalid(f"the {what} is {img.format or 'of an unknown format'}", hint)
             w, h = img.size
             if w * h > max_pixels:
-                raise errors.invalid(f"the init image is {w}x{h}: it has more than {max_pixels:,} pixels",
+                raise errors.invalid(f"the {what} is {w}x{h}: it has more than {max_pixels:,} pixels",
                                      "Send a smaller image; it is resized to the job's width and height anyway.")
             upright = ImageOps.exif_transpose(img)
-            rgb = upright.convert("RGB")
+            upright.load()
+            return upright
     except Rejection:
         raise
     except Image.DecompressionBombError:  # PIL's own guard, for sizes far past ours
-        raise errors.invalid(f"the init image has more than {max_pixels:,} pixels",
+        raise errors.invalid(f"the {what} has more than {max_pixels:,} pixels",
                              "Send a smaller image; it is resized to the job's width and height anyway.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise errors.invalid(f"the init image cannot be read ({type(exc).__name__})", _HINT) from None
-    return rgb.resize((width, height), Image.Resampling.LANCZOS)
+        raise errors.invalid(f"the {what} cannot be read ({type(exc).__name__})", hint) from None

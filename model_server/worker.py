@@ -131,7 +131,8 @@ class Worker(threading.Thread):
                     self.table.record_step(job, index, step, seconds)
                     self.notify(job.id)
 
-                image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image)
+                image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
+                                          mask=job.mask)
                 data, media_type = encode_image(image, p, seed, pipeline.model_id)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
                                          height=image.height, size_bytes=len(data)), data))
@@ -146,5 +147,5 @@ class Worker(threading.Thread):
             log.exception("failed")
             self.table.fail(job, _job_error(exc))
         finally:
-            job.init_image = None  # the decoded upload is needed no more
+            job.init_image = job.mask = None  # the decoded uploads are needed no more
             self.notify(job.id)

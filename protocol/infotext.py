@@ -18,7 +18,7 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
     lines = [params.prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
     settings = [f"Steps: {params.steps}", f"Sampler: {sampler}", f"CFG scale: {params.guidance_scale:g}",
                 f"Seed: {seed}", f"Size: {params.width}x{params.height}", f"Model: {model}"]
-    if params.mode == "img2img":
+    if params.mode != "txt2img":
         settings.append(f"Denoising strength: {params.strength:g}")
     if params.token_merging:
         settings.append(f"Token merging ratio: {params.token_merging:g}")

@@ -52,7 +52,7 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-MODES = ("txt2img", "img2img")
+MODES = ("txt2img", "img2img", "inpaint")
 
 # The absolute bounds of one request, enforced by both sides (GenerationParams below). Deployments
 # tighten the configurable ones (protocol.contract.Limits: MAX_STEPS, MAX_WIDTH...), never widen them.
@@ -162,8 +162,9 @@ class GenerationParams(_Shape):
                               "attention; 0.5 made a step 12-20% faster on a 2-core CPU, for a small loss of detail "
                               f"(0-{MAX_TOKEN_MERGING}; default: the preset's, 0 for all).",
                           hint=f"Use a share from 0 (off) to {MAX_TOKEN_MERGING}; 0.5 is a common choice.") = 0.0
-    # "img2img": the Submit carries an init image (set by the gateway from the request, not sent by users).
-    mode: _bound(Literal[MODES], doc="txt2img, or img2img when an init image is sent.",
+    # img2img: the Submit carries an init image; inpaint: and a mask (set by the gateway from the
+    # request, not sent by users).
+    mode: _bound(Literal[MODES], doc="txt2img; img2img when an init image is sent; inpaint with a mask too.",
                  hint=f"Use one of: {', '.join(MODES)}.") = "txt2img"
     strength: _bound(float, ge=0.0, le=1.0,
                      doc="Image-to-image only: how much of the init image is repainted, 0-1 (default 0.75); "
@@ -173,7 +174,7 @@ class GenerationParams(_Shape):
 
 def steps_run(params: GenerationParams) -> int:
     """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength."""
-    if params.mode == "img2img":
+    if params.mode != "txt2img":
         return min(int(params.steps * params.strength), params.steps)
     return params.steps
 
@@ -228,6 +229,10 @@ class Submit(_Msg):
     # img2img: the init image as uploaded (PNG, JPEG or WebP bytes); the model server decodes and
     # checks it (format, pixel count, size) as it does every input.
     init_image: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
+    # inpaint: which parts to repaint, as uploaded. "luminance": white repaints (A1111, ours);
+    # "alpha": transparent repaints (OpenAI), and with no mask the init image's own alpha is it.
+    mask: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
+    mask_from: Literal["luminance", "alpha"] = "luminance"
 
 
 # Requests about one job carry the client acting on it: the model server answers "not found" when

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline,
-                       StableDiffusionPipeline, UniPCMultistepScheduler)
+                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
 
 from model_server import cpu
 from model_server.engine import preset_parts
@@ -185,7 +186,7 @@ class DiffusersPipeline:
         self._fast_loaded = False
         self._lcm_on = False
         self.fast_pipe: StableDiffusionPipeline | None = None  # the same modules, TAESD as decoder
-        self._img2img_pipes: dict[int, StableDiffusionImg2ImgPipeline] = {}
+        self._variants: dict[tuple[type, int], StableDiffusionPipeline] = {}
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
         self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
                                   if self._vae_source and not self._lcm_missing else False)
@@ -297,18 +298,29 @@ class DiffusersPipeline:
             return self._default_scheduler.from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
 
-    def _img2img(self, base: StableDiffusionPipeline) -> StableDiffusionImg2ImgPipeline:
-        """The image-to-image pipeline over ``base``'s very modules (made once per base: it costs nothing)."""
-        pipe = self._img2img_pipes.get(id(base))
+    def _variant(self, base: StableDiffusionPipeline, kind: type):
+        """The image-to-image or inpainting pipeline over ``base``'s very modules (made once: it costs
+        nothing). With the base model's 4-channel UNet, diffusers inpaints by blending the kept
+        parts' latents back in after every step; a dedicated inpainting checkpoint (9 channels)
+        conditions on the mask instead."""
+        pipe = self._variants.get((kind, id(base)))
         if pipe is None:
-            pipe = StableDiffusionImg2ImgPipeline(**base.components, requires_safety_checker=False)
+            pipe = kind(**base.components, requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
-            self._img2img_pipes[id(base)] = pipe
+            self._variants[(kind, id(base))] = pipe
         return pipe
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None):
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
         base = self._pipe_for(params)
-        pipe = base if init_image is None else self._img2img(base)
+        if init_image is None:
+            pipe, inputs = base, {"width": params.width, "height": params.height}
+        elif mask is None:  # the image's size is the job's: the model server resized it
+            pipe, inputs = self._variant(base, StableDiffusionImg2ImgPipeline), {"image": init_image}
+        else:
+            pipe = self._variant(base, StableDiffusionInpaintPipeline)
+            inputs = {"image": init_image, "mask_image": mask, "width": params.width, "height": params.height}
+        if init_image is not None:
+            inputs["strength"] = params.strength
         pipe.scheduler = self._scheduler(params.scheduler)
         total = steps_run(params)
         last = time.monotonic()
@@ -335,10 +347,10 @@ class DiffusersPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
         merging = TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed)
         with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active(), merging.active():
-            size = ({"width": params.width, "height": params.height} if init_image is None
-                    else {"image": init_image, "strength": params.strength})  # img2img: the image's size
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,
-                callback_on_step_end=step_end, output_type="pil", **size)
-        return out.images[0]
+                callback_on_step_end=step_end, output_type="pil", **inputs)
+        image = out.images[0]
+        # As A1111 does: the kept parts are the original pixels, not their trip through the VAE.
+        return image if mask is None else Image.composite(image, init_image, mask)

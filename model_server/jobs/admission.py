@@ -14,40 +14,49 @@ from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.pipeline import Pipeline, preset_unavailable
 from model_server.settings import ModelServerSettings
-from model_server.uploads import decode_init_image
+from model_server.uploads import decode_init_image, decode_mask
 from model_server.worker import ModelStatus
 from protocol import contract
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, ModelState, steps_run
+from protocol.messages import GenerationParams, ModelState, Submit, steps_run
 
 
-def admit(params: GenerationParams, init_image: bytes, status: ModelStatus, settings: ModelServerSettings):
-    """Raise a Rejection saying why ``params`` cannot be queued now; else return the decoded init
-    image (img2img) or None."""
+def admit(msg: Submit, status: ModelStatus, settings: ModelServerSettings):
+    """Raise a Rejection saying why the Submit cannot be queued now; else return its decoded init
+    image and mask (each None when the mode has none)."""
     _ready(status)
-    _runnable(params, status.pipeline, settings)
-    image = _init_image(params, init_image, settings)
+    _runnable(msg.params, status.pipeline, settings)
+    images = _images(msg, settings)
     floor = settings.min_free_memory_mb * 2**20
     available = memory.available_bytes()
     if floor and available is not None and available < floor:
         raise errors.out_of_memory_floor(available // 2**20, floor // 2**20)
-    return image
+    return images
 
 
-def _init_image(p: GenerationParams, data: bytes, settings: ModelServerSettings):
-    if p.mode != "img2img":
-        if data:
-            raise errors.invalid("an init image was sent for a txt2img job", "Send mode img2img with it.")
-        return None
+def _images(msg: Submit, settings: ModelServerSettings):
+    p, data, mask = msg.params, msg.init_image, msg.mask
+    if p.mode == "txt2img":
+        if data or mask:
+            raise errors.invalid("an image was sent for a txt2img job", "Send mode img2img or inpaint with it.")
+        return None, None
     if not data:
-        raise errors.invalid("img2img needs an init image", "Send init_image (a PNG, JPEG or WebP image).")
-    if len(data) > settings.max_upload_bytes:
-        raise errors.invalid(f"the init image is {len(data):,} bytes, more than {settings.max_upload_bytes:,}",
-                             "Send a smaller image (MAX_UPLOAD_BYTES).")
+        raise errors.invalid(f"{p.mode} needs an init image", "Send init_image (a PNG, JPEG or WebP image).")
+    if mask and p.mode != "inpaint":
+        raise errors.invalid("a mask was sent for an img2img job", "Send mode inpaint with it.")
+    if p.mode == "inpaint" and not mask and msg.mask_from != "alpha":
+        raise errors.invalid("inpaint needs a mask", "Send mask: white where to repaint, black where to keep.")
+    for what, blob in (("init image", data), ("mask", mask)):
+        if len(blob) > settings.max_upload_bytes:
+            raise errors.invalid(f"the {what} is {len(blob):,} bytes, more than {settings.max_upload_bytes:,}",
+                                 "Send a smaller image (MAX_UPLOAD_BYTES).")
     if steps_run(p) < 1:
         raise errors.invalid(f"{p.steps} steps at strength {p.strength:g} run no step",
                              "Raise steps or strength so that steps x strength is at least 1.")
-    return decode_init_image(data, p.width, p.height, settings.max_upload_pixels)
+    init = decode_init_image(data, p.width, p.height, settings.max_upload_pixels)
+    if p.mode != "inpaint":
+        return init, None
+    return init, decode_mask(mask, data, msg.mask_from, p.width, p.height, settings.max_upload_pixels)
 
 
 def _ready(status: ModelStatus) -> None:

@@ -33,7 +33,8 @@ class Job:
     interrupted: bool = False
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # the table is writing its result; it turns terminal right after
-    init_image: Any = None  # img2img: the decoded, resized PIL image (memory only, never on disk)
+    init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
+    mask: Any = None  # inpaint: an L image, white where to repaint
 
     @property
     def cancel_requested(self) -> bool:

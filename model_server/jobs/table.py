@@ -60,7 +60,8 @@ class JobTable:
 
     # --- submitting and looking up ------------------------------------------------------
 
-    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None) -> Job:
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
+               mask=None) -> Job:
         with self._lock:
             if not self._accepting:
                 raise Rejection(errors.shutting_down())
@@ -70,7 +71,7 @@ class JobTable:
             if self.per_client and client_id and mine >= self.per_client:
                 raise errors.client_queue_full(mine, self.per_client, self.eta.until_a_slot_frees(self._running))
             job = Job(id=uuid.uuid4().hex, params=params, created_at=time.time(),
-                      client_id=client_id, request_id=request_id, init_image=init_image)
+                      client_id=client_id, request_id=request_id, init_image=init_image, mask=mask)
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()

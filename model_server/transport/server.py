@@ -178,11 +178,11 @@ class ModelServer:
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
-            init_image = admit(msg.params, msg.init_image, self.state, self.settings)
+            init_image, mask = admit(msg, self.state, self.settings)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
-        job = self.table.submit(msg.params, msg.client_id, msg.request_id, init_image)
+        job = self.table.submit(msg.params, msg.client_id, msg.request_id, init_image, mask)
         with job_context(job.id, msg.request_id):
             log.info("queued at position %d for client %s", self.table.depth, msg.client_id or "-")
         self._send(identity, ref, Accepted(job=self.table.view(job)))

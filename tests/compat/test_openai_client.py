@@ -84,3 +84,36 @@ def test_invalid_requests_raise_bad_request_with_a_populated_message(client, kwa
 def test_models_lists_the_loaded_model(client, stack):
     models = client.models.list()
     assert [m.id for m in models.data] == [stack.model_env["SD_MODEL"]]
+
+
+def _png(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_edit_with_a_mask_repaints_only_its_transparent_part(client):
+    init = Image.new("RGB", (64, 64), (220, 30, 30))
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # transparent left half: repaint it
+    result = client.images.edit(image=("cat.png", _png(init)), mask=("mask.png", _png(mask)), prompt="a cat",
+                                size="64x64", n=1, extra_body={"steps": 4, "strength": 0.9, "seed": 5})
+    edited = np.asarray(decode(result.data[0]).convert("RGB")).astype(int)
+    assert edited.shape == (64, 64, 3)
+    assert np.abs(edited[:, 40:] - np.asarray(init)[:, 40:]).max() == 0  # the opaque half is kept as it was
+    assert np.abs(edited[:, :24] - np.asarray(init)[:, :24]).mean() > 5
+
+
+def test_edit_without_a_mask_uses_the_images_own_transparency(client):
+    init = Image.new("RGBA", (64, 64), (30, 30, 220, 255))
+    init.paste((30, 30, 220, 0), (32, 0, 64, 64))  # transparent right half
+    result = client.images.edit(image=("cat.png", _png(init)), prompt="a cat", size="64x64",
+                                extra_body={"steps": 4, "strength": 0.9, "seed": 5})
+    edited = np.asarray(decode(result.data[0]).convert("RGB")).astype(int)
+    assert np.abs(edited[:, :24] - np.asarray(init.convert("RGB"))[:, :24]).max() == 0
+
+
+def test_edit_errors_come_in_openais_shape(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=("cat.png", b"not an image"), prompt="a cat", size="64x64")
+    assert "cannot be read" in caught.value.message

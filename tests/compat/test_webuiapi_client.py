@@ -123,3 +123,20 @@ def test_the_informational_endpoints_answer_in_a1111_shapes(api, stack):
     assert api.skip() == {} and api.interrupt() == {}  # idle: harmless
     nxt = api.txt2img(prompt="after an idle interrupt", **SMALL)
     assert nxt.info["interrupted"] is False
+
+
+def test_img2img_with_and_without_a_mask(api):
+    from PIL import Image
+
+    init = Image.new("RGB", (64, 64), (220, 30, 30))
+    plain = api.img2img(images=[init], prompt="a cat", denoising_strength=0.5, seed=3, **SMALL)
+    assert plain.image.size == (64, 64)
+    assert plain.info["denoising_strength"] == 0.5 and "Denoising strength: 0.5" in plain.info["infotexts"][0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half only
+    painted = api.img2img(images=[init], mask_image=mask, prompt="a cat", denoising_strength=0.9, seed=3,
+                          inpainting_fill=1, **{**SMALL, "steps": 4})
+    pixels = np.asarray(painted.image.convert("RGB")).astype(int)
+    assert np.abs(pixels[:, 40:] - np.asarray(init)[:, 40:]).max() == 0  # the right half is the original
+    assert np.abs(pixels[:, :24] - np.asarray(init)[:, :24]).mean() > 5  # the left half was repainted
+    assert painted.info["job_id"] and painted.info["all_seeds"] == [3]

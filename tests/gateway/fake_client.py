@@ -17,6 +17,7 @@ class FakeModelClient:
         self.jobs: dict[str, JobView] = {}
         self.owners: dict[str, str] = {}  # job id -> the client that submitted it
         self.init_images: dict[str, bytes] = {}
+        self.masks: dict[str, tuple[bytes, str]] = {}
         self.submitted = []
         self.cancelled = []
         self.model_state = ModelState.READY
@@ -43,7 +44,7 @@ class FakeModelClient:
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
                     unavailable_presets=self.unavailable_presets)
 
-    def submit(self, params, client_id="", request_id="", init_image=b""):
+    def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance"):
         self._maybe_raise()
         job_id = f"job{len(self.jobs) + 1}"
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
@@ -52,6 +53,7 @@ class FakeModelClient:
         self.owners[job_id] = client_id
         self.submitted.append((params, client_id, request_id))
         self.init_images[job_id] = init_image
+        self.masks[job_id] = (mask, mask_from)
         return view
 
     def get_job(self, job_id, client_id=""):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-GENERATION_ROUTES = ["/generate", "/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img"]
+GENERATION_ROUTES = ["/generate", "/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img"]
 BAD_BODIES = {
     "invalid utf-8 in a string": b'{"prompt":"\xff"}',
     "nested 2,000 deep": b'{"prompt":' + b"[" * 2000 + b"]" * 2000 + b"}",

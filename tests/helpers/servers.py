@@ -17,10 +17,10 @@ from protocol.messages import GenerationParams, ModelState
 class FailingPipeline(FakePipeline):
     """Raises for the prompt "boom", otherwise behaves like the fake."""
 
-    def generate(self, params, seed, on_step, stop, init_image=None):
+    def generate(self, params, seed, on_step, stop, init_image=None, mask=None):
         if params.prompt == "boom":
             raise RuntimeError("the UNet exploded")
-        return super().generate(params, seed, on_step, stop, init_image)
+        return super().generate(params, seed, on_step, stop, init_image, mask)
 
 
 def params(**kw) -> GenerationParams:

@@ -68,7 +68,7 @@ HOSTILE_BODIES = [b'{"prompt":"\xff"}', b'{"prompt":' + b"[" * 2000 + b"]" * 200
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img",
-                                  "/sdapi/v1/options"])
+                                  "/sdapi/v1/img2img", "/sdapi/v1/options"])
 def test_hostile_bodies_get_a_client_error_from_the_real_gateway(fuzz_service, path):
     for body in HOSTILE_BODIES:
         response = requests.post(fuzz_service.url + path, data=body, timeout=60,
