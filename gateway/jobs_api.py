@@ -33,7 +33,7 @@ def _checked(job_id: str) -> str:
 
 
 def _parse():
-    return services().validator.parse_json(request.get_data(cache=False))
+    return services().validator.parse_body()
 
 
 @bp.post("/v1/jobs")

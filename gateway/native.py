@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from gateway.errors import ApiError
 from gateway.policy import starts_work, takes_images
@@ -13,7 +13,7 @@ bp = Blueprint("native", __name__)
 
 
 def _parse():
-    generation = services().validator.parse_json(request.get_data(cache=False))
+    generation = services().validator.parse_body()
     if generation.params.n != 1:
         raise ApiError(400, "invalid_params", "/generate returns one image; n must be 1",
                        "Use POST /v1/jobs for several images from one request.", field="n")

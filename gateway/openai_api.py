@@ -102,13 +102,13 @@ def _parse_edit():
                        "Send the image to edit as the multipart file field 'image'.", field="image")
     mask = request.files.get("mask")
     checked = services().validator.checked_upload
-    extra = {"init_image": base64.b64encode(checked(image.read(), "image")).decode()}
+    files = {"init_image": checked(image.read(), "image")}
     if mask is not None:
-        extra["mask"] = base64.b64encode(checked(mask.read(), "mask")).decode()
-    return _validated(form, extra, lax=True)
+        files["mask"] = checked(mask.read(), "mask")
+    return _validated(form, files, lax=True)
 
 
-def _validated(raw: dict, images: dict | None = None, lax: bool = False):
+def _validated(raw: dict, files: dict | None = None, lax: bool = False):
     """OpenAI's fields (form fields are strings: ``lax`` converts "2" to 2) into a Generation."""
     sv = services()
     try:
@@ -120,8 +120,7 @@ def _validated(raw: dict, images: dict | None = None, lax: bool = False):
                        f"invalid request body: {exc}", hint, field=field) from None
     response_format = r.response_format or "b64_json"
     try:
-        generation = sv.validator.parse_object({**_to_fields(r, raw), **(images or {})}, mask_from="alpha",
-                                               strict=not lax)
+        generation = sv.validator.parse_object(_to_fields(r, raw), mask_from="alpha", strict=not lax, files=files)
     except ApiError as exc:
         if exc.field in ("width", "height"):
             exc.field = "size"

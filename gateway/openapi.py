@@ -97,7 +97,9 @@ def _compat_paths() -> dict:
 def build_spec(request_type: type) -> dict:
     _, components = msgspec.json.schema_components(
         [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest, Img2ImgRequest], ref_template=_REF)
-    body = {"required": True, "content": _json_content(request_type.__name__)}
+    # The generation routes take JSON (images base64) or a multipart form (images as files).
+    body = {"required": True, "content": {**_json_content(request_type.__name__),
+                                          "multipart/form-data": {"schema": _ref(request_type.__name__)}}}
     job_ok = {"content": _json_content("JobResource")}
     paths = {
         "/generate": {"post": {

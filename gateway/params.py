@@ -16,6 +16,7 @@ import secrets
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
+from flask import request
 from msgspec import Meta
 
 from gateway.errors import ApiError
@@ -91,15 +92,25 @@ class ParamValidator:
         """Decode and validate a JSON request body."""
         return self.parse_object(decode_object(raw))
 
-    def parse_object(self, obj: dict, mask_from: str = "luminance", strict: bool = True) -> Generation:
+    def parse_object(self, obj: dict, mask_from: str = "luminance", strict: bool = True,
+                     files: dict[str, bytes] | None = None) -> Generation:
         """Validate already-decoded fields (used by the compatibility façades too). ``mask_from``
         "alpha" (OpenAI's edits): inpaint by the images' transparency, with or without a mask.
-        ``strict=False`` takes numbers sent as strings (multipart form fields)."""
+        ``strict=False`` takes numbers sent as strings, and ``files`` the images (``init_image``,
+        ``mask``) as uploaded: a multipart form."""
         try:
             request = convert(obj, self.request_type, strict=strict)
         except msgspec.ValidationError as exc:
             raise self._invalid(exc) from None
-        return self.to_params(request, mask_from)
+        return self.to_params(request, mask_from, files or {})
+
+    def parse_body(self) -> Generation:
+        """The request's body: JSON (images base64) or a multipart form (images as files)."""
+        if request.mimetype == "multipart/form-data":
+            files = {name: self.checked_upload(f.read(), name) for name, f in request.files.items()
+                     if name in ("init_image", "mask")}
+            return self.parse_object(dict(request.form.items()), strict=False, files=files)
+        return self.parse_json(request.get_data(cache=False))
 
     def _invalid(self, exc: msgspec.ValidationError) -> ApiError:
         text = str(exc)
@@ -117,14 +128,15 @@ class ParamValidator:
         return ApiError(400, "invalid_params", f"invalid {field or 'request'}: {text}",
                         self.hints.get(field, f"Check the request against GET /openapi.json. {EXAMPLE}"), field=field)
 
-    def to_params(self, r, mask_from: str = "luminance") -> Generation:
+    def to_params(self, r, mask_from: str = "luminance", files: dict[str, bytes] | None = None) -> Generation:
         """Fill what the request left out: its preset's values, else the contract's defaults."""
         s = self.settings
         prompt = clean_text(r.prompt)
         if not prompt:
             raise _empty_prompt()
-        init_image = self._upload(r.init_image, "init_image")
-        mask = self._upload(r.mask, "mask")
+        files = files or {}
+        init_image = files.get("init_image") or self._upload(r.init_image, "init_image")
+        mask = files.get("mask") or self._upload(r.mask, "mask")
         if mask and not init_image:
             raise ApiError(400, "invalid_params", "a mask needs an init_image to repaint",
                            "Send init_image with the mask.", field="mask")

@@ -52,3 +52,21 @@ def test_mode_is_derived_never_sent(client):
     assert response.get_json()["params"]["mode"] == "txt2img"
     schema = client.get("/openapi.json").get_json()["components"]["schemas"]["GenerateRequest"]["properties"]
     assert "init_image" in schema and "strength" in schema and "mode" not in schema
+
+
+def test_a_multipart_form_carries_the_images_as_files_and_numbers_as_text(client, fake):
+    data, mask = png(), png(color=(255, 255, 255))
+    response = client.post("/v1/jobs", content_type="multipart/form-data", data={
+        "prompt": "a cat", "steps": "20", "strength": "0.5", "seed": "7",
+        "init_image": (io.BytesIO(data), "cat.png"), "mask": (io.BytesIO(mask), "mask.png")})
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["params"]["mode"] == "inpaint" and job["params"]["seed"] == 7 and job["params"]["strength"] == 0.5
+    assert fake.init_images[job["id"]] == data and fake.masks[job["id"]] == (mask, "luminance")
+    bad = client.post("/generate", content_type="multipart/form-data", data={"prompt": "a cat", "steps": "many"})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "steps"
+
+
+def test_a_mask_without_an_init_image_is_refused(client, fake):
+    response = client.post("/v1/jobs", json={"prompt": "a cat", "mask": b64(png())})
+    assert response.status_code == 400 and response.get_json()["field"] == "mask"
