@@ -58,6 +58,7 @@ class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
     init_images: list[str] | None = None
     denoising_strength: float | None = None
     mask: str | None = None
+    mask_blur: int | None = None
     inpainting_mask_invert: int | None = 0
 
 
@@ -99,7 +100,7 @@ def _parse_img2img():
         raise ApiError(400, "invalid_params", "inpainting_mask_invert is not supported",
                        "Send the mask white where to repaint, with inpainting_mask_invert 0.",
                        field="inpainting_mask_invert")
-    fields.update(init_image=r.init_images[0], mask=r.mask or None,
+    fields.update(init_image=r.init_images[0], mask=r.mask or None, mask_blur=r.mask_blur if r.mask else None,
                   strength=0.75 if r.denoising_strength is None else r.denoising_strength)
     return r, raw, sampler, services().validator.parse_object(fields)
 

@@ -141,6 +141,9 @@ class ParamValidator:
             raise ApiError(400, "invalid_params", "a mask needs an init_image to repaint",
                            "Send init_image with the mask.", field="mask")
         inpaint = bool(mask) or (bool(init_image) and mask_from == "alpha")
+        if r.mask_blur is not None and not mask and mask_from != "alpha":
+            raise ApiError(400, "invalid_params", "mask_blur applies to inpainting only",
+                           "Send a mask with it, or leave mask_blur out.", field="mask_blur")
         if r.strength is not None and not init_image:
             raise ApiError(400, "invalid_params", "strength applies to image-to-image only",
                            "Send init_image with it, or leave strength out.", field="strength")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from model_server import errors
 from model_server.errors import Rejection
@@ -26,7 +26,8 @@ def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> 
     return _decode(data, "init image", max_pixels).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
-def decode_mask(data: bytes, init: bytes, mask_from: str, width: int, height: int, max_pixels: int) -> Image.Image:
+def decode_mask(data: bytes, init: bytes, mask_from: str, width: int, height: int, max_pixels: int,
+                blur: int = 0) -> Image.Image:
     """Where to repaint, as an L image at the job's size: white repaints, black keeps.
 
     ``luminance`` (A1111's and ours): the mask's brightness. ``alpha`` (OpenAI's): the mask's
@@ -37,7 +38,8 @@ def decode_mask(data: bytes, init: bytes, mask_from: str, width: int, height: in
         mask = ImageOps.invert(alpha)
     else:
         mask = _decode(data, "mask", max_pixels).convert("L")
-    return mask.resize((width, height), Image.Resampling.LANCZOS)
+    mask = mask.resize((width, height), Image.Resampling.LANCZOS)
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
 
 
 def _decode(data: bytes, what: str, max_pixels: int) -> Image.Image:

@@ -170,6 +170,10 @@ class GenerationParams(_Shape):
                      doc="Image-to-image only: how much of the init image is repainted, 0-1 (default 0.75); "
                          "the steps run are steps x strength, at least one.",
                      hint="Use a number from 0 to 1 (0.75 is the default); with fewer steps, a higher one.") = 0.75
+    mask_blur: _bound(int, ge=0, le=64,
+                      doc="Inpainting only: the mask's edge is blurred by this many pixels, so the repainted "
+                          "part blends in (A1111's mask_blur; default 4).",
+                      hint="Use 0 (a hard edge) to 64 pixels; 4 is the default.") = 4
 
 
 def steps_run(params: GenerationParams) -> int:

@@ -56,7 +56,7 @@ def _images(msg: Submit, settings: ModelServerSettings):
     init = decode_init_image(data, p.width, p.height, settings.max_upload_pixels)
     if p.mode != "inpaint":
         return init, None
-    return init, decode_mask(mask, data, msg.mask_from, p.width, p.height, settings.max_upload_pixels)
+    return init, decode_mask(mask, data, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur)
 
 
 def _ready(status: ModelStatus) -> None:

@@ -77,3 +77,22 @@ def test_exif_orientation_is_applied_before_resizing(start_server):
     assert upright.size == (40, 80)
     tall = decode_init_image(encoded(size=(80, 40), fmt="JPEG", exif_rotated=True), 8, 8, 10_000)
     assert tall.mode == "RGB"
+
+
+def test_masks_repaint_white_or_transparent_and_their_edge_is_blurred_as_asked():
+    from model_server.uploads import decode_mask
+
+    half = Image.new("L", (64, 64), 0)
+    half.paste(255, (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    half.save(buffer, "PNG")
+    hard = decode_mask(buffer.getvalue(), b"", "luminance", 64, 64, 10_000)
+    soft = decode_mask(buffer.getvalue(), b"", "luminance", 64, 64, 10_000, blur=4)
+    assert (hard.getpixel((10, 10)), hard.getpixel((50, 10))) == (255, 0)
+    assert 0 < soft.getpixel((32, 10)) < 255 and soft.getpixel((2, 10)) > 250 and soft.getpixel((62, 10)) < 5
+    rgba = Image.new("RGBA", (64, 64), (9, 9, 9, 255))
+    rgba.paste((9, 9, 9, 0), (32, 0, 64, 64))
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    from_alpha = decode_mask(b"", buffer.getvalue(), "alpha", 64, 64, 10_000)  # no mask: the image's own alpha
+    assert (from_alpha.getpixel((10, 10)), from_alpha.getpixel((50, 10))) == (0, 255)
