@@ -1,5 +1,6 @@
 // The page: submit a job, follow it (SSE, polling as fallback), preview, cancel, show, keep a gallery.
 import * as gallery from "/static/gallery.js";
+import * as source from "/static/source.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1024, max_height: 1024,
@@ -115,7 +116,7 @@ function requestBody() {
   if (Number($("token-merging").value) > 0) body.token_merging = Number($("token-merging").value);
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
-  return body;
+  return { ...body, ...source.fields() };
 }
 
 async function submit(event) {
@@ -144,7 +145,9 @@ async function submit(event) {
     return;
   }
   state.job = job;
-  state.lastRequest = { ...body, seed: job.params.seed };
+  // The images stay out of what is kept (gallery, curl): they can be megabytes.
+  const { init_image: _image, mask: _mask, ...kept } = body;
+  state.lastRequest = { ...kept, seed: job.params.seed };
   state.previewStep = null;
   $("progress-area").hidden = false;
   $("preview").hidden = true;
@@ -228,6 +231,7 @@ function showResult(job, img) {
   $("image").alt = `Generated image: ${p.prompt}`;
   $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
     `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
+    (p.mode && p.mode !== "txt2img" ? ` · ${p.mode} at strength ${p.strength}` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
   $("download").href = img.url;
   $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
@@ -315,5 +319,6 @@ $("seed-reuse").addEventListener("click", () => { if (state.lastSeed != null) $(
 $("copy-curl").addEventListener("click", copyCurl);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
+source.setup();
 refreshHealth();
 setInterval(refreshHealth, 5000);

@@ -184,3 +184,33 @@ def test_with_api_keys_the_page_asks_for_one_and_then_works(browser, log_dir, ti
         context.close()
     finally:
         stop_stack(stack)
+
+
+def test_starting_from_an_image_with_a_painted_mask_runs_inpainting(page, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "start.png"
+    Image.new("RGB", (128, 128), (200, 40, 40)).save(path)
+    expect(page.locator("#server-state")).to_contain_text("ready")
+    fill(page, "a red door", steps=8, size=256, seed="11")
+    expect(page.locator("#source-editor")).to_be_hidden()
+    page.set_input_files("#init-image", str(path))
+    expect(page.locator("#source-editor")).to_be_visible()
+    page.fill("#strength", "0.5")
+    expect(page.locator("#strength-value")).to_have_text("0.5")
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    expect(page.locator("#source-help")).to_contain_text("white")
+    shot(page, "10-inpaint-form")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("inpaint at strength 0.5", timeout=60_000)
+    page.wait_for_function("document.getElementById('image').naturalWidth === 256")
+    shot(page, "11-inpaint-done")
+    # Removing the image goes back to text-to-image.
+    page.click("#source-clear")
+    expect(page.locator("#source-editor")).to_be_hidden()
+    page.click("#submit")
+    expect(page.locator("#caption")).not_to_contain_text("inpaint", timeout=60_000)
