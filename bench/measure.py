@@ -94,11 +94,26 @@ def run_ours(pipe, args, on_step):
     from gateway.params import ParamValidator
     from gateway.settings import GatewaySettings
 
-    # The gateway's own resolver turns the preset into parameters, exactly as for a request.
-    params = ParamValidator(GatewaySettings()).parse_object(
-        {"prompt": PROMPT, "seed": 1234, "steps": args.steps, "width": args.size, "height": args.size,
-         "preset": args.preset, "token_merging": args.token_merging}).params
-    pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None)
+    # The gateway's own resolver turns the preset into parameters, exactly as for a request, and
+    # an init image goes through the model server's own upload decoding.
+    fields = {"prompt": PROMPT, "seed": 1234, "steps": args.steps, "width": args.size, "height": args.size,
+              "preset": args.preset, "token_merging": args.token_merging}
+    init = None
+    if args.strength is not None:
+        import base64
+        import io
+
+        from PIL import Image
+
+        from model_server.uploads import decode_init_image
+
+        buffer = io.BytesIO()
+        Image.effect_noise((args.size, args.size), 64).convert("RGB").save(buffer, "PNG")
+        fields.update(init_image=base64.b64encode(buffer.getvalue()).decode(), strength=args.strength)
+        init = decode_init_image(buffer.getvalue(), args.size, args.size, 4096 * 4096)
+    params = ParamValidator(GatewaySettings()).parse_object(fields).params
+    pipe.generate(params, params.seed, lambda step, seconds, preview=None: on_step(seconds), lambda: None,
+                  init_image=init)
     return pipe.pipe
 
 
@@ -113,6 +128,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1, help="images in this process (the first is the one timed in detail)")
     ap.add_argument("--token-merging", type=float, default=None,
                     help="for 'ours': a token_merging share (default: the preset's)")
+    ap.add_argument("--strength", type=float, default=None, help="for 'ours': image-to-image at this strength")
     args = ap.parse_args()
 
     import torch
@@ -166,8 +182,9 @@ def main() -> int:
     steady = steps[1:] or steps
     print(json.dumps({
         "config": args.config if args.config == "seed" else f"ours-{args.preset}" + (
-            f"-tome{args.token_merging:g}" if args.token_merging else ""), "preset": args.preset,
-        "token_merging": args.token_merging or 0.0,
+            f"-tome{args.token_merging:g}" if args.token_merging else "") + (
+            f"-img2img{args.strength:g}" if args.strength is not None else ""), "preset": args.preset,
+        "token_merging": args.token_merging or 0.0, "strength": args.strength,
         "size": args.size, "steps": args.steps, "unet_evals": len(steps),
         "dtype": opts.get("dtype"), "attention": opts.get("attention"), "threads": opts.get("threads"),
         "optimizations": opts, "load_s": round(load_s, 2),

@@ -60,13 +60,16 @@ def isa_cap(isa: str) -> dict:
 def measure(config: str, args, env: dict) -> dict:
     from protocol.presets import PRESETS
 
-    ours, preset = config.startswith("ours"), config.partition(":")[2] or args.preset
+    ours, preset = config.startswith("ours"), config.partition(":")[2].partition("@")[0] or args.preset
     steps = args.steps or (PRESETS[preset].steps if ours else 25)  # the seed always had 25 steps
     cmd = [sys.executable, "-m", "bench.measure", "--config", "ours" if ours else config, "--model",
            str(args.model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
            "--preset", preset, "--images", str(args.images)]
     if ours and args.token_merging is not None:
         cmd += ["--token-merging", str(args.token_merging)]
+    strength = config.split("@")[1] if "@" in config else None  # ours:quality@0.5: img2img at 0.5
+    if ours and strength is not None:
+        cmd += ["--strength", strength]
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -126,7 +129,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="SD v1.4-shaped model dir (built if absent)")
     ap.add_argument("--configs", default="seed,ours",
-                    help="comma-separated: seed, ours (with --preset) or ours:PRESET, e.g. seed,ours:quality,ours:fast")
+                    help="comma-separated: seed, ours (with --preset) or ours:PRESET, e.g. seed,ours:quality,ours:fast; "
+                         "ours:PRESET@S is image-to-image at strength S")
     ap.add_argument("--preset", default="quality", help="the preset 'ours' runs: quality, balanced or fast")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=None, help="default: 25 for the seed, the preset's for ours")
