@@ -16,34 +16,39 @@ from model_server import errors
 from model_server.errors import Rejection
 
 FORMATS = {"PNG", "JPEG", "WEBP"}
-_HINT = "Send a PNG, JPEG or WebP image as init_image."
-# The mask and the init image may differ in size (both are resized to the job's); OpenAI asks for the
-# same size, A1111 does not.
 
 
 def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> Image.Image:
     """The init image, RGB, resized to ``width`` x ``height``; a Rejection (invalid params) if unusable."""
-    return _decode(data, "init image", max_pixels).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    return as_init_image(decode(data, "init_image", max_pixels), width, height)
 
 
-def decode_mask(data: bytes, init: bytes, mask_from: str, width: int, height: int, max_pixels: int,
+def as_init_image(upright: Image.Image, width: int, height: int) -> Image.Image:
+    return upright.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
+def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: int, height: int, max_pixels: int,
                 blur: int = 0) -> Image.Image:
-    """Where to repaint, as an L image at the job's size: white repaints, black keeps.
+    """Where to repaint, as an L image at the job's size: white repaints, black keeps. ``init`` is
+    the decoded init image (not decoded twice). The mask may differ in size from it (both are
+    resized to the job's): OpenAI asks for the same size, A1111 does not.
 
     ``luminance`` (A1111's and ours): the mask's brightness. ``alpha`` (OpenAI's): the mask's
     transparent parts repaint, and without a mask the init image's own; no alpha repaints it all."""
     if mask_from == "alpha":
-        source = _decode(data or init, "mask" if data else "init image", max_pixels)
+        source = decode(data, "mask", max_pixels) if data else init
         alpha = source.getchannel("A") if "A" in source.getbands() else Image.new("L", source.size, 0)
         mask = ImageOps.invert(alpha)
     else:
-        mask = _decode(data, "mask", max_pixels).convert("L")
+        mask = decode(data, "mask", max_pixels).convert("L")
     mask = mask.resize((width, height), Image.Resampling.LANCZOS)
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
 
 
-def _decode(data: bytes, what: str, max_pixels: int) -> Image.Image:
-    hint = _HINT.replace("init_image", what.replace(" ", "_"))
+def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """The upload the request's ``field`` carried, upright (EXIF applied), in its own mode and size."""
+    what = field.replace("_", " ")
+    hint = f"Send a PNG, JPEG or WebP image as {field}."
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format not in FORMATS:

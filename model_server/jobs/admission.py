@@ -14,7 +14,7 @@ from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.pipeline import Pipeline, preset_unavailable
 from model_server.settings import ModelServerSettings
-from model_server.uploads import decode_init_image, decode_mask
+from model_server.uploads import as_init_image, decode, decode_mask
 from model_server.worker import ModelStatus
 from protocol import contract
 from protocol.errors import ErrorCode
@@ -53,10 +53,11 @@ def _images(msg: Submit, settings: ModelServerSettings):
     if steps_run(p) < 1:
         raise errors.invalid(f"{p.steps} steps at strength {p.strength:g} run no step",
                              "Raise steps or strength so that steps x strength is at least 1.")
-    init = decode_init_image(data, p.width, p.height, settings.max_upload_pixels)
+    source = decode(data, "init_image", settings.max_upload_pixels)  # once: the mask may come from its alpha
+    init = as_init_image(source, p.width, p.height)
     if p.mode != "inpaint":
         return init, None
-    return init, decode_mask(mask, data, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur)
+    return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur)
 
 
 def _ready(status: ModelStatus) -> None:

@@ -80,19 +80,20 @@ def test_exif_orientation_is_applied_before_resizing(start_server):
 
 
 def test_masks_repaint_white_or_transparent_and_their_edge_is_blurred_as_asked():
-    from model_server.uploads import decode_mask
+    from model_server.uploads import decode, decode_mask
 
     half = Image.new("L", (64, 64), 0)
     half.paste(255, (0, 0, 32, 64))
     buffer = io.BytesIO()
     half.save(buffer, "PNG")
-    hard = decode_mask(buffer.getvalue(), b"", "luminance", 64, 64, 10_000)
-    soft = decode_mask(buffer.getvalue(), b"", "luminance", 64, 64, 10_000, blur=4)
+    hard = decode_mask(buffer.getvalue(), None, "luminance", 64, 64, 10_000)
+    soft = decode_mask(buffer.getvalue(), None, "luminance", 64, 64, 10_000, blur=4)
     assert (hard.getpixel((10, 10)), hard.getpixel((50, 10))) == (255, 0)
     assert 0 < soft.getpixel((32, 10)) < 255 and soft.getpixel((2, 10)) > 250 and soft.getpixel((62, 10)) < 5
     rgba = Image.new("RGBA", (64, 64), (9, 9, 9, 255))
     rgba.paste((9, 9, 9, 0), (32, 0, 64, 64))
     buffer = io.BytesIO()
     rgba.save(buffer, "PNG")
-    from_alpha = decode_mask(b"", buffer.getvalue(), "alpha", 64, 64, 10_000)  # no mask: the image's own alpha
+    init = decode(buffer.getvalue(), "init_image", 10_000)
+    from_alpha = decode_mask(b"", init, "alpha", 64, 64, 10_000)  # no mask: the image's own alpha
     assert (from_alpha.getpixel((10, 10)), from_alpha.getpixel((50, 10))) == (0, 255)
