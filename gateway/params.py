@@ -22,8 +22,8 @@ from msgspec import Meta
 from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
-from protocol.contract import FieldSpec, field_of, field_specs
-from protocol.messages import MAX_SEED, GenerationParams, steps_run
+from protocol.contract import FieldSpec, field_of, field_specs, runs_no_step
+from protocol.messages import MAX_SEED, GenerationParams
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
@@ -163,9 +163,9 @@ class ParamValidator:
                       strength=float(values["strength"]),
                       mode="inpaint" if inpaint else "img2img" if init_image else "txt2img")
         params = GenerationParams(**values)
-        if init_image and steps_run(params) < 1:
-            raise ApiError(400, "invalid_params", f"{params.steps} steps at strength {params.strength:g} run no step",
-                           "Raise steps or strength so that steps x strength is at least 1.", field="strength")
+        no_step = runs_no_step(params)
+        if no_step:
+            raise ApiError(400, "invalid_params", *no_step, field="strength")
         return Generation(params, init_image, mask, mask_from)
 
     def _upload(self, text: str | None, field: str) -> bytes:

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MIN_SIZE, GenerationParams
+from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MIN_SIZE, GenerationParams,
+                               steps_run)
 from protocol.presets import PRESETS
 
 _META_KEYS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length")
@@ -105,6 +106,15 @@ def violation(params: GenerationParams, limits: Limits) -> tuple[str, str, str] 
         spec = {s.name: s for s in field_specs(limits)}.get(field)
         return field or "params", f"invalid {field or 'params'}: {exc}", spec.hint if spec else ""
     return None
+
+
+def runs_no_step(params: GenerationParams) -> tuple[str, str] | None:
+    """``(message, hint)`` when an image job's steps x strength leaves no step to run, else None
+    (a bound across two fields, so no single field's ``Meta`` can hold it)."""
+    if params.mode == "txt2img" or steps_run(params) >= 1:
+        return None
+    return (f"{params.steps} steps at strength {params.strength:g} run no step",
+            "Raise steps or strength so that steps x strength is at least 1.")
 
 
 def field_of(validation_message: str) -> str | None:

@@ -18,7 +18,7 @@ from model_server.uploads import as_init_image, decode, decode_mask
 from model_server.worker import ModelStatus
 from protocol import contract
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, ModelState, Submit, steps_run
+from protocol.messages import GenerationParams, ModelState, Submit
 
 
 def admit(msg: Submit, status: ModelStatus, settings: ModelServerSettings):
@@ -50,9 +50,9 @@ def _images(msg: Submit, settings: ModelServerSettings):
         if len(blob) > settings.max_upload_bytes:
             raise errors.invalid(f"the {what} is {len(blob):,} bytes, more than {settings.max_upload_bytes:,}",
                                  "Send a smaller image (MAX_UPLOAD_BYTES).")
-    if steps_run(p) < 1:
-        raise errors.invalid(f"{p.steps} steps at strength {p.strength:g} run no step",
-                             "Raise steps or strength so that steps x strength is at least 1.")
+    no_step = contract.runs_no_step(p)
+    if no_step:
+        raise errors.invalid(*no_step)
     source = decode(data, "init_image", settings.max_upload_pixels)  # once: the mask may come from its alpha
     init = as_init_image(source, p.width, p.height)
     if p.mode != "inpaint":

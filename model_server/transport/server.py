@@ -19,8 +19,8 @@ from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.jobs.admission import admit
 from model_server.jobs.job import Job
-from model_server.jobs.table import JobTable
 from model_server.jobs.outputs import JOB_ID, OutputStore
+from model_server.jobs.table import JobTable
 from model_server.logs import job_context
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
@@ -33,8 +33,6 @@ from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, F
 
 log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
-
-
 
 
 class ModelServer:

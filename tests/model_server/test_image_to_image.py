@@ -97,3 +97,10 @@ def test_masks_repaint_white_or_transparent_and_their_edge_is_blurred_as_asked()
     init = decode(buffer.getvalue(), "init_image", 10_000)
     from_alpha = decode_mask(b"", init, "alpha", 64, 64, 10_000)  # no mask: the image's own alpha
     assert (from_alpha.getpixel((10, 10)), from_alpha.getpixel((50, 10))) == (0, 255)
+
+
+def test_an_image_job_that_would_run_no_step_is_refused_at_submit(start_server):
+    _, client = start_server()
+    with pytest.raises(RemoteError) as caught:
+        client.submit(params(steps=5, strength=0.1, mode="img2img"), init_image=encoded())
+    assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "run no step" in caught.value.error.message
