@@ -26,7 +26,7 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})", re.IGNOREC
 _STREAMED = re.compile(rb"\r\n(expect|transfer-encoding):", re.IGNORECASE)
 
 
-def request_complete(data: bytes) -> bool:
+def request_complete(data: bytes | bytearray) -> bool:
     """True once ``data`` holds a whole request (or as much as is worth buffering)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -118,7 +118,7 @@ class DeadlineThreadWorker(ThreadWorker):
                         except ValueError:
                             return  # just closed as idle
                 self._filling[conn] = (time.monotonic() + self.read_seconds, client)
-            if not request_complete(bytes(sock.pending)):
+            if not request_complete(sock.pending):  # searched in place: no copy per chunk
                 return
         elif conn.initialized and conn not in self._filling:
             return super().on_client_socket_readable(conn, client)  # an idle keep-alive closed: as gthread does
