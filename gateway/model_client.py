@@ -21,7 +21,8 @@ import zmq
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, FetchPreview, FetchResult, GenerationParams,
-                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, StopMode, Submit, Watch)
+                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, StopMode, Submit, Watch,
+                               Working)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ class ModelClient:
                                             hint="Gateway and model server versions differ; deploy them together."))
             if envelope.ref not in (ref, 0):
                 continue  # a stale reply to an abandoned request
+            if isinstance(envelope.body, Working):  # alive and on it: the deadline starts again
+                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+                continue
             if isinstance(envelope.body, Rejected):
                 raise RemoteError(envelope.body.error)
             return envelope.body, blobs

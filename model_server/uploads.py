@@ -20,11 +20,16 @@ FORMATS = {"PNG", "JPEG", "WEBP"}
 
 def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> Image.Image:
     """The init image, RGB, resized to ``width`` x ``height``; a Rejection (invalid params) if unusable."""
-    return as_init_image(decode(data, "init_image", max_pixels), width, height)
+    return as_init_image(decode(data, "init_image", max_pixels, max(width, height)), width, height)
+
+
+# Shrink by a whole factor with a box filter first, then Lanczos over the last stretch: within a
+# rounding error of Lanczos all the way, at a fraction of the time for a large upload.
+_REDUCING_GAP = 3.0
 
 
 def as_init_image(upright: Image.Image, width: int, height: int) -> Image.Image:
-    return upright.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    return upright.convert("RGB").resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
 
 
 def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: int, height: int, max_pixels: int,
@@ -36,17 +41,22 @@ def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: in
     ``luminance`` (A1111's and ours): the mask's brightness. ``alpha`` (OpenAI's): the mask's
     transparent parts repaint, and without a mask the init image's own; no alpha repaints it all."""
     if mask_from == "alpha":
-        source = decode(data, "mask", max_pixels) if data else init
+        source = decode(data, "mask", max_pixels, max(width, height)) if data else init
         alpha = source.getchannel("A") if "A" in source.getbands() else Image.new("L", source.size, 0)
         mask = ImageOps.invert(alpha)
     else:
-        mask = decode(data, "mask", max_pixels).convert("L")
-    mask = mask.resize((width, height), Image.Resampling.LANCZOS)
+        mask = decode(data, "mask", max_pixels, max(width, height)).convert("L")
+    mask = mask.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
 
 
-def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """The upload the request's ``field`` carried, upright (EXIF applied), in its own mode and size."""
+def decode(data: bytes, field: str, max_pixels: int, side: int | None = None) -> Image.Image:
+    """The upload the request's ``field`` carried, upright (EXIF applied), in its own mode.
+
+    With ``side``, a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that still
+    covers ``side`` on both axes (it is resized to the job's size anyway): a 4096x4096 photo for a
+    1024x1024 job decodes at a sixteenth of the pixels, memory and time. Both axes, because
+    the EXIF orientation may swap them."""
     what = field.replace("_", " ")
     hint = f"Send a PNG, JPEG or WebP image as {field}."
     try:
@@ -57,6 +67,8 @@ def decode(data: bytes, field: str, max_pixels: int) -> Image.Image:
             if w * h > max_pixels:
                 raise errors.invalid(f"the {what} is {w}x{h}: it has more than {max_pixels:,} pixels",
                                      "Send a smaller image; it is resized to the job's width and height anyway.")
+            if side and img.format == "JPEG":
+                img.draft(img.mode, (side, side))
             upright = ImageOps.exif_transpose(img)
             upright.load()
             return upright

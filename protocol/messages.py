@@ -346,6 +346,11 @@ class Result(_Msg):
     image: ImageInfo
 
 
+class Working(_Msg):
+    """The request is still being worked on (a Submit's uploads being decoded): sent once per
+    heartbeat until the reply, so the sender's deadline measures silence, not work."""
+
+
 class Rejected(_Msg):
     """A request the server would not carry out (unknown job, queue full, not ready...)."""
 
@@ -353,7 +358,7 @@ class Rejected(_Msg):
 
 
 Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete]
-Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList]
+Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList, Working]
 TERMINAL_EVENTS = (Completed, Failed, Cancelled)
 
 

@@ -1,9 +1,11 @@
 """Whether a job may be queued: everything checked at submit that the job table does not know.
 
-In order: the model is ready; the params keep this server's limits (the codec has already held
-them to the protocol's bounds) and the pipeline can run them (its samplers' step ranges, its
-presets); the machine has the configured free memory. The table then checks its own bounds
-(queue capacity, the per-client cap, shutdown).
+``check``, at once on the IO thread: the model is ready; the params keep this server's limits
+(the codec has already held them to the protocol's bounds) and the pipeline can run them (its
+samplers' step ranges, its presets); the uploads the mode needs are there and within
+MAX_UPLOAD_BYTES; the machine has the configured free memory. The table then checks its own
+bounds (queue capacity, the per-client cap, shutdown). ``decode_images``, the slow part, runs
+after those, off the IO thread (model_server.transport.decoding).
 """
 
 from __future__ import annotations
@@ -21,25 +23,23 @@ from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, ModelState, Submit
 
 
-def admit(msg: Submit, status: ModelStatus, settings: ModelServerSettings):
-    """Raise a Rejection saying why the Submit cannot be queued now; else return its decoded init
-    image and mask (each None when the mode has none)."""
+def check(msg: Submit, status: ModelStatus, settings: ModelServerSettings) -> None:
+    """Raise a Rejection saying why the Submit cannot be queued now (all but its images' content)."""
     _ready(status)
     _runnable(msg.params, status.pipeline, settings)
-    images = _images(msg, settings)
+    _uploads(msg, settings)
     floor = settings.min_free_memory_mb * 2**20
     available = memory.available_bytes()
     if floor and available is not None and available < floor:
         raise errors.out_of_memory_floor(available // 2**20, floor // 2**20)
-    return images
 
 
-def _images(msg: Submit, settings: ModelServerSettings):
+def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
     p, data, mask = msg.params, msg.init_image, msg.mask
     if p.mode == "txt2img":
         if data or mask:
             raise errors.invalid("an image was sent for a txt2img job", "Send mode img2img or inpaint with it.")
-        return None, None
+        return
     if not data:
         raise errors.invalid(f"{p.mode} needs an init image", "Send init_image (a PNG, JPEG or WebP image).")
     if mask and p.mode != "inpaint":
@@ -53,7 +53,16 @@ def _images(msg: Submit, settings: ModelServerSettings):
     no_step = contract.runs_no_step(p)
     if no_step:
         raise errors.invalid(*no_step)
-    source = decode(data, "init_image", settings.max_upload_pixels)  # once: the mask may come from its alpha
+
+
+def decode_images(msg: Submit, settings: ModelServerSettings):
+    """The checked Submit's init image and mask, decoded (each None when the mode has none); a
+    Rejection (invalid params) when one cannot be used."""
+    p, data, mask = msg.params, msg.init_image, msg.mask
+    if p.mode == "txt2img":
+        return None, None
+    # Decoded once: the mask may come from its alpha.
+    source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
     init = as_init_image(source, p.width, p.height)
     if p.mode != "inpaint":
         return init, None

@@ -50,6 +50,8 @@ class JobTable:
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._running: Job | None = None
+        # Queue places held for submissions whose uploads are being decoded (client -> count).
+        self._reserved: collections.Counter[str] = collections.Counter()
         self._expired: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> owner
         self._doomed: list[str] = []  # expired under the lock, to delete from disk after it
         self._accepting = True
@@ -60,16 +62,27 @@ class JobTable:
 
     # --- submitting and looking up ------------------------------------------------------
 
-    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
-               mask=None) -> Job:
+    def reserve(self, client_id: str = "") -> None:
+        """Hold a queue place for a submission still being prepared (its uploads decoded), so
+        the queue's and the client's bounds are checked before that work, not after it. Then
+        ``submit(..., reserved=True)`` takes the place, or ``release`` gives it back."""
         with self._lock:
-            if not self._accepting:
-                raise Rejection(errors.shutting_down())
-            if len(self._queue) >= self.capacity:
-                raise errors.queue_full(self.capacity, self.eta.until_a_slot_frees(self._running))
-            mine = sum(1 for job_id in self._queue if self._jobs[job_id].client_id == client_id)
-            if self.per_client and client_id and mine >= self.per_client:
-                raise errors.client_queue_full(mine, self.per_client, self.eta.until_a_slot_frees(self._running))
+            self._check_room_locked(client_id)
+            self._reserved[client_id] += 1
+
+    def release(self, client_id: str = "") -> None:
+        with self._lock:
+            self._unreserve_locked(client_id)
+
+    def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
+               mask=None, reserved: bool = False) -> Job:
+        with self._lock:
+            if reserved:  # the bounds were checked when the place was reserved
+                self._unreserve_locked(client_id)
+                if not self._accepting:
+                    raise Rejection(errors.shutting_down())
+            else:
+                self._check_room_locked(client_id)
             job = Job(id=uuid.uuid4().hex, params=params, created_at=time.time(),
                       client_id=client_id, request_id=request_id, init_image=init_image, mask=mask)
             self._jobs[job.id] = job
@@ -77,6 +90,21 @@ class JobTable:
             self._work.notify()
         self._record("accepted", job)
         return job
+
+    def _check_room_locked(self, client_id: str) -> None:
+        if not self._accepting:
+            raise Rejection(errors.shutting_down())
+        if len(self._queue) + self._reserved.total() >= self.capacity:
+            raise errors.queue_full(self.capacity, self.eta.until_a_slot_frees(self._running))
+        mine = sum(1 for job_id in self._queue if self._jobs[job_id].client_id == client_id)
+        mine += self._reserved[client_id]
+        if self.per_client and client_id and mine >= self.per_client:
+            raise errors.client_queue_full(mine, self.per_client, self.eta.until_a_slot_frees(self._running))
+
+    def _unreserve_locked(self, client_id: str) -> None:
+        self._reserved[client_id] -= 1
+        if self._reserved[client_id] <= 0:
+            del self._reserved[client_id]
 
     def _record(self, event: str, job: Job) -> None:
         def snapshot():

@@ -17,19 +17,20 @@ import zmq
 
 from model_server import errors, memory
 from model_server.errors import Rejection
-from model_server.jobs.admission import admit
+from model_server.jobs import admission
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import JOB_ID, OutputStore
 from model_server.jobs.table import JobTable
 from model_server.logs import job_context
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
+from model_server.transport.decoding import DECODED_ADDRESS, Pending, UploadDecoder
 from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
 from protocol import codec, transport
 from protocol.errors import ProtocolError
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
                                FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
-                               ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch)
+                               ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch, Working)
 
 log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
@@ -52,6 +53,7 @@ class ModelServer:
                               per_client=settings.max_queued_per_client, store=store)
         self.state = ModelStatus(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
+        self.decoder = UploadDecoder(settings, self.ctx)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
         self._shutdown = threading.Event()
         self._started = time.monotonic()
@@ -64,6 +66,8 @@ class ModelServer:
         """Bind the sockets (so pings answer "loading" at once), then start loading the model."""
         self._events = self.ctx.socket(zmq.PULL)
         self._events.bind(EVENTS_ADDRESS)
+        self._decoded = self.ctx.socket(zmq.PULL)
+        self._decoded.bind(DECODED_ADDRESS)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
         transport.prepare_bind(self.settings.bind)
@@ -71,6 +75,7 @@ class ModelServer:
         self.bound_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("model server listening on %s", self.bound_address)
         self.worker.start()
+        self.decoder.start()
         return self
 
     def request_shutdown(self) -> None:
@@ -81,6 +86,7 @@ class ModelServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._events, zmq.POLLIN)
+        poller.register(self._decoded, zmq.POLLIN)
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         grace_deadline = None
         while True:
@@ -88,6 +94,9 @@ class ModelServer:
             for sock, _ in poller.poll(min(timeout_ms, 200)):
                 if sock is self.router:
                     self._handle(self.router.recv_multipart(copy=False))
+                elif sock is self._decoded:
+                    self._decoded.recv()
+                    self._queue_decoded(self.decoder.finished())
                 else:
                     self._publish(self._events.recv_string())
             if time.monotonic() >= next_beat:
@@ -119,6 +128,9 @@ class ModelServer:
 
     def _close(self) -> None:
         self.worker.stopping.set()
+        self.decoder.stop()
+        for identity, ref in list(self.decoder.waiting):  # never left without an answer
+            self._send(identity, ref, Rejected(error=errors.shutting_down()))
         # Let the worker finish its bookkeeping for the last job (it is idle or just cancelled);
         # a worker still loading the model cannot be interrupted, so do not wait for long.
         self.worker.join(timeout=5 if self.state.pipeline is not None else 0.1)
@@ -126,6 +138,7 @@ class ModelServer:
             self._publish(job_id)
         self.router.close(linger=1000)
         self._events.close(linger=0)
+        self._decoded.close(linger=0)
         if self._owns_ctx and not self.worker.is_alive():
             self.ctx.term()  # left to the garbage collector, term() could block some other thread
         log.info("model server stopped")
@@ -176,13 +189,37 @@ class ModelServer:
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
-            init_image, mask = admit(msg, self.state, self.settings)
+            admission.check(msg, self.state, self.settings)
+            if msg.params.mode == "txt2img":
+                job = self.table.submit(msg.params, msg.client_id, msg.request_id)
+            else:  # bounds first, so a flood of uploads is refused before any is decoded
+                self.table.reserve(msg.client_id)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
-        job = self.table.submit(msg.params, msg.client_id, msg.request_id, init_image, mask)
-        with job_context(job.id, msg.request_id):
-            log.info("queued at position %d for client %s", self.table.depth, msg.client_id or "-")
+        if msg.params.mode == "txt2img":
+            self._accepted(identity, ref, job)
+        else:
+            self.decoder.put(Pending(identity, ref, msg))
+
+    def _queue_decoded(self, pending: Pending) -> None:
+        msg, rejection = pending.msg, pending.rejection
+        if rejection is not None:
+            self.table.release(msg.client_id)
+        else:
+            try:
+                job = self.table.submit(msg.params, msg.client_id, msg.request_id, *pending.images, reserved=True)
+            except Rejection as exc:  # shutting down since the place was reserved
+                rejection = exc
+            else:
+                self._accepted(pending.identity, pending.ref, job)
+                return
+        self.table.stats["jobs_rejected"] += 1
+        self._send(pending.identity, pending.ref, Rejected(error=rejection.error))
+
+    def _accepted(self, identity, ref, job: Job) -> None:
+        with job_context(job.id, job.request_id):
+            log.info("queued at position %d for client %s", self.table.depth, job.client_id or "-")
         self._send(identity, ref, Accepted(job=self.table.view(job)))
 
     def _on_get_job(self, identity, ref, msg: GetJob) -> None:
@@ -246,7 +283,10 @@ class ModelServer:
 
     def _heartbeat(self) -> None:
         # Watchers hear from us at least every heartbeat, even during a long VAE decode, so a
-        # silent gateway deadline means a dead model server, not a slow step.
+        # silent gateway deadline means a dead model server, not a slow step; so do senders whose
+        # uploads wait to be decoded.
         for job_id in list(self._watchers):
             self._publish(job_id)
+        for identity, ref in list(self.decoder.waiting):
+            self._send(identity, ref, Working())
         self.table.evict_expired()

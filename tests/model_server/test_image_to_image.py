@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
+import numpy as np
 import pytest
+import zmq
 from PIL import Image
 
 from gateway.model_client import RemoteError
+from protocol import codec
 from protocol.errors import ErrorCode
-from protocol.messages import Completed, JobState
+from protocol.messages import Accepted, Completed, JobState, Submit, Working
 from tests.helpers.servers import params
 
 
@@ -104,3 +108,53 @@ def test_an_image_job_that_would_run_no_step_is_refused_at_submit(start_server):
     with pytest.raises(RemoteError) as caught:
         client.submit(params(steps=5, strength=0.1, mode="img2img"), init_image=encoded())
     assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "run no step" in caught.value.error.message
+
+
+def large_webp(side: int = 4096) -> bytes:
+    """A large upload that compresses to little but takes a while to decode (about a second, with its mask)."""
+    ramp = (np.tile(np.arange(side, dtype=np.uint16)[None, :], (side, 1)) % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([ramp] * 3), "RGB").save(buffer, "WEBP", quality=50)
+    return buffer.getvalue()
+
+
+def test_uploads_are_decoded_off_the_io_thread_and_waiting_senders_hear_working(start_server):
+    server, client = start_server(heartbeat_seconds=0.1)
+    data = large_webp()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(server.bound_address)
+    try:
+        burst = [Submit(params=params(mode="inpaint", strength=0.5, width=512, height=512), init_image=data, mask=data,
+                        client_id=f"c{i}") for i in range(3)]
+        for ref, msg in enumerate(burst, 1):
+            sock.send_multipart(codec.encode(msg, ref))
+        started = time.monotonic()
+        assert client.ping().model_state.value == "ready"
+        assert time.monotonic() - started < 0.5  # answered while three uploads wait to be decoded
+        replies: dict[int, list] = {}
+        while sum(isinstance(b, Accepted) for bodies in replies.values() for b in bodies) < 3:
+            assert sock.poll(20_000), "no reply within 20 s"
+            envelope, _ = codec.decode(sock.recv_multipart())
+            replies.setdefault(envelope.ref, []).append(envelope.body)
+        assert any(isinstance(b, Working) for b in replies[3])  # the last one waited through heartbeats
+        assert all(isinstance(bodies[-1], Accepted) for bodies in replies.values())
+    finally:
+        sock.close(linger=0)
+
+
+def test_uploads_being_decoded_hold_their_places_in_the_queue(start_server):
+    server, client = start_server(max_queued_per_client=1, step_seconds=1.0)
+    client.submit(params(steps=20), client_id="alice")  # runs
+    client.submit(params(steps=20), client_id="alice")  # queued: alice's one place
+    with pytest.raises(RemoteError) as caught:  # refused before its upload is decoded
+        client.submit(params(mode="img2img", strength=0.5), init_image=b"not even an image", client_id="alice")
+    assert caught.value.error.code is ErrorCode.QUEUE_FULL
+    server.table.reserve("bob")  # bob's upload is being decoded: his place is taken
+    with pytest.raises(RemoteError) as caught:
+        client.submit(params(), client_id="bob")
+    assert caught.value.error.code is ErrorCode.QUEUE_FULL
+    server.table.release("bob")
+    assert client.submit(params(), client_id="bob").state is JobState.QUEUED
+    with pytest.raises(RemoteError):  # an unreadable upload gives its place back
+        client.submit(params(mode="img2img", strength=0.5), init_image=b"junk", client_id="carol")
+    assert client.submit(params(), client_id="carol").state is JobState.QUEUED
