@@ -91,6 +91,11 @@ class ModelServerSettings(RequestLimits):
         "auto", read=_or_none)
     tiny_vae: str = setting("SD_TINY_VAE", "The `fast` preset's decoder: hub id or directory; `auto` "
                             "(`madebyollin/taesd`); `none` decodes with the full VAE", "auto", read=_or_none)
+    inpaint_model: str = setting(
+        "SD_INPAINT_MODEL", "An inpainting checkpoint (9-channel UNet, e.g. "
+        "`stable-diffusion-v1-5/stable-diffusion-inpainting`): hub id or directory. Its UNet loads on the first "
+        "inpaint job and works beside the model's text encoder and VAE; `tiny` makes a local one for tests; "
+        "`none` inpaints with the model itself (masked latent blending)", "none", read=_or_none)
     queue_size: int = setting("MODEL_SERVER_QUEUE_SIZE", "Queued jobs before submissions get `429 queue_full`", 16)
     result_ttl_seconds: float = setting(
         "RESULT_TTL_SECONDS", "How long a finished job's images and record are kept, in memory and on disk; then "

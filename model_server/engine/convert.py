@@ -5,7 +5,10 @@ server then keeps. Doing that once, in a short-lived child process, and saving t
 the long-lived model server only ever maps bf16 files: its peak stays near its steady state, and
 later starts skip the conversion.
 
-    python -m model_server.engine.convert SOURCE DEST [--revision REV] [--safety-checker]
+    python -m model_server.engine.convert SOURCE DEST [--revision REV] [--safety-checker] [--unet-only]
+
+``--unet-only`` converts just the UNet (an inpainting checkpoint's, used beside the model's own
+text encoder and VAE).
 The token, if any, comes from HF_TOKEN in the environment (never the command line).
 """
 
@@ -27,18 +30,22 @@ def converted(dest: Path) -> bool:
     return (dest / MARKER).exists()
 
 
-def convert(source: str, dest: Path, token: str | None, revision: str | None, safety_checker: bool) -> float:
+def convert(source: str, dest: Path, token: str | None, revision: str | None, safety_checker: bool,
+            unet_only: bool = False) -> float:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     started = time.monotonic()
     kwargs = dict(dtype=torch.bfloat16, low_cpu_mem_usage=True, token=token, revision=revision)
-    if not safety_checker:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    if unet_only:
+        UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs).save_pretrained(
+            tmp / "unet", safe_serialization=True)
+    else:
+        if not safety_checker:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        StableDiffusionPipeline.from_pretrained(source, **kwargs).save_pretrained(tmp, safe_serialization=True)
     seconds = round(time.monotonic() - started, 1)
     (tmp / MARKER).write_text(json.dumps({"source": source, "revision": revision, "dtype": "bfloat16",
                                           "seconds": seconds}), encoding="utf-8")
@@ -53,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dest", type=Path)
     ap.add_argument("--revision")
     ap.add_argument("--safety-checker", action="store_true")
+    ap.add_argument("--unet-only", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [convert] %(message)s")
     token = os.environ.get("HF_TOKEN") or None
-    seconds = convert(args.source, args.dest, token, args.revision, args.safety_checker)
+    seconds = convert(args.source, args.dest, token, args.revision, args.safety_checker, args.unet_only)
     log.info("converted %s to bfloat16 in %.1f s: %s", args.source, seconds, args.dest)
     return 0
 

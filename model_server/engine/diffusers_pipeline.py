@@ -30,7 +30,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
 
 from model_server import cpu
-from model_server.engine import preset_parts
+from model_server.engine import inpaint_model, preset_parts
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
@@ -139,14 +139,16 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
-    """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.engine.convert).
+def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = False) -> tuple[str, dict]:
+    """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.engine.convert),
+    of its UNet alone with ``unet_only``.
 
     Falls back to ``source`` itself, converting while loading, if the copy cannot be made.
     """
     from model_server.engine.convert import converted
 
-    key = hashlib.sha256(f"{source}\0{settings.revision}\0{settings.safety_checker}".encode()).hexdigest()[:12]
+    what = "unet" if unet_only else settings.safety_checker
+    key = hashlib.sha256(f"{source}\0{settings.revision}\0{what}".encode()).hexdigest()[:12]
     dest = Path(settings.cache_dir) / "bf16" / f"{Path(source).name or 'model'}-{key}"
     if converted(dest):
         return str(dest), {"weights": "bf16 copy (cached)"}
@@ -154,6 +156,7 @@ def bf16_copy(source: str, settings: ModelServerSettings) -> tuple[str, dict]:
     cmd = [sys.executable, "-m", "model_server.engine.convert", source, str(dest)]
     cmd += ["--revision", settings.revision] if settings.revision else []
     cmd += ["--safety-checker"] if settings.safety_checker else []
+    cmd += ["--unet-only"] if unet_only else []
     env = dict(os.environ, **({"HF_TOKEN": settings.token} if settings.token else {}))
     log.info("converting %s to bfloat16 once (a child process; later starts reuse %s)", source, dest)
     result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -190,6 +193,39 @@ class DiffusersPipeline:
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
         self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
                                   if self._vae_source and not self._lcm_missing else False)
+        self._inpaint_source, why = inpaint_model.resolve(self._settings)
+        self._inpaint_unet = None
+        self._opts["inpaint_model"] = (f"{self._inpaint_source} (loads on the first inpaint job)"
+                                       if not why else f"none: the model itself blends ({why})")
+
+    def _inpainting_unet(self, params: GenerationParams):
+        """The inpainting checkpoint's UNet (loaded on first use), or None to inpaint with the model:
+        when none is configured or it failed to load, and for LCM presets, whose adapter fits the
+        model's own UNet only."""
+        preset = PRESETS.get(params.preset)
+        if self._inpaint_source is None or (preset and preset.lcm_lora):
+            return None
+        if self._inpaint_unet is None:
+            started = time.monotonic()
+            try:
+                unet, weights, folder = inpaint_model.load_unet(self._inpaint_source, self._settings, self.pipe.unet.dtype,
+                                                        bf16_copy)
+            except Exception as exc:  # inpainting goes on with the model, said in /health
+                reason = _redact(f"{type(exc).__name__}: {str(exc)[:300]}", self._settings.token)
+                log.warning("could not load the inpainting checkpoint %s (%s); inpainting blends with the model",
+                            self._inpaint_source, reason)
+                self._opts["inpaint_model"] = f"none: {self._inpaint_source} failed to load ({reason})"
+                self._inpaint_source = None
+                return None
+            if self._settings.channels_last:
+                to_channels_last(unet, folder)  # read from the file where it can, so the pages stay mapped
+            self._inpaint_unet = unet
+            self._opts["inpaint_model"] = self._inpaint_source
+            self._opts["inpaint_model_weights"] = weights["weights"]
+            self._opts["inpaint_model_load_seconds"] = round(time.monotonic() - started, 2)
+            log.info("inpainting checkpoint %s ready in %.1f s", self._inpaint_source,
+                     self._opts["inpaint_model_load_seconds"])
+        return self._inpaint_unet
 
     def load_fast_parts(self) -> None:
         """Attach the LCM-LoRA and load TAESD (the first fast job does this; later ones reuse them)."""
@@ -298,16 +334,18 @@ class DiffusersPipeline:
             return self._default_scheduler.from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
 
-    def _variant(self, base: StableDiffusionPipeline, kind: type):
-        """The image-to-image or inpainting pipeline over ``base``'s very modules (made once: it costs
-        nothing). With the base model's 4-channel UNet, diffusers inpaints by blending the kept
-        parts' latents back in after every step; a dedicated inpainting checkpoint (9 channels)
-        conditions on the mask instead."""
-        pipe = self._variants.get((kind, id(base)))
+    def _variant(self, base: StableDiffusionPipeline, kind: type, unet=None):
+        """The image-to-image or inpainting pipeline over ``base``'s very modules, with ``unet`` in
+        place of its own if given (made once: it costs nothing). With the model's 4-channel UNet,
+        diffusers inpaints by blending the kept parts' latents back in after every step; an
+        inpainting checkpoint's (9 channels) conditions on the mask instead (inpaint_model)."""
+        key = (kind, id(base), unet is not None)
+        pipe = self._variants.get(key)
         if pipe is None:
-            pipe = kind(**base.components, requires_safety_checker=False)
+            pipe = kind(**{**base.components, **({"unet": unet} if unet is not None else {})},
+                        requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
-            self._variants[(kind, id(base))] = pipe
+            self._variants[key] = pipe
         return pipe
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
@@ -317,7 +355,7 @@ class DiffusersPipeline:
         elif mask is None:  # the image's size is the job's: the model server resized it
             pipe, inputs = self._variant(base, StableDiffusionImg2ImgPipeline), {"image": init_image}
         else:
-            pipe = self._variant(base, StableDiffusionInpaintPipeline)
+            pipe = self._variant(base, StableDiffusionInpaintPipeline, self._inpainting_unet(params))
             inputs = {"image": init_image, "mask_image": mask, "width": params.width, "height": params.height}
         if init_image is not None:
             inputs["strength"] = params.strength

@@ -49,10 +49,10 @@ def resolve(settings: ModelServerSettings) -> tuple[str | None, str | None, str]
     lora, vae = _source(settings.lcm_lora, settings, "lora"), _source(settings.tiny_vae, settings, "vae")
     if lora is None:
         return None, vae, "SD_LCM_LORA=none"
-    return lora, vae, _missing(lora, "pytorch_lora_weights.safetensors")
+    return lora, vae, missing(lora, "pytorch_lora_weights.safetensors")
 
 
-def _missing(source: str, filename: str) -> str:
+def missing(source: str, filename: str) -> str:
     if Path(source).exists():
         return ""
     if source.startswith(("/", ".", "~")) or source.count("/") != 1:

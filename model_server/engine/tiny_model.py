@@ -57,8 +57,9 @@ def local_tokenizer():
     return tokenizer
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """Return an in-memory tiny StableDiffusionPipeline with random weights."""
+def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
+    """Return an in-memory tiny StableDiffusionPipeline with random weights (``in_channels=9``: an
+    inpainting checkpoint's UNet, which also takes the mask and the masked image's latents)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -74,7 +75,7 @@ def build_tiny_pipeline(seed: int = 0):
         )
     )
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=64, in_channels=in_channels, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
         attention_head_dim=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -106,6 +107,21 @@ def write_tiny_model(folder: str | Path, seed: int = 0) -> Path:
     build_tiny_pipeline(seed).save_pretrained(folder, safe_serialization=True)
     (folder / MARKER).write_text(json.dumps({"seed": seed}), encoding="utf-8")
     log.info("wrote tiny random-weight pipeline to %s", folder)
+    return folder
+
+
+def write_tiny_inpaint_model(folder: str | Path, seed: int = 1) -> Path:
+    """A tiny inpainting checkpoint (9-channel UNet) in a published one's layout, written once; its
+    text encoder and VAE have the tiny model's shapes, as a real one's have SD v1's."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    folder = Path(folder)
+    if (folder / MARKER).exists() and (folder / "model_index.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = build_tiny_pipeline(seed, in_channels=9)
+    StableDiffusionInpaintPipeline(**pipe.components).save_pretrained(folder, safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"seed": seed, "inpainting": True}), encoding="utf-8")
     return folder
 
 

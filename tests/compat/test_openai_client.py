@@ -92,7 +92,7 @@ def _png(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_edit_with_a_mask_repaints_only_its_transparent_part(client):
+def test_edit_with_a_mask_repaints_only_its_transparent_part(client, stack):
     init = Image.new("RGB", (64, 64), (220, 30, 30))
     mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # transparent left half: repaint it
@@ -102,6 +102,9 @@ def test_edit_with_a_mask_repaints_only_its_transparent_part(client):
     assert edited.shape == (64, 64, 3)
     assert np.abs(edited[:, 48:] - np.asarray(init)[:, 48:]).max() == 0  # the opaque half is kept as it was
     assert np.abs(edited[:, :16] - np.asarray(init)[:, :16]).mean() > 5
+    # Repainted by the inpainting checkpoint, loaded for the first inpaint job.
+    health = requests.get(stack.url + "/health", timeout=10).json()
+    assert health["optimizations"]["inpaint_model"].endswith("tiny-inpaint")
 
 
 def test_edit_without_a_mask_uses_the_images_own_transparency(client):
