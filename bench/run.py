@@ -4,6 +4,8 @@
     python -m bench.run --isa AVX2 --dtype float32 --name laptop-avx2
     python -m bench.run --configs ours --http  # also: HTTP end to end vs the bare pipeline
     python -m bench.run --preset fast          # seed (25 steps) vs our fast preset (4 steps)
+    python -m bench.run --configs ours+torch:quality,ours+openvino:quality,ours+int8-hybrid:quality --steps 4
+                                               # the UNet's backends, and int8 (SD_INT8) on OpenVINO
 
 Builds (once, cached outside the repo) an SD v1.4-shaped random-weight pipeline; timing and
 memory do not depend on weight values. Results go to bench/results/NAME.{json,md}.
@@ -57,6 +59,12 @@ def isa_cap(isa: str) -> dict:
     return env
 
 
+# ours+VARIANT:PRESET runs the model server with these settings.
+VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvino"},
+            "int8-hybrid": {"SD_BACKEND": "openvino", "SD_INT8": "hybrid"},
+            "int8-full": {"SD_BACKEND": "openvino", "SD_INT8": "full"}}
+
+
 def measure(config: str, args, env: dict) -> dict:
     from protocol.presets import PRESETS
 
@@ -70,8 +78,14 @@ def measure(config: str, args, env: dict) -> dict:
     strength = config.split("@")[1] if "@" in config else None  # ours:quality@0.5: img2img at 0.5
     if ours and strength is not None:
         cmd += ["--strength", strength]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    backend = config.partition(":")[0].partition("+")[2]  # ours+openvino:quality: SD_BACKEND=openvino
+    out = subprocess.run(cmd, cwd=ROOT, env={**env, **VARIANTS.get(backend, {})}, stdout=subprocess.PIPE, text=True,
+                         check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["backend"] = row.get("optimizations", {}).get("backend", "torch")
+    if backend:
+        row["config"] += f"+{backend}"
+    return row
 
 
 def http_overhead(args, env: dict, requests_n: int = 4) -> dict:
@@ -114,12 +128,12 @@ def http_overhead(args, env: dict, requests_n: int = 4) -> dict:
 
 
 def table(rows: list[dict], seed: dict | None) -> str:
-    head = ("| config | steps | dtype | attention | threads | load s | s/step | VAE s | s/image | peak RSS GiB "
-            "(load) | RSS after load GiB | vs seed |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| config | backend | steps | dtype | attention | threads | load s | s/step | VAE s | s/image | peak RSS GiB "
+            "(load) | RSS after load GiB | vs seed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ratio = f"{seed['s_per_image'] / r['s_per_image']:.2f}x" if seed else "-"
-        lines.append(f"| {r['config']} | {r['steps']} | {r['dtype']} | {r['attention']} | {r['threads']} | {r['load_s']} | "
+        lines.append(f"| {r['config']} | {r.get('backend', 'torch')} | {r['steps']} | {r['dtype']} | {r['attention']} | {r['threads']} | {r['load_s']} | "
                      f"{r['s_per_step']} | {r['vae_decode_s']} | {r['s_per_image']} | {r['peak_rss_gib']} "
                      f"({r['peak_rss_load_gib']}) | {r['rss_after_load_gib']} | {ratio} |")
     return "\n".join(lines)
@@ -159,6 +173,17 @@ def main() -> int:
             "from model_server.settings import ModelServerSettings as S; "
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}); "
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],
+            cwd=ROOT, env=env, check=True)
+    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} - {"", "torch"}:
+        # So are the one-time OpenVINO conversion and int8 quantization (of the weights the server would load).
+        int8 = VARIANTS[variant].get("SD_INT8", "none")
+        subprocess.run([sys.executable, "-c", (
+            "from model_server.engine.diffusers_pipeline import bf16_copy, choose_dtype; import torch; "
+            "from model_server.engine.openvino_backend import int8_ir, ir_for; "
+            "from model_server.settings import ModelServerSettings as S; "
+            f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}, int8={int8!r}); "
+            "src = bf16_copy(s.model, s)[0] if choose_dtype(s.dtype)[0] == torch.bfloat16 else s.model; "
+            "ir = ir_for(src, s); print(ir); print(int8_ir(src, ir[0], s) if s.int8 != 'none' else '')")],
             cwd=ROOT, env=env, check=True)
     rows = []
     name = args.name or f"{args.size}px-{args.preset}-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")

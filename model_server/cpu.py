@@ -42,6 +42,23 @@ def native_bf16(flags: set[str] | None = None, env=None) -> tuple[bool, str]:
     return True, f"cpu has {'+'.join(have)}"
 
 
+def openvino_pays(bf16: bool, flags: set[str] | None = None, env=None) -> tuple[bool, str]:
+    """Whether SD_BACKEND=auto runs the UNet on OpenVINO here, for a model in bf16 or not, and why.
+
+    Measured (docs/performance.md): faster than torch in bf16 on AVX512-BF16 and AMX CPUs. Not
+    yet measured against torch in float32, so that keeps torch unless asked."""
+    if not bf16:
+        return False, "no measured gain in float32"
+    native, why = native_bf16(flags, env)
+    if not native:
+        return False, f"no measured gain without native bf16 ({why})"
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return False, "the openvino package is not installed"
+    return True, f"measured faster with native bf16 ({why})"
+
+
 def channels_last_pays(flags: set[str] | None = None, env=None) -> tuple[bool, str]:
     """Whether NHWC convolution weights are worth it here (SD_CHANNELS_LAST=auto), and why.
 

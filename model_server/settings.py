@@ -70,6 +70,15 @@ class ModelServerSettings(RequestLimits):
     dtype: str = setting(
         "SD_DTYPE", "`auto` uses bfloat16 where the CPU has native bf16 (`amx_bf16`/`avx512_bf16`, and "
         "`ONEDNN_MAX_CPU_ISA` allows it), float32 elsewhere; or `float32`, `bfloat16`", "auto", read=_lower)
+    backend: str = setting(
+        "SD_BACKEND", "What runs the UNet: `openvino` (the OpenVINO runtime; converted once, in a child process, "
+        "to `SD_CACHE_DIR/openvino`), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with "
+        "native bf16), torch elsewhere. Requests OpenVINO cannot run (the `fast` preset's LoRA, `deep_cache`, "
+        "`token_merging`, an inpainting checkpoint) run on torch", "auto", read=_lower)
+    int8: str = setting(
+        "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
+        "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts; `none`. Not the default: its "
+        "drift is measured on random weights only (docs/performance.md)", "none", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)
     threads: int = setting("SD_THREADS", "torch intra-op threads; 0 = the physical cores this process may use "
@@ -131,6 +140,12 @@ class ModelServerSettings(RequestLimits):
             raise ValueError(f"MODEL_SERVER_PIPELINE must be diffusers or fake, got {self.pipeline!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"SD_DTYPE must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.backend not in ("auto", "torch", "openvino"):
+            raise ValueError(f"SD_BACKEND must be auto, torch or openvino, got {self.backend!r}")
+        if self.int8 not in ("none", "hybrid", "full"):
+            raise ValueError(f"SD_INT8 must be none, hybrid or full, got {self.int8!r}")
+        if self.int8 != "none" and self.backend == "torch":
+            raise ValueError("SD_INT8 runs on the OpenVINO UNet: set SD_BACKEND to openvino or auto, or SD_INT8=none")
         if self.attention not in ("sdpa", "sliced"):
             raise ValueError(f"SD_ATTENTION must be sdpa or sliced, got {self.attention!r}")
         if self.release_idle_weights not in ("text_encoder", "all", "none"):

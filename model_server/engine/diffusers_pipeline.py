@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from contextlib import nullcontext
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
 
 from model_server import cpu
-from model_server.engine import inpaint_model, preset_parts
+from model_server.engine import inpaint_model, openvino_backend, preset_parts
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
@@ -174,8 +175,10 @@ class DiffusersPipeline:
     """Stable Diffusion on the CPU through diffusers: the Pipeline interface over a loaded model."""
 
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
-                 settings: ModelServerSettings | None = None, residency: MappedWeights | None = None):
+                 settings: ModelServerSettings | None = None, residency: MappedWeights | None = None,
+                 ov_pipe: StableDiffusionPipeline | None = None):
         self.pipe = pipe
+        self.ov_pipe = ov_pipe  # the same modules, the UNet on OpenVINO (openvino_backend)
         self.model_id = model_id
         self._opts = opts
         self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none",
@@ -269,12 +272,15 @@ class DiffusersPipeline:
         folder = _local_dir(source, settings)
         channels_last, layout["channels_last_reason"] = (
             (settings.channels_last, "configured") if settings.channels_last is not None else cpu.channels_last_pays())
+        on_openvino = openvino_backend.choose(settings, dtype)[0] and folder is not None
         if channels_last:
-            # Before the LoRA is attached: its wrappers rename the conv weights.
-            for name in ("unet", "vae"):
+            # Before the LoRA is attached: its wrappers rename the conv weights. Not the torch UNet's
+            # when OpenVINO runs the UNet: NHWC copies are private memory, NCHW stays mapped and idle.
+            for name in ("vae",) if on_openvino else ("unet", "vae"):
                 counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
                 layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         pipe.set_progress_bar_config(disable=True)
+        ov_pipe, backend = openvino_backend.attach(pipe, folder, settings, dtype, threads)
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
             log.warning("SD_SAFETY_CHECKER is on but %s has no safety checker", settings.model)
@@ -292,14 +298,16 @@ class DiffusersPipeline:
             "torch": str(torch.__version__),
             "load_seconds": round(time.monotonic() - started, 2),
             **weights,
+            **backend,
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
         residency = MappedWeights(folder, settings.release_idle_weights != "none")
         opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
-        return cls(pipe, settings.model, opts, dataclasses.replace(settings, channels_last=channels_last), residency)
+        return cls(pipe, settings.model, opts, dataclasses.replace(settings, channels_last=channels_last), residency,
+                   ov_pipe)
 
     def optimizations(self):
-        return dict(self._opts)
+        return {**self._opts, **(self.ov_pipe.unet.report() if self.ov_pipe is not None else {})}
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
@@ -326,6 +334,8 @@ class DiffusersPipeline:
             self._lcm_on = lcm
         if preset and preset.tiny_vae and self.fast_pipe is not None:
             return self.fast_pipe
+        if self.ov_pipe is not None and not lcm and params.deep_cache <= 1 and not params.token_merging:
+            return self.ov_pipe
         return self.pipe
 
     def _scheduler(self, name: str):
@@ -383,8 +393,11 @@ class DiffusersPipeline:
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)
-        merging = TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed)
-        with torch.inference_mode(), DeepCache(pipe.unet, params.deep_cache).active(), merging.active():
+        # Only when asked: they patch a torch UNet, and the OpenVINO one runs jobs that ask neither.
+        caching = DeepCache(pipe.unet, params.deep_cache).active() if params.deep_cache > 1 else nullcontext()
+        merging = (TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed).active()
+                   if params.token_merging else nullcontext())
+        with torch.inference_mode(), caching, merging:
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,

@@ -35,7 +35,8 @@ def mappings(files: set[str]) -> list[tuple[int, int]]:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             for line in maps:
                 parts = line.split(maxsplit=5)
-                if len(parts) == 6 and parts[5].strip() in files and parts[1].endswith("p"):
+                # Private mappings (safetensors), or shared ones nothing may write (OpenVINO's IR).
+                if len(parts) == 6 and parts[5].strip() in files and (parts[1].endswith("p") or parts[1][1] == "-"):
                     start, end = (int(x, 16) for x in parts[0].split("-"))
                     ranges.append((start, end))
     except OSError:
@@ -61,13 +62,17 @@ class MappedWeights:
 
     def release(self, component: str) -> int:
         """Drop ``component``'s mapped pages from resident memory; returns the bytes of address range."""
-        files = self.files.get(component)
-        if not files:
-            return 0
-        released = 0
-        for start, end in mappings(files):
-            if LIBC.madvise(start, end - start, MADV_DONTNEED) == 0:
-                released += end - start
-            else:
-                log.debug("madvise failed for %s: errno %d", component, ctypes.get_errno())
-        return released
+        return release_files(self.files.get(component) or set())
+
+
+def release_files(files: set[str]) -> int:
+    """Drop the mapped pages of ``files`` (real paths) from resident memory; the bytes of address range."""
+    if not files or LIBC is None:
+        return 0
+    released = 0
+    for start, end in mappings(files):
+        if LIBC.madvise(start, end - start, MADV_DONTNEED) == 0:
+            released += end - start
+        else:
+            log.debug("madvise failed for %s: errno %d", files, ctypes.get_errno())
+    return released

@@ -84,7 +84,7 @@ def test_an_interrupt_stops_early_and_still_decodes_an_image(fp32):
 
 
 def test_bfloat16_stays_close_to_float32_on_the_same_seed(fp32, tiny_model_dir, tmp_path):
-    bf16 = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16",
+    bf16 = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", backend="torch",
                                                       cache_dir=str(tmp_path)))
     assert bf16.pipe.unet.dtype == torch.bfloat16
     a = np.asarray(generate(fp32, params())[0], dtype=np.float32)
@@ -157,7 +157,7 @@ def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):
 
 
 def test_channels_last_reads_the_same_values_from_the_bf16_copy(tiny_model_dir, tmp_path):
-    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", cache_dir=str(tmp_path))
+    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", backend="torch", cache_dir=str(tmp_path))
     plain = DiffusersPipeline.load(settings)
     cl = DiffusersPipeline.load(dataclasses.replace(settings, channels_last=True))
     assert cl.optimizations()["channels_last_unet"].endswith(" 0 copied")
@@ -166,7 +166,7 @@ def test_channels_last_reads_the_same_values_from_the_bf16_copy(tiny_model_dir, 
 
 
 def test_bf16_is_converted_once_in_a_child_process_then_reused(tiny_model_dir, tmp_path):
-    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", cache_dir=str(tmp_path))
+    settings = ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", backend="torch", cache_dir=str(tmp_path))
     first = DiffusersPipeline.load(settings)
     assert first.optimizations()["weights"] == "bf16 copy (made now)"
     assert first.optimizations()["conversion_seconds"] > 0
@@ -181,7 +181,7 @@ def test_bf16_is_converted_once_in_a_child_process_then_reused(tiny_model_dir, t
 
 def test_a_failed_conversion_falls_back_to_converting_while_loading(tiny_model_dir, tmp_path):
     (tmp_path / "bf16").write_text("not a directory")  # the copy cannot be written
-    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16",
+    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), dtype="bfloat16", backend="torch",
                                                       cache_dir=str(tmp_path)))
     assert pipe.optimizations()["weights"] == "converted while loading"
     assert generate(pipe, params())[0].size == (64, 64)

@@ -83,7 +83,7 @@ def test_a_missing_checkpoint_is_reported_at_start(tiny_model_dir, tmp_path):
 
 
 def test_in_bf16_the_checkpoints_unet_alone_is_converted_once(tiny_model_dir, tmp_path):
-    pipe = load(tiny_model_dir, tmp_path, dtype="bfloat16", inpaint_model="tiny")
+    pipe = load(tiny_model_dir, tmp_path, dtype="bfloat16", inpaint_model="tiny", backend="torch")
     inpaint(pipe)
     copies = [p for p in (tmp_path / "bf16").iterdir() if p.name.startswith("tiny-inpaint")]
     assert len(copies) == 1 and sorted(p.name for p in copies[0].iterdir()) == ["sd_cpu_converted.json", "unet"]

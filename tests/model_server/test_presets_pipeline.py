@@ -113,7 +113,7 @@ def test_a_part_that_fails_on_first_use_fails_that_job_and_disables_the_preset(t
 
 
 def test_bf16_keeps_the_adapter_in_bf16_and_stays_close_to_float32(tiny, tmp_path):
-    bf16 = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="bfloat16"))
+    bf16 = DiffusersPipeline.load(ModelServerSettings(model="tiny", cache_dir=str(tmp_path), dtype="bfloat16", backend="torch"))
     bf16.load_fast_parts()
     lora = {p.dtype for n, p in bf16.pipe.unet.named_parameters() if "lora_" in n}
     assert lora == {torch.bfloat16} and bf16.fast_pipe.vae.dtype == torch.bfloat16

@@ -1,0 +1,116 @@
+"""Choosing and setting up the OpenVINO UNet (``SD_BACKEND``) for a loaded diffusers pipeline.
+
+The result is a second pipeline object over the very same modules with the OpenVINO UNet in
+the torch UNet's place (model_server.engine.openvino_unet). The torch UNet stays loaded: it is
+mapped from its files and costs no resident memory while unused, and it runs what OpenVINO
+cannot (the fast preset's LoRA, DeepCache, token merging). A conversion that fails leaves the
+server on torch, said in /health, rather than not starting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from model_server import cpu
+from model_server.engine.openvino_convert import converted
+from model_server.engine.residency import MappedWeights
+from model_server.pipeline import load_error
+from model_server.settings import ModelServerSettings
+
+log = logging.getLogger(__name__)
+# Calibration for SD_INT8: prompts from calibration_prompts.txt, denoising steps recorded of each.
+CALIBRATION_PROMPTS, CALIBRATION_STEPS = 8, 4
+
+
+def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str]:
+    """(run the UNet on OpenVINO, why), from SD_BACKEND, the model's dtype and this CPU."""
+    if settings.backend == "torch":
+        return False, "configured"
+    if settings.backend == "openvino" or settings.int8 != "none":
+        if importlib.util.find_spec("openvino") is None:
+            raise load_error("SD_BACKEND=openvino or SD_INT8 is set but the openvino package is not installed",
+                             "Install requirements/model.txt, or set SD_BACKEND=torch and SD_INT8=none.")
+        return True, "configured" if settings.backend == "openvino" else f"SD_INT8={settings.int8} runs on it"
+    return cpu.openvino_pays(dtype == torch.bfloat16)
+
+
+def _child(what: str, cmd: list[str], dest: Path, done) -> tuple[float | None, str]:
+    """Run a one-time conversion step in a child process: (seconds, "") or (None, why it failed)."""
+    started = time.monotonic()
+    log.info("%s once (a child process; later starts reuse %s)", what, dest)
+    result = subprocess.run([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0 or not done(dest):
+        log.warning("%s failed (exit %s):\n%s", what, result.returncode, result.stdout[-1500:])
+        return None, f"{what} failed (exit {result.returncode}; see the log)"
+    seconds = round(time.monotonic() - started, 1)
+    log.info("%s: done in %.1f s", what, seconds)
+    return seconds, ""
+
+
+def int8_ir(folder: str, ir: Path, settings: ModelServerSettings) -> tuple[Path, dict]:
+    """The int8 IR SD_INT8 asks for, quantized once from ``ir``; ``ir`` itself (and why) if that failed."""
+    dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
+    if converted(dest):
+        return dest, {"openvino_int8": settings.int8}
+    cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
+           "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
+    seconds, failed = _child(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
+    if seconds is None:
+        return ir, {"openvino_int8": f"none: {failed}"}
+    return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
+
+
+def ir_for(folder: str, settings: ModelServerSettings) -> tuple[Path | None, dict]:
+    """The UNet of ``folder`` as OpenVINO IR, converted once in a child process; (None, why) if that failed."""
+    import openvino
+
+    real = os.path.realpath(folder)
+    key = hashlib.sha256(f"{real}\0{openvino.__version__}".encode()).hexdigest()[:12]
+    dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}"
+    if converted(dest):
+        return dest, {"openvino_ir": "cached"}
+    seconds, failed = _child("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
+                                                                     str(dest)], dest, converted)
+    if seconds is None:
+        return None, {"backend_reason": f"the UNet runs on torch: {failed}"}
+    return dest, {"openvino_ir": "made now", "openvino_conversion_seconds": seconds}
+
+
+def attach(pipe: StableDiffusionPipeline, folder: str | None, settings: ModelServerSettings, dtype: torch.dtype,
+           threads: int) -> tuple[StableDiffusionPipeline | None, dict]:
+    """The pipeline whose UNet runs on OpenVINO (None for torch), and what to report in /health."""
+    use, why = choose(settings, dtype)
+    if not use:
+        return None, {"backend": "torch", "backend_reason": why}
+    if folder is None:
+        return None, {"backend": "torch", "backend_reason": "OpenVINO needs the model's files in a local directory"}
+    ir, info = ir_for(folder, settings)
+    if ir is None:
+        return None, {"backend": "torch", **info}
+    if settings.int8 != "none":
+        ir, quantized = int8_ir(folder, ir, settings)
+        info.update(quantized)
+    from model_server.engine.openvino_unet import OpenVinoUNet
+
+    # The torch UNet only runs what OpenVINO cannot: its mapped pages wait in the page cache till
+    # then, rather than sit beside the compiled copy (before compiling, to keep the peak down too).
+    MappedWeights(folder).release("unet")
+    precision = "bf16" if dtype == torch.bfloat16 else "f32"
+    unet = OpenVinoUNet(ir, pipe.unet, precision, threads)
+    latent = settings.default_size // 8
+    unet.compile_for((2, pipe.unet.config.in_channels, latent, latent))  # the default request's shape
+    ov_pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
+    ov_pipe.set_progress_bar_config(disable=True)
+    return ov_pipe, {"backend": "openvino", "backend_reason": why, "openvino_precision": precision, **info,
+                     "openvino_runs_on_torch": "the fast preset (LCM-LoRA), deep_cache, token_merging, "
+                                               "inpainting checkpoints"}

@@ -1,0 +1,142 @@
+"""The UNet on OpenVINO (SD_BACKEND=openvino), on the tiny random-weight model: converted once, the
+same images as torch within rounding, every sampler and stop mode, and torch for what it cannot run."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("openvino")
+
+from model_server.engine import openvino_backend  # noqa: E402
+from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.pipeline import JobCancelledError  # noqa: E402
+from model_server.settings import ModelServerSettings  # noqa: E402
+from protocol.messages import GenerationParams, StopMode  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def settings(cache, **kw) -> ModelServerSettings:
+    return ModelServerSettings(**({"model": "tiny", "cache_dir": str(cache), "dtype": "float32",
+                                   "lcm_lora": "tiny", "tiny_vae": "tiny", "default_size": 64} | kw))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def ov(cache):
+    return DiffusersPipeline.load(settings(cache, backend="openvino"))
+
+
+@pytest.fixture(scope="module")
+def pt(cache):
+    return DiffusersPipeline.load(settings(cache, backend="torch"))
+
+
+def run(pipe, stop=lambda: None, **kw):
+    p = GenerationParams(**({"prompt": "a cat", "seed": 3, "steps": 6, "width": 64, "height": 64} | kw))
+    steps, previews = [], []
+
+    def on_step(step, seconds, preview=None):
+        steps.append(step)
+        previews.append(preview)
+
+    image = pipe.generate(p, p.seed, on_step, stop)
+    return np.asarray(image, dtype=np.float32), steps, previews
+
+
+def ov_calls(pipe) -> int:
+    return pipe.ov_pipe.unet.calls
+
+
+def test_the_unet_is_converted_once_and_compiled_for_the_default_size_at_load(ov, cache):
+    opts = ov.optimizations()
+    assert opts["backend"] == "openvino" and opts["openvino_ir"] == "made now"
+    assert opts["openvino_conversion_seconds"] > 0 and opts["openvino_compiled_for"] == "64x64, batch 2"
+    assert len(list((cache / "openvino").glob("tiny-sd-*/unet.xml"))) == 1
+    again = DiffusersPipeline.load(settings(cache, backend="openvino"))
+    assert again.optimizations()["openvino_ir"] == "cached"
+
+
+@pytest.mark.parametrize("scheduler", ["default", "euler_a", "dpmpp_2m_karras", "unipc"])
+def test_the_same_seed_gives_the_torch_image_within_rounding(ov, pt, scheduler):
+    before = ov_calls(ov)
+    a, steps, _ = run(ov, scheduler=scheduler)
+    b, _, _ = run(pt, scheduler=scheduler)
+    assert ov_calls(ov) > before and max(steps) == 6
+    assert np.abs(a - b).mean() < 1.0  # of 255: float16 weights in the IR, nothing else differs
+
+
+def test_cancel_interrupt_and_previews_work_as_on_torch(ov):
+    calls = []
+    with pytest.raises(JobCancelledError):
+        run(ov, stop=lambda: StopMode.CANCEL if len(calls.append(1) or calls) >= 2 else None)
+    calls.clear()
+    image, steps, _ = run(ov, stop=lambda: StopMode.INTERRUPT if len(calls.append(1) or calls) >= 2 else None)
+    assert image.shape == (64, 64, 3) and max(steps) < 6
+    _, _, previews = run(ov, preview=True)
+    assert all(p is not None and p.size == (8, 8) for p in previews)
+
+
+def test_another_size_compiles_on_demand_and_image_jobs_use_it_too(ov):
+    image, _, _ = run(ov, width=96, height=64)
+    assert image.shape == (64, 96, 3) and ov.optimizations()["openvino_compiled_for"] == "96x64, batch 2"
+    from PIL import Image
+
+    p = GenerationParams(prompt="a cat", seed=3, steps=6, width=64, height=64, mode="img2img", strength=0.5)
+    before = ov_calls(ov)
+    ov.generate(p, 3, lambda *a, **k: None, lambda: None, init_image=Image.new("RGB", (64, 64), (200, 20, 20)))
+    assert ov_calls(ov) == before + 4  # PNDM: 3 steps, 4 UNet evaluations
+
+
+@pytest.mark.parametrize("options", [{"deep_cache": 3, "scheduler": "dpmpp_2m_karras"}, {"token_merging": 0.5},
+                                     {"preset": "fast", "steps": 4, "scheduler": "lcm", "guidance_scale": 1.0}])
+def test_what_openvino_cannot_run_runs_on_torch(ov, options):
+    before = ov_calls(ov)
+    image, steps, _ = run(ov, **options)
+    assert ov_calls(ov) == before and image.shape == (64, 64, 3) and steps
+
+
+def test_a_failed_conversion_leaves_the_server_on_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "sys", types.SimpleNamespace(executable="/bin/false"))
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
+    opts = pipe.optimizations()
+    assert pipe.ov_pipe is None and opts["backend"] == "torch" and "OpenVINO IR failed" in opts["backend_reason"]
+    assert run(pipe)[0].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "full"])
+def test_int8_quantizes_once_and_stays_near_the_float_image(cache, pt, mode):
+    pipe = DiffusersPipeline.load(settings(cache, int8=mode))  # SD_BACKEND=auto: int8 needs OpenVINO
+    opts = pipe.optimizations()
+    assert opts["backend"] == "openvino" and opts["openvino_int8"] == mode and opts["int8_quantization_seconds"] > 0
+    import openvino as ov
+
+    ir = next((cache / "openvino").glob(f"tiny-sd-*-int8-{mode}/unet.xml"))
+    kinds = {op.get_type_name() for op in ov.Core().read_model(ir).get_ops()}
+    assert "FakeQuantize" in kinds  # activations quantized: the integer units run those layers
+    image, steps, _ = run(pipe)
+    assert max(steps) == 6 and np.abs(image - run(pt)[0]).mean() < 12.0  # of 255; random weights: numerics only
+    assert DiffusersPipeline.load(settings(cache, int8=mode)).optimizations()["openvino_int8"] == mode  # cached
+
+
+def test_int8_without_openvino_is_a_configuration_error():
+    with pytest.raises(ValueError, match="SD_INT8"):
+        ModelServerSettings(backend="torch", int8="hybrid").validated()
+
+
+def test_auto_runs_openvino_only_where_it_was_measured_to_pay(monkeypatch):
+    from model_server import cpu
+
+    assert cpu.openvino_pays(True, flags={"avx2", "fma"})[0] is False
+    assert cpu.openvino_pays(True, flags={"avx512_bf16"}, env={})[0] is True
+    assert cpu.openvino_pays(False, flags={"avx512_bf16"}, env={})[0] is False  # float32: not measured to pay
+    assert cpu.openvino_pays(True, flags={"amx_bf16"}, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})[0] is False
+    assert openvino_backend.choose(ModelServerSettings(backend="torch"), torch.bfloat16) == (False, "configured")
