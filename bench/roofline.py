@@ -59,22 +59,66 @@ def count_flops(model: Path, size: int) -> dict:
     return out
 
 
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # the integer dot-product units
+
+
+def _rate(fn, flops: float, repeats: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        fn(), fn()
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - started)
+    return round(flops / best / 1e9, 1)
+
+
+def best_int8_rate(threads: int, repeats: int = 5) -> dict:
+    """GOP/s of a 4096-cube int8 matmul (int32 accumulation): torch's ``_int_mm``, and OpenVINO's
+    CPU plugin on a quantized matmul as it runs int8 UNet layers, the better of the two."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randint(-127, 127, (4096, 4096), dtype=torch.int8), torch.randint(-127, 127, (4096, 4096),
+                                                                                  dtype=torch.int8)
+    rates = {"torch_int_mm_gops": _rate(lambda: torch._int_mm(a, b), 2 * 4096**3, repeats)}
+    try:
+        rates["openvino_int8_matmul_gops"] = _openvino_int8_matmul(threads, repeats)
+    except ImportError:
+        pass
+    return {"matmul_gflops": max(rates.values()), "conv3x3_gflops": None, "best_gflops": max(rates.values()), **rates}
+
+
+def _openvino_int8_matmul(threads: int, repeats: int) -> float:
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    n = 4096
+    x = ops.parameter([n, n], ov.Type.f32)
+    lo, hi = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
+    weights = ops.convert(ops.constant(np.random.randint(-127, 127, (n, n)).astype(np.int8)), ov.Type.f32)
+    scaled = ops.multiply(weights, ops.constant(np.full((n, 1), 0.01, np.float32)))
+    model = ov.Model([ops.matmul(ops.fake_quantize(x, lo, hi, lo, hi, 256), scaled, False, True)], [x])
+    request = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    data = np.random.randn(n, n).astype(np.float32)
+    return _rate(lambda: request.infer({0: data}), 2 * n**3, repeats)
+
+
 def best_rate(dtype_name: str, threads: int, repeats: int = 5) -> dict:
     """GFLOP/s of a 4096-cube matmul and of a 640->640 3x3 convolution at 32x32, batch 2."""
     import torch
 
+    if dtype_name == "int8":
+        return best_int8_rate(threads, repeats)
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
 
     def rate(fn, flops: float) -> float:
-        with torch.inference_mode():
-            fn(), fn()
-            best = float("inf")
-            for _ in range(repeats):
-                started = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - started)
-        return round(flops / best / 1e9, 1)
+        return _rate(fn, flops, repeats)
 
     a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
     x, w = torch.randn(2, 640, 32, 32, dtype=dtype), torch.randn(640, 640, 3, 3, dtype=dtype)
@@ -102,6 +146,8 @@ def compare(floor: dict, results: Path) -> list[dict]:
     rows = []
     for run in json.loads(results.read_text())["runs"]:
         dtype = "bfloat16" if run["dtype"] in ("bfloat16", "torch.bfloat16") else "float32"
+        if run.get("optimizations", {}).get("openvino_int8") in ("hybrid", "full"):
+            dtype = "int8"  # held to the int8 floor, though hybrid runs its matmuls in bf16
         if dtype not in floor:
             continue
         preset = PRESETS[run["preset"]] if run["config"] != "seed" else PRESETS["quality"]
@@ -124,7 +170,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for dtype, f in result["floors"].items():
         r = result["rates"][dtype]
-        lines.append(f"| {dtype} | {r['matmul_gflops']} | {r['conv3x3_gflops']} | {f['s_per_step_guided']} | "
+        lines.append(f"| {dtype} | {r['matmul_gflops']} | {r['conv3x3_gflops'] or '-'} | {f['s_per_step_guided']} | "
                      f"{f['s_per_step_unguided']} | {f['vae_decode_s']} | {f['taesd_decode_s']} | "
                      f"{f['quality_25_steps_s_per_image']} | {f['fast_4_steps_s_per_image']} |")
     if result.get("compared"):
@@ -156,7 +202,10 @@ def main() -> int:
 
     build(args.model)
     threads = usable_cores()
+    from model_server.cpu import cpu_flags
+
     dtypes = ["float32"] + (["bfloat16"] if native_bf16()[0] else [])  # emulated bf16 has no useful floor
+    dtypes += ["int8"] if set(INT8_FLAGS) & cpu_flags() and not args.isa else []
     rates = {d: best_rate(d, threads) for d in dtypes}
     flops = count_flops(args.model, args.size)
     result = {"command": " ".join(["python -m bench.roofline", *sys.argv[1:]]), "machine": machine()["cpu"],

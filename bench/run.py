@@ -4,8 +4,8 @@
     python -m bench.run --isa AVX2 --dtype float32 --name laptop-avx2
     python -m bench.run --configs ours --http  # also: HTTP end to end vs the bare pipeline
     python -m bench.run --preset fast          # seed (25 steps) vs our fast preset (4 steps)
-    python -m bench.run --configs ours+torch:quality,ours+openvino:quality,ours+int8-hybrid:quality --steps 4
-                                               # the UNet's backends, and int8 (SD_INT8) on OpenVINO
+    python -m bench.run --configs peer-openvino,ours+torch:quality,ours+openvino:quality,ours+int8-hybrid:quality \
+        --steps 4                              # the peer engine, the UNet's backends and int8 (SD_INT8)
 
 Builds (once, cached outside the repo) an SD v1.4-shaped random-weight pipeline; timing and
 memory do not depend on weight values. Results go to bench/results/NAME.{json,md}.
@@ -67,6 +67,14 @@ VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvi
 
 def measure(config: str, args, env: dict) -> dict:
     from protocol.presets import PRESETS
+
+    if config == "peer-openvino":  # optimum-intel's pipeline, in its own environment (bench/peer_openvino.py)
+        from bench.peer_openvino import ensure_env
+
+        cmd = [str(ensure_env()), str(ROOT / "bench" / "peer_openvino.py"), "--model", str(args.model),
+               "--steps", str(args.steps or 25), "--size", str(args.size)]
+        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        return {**json.loads(out.stdout.strip().splitlines()[-1]), "backend": "optimum-intel"}
 
     ours, preset = config.startswith("ours"), config.partition(":")[2].partition("@")[0] or args.preset
     steps = args.steps or (PRESETS[preset].steps if ours else 25)  # the seed always had 25 steps
@@ -144,7 +152,8 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="SD v1.4-shaped model dir (built if absent)")
     ap.add_argument("--configs", default="seed,ours",
                     help="comma-separated: seed, ours (with --preset) or ours:PRESET, e.g. seed,ours:quality,ours:fast; "
-                         "ours:PRESET@S is image-to-image at strength S")
+                         "ours:PRESET@S is image-to-image at strength S; ours+VARIANT:PRESET runs a backend "
+                         f"({', '.join(VARIANTS)}); peer-openvino is optimum-intel's pipeline (FastSD CPU's engine)")
     ap.add_argument("--preset", default="quality", help="the preset 'ours' runs: quality, balanced or fast")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=None, help="default: 25 for the seed, the preset's for ours")

@@ -12,11 +12,15 @@ inputs, and OpenVINO's CPU plugin then runs those layers on the integer units:
   faster still, and more drift.
 
 Calibration inputs are recorded from the model's own denoising loop on the shipped prompts
-(``calibration_prompts.txt``) at a few steps each, so the scales see the whole timestep range.
+(``calibration_prompts.txt``) at a few steps each, so the scales see the whole timestep range,
+at 256x256 by default: NNCF keeps every quantized layer's activations of a call in float32 while
+it collects statistics, which at 512x512 took the process to 13 GB; the ranges it needs are those
+of normalised activations, which do not depend much on the image size.
 With random weights only numerical drift can be measured here (``bench/drift.py``), not image
 quality: that is why neither mode is the default.
 
-    python -m model_server.engine.openvino_int8 MODEL_DIR IR_DIR DEST --mode hybrid|full [--prompts N --steps K]
+    python -m model_server.engine.openvino_int8 MODEL_DIR IR_DIR DEST --mode hybrid|full [--prompts N --steps K
+        --size S]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -71,14 +76,12 @@ def record_inputs(model_dir: str, ir_dir: Path, prompts: list[str], steps: int, 
     return recorded
 
 
-def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, steps: int) -> dict:
+def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, steps: int, size: int) -> dict:
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     started = time.monotonic()
-    config = json.loads((Path(model_dir) / "unet" / "config.json").read_text())
-    size = 8 * (config["sample_size"] if isinstance(config["sample_size"], int) else config["sample_size"][0])
     samples = record_inputs(model_dir, ir_dir, calibration_prompts(prompts), steps, size)
     recorded = time.monotonic() - started
     model = ov.Core().read_model(ir_dir / IR_NAME)
@@ -96,9 +99,10 @@ def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     ov.save_model(model, tmp / IR_NAME, compress_to_fp16=False)
-    info = {"mode": mode, "samples": len(samples), "calibration_prompts": prompts, "steps_each": steps,
+    info = {"mode": mode, "samples": len(samples), "calibration_prompts": prompts, "steps_each": steps, "size": size,
             "recording_seconds": round(recorded, 1), "seconds": round(time.monotonic() - started, 1),
-            "nncf": nncf.__version__}
+            "nncf": nncf.__version__,
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     (tmp / MARKER).write_text(json.dumps(info), encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
@@ -120,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=MODES, default="hybrid")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--size", type=int, default=256, help="calibration image size")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [int8] %(message)s")
-    info = quantize(args.model_dir, args.ir_dir, args.dest, args.mode, args.prompts, args.steps)
+    info = quantize(args.model_dir, args.ir_dir, args.dest, args.mode, args.prompts, args.steps, args.size)
     log.info("quantized the UNet (%s) in %.1f s: %s", args.mode, info["seconds"], args.dest)
     return 0
 

@@ -43,3 +43,19 @@ def test_runs_are_set_against_the_floor_of_their_dtype_and_guidance(tmp_path):
     assert rows["ours-fast"]["floor_s_per_step"] == 1.0  # guidance 1: one UNet pass per step
     assert rows["ours-balanced"]["share_of_floor"].startswith("n/a")  # step caching does less work
     assert rows["ours-quality-tome0.5"]["share_of_floor"].startswith("n/a")  # so does token merging
+
+
+def test_int8_runs_are_held_to_the_int8_floor(tmp_path):
+    runs = [{"config": "ours-quality+int8-hybrid", "preset": "quality", "dtype": "bfloat16", "s_per_step": 2.0,
+             "optimizations": {"backend": "openvino", "openvino_int8": "hybrid"}}]
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"runs": runs}))
+    floor = {"bfloat16": {"s_per_step_guided": 2.0}, "int8": {"s_per_step_guided": 1.0}}
+    (row,) = roofline.compare(floor, results)
+    assert row["dtype"] == "int8" and row["share_of_floor"] == "50%"
+
+
+def test_the_int8_rate_is_measured_on_the_integer_path():
+    rate = roofline.best_int8_rate(threads=1, repeats=1)
+    assert rate["torch_int_mm_gops"] > 0 and rate["best_gflops"] == max(
+        v for k, v in rate.items() if k.endswith("_gops"))

@@ -1,0 +1,117 @@
+"""The peer engine in the bench: optimum-intel's OpenVINO Stable Diffusion pipeline, as FastSD CPU runs it.
+
+Run by ``bench.run --configs peer-openvino,...``; it pulls another torch than ours (optimum-intel
+needs torchvision, which needs torch 2.14.1), so it runs in its own environment, which
+``ensure_env`` builds once under ``~/.cache/sd-cpu/bench/peer-venv`` from the registries.
+
+Inside that environment, ``python bench/peer_openvino.py --model DIR ...`` exports the same SD
+v1.4-shaped model once (``export=True``, optimum-intel's default precision, no 8-bit), reshapes it
+static to the size with batch 1 (the UNet becomes batch 2 for guidance) as FastSD CPU does,
+compiles, runs the same prompt, seed and steps as ``bench.measure`` and prints one JSON line in
+its format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PEER_PACKAGES = ["optimum-intel[openvino]==2.2.0", "diffusers==0.39.0", "psutil==7.2.2"]
+ENV_DIR = Path.home() / ".cache" / "sd-cpu" / "bench" / "peer-venv"
+PROMPT = "a photograph of an astronaut riding a horse on mars"
+
+
+def ensure_env(python: str = sys.executable) -> Path:
+    """The peer's interpreter, its environment made once (a few minutes; torch 2.14.1 comes from the
+    registry or the machine's wheel store)."""
+    peer = ENV_DIR / "bin" / "python"
+    marker = ENV_DIR / "peer-packages.json"
+    if peer.exists() and marker.exists() and json.loads(marker.read_text()) == PEER_PACKAGES:
+        return peer
+    subprocess.run([python, "-m", "venv", "--clear", str(ENV_DIR)], check=True)
+    subprocess.run([str(peer), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([str(peer), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    marker.write_text(json.dumps(PEER_PACKAGES))
+    return peer
+
+
+def measure(args) -> dict:
+    import psutil
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline
+
+    proc, peak = psutil.Process(), [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    export = Path(args.model).parent / f"{Path(args.model).name}-optimum-openvino"
+    started = time.perf_counter()
+    if not (export / "model_index.json").exists():  # exported once, like FastSD CPU's cached model
+        OVStableDiffusionPipeline.from_pretrained(args.model, export=True, load_in_8bit=False,
+                                                  compile=False).save_pretrained(export)
+    pipe = OVStableDiffusionPipeline.from_pretrained(export, compile=False)
+    pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)
+    pipe.compile()
+    load_s, load_peak, after_load = time.perf_counter() - started, peak[0], proc.memory_info().rss
+    steps, vae = [], []
+    decode = pipe.vae.decode
+
+    def timed_decode(*a, **kw):
+        t = time.perf_counter()
+        out = decode(*a, **kw)
+        vae.append(time.perf_counter() - t)
+        return out
+
+    pipe.vae.decode = timed_decode
+    last = [time.perf_counter()]
+
+    def on_step(p, index, timestep, tensors):
+        now = time.perf_counter()
+        steps.append(now - last[0])
+        last[0] = now
+        return tensors
+
+    started = time.perf_counter()
+    pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, height=args.size, width=args.size,
+         generator=torch.Generator().manual_seed(1234), callback_on_step_end=on_step)
+    image_s = time.perf_counter() - started
+    stop.set()
+    import openvino as ov
+
+    # The CPU plugin computes in bf16 by itself where the CPU has it (no precision is set, as in FastSD CPU).
+    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    steady = steps[1:] or steps
+    return {"config": "peer-openvino", "preset": "quality", "size": args.size, "steps": args.steps,
+            "unet_evals": len(steps), "dtype": "bfloat16" if native_bf16 else "float32", "attention": "openvino",
+            "threads": None, "optimizations": {"backend": "optimum-intel", "export": str(export)},
+            "load_s": round(load_s, 2), "s_per_step": round(statistics.median(steady), 3),
+            "first_step_s": round(steps[0], 3), "vae_decode_s": round(vae[0], 3) if vae else None,
+            "s_per_image": round(image_s, 2), "next_images_s": [],
+            "rss_after_load_gib": round(after_load / 2**30, 2), "peak_rss_load_gib": round(load_peak / 2**30, 2),
+            "peak_rss_gib": round(max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--size", type=int, default=512)
+    args = ap.parse_args()
+    print(json.dumps(measure(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
