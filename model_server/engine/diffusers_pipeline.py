@@ -3,8 +3,9 @@
 Loading follows the measured CPU settings (docs/performance.md): PyTorch SDPA attention
 (slicing is opt-in: ~1.3-1.5x slower per step and no memory saved), bfloat16 only where the
 CPU has native bf16 (from a bf16 copy made once), torch threads = physical cores, idle mapped
-weights released after their phase of each job (residency.py). Per job it applies the preset:
-the LCM-LoRA adapter and TAESD decoder (preset_parts.py) and step caching (deepcache.py).
+weights released after their phase of each job (residency.py), and the UNet on OpenVINO where
+``SD_BACKEND`` says (openvino_backend.py). Per job it applies the preset: the LCM-LoRA adapter
+and TAESD decoder (preset_parts.py) and step caching (deepcache.py).
 
 Over 250 lines on purpose: loading (source resolution, the bf16 copy, dtype and thread choice)
 and running (scheduler, per-step callback, cancel/interrupt, weight release) share one object's
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from contextlib import nullcontext
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -211,8 +212,8 @@ class DiffusersPipeline:
         if self._inpaint_unet is None:
             started = time.monotonic()
             try:
-                unet, weights, folder = inpaint_model.load_unet(self._inpaint_source, self._settings, self.pipe.unet.dtype,
-                                                        bf16_copy)
+                unet, weights, folder = inpaint_model.load_unet(self._inpaint_source, self._settings,
+                                                                self.pipe.unet.dtype, bf16_copy)
             except Exception as exc:  # inpainting goes on with the model, said in /health
                 reason = _redact(f"{type(exc).__name__}: {str(exc)[:300]}", self._settings.token)
                 log.warning("could not load the inpainting checkpoint %s (%s); inpainting blends with the model",
