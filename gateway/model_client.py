@@ -25,6 +25,9 @@ from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, Fetch
                                Working)
 
 log = logging.getLogger(__name__)
+# The longest a reply may be put off by `Working` (a Submit's uploads waiting to be decoded): a full
+# queue of the largest uploads takes well under this; a peer that says it forever is a dead one.
+WORKING_LIMIT = 120.0
 
 
 class ModelServerUnavailable(Exception):
@@ -73,9 +76,11 @@ class ModelServerClient(Protocol):
 class ModelClient:
     """The real model client: one DEALER socket per thread, every receive bounded (see the module)."""
 
-    def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0):
+    def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0,
+                 working_limit: float = WORKING_LIMIT):
         self.address = address
         self.timeout = timeout
+        self.working_limit = working_limit
         self.connect_timeout = connect_timeout
         self._local = threading.local()
         self._refs = itertools.count(1)
@@ -132,13 +137,14 @@ class ModelClient:
 
     def _receive(self, ref: int, timeout: float | None = None):
         sock = self._socket()
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + wait
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 self._reset()
-                raise ModelServerUnavailable(
-                    f"the model server did not answer within {self.timeout if timeout is None else timeout:g} s")
+                raise ModelServerUnavailable(f"the model server did not answer within {wait:g} s")
             try:
                 envelope, blobs = codec.decode(sock.recv_multipart())
             except ProtocolError as exc:
@@ -147,8 +153,9 @@ class ModelClient:
                                             hint="Gateway and model server versions differ; deploy them together."))
             if envelope.ref not in (ref, 0):
                 continue  # a stale reply to an abandoned request
-            if isinstance(envelope.body, Working):  # alive and on it: the deadline starts again
-                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            if isinstance(envelope.body, Working):
+                # Alive and on it: the deadline starts again, but no peer keeps a thread waiting forever.
+                deadline = min(time.monotonic() + wait, started + wait + self.working_limit)
                 continue
             if isinstance(envelope.body, Rejected):
                 raise RemoteError(envelope.body.error)

@@ -33,3 +33,43 @@ def test_a_send_that_loses_the_peer_is_an_outage_not_a_gateway_error(monkeypatch
         client.ping()
     assert caught.value.error.retryable and "lost the model server" in caught.value.error.message
     assert stub.closed and client._local.socket is None  # the next request starts on a fresh socket
+
+
+def test_a_peer_that_says_working_forever_is_given_up_on(tmp_path):
+    """Working extends a request's deadline (uploads waiting to be decoded), but only so far: a hostile or
+    stuck peer cannot hold a gateway thread."""
+    import threading
+    import time
+
+    from protocol import codec
+    from protocol.messages import Working
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    address = f"ipc://{tmp_path}/working.sock"
+    router.bind(address)
+    stop = threading.Event()
+
+    def peer():
+        waiting = []
+        while not stop.is_set():
+            if router.poll(50):
+                frames = router.recv_multipart()
+                envelope, _ = codec.decode(frames[1:])
+                waiting.append((frames[0], envelope.ref))
+            for identity, ref in waiting:
+                router.send_multipart([identity, *codec.encode(Working(), ref)])
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    client = ModelClient(address, timeout=0.3, working_limit=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelServerUnavailable):
+            client.ping()
+        assert 1.0 <= time.monotonic() - started < 2.0  # kept alive past 0.3 s, never past the limit
+    finally:
+        stop.set()
+        thread.join(2)
+        client.close()
+        router.close(linger=0)
