@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.run import RESULTS, ROOT, VARIANTS, machine
+from bench.run import RESULTS, VARIANTS, machine
 from bench.sd14_model import DEFAULT_DIR
 
 PROMPT = "a photograph of an astronaut riding a horse on mars"
@@ -105,7 +105,6 @@ def main() -> int:
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
     ref = load(args.model, None)
     ref_calls: list = []
     ref_latents, _ = denoise(ref.pipe, ref.pipe.unet, args.steps, args.size, record=ref_calls)

@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,23 @@ log = logging.getLogger(__name__)
 
 def converted(dest: Path) -> bool:
     return (dest / MARKER).exists()
+
+
+def run_once(what: str, args: list[str], dest: Path, done=converted, env: dict | None = None,
+             clean=lambda text: text) -> tuple[float | None, str]:
+    """Run a one-time conversion (``python -m ARGS``, writing ``dest``) in a child process, as the bf16
+    copy, the OpenVINO IR and its int8 form are made: (seconds, "") or (None, why it failed). ``clean``
+    scrubs the child's output (a token, paths) before it is logged."""
+    started = time.monotonic()
+    log.info("%s once (a child process; later starts reuse %s)", what, dest)
+    result = subprocess.run([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    if result.returncode != 0 or not done(dest):
+        log.warning("%s failed (exit %s):\n%s", what, result.returncode, clean(result.stdout[-1500:]))
+        return None, f"{what} failed (exit {result.returncode}; see the log)"
+    seconds = round(time.monotonic() - started, 1)
+    log.info("%s: done in %.1f s", what, seconds)
+    return seconds, ""
 
 
 def convert(source: str, dest: Path, token: str | None, revision: str | None, safety_checker: bool,

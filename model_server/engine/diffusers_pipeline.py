@@ -19,8 +19,6 @@ import hashlib
 import logging
 import os
 import re
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -147,28 +145,23 @@ def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = Fals
 
     Falls back to ``source`` itself, converting while loading, if the copy cannot be made.
     """
-    from model_server.engine.convert import converted
+    from model_server.engine.convert import converted, run_once
 
     what = "unet" if unet_only else settings.safety_checker
     key = hashlib.sha256(f"{source}\0{settings.revision}\0{what}".encode()).hexdigest()[:12]
     dest = Path(settings.cache_dir) / "bf16" / f"{Path(source).name or 'model'}-{key}"
     if converted(dest):
         return str(dest), {"weights": "bf16 copy (cached)"}
-    started = time.monotonic()
-    cmd = [sys.executable, "-m", "model_server.engine.convert", source, str(dest)]
-    cmd += ["--revision", settings.revision] if settings.revision else []
-    cmd += ["--safety-checker"] if settings.safety_checker else []
-    cmd += ["--unet-only"] if unet_only else []
+    args = ["model_server.engine.convert", source, str(dest)]
+    args += ["--revision", settings.revision] if settings.revision else []
+    args += ["--safety-checker"] if settings.safety_checker else []
+    args += ["--unet-only"] if unet_only else []
     env = dict(os.environ, **({"HF_TOKEN": settings.token} if settings.token else {}))
-    log.info("converting %s to bfloat16 once (a child process; later starts reuse %s)", source, dest)
-    result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0 or not converted(dest):
-        tail = _redact(result.stdout[-1500:], settings.token)
-        log.warning("bf16 conversion failed (exit %s); converting while loading instead:\n%s",
-                    result.returncode, tail)
+    seconds, _ = run_once(f"converting {source} to bfloat16", args, dest, env=env,
+                          clean=lambda text: _redact(text, settings.token))
+    if seconds is None:
+        log.warning("no bf16 copy: converting while loading instead")
         return source, {"weights": "converted while loading"}
-    seconds = round(time.monotonic() - started, 1)
-    log.info("converted to bfloat16 in %.1f s", seconds)
     return str(dest), {"weights": "bf16 copy (made now)", "conversion_seconds": seconds}
 
 
@@ -273,7 +266,9 @@ class DiffusersPipeline:
         folder = _local_dir(source, settings)
         channels_last, layout["channels_last_reason"] = (
             (settings.channels_last, "configured") if settings.channels_last is not None else cpu.channels_last_pays())
-        on_openvino = openvino_backend.choose(settings, dtype)[0] and folder is not None
+        on_openvino, backend_why = openvino_backend.choose(settings, dtype)
+        if on_openvino and folder is None:
+            on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
         if channels_last:
             # Before the LoRA is attached: its wrappers rename the conv weights. Not the torch UNet's
             # when OpenVINO runs the UNet: NHWC copies are private memory, NCHW stays mapped and idle.
@@ -281,7 +276,8 @@ class DiffusersPipeline:
                 counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
                 layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         pipe.set_progress_bar_config(disable=True)
-        ov_pipe, backend = openvino_backend.attach(pipe, folder, settings, dtype, threads)
+        ov_pipe, backend = (openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why) if on_openvino
+                            else (None, {"backend": "torch", "backend_reason": backend_why}))
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
             log.warning("SD_SAFETY_CHECKER is on but %s has no safety checker", settings.model)

@@ -30,7 +30,7 @@ INPAINT_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent channels
 def resolve(settings: ModelServerSettings) -> tuple[str | None, str]:
     """(where the checkpoint is, or None; why it cannot be used, or ""), checked without loading."""
     value = settings.inpaint_model
-    if value is None or value.lower() in ("none", "off", "false", "0"):
+    if preset_parts.switched_off(value):
         return None, "SD_INPAINT_MODEL is not set"
     if value == "tiny":
         from model_server.engine.tiny_model import write_tiny_inpaint_model

@@ -13,15 +13,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from model_server import cpu
+from model_server.engine.convert import run_once
 from model_server.engine.openvino_convert import converted
 from model_server.engine.residency import MappedWeights
 from model_server.pipeline import load_error
@@ -44,19 +42,6 @@ def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str
     return cpu.openvino_pays(dtype == torch.bfloat16)
 
 
-def _child(what: str, cmd: list[str], dest: Path, done) -> tuple[float | None, str]:
-    """Run a one-time conversion step in a child process: (seconds, "") or (None, why it failed)."""
-    started = time.monotonic()
-    log.info("%s once (a child process; later starts reuse %s)", what, dest)
-    result = subprocess.run([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0 or not done(dest):
-        log.warning("%s failed (exit %s):\n%s", what, result.returncode, result.stdout[-1500:])
-        return None, f"{what} failed (exit {result.returncode}; see the log)"
-    seconds = round(time.monotonic() - started, 1)
-    log.info("%s: done in %.1f s", what, seconds)
-    return seconds, ""
-
-
 def int8_ir(folder: str, ir: Path, settings: ModelServerSettings) -> tuple[Path, dict]:
     """The int8 IR SD_INT8 asks for, quantized once from ``ir``; ``ir`` itself (and why) if that failed."""
     dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
@@ -64,7 +49,7 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings) -> tuple[Path,
         return dest, {"openvino_int8": settings.int8}
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
            "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
-    seconds, failed = _child(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
+    seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
     if seconds is None:
         return ir, {"openvino_int8": f"none: {failed}"}
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
@@ -79,21 +64,17 @@ def ir_for(folder: str, settings: ModelServerSettings) -> tuple[Path | None, dic
     dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}"
     if converted(dest):
         return dest, {"openvino_ir": "cached"}
-    seconds, failed = _child("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
-                                                                     str(dest)], dest, converted)
+    seconds, failed = run_once("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
+                                                                       str(dest)], dest, converted)
     if seconds is None:
         return None, {"backend_reason": f"the UNet runs on torch: {failed}"}
     return dest, {"openvino_ir": "made now", "openvino_conversion_seconds": seconds}
 
 
-def attach(pipe: StableDiffusionPipeline, folder: str | None, settings: ModelServerSettings, dtype: torch.dtype,
-           threads: int) -> tuple[StableDiffusionPipeline | None, dict]:
-    """The pipeline whose UNet runs on OpenVINO (None for torch), and what to report in /health."""
-    use, why = choose(settings, dtype)
-    if not use:
-        return None, {"backend": "torch", "backend_reason": why}
-    if folder is None:
-        return None, {"backend": "torch", "backend_reason": "OpenVINO needs the model's files in a local directory"}
+def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, dtype: torch.dtype,
+           threads: int, why: str) -> tuple[StableDiffusionPipeline | None, dict]:
+    """The pipeline whose UNet runs on OpenVINO, chosen (``choose``) for ``why``, and what to report in
+    /health; (None, the reason) if the UNet stays on torch after all."""
     ir, info = ir_for(folder, settings)
     if ir is None:
         return None, {"backend": "torch", **info}

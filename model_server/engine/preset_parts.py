@@ -30,9 +30,14 @@ HUB_TAESD = "madebyollin/taesd"
 ADAPTER = "lcm"
 
 
+def switched_off(value: str | None) -> bool:
+    """A part's setting that turns it off (`none`, as an empty value reads, or off/false/0)."""
+    return value is None or value.lower() in ("none", "off", "false", "0")
+
+
 def _source(value: str, settings: ModelServerSettings, kind: str) -> str | None:
     """Where to load a part from: None when turned off; the local random ones for the tiny model."""
-    if value.lower() in ("none", "off", "false", "0"):
+    if switched_off(value):
         return None
     if value in ("auto", "tiny") and (value == "tiny" or settings.model == "tiny"):
         from model_server.engine.tiny_model import write_tiny_extras

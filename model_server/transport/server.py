@@ -190,17 +190,15 @@ class ModelServer:
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
             admission.check(msg, self.state, self.settings)
-            if msg.params.mode == "txt2img":
-                job = self.table.submit(msg.params, msg.client_id, msg.request_id)
-            else:  # bounds first, so a flood of uploads is refused before any is decoded
+            if msg.params.mode != "txt2img":  # bounds first, so a flood of uploads is refused before any is decoded
                 self.table.reserve(msg.client_id)
+                self.decoder.put(Pending(identity, ref, msg))
+                return
+            job = self.table.submit(msg.params, msg.client_id, msg.request_id)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
-        if msg.params.mode == "txt2img":
-            self._accepted(identity, ref, job)
-        else:
-            self.decoder.put(Pending(identity, ref, msg))
+        self._accepted(identity, ref, job)
 
     def _queue_decoded(self, pending: Pending) -> None:
         msg, rejection = pending.msg, pending.rejection

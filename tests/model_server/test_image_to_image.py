@@ -7,7 +7,6 @@ import struct
 import time
 import zlib
 
-import numpy as np
 import pytest
 import zmq
 from PIL import Image
@@ -16,6 +15,7 @@ from gateway.model_client import RemoteError
 from protocol import codec
 from protocol.errors import ErrorCode
 from protocol.messages import Accepted, Completed, JobState, Submit, Working
+from tests.helpers.images import large_upload
 from tests.helpers.servers import params
 
 
@@ -110,17 +110,9 @@ def test_an_image_job_that_would_run_no_step_is_refused_at_submit(start_server):
     assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "run no step" in caught.value.error.message
 
 
-def large_webp(side: int = 4096) -> bytes:
-    """A large upload that compresses to little but takes a while to decode (about a second, with its mask)."""
-    ramp = (np.tile(np.arange(side, dtype=np.uint16)[None, :], (side, 1)) % 256).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(np.dstack([ramp] * 3), "RGB").save(buffer, "WEBP", quality=50)
-    return buffer.getvalue()
-
-
 def test_uploads_are_decoded_off_the_io_thread_and_waiting_senders_hear_working(start_server):
     server, client = start_server(heartbeat_seconds=0.1)
-    data = large_webp()
+    data = large_upload("WEBP")  # about a second to decode, with its mask
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(server.bound_address)
     try:

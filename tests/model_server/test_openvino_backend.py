@@ -105,7 +105,9 @@ def test_what_openvino_cannot_run_runs_on_torch(ov, options):
 
 
 def test_a_failed_conversion_leaves_the_server_on_torch(tmp_path, monkeypatch):
-    monkeypatch.setattr(openvino_backend, "sys", types.SimpleNamespace(executable="/bin/false"))
+    from model_server.engine import convert
+
+    monkeypatch.setattr(convert, "sys", types.SimpleNamespace(executable="/bin/false"))  # every child fails
     pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
     opts = pipe.optimizations()
     assert pipe.ov_pipe is None and opts["backend"] == "torch" and "OpenVINO IR failed" in opts["backend_reason"]

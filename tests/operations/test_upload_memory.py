@@ -10,14 +10,12 @@ reduced scale (model_server.uploads). UPLOAD_PEAK_MIB is the bound docs/operatio
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import requests
-from PIL import Image
 
+from tests.helpers.images import large_upload
 from tests.helpers.processes import wait_until
 
 UPLOAD_PEAK_MIB = 512
@@ -29,24 +27,10 @@ def status_kib(pid: int) -> dict[str, int]:
         return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
 
 
-def largest(fmt: str) -> bytes:
-    """A SIDE x SIDE image that compresses well (it must fit MAX_UPLOAD_BYTES) but decodes to full size."""
-    ramp = np.tile(np.arange(SIDE, dtype=np.uint16)[None, :], (SIDE, 1))
-    if fmt == "PNG16":
-        image, fmt = Image.fromarray(ramp * 16), "PNG"  # 16-bit grey: the widest PNG pixels PIL keeps
-    else:
-        band = (ramp % 256).astype(np.uint8)
-        image = Image.fromarray(np.dstack([band] * 4), "RGBA")
-        image = image.convert({"JPEG": "CMYK", "WEBP": "RGB"}.get(fmt, "RGBA"))
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, quality=50)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG", "PNG16", "JPEG"])
 def test_the_largest_upload_stays_within_its_memory_bound_and_is_given_back(service_factory, fmt):
     service = service_factory(model_env={"FAKE_STEP_SECONDS": "0.02"})
-    pid, data = service.model.pid, largest(fmt)
+    pid, data = service.model.pid, large_upload(fmt, SIDE)
     before = status_kib(pid)
 
     def submit(_):
