@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from flask import Blueprint, jsonify
 
 from gateway.errors import ApiError, as_api_error
@@ -11,7 +12,7 @@ from gateway.model_client import ModelServerUnavailable, RemoteError
 from gateway.policy import probe, public, unlimited
 from gateway.presets_api import describe
 from gateway.services import services
-from protocol.messages import ModelState
+from protocol.messages import LoadStatus, ModelState
 
 bp = Blueprint("health", __name__)
 _PING_TIMEOUT = 2.0
@@ -27,15 +28,28 @@ def live():
     return jsonify(status="alive")
 
 
+def load_view(load: LoadStatus | None) -> dict | None:
+    """The load's phase as /health shows it: the model server's counters plus a percentage."""
+    if load is None:
+        return None
+    view = msgspec.structs.asdict(load)
+    if load.bytes_total:
+        view["percent"] = round(100 * (load.bytes_done or 0) / load.bytes_total, 1)
+    return view
+
+
 @bp.get("/health/ready")
 @probe
 def ready():
     pong = services().client.ping(timeout=_PING_TIMEOUT)
     if pong.model_state is not ModelState.READY:
         hint = pong.error.hint if pong.error else "Retry in a few seconds."
-        raise ApiError(503, "not_ready", f"the model is {pong.model_state.value}", hint,
+        message = pong.error.message if pong.error else f"the model is {pong.model_state.value}"
+        err = ApiError(503, "not_ready", message, hint,
                        # Loading and stopping pass (a restart follows a stop); a failed load needs an operator.
                        retry_after=None if pong.model_state is ModelState.FAILED else 5.0)
+        body = {**err.body(), "model_state": pong.model_state.value, "load": load_view(pong.load)}
+        return jsonify(body), 503, err.headers()
     return jsonify(status="ready", model=pong.model)
 
 
@@ -61,6 +75,7 @@ def health():
                   "running": pong.running_job is not None},  # a count, never whose job
         "memory": {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes},
         "load_seconds": pong.load_seconds,
+        "load": load_view(pong.load),
         "uptime_seconds": pong.uptime_seconds,
         "schedulers": pong.schedulers,
         "default_preset": sv.settings.default_preset,

@@ -1,9 +1,11 @@
-"""Entry point: ``python -m model_server`` (configuration from the environment, see README)."""
+"""Entry point: ``python -m model_server`` runs the server (configuration from the environment, see
+README); ``python -m model_server fetch`` downloads what it needs ahead of time (loading/fetch.py)."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 from model_server.logs import configure_logging
 from model_server.transport.server import ModelServer
@@ -12,6 +14,10 @@ from model_server.settings import ModelServerSettings
 
 def main() -> int:
     configure_logging()
+    if sys.argv[1:2] == ["fetch"]:
+        from model_server.loading.fetch import main as fetch
+
+        return fetch(sys.argv[2:])
     try:
         settings = ModelServerSettings.from_env()
     except (ValueError, OSError) as exc:

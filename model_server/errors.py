@@ -7,7 +7,7 @@ to do. Code that fails with one of these raises :class:`Rejection` (or a subclas
 from __future__ import annotations
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import ErrorInfo
+from protocol.messages import ErrorInfo, LoadStatus
 
 _RETRY_SOON = 5.0
 
@@ -83,9 +83,16 @@ def client_queue_full(mine: int, cap: int, retry_after: float) -> Rejection:
         retry_after=retry_after))
 
 
-def still_loading(waited: float) -> Rejection:
+def still_loading(waited: float, load: LoadStatus | None = None) -> Rejection:
+    doing = ""
+    if load is not None and load.phase != "done":
+        doing = f": {load.phase}"
+        if load.bytes_total:
+            doing += f" {100 * (load.bytes_done or 0) / load.bytes_total:.0f}%"
+        if load.eta_seconds is not None:
+            doing += f", about {load.eta_seconds:.0f} s left"
     return Rejection(ErrorInfo(
-        code=ErrorCode.NOT_READY, message=f"the model is still loading ({waited:.0f} s so far)",
+        code=ErrorCode.NOT_READY, message=f"the model is still loading ({waited:.0f} s so far{doing})",
         hint="Retry in a few seconds; GET /health/ready turns 200 when it is loaded.", retryable=True,
         retry_after=_RETRY_SOON))
 

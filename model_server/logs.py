@@ -44,6 +44,8 @@ def configure_logging(secrets: tuple[str, ...] = ()) -> None:
     # processor is built, then uses the PIL one, which is what we want: torchvision would add
     # hundreds of MB for nothing. Only that message is dropped.
     logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
+    # The hub client's HTTP library logs every request; a download's progress has its own lines.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 class _NoTorchvisionNotice(logging.Filter):

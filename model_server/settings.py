@@ -105,6 +105,10 @@ class ModelServerSettings(RequestLimits):
         "`stable-diffusion-v1-5/stable-diffusion-inpainting`): hub id or directory. Its UNet loads on the first "
         "inpaint job and works beside the model's text encoder and VAE; `tiny` makes a local one for tests; "
         "`none` inpaints with the model itself (masked latent blending)", "none", read=_or_none)
+    download_free_margin_mb: int = setting(
+        "SD_DOWNLOAD_FREE_MARGIN_MB", "Free disk space a download must leave behind: before fetching, the hub's "
+        "file sizes plus this are checked against the free space, and the load refuses (saying how much is needed) "
+        "rather than failing half-way", 1024)
     queue_size: int = setting("MODEL_SERVER_QUEUE_SIZE", "Queued jobs before submissions get `429 queue_full`", 16)
     result_ttl_seconds: float = setting(
         "RESULT_TTL_SECONDS", "How long a finished job's images and record are kept, in memory and on disk; then "

@@ -19,6 +19,7 @@ from model_server import errors, memory
 from model_server.imaging import encode_image, encode_preview
 from model_server.jobs.job import Job
 from model_server.jobs.table import JobTable
+from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
 from model_server.factory import make_pipeline
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
@@ -40,6 +41,7 @@ class ModelStatus:
     error: ErrorInfo | None = None
     load_seconds: float | None = None
     load_started: float = dataclasses.field(default_factory=time.monotonic)
+    progress: LoadProgress = dataclasses.field(default_factory=LoadProgress)  # the load's phases, for pings
 
 
 def release_memory() -> None:
@@ -65,7 +67,7 @@ class Worker(threading.Thread):
                  ctx: zmq.Context, load: Callable[[], Pipeline] | None = None):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
-        self._load_pipeline = load or (lambda: make_pipeline(settings))
+        self._load_pipeline = load or (lambda: make_pipeline(settings, state.progress))
         self.stopping = threading.Event()
         self._events: zmq.Socket | None = None
 
@@ -107,6 +109,7 @@ class Worker(threading.Thread):
             self.state.error = errors.load_crashed(exc)
             self.state.model_state = ModelState.FAILED
             return False
+        self.state.progress.end()
         self.state.pipeline = pipeline
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
         release_memory()

@@ -291,6 +291,25 @@ class ListJobs(_Msg):
 # --- replies and events (model server -> gateway) ------------------------------------------
 
 
+class LoadStatus(_Shape):
+    """What a loading model server is doing: the phase (``LOAD_PHASES``), for how long, and for a
+    download the bytes done of the total, the rate and the time left. Kept after a failed load, so
+    the failure says how far it got."""
+
+    phase: Annotated[str, msgspec.Meta(max_length=32)]
+    detail: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    seconds: float = 0.0  # in this phase so far
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    rate_bytes_per_second: float | None = None
+    eta_seconds: float | None = None
+    finished: Annotated[dict[str, float], msgspec.Meta(max_length=16)] = {}  # earlier phases -> seconds
+
+
+# The phases a load goes through, in order; a load skips those it does not need.
+LOAD_PHASES = ("downloading", "converting", "loading", "quantizing", "compiling")
+
+
 class Pong(_Msg):
     model: str
     model_state: ModelState
@@ -309,6 +328,7 @@ class Pong(_Msg):
     available_bytes: int | None = None  # memory the machine/container still has
     stats: dict[str, float] = {}  # monotonic counters since start (jobs by outcome, steps, seconds...)
     unavailable_presets: dict[str, str] = {}  # preset name -> why this server cannot run it
+    load: LoadStatus | None = None  # while loading, and after a failed load
 
 
 class Accepted(_Msg):

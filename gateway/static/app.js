@@ -21,6 +21,7 @@ async function refreshHealth() {
     }
     if (h.limits && !state.limitsLoaded) applyLimits(h.limits, h.schedulers || []);
     if (h.presets && !state.presetsLoaded && h.model_state === "ready") applyPresets(h.presets);
+    showLoad(h);
     const opt = h.optimizations || {};
     const what = { ok: "ready", loading: `loading the model (${Math.round(h.uptime_seconds || 0)} s)`,
                    error: "model failed to load", stopping: "restarting" }[h.status] || h.status;
@@ -30,6 +31,43 @@ async function refreshHealth() {
     chip.dataset.state = "unavailable";
     chip.textContent = "Gateway unreachable";
   }
+}
+
+// --- the model's first start: download, conversion, loading, each with its progress ----------
+const PHASES = { downloading: "Downloading the model", converting: "Converting (once)", loading: "Loading the model",
+                 quantizing: "Quantizing to int8 (once)", compiling: "Compiling for this CPU" };
+
+function amount(bytes) {
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (bytes >= 1000 && i < units.length - 1) { bytes /= 1000; i++; }
+  return `${bytes.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function duration(s) {
+  return s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`;
+}
+
+function showLoad(h) {
+  const load = h.load;
+  const active = load && load.phase !== "done" && ["loading", "failed"].includes(h.model_state);
+  $("load").hidden = !active;
+  if (!active) return;
+  const failed = h.model_state === "failed";
+  $("load-phase").textContent = `${PHASES[load.phase] || load.phase}${failed ? " failed" : "…"}`;
+  const bar = $("load-bar");
+  const parts = [load.detail];
+  if (load.bytes_total) {
+    bar.value = load.percent ?? 0;
+    parts.push(`${amount(load.bytes_done || 0)} of ${amount(load.bytes_total)} (${Math.floor(load.percent ?? 0)}%)`);
+    if (load.rate_bytes_per_second && !failed) parts.push(`${amount(load.rate_bytes_per_second)}/s`);
+    if (load.eta_seconds != null && !failed) parts.push(`about ${duration(load.eta_seconds)} left`);
+  } else {
+    bar.removeAttribute("value");  // no total: an indeterminate bar, with the time so far
+    parts.push(`${duration(load.seconds)} so far`);
+  }
+  if (failed && h.error) parts.push(`${h.error.error} — ${h.error.hint}`);
+  $("load-detail").textContent = parts.filter(Boolean).join(" · ");
 }
 
 function applyLimits(limits, schedulers) {
@@ -320,5 +358,8 @@ $("copy-curl").addEventListener("click", copyCurl);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
 source.setup();
-refreshHealth();
-setInterval(refreshHealth, 5000);
+// Every second while the model loads (its progress moves), every 5 s once it is up.
+(async function watchHealth() {
+  await refreshHealth();
+  setTimeout(watchHealth, $("load").hidden ? 5000 : 1000);
+})();

@@ -32,12 +32,16 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 from model_server import cpu
 from model_server.engine import inpaint_model, openvino_backend, preset_parts
 from model_server.engine.deepcache import DeepCache
+from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
 from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
 from model_server.engine.token_merging import TokenMerging
+from model_server.loading.download import ensure_pipeline
+from model_server.loading.hub_files import is_hub_id
+from model_server.loading.progress import LoadProgress
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode, steps_run
 from protocol.presets import PRESETS
@@ -135,11 +139,15 @@ def _quiet_progress_bars() -> None:
     import diffusers.utils.logging
     import transformers.utils.logging
 
+    import huggingface_hub.utils
+
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
-def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = False) -> tuple[str, dict]:
+def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = False,
+              progress: LoadProgress | None = None) -> tuple[str, dict]:
     """The cached bf16 copy of ``source`` (made once, in a child process; see model_server.engine.convert),
     of its UNet alone with ``unet_only``.
 
@@ -157,6 +165,8 @@ def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = Fals
     args += ["--safety-checker"] if settings.safety_checker else []
     args += ["--unet-only"] if unet_only else []
     env = dict(os.environ, **({"HF_TOKEN": settings.token} if settings.token else {}))
+    if progress is not None:
+        progress.start("converting", f"{source} to bfloat16, once (later starts map the copy)")
     seconds, _ = run_once(f"converting {source} to bfloat16", args, dest, env=env,
                           clean=lambda text: _redact(text, settings.token))
     if seconds is None:
@@ -249,15 +259,22 @@ class DiffusersPipeline:
                  self._lcm_source, self._vae_source if tiny_vae is not None else f"full VAE ({vae_why})")
 
     @classmethod
-    def load(cls, settings: ModelServerSettings) -> "DiffusersPipeline":
+    def load(cls, settings: ModelServerSettings, progress: LoadProgress | None = None) -> "DiffusersPipeline":
+        """Download (if needed), convert (once), load and compile the model, each phase reported to ``progress``."""
+        progress = progress or LoadProgress()
         _quiet_progress_bars()
         threads = settings.threads or cpu.usable_cores()
         torch.set_num_threads(threads)
         dtype, why = choose_dtype(settings.dtype)
         source = resolve_model(settings)
+        if is_hub_id(source):
+            progress.start("loading", f"asking the hub which files of {source} are needed")
+            ensure_pipeline(source, settings.revision, settings.token, progress, settings.download_free_margin_mb,
+                            pipeline_patterns)
         weights = {"weights": "as stored"}
         if dtype == torch.bfloat16 and settings.bf16_cache:
-            source, weights = bf16_copy(source, settings)
+            source, weights = bf16_copy(source, settings, progress=progress)
+        progress.start("loading", f"the weights of {settings.model}")
         started = time.monotonic()
         pipe = _from_pretrained(source, settings, dtype)
         if settings.attention == "sliced":
@@ -276,7 +293,8 @@ class DiffusersPipeline:
                 counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
                 layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         pipe.set_progress_bar_config(disable=True)
-        ov_pipe, backend = (openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why) if on_openvino
+        ov_pipe, backend = (openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress)
+                            if on_openvino
                             else (None, {"backend": "torch", "backend_reason": backend_why}))
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:

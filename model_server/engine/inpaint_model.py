@@ -22,9 +22,11 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from model_server.engine import preset_parts
+from model_server.engine.preset_parts import fetch_from_hub
 from model_server.settings import ModelServerSettings
 
 INPAINT_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent channels
+UNET_FILES = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors"]  # what is used of a hub checkpoint
 
 
 def resolve(settings: ModelServerSettings) -> tuple[str | None, str]:
@@ -47,6 +49,7 @@ def load_unet(source: str, settings: ModelServerSettings, dtype: torch.dtype,
     # SD_MODEL_REVISION names a revision of the base model, not of this one.
     settings = dataclasses.replace(settings, revision=None)
     weights = {"weights": "as stored"}
+    fetch_from_hub(source, settings, UNET_FILES)
     if dtype == torch.bfloat16 and settings.bf16_cache:
         source, weights = bf16_copy(source, settings, unet_only=True)
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, low_cpu_mem_usage=True,

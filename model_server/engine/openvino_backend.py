@@ -22,6 +22,7 @@ from model_server import cpu
 from model_server.engine.convert import run_once
 from model_server.engine.openvino_convert import converted
 from model_server.engine.residency import MappedWeights
+from model_server.loading.progress import LoadProgress
 from model_server.pipeline import load_error
 from model_server.settings import ModelServerSettings
 
@@ -42,11 +43,12 @@ def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str
     return cpu.openvino_pays(dtype == torch.bfloat16)
 
 
-def int8_ir(folder: str, ir: Path, settings: ModelServerSettings) -> tuple[Path, dict]:
+def int8_ir(folder: str, ir: Path, settings: ModelServerSettings, progress: LoadProgress) -> tuple[Path, dict]:
     """The int8 IR SD_INT8 asks for, quantized once from ``ir``; ``ir`` itself (and why) if that failed."""
     dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
     if converted(dest):
         return dest, {"openvino_int8": settings.int8}
+    progress.start("quantizing", f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
            "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
     seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
@@ -55,7 +57,7 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings) -> tuple[Path,
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
 
 
-def ir_for(folder: str, settings: ModelServerSettings) -> tuple[Path | None, dict]:
+def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress) -> tuple[Path | None, dict]:
     """The UNet of ``folder`` as OpenVINO IR, converted once in a child process; (None, why) if that failed."""
     import openvino
 
@@ -64,6 +66,7 @@ def ir_for(folder: str, settings: ModelServerSettings) -> tuple[Path | None, dic
     dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}"
     if converted(dest):
         return dest, {"openvino_ir": "cached"}
+    progress.start("converting", "the UNet to OpenVINO IR, once")
     seconds, failed = run_once("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
                                                                        str(dest)], dest, converted)
     if seconds is None:
@@ -72,14 +75,14 @@ def ir_for(folder: str, settings: ModelServerSettings) -> tuple[Path | None, dic
 
 
 def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, dtype: torch.dtype,
-           threads: int, why: str) -> tuple[StableDiffusionPipeline | None, dict]:
+           threads: int, why: str, progress: LoadProgress) -> tuple[StableDiffusionPipeline | None, dict]:
     """The pipeline whose UNet runs on OpenVINO, chosen (``choose``) for ``why``, and what to report in
     /health; (None, the reason) if the UNet stays on torch after all."""
-    ir, info = ir_for(folder, settings)
+    ir, info = ir_for(folder, settings, progress)
     if ir is None:
         return None, {"backend": "torch", **info}
     if settings.int8 != "none":
-        ir, quantized = int8_ir(folder, ir, settings)
+        ir, quantized = int8_ir(folder, ir, settings, progress)
         info.update(quantized)
     from model_server.engine.openvino_unet import OpenVinoUNet
 
@@ -89,6 +92,7 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     precision = "bf16" if dtype == torch.bfloat16 else "f32"
     unet = OpenVinoUNet(ir, pipe.unet, precision, threads)
     latent = settings.default_size // 8
+    progress.start("compiling", f"the OpenVINO UNet for {settings.default_size}x{settings.default_size}")
     unet.compile_for((2, pipe.unet.config.in_channels, latent, latent))  # the default request's shape
     ov_pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
     ov_pipe.set_progress_bar_config(disable=True)

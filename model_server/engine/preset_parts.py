@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
+from model_server.loading.download import ensure_files
+from model_server.loading.hub_files import is_hub_id
+from model_server.loading.progress import LoadProgress
 from model_server.settings import ModelServerSettings
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,15 @@ log = logging.getLogger(__name__)
 HUB_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 HUB_TAESD = "madebyollin/taesd"
 ADAPTER = "lcm"
+LORA_FILES = ["pytorch_lora_weights.safetensors"]
+TAESD_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def fetch_from_hub(source: str, settings: ModelServerSettings, files: list[str]) -> None:
+    """A part given as a hub id: its ``files`` downloaded (resumably, logged as they come) unless cached;
+    raises PipelineLoadError saying why not. A local path needs nothing."""
+    if is_hub_id(source):
+        ensure_files(source, None, settings.token, LoadProgress(), settings.download_free_margin_mb, files)
 
 
 def switched_off(value: str | None) -> bool:
@@ -80,7 +92,10 @@ def _failed(what: str, source: str, exc: Exception, consequence: str, settings: 
 def load_lcm_lora(pipe: StableDiffusionPipeline, source: str, settings: ModelServerSettings) -> tuple[bool, str]:
     """Attach the LCM-LoRA adapter, switched off. (loaded, source or why not)."""
     try:
-        pipe.load_lora_weights(source, adapter_name=ADAPTER, token=settings.token, low_cpu_mem_usage=True)
+        fetch_from_hub(source, settings, LORA_FILES)
+        # Named for a hub id: offline, diffusers will not look a cached adapter up without its file name.
+        named = {"weight_name": LORA_FILES[0]} if is_hub_id(source) else {}
+        pipe.load_lora_weights(source, adapter_name=ADAPTER, token=settings.token, low_cpu_mem_usage=True, **named)
         # LoRA matrices arrive in float32; keep them in the model's dtype (half the memory in
         # bf16, and no dtype round trip per layer).
         dtype = pipe.unet.dtype
@@ -99,6 +114,7 @@ def load_tiny_vae(source: str | None, settings: ModelServerSettings,
     if source is None:
         return None, "SD_TINY_VAE=none"
     try:
+        fetch_from_hub(source, settings, TAESD_FILES)
         vae = AutoencoderTiny.from_pretrained(source, dtype=dtype, token=settings.token)
         return vae.eval(), source
     except Exception as exc:

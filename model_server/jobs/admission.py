@@ -72,7 +72,7 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
 def _ready(status: ModelStatus) -> None:
     state = status.model_state
     if state is ModelState.LOADING:
-        raise errors.still_loading(time.monotonic() - status.load_started)
+        raise errors.still_loading(time.monotonic() - status.load_started, status.progress.status())
     if state is ModelState.STOPPING:
         raise Rejection(errors.shutting_down())
     if state is not ModelState.READY:

@@ -185,7 +185,7 @@ class ModelServer:
             available_bytes=memory.available_bytes(), stats=dict(self.table.stats),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
-            unavailable_presets=pipeline.unavailable_presets() if pipeline else {})
+            unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status())
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:

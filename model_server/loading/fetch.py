@@ -1,0 +1,80 @@
+"""``python -m model_server fetch``: download, ahead of time, everything the configured model and
+presets need from the hub, with the same resumable download and progress lines as a start.
+
+Run it where there is network (or into the volume a container will mount) so that the first
+start, or an offline one (``HF_HUB_OFFLINE=1``), finds every file in the cache. It reads the
+model server's settings from the environment (``SD_MODEL``, ``SD_LCM_LORA``, ``SD_TINY_VAE``,
+``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
+to do. Conversions (the bf16 copy, OpenVINO) still happen once, at the first start: they depend
+on the machine that runs the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from model_server.errors import PipelineLoadError
+from model_server.loading.download import ensure_files, ensure_pipeline
+from model_server.loading.hub_files import is_hub_id
+from model_server.loading.progress import LoadProgress
+from model_server.settings import ModelServerSettings
+
+log = logging.getLogger("model_server.fetch")
+
+
+def wanted(settings: ModelServerSettings) -> list[tuple[str, str, list[str] | None]]:
+    """(what, hub id, the files' patterns, or None for a whole pipeline) for each hub download the
+    configuration needs; local directories and switched-off parts need none."""
+    from model_server.engine import inpaint_model, preset_parts  # torch: only for the command, not on import
+
+    items = [("model", settings.model, None)]
+    lora, vae, _ = preset_parts.resolve(settings)
+    items.append(("the fast preset's LCM-LoRA", lora, preset_parts.LORA_FILES))
+    items.append(("the fast preset's decoder (TAESD)", vae, preset_parts.TAESD_FILES))
+    inpaint, _ = inpaint_model.resolve(settings)
+    items.append(("the inpainting checkpoint's UNet", inpaint, inpaint_model.UNET_FILES))
+    return [(what, source, patterns) for what, source, patterns in items if source and is_hub_id(source)]
+
+
+def fetch(settings: ModelServerSettings, progress: LoadProgress) -> None:
+    from model_server.engine.pipeline_files import pipeline_patterns
+
+    for what, repo, patterns in wanted(settings):
+        log.info("%s: %s", what, repo)
+        revision = settings.revision if what == "model" else None
+        if patterns is None:
+            ensure_pipeline(repo, revision, settings.token, progress, settings.download_free_margin_mb,
+                            pipeline_patterns)
+        else:
+            ensure_files(repo, revision, settings.token, progress, settings.download_free_margin_mb, patterns)
+        log.info("%s: in the cache", what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m model_server fetch", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    try:
+        settings = ModelServerSettings.from_env()
+    except (ValueError, OSError) as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    if not wanted(settings):
+        log.info("nothing to download: SD_MODEL=%s and the presets' parts are local or switched off", settings.model)
+        return 0
+    import huggingface_hub.utils
+
+    huggingface_hub.utils.disable_progress_bars()  # our progress lines instead of a redrawn bar
+    try:
+        fetch(settings, LoadProgress())
+    except PipelineLoadError as exc:
+        log.error("fetch failed: %s", exc.error.message)
+        log.error("what to do: %s", exc.error.hint)
+        return 1
+    log.info("everything the configuration needs is in the cache; the first start converts it once")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
