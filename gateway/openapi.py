@@ -135,7 +135,7 @@ def build_spec(request_type: type) -> dict:
             "summary": "The latest low-res preview of a running job that asked for one (preview: true)",
             "responses": {"200": {"description": "A small JPEG", "content": {"image/jpeg": {}}},
                           **_errors(404, 429, 503)}}},
-        "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory",
+        "/health": {"get": {"summary": "Service health: model, device, optimizations, queue, memory, the load's phase and progress",
                             "responses": {"200": {"description": "Healthy or loading", "content": _ANY_JSON},
                                           "503": {"description": "Model server down or failed", "content": _ANY_JSON}}}},
         "/health/live": {"get": {"summary": "Liveness of the gateway process",

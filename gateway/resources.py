@@ -39,6 +39,7 @@ class JobResource(msgspec.Struct, kw_only=True):
     images: list[ImageLink] = []
     cancel_requested: bool = False
     interrupted: bool = False
+    engine: str = ""  # what ran the UNet; says so when a request's options moved it off the usual one
     links: dict[str, str] = {}
 
 
@@ -72,7 +73,7 @@ def job_resource(view: JobView) -> JobResource:
         queue_position=view.queue_position, started_at=view.started_at, finished_at=view.finished_at,
         progress=view.progress, error=_job_error(view.error),
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
-        interrupted=view.interrupted, links=links)
+        interrupted=view.interrupted, engine=view.engine, links=links)
 
 
 def to_json(obj) -> bytes:

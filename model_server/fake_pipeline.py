@@ -36,6 +36,9 @@ class FakePipeline:
     def max_steps(self, scheduler: str) -> int:
         return max_steps(scheduler)
 
+    def engine(self, params: GenerationParams) -> str:
+        return "fake"
+
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None) -> Image.Image:
         total = steps_run(params)
         for step in range(1, total + 1):

@@ -46,6 +46,9 @@ class Pipeline(Protocol):
     def max_steps(self, scheduler: str) -> int:
         """The most steps ``scheduler`` can run (checked at submit, so no job fails mid-way)."""
 
+    def engine(self, params: GenerationParams) -> str:
+        """What will run this job's UNet, and why when it is not the usual one (shown in the job)."""
+
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None], init_image: "Image | None" = None,
                  mask: "Image | None" = None) -> "Image":

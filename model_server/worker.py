@@ -119,9 +119,12 @@ class Worker(threading.Thread):
 
     def _run(self, job: Job) -> None:
         p = job.params
-        log.info("started: %dx%d, %d steps, n=%d, scheduler=%s", p.width, p.height, p.steps, p.n, p.scheduler)
-        self.notify(job.id)
         pipeline = self.state.pipeline
+        engine = pipeline.engine(p)
+        self.table.record_engine(job, engine)
+        log.info("started: %dx%d, %d steps, n=%d, scheduler=%s, on %s", p.width, p.height, p.steps, p.n, p.scheduler,
+                 engine)
+        self.notify(job.id)
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
         try:
@@ -129,6 +132,8 @@ class Worker(threading.Thread):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
                 def on_step(step: int, seconds: float, preview=None, index=index) -> None:
+                    if step == 1 and index == 0:  # a part loaded on first use may have failed meanwhile
+                        self.table.record_engine(job, pipeline.engine(p))
                     if preview is not None:
                         self.table.record_preview(job, step, encode_preview(preview))
                     self.table.record_step(job, index, step, seconds)

@@ -217,6 +217,9 @@ class JobView(_Shape):
     images: list[ImageInfo] = []
     cancel_requested: bool = False
     interrupted: bool = False  # finished early by an interrupt/skip; images hold what was made
+    # What ran the job's UNet (e.g. "openvino int8 (hybrid)", "torch bfloat16: deep_cache runs on torch");
+    # empty until it starts.
+    engine: Annotated[str, msgspec.Meta(max_length=300)] = ""
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------

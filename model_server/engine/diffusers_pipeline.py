@@ -335,6 +335,26 @@ class DiffusersPipeline:
             return {}
         return {name: f"no LCM-LoRA ({self._lcm_missing})" for name, p in PRESETS.items() if p.lcm_lora}
 
+    def _on_torch_because(self, params: GenerationParams) -> list[str]:
+        """What in this request the OpenVINO UNet cannot run (so torch's runs it); [] when it can."""
+        preset = PRESETS.get(params.preset)
+        lcm = bool(preset and preset.lcm_lora)
+        return [what for what, asked in (
+            ("the fast preset's LCM-LoRA", lcm), ("deep_cache", params.deep_cache > 1),
+            ("token_merging", bool(params.token_merging)),
+            ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm))
+            if asked]
+
+    def engine(self, params: GenerationParams) -> str:
+        dtype = self._opts["dtype"]
+        if self.ov_pipe is None:
+            return f"torch {dtype}"
+        why = self._on_torch_because(params)
+        if why:
+            return f"torch {dtype}: {', '.join(why)} {'runs' if len(why) == 1 else 'run'} on torch"
+        int8 = self._opts.get("openvino_int8")
+        return f"openvino int8 ({int8})" if int8 in ("hybrid", "full") else f"openvino {dtype}"
+
     def _pipe_for(self, params: GenerationParams) -> StableDiffusionPipeline:
         """The LCM adapter on or off, and the decoder, as the job's preset says."""
         preset = PRESETS.get(params.preset)
@@ -349,7 +369,7 @@ class DiffusersPipeline:
             self._lcm_on = lcm
         if preset and preset.tiny_vae and self.fast_pipe is not None:
             return self.fast_pipe
-        if self.ov_pipe is not None and not lcm and params.deep_cache <= 1 and not params.token_merging:
+        if self.ov_pipe is not None and not self._on_torch_because(params):
             return self.ov_pipe
         return self.pipe
 
@@ -374,6 +394,8 @@ class DiffusersPipeline:
         return pipe
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
+        if mask is not None:
+            self._inpainting_unet(params)  # first, so a checkpoint that fails to load is known to _pipe_for
         base = self._pipe_for(params)
         if init_image is None:
             pipe, inputs = base, {"width": params.width, "height": params.height}

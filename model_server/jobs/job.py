@@ -31,6 +31,7 @@ class Job:
     stop_mode: StopMode | None = None
     stop_error: ErrorInfo | None = None  # why it was cancelled, when not at a client's request
     interrupted: bool = False
+    engine: str = ""  # what ran its UNet (Pipeline.engine), set when it starts
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # the table is writing its result; it turns terminal right after
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
@@ -56,11 +57,11 @@ class Job:
         return JobRecord(job_id=self.id, state=self.state, params=self.params, created_at=self.created_at,
                          client_id=self.client_id, request_id=self.request_id, started_at=self.started_at,
                          finished_at=self.finished_at, error=self.error, images=[i for i, _ in self.images],
-                         files=list(self.files), interrupted=self.interrupted)
+                         files=list(self.files), interrupted=self.interrupted, engine=self.engine)
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "Job":
         return cls(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
                    request_id=r.request_id, state=r.state, started_at=r.started_at, finished_at=r.finished_at,
                    error=r.error, images=[(info, None) for info in r.images], files=list(r.files),
-                   interrupted=r.interrupted)
+                   interrupted=r.interrupted, engine=r.engine)

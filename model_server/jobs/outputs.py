@@ -46,6 +46,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     images: list[ImageInfo] = []
     files: list[str] = []
     interrupted: bool = False
+    engine: str = ""
 
 
 class OutputStore:

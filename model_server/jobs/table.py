@@ -164,7 +164,7 @@ class JobTable:
                 queue_position=self._queue.index(job.id) + 1 if job.id in self._queue else None,
                 started_at=job.started_at, finished_at=job.finished_at, progress=self._progress_locked(job),
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
-                interrupted=job.interrupted)
+                interrupted=job.interrupted, engine=job.engine)
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0
@@ -218,6 +218,10 @@ class JobTable:
             self._running = job
         self._record("started", job)
         return job
+
+    def record_engine(self, job: Job, engine: str) -> None:
+        with self._lock:
+            job.engine = engine[:300]
 
     def record_step(self, job: Job, image_index: int, step: int, seconds: float | None) -> None:
         with self._lock:

@@ -98,10 +98,20 @@ def test_another_size_compiles_on_demand_and_image_jobs_use_it_too(ov):
 
 @pytest.mark.parametrize("options", [{"deep_cache": 3, "scheduler": "dpmpp_2m_karras"}, {"token_merging": 0.5},
                                      {"preset": "fast", "steps": 4, "scheduler": "lcm", "guidance_scale": 1.0}])
-def test_what_openvino_cannot_run_runs_on_torch(ov, options):
+def test_what_openvino_cannot_run_runs_on_torch_and_the_job_says_so(ov, options):
     before = ov_calls(ov)
     image, steps, _ = run(ov, **options)
     assert ov_calls(ov) == before and image.shape == (64, 64, 3) and steps
+    said = ov.engine(GenerationParams(prompt="a cat", seed=1, **options))
+    what = {"deep_cache": "deep_cache", "token_merging": "token_merging", "preset": "LCM-LoRA"}[next(iter(options))]
+    assert said.startswith("torch float32: ") and what in said and said.endswith("runs on torch")
+
+
+def test_the_job_names_the_engine_that_ran_it(ov, pt):
+    plain = GenerationParams(prompt="a cat", seed=1)
+    assert ov.engine(plain) == "openvino float32" and pt.engine(plain) == "torch float32"
+    both = ov.engine(GenerationParams(prompt="a cat", seed=1, deep_cache=2, token_merging=0.3))
+    assert both == "torch float32: deep_cache, token_merging run on torch"
 
 
 def test_a_failed_conversion_leaves_the_server_on_torch(tmp_path, monkeypatch):
@@ -126,6 +136,7 @@ def test_int8_quantizes_once_and_stays_near_the_float_image(cache, pt, mode):
     assert "FakeQuantize" in kinds  # activations quantized: the integer units run those layers
     image, steps, _ = run(pipe)
     assert max(steps) == 6 and np.abs(image - run(pt)[0]).mean() < 12.0  # of 255; random weights: numerics only
+    assert pipe.engine(GenerationParams(prompt="a cat", seed=1)) == f"openvino int8 ({mode})"
     assert DiffusersPipeline.load(settings(cache, int8=mode)).optimizations()["openvino_int8"] == mode  # cached
 
 
