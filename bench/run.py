@@ -72,7 +72,8 @@ def measure(config: str, args, env: dict) -> dict:
         from bench.peer_openvino import ensure_env
 
         cmd = [str(ensure_env()), str(ROOT / "bench" / "peer_openvino.py"), "--model", str(args.model),
-               "--steps", str(args.steps or 25), "--size", str(args.size)]
+               "--steps", str(args.steps or 25), "--size", str(args.size),
+               "--precision", "f32" if args.dtype == "float32" else "auto"]  # float32: a CPU without bf16
         out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
         return {**json.loads(out.stdout.strip().splitlines()[-1]), "backend": "optimum-intel"}
 

@@ -6,6 +6,8 @@ to do. Code that fails with one of these raises :class:`Rejection` (or a subclas
 
 from __future__ import annotations
 
+import re
+
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ErrorInfo, LoadStatus
 
@@ -163,6 +165,14 @@ def handling_failed(name: str) -> ErrorInfo:
 
 class PipelineLoadError(Rejection):
     """The model, or a part loaded on first use, could not be loaded; says why and what to do."""
+
+
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)")
+
+
+def redact_paths(text: str) -> str:
+    """No internal paths (library messages name cache files) in what users see: a path keeps its last part."""
+    return _ABS_PATH.sub(r"…/\1", text)
 
 
 def load_error(message: str, hint: str) -> PipelineLoadError:

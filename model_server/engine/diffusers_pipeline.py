@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,6 +34,7 @@ from model_server.engine.deepcache import DeepCache
 from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
+from model_server.errors import redact_paths
 from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
@@ -79,12 +79,9 @@ def resolve_model(settings: ModelServerSettings) -> str:
     return settings.model
 
 
-_ABS_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+([\w.+-]+)")
-
-
 def _redact(text: str, token: str | None) -> str:
     """No token and no internal paths (library messages name cache files) in what users see."""
-    text = _ABS_PATH.sub(r"…/\1", text)
+    text = redact_paths(text)
     return text.replace(token, "***") if token else text
 
 

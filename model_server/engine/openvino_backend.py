@@ -43,12 +43,13 @@ def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str
     return cpu.openvino_pays(dtype == torch.bfloat16)
 
 
-def int8_ir(folder: str, ir: Path, settings: ModelServerSettings, progress: LoadProgress) -> tuple[Path, dict]:
+def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
+            progress: LoadProgress | None = None) -> tuple[Path, dict]:
     """The int8 IR SD_INT8 asks for, quantized once from ``ir``; ``ir`` itself (and why) if that failed."""
     dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
     if converted(dest):
         return dest, {"openvino_int8": settings.int8}
-    progress.start("quantizing", f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
+    (progress or LoadProgress()).start("quantizing", f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
            "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
     seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
@@ -57,7 +58,8 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings, progress: Load
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
 
 
-def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress) -> tuple[Path | None, dict]:
+def ir_for(folder: str, settings: ModelServerSettings,
+           progress: LoadProgress | None = None) -> tuple[Path | None, dict]:
     """The UNet of ``folder`` as OpenVINO IR, converted once in a child process; (None, why) if that failed."""
     import openvino
 
@@ -66,7 +68,7 @@ def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress) -
     dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}"
     if converted(dest):
         return dest, {"openvino_ir": "cached"}
-    progress.start("converting", "the UNet to OpenVINO IR, once")
+    (progress or LoadProgress()).start("converting", "the UNet to OpenVINO IR, once")
     seconds, failed = run_once("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
                                                                        str(dest)], dest, converted)
     if seconds is None:

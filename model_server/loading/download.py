@@ -27,7 +27,7 @@ from huggingface_hub import constants, hf_hub_url, snapshot_download
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from model_server.errors import PipelineLoadError, load_error
+from model_server.errors import PipelineLoadError, load_error, redact_paths
 from model_server.loading.hub_files import Plan, RemoteFile, plan
 from model_server.loading.progress import LoadProgress, human_bytes
 
@@ -106,7 +106,7 @@ def _download(url: str, partial: Path, f: RemoteFile, token: str | None, progres
         done = partial.stat().st_size if partial.exists() else 0
         try:
             if done < f.size:
-                _get(url, partial, done, digest, token, progress)
+                digest = _get(url, partial, done, digest, token, progress)
             break
         except (httpx2.TransportError, httpx2.HTTPStatusError, OSError) as exc:
             if attempt + 1 == ATTEMPTS or isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code < 500:
@@ -119,7 +119,9 @@ def _download(url: str, partial: Path, f: RemoteFile, token: str | None, progres
         raise _Corrupt(f"{f.path} did not match its sha256 after downloading; it was deleted")
 
 
-def _get(url: str, partial: Path, offset: int, digest, token: str | None, progress: LoadProgress) -> None:
+def _get(url: str, partial: Path, offset: int, digest, token: str | None, progress: LoadProgress):
+    """Append the rest of the file from ``offset``; the running sha256 (a new one if the server
+    ignored the range and sent the whole file)."""
     headers = build_hf_headers(token=token)
     headers["Accept-Encoding"] = "identity"
     if offset:
@@ -128,8 +130,7 @@ def _get(url: str, partial: Path, offset: int, digest, token: str | None, progre
         response.raise_for_status()
         if offset and response.status_code != 206:  # the server ignored the range: start the file over
             progress.add(-offset)
-            offset = 0
-            digest.__init__()
+            offset, digest = 0, hashlib.sha256()
         with open(partial, "r+b" if offset else "wb") as fh:
             fh.seek(offset)
             fh.truncate()
@@ -137,6 +138,7 @@ def _get(url: str, partial: Path, offset: int, digest, token: str | None, progre
                 fh.write(chunk)
                 digest.update(chunk)
                 progress.add(len(chunk))
+    return digest
 
 
 def download(p: Plan, token: str | None, progress: LoadProgress, margin_mb: int) -> None:
@@ -168,7 +170,7 @@ def _interrupted(p: Plan, exc: Exception, token: str | None) -> PipelineLoadErro
     still = [f for f in p.missing if not (storage_folder(p.repo) / "snapshots" / p.commit / f.path).exists()]
     fetched = p.missing_bytes - sum(f.size for f in still) + _partial_bytes(p.repo, still)
     names = ", ".join(f"{f.path} ({human_bytes(f.size)})" for f in still[:6]) + (" ..." if len(still) > 6 else "")
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    reason = redact_paths(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
     return load_error(
         f"downloading {p.repo} stopped ({reason}): {human_bytes(fetched)} of {human_bytes(p.missing_bytes)} "
         f"fetched and kept; still missing: {names}",

@@ -57,10 +57,12 @@ class _Repo:
 class HubServer:
     """The stand-in hub: ``HubServer({"org/name": folder}).start()``; its ``url`` is HF_ENDPOINT."""
 
-    def __init__(self, repos: dict[str, Path], rate: float | None = None, token: str | None = None):
+    def __init__(self, repos: dict[str, Path], rate: float | None = None, token: str | None = None,
+                 ranges: bool = True):
         self.repos = {repo_id: _Repo(Path(folder)) for repo_id, folder in repos.items()}
         self.rate = rate  # bytes per second for file bodies; None: as fast as it goes
         self.token = token
+        self.honour_ranges = ranges  # False: a server (or proxy) that always sends the whole file
         self.ranges: list[tuple[str, int]] = []  # (path, first byte) of every GET of a file
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -173,7 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = repo.files[name].read_bytes()
         start = 0
-        if (rng := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))) and body:
+        rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if rng and body and self.server_hub.honour_ranges:
             start = min(int(rng[1]), len(data))
         headers = {"X-Repo-Commit": COMMIT, "Accept-Ranges": "bytes", "Content-Length": str(len(data) - start)}
         headers["X-Linked-Etag" if repo.lfs(name) else "ETag"] = f'"{repo.etag(name)}"'
@@ -187,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
-        self.server_hub.ranges.append((name, start))
+        self.server_hub.ranges.append((name, int(rng[1]) if rng else 0))  # what was asked for
         self._send_body(data[start:])
 
     def _send_body(self, data: bytes) -> None:

@@ -195,3 +195,24 @@ def test_fetch_exits_non_zero_with_the_reason_and_the_fix(repos, tmp_path):
         assert "hf_secret" not in allowed.stderr + refused.stderr
     finally:
         gated.stop()
+
+
+def test_a_partial_file_with_wrong_bytes_is_caught_by_its_hash_and_fetched_again(repos, tmp_path):
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    for ranges in (True, False):  # continued with a Range, or sent whole by a server that ignores it
+        hub = HubServer({REPO: repos[REPO]}, ranges=ranges).start()
+        hf_home = tmp_path / f"hf-{ranges}"
+        blobs = hf_home / "hub" / "models--sd-cpu--tiny-sd" / "blobs"
+        blobs.mkdir(parents=True)
+        (blobs / f"{hub.repos[REPO].sha256[unet]}.partial").write_bytes(b"\0" * 1000)  # not the file's first bytes
+        try:
+            first = fetch_command(hub.url, hf_home)
+            if ranges:
+                assert first.returncode == 1 and "did not match its sha256" in first.stderr
+                assert (unet, 1000) in hub.ranges
+                first = fetch_command(hub.url, hf_home)  # the bad part was deleted: fetched whole
+            assert first.returncode == 0, first.stderr
+            cached = next((hf_home / "hub").rglob(unet)).read_bytes()
+            assert cached == hub.repos[REPO].files[unet].read_bytes()
+        finally:
+            hub.stop()
