@@ -69,10 +69,21 @@ class ModelServerCollector:
         if pong.available_bytes is not None:
             gauges["sdcpu_memory_available_bytes"] = ("Memory the model server's machine/container has left",
                                                       pong.available_bytes)
+        load = pong.load
+        if load is not None and load.phase != "done":  # a first start: what an operator's dashboard watches
+            gauges["sdcpu_model_load_phase_seconds"] = ("Seconds in the current load phase", load.seconds)
+            if load.bytes_total:
+                gauges["sdcpu_model_download_bytes"] = ("Bytes of the model downloaded so far", load.bytes_done or 0)
+                gauges["sdcpu_model_download_total_bytes"] = ("Bytes of the model to download", load.bytes_total)
         for name, (doc, value) in gauges.items():
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], value)
             yield family
+        if load is not None and load.phase != "done":
+            phase = GaugeMetricFamily("sdcpu_model_load_phase", "1 for the phase the model's load is in",
+                                      labels=["phase"])
+            phase.add_metric([load.phase], 1)
+            yield phase
         stats = pong.stats
         jobs = CounterMetricFamily("sdcpu_jobs", "Jobs by outcome since the model server started", labels=["outcome"])
         for outcome in _OUTCOMES:

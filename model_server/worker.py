@@ -103,12 +103,12 @@ class Worker(threading.Thread):
         except PipelineLoadError as exc:
             log.error("model load failed: %s", exc.error.message)
             self.state.error, self.state.model_state = exc.error, ModelState.FAILED
-            return False
+            return self._failed()
         except Exception as exc:
             log.exception("model load failed")
             self.state.error = errors.load_crashed(exc)
             self.state.model_state = ModelState.FAILED
-            return False
+            return self._failed()
         self.state.progress.end()
         self.state.pipeline = pipeline
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
@@ -116,6 +116,10 @@ class Worker(threading.Thread):
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
+
+    def _failed(self) -> bool:
+        self.state.progress.halt()  # the phase it failed in stays in /health, without more log lines
+        return False
 
     def _run(self, job: Job) -> None:
         p = job.params

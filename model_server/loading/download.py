@@ -162,6 +162,7 @@ def download(p: Plan, token: str | None, progress: LoadProgress, margin_mb: int)
                           ignore_patterns=p.ignore_patterns)
         progress.add(small)
     except (httpx2.HTTPError, OSError, _Corrupt) as exc:
+        progress.halt()
         raise _interrupted(p, exc, token) from None
     progress.end()
 

@@ -90,9 +90,17 @@ class LoadProgress:
             ticker.set()
         log.info("%s: done in %s", phase, human_seconds(seconds))
 
+    def halt(self) -> None:
+        """The current phase failed: its periodic log lines stop; the phase and its counters stay for
+        ``status`` (how far it got)."""
+        with self._lock:
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.set()
+
     def status(self) -> LoadStatus | None:
-        """What /health shows: the phase now, None before any. A failed load never ends its phase,
-        so the phase it failed in stays, with its counters (how much was downloaded)."""
+        """What /health shows: the phase now, None before any. A failed load halts its phase rather
+        than ending it, so the phase it failed in stays, with its counters (how much was downloaded)."""
         with self._lock:
             if self._phase is None:
                 return None if not self._finished else LoadStatus(phase="done", finished=dict(self._finished))

@@ -6,8 +6,8 @@ import time
 
 from gateway.model_client import ModelServerUnavailable, RemoteError
 from protocol.errors import ErrorCode
-from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, ModelState,
-                               Pong, Progress, ProgressInfo)
+from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, LoadStatus,
+                               ModelState, Pong, Progress, ProgressInfo)
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -25,6 +25,7 @@ class FakeModelClient:
         self.outcome_error: ErrorInfo | None = None  # the error it ends with, if not the usual one
         self.error: Exception | None = None  # raised by the next call
         self.unavailable_presets: dict[str, str] = {}
+        self.load: LoadStatus | None = None
 
     def _maybe_raise(self):
         if self.error is not None:
@@ -42,7 +43,7 @@ class FakeModelClient:
         self._maybe_raise()
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
-                    unavailable_presets=self.unavailable_presets)
+                    unavailable_presets=self.unavailable_presets, load=self.load)
 
     def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance"):
         self._maybe_raise()

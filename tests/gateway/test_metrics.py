@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from protocol.messages import LoadStatus, ModelState
+
 
 def samples(text: str) -> dict:
     out = {}
@@ -30,3 +32,22 @@ def test_metrics_say_when_the_model_server_is_down(client, fake):
     fake.will_be_unreachable()
     got = samples(client.get("/metrics").get_data(as_text=True))
     assert got[("sdcpu_model_server_up", ())] == 0
+
+
+def test_a_first_start_shows_its_phase_and_download_in_metrics_and_health(client, fake):
+    fake.model_state = ModelState.LOADING
+    fake.load = LoadStatus(phase="downloading", detail="org/model: 9 files", seconds=12.5, bytes_done=1_000_000,
+                           bytes_total=4_000_000, rate_bytes_per_second=80_000.0, eta_seconds=37.5)
+    got = samples(client.get("/metrics").get_data(as_text=True))
+    assert got[("sdcpu_model_load_phase", (("phase", "downloading"),))] == 1
+    assert got[("sdcpu_model_download_bytes", ())] == 1_000_000
+    assert got[("sdcpu_model_download_total_bytes", ())] == 4_000_000
+    assert got[("sdcpu_model_ready", ())] == 0
+    health = client.get("/health").get_json()
+    assert health["status"] == "loading" and health["load"]["percent"] == 25.0
+    assert health["load"]["eta_seconds"] == 37.5 and health["load"]["detail"] == "org/model: 9 files"
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.get_json()["load"]["phase"] == "downloading"
+    fake.model_state, fake.load = ModelState.READY, LoadStatus(phase="done", finished={"downloading": 50.0})
+    got = samples(client.get("/metrics").get_data(as_text=True))
+    assert not [name for name, _ in got if name.startswith(("sdcpu_model_load_phase", "sdcpu_model_download"))]

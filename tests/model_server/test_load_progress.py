@@ -63,3 +63,18 @@ def test_a_failed_load_keeps_the_phase_it_failed_in(caplog):
 def test_amounts_read_like_a_person_wrote_them():
     assert human_bytes(999) == "999 B" and human_bytes(3_400_000_000) == "3.4 GB" and human_bytes(1500) == "1.5 KB"
     assert human_seconds(42) == "42 s" and human_seconds(600) == "10 min" and human_seconds(7200) == "2.0 h"
+
+
+def test_a_halted_phase_stops_logging_and_keeps_its_counters(caplog):
+    import time
+
+    progress = LoadProgress(log_every=0.05)
+    with caplog.at_level(logging.INFO):
+        progress.start("downloading", "org/model", total_bytes=100)
+        progress.add(30)
+        time.sleep(0.2)
+        progress.halt()
+        lines = caplog.text.count("downloading: 30 B of 100 B")
+        time.sleep(0.2)
+    assert lines >= 1 and caplog.text.count("downloading: 30 B of 100 B") == lines
+    assert progress.status().phase == "downloading" and progress.status().bytes_done == 30

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 import requests
@@ -143,6 +144,10 @@ def test_a_hub_that_goes_away_ends_in_a_failure_that_says_what_is_missing(first_
     assert health["load"]["phase"] == "downloading" and health["load"]["bytes_done"] >= 200_000
     ready = requests.get(service.url + "/health/ready", timeout=5).json()
     assert ready["load"]["phase"] == "downloading" and ready["error"] == error["error"]
+    progress_lines = lambda: len(re.findall(r"downloading: [\d.]+ [KM]?B of", service.model.log()))  # noqa: E731
+    before = progress_lines()
+    time.sleep(6)
+    assert progress_lines() == before, "a failed download stops logging its progress"
 
     hub.start(port)  # the network is back: a restart finishes the job
     service.restart_model()
