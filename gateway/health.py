@@ -33,8 +33,8 @@ def load_view(load: LoadStatus | None) -> dict | None:
     if load is None:
         return None
     view = msgspec.structs.asdict(load)
-    if load.bytes_total:
-        view["percent"] = round(100 * (load.bytes_done or 0) / load.bytes_total, 1)
+    if load.percent is not None:
+        view["percent"] = load.percent
     return view
 
 

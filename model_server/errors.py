@@ -89,8 +89,8 @@ def still_loading(waited: float, load: LoadStatus | None = None) -> Rejection:
     doing = ""
     if load is not None and load.phase != "done":
         doing = f": {load.phase}"
-        if load.bytes_total:
-            doing += f" {100 * (load.bytes_done or 0) / load.bytes_total:.0f}%"
+        if load.percent is not None:
+            doing += f" {load.percent:.0f}%"
         if load.eta_seconds is not None:
             doing += f", about {load.eta_seconds:.0f} s left"
     return Rejection(ErrorInfo(

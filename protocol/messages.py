@@ -308,6 +308,11 @@ class LoadStatus(_Shape):
     eta_seconds: float | None = None
     finished: Annotated[dict[str, float], msgspec.Meta(max_length=16)] = {}  # earlier phases -> seconds
 
+    @property
+    def percent(self) -> float | None:
+        """How much of the download is done, 0-100; None outside a download."""
+        return round(100 * (self.bytes_done or 0) / self.bytes_total, 1) if self.bytes_total else None
+
 
 # The phases a load goes through, in order; a load skips those it does not need.
 LOAD_PHASES = ("downloading", "converting", "loading", "quantizing", "compiling")

@@ -72,7 +72,7 @@ def resolve(settings: ModelServerSettings) -> tuple[str | None, str | None, str]
 def missing(source: str, filename: str) -> str:
     if Path(source).exists():
         return ""
-    if source.startswith(("/", ".", "~")) or source.count("/") != 1:
+    if not is_hub_id(source):
         return f"{source!r} does not exist"
     from huggingface_hub import constants, try_to_load_from_cache
 

@@ -11,9 +11,11 @@ import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, try_to_load_from_cache
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# The hub's repo names: letters, digits, "-", "_" and ".", not starting with "." or "-" (so "./x" is a path).
+_HUB_ID = re.compile(r"^\w[\w.-]*/\w[\w.-]*$")
 
 
 def is_hub_id(source: str) -> bool:
@@ -54,7 +56,7 @@ def plan(repo: str, revision: str | None, token: str | None, allow_patterns=None
     api = HfApi(token=token)
     commit = api.repo_info(repo, revision=revision, token=token).sha
     entries = {f.path: f for f in api.list_repo_tree(repo, revision=commit, recursive=True, token=token)
-               if hasattr(f, "size") and getattr(f, "blob_id", None)}
+               if isinstance(f, RepoFile)}
     wanted = filter_repo_objects(entries, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
     files = [RemoteFile(path, entries[path].size, entries[path].lfs.sha256 if entries[path].lfs else None,
                         isinstance(try_to_load_from_cache(repo, path, revision=commit), str))
