@@ -17,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import auth, policy
 from gateway.errors import register_error_handlers
-from gateway.model_client import ModelClient
+from gateway.fleet import Fleet, discovery
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 
@@ -28,7 +28,8 @@ EXPOSED_HEADERS = ["X-Seed", "X-Job-Id", "X-Request-Id", "Retry-After", "Locatio
 def create_app(settings: GatewaySettings | None = None, model_client=None) -> Flask:
     """Build the Flask app; tests pass their own settings and (fake) model client."""
     settings = settings or GatewaySettings.from_env()
-    client = model_client or ModelClient(settings.model_server, timeout=settings.model_server_timeout)
+    client = model_client or Fleet(discovery(settings.model_server), timeout=settings.model_server_timeout,
+                                   curve=settings.curve, discovery_seconds=settings.discovery_seconds)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     if settings.trusted_proxies:
         # Behind N reverse proxies (compose's nginx), the client is the address they forwarded:
@@ -69,5 +70,5 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
                                   a1111_api.bp.name: a1111_api.render_error})
     rate_limits.install(app, settings)  # after the routes exist and after auth has named the client
     metrics.install(app)
-    logging.getLogger(__name__).info("gateway ready; model server at %s", settings.model_server)
+    logging.getLogger(__name__).info("gateway ready; model servers at %s", settings.model_server)
     return app

@@ -8,7 +8,7 @@ import msgspec
 from flask import Blueprint, jsonify
 
 from gateway.errors import ApiError, as_api_error
-from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.model_client import ModelServerUnavailable, RemoteError, ServerView
 from gateway.policy import probe, public, unlimited
 from gateway.presets_api import describe
 from gateway.services import services
@@ -38,9 +38,30 @@ def load_view(load: LoadStatus | None) -> dict | None:
     return view
 
 
+def _queue(servers: list[ServerView]) -> dict:
+    """The queue over every server that answers: counts, never whose jobs."""
+    pongs = [v.pong for v in servers if v.alive and v.pong is not None]
+    return {"depth": sum(p.queue_depth for p in pongs), "capacity": sum(p.queue_capacity for p in pongs),
+            "running": sum(p.running_job is not None for p in pongs)}
+
+
+def _server(view: ServerView) -> dict:
+    """One model server in /health: enough for an operator to see which one is down or busy."""
+    pong = view.pong
+    body = {"name": view.name, "alive": view.alive, "seconds_since_seen": view.seconds_since_seen}
+    if pong is not None:
+        body.update(server_id=pong.server_id, model=pong.model, model_state=pong.model_state.value,
+                    queue_depth=pong.queue_depth, running=pong.running_job is not None,
+                    rss_bytes=pong.rss_bytes, load=load_view(pong.load))
+    if view.error:
+        body["error"] = view.error
+    return body
+
+
 @bp.get("/health/ready")
 @probe
 def ready():
+    """Ready when at least one model server is (``ping`` prefers a ready one)."""
     pong = services().client.ping(timeout=_PING_TIMEOUT)
     if pong.model_state is not ModelState.READY:
         hint = pong.error.hint if pong.error else "Retry in a few seconds."
@@ -60,7 +81,8 @@ def health():
     sv = services()
     started = time.monotonic()
     try:
-        pong = sv.client.ping(timeout=_PING_TIMEOUT)
+        pong = sv.client.ping(timeout=_PING_TIMEOUT)  # the ready server that answers for the model, if any
+        servers = sv.client.servers(timeout=_PING_TIMEOUT)
     except (ModelServerUnavailable, RemoteError) as exc:
         err = as_api_error(exc)
         return jsonify(status="unavailable", device="cpu", model=None, optimizations={},
@@ -71,8 +93,7 @@ def health():
         "model": pong.model,
         "optimizations": pong.optimizations,
         "model_state": pong.model_state.value,
-        "queue": {"depth": pong.queue_depth, "capacity": pong.queue_capacity,
-                  "running": pong.running_job is not None},  # a count, never whose job
+        "queue": _queue(servers),
         "memory": {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes},
         "load_seconds": pong.load_seconds,
         "load": load_view(pong.load),
@@ -85,6 +106,7 @@ def health():
                    "max_images": sv.settings.max_images, "default_steps": sv.settings.default_steps,
                    "default_size": sv.settings.default_size},
         "model_server_ping_ms": round((time.monotonic() - started) * 1000, 1),
+        "servers": [_server(view) for view in servers],
     }
     if pong.error:
         body["error"] = {"error": pong.error.message, "code": pong.error.code.value, "hint": pong.error.hint}

@@ -1,8 +1,8 @@
 """``GET /metrics`` in Prometheus format, with the official client.
 
 Under gunicorn the request metrics are multiprocess-safe (PROMETHEUS_MULTIPROC_DIR, set by
-gunicorn.conf.py). The model server's own figures (queue, jobs by outcome, generation and step
-seconds, memory, time to ready) are read from its Pong at scrape time, so they are exact and
+gunicorn.conf.py). The model servers' own figures (queue, jobs by outcome, generation and step
+seconds, memory, time to ready) are read from their Pongs at scrape time, so they are exact and
 no state lives in the gateway.
 """
 
@@ -16,7 +16,6 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
                                generate_latest, multiprocess)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from gateway.model_client import ModelServerUnavailable, RemoteError
 from gateway.policy import probe
 from gateway.services import services
 
@@ -41,26 +40,31 @@ def install(app: Flask) -> None:
 
 
 class ModelServerCollector:
-    """Model-server gauges and counters, read from one ping at scrape time."""
+    """Model-server gauges and counters, read from one ping of every server at scrape time: totals
+    over the servers (the queue depth an autoscaler reads), the same per server (label ``server``),
+    and the memory and load figures of the server that answers for the model (``Fleet.ping``'s)."""
 
     def __init__(self, client):
         self.client = client
 
     def collect(self):
-        up = GaugeMetricFamily("sdcpu_model_server_up", "1 if the model server answered the scrape's ping")
-        try:
-            pong = self.client.ping(timeout=1.0)
-        except (ModelServerUnavailable, RemoteError):
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        views = self.client.servers(timeout=1.0)
+        pongs = [v.pong for v in views if v.alive and v.pong is not None]
+        up = GaugeMetricFamily("sdcpu_model_server_up", "1 if a model server answered the scrape's ping")
+        up.add_metric([], float(bool(pongs)))
         yield up
+        yield from _per_server(views)
+        if not pongs:
+            return
+        pong = next((p for p in pongs if p.model_state.value == "ready"), pongs[0])
         gauges = {
-            "sdcpu_model_ready": ("1 if the model is loaded", float(pong.model_state.value == "ready")),
-            "sdcpu_queue_depth": ("Jobs waiting", pong.queue_depth),
-            "sdcpu_queue_capacity": ("Queue bound", pong.queue_capacity),
-            "sdcpu_job_running": ("1 while a job runs", float(pong.running_job is not None)),
+            "sdcpu_model_ready": ("1 if a model server has its model loaded", float(pong.model_state.value == "ready")),
+            "sdcpu_model_servers_ready": ("Model servers with their model loaded",
+                                          sum(p.model_state.value == "ready" for p in pongs)),
+            "sdcpu_queue_depth": ("Jobs waiting, over every model server", sum(p.queue_depth for p in pongs)),
+            "sdcpu_queue_capacity": ("Queue bound, over every model server", sum(p.queue_capacity for p in pongs)),
+            "sdcpu_job_running": ("Jobs running, over every model server",
+                                  sum(p.running_job is not None for p in pongs)),
             "sdcpu_model_server_rss_bytes": ("Model server resident memory", pong.rss_bytes),
             "sdcpu_model_server_peak_rss_bytes": ("Model server peak resident memory", pong.peak_rss_bytes),
             "sdcpu_model_load_seconds": ("Time from start to model ready", pong.load_seconds or 0.0),
@@ -84,10 +88,10 @@ class ModelServerCollector:
                                       labels=["phase"])
             phase.add_metric([load.phase], 1)
             yield phase
-        stats = pong.stats
-        jobs = CounterMetricFamily("sdcpu_jobs", "Jobs by outcome since the model server started", labels=["outcome"])
+        jobs = CounterMetricFamily("sdcpu_jobs", "Jobs by outcome since the model servers started",
+                                   labels=["outcome"])
         for outcome in _OUTCOMES:
-            jobs.add_metric([outcome], stats.get(f"jobs_{outcome}", 0.0))
+            jobs.add_metric([outcome], sum(p.stats.get(f"jobs_{outcome}", 0.0) for p in pongs))
         yield jobs
         for name, key, doc in (("sdcpu_generation_seconds", "generation_seconds", "Seconds spent running jobs"),
                                ("sdcpu_steps", "steps", "Denoising steps run"),
@@ -95,8 +99,30 @@ class ModelServerCollector:
                                                                       "(divide by sdcpu_steps for s/step)"),
                                ("sdcpu_images", "images", "Images produced")):
             family = CounterMetricFamily(name, doc)
-            family.add_metric([], stats.get(key, 0.0))
+            family.add_metric([], sum(p.stats.get(key, 0.0) for p in pongs))
             yield family
+
+
+def _per_server(views):
+    """One series per model server, labelled by its name (host:port or socket file)."""
+    families = {
+        "up": GaugeMetricFamily("sdcpu_server_up", "1 if this model server answered", labels=["server"]),
+        "ready": GaugeMetricFamily("sdcpu_server_ready", "1 if this model server's model is loaded",
+                                   labels=["server"]),
+        "queue": GaugeMetricFamily("sdcpu_server_queue_depth", "Jobs waiting on this model server", labels=["server"]),
+        "running": GaugeMetricFamily("sdcpu_server_job_running", "1 while this model server runs a job",
+                                     labels=["server"]),
+        "rss": GaugeMetricFamily("sdcpu_server_rss_bytes", "This model server's resident memory", labels=["server"]),
+    }
+    for view in views:
+        pong = view.pong if view.alive else None
+        families["up"].add_metric([view.name], float(pong is not None))
+        families["ready"].add_metric([view.name], float(pong is not None and pong.model_state.value == "ready"))
+        if pong is not None:
+            families["queue"].add_metric([view.name], pong.queue_depth)
+            families["running"].add_metric([view.name], float(pong.running_job is not None))
+            families["rss"].add_metric([view.name], pong.rss_bytes)
+    yield from families.values()
 
 
 @bp.get("/metrics")

@@ -9,6 +9,7 @@ echo a per-request number, and anything else is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Iterator, Protocol
 import zmq
 
 from protocol import codec
+from common.curve import CurveKeys
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, FetchPreview, FetchResult, GenerationParams,
                                GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, StopMode, Submit, Watch,
@@ -31,10 +33,12 @@ WORKING_LIMIT = 120.0
 
 
 class ModelServerUnavailable(Exception):
-    """The model server did not answer in time (down, restarting or wedged)."""
+    """The model server did not answer in time (down, restarting or wedged). ``sent`` says whether
+    the request left: one that never did may safely go to another server."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, sent: bool = True):
         super().__init__(message)
+        self.sent = sent
         self.error = ErrorInfo(
             code=ErrorCode.MODEL_SERVER_LOST, message=message, retryable=True, retry_after=5.0,
             hint="The model server is not answering; it may be starting or restarting. Retry shortly.")
@@ -48,12 +52,32 @@ class RemoteError(Exception):
         self.error = error
 
 
+@dataclasses.dataclass
+class ServerView:
+    """One model server as the gateway last saw it: its address, its latest Pong (None if it never
+    answered), whether it is in the rotation, and how long ago it last answered."""
+
+    address: str
+    pong: Pong | None
+    alive: bool
+    seconds_since_seen: float | None = None
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        """How /health and /metrics name it: host:port, or an ipc socket's file name."""
+        scheme, _, rest = self.address.partition("://")
+        return rest.rsplit("/", 1)[-1] if scheme == "ipc" else rest
+
+
 class ModelServerClient(Protocol):
     """What the gateway needs from a model server. ``ModelClient`` speaks the real protocol; the
     tests' fake implements the same, and tests/gateway/test_model_client_conformance.py runs one
     set of checks against both, so the fake cannot drift from the real thing."""
 
     def ping(self, timeout: float | None = None) -> Pong: ...
+
+    def servers(self, timeout: float | None = None) -> list[ServerView]: ...
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView: ...
@@ -77,8 +101,9 @@ class ModelClient:
     """The real model client: one DEALER socket per thread, every receive bounded (see the module)."""
 
     def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0,
-                 working_limit: float = WORKING_LIMIT):
+                 working_limit: float = WORKING_LIMIT, curve: CurveKeys | None = None):
         self.address = address
+        self.curve = curve
         self.timeout = timeout
         self.working_limit = working_limit
         self.connect_timeout = connect_timeout
@@ -104,6 +129,8 @@ class ModelClient:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self.curve is not None:  # CurveZMQ: the server must hold the key we expect, and know ours
+                self.curve.apply_client(sock)
             sock.connect(self.address)
             self._local.socket = sock
         return sock
@@ -125,14 +152,14 @@ class ModelClient:
         sock, ref = self._socket(), next(self._refs)
         if not sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
             self._reset()
-            raise ModelServerUnavailable(f"cannot reach the model server at {self.address}")
+            raise ModelServerUnavailable(f"cannot reach the model server at {self.address}", sent=False)
         try:
             sock.send_multipart(codec.encode(body, ref), flags=zmq.NOBLOCK)
         except zmq.Again:
             # The peer went away between the poll and the send (a model server killed under load):
             # the same outage as a failed poll, not a gateway error.
             self._reset()
-            raise ModelServerUnavailable(f"lost the model server at {self.address} while sending") from None
+            raise ModelServerUnavailable(f"lost the model server at {self.address} while sending", sent=False) from None
         return ref
 
     def _receive(self, ref: int, timeout: float | None = None):
@@ -171,10 +198,19 @@ class ModelClient:
     def ping(self, timeout: float | None = None) -> Pong:
         return self.call(Ping(), timeout)[0]
 
+    def servers(self, timeout: float | None = None) -> list[ServerView]:
+        try:
+            return [ServerView(self.address, self.ping(timeout), True, 0.0)]
+        except (ModelServerUnavailable, RemoteError) as exc:
+            return [ServerView(self.address, None, False, None, str(exc))]
+
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView:
-        return self.call(Submit(params=params, client_id=client_id, request_id=request_id,
-                                init_image=init_image, mask=mask, mask_from=mask_from))[0].job
+        return self.send_submit(Submit(params=params, client_id=client_id, request_id=request_id,
+                                       init_image=init_image, mask=mask, mask_from=mask_from))
+
+    def send_submit(self, submit: Submit) -> JobView:
+        return self.call(submit)[0].job
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView:
         return self.call(GetJob(job_id=job_id, client_id=client_id))[0].job

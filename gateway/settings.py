@@ -9,6 +9,8 @@ import os
 
 from common.env import Env, lines_of_file, load, setting
 from common.limits import RequestLimits
+from gateway.fleet.discovery import discovery
+from common.curve import CurveKeys
 from protocol.transport import default_address
 
 
@@ -20,6 +22,10 @@ def _keys(prefix: str):
     return read
 
 
+def _stripped_or_empty(env: Env, name: str) -> str:
+    return env.get(name, "").strip()
+
+
 def _stripped(env: Env, name: str) -> str | None:
     return env.get(name, "").strip() or None
 
@@ -28,9 +34,22 @@ def _stripped(env: Env, name: str) -> str | None:
 class GatewaySettings(RequestLimits):
     """The gateway's settings (the request limits included), each read from its variable."""
 
-    model_server: str = setting("MODEL_SERVER_ADDRESS", "Where the model server listens",
-                                default_factory=default_address, shown="the model server's default bind",
-                                read=lambda env, name: env.get(name, "").strip() or default_address(env))
+    model_server: str = setting(
+        "MODEL_SERVER_ADDRESS", "Where the model servers listen: one address, a comma-separated list, "
+        "`dns+tcp://NAME:PORT` (every address the name resolves to, looked up again every "
+        "`MODEL_SERVER_DISCOVERY_SECONDS`: a Kubernetes headless Service), or `ipc-dir:///DIR` (every `*.sock` "
+        "there: compose replicas sharing a volume). Each job goes to the ready server with the least work",
+        default_factory=default_address, shown="the model server's default bind",
+        read=lambda env, name: env.get(name, "").strip() or default_address(env))
+    discovery_seconds: float = setting("MODEL_SERVER_DISCOVERY_SECONDS", "How often a `dns+tcp://` name or an "
+                                       "`ipc-dir://` directory is looked at again", 5.0)
+    curve_secret_key: str = setting(
+        "GATEWAY_CURVE_SECRET_KEY", "CurveZMQ: this gateway's key pair (a `zmq.auth` `.key_secret` file; its public "
+        "key must be in the model servers' `MODEL_SERVER_CURVE_CLIENTS_DIR`)", "", read=_stripped_or_empty,
+        shown="none (no CURVE)")
+    curve_server_key: str = setting("MODEL_SERVER_CURVE_PUBLIC_KEY", "CurveZMQ: the model servers' public key "
+                                    "(`server.key`); the gateway talks only to a server that holds its secret",
+                                    "", read=_stripped_or_empty, shown="none")
     model_server_timeout: float = setting(
         "MODEL_SERVER_TIMEOUT", "Seconds without a reply or heartbeat (one a second) before the model server counts "
         "as down (503)", 5.0)
@@ -79,7 +98,17 @@ class GatewaySettings(RequestLimits):
         if "*" in settings.cors_origins:
             raise ValueError("CORS_ORIGINS must list origins; a wildcard is refused")
         settings.limits  # noqa: B018  (checks the bounds against the protocol's)
+        discovery(settings.model_server)  # refuses an address it cannot use, at start
+        if bool(settings.curve_secret_key) != bool(settings.curve_server_key):
+            raise ValueError("CurveZMQ needs both GATEWAY_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_PUBLIC_KEY")
+        settings.curve  # noqa: B018  (reads the keys now: a wrong path stops the start)
         return settings
+
+    @property
+    def curve(self) -> CurveKeys | None:
+        if not self.curve_secret_key:
+            return None
+        return CurveKeys.for_client(self.curve_secret_key, self.curve_server_key)
 
 
 @dataclasses.dataclass(frozen=True)

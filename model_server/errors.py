@@ -78,6 +78,12 @@ def queue_full(capacity: int, retry_after: float) -> Rejection:
         hint="Retry later, or lower steps/size so jobs finish sooner.", retryable=True, retry_after=retry_after))
 
 
+def duplicate_job(job_id: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} already exists on this model server",
+        hint="A job placed again keeps its id only where that id is new; submit it without one."))
+
+
 def client_queue_full(mine: int, cap: int, retry_after: float) -> Rejection:
     return Rejection(ErrorInfo(
         code=ErrorCode.QUEUE_FULL, message=f"you already have {mine} jobs waiting (the limit per client is {cap})",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.env import Env, load, setting, truth
 from common.limits import RequestLimits
+from common.curve import CurveKeys
 from protocol.transport import check_bind, default_address
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -55,6 +56,14 @@ class ModelServerSettings(RequestLimits):
         "Unix socket in a directory only this user can enter (mode 0700); `tcp://127.0.0.1:PORT` when asked for",
         default_factory=default_address, read=_bind,
         shown="`ipc://$XDG_RUNTIME_DIR/sd-cpu/model.sock` (else in `/tmp/sd-cpu-$UID/`)")
+    curve_secret_key: str = setting(
+        "MODEL_SERVER_CURVE_SECRET_KEY", "CurveZMQ: this server's key pair (a `zmq.auth` `.key_secret` file; "
+        "`python -m common.curve DIR` makes a set). With it, only gateways whose public key is in "
+        "`MODEL_SERVER_CURVE_CLIENTS_DIR` get an answer, over an encrypted link; needed for a TCP bind other "
+        "machines can reach", "", read=lambda env, name: env.get(name, "").strip(), shown="none (no CURVE)")
+    curve_clients_dir: str = setting("MODEL_SERVER_CURVE_CLIENTS_DIR", "CurveZMQ: the directory of the public keys "
+                                     "(`*.key`) of the gateways allowed in", "",
+                                     read=lambda env, name: env.get(name, "").strip(), shown="none")
     allow_remote: bool = setting("MODEL_SERVER_ALLOW_REMOTE", "Allow a TCP bind other machines could reach (only "
                                  "on a network you trust)", False)
     pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",
@@ -135,6 +144,12 @@ class ModelServerSettings(RequestLimits):
     outputs_budget_bytes: int = setting("OUTPUTS_BUDGET_BYTES", "Disk budget for outputs; the oldest are deleted "
                                         "first", 2 * 1024**3)
 
+    @property
+    def curve(self) -> CurveKeys | None:
+        if not self.curve_secret_key:
+            return None
+        return CurveKeys.for_server(self.curve_secret_key, self.curve_clients_dir)
+
     @classmethod
     def from_env(cls, env: Env | None = None) -> "ModelServerSettings":
         return load(cls, os.environ if env is None else env).validated()
@@ -155,7 +170,10 @@ class ModelServerSettings(RequestLimits):
         if self.release_idle_weights not in ("text_encoder", "all", "none"):
             raise ValueError("SD_RELEASE_IDLE_WEIGHTS must be text_encoder, all or none, "
                              f"got {self.release_idle_weights!r}")
-        check_bind(self.bind, self.allow_remote)
+        if bool(self.curve_secret_key) != bool(self.curve_clients_dir):
+            raise ValueError("CurveZMQ needs both MODEL_SERVER_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_CLIENTS_DIR")
+        self.curve  # noqa: B018  (reads the keys now: a wrong path stops the start, not the first request)
+        check_bind(self.bind, self.allow_remote, authenticated=bool(self.curve_secret_key))
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         self.limits  # noqa: B018  (checks the bounds against the protocol's)

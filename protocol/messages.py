@@ -229,10 +229,18 @@ class Ping(_Msg):
     pass
 
 
+# A job id: 32 hex digits, the first 8 naming the model server that created it (Pong.server_id), so
+# any gateway can tell where a job lives.
+JOB_ID_PATTERN = "^[0-9a-f]{32}$"
+
+
 class Submit(_Msg):
     params: GenerationParams
     client_id: str = ""
     request_id: str = ""
+    # Set only when a gateway places a job again after its model server died before starting it:
+    # the job keeps its id, so its owner's links still work. "" = the server makes one.
+    job_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{32})?$")] = ""
     # img2img: the init image as uploaded (PNG, JPEG or WebP bytes); the model server decodes and
     # checks it (format, pixel count, size) as it does every input.
     init_image: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
@@ -337,6 +345,10 @@ class Pong(_Msg):
     stats: dict[str, float] = {}  # monotonic counters since start (jobs by outcome, steps, seconds...)
     unavailable_presets: dict[str, str] = {}  # preset name -> why this server cannot run it
     load: LoadStatus | None = None  # while loading, and after a failed load
+    # 8 hex digits, new at every start, that begin the ids of the jobs this server creates: how a
+    # gateway in front of many servers finds a job's server ("" from a server before scale-out).
+    server_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{8})?$")] = ""
+    max_queued_per_client: int = 0  # the per-client queue cap (0: none); a gateway sums it over servers
 
 
 class Accepted(_Msg):

@@ -1,10 +1,10 @@
 """Where the gateway and the model server meet: a private Unix socket unless told otherwise.
 
-The ZMQ socket is unauthenticated, so anything that can connect can submit past the gateway's
-keys, limits and caps. By default it is therefore an ``ipc://`` socket in a runtime directory
-only this user can enter (mode 0700); TCP on loopback only when asked for, and a TCP bind
-beyond loopback only with MODEL_SERVER_ALLOW_REMOTE=true (authenticated transport across
-machines is a separate matter).
+The protocol has no authentication of its own, so anything that can connect can submit past the
+gateway's keys, limits and caps. By default the socket is therefore an ``ipc://`` socket in a
+runtime directory only this user can enter (mode 0700); TCP on loopback when asked for; and a TCP
+bind other machines can reach only with CurveZMQ (``common.curve``), or when an operator says
+the network is trusted (MODEL_SERVER_ALLOW_REMOTE=true).
 """
 
 from __future__ import annotations
@@ -38,18 +38,20 @@ def prepare_bind(address: str) -> None:
             folder.chmod(0o700)  # ours, but others could enter it: they would reach the socket
 
 
-def check_bind(address: str, allow_remote: bool = False) -> None:
-    """Refuse a bind address other machines could reach (unless allowed); raises ValueError."""
+def check_bind(address: str, allow_remote: bool = False, authenticated: bool = False) -> None:
+    """Refuse a bind address other machines could reach, unless CURVE guards it or it is allowed;
+    raises ValueError."""
     scheme, _, rest = address.partition("://")
     if scheme == "ipc":
         return
     if scheme != "tcp":
         raise ValueError(f"MODEL_SERVER_BIND must be ipc:// or tcp://, got {address!r}")
     host = rest.rsplit(":", 1)[0].strip("[]")
-    if not allow_remote and not _is_loopback(host):
+    if not (allow_remote or authenticated) and not _is_loopback(host):
         raise ValueError(f"MODEL_SERVER_BIND {address!r} is reachable from other machines and the ZMQ socket has "
-                         "no authentication; bind to 127.0.0.1 or an ipc:// path, or set "
-                         "MODEL_SERVER_ALLOW_REMOTE=true on a network you trust")
+                         "no authentication; set MODEL_SERVER_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_CLIENTS_DIR "
+                         "(CurveZMQ), bind to 127.0.0.1 or an ipc:// path, or set MODEL_SERVER_ALLOW_REMOTE=true "
+                         "on a network you trust")
 
 
 def _is_loopback(host: str) -> bool:

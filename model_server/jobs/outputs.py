@@ -23,12 +23,12 @@ from pathlib import Path
 import msgspec
 
 from model_server import errors
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState
+from protocol.messages import JOB_ID_PATTERN, ErrorInfo, GenerationParams, ImageInfo, JobState
 
 log = logging.getLogger(__name__)
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-# Job ids are the table's uuid4().hex; anything else never becomes a path.
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# Job ids are 32 hex digits (protocol.messages.JOB_ID_PATTERN); anything else never becomes a path.
+JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class JobRecord(msgspec.Struct, kw_only=True):

@@ -15,6 +15,7 @@ one class; what needs no lock (estimates, disk, admission) has moved out.
 from __future__ import annotations
 
 import collections
+import secrets
 import threading
 import time
 import uuid
@@ -37,8 +38,10 @@ class JobTable:
     """Every job the server knows, the queue, and the running job (see the module)."""
 
     def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic,
-                 per_client: int = 0, store: OutputStore | None = None):
+                 per_client: int = 0, store: OutputStore | None = None, server_id: str = ""):
         self.capacity = capacity
+        # Begins every job id made here, so a gateway in front of many servers knows where a job lives.
+        self.server_id = server_id or secrets.token_hex(4)
         self.per_client = per_client  # queued jobs one client may have; 0 = no cap
         self.ttl_seconds = ttl_seconds
         self.budget_bytes = budget_bytes
@@ -75,7 +78,13 @@ class JobTable:
             self._unreserve_locked(client_id)
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
-               mask=None, reserved: bool = False) -> Job:
+               mask=None, reserved: bool = False, job_id: str = "") -> Job:
+        """Queue a job. ``job_id`` keeps the id a job had on a model server that died before running
+        it (a gateway placing it again); an id this server already knows is refused."""
+        if job_id and self._known(job_id):
+            if reserved:
+                self.release(client_id)
+            raise errors.duplicate_job(job_id)
         with self._lock:
             if reserved:  # the bounds were checked when the place was reserved
                 self._unreserve_locked(client_id)
@@ -83,13 +92,19 @@ class JobTable:
                     raise Rejection(errors.shutting_down())
             else:
                 self._check_room_locked(client_id)
-            job = Job(id=uuid.uuid4().hex, params=params, created_at=time.time(),
+            job = Job(id=job_id or self.server_id + uuid.uuid4().hex[8:], params=params, created_at=time.time(),
                       client_id=client_id, request_id=request_id, init_image=init_image, mask=mask)
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()
         self._record("accepted", job)
         return job
+
+    def _known(self, job_id: str) -> bool:
+        with self._lock:
+            if job_id in self._jobs or job_id in self._expired:
+                return True
+        return self.records.load(job_id, self._clock()) is not None
 
     def _check_room_locked(self, client_id: str) -> None:
         if not self._accepting:

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from model_server import errors, memory
 from model_server.errors import Rejection
@@ -58,6 +59,7 @@ class ModelServer:
         self._shutdown = threading.Event()
         self._started = time.monotonic()
         self.router: zmq.Socket | None = None
+        self._authenticator: ThreadAuthenticator | None = None
         self.bound_address: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -70,6 +72,14 @@ class ModelServer:
         self._decoded.bind(DECODED_ADDRESS)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
+        curve = self.settings.curve
+        if curve is not None:
+            # libzmq asks the ZAP handler (this thread) about every CURVE handshake: only the
+            # gateways' public keys in the directory get in; anyone else never reaches _handle.
+            self._authenticator = ThreadAuthenticator(self.ctx)
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=curve.clients_dir)
+            curve.apply_server(self.router)
         transport.prepare_bind(self.settings.bind)
         self.router.bind(self.settings.bind)
         self.bound_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -137,6 +147,8 @@ class ModelServer:
         for job_id in list(self._watchers):
             self._publish(job_id)
         self.router.close(linger=1000)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._events.close(linger=0)
         self._decoded.close(linger=0)
         if self._owns_ctx and not self.worker.is_alive():
@@ -162,7 +174,7 @@ class ModelServer:
             if handler is None:
                 raise errors.not_a_request(type(body).__name__)
             job_id = getattr(body, "job_id", None)
-            if job_id is not None and not JOB_ID.match(job_id):
+            if job_id is not None and not JOB_ID.match(job_id) and not (job_id == "" and isinstance(body, Submit)):
                 raise errors.not_found(job_id)  # ids name files on disk: one not of ours is unknown, whatever it holds
             handler(self, identity, ref, body)
         except Rejection as exc:
@@ -185,7 +197,8 @@ class ModelServer:
             available_bytes=memory.available_bytes(), stats=dict(self.table.stats),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
-            unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status())
+            unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status(),
+            server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client)
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
@@ -194,7 +207,7 @@ class ModelServer:
                 self.table.reserve(msg.client_id)
                 self.decoder.put(Pending(identity, ref, msg))
                 return
-            job = self.table.submit(msg.params, msg.client_id, msg.request_id)
+            job = self.table.submit(msg.params, msg.client_id, msg.request_id, job_id=msg.job_id)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
@@ -206,7 +219,8 @@ class ModelServer:
             self.table.release(msg.client_id)
         else:
             try:
-                job = self.table.submit(msg.params, msg.client_id, msg.request_id, *pending.images, reserved=True)
+                job = self.table.submit(msg.params, msg.client_id, msg.request_id, *pending.images, reserved=True,
+                                        job_id=msg.job_id)
             except Rejection as exc:  # shutting down since the place was reserved
                 rejection = exc
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.model_client import ModelServerUnavailable, RemoteError, ServerView
 from protocol.errors import ErrorCode
 from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, LoadStatus,
                                ModelState, Pong, Progress, ProgressInfo)
@@ -44,6 +44,12 @@ class FakeModelClient:
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
                     unavailable_presets=self.unavailable_presets, load=self.load)
+
+    def servers(self, timeout=None):
+        try:
+            return [ServerView("ipc:///fake/model.sock", self.ping(timeout), True, 0.0)]
+        except (ModelServerUnavailable, RemoteError) as exc:
+            return [ServerView("ipc:///fake/model.sock", None, False, None, str(exc))]
 
     def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance"):
         self._maybe_raise()

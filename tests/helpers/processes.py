@@ -87,9 +87,9 @@ def start_gateway(log_dir: Path, port: int, model_port: int, **env) -> Proc:
     env.setdefault("GATEWAY_WORKERS", 2)
     env.setdefault("GATEWAY_THREADS", 16)
     env.setdefault("RATE_LIMIT_ENABLED", "false")  # tests poll fast; the limits have their own tests
+    env.setdefault("MODEL_SERVER_ADDRESS", f"tcp://127.0.0.1:{model_port}")
     return Proc("gateway", [GUNICORN, "-c", "gunicorn.conf.py"],
-                base_env(GATEWAY_BIND=f"127.0.0.1:{port}", MODEL_SERVER_ADDRESS=f"tcp://127.0.0.1:{model_port}",
-                         **env), log_dir)
+                base_env(GATEWAY_BIND=f"127.0.0.1:{port}", **env), log_dir)
 
 
 def wait_ready(base_url: str, proc: Proc | None = None, timeout: float = 90.0) -> None:

@@ -1,0 +1,105 @@
+"""The jobs this gateway process placed that have not started yet, kept so they can be placed
+again if their model server dies before running them.
+
+A model server holds its queue in memory, so when it dies its queued jobs die with it, though none
+of them has run. The gateway that submitted a job still has its Submit (params and uploads), so it
+keeps it here until the job starts: the heartbeat lists each server's unfinished jobs each second
+and drops every entry no longer queued there. When a server is declared dead, its entries are
+placed again on live servers under the same id, so their owners' links and waits carry on.
+
+A job runs at most once. The last listing is up to a second old when the server dies, and a job
+queued then may have started since; so a job is placed again only if the server was seen failing
+before the job could have started: before the job running at the listing was due to finish (75%
+of its estimate, for safety). The others end with the retryable ``model_server_lost``, as a running
+job does. Each process places again only what it submitted, so no job is placed twice; and a job
+moved away from a server that turns out to be alive after all (a network partition) is cancelled
+there when it answers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import msgspec
+
+from protocol.messages import JobState, JobView, Submit
+
+_MOVED_KEPT = 10_000  # ids moved away, remembered to cancel on a server that comes back
+
+
+_ETA_SHARE = 0.75  # of the running job's estimated time left: the earliest a queued job may start
+
+
+@dataclasses.dataclass
+class Entry:
+    address: str
+    submit: Submit
+    added: float  # monotonic: entries newer than a listing are not judged by it
+    # Monotonic time before which the job cannot have started (from the latest listing); a server
+    # seen failing before then died with the job unstarted. 0 = not known: never placed again.
+    safe_until: float = 0.0
+
+
+class Ledger:
+    """Queued jobs by id, with the server each waits on (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._moved: dict[str, str] = {}  # job id -> the address it was moved away from
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, job_id: str, address: str, submit: Submit) -> None:
+        with self._lock:
+            self._entries[job_id] = Entry(address, submit, time.monotonic())
+
+    def addresses(self) -> set[str]:
+        with self._lock:
+            return {entry.address for entry in self._entries.values()}
+
+    def listed(self, address: str, unfinished: list[JobView], listed_at: float) -> None:
+        """Judge ``address``'s entries by its listing of unfinished jobs (asked for at ``listed_at``):
+        drop those no longer queued (started, finished, cancelled), and note until when the rest
+        cannot have started."""
+        queued = {j.job_id for j in unfinished if j.state is JobState.QUEUED}
+        running = [j for j in unfinished if j.state is JobState.RUNNING]
+        eta = running[0].progress.eta_seconds if running and running[0].progress else None
+        safe_until = listed_at + _ETA_SHARE * eta if eta else 0.0
+        with self._lock:
+            for job_id, entry in list(self._entries.items()):
+                if entry.address != address or entry.added >= listed_at:
+                    continue
+                if job_id in queued:
+                    entry.safe_until = safe_until
+                else:
+                    del self._entries[job_id]
+
+    def take(self, address: str, failed_at: float) -> tuple[list[tuple[str, Submit]], list[str]]:
+        """Remove the jobs waiting on ``address``, which died (first seen failing at ``failed_at``):
+        those that cannot have started, oldest first, to place again; and the ids of the others."""
+        with self._lock:
+            mine = sorted(((j, e) for j, e in self._entries.items() if e.address == address),
+                          key=lambda item: item[1].added)
+            for job_id, _ in mine:
+                del self._entries[job_id]
+        again = [(j, msgspec.structs.replace(e.submit, job_id=j)) for j, e in mine if failed_at <= e.safe_until]
+        return again, [j for j, e in mine if failed_at > e.safe_until]
+
+    def moved(self, job_id: str, old: str, new: str, submit: Submit) -> None:
+        with self._lock:
+            self._entries[job_id] = Entry(new, submit, time.monotonic())  # judged by the new server's listing
+            self._moved[job_id] = old
+            while len(self._moved) > _MOVED_KEPT:
+                del self._moved[next(iter(self._moved))]
+
+    def moved_from(self, address: str) -> list[str]:
+        """The jobs moved away from ``address`` (forgotten once asked: they are cancelled there)."""
+        with self._lock:
+            ids = [j for j, old in self._moved.items() if old == address]
+            for job_id in ids:
+                del self._moved[job_id]
+        return ids

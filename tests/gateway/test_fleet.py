@@ -1,0 +1,196 @@
+"""The gateway's fleet against real model servers in threads (fake pipeline): placement, routing
+from another gateway, discovery by list, DNS (an injected resolver) and socket directory, CurveZMQ."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+
+import pytest
+import zmq
+
+from common.curve import CurveKeys, make_keys
+from gateway.fleet import Fleet, discovery
+from gateway.fleet.discovery import DnsDiscovery, SocketDirDiscovery
+from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteError
+from model_server.fake_pipeline import FakePipeline
+from model_server.settings import ModelServerSettings
+from model_server.transport.server import ModelServer
+from protocol.errors import ErrorCode
+from protocol.messages import Completed, ModelState
+from tests.helpers import free_port, wait_until
+from tests.helpers.servers import params
+
+
+@pytest.fixture
+def servers():
+    """``start(bind, step_seconds=..., **settings)`` runs a model server in a thread."""
+    started = []
+
+    def start(bind: str, step_seconds: float = 0.01, **overrides) -> ModelServer:
+        overrides.setdefault("shutdown_grace_seconds", 0.1)  # teardown cancels what still runs
+        settings = ModelServerSettings(bind=bind, pipeline="fake", **overrides)
+        server = ModelServer(settings, load=lambda: FakePipeline(step_seconds=step_seconds)).start()
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        wait_until(lambda: server.state.model_state is ModelState.READY, 10, what="model ready")
+        return server
+
+    yield start
+    for server, thread in started:
+        server.request_shutdown()
+        thread.join(10)
+
+
+@pytest.fixture
+def fleets():
+    made = []
+
+    def make(spec: str, **kw) -> Fleet:
+        fleet = Fleet(discovery(spec, kw.pop("resolver", socket.getaddrinfo)), timeout=kw.pop("timeout", 3.0), **kw)
+        made.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in made:
+        fleet.close()
+
+
+def test_jobs_spread_over_the_ready_servers_and_any_other_gateway_finds_each_job(tmp_path, servers, fleets):
+    started = [servers(f"ipc://{tmp_path}/m{i}.sock", step_seconds=0.05) for i in range(3)]
+    spec = ",".join(s.bound_address for s in started)
+    fleet = fleets(spec)
+    jobs = [fleet.submit(params(seed=i, steps=10), client_id=f"client-{i % 2}") for i in range(6)]
+    where = collections.Counter(job.job_id[:8] for job in jobs)
+    assert set(where) == {s.table.server_id for s in started}
+    assert sorted(where.values()) == [2, 2, 2]  # least work first, ties in turn
+    other = fleets(spec)  # another gateway process: no memory of the placements
+    for i, job in enumerate(jobs):
+        done = [e for e in other.watch(job.job_id, f"client-{i % 2}") if isinstance(e, Completed)]
+        assert done and done[0].job.job_id == job.job_id
+        info, data = other.fetch(job.job_id, 0, f"client-{i % 2}")
+        assert data and info.seed == i
+    with pytest.raises(RemoteError) as err:  # someone else's job: not found, on whichever server it is
+        other.get_job(jobs[0].job_id, "client-1")
+    assert err.value.error.code is ErrorCode.NOT_FOUND
+    views = other.servers(timeout=2)
+    assert [v.alive for v in views] == [True] * 3 and {v.pong.server_id for v in views} == set(where)
+
+
+def test_a_job_goes_to_the_server_with_the_least_work(tmp_path, servers, fleets):
+    busy, idle = (servers(f"ipc://{tmp_path}/{name}.sock", step_seconds=0.2) for name in ("busy", "idle"))
+    for i in range(3):  # busy gets a running job and two queued, behind the fleet's back
+        ModelClient(busy.bound_address).submit(params(seed=i, steps=20))
+    fleet = fleets(f"{busy.bound_address},{idle.bound_address}")
+    placed = [fleet.submit(params(seed=10 + i)).job_id[:8] for i in range(2)]
+    assert placed == [idle.table.server_id] * 2  # 1 then 2 jobs of work on idle, still less than busy's 3
+
+
+def test_the_per_client_cap_holds_across_servers(tmp_path, servers, fleets):
+    started = [servers(f"ipc://{tmp_path}/m{i}.sock", step_seconds=0.5, max_queued_per_client=2) for i in range(2)]
+    fleet = fleets(",".join(s.bound_address for s in started))
+    for i in range(4):  # two running (one per server), two queued
+        fleet.submit(params(seed=i, steps=20), client_id="greedy")
+        time.sleep(0.1)
+    with pytest.raises(RemoteError) as err:
+        fleet.submit(params(seed=9), client_id="greedy")
+    assert err.value.error.code is ErrorCode.QUEUE_FULL and "limit per client is 2" in err.value.error.message
+    fleet.submit(params(seed=9), client_id="someone-else")
+
+
+def test_dns_discovery_connects_to_every_address_the_name_resolves_to(servers, fleets):
+    port = free_port()
+    hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    started = {h: servers(f"tcp://{h}:{port}") for h in hosts}
+    answer = list(hosts)
+
+    def resolver(name, port_, type=0):  # noqa: A002  (getaddrinfo's own keyword)
+        assert name == "model-headless" and port_ == port
+        if not answer:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (h, port)) for h in answer]
+
+    fleet = fleets(f"dns+tcp://model-headless:{port}", resolver=resolver, discovery_seconds=0.1)
+    jobs = [fleet.submit(params(seed=i)) for i in range(3)]
+    assert {j.job_id[:8] for j in jobs} == {s.table.server_id for s in started.values()}
+    answer.remove("127.0.0.3")  # a pod gone from the Service: it leaves the fleet at the next lookup
+    wait_until(lambda: len(fleet.servers()) == 2, 5, what="the third server dropped")
+    assert {j.job_id[:8] for j in (fleet.submit(params(seed=9 + i)) for i in range(4))} == {
+        started[h].table.server_id for h in hosts[:2]}
+
+
+def test_a_dns_failure_keeps_the_known_servers_and_a_missing_name_means_none():
+    calls = []
+
+    def resolver(name, port, type=0):  # noqa: A002
+        calls.append(name)
+        if len(calls) == 2:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if len(calls) == 3:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::1", port, 0, 0))]
+
+    found = DnsDiscovery("model", 5555, resolver)
+    assert found.addresses() == ["tcp://[fd00::1]:5555"]
+    assert found.addresses() == ["tcp://[fd00::1]:5555"]  # resolver hiccup: keep them
+    assert found.addresses() == []  # no such name: no servers
+
+
+def test_a_socket_directory_finds_each_replica(tmp_path, servers, fleets):
+    folder = tmp_path / "servers"
+    folder.mkdir()
+    servers(f"ipc://{folder}/a.sock")
+    (folder / "notes.txt").write_text("not a socket")
+    fleet = fleets(f"ipc-dir://{folder}", discovery_seconds=0.1)
+    assert [v.name for v in fleet.servers()] == ["a.sock"]
+    servers(f"ipc://{folder}/b.sock")
+    wait_until(lambda: len(fleet.servers()) == 2, 5, what="the second replica found")
+    assert SocketDirDiscovery(str(tmp_path / "nowhere")).addresses() == []
+
+
+@pytest.mark.parametrize("spec", ["http://model:5555", "dns+tcp://model", "ipc-dir://relative/dir", " , "])
+def test_an_unusable_address_is_refused_at_start(spec):
+    with pytest.raises(ValueError, match="MODEL_SERVER_ADDRESS"):
+        discovery(spec)
+
+
+def test_curve_lets_only_gateways_with_an_allowed_key_in(tmp_path, servers, fleets):
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    port = free_port()
+    server = servers(f"tcp://0.0.0.0:{port}", curve_secret_key=str(keys / "server.key_secret"),
+                     curve_clients_dir=str(keys / "clients"))
+    address = f"tcp://127.0.0.1:{port}"
+    allowed = CurveKeys.for_client(str(keys / "gateway.key_secret"), str(keys / "server.key"))
+    fleet = fleets(address, curve=allowed)
+    assert fleet.ping(timeout=2).model_state is ModelState.READY
+    job = fleet.submit(params())
+    assert any(isinstance(e, Completed) for e in fleet.watch(job.job_id))
+
+    plain = ModelClient(address, timeout=1.0)  # no CURVE at all: the handshake never completes
+    with pytest.raises(ModelServerUnavailable):
+        plain.ping(timeout=1.0)
+    plain.close()
+    stranger_public, stranger_secret = zmq.curve_keypair()  # CURVE, but a key the server does not list
+    stranger = ModelClient(address, timeout=1.0, curve=CurveKeys(stranger_public, stranger_secret,
+                                                                server_public=allowed.server_public))
+    with pytest.raises(ModelServerUnavailable):
+        stranger.ping(timeout=1.0)
+    stranger.close()
+    assert server.table.stats["jobs_succeeded"] == 1
+
+
+def test_a_remote_bind_needs_curve_or_an_explicit_override(tmp_path):
+    with pytest.raises(ValueError, match="CURVE"):
+        ModelServerSettings(bind="tcp://0.0.0.0:5555", pipeline="fake").validated()
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    ModelServerSettings(bind="tcp://0.0.0.0:5555", pipeline="fake", curve_secret_key=str(keys / "server.key_secret"),
+                        curve_clients_dir=str(keys / "clients")).validated()
+    ModelServerSettings(bind="tcp://0.0.0.0:5555", pipeline="fake", allow_remote=True).validated()
+    with pytest.raises(ValueError, match="holds no secret key"):
+        ModelServerSettings(bind="tcp://0.0.0.0:5555", pipeline="fake", curve_secret_key=str(keys / "server.key"),
+                            curve_clients_dir=str(keys / "clients")).validated()
