@@ -49,6 +49,21 @@ class CurveKeys:
     def apply_server(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = self.secret, self.public, True
 
+    def allows(self, domain: str, client_public: bytes) -> bool:
+        """The ZAP handler's question for each handshake: is this client's key in the directory
+        (read again each time, so a key added or removed counts without a restart), or the server's
+        own (its healthcheck connects with the server's pair)?"""
+        if client_public == self.public:
+            return True
+        try:
+            return client_public in zmq.auth.load_certificates(self.clients_dir)
+        except OSError:
+            return False
+
+    def as_own_client(self) -> "CurveKeys":
+        """The server's pair used to connect to itself (the container healthcheck)."""
+        return CurveKeys(self.public, self.secret, server_public=self.public)
+
 
 def _existing(path: str) -> str:
     if not Path(path).is_file():

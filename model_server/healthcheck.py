@@ -12,8 +12,9 @@ import sys
 
 import zmq
 
+from common.curve import CurveKeys
 from protocol import codec
-from protocol.transport import default_address
+from protocol.transport import default_address, expand
 from protocol.messages import ModelState, Ping, Pong
 
 
@@ -21,14 +22,23 @@ def _default_address() -> str:
     explicit = os.environ.get("MODEL_SERVER_HEALTH_ADDRESS")
     if explicit:
         return explicit
-    bind = os.environ.get("MODEL_SERVER_BIND", "").strip() or default_address()
+    bind = expand(os.environ.get("MODEL_SERVER_BIND", "").strip()) or default_address()
     return bind.replace("0.0.0.0", "127.0.0.1")
 
 
-def check(address: str, timeout_ms: int = 3000) -> tuple[bool, str]:
+def _curve() -> CurveKeys | None:
+    """With CURVE on, the healthcheck connects with the server's own key pair (which it allows)."""
+    secret = os.environ.get("MODEL_SERVER_CURVE_SECRET_KEY", "").strip()
+    clients = os.environ.get("MODEL_SERVER_CURVE_CLIENTS_DIR", "").strip()
+    return CurveKeys.for_server(secret, clients).as_own_client() if secret and clients else None
+
+
+def check(address: str, timeout_ms: int = 3000, curve: CurveKeys | None = None) -> tuple[bool, str]:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply_client(sock)
     try:
         sock.connect(address)
         sock.send_multipart(codec.encode(Ping(), ref=1))
@@ -49,7 +59,7 @@ def check(address: str, timeout_ms: int = 3000) -> tuple[bool, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ok, message = check(argv[0] if argv else _default_address())
+    ok, message = check(argv[0] if argv else _default_address(), curve=_curve())
     print(message)
     return 0 if ok else 1
 

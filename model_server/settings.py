@@ -11,7 +11,7 @@ from pathlib import Path
 from common.env import Env, load, setting, truth
 from common.limits import RequestLimits
 from common.curve import CurveKeys
-from protocol.transport import check_bind, default_address
+from protocol.transport import check_bind, default_address, expand
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
@@ -44,7 +44,7 @@ def _auto_or_bool(env: Env, name: str) -> bool | None:
 
 
 def _bind(env: Env, name: str) -> str:
-    return env.get(name, "").strip() or default_address(env)
+    return expand(env.get(name, "").strip()) or default_address(env)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,9 @@ class ModelServerSettings(RequestLimits):
 
     bind: str = setting(
         "MODEL_SERVER_BIND", "The ZeroMQ ROUTER address. The protocol has no auth of its own, so the default is a "
-        "Unix socket in a directory only this user can enter (mode 0700); `tcp://127.0.0.1:PORT` when asked for",
+        "Unix socket in a directory only this user can enter (mode 0700); `tcp://127.0.0.1:PORT` when asked for. "
+        "`{hostname}` is replaced by the host's name: `ipc:///run/sd-cpu/servers/{hostname}.sock` gives each "
+        "compose replica its own socket, found by gateways with `ipc-dir:///run/sd-cpu/servers`",
         default_factory=default_address, read=_bind,
         shown="`ipc://$XDG_RUNTIME_DIR/sd-cpu/model.sock` (else in `/tmp/sd-cpu-$UID/`)")
     curve_secret_key: str = setting(
@@ -137,12 +139,25 @@ class ModelServerSettings(RequestLimits):
         "less free memory than this; 0 = off", 0)
     outputs_dir: str = setting(
         "OUTPUTS_DIR", "Where finished images and a record per job are written; jobs unfinished at a crash are "
-        "reported failed (`model_server_lost`, retryable) after a restart. Empty keeps results in memory only.",
+        "reported failed (`model_server_lost`, retryable) after a restart. Empty keeps results in memory only. "
+        "`{hostname}` in its last part (e.g. `/outputs/{hostname}`) gives each replica its own folder on shared "
+        "storage, and each replica then also answers for the finished jobs in its peers' folders, so their images "
+        "outlive a lost replica",
         "", read=lambda env, name: env.get(name, "outputs").strip(), shown="`outputs`")
     max_upload_pixels: int = setting("MAX_UPLOAD_PIXELS", "An init image's pixel count, checked from its header "
                                      "before it is decoded (a decompression bomb never gets its buffer)", 4096 * 4096)
     outputs_budget_bytes: int = setting("OUTPUTS_BUDGET_BYTES", "Disk budget for outputs; the oldest are deleted "
                                         "first", 2 * 1024**3)
+
+    @property
+    def outputs_folder(self) -> str:
+        return expand(self.outputs_dir)
+
+    @property
+    def outputs_peers(self) -> str | None:
+        """The folder holding every replica's outputs folder, when OUTPUTS_DIR names one per replica."""
+        path = Path(self.outputs_dir)
+        return str(path.parent) if "{hostname}" in path.name else None
 
     @property
     def curve(self) -> CurveKeys | None:

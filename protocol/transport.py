@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,12 @@ def runtime_dir(env=None) -> Path:
     env = os.environ if env is None else env
     base = env.get("XDG_RUNTIME_DIR", "").strip()
     return Path(base) / "sd-cpu" if base else Path(tempfile.gettempdir()) / f"sd-cpu-{os.getuid()}"
+
+
+def expand(value: str) -> str:
+    """``{hostname}`` in a bind address or folder becomes this machine's (container's, pod's) name,
+    so replicas started from one configuration (``docker compose up --scale``) each get their own."""
+    return value.replace("{hostname}", socket.gethostname())
 
 
 def default_address(env=None) -> str:

@@ -77,9 +77,23 @@ class SocketDirDiscovery(Discovery):
     def addresses(self) -> list[str]:
         try:
             paths = sorted(self.folder.glob("*.sock"))
-            return [f"ipc://{p}" for p in paths if stat.S_ISSOCK(p.stat().st_mode)]
         except OSError:
-            return []  # not there yet (the first model server makes it) or a socket just removed
+            return []  # not there yet (the first model server makes it)
+        return [f"ipc://{p}" for p in paths if _listening(p)]
+
+
+def _listening(path: Path) -> bool:
+    """A socket someone listens on: a replica killed outright leaves its file behind, and a file
+    nobody answers at is no server (one restarted under the same name binds it again)."""
+    try:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+        return True
+    except OSError:  # ECONNREFUSED: a stale file; ENOENT: just removed
+        return False
 
 
 def discovery(spec: str, resolver: Resolver = socket.getaddrinfo) -> Discovery:

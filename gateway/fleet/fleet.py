@@ -82,6 +82,7 @@ class Fleet:
         self._turn = itertools.count()
         self._pid = None
         self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
         self._next_discovery = 0.0
         self._sync_members(discovery.addresses())
 
@@ -108,7 +109,8 @@ class Fleet:
                 if self._pid != os.getpid():
                     self._pid = os.getpid()
                     self._beat_round()  # the first request of a new worker sees the servers as they are
-                    threading.Thread(target=self._heartbeat, name="fleet-heartbeat", daemon=True).start()
+                    self._beating = threading.Thread(target=self._heartbeat, name="fleet-heartbeat", daemon=True)
+                    self._beating.start()
         with self._lock:
             return list(self._members.values())
 
@@ -192,6 +194,8 @@ class Fleet:
 
     def close(self) -> None:
         self._stop.set()
+        if self._beating is not None and self._beating is not threading.current_thread():
+            self._beating.join(5)
         for member in list(self._members.values()):
             member.client.close()
 

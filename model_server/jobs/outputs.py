@@ -9,6 +9,11 @@ A job the table no longer holds (evicted, or the server restarted) is read back 
 so its images stay fetchable by id. At start-up every ``pending`` job is marked failed with the
 retryable ``model_server_lost``: it was accepted and never finished, and its client is told so.
 The oldest outputs are deleted once their total passes OUTPUTS_BUDGET_BYTES.
+
+Replicas on shared storage each have their own folder under one ``peers`` folder. A job none of
+them holds in memory may be a finished job of a lost replica: its record and images are read from
+that replica's folder (only finished ones: an unfinished record there is a job that died with it,
+or one placed again elsewhere, and its own server answers for it).
 """
 
 from __future__ import annotations
@@ -52,8 +57,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
 class OutputStore:
     """The outputs folder: images, records and pending markers, within a byte budget."""
 
-    def __init__(self, folder: str | Path, budget_bytes: int):
+    def __init__(self, folder: str | Path, budget_bytes: int, peers: str | Path | None = None):
         self.folder = Path(folder).resolve()
+        self.peers = Path(peers).resolve() if peers else None
+        self._root = self.peers or self.folder  # paths from records must resolve inside it
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         for sub in ("jobs", "pending"):
@@ -68,7 +75,7 @@ class OutputStore:
     def _inside(self, rel: str) -> Path:
         """A path from a record, refused unless it resolves inside the outputs folder."""
         path = (self.folder / rel).resolve()
-        if not path.is_relative_to(self.folder) or path == self.folder:
+        if not path.is_relative_to(self._root) or path == self.folder:
             raise ValueError(f"path outside the outputs folder: {rel[:200]!r}")
         return path
 
@@ -105,7 +112,23 @@ class OutputStore:
         try:
             return msgspec.json.decode(self._record_path(job_id).read_bytes(), type=JobRecord)
         except (OSError, ValueError, msgspec.DecodeError):  # ValueError: not a job id
-            return None
+            return self._load_from_peer(job_id)
+
+    def _peer_records(self, job_id: str) -> list[Path]:
+        if self.peers is None or not JOB_ID.match(job_id):
+            return []
+        return [p for p in self.peers.glob(f"*/jobs/{job_id}.json") if p.parent.parent != self.folder]
+
+    def _load_from_peer(self, job_id: str) -> JobRecord | None:
+        for path in self._peer_records(job_id):
+            try:
+                record = msgspec.json.decode(path.read_bytes(), type=JobRecord)
+            except (OSError, msgspec.DecodeError):
+                continue
+            if record.state.terminal:  # its files, as seen from our folder (checked by _inside on use)
+                record.files = [os.path.relpath(path.parent.parent / rel, self.folder) for rel in record.files]
+                return record
+        return None
 
     def read_image(self, record: JobRecord, index: int) -> bytes | None:
         try:
@@ -118,6 +141,8 @@ class OutputStore:
         record = self.load(job_id)
         self._delete_files(record.files if record else ())
         self._record_path(job_id).unlink(missing_ok=True)
+        for path in self._peer_records(job_id):  # a lost replica's finished job, deleted by its owner
+            path.unlink(missing_ok=True)
         (self.folder / "pending" / job_id).unlink(missing_ok=True)
 
     def delete_finished_before(self, cutoff: float, keep: set[str] = frozenset()) -> list[str]:
@@ -138,7 +163,7 @@ class OutputStore:
         for rel in files:
             try:
                 file = self._inside(rel)
-                size = file.stat().st_size
+                size = file.stat().st_size if file.is_relative_to(self.folder) else 0  # a peer's: not in our budget
                 file.unlink()
             except (OSError, ValueError):
                 continue

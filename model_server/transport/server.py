@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
 
 
+class _Allowed:
+    """pyzmq's credentials provider shape, asking ``CurveKeys.allows``."""
+
+    def __init__(self, curve):
+        self.callback = curve.allows
+
+
 class ModelServer:
     """The model server: binds the ROUTER socket, answers every request on its IO thread, streams
     job events to watchers, and runs the worker thread that owns the pipeline."""
@@ -47,7 +54,8 @@ class ModelServer:
         self.settings = settings
         self._owns_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
-        store = OutputStore(settings.outputs_dir, settings.outputs_budget_bytes) if settings.outputs_dir else None
+        store = OutputStore(settings.outputs_folder, settings.outputs_budget_bytes,
+                            peers=settings.outputs_peers) if settings.outputs_dir else None
         if store is not None:
             store.recover_unfinished()
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
@@ -78,7 +86,7 @@ class ModelServer:
             # gateways' public keys in the directory get in; anyone else never reaches _handle.
             self._authenticator = ThreadAuthenticator(self.ctx)
             self._authenticator.start()
-            self._authenticator.configure_curve(domain="*", location=curve.clients_dir)
+            self._authenticator.configure_curve_callback(domain="*", credentials_provider=_Allowed(curve))
             curve.apply_server(self.router)
         transport.prepare_bind(self.settings.bind)
         self.router.bind(self.settings.bind)

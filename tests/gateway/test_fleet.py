@@ -16,6 +16,7 @@ from gateway.fleet import Fleet, discovery
 from gateway.fleet.discovery import DnsDiscovery, SocketDirDiscovery
 from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteError
 from model_server.fake_pipeline import FakePipeline
+from model_server.healthcheck import check
 from model_server.settings import ModelServerSettings
 from model_server.transport.server import ModelServer
 from protocol.errors import ErrorCode
@@ -181,6 +182,14 @@ def test_curve_lets_only_gateways_with_an_allowed_key_in(tmp_path, servers, flee
         stranger.ping(timeout=1.0)
     stranger.close()
     assert server.table.stats["jobs_succeeded"] == 1
+    own = CurveKeys.for_server(str(keys / "server.key_secret"), str(keys / "clients")).as_own_client()
+    assert check(address, curve=own)[0] is True  # the container healthcheck, with the server's pair
+    assert check(address, timeout_ms=500)[0] is False
+    (keys / "clients" / "gateway.key").unlink()  # a key taken away counts at the next handshake
+    late = ModelClient(address, timeout=1.0, curve=allowed)
+    with pytest.raises(ModelServerUnavailable):
+        late.ping(timeout=1.0)
+    late.close()
 
 
 def test_a_remote_bind_needs_curve_or_an_explicit_override(tmp_path):
@@ -194,3 +203,30 @@ def test_a_remote_bind_needs_curve_or_an_explicit_override(tmp_path):
     with pytest.raises(ValueError, match="holds no secret key"):
         ModelServerSettings(bind="tcp://0.0.0.0:5555", pipeline="fake", curve_secret_key=str(keys / "server.key"),
                             curve_clients_dir=str(keys / "clients")).validated()
+
+
+def test_a_lost_servers_finished_images_are_served_by_a_peer_from_shared_storage(tmp_path, servers, fleets):
+    shared = tmp_path / "outputs"  # one folder per replica under it: OUTPUTS_DIR=/outputs/{hostname}
+    first, second = (servers(f"ipc://{tmp_path}/{n}.sock", step_seconds=0.1, outputs_dir=f"{shared}/{n}{{hostname}}")
+                     for n in ("a", "b"))
+    fleet = fleets(f"{first.bound_address},{second.bound_address}")
+    job = fleet.submit(params(seed=5), client_id="alice")
+    assert job.job_id[:8] == first.table.server_id
+    assert any(isinstance(e, Completed) for e in fleet.watch(job.job_id, "alice"))
+    _, before = fleet.fetch(job.job_id, 0, "alice")
+    first.request_shutdown()
+    wait_until(lambda: first.router.closed, 10, what="the first server stopped")
+
+    def answered():
+        try:
+            return fleet.get_job(job.job_id, "alice")
+        except ModelServerUnavailable:  # the retryable 503 until the first server is declared dead (3 s)
+            return None
+
+    assert wait_until(answered, 10, 0.2, "the job answered for by the second server").state.value == "succeeded"
+    assert fleet.fetch(job.job_id, 0, "alice")[1] == before  # read from the lost replica's folder
+    with pytest.raises(RemoteError) as err:  # still only its owner's
+        fleet.fetch(job.job_id, 0, "bob")
+    assert err.value.error.code is ErrorCode.NOT_FOUND
+    assert fleet.delete(job.job_id, "alice").state.value == "succeeded"
+    assert not list(shared.glob(f"*/jobs/{job.job_id}.json"))
