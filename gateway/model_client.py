@@ -23,8 +23,8 @@ from protocol import codec
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, FetchPreview, FetchResult, GenerationParams,
-                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, StopMode, Submit, Watch,
-                               Working)
+                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, Release, StopMode, Submit,
+                               Watch, Working)
 
 log = logging.getLogger(__name__)
 # The longest a reply may be put off by `Working` (a Submit's uploads waiting to be decoded): a full
@@ -97,13 +97,36 @@ class ModelServerClient(Protocol):
     def watch(self, job_id: str, client_id: str = "") -> Iterator: ...
 
 
+class ProcessContext:
+    """One ZMQ context per process for many clients (a fleet's): dropping a client never tears down
+    sockets other threads still hold (destroying a context under them is not thread-safe), and a
+    server coming and going costs sockets, not an IO thread each."""
+
+    def __init__(self):
+        self._ctx, self._pid, self._lock = None, None, threading.Lock()
+
+    def get(self) -> zmq.Context:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._ctx, self._pid = zmq.Context(), os.getpid()
+            return self._ctx
+
+    def destroy(self) -> None:
+        with self._lock:
+            if self._ctx is not None and self._pid == os.getpid():
+                self._ctx.destroy(linger=0)
+            self._ctx, self._pid = None, None
+
+
 class ModelClient:
     """The real model client: one DEALER socket per thread, every receive bounded (see the module)."""
 
     def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 1.0,
-                 working_limit: float = WORKING_LIMIT, curve: CurveKeys | None = None):
+                 working_limit: float = WORKING_LIMIT, curve: CurveKeys | None = None,
+                 shared: "ProcessContext | None" = None):
         self.address = address
         self.curve = curve
+        self._shared = shared  # a context shared with other clients (a fleet's), else one of its own
         self.timeout = timeout
         self.working_limit = working_limit
         self.connect_timeout = connect_timeout
@@ -116,7 +139,8 @@ class ModelClient:
 
     def _context(self) -> zmq.Context:
         if self._pid != os.getpid():  # a forked gunicorn worker must not share its parent's context
-            self._ctx, self._pid, self._local = zmq.Context(), os.getpid(), threading.local()
+            ctx = self._shared.get() if self._shared is not None else zmq.Context()
+            self._ctx, self._pid, self._local = ctx, os.getpid(), threading.local()
         return self._ctx
 
     def _socket(self) -> zmq.Socket:
@@ -138,7 +162,7 @@ class ModelClient:
     def close(self) -> None:
         """Close this thread's socket and the context (tests; a gateway worker just exits)."""
         self._reset()
-        if self._ctx is not None and self._pid == os.getpid():
+        if self._ctx is not None and self._pid == os.getpid() and self._shared is None:
             self._ctx.destroy(linger=0)
             self._ctx, self._pid = None, None
 
@@ -220,6 +244,10 @@ class ModelClient:
 
     def delete(self, job_id: str, client_id: str = "") -> JobView:
         return self.call(Delete(job_id=job_id, client_id=client_id))[0].job
+
+    def release(self, job_id: str, client_id: str = "") -> JobView:
+        """Take a queued job back from a stopping server (see protocol ``Release``)."""
+        return self.call(Release(job_id=job_id, client_id=client_id))[0].job
 
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
         """The client's running job, then its queued ones in order."""

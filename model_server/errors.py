@@ -78,6 +78,12 @@ def queue_full(capacity: int, retry_after: float) -> Rejection:
         hint="Retry later, or lower steps/size so jobs finish sooner.", retryable=True, retry_after=retry_after))
 
 
+def not_releasable(job_id: str, state: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} is {state}; only a queued job can be given back",
+        hint="It stays on this server."))
+
+
 def duplicate_job(job_id: str) -> Rejection:
     return Rejection(ErrorInfo(
         code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} already exists on this model server",

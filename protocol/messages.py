@@ -293,6 +293,15 @@ class Delete(_Msg):
     client_id: str = ""
 
 
+class Release(_Msg):
+    """Give back a queued job of a stopping server, so the gateway that placed it can place it on
+    another: answered with its JobInfo (still queued), after which this server forgets it (its id
+    answers "not found" here). A job that has started stays: Rejected."""
+
+    job_id: str
+    client_id: str = ""
+
+
 class ListJobs(_Msg):
     """The client's unfinished jobs, running first then queued in order; answered with JobList."""
 
@@ -397,7 +406,7 @@ class Rejected(_Msg):
     error: ErrorInfo
 
 
-Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete]
+Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete, Release]
 Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList, Working]
 TERMINAL_EVENTS = (Completed, Failed, Cancelled)
 

@@ -2,7 +2,8 @@
 # Builds both images and brings the compose stack up with the tiny model, on this machine only:
 # lints the Dockerfiles (hadolint, error level), validates compose, makes a local base image
 # (debootstrap; nothing can be pulled here), starts a private dockerd, builds, waits for health,
-# sends POST /generate to the published port, checks the model server's port is unreachable from
+# sends POST /generate to the published port, runs jobs over two model server replicas (one killed
+# and restarted on the way: scripts/fleet-check.py), checks no model server port is reachable from
 # the host, reports image sizes and build times, then tears everything down and stops the engine.
 # Needs root (apt-get, dockerd). Used by .ci/run; safe to run by hand.
 set -euo pipefail
@@ -88,8 +89,8 @@ done
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'sd-cpu|redis' 
 
 # --- run and check ---------------------------------------------------------------------------------
-log "compose up (waits for every healthcheck; requests go through the nginx proxy)"
-"${COMPOSE[@]}" up -d --wait --wait-timeout 300
+log "compose up with two model server replicas (waits for every healthcheck; requests go through the nginx proxy)"
+"${COMPOSE[@]}" up -d --wait --wait-timeout 300 --scale model=2
 status=$(curl -sS -o "$WORK/smoke.png" -w '%{http_code} %{content_type}' -X POST "http://127.0.0.1:$PORT/generate" \
   -H 'Content-Type: application/json' -d '{"prompt": "a cat", "steps": 3, "width": 128, "height": 128}')
 log "POST /generate -> $status"
@@ -104,14 +105,30 @@ log "redis holds $keys rate-limit key(s)"
 curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q 'sdcpu_jobs_total{outcome="succeeded"} 1.0' \
   || { echo "metrics do not show the job"; exit 1; }
 
+# Scale-out: jobs land on both replicas; one replica killed outright, the next jobs still succeed
+# on the other; restarted, it rejoins (found again through its socket on the shared volume).
+log "jobs over two model server replicas"
+fleet_check() { scripts/fleet-check.py "http://127.0.0.1:$PORT" "$@" || { "${COMPOSE[@]}" logs --tail 60; exit 1; }; }
+fleet_check spread 2
+victim=$("${COMPOSE[@]}" ps -q model | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
+docker kill "$victim" >/dev/null
+log "killed model replica ${victim:0:12}"
+fleet_check survive 1
+docker start "$victim" >/dev/null
+fleet_check rejoin 2
+log "a lost replica survived and rejoined"
+
 # The model server must not be reachable from the host: no published port, no TCP listener at all
 # (it speaks over a Unix socket on a volume shared with the gateway).
-model_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$("${COMPOSE[@]}" ps -q model)" | xargs)
-[ -z "$(docker port "$("${COMPOSE[@]}" ps -q model)")" ] || { echo "model server port is published"; exit 1; }
-for target in 127.0.0.1 $model_ip; do
+model_ips=""
+for model in $("${COMPOSE[@]}" ps -q model); do
+  model_ips="$model_ips $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$model" | xargs)"
+  [ -z "$(docker port "$model")" ] || { echo "model server port is published"; exit 1; }
+done
+for target in 127.0.0.1 $model_ips; do
   if timeout 3 bash -c "exec 3<>/dev/tcp/$target/5555" 2>/dev/null; then
     echo "model server port reachable from the host at $target:5555"; exit 1
   fi
 done
-log "model server not reachable from the host (tried 127.0.0.1:5555 and $model_ip:5555)"
+log "model servers not reachable from the host (tried 127.0.0.1:5555 and${model_ips}:5555)"
 log "docker smoke test passed"

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, TypeVar
 
 from gateway.fleet.discovery import Discovery
 from gateway.fleet.ledger import Ledger
-from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteError, ServerView
+from gateway.model_client import ModelClient, ModelServerUnavailable, ProcessContext, RemoteError, ServerView
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode
 from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelState, Pong,
@@ -71,7 +71,9 @@ class Fleet:
     def __init__(self, discovery: Discovery, timeout: float = 5.0, curve: CurveKeys | None = None,
                  discovery_seconds: float = 5.0, client_factory: Callable[[str], ModelClient] | None = None):
         self.discovery, self.timeout, self.discovery_seconds = discovery, timeout, discovery_seconds
-        self._new_client = client_factory or (lambda address: ModelClient(address, timeout=timeout, curve=curve))
+        self._context = ProcessContext()
+        self._new_client = client_factory or (lambda address: ModelClient(address, timeout=timeout, curve=curve,
+                                                                            shared=self._context))
         self.ledger = Ledger()
         self._lock = threading.Lock()
         self._starting = threading.RLock()  # the first round of a new process may place jobs (re-entrant)
@@ -99,8 +101,7 @@ class Fleet:
                 del self._members[member.address]
         for member in gone:  # no longer discovered (pod deleted, socket removed): as good as dead
             log.info("model server %s is no longer discovered", member.address)
-            self._declare_dead(member)
-            member.client.close()
+            self._declare_dead(member)  # its client is dropped, not closed: other threads may hold its sockets
 
     def _members_now(self) -> list[Member]:
         """The members, with the heartbeat running in this process (started after a fork)."""
@@ -154,6 +155,8 @@ class Fleet:
             moved = self.ledger.moved_from(member.address)
             if previous is not None and pong.server_id == previous.server_id:
                 self._cancel_moved(member, moved)  # the same process, cut off for a while: never run a job twice
+        if member.address in self.ledger.addresses() and pong.model_state is ModelState.STOPPING:
+            self._hand_off(member)
         if member.address in self.ledger.addresses():
             listed_at = time.monotonic()
             try:
@@ -184,6 +187,28 @@ class Fleet:
             log.info("job %s was queued on lost model server %s: placed again on %s", job_id, member.address,
                      other.address)
 
+    def _hand_off(self, member: Member) -> None:
+        """A stopping server keeps its queued jobs a few seconds: take ours back and place them on
+        another ready server, each given back (Release) before it is placed, so none runs twice."""
+        if not any(m.ready and m is not member for m in self._members_now()):
+            return  # nobody to take them: they end retryable on the stopping server, as on a lone one
+        for job_id, submit in self.ledger.take(member.address)[0]:
+            try:
+                member.client.release(job_id)
+            except (ModelServerUnavailable, RemoteError):
+                continue  # started after all, or gone with the server: it ends there
+            try:
+                view, other = self._place(submit, exclude={member.address})
+            except (ModelServerUnavailable, RemoteError) as exc:
+                log.error("job %s, given back by stopping model server %s, could not be placed again: %s",
+                          job_id, member.address, exc)
+                continue
+            self.ledger.moved(job_id, member.address, other.address, submit)
+            with self._lock:
+                self._where[job_id] = other.address
+            log.info("job %s was queued on stopping model server %s: placed again on %s", job_id, member.address,
+                     other.address)
+
     def _cancel_moved(self, member: Member, moved: list[str]) -> None:
         for job_id in moved:
             try:
@@ -196,8 +221,7 @@ class Fleet:
         self._stop.set()
         if self._beating is not None and self._beating is not threading.current_thread():
             self._beating.join(5)
-        for member in list(self._members.values()):
-            member.client.close()
+        self._context.destroy()
 
     # --- placement ---------------------------------------------------------------------
 
@@ -263,13 +287,21 @@ class Fleet:
     def _on_job_server(self, job_id: str, call: Callable[[Member], T]) -> T:
         members = self._members_now()
         home = self._home(job_id)
-        if home is not None and not home.dead:
-            return call(home)
-        lost = home is not None or job_id[:8] in self._gone_ids
         not_found: RemoteError | None = None
+        if home is not None and not home.dead:
+            try:
+                return call(home)
+            except RemoteError as exc:
+                # Not there (any more): given back by a stopping server and placed elsewhere, or
+                # simply unknown; with one server, that is the answer.
+                if exc.error.code is not ErrorCode.NOT_FOUND or len(members) == 1:
+                    raise
+                not_found = exc
+        # Its server is gone (and nobody else has it): lost, not unknown. A live home's "not found" stands.
+        lost = home.dead if home is not None else job_id[:8] in self._gone_ids
         unreachable = not members
         for member in sorted(members, key=lambda m: m.failing):
-            if member is home:
+            if member is home or member.dead:
                 continue
             try:
                 result = call(member)
@@ -375,8 +407,10 @@ class Fleet:
             try:
                 yield from stream
                 return
-            except ModelServerUnavailable:
-                if not self._placed_again(job_id, client_id, member):
+            except (ModelServerUnavailable, RemoteError) as exc:
+                # Its server died or gave it back while it waited: it may go on elsewhere.
+                moved = isinstance(exc, ModelServerUnavailable) or exc.error.code is ErrorCode.NOT_FOUND
+                if not moved or not self._placed_again(job_id, client_id, member):
                     raise
             finally:
                 stream.close()

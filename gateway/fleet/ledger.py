@@ -11,7 +11,8 @@ A job runs at most once. The last listing is up to a second old when the server 
 queued then may have started since; so a job is placed again only if the server was seen failing
 before the job could have started: before the job running at the listing was due to finish (75%
 of its estimate, for safety). The others end with the retryable ``model_server_lost``, as a running
-job does. Each process places again only what it submitted, so no job is placed twice; and a job
+job does. A server that stops gracefully keeps its queued jobs for a few seconds and gives each
+back on request (``Release``), so those move without any doubt. Each process places again only what it submitted, so no job is placed twice; and a job
 moved away from a server that turns out to be alive after all (a network partition) is cancelled
 there when it answers again.
 """
@@ -78,9 +79,11 @@ class Ledger:
                 else:
                     del self._entries[job_id]
 
-    def take(self, address: str, failed_at: float) -> tuple[list[tuple[str, Submit]], list[str]]:
-        """Remove the jobs waiting on ``address``, which died (first seen failing at ``failed_at``):
-        those that cannot have started, oldest first, to place again; and the ids of the others."""
+    def take(self, address: str, failed_at: float | None = None) -> tuple[list[tuple[str, Submit]], list[str]]:
+        """Remove the jobs waiting on ``address``: if it died (first seen failing at ``failed_at``),
+        those that cannot have started, oldest first, to place again, and the ids of the others; if
+        it is stopping (None), all of them (each is given back before it is placed again)."""
+        failed_at = float("-inf") if failed_at is None else failed_at
         with self._lock:
             mine = sorted(((j, e) for j, e in self._entries.items() if e.address == address),
                           key=lambda item: item[1].added)

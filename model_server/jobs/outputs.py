@@ -155,6 +155,15 @@ class OutputStore:
             if record is not None and record.state.terminal and (record.finished_at or cutoff) < cutoff:
                 self.delete(path.stem)
                 gone.append(path.stem)
+        # A lost replica's folder has nobody of its own to sweep it (compose gives a recreated
+        # container a new name): every replica shares the TTL, so any of them may.
+        for path in self.peers.glob("*/jobs/*.json") if self.peers else ():
+            if path.parent.parent == self.folder or not JOB_ID.match(path.stem):
+                continue
+            record = self._load_from_peer(path.stem)
+            if record is not None and (record.finished_at or cutoff) < cutoff:
+                self.delete(path.stem)
+                gone.append(path.stem)
         if gone:
             log.info("deleted %d job(s) past RESULT_TTL_SECONDS", len(gone))
         return gone

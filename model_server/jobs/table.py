@@ -223,9 +223,9 @@ class JobTable:
     def next_job(self, timeout: float | None = None) -> Job | None:
         """Block until a job is queued, then mark it running and return it."""
         with self._work:
-            if not self._queue:
+            if not self._queue or not self._accepting:  # stopping: queued jobs wait to be handed off
                 self._work.wait(timeout)
-            if not self._queue:
+            if not self._queue or not self._accepting:
                 return None
             job = self._jobs[self._queue.popleft()]
             job.state = JobState.RUNNING
@@ -321,6 +321,18 @@ class JobTable:
             if mode is StopMode.SKIP:
                 job.stop_mode = None
             return mode
+
+    def give_back(self, job_id: str, owner: str = "") -> Job:
+        """Take a queued job out of this table for good (handed to another server while this one
+        stops); its record and marker leave the disk, so a restart does not report it lost."""
+        job = self.get(job_id, owner)
+        with self._lock:
+            if job.state is not JobState.QUEUED or job_id not in self._queue:
+                raise errors.not_releasable(job_id, job.state.value)
+            self._queue.remove(job_id)
+            del self._jobs[job_id]
+        self.records.delete(job_id)
+        return job
 
     def stop_accepting(self) -> None:
         with self._lock:

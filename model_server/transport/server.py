@@ -31,9 +31,10 @@ from protocol import codec, transport
 from protocol.errors import ProtocolError
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
                                FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
-                               ModelState, Ping, Pong, Progress, Rejected, Result, Submit, Watch, Working)
+                               ModelState, Ping, Pong, Progress, Rejected, Release, Result, Submit, Watch, Working)
 
 log = logging.getLogger(__name__)
+_HANDOFF_SECONDS = 5.0  # how long a stopping server keeps its queued jobs for gateways to take back
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
 
 
@@ -128,17 +129,22 @@ class ModelServer:
         self._close()
 
     def _begin_shutdown(self) -> float:
-        log.info("shutting down: refusing new jobs, failing queued ones")
+        # Queued jobs wait a moment: gateways that see "stopping" in their next heartbeat (one a
+        # second) take theirs back to place on another server (Release); the rest then fail.
+        self._handoff_deadline = time.monotonic() + min(_HANDOFF_SECONDS, self.settings.shutdown_grace_seconds)
+        log.info("shutting down: refusing new jobs; %d queued job(s) wait up to %.0f s to be placed elsewhere",
+                 self.table.depth, self._handoff_deadline - time.monotonic())
         self.state.model_state = ModelState.STOPPING
         self.table.stop_accepting()
-        for job in self.table.fail_queued(errors.shutting_down("the model server shut down before the job ran")):
-            self._publish(job.id)
         return time.monotonic() + self.settings.shutdown_grace_seconds
 
     def _shutdown_finished(self, grace_deadline: float) -> bool:
+        if self.table.depth and time.monotonic() >= self._handoff_deadline:
+            for job in self.table.fail_queued(errors.shutting_down("the model server shut down before the job ran")):
+                self._publish(job.id)
         running = self.table.running
         if running is None:
-            return True
+            return self.table.depth == 0
         if time.monotonic() >= grace_deadline and not running.cancel_requested:
             log.info("job %s still running after the grace period: cancelling it", running.id)
             self.table.cancel(running.id, reason=errors.shutting_down("the model server shut down while the job ran"))
@@ -274,12 +280,19 @@ class ModelServer:
             log.info("deleted at its owner's request")
         self._send(identity, ref, JobInfo(job=self.table.view(job)))
 
+    def _on_release(self, identity, ref, msg: Release) -> None:
+        job = self.table.give_back(msg.job_id, msg.client_id)
+        with job_context(job.id, job.request_id):
+            log.info("given back to be placed on another server (this one is stopping)")
+        self._send(identity, ref, JobInfo(job=self.table.view(job)))
+        self._publish(job.id)  # its watchers here hear "not found" and look for it elsewhere
+
     def _on_list(self, identity, ref, msg: ListJobs) -> None:
         self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in self.table.unfinished(msg.client_id)]))
 
     _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
                  FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview, Delete: _on_delete,
-                 ListJobs: _on_list}
+                 ListJobs: _on_list, Release: _on_release}
 
     # --- events ------------------------------------------------------------------------
 

@@ -230,3 +230,32 @@ def test_a_lost_servers_finished_images_are_served_by_a_peer_from_shared_storage
     assert err.value.error.code is ErrorCode.NOT_FOUND
     assert fleet.delete(job.job_id, "alice").state.value == "succeeded"
     assert not list(shared.glob(f"*/jobs/{job.job_id}.json"))
+
+
+def test_a_stopping_server_gives_its_queued_jobs_back_to_be_placed_on_another(tmp_path, servers, fleets):
+    stopping = servers(f"ipc://{tmp_path}/stopping.sock", step_seconds=0.1, shutdown_grace_seconds=10)
+    both = fleets(f"{stopping.bound_address},ipc://{tmp_path}/other.sock")  # the other is not up yet
+    bobs = [both.submit(params(seed=i, steps=20), client_id="bob") for i in range(3)]  # one runs, two wait
+    alone = fleets(stopping.bound_address)  # a gateway that knows only the stopping server
+    alices = [alone.submit(params(seed=10 + i), client_id="alice") for i in range(2)]
+    other = servers(f"ipc://{tmp_path}/other.sock", step_seconds=0.01)  # scaled up meanwhile
+    wait_until(lambda: all(v.alive for v in both.servers()), 10, what="both servers seen")
+    events, ends = [], []
+    follower = threading.Thread(target=lambda: events.extend(both.watch(bobs[-1].job_id, "bob")))
+    watchers = [threading.Thread(target=lambda j=j: ends.append(list(alone.watch(j.job_id, "alice"))[-1].job))
+                for j in alices]
+    for thread in [follower, *watchers]:
+        thread.start()
+    time.sleep(0.3)
+    stopping.request_shutdown()  # SIGTERM: the running job may finish; queued ones are offered back
+    for job in bobs:
+        assert any(isinstance(e, Completed) for e in both.watch(job.job_id, "bob")), job.job_id
+    follower.join(20)
+    assert isinstance(events[-1], Completed)
+    assert other.table.stats["jobs_succeeded"] == 2 and stopping.table.stats["jobs_succeeded"] == 1
+    # Nobody took Alice's back (her gateway knows no other server): they end as on a lone server,
+    # with the retryable shutdown error.
+    for thread in watchers:
+        thread.join(20)
+    assert len(ends) == 2
+    assert all(o.error and o.error.retryable and o.error.code is ErrorCode.SHUTTING_DOWN for o in ends)

@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 
+from gateway.fleet import Fleet, discovery
 from gateway.model_client import ModelClient, ModelServerClient, RemoteError
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, GenerationParams, JobState, ModelState, Progress
@@ -15,11 +16,15 @@ from tests.gateway.fake_client import FakeModelClient
 ALICE, BOB = "key:alice", "key:bob"
 
 
-@pytest.fixture(params=["real", "fake"])
+@pytest.fixture(params=["real", "fleet", "fake"])
 def client(request, start_server):
     if request.param == "fake":
         return FakeModelClient()
     _, real = start_server()
+    if request.param == "fleet":  # what the gateway uses: a fleet, here of one server
+        fleet = Fleet(discovery(real.address), timeout=3.0)
+        request.addfinalizer(fleet.close)
+        return fleet
     return real
 
 
@@ -27,8 +32,8 @@ def params(**kw) -> GenerationParams:
     return GenerationParams(**{"prompt": "a cat", "seed": 7, "steps": 2, "width": 64, "height": 64, **kw})
 
 
-@pytest.mark.parametrize("implementation", [ModelClient, FakeModelClient])
-def test_both_have_every_method_of_the_interface_with_its_parameters(implementation):
+@pytest.mark.parametrize("implementation", [ModelClient, Fleet, FakeModelClient])
+def test_each_has_every_method_of_the_interface_with_its_parameters(implementation):
     for name, method in inspect.getmembers(ModelServerClient, inspect.isfunction):
         if name.startswith("_"):
             continue

@@ -117,3 +117,27 @@ def test_records_left_by_an_earlier_run_are_deleted_once_past_the_ttl(tmp_path):
         store.finished(record, [])
     assert store.delete_finished_before(time.time() - 50) == [old]
     assert store.load(old) is None and store.load(new) is not None
+
+
+def _record(job_id: str, state: JobState, finished_at: float | None = None) -> JobRecord:
+    from protocol.messages import ImageInfo
+
+    images = [ImageInfo(index=0, seed=1, media_type="image/png", width=64, height=64, size_bytes=3)]
+    return JobRecord(job_id=job_id, state=state, params=params(), created_at=time.time(), client_id="alice",
+                     finished_at=finished_at, images=images if state is JobState.SUCCEEDED else [])
+
+
+def test_replicas_on_shared_storage_answer_for_a_lost_peers_finished_jobs_and_sweep_them(tmp_path):
+    lost, alive = (OutputStore(tmp_path / name, 10**6, peers=tmp_path) for name in ("lost", "alive"))
+    done, unfinished = "a" * 32, "b" * 32
+    lost.accepted(_record(done, JobState.QUEUED))
+    lost.finished(_record(done, JobState.SUCCEEDED, finished_at=time.time()), [b"png"])
+    lost.accepted(_record(unfinished, JobState.QUEUED))  # died with it, or placed again: its server answers
+    record = alive.load(done)
+    assert record.state is JobState.SUCCEEDED and alive.read_image(record, 0) == b"png"
+    assert alive.load(unfinished) is None
+    assert OutputStore(tmp_path / "solo", 10**6).load(done) is None  # no peers: only its own folder
+    record.files = ["../../etc/passwd"]
+    assert alive.read_image(record, 0) is None  # paths still confined to the shared folder
+    assert alive.delete_finished_before(time.time() + 1) == [done]
+    assert not (tmp_path / "lost" / "jobs" / f"{done}.json").exists() and not list((tmp_path / "lost").glob("*/*.png"))
