@@ -97,10 +97,15 @@ def _peak(proc: subprocess.Popen) -> int:
 
 def run_jobs(url: str, count: int, job: dict) -> dict:
     """Submit ``count`` jobs at once, wait for all; jobs per minute from first submit to last finish."""
+    def submit(_):
+        answer = requests.post(url + "/v1/jobs", json=job, timeout=30)
+        if answer.status_code != 202:
+            raise RuntimeError(f"submit refused: {answer.status_code} {answer.text}")
+        return answer.json()["id"]
+
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda _: requests.post(url + "/v1/jobs", json=job, timeout=30).json()["id"],
-                            range(count)))
+        ids = list(pool.map(submit, range(count)))
     finished, servers = {}, {}
     while len(finished) < count:
         for job_id in ids:

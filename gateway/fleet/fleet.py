@@ -1,13 +1,12 @@
-"""Many model servers behind one ``ModelServerClient``: placement, routing, liveness.
+"""Many model servers behind one ``ModelServerClient``: placement and routing.
 
-Each gateway process keeps a view of its model servers, refreshed by a heartbeat thread that
-pings every one of them each second (the existing Ping/Pong: state, queue, running job). A server
-whose ping fails leaves the placement at once; after ``timeout`` seconds without an answer it is
-declared dead, and the jobs this process had queued on it are placed again (``ledger``). It comes
-back as soon as it answers.
+Each gateway process keeps a view of its model servers (``roster``: discovery, heartbeat,
+liveness). When one is declared dead or stops, the jobs this process had queued there are placed
+again (``ledger``).
 
 - **Placement**: a new job goes to the ready server with the least work (its queue plus its
-  running job, plus what this process placed there since its last Pong), ties in turn.
+  running job, as its last Pong or placement answer said, plus this process's placements there
+  still in flight), ties in turn from a random start.
 - **Routing**: a job id begins with its server's ``server_id`` (Pong), so any process of any
   gateway replica finds its server. A job whose server is unknown or gone (from before a restart,
   or placed again elsewhere) is looked for on every live server; if its server is gone and nobody
@@ -19,13 +18,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
+import random
 import threading
 import time
 from typing import Callable, Iterator, TypeVar
 
 from gateway.fleet.discovery import Discovery
 from gateway.fleet.ledger import Ledger
+from gateway.fleet.roster import BEAT_SECONDS, Member, Roster
 from gateway.model_client import ModelClient, ModelServerUnavailable, ProcessContext, RemoteError, ServerView
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode
@@ -34,35 +34,8 @@ from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState,
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BEAT_SECONDS = 1.0
 # A placement that fails this way may go to the next server: nothing was queued.
 _TRY_NEXT = (ErrorCode.QUEUE_FULL, ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN)
-
-
-class Member:
-    """One model server as this process sees it."""
-
-    def __init__(self, address: str, client: ModelClient):
-        self.address, self.client = address, client
-        self.pong: Pong | None = None
-        self.last_seen: float | None = None  # monotonic time of the last answer
-        self.failing = True  # its latest ping failed (or none answered yet): no placement
-        self.failed_at = 0.0  # monotonic time of the first failed ping since it last answered
-        self.dead = False  # no answer for `timeout` seconds: its queued jobs were placed again
-        self.placed = 0  # jobs placed here since its last Pong
-
-    @property
-    def ready(self) -> bool:
-        return not self.failing and self.pong is not None and self.pong.model_state is ModelState.READY
-
-    @property
-    def work(self) -> int:
-        pong = self.pong
-        return (pong.queue_depth + (pong.running_job is not None) if pong else 0) + self.placed
-
-    def view(self, now: float) -> ServerView:
-        since = None if self.last_seen is None else round(now - self.last_seen, 1)
-        return ServerView(self.address, self.pong, not self.failing, since)
 
 
 class Fleet:
@@ -70,144 +43,72 @@ class Fleet:
 
     def __init__(self, discovery: Discovery, timeout: float = 5.0, curve: CurveKeys | None = None,
                  discovery_seconds: float = 5.0, client_factory: Callable[[str], ModelClient] | None = None):
-        self.discovery, self.timeout, self.discovery_seconds = discovery, timeout, discovery_seconds
+        self.timeout = timeout
         self._context = ProcessContext()
         self._new_client = client_factory or (lambda address: ModelClient(address, timeout=timeout, curve=curve,
                                                                             shared=self._context))
         self.ledger = Ledger()
         self._lock = threading.Lock()
-        self._starting = threading.RLock()  # the first round of a new process may place jobs (re-entrant)
-        self._members: dict[str, Member] = {}
-        self._server_ids: dict[str, str] = {}  # server_id -> address, for the servers seen alive
-        self._gone_ids: set[str] = set()  # server_ids of servers declared dead: their jobs are lost, not unknown
         self._where: dict[str, str] = {}  # job id -> address, for jobs found away from their id's server
-        self._turn = itertools.count()
-        self._pid = None
-        self._stop = threading.Event()
-        self._beating: threading.Thread | None = None
-        self._next_discovery = 0.0
-        self._sync_members(discovery.addresses())
+        # Ties go round in turn, from a random start: every gateway process starting at the same
+        # server would pile their first jobs onto it.
+        self._turn = itertools.count(random.randrange(1 << 16))
+        self.roster = Roster(discovery, self._new_client, self, timeout, discovery_seconds)
 
-    # --- membership and heartbeat ------------------------------------------------------
+    # --- what the roster tells ----------------------------------------------------------
 
-    def _sync_members(self, addresses: list[str]) -> None:
-        with self._lock:
-            for address in addresses:
-                if address not in self._members:
-                    self._members[address] = Member(address, self._new_client(address))
-                    log.info("model server %s joined", address)
-            gone = [m for a, m in self._members.items() if a not in addresses]
-            for member in gone:
-                del self._members[member.address]
-        for member in gone:  # no longer discovered (pod deleted, socket removed): as good as dead
-            log.info("model server %s is no longer discovered", member.address)
-            self._declare_dead(member)  # its client is dropped, not closed: other threads may hold its sockets
-
-    def _members_now(self) -> list[Member]:
-        """The members, with the heartbeat running in this process (started after a fork)."""
-        if self._pid != os.getpid():
-            with self._starting:
-                if self._pid != os.getpid():
-                    self._pid = os.getpid()
-                    self._beat_round()  # the first request of a new worker sees the servers as they are
-                    self._beating = threading.Thread(target=self._heartbeat, name="fleet-heartbeat", daemon=True)
-                    self._beating.start()
-        with self._lock:
-            return list(self._members.values())
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(BEAT_SECONDS):
-            try:
-                self._beat_round()
-            except Exception:  # the heartbeat must outlive any one bad round
-                log.exception("model server heartbeat failed")
-
-    def _beat_round(self) -> None:
-        if self.discovery.dynamic and time.monotonic() >= self._next_discovery:
-            self._next_discovery = time.monotonic() + self.discovery_seconds
-            self._sync_members(self.discovery.addresses())
-        with self._lock:
-            members = list(self._members.values())
-        for member in members:
-            self._beat(member)
-
-    def _beat(self, member: Member) -> None:
-        now = time.monotonic()
-        try:
-            pong = member.client.ping(timeout=min(2.0, self.timeout))
-        except (ModelServerUnavailable, RemoteError):
-            if not member.failing:
-                member.failed_at = now
-            member.failing = True
-            if not member.dead and now - (member.last_seen or now) >= self.timeout:
-                log.warning("model server %s has not answered for %.0f s: out of the rotation", member.address,
-                            now - member.last_seen)
-                self._declare_dead(member)
-            return
-        previous = member.pong
-        member.pong, member.last_seen, member.failing, member.placed = pong, now, False, 0
-        if pong.server_id:
-            self._server_ids[pong.server_id] = member.address
-            self._gone_ids.discard(pong.server_id)
-        if member.dead:
-            member.dead = False
-            log.info("model server %s answers again", member.address)
-            moved = self.ledger.moved_from(member.address)
-            if previous is not None and pong.server_id == previous.server_id:
-                self._cancel_moved(member, moved)  # the same process, cut off for a while: never run a job twice
-        if member.address in self.ledger.addresses() and pong.model_state is ModelState.STOPPING:
-            self._hand_off(member)
-        if member.address in self.ledger.addresses():
-            listed_at = time.monotonic()
-            try:
-                unfinished = member.client.unfinished_jobs("")
-            except (ModelServerUnavailable, RemoteError):
-                return
-            self.ledger.listed(member.address, unfinished, listed_at)
-
-    def _declare_dead(self, member: Member) -> None:
-        if not member.failing:
-            member.failed_at = time.monotonic()
-        member.dead, member.failing = True, True
-        if member.pong is not None and member.pong.server_id:
-            self._gone_ids.add(member.pong.server_id)
+    def server_lost(self, member: Member) -> None:
+        """Place again what this process had queued there and cannot have started (``ledger``)."""
         again, maybe_started = self.ledger.take(member.address, member.failed_at)
         for job_id in maybe_started:
             log.warning("job %s was queued on lost model server %s but may have started: not placed again "
                         "(its owner gets the retryable model_server_lost)", job_id, member.address)
         for job_id, submit in again:
-            try:
-                view, other = self._place(submit, exclude={member.address})
-            except (ModelServerUnavailable, RemoteError) as exc:
-                log.warning("job %s was queued on lost model server %s and could not be placed again: %s",
-                            job_id, member.address, exc)
-                continue
-            self.ledger.moved(job_id, member.address, other.address, submit)
-            self._where[job_id] = other.address
-            log.info("job %s was queued on lost model server %s: placed again on %s", job_id, member.address,
-                     other.address)
+            self._place_again(job_id, submit, member, "lost")
+
+    def server_back(self, member: Member, same_process: bool) -> None:
+        moved = self.ledger.moved_from(member.address)
+        if same_process:  # cut off for a while, not restarted: what moved away must not run there too
+            self._cancel_moved(member, moved)
+
+    def server_answered(self, member: Member) -> None:
+        """A stopping server: take our queued jobs back; any other: note which of ours still wait there."""
+        if member.address not in self.ledger.addresses():
+            return
+        if member.pong.model_state is ModelState.STOPPING:
+            self._hand_off(member)
+        listed_at = time.monotonic()
+        try:
+            unfinished = member.client.unfinished_jobs("")
+        except (ModelServerUnavailable, RemoteError):
+            return
+        self.ledger.listed(member.address, unfinished, listed_at)
 
     def _hand_off(self, member: Member) -> None:
         """A stopping server keeps its queued jobs a few seconds: take ours back and place them on
         another ready server, each given back (Release) before it is placed, so none runs twice."""
-        if not any(m.ready and m is not member for m in self._members_now()):
+        if not any(m.ready and m is not member for m in self.roster.members()):
             return  # nobody to take them: they end retryable on the stopping server, as on a lone one
         for job_id, submit in self.ledger.take(member.address)[0]:
             try:
                 member.client.release(job_id)
             except (ModelServerUnavailable, RemoteError):
                 continue  # started after all, or gone with the server: it ends there
-            try:
-                view, other = self._place(submit, exclude={member.address})
-            except (ModelServerUnavailable, RemoteError) as exc:
-                log.error("job %s, given back by stopping model server %s, could not be placed again: %s",
-                          job_id, member.address, exc)
-                continue
-            self.ledger.moved(job_id, member.address, other.address, submit)
-            with self._lock:
-                self._where[job_id] = other.address
-            log.info("job %s was queued on stopping model server %s: placed again on %s", job_id, member.address,
-                     other.address)
+            self._place_again(job_id, submit, member, "stopping")
+
+    def _place_again(self, job_id: str, submit: Submit, old: Member, why: str) -> None:
+        """Place a job that was queued on ``old`` on another server, under its id."""
+        try:
+            _, other = self._place(submit, exclude={old.address})
+        except (ModelServerUnavailable, RemoteError) as exc:
+            log.warning("job %s was queued on %s model server %s and could not be placed again: %s", job_id, why,
+                        old.address, exc)
+            return
+        self.ledger.moved(job_id, old.address, other.address, submit)
+        with self._lock:
+            self._where[job_id] = other.address
+        log.info("job %s was queued on %s model server %s: placed again on %s", job_id, why, old.address,
+                 other.address)
 
     def _cancel_moved(self, member: Member, moved: list[str]) -> None:
         for job_id in moved:
@@ -218,30 +119,42 @@ class Fleet:
                 pass
 
     def close(self) -> None:
-        self._stop.set()
-        if self._beating is not None and self._beating is not threading.current_thread():
-            self._beating.join(5)
+        self.roster.close()
         self._context.destroy()
 
     # --- placement ---------------------------------------------------------------------
 
     def _candidates(self, exclude=frozenset()) -> list[Member]:
-        members = [m for m in self._members_now() if m.address not in exclude]
+        """The ready servers, least work first (ties in turn); with none ready, every server, the
+        least failing first, so one answers for itself (loading, failed, unreachable) as a lone
+        server would."""
+        members = [m for m in self.roster.members() if m.address not in exclude]
+        with self._lock:
+            return self._ranked_locked(members)
+
+    def _ranked_locked(self, members: list[Member]) -> list[Member]:
         ready = [m for m in members if m.ready]
-        if ready:
-            least = min(m.work for m in ready)
-            tied = [m for m in ready if m.work == least]
-            first = tied[next(self._turn) % len(tied)]
-            return [first] + sorted((m for m in ready if m is not first), key=lambda m: m.work)
-        # None ready: the least-failing one answers for itself (loading, failed, unreachable), as one server would.
-        return sorted(members, key=lambda m: (m.dead, m.failing))
+        if not ready:
+            return sorted(members, key=lambda m: (m.dead, m.failing))
+        least = min(m.work for m in ready)
+        tied = [m for m in ready if m.work == least]
+        first = tied[next(self._turn) % len(tied)]
+        return [first] + sorted((m for m in ready if m is not first), key=lambda m: m.work)
 
     def _place(self, submit: Submit, exclude=frozenset()) -> tuple[JobView, Member]:
-        candidates = self._candidates(exclude)
-        if not candidates:
+        members = [m for m in self.roster.members() if m.address not in exclude]
+        if not members:
             raise ModelServerUnavailable("no model server is known yet; check MODEL_SERVER_ADDRESS", sent=False)
+        tried: set[str] = set()
         last: Exception | None = None
-        for member in candidates:
+        while True:
+            with self._lock:  # choosing and counting it in flight at once: concurrent requests spread out
+                ranked = self._ranked_locked([m for m in members if m.address not in tried])
+                if not ranked:
+                    raise last
+                member = ranked[0]
+                member.inflight += 1
+            tried.add(member.address)
             try:
                 view = member.client.send_submit(submit)
             except ModelServerUnavailable as exc:
@@ -254,9 +167,11 @@ class Fleet:
                     raise
                 last = exc
                 continue
-            member.placed += 1
+            finally:
+                with self._lock:
+                    member.inflight -= 1
+            member.accepted(view)
             return view, member
-        raise last
 
     def _check_client_cap(self, client_id: str, members: list[Member]) -> None:
         """The per-client queue cap holds across servers (each server checks only its own queue)."""
@@ -281,11 +196,11 @@ class Fleet:
 
     def _home(self, job_id: str) -> Member | None:
         with self._lock:
-            address = self._where.get(job_id) or self._server_ids.get(job_id[:8])
-            return self._members.get(address) if address else None
+            address = self._where.get(job_id)
+        return self.roster.get(address or self.roster.address_of(job_id[:8]))
 
     def _on_job_server(self, job_id: str, call: Callable[[Member], T]) -> T:
-        members = self._members_now()
+        members = self.roster.members()
         home = self._home(job_id)
         not_found: RemoteError | None = None
         if home is not None and not home.dead:
@@ -298,7 +213,7 @@ class Fleet:
                     raise
                 not_found = exc
         # Its server is gone (and nobody else has it): lost, not unknown. A live home's "not found" stands.
-        lost = home.dead if home is not None else job_id[:8] in self._gone_ids
+        lost = home.dead if home is not None else self.roster.gone(job_id[:8])
         unreachable = not members
         for member in sorted(members, key=lambda m: m.failing):
             if member is home or member.dead:
@@ -345,7 +260,7 @@ class Fleet:
     def servers(self, timeout: float | None = None) -> list[ServerView]:
         """Every server, pinged now (a dead one is shown as last seen, without waiting for it)."""
         views = []
-        for member in self._members_now():
+        for member in self.roster.members():
             if member.dead:
                 views.append(member.view(time.monotonic()))
                 continue
@@ -363,7 +278,7 @@ class Fleet:
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView:
         submit = Submit(params=params, client_id=client_id, request_id=request_id, init_image=init_image,
                         mask=mask, mask_from=mask_from)
-        members = self._members_now()
+        members = self.roster.members()
         if len(members) > 1:
             self._check_client_cap(client_id, members)
         view, member = self._place(submit)
@@ -383,7 +298,7 @@ class Fleet:
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
         """The client's running jobs, then its queued ones, oldest first, over every live server."""
         jobs: list[JobView] = []
-        members = [m for m in self._members_now() if not m.dead]
+        members = [m for m in self.roster.members() if not m.dead]
         for member in members:
             try:
                 jobs += member.client.unfinished_jobs(client_id)
@@ -418,12 +333,12 @@ class Fleet:
     def _placed_again(self, job_id: str, client_id: str, lost: Member) -> bool:
         """Wait (a little longer than it takes to declare a server dead) for the job to turn up on
         another server; False if it does not (it was running, or nobody could take it)."""
-        if len(self._members_now()) < 2:
+        if len(self.roster.members()) < 2:
             return False
         deadline = time.monotonic() + self.timeout + 2 * BEAT_SECONDS + 2.0
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            for member in self._members_now():
+            for member in self.roster.members():
                 if member is lost or member.failing:
                     continue
                 try:
