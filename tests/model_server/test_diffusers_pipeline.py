@@ -143,7 +143,7 @@ def test_the_token_comes_from_hf_token_its_alias_or_a_file(tmp_path):
     (tmp_path / "token").write_text("c\n")
     assert read_token({"HF_TOKEN_FILE": str(tmp_path / "token")}) == "c"
     assert read_token({}) is None
-    assert "secret" not in repr(ModelServerSettings(token="secret"))
+    assert "hf_not_shown" not in repr(ModelServerSettings(token="hf_not_shown"))  # (a field is named curve_secret_key)
 
 
 def test_previews_are_latent_resolution_images_made_only_when_asked(fp32):

@@ -3,6 +3,8 @@ no unknown fields), and the pieces agreeing with each other and with the service
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -114,3 +116,14 @@ def test_the_settings_in_the_manifests_start_the_real_services(tmp_path):
     gateway = kind("sd-cpu-gateway", "Deployment")
     gateway_settings = GatewaySettings.from_env(_mounted(gateway, env_of(gateway), tmp_path / "gateway", keys))
     assert gateway_settings.curve.server_public == settings.curve.public
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) not installed")
+def test_the_kustomize_build_is_what_gets_applied_and_it_is_valid_too():
+    built = subprocess.run(["kubectl", "kustomize", str(BASE)], capture_output=True, text=True, timeout=60, check=True)
+    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert len(docs) == len(documents())
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "sd-cpu"
+        for version in VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
