@@ -1,7 +1,9 @@
-"""The HTTP gateway: validates requests and forwards work to the model server over ZeroMQ.
+"""The HTTP gateway: validates requests and forwards work to the model servers over ZeroMQ.
 
-Holds no job state: the model server owns the truth about every job, so any gunicorn worker
-and thread can answer any request. Never imports ``model_server`` nor torch.
+Holds no job state: the model servers own the truth about every job, and a job's id names its
+server, so any gunicorn worker and thread of any replica can answer any request (a process keeps
+only the submissions it may have to place again if their server dies: ``gateway/fleet``). Never
+imports ``model_server`` nor torch.
 """
 
 from __future__ import annotations
