@@ -36,7 +36,7 @@ threads = _serving.threads
 # The worker heartbeat, not a request limit: gthread requests may run far longer.
 timeout = _serving.worker_timeout
 graceful_timeout = _serving.graceful_timeout
-keepalive = 5
+keepalive = 5  # docker/nginx.conf keeps its idle upstream connections for less (4 s)
 accesslog = _serving.access_log
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

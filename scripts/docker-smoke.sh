@@ -62,6 +62,9 @@ dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docke
 DOCKERD=$!
 cleanup() {
   "${COMPOSE[@]}" down -v -t 2 >/dev/null 2>&1 || true
+  # Runs on one machine share the engine's data root: keep the current images (a later run
+  # builds faster), drop what earlier builds left behind (it filled the disk after a few runs).
+  docker system prune -f >/dev/null 2>&1 || true
   kill "$DOCKERD" 2>/dev/null || true
   wait "$DOCKERD" 2>/dev/null || true
   rm -f docker/wheels/*.whl
@@ -108,7 +111,7 @@ curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q 'sdcpu_jobs_total{outcome="
 # Scale-out: jobs land on both replicas; one replica killed outright, the next jobs still succeed
 # on the other; restarted, it rejoins (found again through its socket on the shared volume).
 log "jobs over two model server replicas"
-fleet_check() { scripts/fleet-check.py "http://127.0.0.1:$PORT" "$@" || { "${COMPOSE[@]}" logs --tail 60; exit 1; }; }
+fleet_check() { scripts/fleet-check.py "http://127.0.0.1:$PORT" "$@" || { "${COMPOSE[@]}" logs --tail 60 model redis; "${COMPOSE[@]}" logs --tail 400 gateway proxy; exit 1; }; }
 fleet_check spread 2
 victim=$("${COMPOSE[@]}" ps -q model | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 docker kill "$victim" >/dev/null
