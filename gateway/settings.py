@@ -22,10 +22,6 @@ def _keys(prefix: str):
     return read
 
 
-def _stripped_or_empty(env: Env, name: str) -> str:
-    return env.get(name, "").strip()
-
-
 def _stripped(env: Env, name: str) -> str | None:
     return env.get(name, "").strip() or None
 
@@ -45,11 +41,11 @@ class GatewaySettings(RequestLimits):
                                        "`ipc-dir://` directory is looked at again", 5.0)
     curve_secret_key: str = setting(
         "GATEWAY_CURVE_SECRET_KEY", "CurveZMQ: this gateway's key pair (a `zmq.auth` `.key_secret` file; its public "
-        "key must be in the model servers' `MODEL_SERVER_CURVE_CLIENTS_DIR`)", "", read=_stripped_or_empty,
+        "key must be in the model servers' `MODEL_SERVER_CURVE_CLIENTS_DIR`)", "",
         shown="none (no CURVE)")
     curve_server_key: str = setting("MODEL_SERVER_CURVE_PUBLIC_KEY", "CurveZMQ: the model servers' public key "
                                     "(`server.key`); the gateway talks only to a server that holds its secret",
-                                    "", read=_stripped_or_empty, shown="none")
+                                    "", shown="none")
     model_server_timeout: float = setting(
         "MODEL_SERVER_TIMEOUT", "Seconds without a reply or heartbeat (one a second) before the model server counts "
         "as down (503)", 5.0)

@@ -62,10 +62,9 @@ class ModelServerSettings(RequestLimits):
         "MODEL_SERVER_CURVE_SECRET_KEY", "CurveZMQ: this server's key pair (a `zmq.auth` `.key_secret` file; "
         "`python -m common.curve DIR` makes a set). With it, only gateways whose public key is in "
         "`MODEL_SERVER_CURVE_CLIENTS_DIR` get an answer, over an encrypted link; needed for a TCP bind other "
-        "machines can reach", "", read=lambda env, name: env.get(name, "").strip(), shown="none (no CURVE)")
+        "machines can reach", "", shown="none (no CURVE)")
     curve_clients_dir: str = setting("MODEL_SERVER_CURVE_CLIENTS_DIR", "CurveZMQ: the directory of the public keys "
-                                     "(`*.key`) of the gateways allowed in", "",
-                                     read=lambda env, name: env.get(name, "").strip(), shown="none")
+                                     "(`*.key`) of the gateways allowed in", "", shown="none")
     allow_remote: bool = setting("MODEL_SERVER_ALLOW_REMOTE", "Allow a TCP bind other machines could reach (only "
                                  "on a network you trust)", False)
     pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",

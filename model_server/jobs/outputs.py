@@ -120,15 +120,19 @@ class OutputStore:
         return [p for p in self.peers.glob(f"*/jobs/{job_id}.json") if p.parent.parent != self.folder]
 
     def _load_from_peer(self, job_id: str) -> JobRecord | None:
-        for path in self._peer_records(job_id):
-            try:
-                record = msgspec.json.decode(path.read_bytes(), type=JobRecord)
-            except (OSError, msgspec.DecodeError):
-                continue
-            if record.state.terminal:  # its files, as seen from our folder (checked by _inside on use)
-                record.files = [os.path.relpath(path.parent.parent / rel, self.folder) for rel in record.files]
-                return record
-        return None
+        return next(filter(None, map(self._read_peer, self._peer_records(job_id))), None)
+
+    def _read_peer(self, path: Path) -> JobRecord | None:
+        """A peer's record at ``path`` if it is finished, its files as seen from our folder (checked
+        by _inside on use)."""
+        try:
+            record = msgspec.json.decode(path.read_bytes(), type=JobRecord)
+        except (OSError, msgspec.DecodeError):
+            return None
+        if not record.state.terminal:
+            return None
+        record.files = [os.path.relpath(path.parent.parent / rel, self.folder) for rel in record.files]
+        return record
 
     def read_image(self, record: JobRecord, index: int) -> bytes | None:
         try:
@@ -160,7 +164,7 @@ class OutputStore:
         for path in self.peers.glob("*/jobs/*.json") if self.peers else ():
             if path.parent.parent == self.folder or not JOB_ID.match(path.stem):
                 continue
-            record = self._load_from_peer(path.stem)
+            record = self._read_peer(path)  # the record found by the glob, not looked for again
             if record is not None and (record.finished_at or cutoff) < cutoff:
                 self.delete(path.stem)
                 gone.append(path.stem)
