@@ -237,3 +237,33 @@ def test_a_running_job_that_asked_for_previews_has_one_to_fetch(start_server):
     with pytest.raises(RemoteError) as err:
         client.fetch_preview(job.job_id)
     assert err.value.error.code is ErrorCode.NOT_FOUND
+
+
+def test_a_peer_cannot_reuse_a_job_id_or_take_back_a_started_or_foreign_job(start_server):
+    """Submit.job_id and Release, as a hostile or confused peer would send them."""
+    from protocol.messages import Submit
+
+    server, client = start_server(step_seconds=0.2)
+    running = client.submit(params(steps=20), client_id="alice")
+    queued = client.submit(params(steps=2), client_id="alice")
+    assert running.job_id[:8] == server.table.server_id  # ids name the server that made them
+    with pytest.raises(RemoteError) as err:  # an id it already has: refused, nothing replaced
+        client.send_submit(Submit(params=params(), client_id="mallory", job_id=queued.job_id))
+    assert err.value.error.code is ErrorCode.INVALID_PARAMS and "already exists" in err.value.error.message
+    with pytest.raises(RemoteError) as err:  # not an id of the protocol's shape: refused when decoded
+        client.send_submit(Submit(params=params(), job_id="../../etc/passwd"))
+    assert "job_id" in err.value.error.message and client.ping().model_state is ModelState.READY
+    wait_until(lambda: client.get_job(running.job_id).state is JobState.RUNNING, 10)
+    with pytest.raises(RemoteError) as err:  # started: it stays
+        client.release(running.job_id, "alice")
+    assert err.value.error.code is ErrorCode.INVALID_PARAMS and "only a queued job" in err.value.error.message
+    with pytest.raises(RemoteError) as err:  # someone else's: as unknown
+        client.release(queued.job_id, "mallory")
+    assert err.value.error.code is ErrorCode.NOT_FOUND
+    assert client.release(queued.job_id, "alice").state is JobState.QUEUED  # its owner's gateway may
+    with pytest.raises(RemoteError) as err:
+        client.get_job(queued.job_id, "alice")
+    assert err.value.error.code is ErrorCode.NOT_FOUND
+    again = client.send_submit(Submit(params=params(steps=2), client_id="alice", job_id=queued.job_id))
+    assert again.job_id == queued.job_id  # given back, it may be placed (here: again) under its id
+    client.cancel(running.job_id, client_id="alice")
