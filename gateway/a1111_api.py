@@ -27,7 +27,7 @@ from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
 from protocol.infotext import infotext
-from protocol.messages import JobState, StopMode
+from protocol.messages import JobState, ModelEntry, StopMode
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
@@ -47,7 +47,7 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     cfg_scale: float | None = None
     width: int | None = None
     height: int | None = None
-    override_settings: dict | None = None  # only token_merging_ratio is used
+    override_settings: dict | None = None  # sd_model_checkpoint and token_merging_ratio are used
 
 
 class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
@@ -85,6 +85,20 @@ def _decode(kind: type, example: str):
                        field=field_of(str(exc))) from None
 
 
+def checkpoint_title(m: ModelEntry) -> str:
+    """A model as A1111 titles a checkpoint: its name, and its short hash in brackets once known."""
+    return f"{m.name} [{m.hash}]" if m.hash else m.name
+
+
+def _checkpoint(title: str) -> str:
+    """The model an A1111 checkpoint title (or name, or file name) means; the title itself when none
+    matches (the model server then refuses it, naming the ones it has)."""
+    for m in services().model_list().models:
+        if title in (m.name, checkpoint_title(m), m.source) or title.split(" [")[0] in (m.name, m.source):
+            return m.name
+    return title
+
+
 def _parse():
     r, raw = _decode(Txt2ImgRequest, _EXAMPLE)
     sampler, fields = _fields(r)
@@ -119,8 +133,16 @@ def _fields(r: Txt2ImgRequest) -> tuple[str, dict]:
         # A1111 users pair the LCM sampler with an LCM LoRA; here that is the fast preset's adapter
         # (their steps and CFG scale still apply; the preset's tiny VAE too).
         fields["preset"] = "fast"
-    if (r.override_settings or {}).get("token_merging_ratio") is not None:
-        fields["token_merging"] = r.override_settings["token_merging_ratio"]
+    overrides = r.override_settings or {}
+    if overrides.get("token_merging_ratio") is not None:
+        fields["token_merging"] = overrides["token_merging_ratio"]
+    # The checkpoint: this request's override, else the one this client chose (POST /options), else the default.
+    chosen = overrides.get("sd_model_checkpoint") or services().client_options.model(owner())
+    if chosen:
+        if not isinstance(chosen, str):
+            raise ApiError(400, "invalid_params", "sd_model_checkpoint must be a string",
+                           "Use a title from GET /sdapi/v1/sd-models.", field="override_settings")
+        fields["model"] = _checkpoint(chosen)
     return sampler, fields
 
 
@@ -144,7 +166,7 @@ def _generate(parsed):
     params = generation.params
     done, images = generate_sync(sv, generation)
     seeds = [info.seed for info, _ in images]
-    model = sv.client.ping(timeout=2.0).model
+    model = done.model or sv.client.ping(timeout=2.0).model
     info = {
         "prompt": params.prompt, "all_prompts": [params.prompt] * len(seeds),
         "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * len(seeds),
@@ -155,7 +177,7 @@ def _generate(parsed):
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
         "denoising_strength": params.strength if params.mode != "txt2img" else 0,
         "is_using_inpainting_conditioning": False,
-        "infotexts": [infotext(params, s, model, sampler) for s in seeds],
+        "infotexts": [infotext(params, s, model, sampler, done.lora_hashes) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
         "interrupted": done.interrupted, "job_id": done.job_id,
     }
@@ -218,9 +240,26 @@ def skip():
 
 @bp.get("/sd-models")
 def sd_models():
-    model = services().client.ping(timeout=2.0).model
-    return jsonify([{"title": model, "model_name": PurePath(model).name, "hash": None, "sha256": None,
-                     "filename": model, "config": None}])
+    """Every model a request may name, titled as A1111 titles checkpoints."""
+    return jsonify([{"title": checkpoint_title(m), "model_name": m.name, "hash": m.hash or None, "sha256": None,
+                     "filename": m.source, "config": None} for m in services().model_list(fresh=True).models])
+
+
+@bp.get("/loras")
+def loras():
+    """The LoRAs, for <lora:NAME:WEIGHT> in prompts (A1111's shape; ``path`` is the file's name only)."""
+    return jsonify([{"name": lora.name, "alias": lora.name, "path": lora.file, "metadata": {}}
+                    for lora in services().model_list(fresh=True).loras])
+
+
+@bp.post("/refresh-checkpoints")
+def refresh_checkpoints():
+    return jsonify(None)  # the model server looks at its folders again whenever they change
+
+
+@bp.post("/refresh-loras")
+def refresh_loras():
+    return jsonify(None)
 
 
 @bp.get("/samplers")
@@ -236,12 +275,26 @@ def schedulers():
 
 @bp.route("/options", methods=["GET", "POST"])
 def options():
-    if request.method == "POST":
-        decode_object(request.get_data(cache=False), "Send a JSON object of A1111 options.")
-        return jsonify(None)  # a valid object is accepted and ignored: one model, fixed settings
+    """``sd_model_checkpoint`` is this client's own (A1111's is global: one user's switch would change
+    everyone's images); other options are accepted and ignored."""
     sv = services()
-    model = sv.client.ping(timeout=2.0).model
-    return jsonify(sd_model_checkpoint=model, sd_checkpoint_hash=None, samples_format="png")
+    if request.method == "POST":
+        body = decode_object(request.get_data(cache=False), "Send a JSON object of A1111 options.")
+        title = body.get("sd_model_checkpoint")
+        if title is not None:
+            models = sv.model_list(fresh=True).models
+            name = _checkpoint(title) if isinstance(title, str) else ""
+            if name not in {m.name for m in models}:
+                raise ApiError(400, "invalid_params", f"unknown checkpoint {str(title)[:200]!r}",
+                               f"Use a title from GET /sdapi/v1/sd-models: {', '.join(m.name for m in models)[:500]}.",
+                               field="sd_model_checkpoint")
+            sv.client_options.set_model(owner(), name)
+        return jsonify(None)
+    models = sv.model_list().models
+    chosen = sv.client_options.model(owner())
+    current = next((m for m in models if m.name == chosen), None) or next((m for m in models if m.default), None)
+    return jsonify(sd_model_checkpoint=checkpoint_title(current) if current else "",
+                   sd_checkpoint_hash=current.hash or None if current else None, samples_format="png")
 
 
 @bp.get("/scripts")

@@ -50,7 +50,8 @@ def _server(view: ServerView) -> dict:
     pong = view.pong
     body = {"name": view.name, "alive": view.alive, "seconds_since_seen": view.seconds_since_seen}
     if pong is not None:
-        body.update(server_id=pong.server_id, model=pong.model, model_state=pong.model_state.value,
+        body.update(server_id=pong.server_id, model=pong.model, loaded_model=pong.loaded_model,
+                    model_state=pong.model_state.value,
                     queue_depth=pong.queue_depth, running=pong.running_job is not None,
                     rss_bytes=pong.rss_bytes, load=load_view(pong.load))
     if view.error:
@@ -91,6 +92,7 @@ def health():
         "status": _STATUS[pong.model_state],
         "device": pong.device,
         "model": pong.model,
+        "loaded_model": pong.loaded_model,  # the model in memory now (a job naming another loads it first)
         "optimizations": pong.optimizations,
         "model_state": pong.model_state.value,
         "queue": _queue(servers),

@@ -23,8 +23,8 @@ from protocol import codec
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (TERMINAL_EVENTS, Cancel, Delete, ErrorInfo, FetchPreview, FetchResult, GenerationParams,
-                               GetJob, ImageInfo, JobView, ListJobs, Ping, Pong, Rejected, Release, StopMode, Submit,
-                               Watch, Working)
+                               GetJob, ImageInfo, JobView, ListJobs, ListModels, ModelList, Ping, Pong, Rejected,
+                               Release, StopMode, Submit, Watch, Working)
 
 log = logging.getLogger(__name__)
 # The longest a reply may be put off by `Working` (a Submit's uploads waiting to be decoded): a full
@@ -89,6 +89,9 @@ class ModelServerClient(Protocol):
     def delete(self, job_id: str, client_id: str = "") -> JobView: ...
 
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]: ...
+
+    def list_models(self, timeout: float | None = None) -> ModelList:
+        """The models and LoRAs a job may name (every server of a fleet is configured alike)."""
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]: ...
 
@@ -252,6 +255,9 @@ class ModelClient:
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
         """The client's running job, then its queued ones in order."""
         return self.call(ListJobs(client_id=client_id))[0].jobs
+
+    def list_models(self, timeout: float | None = None) -> ModelList:
+        return self.call(ListModels(), timeout)[0]
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:
         reply, blobs = self.call(FetchResult(job_id=job_id, index=index, client_id=client_id))

@@ -5,9 +5,10 @@ Works with the official ``openai`` SDK and tools built on it (Open WebUI, ...). 
 ``response_format`` ``b64_json`` (the default here: self-contained) or ``url`` (the job's image
 URL, fetchable for RESULT_TTL_SECONDS); ``quality`` -> steps (low 15, standard/medium/auto the
 default, hd/high 40); ``output_format``/``output_compression`` -> format/quality; ``model``,
-``style``, ``user``, ``background``, ``moderation`` are accepted and ignored (one model is loaded).
+``model`` names one of ``GET /v1/models`` (OpenAI's own names, ``dall-e-2``, ``gpt-image-1``..., mean the
+default model); ``style``, ``user``, ``background``, ``moderation`` are accepted and ignored.
 Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``scheduler``,
-``preset``, ``deep_cache``, ``token_merging``) may be sent through the SDK's ``extra_body``; with a
+``preset``, ``deep_cache``, ``token_merging``, ``loras``) may be sent through the SDK's ``extra_body``; with a
 ``preset``, ``quality`` no longer sets the steps. Errors use OpenAI's shape so the SDK fills
 ``e.message``/``e.code``/``e.param``.
 """
@@ -23,6 +24,7 @@ import msgspec
 from msgspec import Meta
 from flask import Blueprint, jsonify, request
 
+from gateway.catalog_api import model_item
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.policy import starts_work, takes_images
@@ -37,10 +39,11 @@ _HINTS = {"size": "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'
           "response_format": "Use b64_json or url."}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
+_OPENAI_MODELS = re.compile(r"^(dall-e-\d|gpt-image-\d(\.\d+)?(-mini)?)$")
 # Our own fields reach through the SDK's extra_body: every contract field OpenAI's fields do not already
 # map (a new field in GenerationParams arrives here by itself). "quality" is OpenAI's own (steps).
 _PASSTHROUGH = tuple(f.name for f in msgspec.structs.fields(GenerationParams)
-                     if f.name not in ("prompt", "n", "width", "height", "format", "quality", "preview"))
+                     if f.name not in ("prompt", "n", "width", "height", "format", "quality", "preview", "model"))
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           409: "conflict_error", 410: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
@@ -76,8 +79,15 @@ def _size(value: str | None) -> dict:
     return {"width": int(match.group(1)), "height": int(match.group(2))}
 
 
+def _model(name: str | None) -> str | None:
+    """OpenAI's model names (and none) mean the default model; any other must be one of ours."""
+    if not name or _OPENAI_MODELS.match(name):
+        return None
+    return name
+
+
 def _to_fields(r: ImagesRequest, raw: dict) -> dict:
-    fields = {"prompt": r.prompt, "n": r.n, **_size(r.size)}
+    fields = {"prompt": r.prompt, "n": r.n, "model": _model(r.model), **_size(r.size)}
     if r.quality in _QUALITY_STEPS and "preset" not in raw:
         fields["steps"] = _QUALITY_STEPS[r.quality]
     if r.output_format is not None:
@@ -161,6 +171,15 @@ def _answer(parsed):
 
 @bp.get("/v1/models")
 def models():
-    pong = services().client.ping(timeout=2.0)
-    return jsonify(object="list", data=[{"id": pong.model, "object": "model", "created": 0,
-                                         "owned_by": "sd-cpu"}])
+    """Every model a request may name (``model``), the loaded one marked, in OpenAI's list shape."""
+    listing = services().model_list(fresh=True)
+    return jsonify(object="list", data=[model_item(m) for m in listing.models])
+
+
+@bp.get("/v1/models/<path:name>")
+def model(name: str):
+    found = [m for m in services().model_list().models if m.name == name]
+    if not found:
+        raise ApiError(404, "model_not_found", f"no model {name[:200]!r}", "GET /v1/models lists them.",
+                       field="model")
+    return jsonify(model_item(found[0]))

@@ -75,7 +75,11 @@ def _compat_paths() -> dict:
             "responses": {"200": {"description": "OK", "content": _ANY_JSON},
                           **{str(s): {"description": "Error", "content": _ANY_JSON}
                              for s in (400, 413, 429, 500, 503)}}}},
-        "/v1/models": get("OpenAI: the loaded model"),
+        "/v1/models": get("OpenAI's list shape: every model a request may name (model), the loaded one marked, "
+                          "which are one-step models and which presets each can run"),
+        "/v1/models/{name}": {"parameters": [{"name": "name", "in": "path", "required": True,
+                                              "schema": {"type": "string"}}],
+                              **get("One model of the list")},
         f"{a1111}/txt2img": post("AUTOMATIC1111 txt2img (blocking; base64 PNGs, info JSON string)",
                                  "Txt2ImgRequest", (404, 422, 429, 500, 503)),
         f"{a1111}/img2img": post("AUTOMATIC1111 img2img and inpainting (init_images, denoising_strength, mask "
@@ -84,11 +88,16 @@ def _compat_paths() -> dict:
         f"{a1111}/interrupt": post("AUTOMATIC1111: stop the caller's running job, keep what it made",
                                    errors=(429, 503)),
         f"{a1111}/skip": post("AUTOMATIC1111: end the caller's running job's current image", errors=(429, 503)),
-        f"{a1111}/sd-models": get("AUTOMATIC1111: models", _ANY_JSON_ARRAY),
+        f"{a1111}/sd-models": get("AUTOMATIC1111: checkpoints (every model a request may name)", _ANY_JSON_ARRAY),
+        f"{a1111}/loras": get("AUTOMATIC1111: LoRAs, for <lora:NAME:WEIGHT> in prompts", _ANY_JSON_ARRAY),
+        f"{a1111}/refresh-checkpoints": post("AUTOMATIC1111: look for new checkpoints (done by itself here)",
+                                             errors=(429,)),
+        f"{a1111}/refresh-loras": post("AUTOMATIC1111: look for new LoRAs (done by itself here)", errors=(429,)),
         f"{a1111}/samplers": get("AUTOMATIC1111: samplers", _ANY_JSON_ARRAY),
         f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers", _ANY_JSON_ARRAY),
         f"{a1111}/options": {**get("AUTOMATIC1111: options"),
-                             **post("AUTOMATIC1111: set options (a JSON object, accepted and ignored)",
+                             **post("AUTOMATIC1111: set options: sd_model_checkpoint chooses this client's "
+                                    "model (not everyone's); others are accepted and ignored",
                                     errors=(422, 429))},
         f"{a1111}/scripts": get("AUTOMATIC1111: scripts (none)"),
     }
@@ -127,6 +136,9 @@ def build_spec(request_type: type) -> dict:
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "get": {"summary": "A finished job's image", "responses": {
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 429, 503)}}},
+        "/v1/loras": {"get": {
+            "summary": "The LoRAs a request may apply (loras, or <lora:NAME:WEIGHT> in the prompt)",
+            "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},
         "/v1/presets": {"get": {
             "summary": "Speed/quality presets: their steps, guidance and sampler, and which this server can run",
             "responses": {"200": {"description": "The default preset and the list", "content": _ANY_JSON}}}},

@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs, runs_no_step
-from protocol.messages import MAX_SEED, GenerationParams
+from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
@@ -33,6 +33,10 @@ _HTTP_TYPES = {"preset": Literal[PRESET_NAMES]}
 _EXAMPLES = {"prompt": ["a cat"]}
 _DERIVED = {"mode"}  # set from the request (an init image makes it img2img), never sent
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+# A1111's prompt syntax for LoRAs: <lora:NAME> or <lora:NAME:WEIGHT> (LyCORIS' <lyco:...> too). A third
+# part, A1111's separate UNet weight, is accepted; one weight applies to the whole LoRA here.
+_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:<>]*)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+_LORA_HINT = "Write <lora:NAME:WEIGHT> with a name from GET /v1/loras and a weight such as 0.8."
 
 
 class Generation(NamedTuple):
@@ -42,6 +46,20 @@ class Generation(NamedTuple):
     init_image: bytes = b""
     mask: bytes = b""
     mask_from: str = "luminance"  # "alpha": transparent repaints (OpenAI's edits)
+
+
+def lora_tags(prompt: str) -> tuple[str, list[dict]]:
+    """The prompt without its <lora:NAME:WEIGHT> tags, and the LoRAs they name (weight 1 when left out)."""
+    found = []
+    for match in _LORA_TAG.finditer(prompt):
+        name, weight = match.group(1).strip(), (match.group(2) or "").strip()
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ApiError(400, "invalid_params", f"the LoRA tag {match.group(0)[:120]!r} has no valid weight",
+                           _LORA_HINT, field="prompt") from None
+        found.append({"name": name, "weight": value})
+    return _LORA_TAG.sub(" ", prompt), found
 
 
 def clean_text(text: str) -> str:
@@ -82,8 +100,10 @@ class ParamValidator:
     """Turns a request body (or a façade's fields) into GenerationParams: validated against this
     deployment's bounds, defaults filled from the preset, a seed chosen."""
 
-    def __init__(self, settings: GatewaySettings):
+    def __init__(self, settings: GatewaySettings, one_step: "callable | None" = None):
         self.settings = settings
+        # Whether a model name is a one-step model (SD-Turbo...), which gets the turbo preset by default.
+        self.one_step = one_step or (lambda name: False)
         self.request_type = make_request_type(settings)
         self.presets = presets(settings)
         self.hints = {spec.name: spec.hint for spec in field_specs(settings.limits)}
@@ -131,9 +151,11 @@ class ParamValidator:
     def to_params(self, r, mask_from: str = "luminance", files: dict[str, bytes] | None = None) -> Generation:
         """Fill what the request left out: its preset's values, else the contract's defaults."""
         s = self.settings
-        prompt = clean_text(r.prompt)
+        text, tagged = lora_tags(r.prompt)
+        prompt = clean_text(text)
         if not prompt:
             raise _empty_prompt()
+        loras = _merged_loras(r.loras or [], tagged)
         files = files or {}
         init_image = files.get("init_image") or self._upload(r.init_image, "init_image")
         mask = files.get("mask") or self._upload(r.mask, "mask")
@@ -147,7 +169,7 @@ class ParamValidator:
         if r.strength is not None and not init_image:
             raise ApiError(400, "invalid_params", "strength applies to image-to-image only",
                            "Send init_image with it, or leave strength out.", field="strength")
-        preset = self.presets[r.preset or s.default_preset]
+        preset = self.presets[r.preset or ("turbo" if r.model and self.one_step(r.model) else s.default_preset)]
         defaults = {"width": s.default_size, "height": s.default_size,
                     **{f: getattr(preset, f) for f in ("steps", "guidance_scale", "scheduler", "deep_cache",
                                                        "token_merging")}}
@@ -160,7 +182,7 @@ class ParamValidator:
         values.update(prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""), preset=preset.name,
                       seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
                       guidance_scale=float(values["guidance_scale"]), token_merging=float(values["token_merging"]),
-                      strength=float(values["strength"]),
+                      strength=float(values["strength"]), loras=loras, model=r.model or "",
                       mode="inpaint" if inpaint else "img2img" if init_image else "txt2img")
         params = GenerationParams(**values)
         no_step = runs_no_step(params)
@@ -186,6 +208,21 @@ class ParamValidator:
                            f"{self.settings.max_upload_bytes:,}", "Send a smaller image (MAX_UPLOAD_BYTES).",
                            field=field)
         return data
+
+
+def _merged_loras(given: list, tagged: list[dict]) -> list[LoraRef]:
+    """The request's ``loras`` and its prompt's tags (a name in both: the ``loras`` entry wins), checked
+    against the contract's bounds."""
+    named = {ref.name for ref in given}
+    merged = [{"name": ref.name, "weight": ref.weight} for ref in given]
+    merged += [tag for tag in tagged if tag["name"] not in named]
+    if len(merged) > MAX_LORAS:
+        raise ApiError(400, "invalid_params", f"{len(merged)} LoRAs asked for; at most {MAX_LORAS} at once",
+                       f"Use at most {MAX_LORAS} LoRAs.", field="loras")
+    try:
+        return msgspec.convert(merged, list[LoraRef])
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_params", f"invalid LoRA: {exc}", _LORA_HINT, field="loras") from None
 
 
 def _empty_prompt() -> ApiError:

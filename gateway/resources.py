@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo
 
 
 class ImageLink(msgspec.Struct, kw_only=True):
@@ -40,6 +40,9 @@ class JobResource(msgspec.Struct, kw_only=True):
     cancel_requested: bool = False
     interrupted: bool = False
     engine: str = ""  # what ran the UNet; says so when a request's options moved it off the usual one
+    model: str = ""  # the model that ran it (set when it starts)
+    model_switch: ModelSwitch | None = None  # when it loaded its model first: from what, seconds, memory after
+    lora_hashes: dict[str, str] = {}  # each applied LoRA's A1111 short hash
     links: dict[str, str] = {}
 
 
@@ -73,7 +76,8 @@ def job_resource(view: JobView) -> JobResource:
         queue_position=view.queue_position, started_at=view.started_at, finished_at=view.finished_at,
         progress=view.progress, error=_job_error(view.error),
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
-        interrupted=view.interrupted, engine=view.engine, links=links)
+        interrupted=view.interrupted, engine=view.engine, model=view.model, model_switch=view.model_switch,
+        lora_hashes=view.lora_hashes, links=links)
 
 
 def to_json(obj) -> bytes:

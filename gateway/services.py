@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 from flask import current_app
 
-from gateway.model_client import ModelServerClient
+from gateway.client_options import ClientOptions
+from gateway.model_client import ModelServerClient, ModelServerUnavailable, RemoteError
 from gateway.params import ParamValidator
 from gateway.settings import GatewaySettings
+from protocol.messages import ModelList
+
+# How long a process reuses the model servers' list of models and LoRAs for its own decisions (a
+# one-step model's default preset, A1111 titles); the listing routes always ask afresh.
+MODEL_LIST_SECONDS = 5.0
 
 
 @dataclasses.dataclass
@@ -18,9 +26,29 @@ class Services:
     settings: GatewaySettings
     client: ModelServerClient
     validator: ParamValidator = dataclasses.field(init=False)
+    client_options: ClientOptions = dataclasses.field(init=False)
+    _models: tuple[float, ModelList | None] = (float("-inf"), None)
+    _models_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        self.validator = ParamValidator(self.settings)
+        self.validator = ParamValidator(self.settings, one_step=self._one_step)
+        self.client_options = ClientOptions(self.settings.rate_limit_storage)
+
+    def model_list(self, fresh: bool = False) -> ModelList:
+        """The models and LoRAs the model servers offer (raises when none answers)."""
+        with self._models_lock:
+            when, known = self._models
+        if fresh or known is None or time.monotonic() - when > MODEL_LIST_SECONDS:
+            known = self.client.list_models(timeout=2.0)
+            with self._models_lock:
+                self._models = (time.monotonic(), known)
+        return known
+
+    def _one_step(self, name: str) -> bool:
+        try:
+            return any(m.name == name and m.one_step for m in self.model_list().models)
+        except (ModelServerUnavailable, RemoteError):
+            return False  # the submit that follows says what is wrong
 
 
 def services() -> Services:

@@ -10,6 +10,7 @@ import re
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ErrorInfo, LoadStatus
+from protocol.presets import PRESETS
 
 _RETRY_SOON = 5.0
 
@@ -198,6 +199,15 @@ def load_crashed(exc: BaseException) -> ErrorInfo:
 
 def preset_not_here(preset: str, why: str, others: list[str], code: ErrorCode) -> ErrorInfo:
     """Why a preset cannot run here and what to use instead: refused at submit, or failed on first use."""
+    needs_lcm = preset in PRESETS and PRESETS[preset].lcm_lora and "one-step" not in why
+    remedy = "; or set SD_LCM_LORA on the model server to the LCM-LoRA's hub id or a local copy" if needs_lcm else ""
     return ErrorInfo(code=code, message=f"preset {preset!r} is not available on this server: {why}",
-                     hint=f"Use one of: {', '.join(others)}; or set SD_LCM_LORA on the model server "
-                          "to the LCM-LoRA's hub id or a local copy.")
+                     hint=f"Use one of: {', '.join(others)}{remedy}.")
+
+
+def unknown_name(what: str, name: str, known: list[str], listing: str) -> Rejection:
+    """A model or LoRA the request names that this server does not have, with the ones it has."""
+    shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+    return Rejection(ErrorInfo(
+        code=ErrorCode.INVALID_PARAMS, message=f"unknown {what} {name[:200]!r}",
+        hint=f"Use one of: {shown} ({listing})." if known else f"This server has no {what}s configured ({listing})."))

@@ -3,7 +3,13 @@ fake pipeline (tests, compose smoke runs) works without torch installed."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 from model_server.loading.progress import LoadProgress
+from model_server.models.catalog import Catalog, ModelSource
+from model_server.models.loras import LoraFiles
+from model_server.models.model_set import ModelSet
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
 
@@ -20,3 +26,16 @@ def make_pipeline(settings: "ModelServerSettings", progress: LoadProgress | None
     from model_server.engine.diffusers_pipeline import DiffusersPipeline
 
     return DiffusersPipeline.load(settings, progress)
+
+
+def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] | None = None) -> ModelSet:
+    """The configured models and LoRAs; ``load`` (tests) makes every model's pipeline instead of the
+    configured backend."""
+    catalog = Catalog(settings.model, settings.models, settings.models_dir)
+
+    def load_model(model: ModelSource, progress: LoadProgress) -> Pipeline:
+        if load is not None:
+            return load()
+        return make_pipeline(dataclasses.replace(settings, model=model.source), progress)
+
+    return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model)

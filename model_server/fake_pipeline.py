@@ -8,12 +8,13 @@ model can be exercised in milliseconds.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 
 from PIL import Image
 
-from model_server.pipeline import SCHEDULERS, JobCancelledError, max_steps
+from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error, max_steps
 from protocol.messages import GenerationParams, StopMode, steps_run
 
 
@@ -23,6 +24,8 @@ class FakePipeline:
     def __init__(self, step_seconds: float = 0.0, model_id: str = "fake"):
         self.step_seconds = step_seconds
         self.model_id = f"fake:{model_id}"
+        self._loras: list[tuple[str, float]] = []
+        self._loaded: set[str] = set()
 
     def optimizations(self):
         return {"pipeline": "fake", "dtype": "none", "attention": "none", "threads": 1}
@@ -38,6 +41,22 @@ class FakePipeline:
 
     def engine(self, params: GenerationParams) -> str:
         return "fake"
+
+    def apply_loras(self, loras) -> None:
+        # Reads each file's header, as a real load would, so a file that is no safetensors fails here too.
+        for name, path, _ in loras:
+            if name not in self._loaded:
+                with open(path, "rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    try:
+                        json.loads(f.read(min(size, 1 << 24)))
+                    except ValueError:
+                        raise load_error(f"could not load LoRA {name!r}: not a safetensors file", "Check the file.")
+                self._loaded.add(name)
+        self._loras = [(name, weight) for name, _, weight in loras]
+
+    def loaded_loras(self) -> set[str]:
+        return set(self._loaded)
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None) -> Image.Image:
         total = steps_run(params)
@@ -55,7 +74,9 @@ class FakePipeline:
                 shade = int(255 * step / total)
                 preview = Image.new("RGB", (params.width // 8, params.height // 8), (shade, shade, shade))
             on_step(step, time.monotonic() - started, preview)
-        digest = hashlib.sha256(f"{seed}\0{params.prompt}".encode()).digest()
+        # The model and LoRAs change the image, as they would a real one's.
+        extra = f"\0{self.model_id}" + "".join(f"\0{name}:{weight:g}" for name, weight in self._loras)
+        digest = hashlib.sha256(f"{seed}\0{params.prompt}{extra}".encode()).digest()
         rng = random.Random(digest)
         noise = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
         # img2img: the init image shows through, the more the lower the strength.

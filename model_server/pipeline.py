@@ -4,6 +4,7 @@ this module imports no implementation (and none imports it back in a circle)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from model_server import errors
@@ -48,6 +49,13 @@ class Pipeline(Protocol):
 
     def engine(self, params: GenerationParams) -> str:
         """What will run this job's UNet, and why when it is not the usual one (shown in the job)."""
+
+    def apply_loras(self, loras: "list[tuple[str, Path, float]]") -> None:
+        """Use exactly these LoRAs (name, file, weight) for the next ``generate`` calls; [] for none.
+        Raises PipelineLoadError when one cannot be loaded."""
+
+    def loaded_loras(self) -> set[str]:
+        """The LoRAs in memory now (kept for later jobs within a budget)."""
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None], init_image: "Image | None" = None,

@@ -69,8 +69,28 @@ class ModelServerSettings(RequestLimits):
                                  "on a network you trust)", False)
     pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",
                             "diffusers", read=_lower)
-    model: str = setting("SD_MODEL", "Hub id, local diffusers directory, or `tiny` (a tiny random-weight model "
+    model: str = setting("SD_MODEL", "The default model: hub id, local diffusers directory, single-file `.safetensors` "
+                         "checkpoint, or `tiny` / `tiny-turbo` (tiny random-weight models, SD v1- and SD-Turbo-shaped, "
                          "written to `SD_CACHE_DIR`, no network)", DEFAULT_MODEL)
+    models: str = setting(
+        "SD_MODELS", "More models a request may name (`model`), besides `SD_MODEL`: a comma-separated list of hub "
+        "ids, diffusers directories and single-file `.safetensors` checkpoints, each optionally `NAME=SOURCE`. One "
+        "model is in memory at a time: a job naming another loads it first", "", shown="none")
+    models_dir: str = setting(
+        "SD_MODELS_DIR", "A folder of models a request may name: each diffusers directory in it (with "
+        "`model_index.json`) and each single-file `.safetensors` checkpoint, named for the folder or file. Looked "
+        "at again whenever it changes", "", shown="none")
+    single_file_config: str = setting(
+        "SD_SINGLE_FILE_CONFIG", "The component configs for single-file checkpoints (which carry weights only): "
+        "`auto` lets diffusers pick them by the checkpoint's architecture (SD 1.x, 2.x...; fetched from the hub "
+        "once, or read from its cache), or a hub id or diffusers directory of the same architecture. A single file "
+        "is converted once, in a child process, to a diffusers copy under `SD_CACHE_DIR/checkpoints`", "auto")
+    lora_dir: str = setting(
+        "LORA_DIR", "A folder of LoRA `.safetensors` files (kohya/A1111 or diffusers format) that requests may "
+        "apply (`loras`, or `<lora:NAME:WEIGHT>` in the prompt), named for the file", "", shown="none")
+    lora_cache_mb: int = setting(
+        "LORA_CACHE_MB", "Memory for LoRAs kept loaded between jobs; the least recently used are dropped first "
+        "(a job's own LoRAs always load)", 512)
     revision: str | None = setting("SD_MODEL_REVISION", "Hub revision (branch, tag or commit)", None)
     token: str | None = setting(
         "HF_TOKEN", "Hugging Face token (or `HF_AUTH_TOKEN`, or `HF_TOKEN_FILE` naming a file that holds it). It "
@@ -188,6 +208,8 @@ class ModelServerSettings(RequestLimits):
             raise ValueError("CurveZMQ needs both MODEL_SERVER_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_CLIENTS_DIR")
         self.curve  # noqa: B018  (reads the keys now: a wrong path stops the start, not the first request)
         check_bind(self.bind, self.allow_remote, authenticated=bool(self.curve_secret_key))
+        if self.lora_cache_mb < 0:
+            raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         self.limits  # noqa: B018  (checks the bounds against the protocol's)

@@ -21,7 +21,7 @@ from model_server.jobs.job import Job
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
-from model_server.factory import make_pipeline
+from model_server.factory import make_model_set
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
@@ -67,7 +67,7 @@ class Worker(threading.Thread):
                  ctx: zmq.Context, load: Callable[[], Pipeline] | None = None):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
-        self._load_pipeline = load or (lambda: make_pipeline(settings, state.progress))
+        self.models = make_model_set(settings, load)
         self.stopping = threading.Event()
         self._events: zmq.Socket | None = None
 
@@ -99,7 +99,7 @@ class Worker(threading.Thread):
 
     def _load(self) -> bool:
         try:
-            pipeline = self._load_pipeline()
+            self.models.load_default(self.state.progress)
         except PipelineLoadError as exc:
             log.error("model load failed: %s", exc.error.message)
             self.state.error, self.state.model_state = exc.error, ModelState.FAILED
@@ -110,12 +110,16 @@ class Worker(threading.Thread):
             self.state.model_state = ModelState.FAILED
             return self._failed()
         self.state.progress.end()
-        self.state.pipeline = pipeline
+        self.state.pipeline = self.models
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
         release_memory()
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
+
+    def _tell(self, job: Job, detail: str) -> None:
+        self.table.record_detail(job, detail)
+        self.notify(job.id)
 
     def _failed(self) -> bool:
         self.state.progress.halt()  # the phase it failed in stays in /health, without more log lines
@@ -123,15 +127,19 @@ class Worker(threading.Thread):
 
     def _run(self, job: Job) -> None:
         p = job.params
-        pipeline = self.state.pipeline
-        engine = pipeline.engine(p)
-        self.table.record_engine(job, engine)
-        log.info("started: %dx%d, %d steps, n=%d, scheduler=%s, on %s", p.width, p.height, p.steps, p.n, p.scheduler,
-                 engine)
+        pipeline = self.models
         self.notify(job.id)
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
         try:
+            model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text))
+            self.table.record_model(job, model, switch, lora_hashes)
+            engine = pipeline.engine(p)
+            self.table.record_engine(job, engine)
+            log.info("started: %s, %dx%d, %d steps, n=%d, scheduler=%s, LoRAs %s, on %s", model, p.width, p.height,
+                     p.steps, p.n, p.scheduler, ", ".join(f"{r.name}:{r.weight:g}" for r in p.loras) or "none",
+                     engine)
+            self.notify(job.id)
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
@@ -145,7 +153,7 @@ class Worker(threading.Thread):
 
                 image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
                                           mask=job.mask)
-                data, media_type = encode_image(image, p, seed, pipeline.model_id)
+                data, media_type = encode_image(image, p, seed, pipeline.model_id, lora_hashes)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
                                          height=image.height, size_bytes=len(data)), data))
                 if self.table.stopped_early(job) is StopMode.INTERRUPT:

@@ -123,4 +123,4 @@ def field_of(validation_message: str) -> str | None:
     if marker < 0:
         return None
     path = validation_message[marker + 6:].rstrip("`")
-    return path.split(".")[-1].split("[")[0] if path else None
+    return path.split(".")[0].split("[")[0] if path else None

@@ -69,6 +69,13 @@ MAX_DEEP_CACHE = 10
 MAX_TOKEN_MERGING = 0.75
 # At least one visible character: what is left after control characters and spaces are dropped.
 _VISIBLE = r"[^\s\x00-\x1f\x7f-\x9f]"
+# A model's or LoRA's name as the model server lists it (GET /v1/models, /sdapi/v1/loras): no control
+# characters, and for a LoRA none of the characters that end an A1111 prompt tag (<lora:NAME:WEIGHT>).
+MAX_NAME_LENGTH = 200
+_MODEL_NAME = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_LORA_NAME = r"^[^\x00-\x1f\x7f-\x9f<>:]+$"
+MAX_LORAS = 8
+MAX_LORA_WEIGHT = 4.0
 
 
 def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
@@ -96,6 +103,13 @@ class ErrorInfo(_Shape):
     hint: str = ""
     retryable: bool = False
     retry_after: float | None = None
+
+
+class LoraRef(_Shape):
+    """One LoRA applied to a job: a name the model server lists, and its strength."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_LORA_NAME)]
+    weight: Annotated[float, msgspec.Meta(ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)] = 1.0
 
 
 class GenerationParams(_Shape):
@@ -174,6 +188,17 @@ class GenerationParams(_Shape):
                       doc="Inpainting only: the mask's edge is blurred by this many pixels, so the repainted "
                           "part blends in (A1111's mask_blur; default 4).",
                       hint="Use 0 (a hard edge) to 64 pixels; 4 is the default.") = 4
+    # A name from the model server's list (ModelList); "" = the server's default model (SD_MODEL).
+    model: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
+                  doc="The model (checkpoint) to run: a name from GET /v1/models (default: the server's default "
+                      "model). A switch loads it in place of the one in memory first.",
+                  hint="Use a name from GET /v1/models, or leave model out for the default one.") = ""
+    loras: _bound(list[LoraRef], max_length=MAX_LORAS,
+                  doc=f"LoRAs to apply, up to {MAX_LORAS}: a list of objects with a name from GET /v1/loras and a "
+                      f"weight from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g} (default 1). A1111's prompt syntax "
+                      "<lora:NAME:WEIGHT> works too.",
+                  hint=f"Send at most {MAX_LORAS} LoRAs, each an object with a name (GET /v1/loras) and a weight "
+                       f"from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}.") = []
 
 
 def steps_run(params: GenerationParams) -> int:
@@ -191,6 +216,18 @@ class ProgressInfo(_Shape):
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
     preview_step: int | None = None  # the step the latest preview shows (FetchPreview gets it)
+    # What the job is doing before its first step, when that takes a while (e.g. "loading model X").
+    detail: Annotated[str, msgspec.Meta(max_length=300)] = ""
+
+
+class ModelSwitch(_Shape):
+    """A job that had to load its model first: what was in memory, how long the switch took, and the
+    server's resident memory at its end (one model is resident at a time)."""
+
+    from_model: str
+    to_model: str
+    seconds: float
+    rss_bytes: int = 0
 
 
 class ImageInfo(_Shape):
@@ -220,6 +257,10 @@ class JobView(_Shape):
     # What ran the job's UNet (e.g. "openvino int8 (hybrid)", "torch bfloat16: deep_cache runs on torch");
     # empty until it starts.
     engine: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    model: str = ""  # the model that ran it (its name in the model list); empty until it starts
+    model_switch: ModelSwitch | None = None
+    # A1111's "Lora hashes": each applied LoRA's name -> the short hash of its file; set when it starts.
+    lora_hashes: Annotated[dict[str, str], msgspec.Meta(max_length=MAX_LORAS)] = {}
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------
@@ -302,6 +343,10 @@ class Release(_Msg):
     client_id: str = ""
 
 
+class ListModels(_Msg):
+    """The models and LoRAs a job may name; answered with ModelList."""
+
+
 class ListJobs(_Msg):
     """The client's unfinished jobs, running first then queued in order; answered with JobList."""
 
@@ -358,6 +403,33 @@ class Pong(_Msg):
     # gateway in front of many servers finds a job's server ("" from a server before scale-out).
     server_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{8})?$")] = ""
     max_queued_per_client: int = 0  # the per-client queue cap (0: none); a gateway sums it over servers
+    loaded_model: str = ""  # the model in memory now (a ModelEntry's name): placement prefers it
+
+
+class ModelEntry(_Shape):
+    """One model a job may name (GenerationParams.model)."""
+
+    name: str
+    kind: Literal["hub", "folder", "single_file", "tiny"]
+    source: str = ""  # a hub id, or the folder's or file's name (never a path)
+    default: bool = False
+    loaded: bool = False  # the one in memory now: a job naming another loads it first
+    one_step: bool = False  # distilled for 1-4 steps without guidance (SD-Turbo, SDXS): the turbo preset
+    unavailable_presets: dict[str, str] = {}  # preset -> why this model cannot run it
+    hash: str = ""  # A1111's short hash (sha256, 10 hex) of a single-file checkpoint, once computed
+
+
+class LoraEntry(_Shape):
+    name: str
+    file: str  # the file's name in LORA_DIR
+    size_bytes: int = 0
+    hash: str = ""  # A1111's short hash (12 hex) once the LoRA has been loaded
+    loaded: bool = False  # in memory now (kept under LORA_CACHE_MB)
+
+
+class ModelList(_Msg):
+    models: list[ModelEntry] = []
+    loras: list[LoraEntry] = []
 
 
 class Accepted(_Msg):
@@ -406,8 +478,10 @@ class Rejected(_Msg):
     error: ErrorInfo
 
 
-Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete, Release]
-Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList, Working]
+Request = Union[Ping, Submit, GetJob, Watch, FetchResult, Cancel, FetchPreview, ListJobs, Delete, Release,
+                ListModels]
+Reply = Union[Pong, Accepted, JobInfo, Progress, Completed, Failed, Cancelled, Result, Rejected, JobList, Working,
+              ModelList]
 TERMINAL_EVENTS = (Completed, Failed, Cancelled)
 
 

@@ -34,3 +34,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"tiny_model_dir", "log_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(tmp_path_factory) -> Path:
+    """Two random LoRAs for the tiny model: ink (kohya/A1111 layout) and pencil (diffusers layout)."""
+    from model_server.engine.tiny_model import build_tiny_pipeline, write_random_lora
+
+    folder = tmp_path_factory.mktemp("loras")
+    write_random_lora(folder / "ink.safetensors", build_tiny_pipeline(), seed=1)
+    write_random_lora(folder / "pencil.safetensors", build_tiny_pipeline(), seed=2, kohya=False)
+    return folder

@@ -29,7 +29,7 @@ from gateway.fleet.roster import BEAT_SECONDS, Member, Roster
 from gateway.model_client import ModelClient, ModelServerUnavailable, ProcessContext, RemoteError, ServerView
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode
-from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelState, Pong,
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelList, ModelState, Pong,
                                StopMode, Submit)
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,16 @@ class Fleet:
             first = first or pong
         if first is not None:
             return first
+        raise last or ModelServerUnavailable("no model server is known yet; check MODEL_SERVER_ADDRESS")
+
+    def list_models(self, timeout: float | None = None) -> ModelList:
+        """The models and LoRAs, from the first server that answers (servers share their configuration)."""
+        last: Exception | None = None
+        for member in self._candidates():
+            try:
+                return member.client.list_models(timeout)
+            except (ModelServerUnavailable, RemoteError) as exc:
+                last = exc
         raise last or ModelServerUnavailable("no model server is known yet; check MODEL_SERVER_ADDRESS")
 
     def servers(self, timeout: float | None = None) -> list[ServerView]:

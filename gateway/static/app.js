@@ -1,6 +1,7 @@
 // The page: submit a job, follow it (SSE, polling as fallback), preview, cancel, show, keep a gallery.
 import * as gallery from "/static/gallery.js";
 import * as source from "/static/source.js";
+import * as models from "/static/models.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1024, max_height: 1024,
@@ -90,15 +91,31 @@ function applyLimits(limits, schedulers) {
 function applyPresets(presets) {
   state.presets = Object.fromEntries(presets.map((p) => [p.name, p]));
   state.presetsLoaded = true;
+  showPresets(models.current());
+}
+
+// The presets the chosen model can run (its entry in /v1/models says which it cannot); turbo is shown
+// only for one-step models, and chosen when one is picked.
+function showPresets(model) {
+  if (!state.presets) return;
   const select = $("preset");
+  const was = select.value;
   select.textContent = "";
-  for (const p of presets) {
-    const option = new Option(p.available === false ? `${p.name} (unavailable)` : p.name, p.name, false, p.default);
-    option.disabled = p.available === false;
-    option.title = p.unavailable_reason || p.summary;
+  for (const p of Object.values(state.presets)) {
+    const why = model ? model.unavailable_presets[p.name] : p.available === false ? p.unavailable_reason : "";
+    if (p.one_step && why) continue;
+    const option = new Option(why ? `${p.name} (unavailable)` : p.name, p.name);
+    option.disabled = Boolean(why);
+    option.title = why || p.summary;
     select.add(option);
   }
-  usePreset();
+  const usable = (name) => [...select.options].some((o) => o.value === name && !o.disabled);
+  const fallback = (Object.values(state.presets).find((p) => p.default) || {}).name;
+  const newModel = (model && model.id) !== state.shownModel;
+  const next = newModel && model && model.one_step && usable("turbo") ? "turbo" : usable(was) ? was : fallback;
+  state.shownModel = model && model.id;
+  select.value = next;
+  if (next !== was || newModel) usePreset();
 }
 
 function usePreset() {
@@ -154,7 +171,7 @@ function requestBody() {
   if (Number($("token-merging").value) > 0) body.token_merging = Number($("token-merging").value);
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
-  return { ...body, ...source.fields() };
+  return { ...body, ...models.fields(), ...source.fields() };
 }
 
 async function submit(event) {
@@ -230,7 +247,9 @@ function onProgress(job) {
     const done = (p.image_index || 0) * p.total_steps + (p.step || 0);
     $("bar").max = 1;
     $("bar").value = p.total_steps ? done / (n * p.total_steps) : 0;
-    say(job.cancel_requested ? "Cancelling…" : `Step ${p.step}/${p.total_steps}`);
+    const loading = p.detail && !p.step;  // e.g. "loading model X" before the first step
+    say(job.cancel_requested ? "Cancelling…"
+      : loading ? `${p.detail[0].toUpperCase()}${p.detail.slice(1)}…` : `Step ${p.step}/${p.total_steps}`);
     $("timing").textContent = `${fmt(p.elapsed_seconds || 0)} elapsed` +
       (p.eta_seconds != null ? ` · about ${fmt(p.eta_seconds)} left` : "") +
       (p.seconds_per_step ? ` · ${p.seconds_per_step.toFixed(2)} s/step` : "");
@@ -267,9 +286,13 @@ function showResult(job, img) {
   $("image").width = img.width;
   $("image").height = img.height;
   $("image").alt = `Generated image: ${p.prompt}`;
-  $("caption").textContent = `Seed ${img.seed} · ${img.width}×${img.height} · ${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
+  $("caption").textContent = `${job.model ? job.model + " · " : ""}Seed ${img.seed} · ` +
+    `${img.width}×${img.height} · ` +
+    `${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
     `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
     (p.mode && p.mode !== "txt2img" ? ` · ${p.mode} at strength ${p.strength}` : "") +
+    (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
+    (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
   $("download").href = img.url;
   $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
@@ -330,6 +353,7 @@ function pick(entry) {
   const p = entry.params;
   $("prompt").value = p.prompt;
   $("negative").value = p.negative_prompt || "";
+  models.restore(p);
   if (p.preset && state.presets && state.presets[p.preset]) {
     $("preset").value = p.preset;
     $("preset-help").textContent = state.presets[p.preset].summary;
@@ -358,6 +382,7 @@ $("copy-curl").addEventListener("click", copyCurl);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
 source.setup();
+models.setup(showPresets);
 // Every second while the model loads (its progress moves), every 5 s once it is up.
 (async function watchHealth() {
   await refreshHealth();

@@ -29,8 +29,9 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
 
 from model_server import cpu
-from model_server.engine import inpaint_model, openvino_backend, preset_parts
+from model_server.engine import inpaint_model, openvino_backend, preset_parts, single_file
 from model_server.engine.deepcache import DeepCache
+from model_server.engine.loras import LoraAdapters
 from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
@@ -42,6 +43,7 @@ from model_server.engine.token_merging import TokenMerging
 from model_server.loading.download import ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
+from model_server.models.catalog import kind_of
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode, steps_run
 from protocol.presets import PRESETS
@@ -70,12 +72,16 @@ def choose_dtype(requested: str, flags: set[str] | None = None, env=None) -> tup
     return (torch.bfloat16 if native else torch.float32), reason
 
 
-def resolve_model(settings: ModelServerSettings) -> str:
-    """Hub id or local directory; "tiny" writes (once) and uses the tiny random-weight model."""
-    if settings.model == "tiny":
+def resolve_model(settings: ModelServerSettings, progress: LoadProgress | None = None) -> str:
+    """Hub id or local directory; "tiny" and "tiny-turbo" write (once) and use a tiny random-weight
+    model; a single-file checkpoint is converted (once) to a diffusers folder."""
+    if settings.model in ("tiny", "tiny-turbo"):
         from model_server.engine.tiny_model import write_tiny_model
 
-        return str(write_tiny_model(Path(settings.cache_dir) / "tiny-sd"))
+        turbo = settings.model == "tiny-turbo"
+        return str(write_tiny_model(Path(settings.cache_dir) / ("tiny-turbo" if turbo else "tiny-sd"), turbo=turbo))
+    if kind_of(settings.model) == "single_file":
+        return single_file.diffusers_folder(settings.model, settings, progress or LoadProgress())
     return settings.model
 
 
@@ -191,7 +197,9 @@ class DiffusersPipeline:
         self._default_scheduler = type(pipe.scheduler)
         self._lcm_source, self._vae_source, self._lcm_missing = preset_parts.resolve(self._settings)
         self._fast_loaded = False
-        self._lcm_on = False
+        self._tiny_vae_missing = ""  # why TAESD could not load, once it was tried
+        self._adapters = LoraAdapters(pipe, self._settings.lora_cache_mb * 2**20)
+        self._job_loras: list[tuple[str, Path, float]] = []  # the next jobs' LoRAs (apply_loras)
         self.fast_pipe: StableDiffusionPipeline | None = None  # the same modules, TAESD as decoder
         self._variants: dict[tuple[type, int], StableDiffusionPipeline] = {}
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
@@ -204,10 +212,10 @@ class DiffusersPipeline:
 
     def _inpainting_unet(self, params: GenerationParams):
         """The inpainting checkpoint's UNet (loaded on first use), or None to inpaint with the model:
-        when none is configured or it failed to load, and for LCM presets, whose adapter fits the
-        model's own UNet only."""
+        when none is configured or it failed to load, and with LoRAs (the LCM preset's too), whose
+        adapters are attached to the model's own UNet."""
         preset = PRESETS.get(params.preset)
-        if self._inpaint_source is None or (preset and preset.lcm_lora):
+        if self._inpaint_source is None or (preset and preset.lcm_lora) or params.loras:
             return None
         if self._inpaint_unet is None:
             started = time.monotonic()
@@ -240,20 +248,29 @@ class DiffusersPipeline:
         if not loaded:
             self._lcm_missing, self._opts["lcm_lora"] = why, False
             return
-        tiny_vae, vae_why = preset_parts.load_tiny_vae(self._vae_source, self._settings, self.pipe.unet.dtype)
-        if tiny_vae is not None:
-            if self._settings.channels_last:
-                tiny_vae.to(memory_format=torch.channels_last)
-            # A second pipeline object over the same modules costs nothing.
-            self.fast_pipe = StableDiffusionPipeline(**{**self.pipe.components, "vae": tiny_vae},
-                                                     requires_safety_checker=False)
-            self.fast_pipe.set_progress_bar_config(disable=True)
+        vae_why = self._load_tiny_decoder()
         self._fast_loaded = True
         self._opts["lcm_lora"] = self._lcm_source
-        self._opts["tiny_vae"] = self._vae_source if tiny_vae is not None else False
         self._opts["fast_parts_load_seconds"] = round(time.monotonic() - started, 2)
         log.info("fast preset ready in %.1f s: LCM-LoRA %s, decoder %s", self._opts["fast_parts_load_seconds"],
-                 self._lcm_source, self._vae_source if tiny_vae is not None else f"full VAE ({vae_why})")
+                 self._lcm_source, self._vae_source if self.fast_pipe is not None else f"full VAE ({vae_why})")
+
+    def _load_tiny_decoder(self) -> str:
+        """Load TAESD once (the fast and turbo presets decode with it): "" or why it is not there."""
+        if self.fast_pipe is not None or self._tiny_vae_missing:
+            return self._tiny_vae_missing
+        tiny_vae, why = preset_parts.load_tiny_vae(self._vae_source, self._settings, self.pipe.unet.dtype)
+        if tiny_vae is None:
+            self._tiny_vae_missing, self._opts["tiny_vae"] = why, False
+            return why
+        if self._settings.channels_last:
+            tiny_vae.to(memory_format=torch.channels_last)
+        # A second pipeline object over the same modules costs nothing.
+        self.fast_pipe = StableDiffusionPipeline(**{**self.pipe.components, "vae": tiny_vae},
+                                                 requires_safety_checker=False)
+        self.fast_pipe.set_progress_bar_config(disable=True)
+        self._opts["tiny_vae"] = self._vae_source
+        return ""
 
     @classmethod
     def load(cls, settings: ModelServerSettings, progress: LoadProgress | None = None) -> "DiffusersPipeline":
@@ -263,7 +280,8 @@ class DiffusersPipeline:
         threads = settings.threads or cpu.usable_cores()
         torch.set_num_threads(threads)
         dtype, why = choose_dtype(settings.dtype)
-        source = resolve_model(settings)
+        source = resolve_model(settings, progress)
+        checkpoint = single_file.checkpoint_hash(source) if kind_of(settings.model) == "single_file" else None
         if is_hub_id(source):
             progress.start("loading", f"asking the hub which files of {source} are needed")
             ensure_pipeline(source, settings.revision, settings.token, progress, settings.download_free_margin_mb,
@@ -311,6 +329,7 @@ class DiffusersPipeline:
             "load_seconds": round(time.monotonic() - started, 2),
             **weights,
             **backend,
+            **({"checkpoint_hash": checkpoint} if checkpoint else {}),
         }
         log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
         residency = MappedWeights(folder, settings.release_idle_weights != "none")
@@ -319,7 +338,8 @@ class DiffusersPipeline:
                    ov_pipe)
 
     def optimizations(self):
-        return {**self._opts, **(self.ov_pipe.unet.report() if self.ov_pipe is not None else {})}
+        loras = {"loras_loaded": len(self._adapters.loaded()), "loras_mb": round(self._adapters.bytes / 2**20, 1)}
+        return {**self._opts, **loras, **(self.ov_pipe.unet.report() if self.ov_pipe is not None else {})}
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
@@ -332,14 +352,21 @@ class DiffusersPipeline:
             return {}
         return {name: f"no LCM-LoRA ({self._lcm_missing})" for name, p in PRESETS.items() if p.lcm_lora}
 
+    def apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
+        self._job_loras = list(loras)  # attached by _pipe_for, with the preset's adapter
+
+    def loaded_loras(self) -> set[str]:
+        return self._adapters.loaded()
+
     def _on_torch_because(self, params: GenerationParams) -> list[str]:
         """What in this request the OpenVINO UNet cannot run (so torch's runs it); [] when it can."""
         preset = PRESETS.get(params.preset)
         lcm = bool(preset and preset.lcm_lora)
         return [what for what, asked in (
-            ("the fast preset's LCM-LoRA", lcm), ("deep_cache", params.deep_cache > 1),
+            ("the fast preset's LCM-LoRA", lcm), ("LoRAs", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
             ("token_merging", bool(params.token_merging)),
-            ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm))
+            ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm
+             and not params.loras))
             if asked]
 
     def engine(self, params: GenerationParams) -> str:
@@ -361,17 +388,19 @@ class DiffusersPipeline:
         if lcm and self._lcm_missing:
             raise PipelineLoadError(preset_unavailable(params.preset, self._lcm_missing, self.unavailable_presets(),
                                                        ErrorCode.PIPELINE_ERROR))
-        if lcm != self._lcm_on:
-            preset_parts.set_lcm(self.pipe, lcm)
-            self._lcm_on = lcm
-        if preset and preset.tiny_vae and self.fast_pipe is not None:
-            return self.fast_pipe
-        if self.ov_pipe is not None and not self._on_torch_because(params):
-            return self.ov_pipe
-        return self.pipe
+        self._adapters.use(self._job_loras, [(preset_parts.ADAPTER, 1.0)] if lcm else [],
+                           others_attached=self._fast_loaded)
+        on_openvino = self.ov_pipe is not None and not self._on_torch_because(params)
+        if preset and preset.tiny_vae and (lcm or not self._load_tiny_decoder()) and self.fast_pipe is not None:
+            # the OpenVINO UNet with the tiny decoder (turbo), or torch's (fast: its LCM-LoRA runs on torch)
+            return self._variant(self.fast_pipe, StableDiffusionPipeline, self.ov_pipe.unet) if on_openvino \
+                else self.fast_pipe
+        return self.ov_pipe if on_openvino else self.pipe
 
-    def _scheduler(self, name: str):
+    def _scheduler(self, name: str, one_step: bool = False):
         cfg = self._base_scheduler_config
+        if one_step:  # few-step models sample from the last timestep: 1 step starts at t=999, not t=1
+            cfg = {**cfg, "timestep_spacing": "trailing"}
         if name == "default":
             return self._default_scheduler.from_config(cfg)
         return _SCHEDULER_FACTORIES[name](cfg)
@@ -403,7 +432,8 @@ class DiffusersPipeline:
             inputs = {"image": init_image, "mask_image": mask, "width": params.width, "height": params.height}
         if init_image is not None:
             inputs["strength"] = params.strength
-        pipe.scheduler = self._scheduler(params.scheduler)
+        preset = PRESETS.get(params.preset)
+        pipe.scheduler = self._scheduler(params.scheduler, bool(preset and preset.one_step))
         total = steps_run(params)
         last = time.monotonic()
 

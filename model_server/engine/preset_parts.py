@@ -51,7 +51,7 @@ def _source(value: str, settings: ModelServerSettings, kind: str) -> str | None:
     """Where to load a part from: None when turned off; the local random ones for the tiny model."""
     if switched_off(value):
         return None
-    if value in ("auto", "tiny") and (value == "tiny" or settings.model == "tiny"):
+    if value in ("auto", "tiny") and (value == "tiny" or settings.model in ("tiny", "tiny-turbo")):
         from model_server.engine.tiny_model import write_tiny_extras
 
         lora, taesd = write_tiny_extras(Path(settings.cache_dir) / "tiny-extras")
@@ -120,10 +120,3 @@ def load_tiny_vae(source: str | None, settings: ModelServerSettings,
     except Exception as exc:
         return None, _failed("tiny VAE", source, exc, "the fast preset decodes with the full VAE", settings)
 
-
-def set_lcm(pipe: StableDiffusionPipeline, on: bool) -> None:
-    if on:
-        pipe.enable_lora()
-        pipe.set_adapters([ADAPTER], [1.0])
-    else:
-        pipe.disable_lora()

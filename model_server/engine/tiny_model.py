@@ -57,11 +57,14 @@ def local_tokenizer():
     return tokenizer
 
 
-def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
+def build_tiny_pipeline(seed: int = 0, in_channels: int = 4, turbo: bool = False):
     """Return an in-memory tiny StableDiffusionPipeline with random weights (``in_channels=9``: an
-    inpainting checkpoint's UNet, which also takes the mask and the masked image's latents)."""
+    inpainting checkpoint's UNet, which also takes the mask and the masked image's latents;
+    ``turbo``: shaped like SD-Turbo, an SD 2.1 model: linear attention projections, per-block head
+    sizes, GELU text encoder, Euler sampling on trailing timesteps)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -70,6 +73,7 @@ def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
             num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
+            hidden_act="gelu" if turbo else "quick_gelu",
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
@@ -77,7 +81,7 @@ def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=in_channels, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-        attention_head_dim=8,
+        attention_head_dim=(2, 4) if turbo else 8, use_linear_projection=turbo,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
@@ -87,8 +91,11 @@ def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
         block_out_channels=(8, 8, 16, 16), norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )
-    # SD v1.4's own scheduler configuration.
-    scheduler = PNDMScheduler(
+    # SD v1.4's own scheduler configuration; SD-Turbo's.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        timestep_spacing="trailing", steps_offset=1,
+    ) if turbo else PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
     )
@@ -98,14 +105,15 @@ def build_tiny_pipeline(seed: int = 0, in_channels: int = 4):
     )
 
 
-def write_tiny_model(folder: str | Path, seed: int = 0) -> Path:
-    """Write the tiny pipeline to ``folder`` (safetensors) unless it is already there."""
+def write_tiny_model(folder: str | Path, seed: int = 0, turbo: bool = False) -> Path:
+    """Write the tiny pipeline (SD-Turbo-shaped with ``turbo``) to ``folder`` (safetensors) unless it is
+    already there."""
     folder = Path(folder)
     if (folder / MARKER).exists() and (folder / "model_index.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(seed).save_pretrained(folder, safe_serialization=True)
-    (folder / MARKER).write_text(json.dumps({"seed": seed}), encoding="utf-8")
+    build_tiny_pipeline(seed, turbo=turbo).save_pretrained(folder, safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"seed": seed, "turbo": turbo}), encoding="utf-8")
     log.info("wrote tiny random-weight pipeline to %s", folder)
     return folder
 
@@ -194,3 +202,36 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_random_lora(path: str | Path, pipe, rank: int = 4, seed: int = 0, std: float = 0.3,
+                      kohya: bool = True) -> Path:
+    """A random-weight LoRA for ``pipe``'s UNet and text encoder attentions as one ``.safetensors``
+    file: in kohya/A1111 layout (``lora_unet_..._to_q.lora_down.weight``, ``.alpha``: what people
+    download) or diffusers' (``unet.....lora_A.weight``). Both matrices are random, so a test sees it.
+    ``pipe`` keeps the adapter it was made with: pass one that is thrown away afterwards."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module, targets in (("unet", pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
+                                    ("te", pipe.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])):
+        module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), adapter_name="made")
+        for key, value in get_peft_model_state_dict(module, adapter_name="made").items():
+            value = torch.randn_like(value) * std
+            # kohya: down_blocks.0.attentions.0...to_q.lora_A.weight -> lora_unet_down_blocks_0_..._to_q.lora_down.weight
+            if kohya:
+                module_path, kind = key.rsplit(".lora_", 1)
+                if prefix == "te" and not module_path.startswith("text_model."):
+                    module_path = "text_model." + module_path  # how CLIP's modules are named in such files
+                base = f"lora_{prefix}_" + module_path.replace(".", "_")
+                tensors[f"{base}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+                tensors[f"{base}.alpha"] = torch.tensor(float(rank))
+            else:
+                tensors[f"{'unet' if prefix == 'unet' else 'text_encoder'}.{key}"] = value.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -2,7 +2,7 @@
 
 ``check``, at once on the IO thread: the model is ready; the params keep this server's limits
 (the codec has already held them to the protocol's bounds) and the pipeline can run them (its
-samplers' step ranges, its presets); the uploads the mode needs are there and within
+samplers' step ranges; the model, LoRAs and preset named); the uploads the mode needs are there and within
 MAX_UPLOAD_BYTES; the machine has the configured free memory. The table then checks its own
 bounds (queue capacity, the per-client cap, shutdown). ``decode_images``, the slow part, runs
 after those, off the IO thread (model_server.transport.decoding).
@@ -14,12 +14,11 @@ import time
 
 from model_server import errors, memory
 from model_server.errors import Rejection
-from model_server.pipeline import Pipeline, preset_unavailable
+from model_server.models.model_set import ModelSet
 from model_server.settings import ModelServerSettings
 from model_server.uploads import as_init_image, decode, decode_mask
 from model_server.worker import ModelStatus
 from protocol import contract
-from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, ModelState, Submit
 
 
@@ -79,7 +78,7 @@ def _ready(status: ModelStatus) -> None:
         raise errors.load_failed(status.error)
 
 
-def _runnable(p: GenerationParams, pipeline: Pipeline, settings: ModelServerSettings) -> None:
+def _runnable(p: GenerationParams, pipeline: ModelSet, settings: ModelServerSettings) -> None:
     broken = contract.violation(p, settings.limits)
     if broken is not None:
         raise errors.invalid(broken[1], broken[2])
@@ -89,6 +88,4 @@ def _runnable(p: GenerationParams, pipeline: Pipeline, settings: ModelServerSett
     if p.steps > most:  # e.g. LCM's schedule has 50 points: more would fail mid-job
         raise errors.invalid(f"the {p.scheduler} sampler runs at most {most} steps, not {p.steps}",
                              f"Use 1 to {most} steps with {p.scheduler}, or another sampler.")
-    unavailable = pipeline.unavailable_presets()
-    if p.preset in unavailable:
-        raise Rejection(preset_unavailable(p.preset, unavailable[p.preset], unavailable, ErrorCode.INVALID_PARAMS))
+    pipeline.check(p)  # the model, LoRAs and preset it names

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from model_server.jobs.outputs import JobRecord
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, StopMode, steps_run
+from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, ModelSwitch, StopMode, steps_run
 
 
 @dataclasses.dataclass
@@ -32,6 +32,10 @@ class Job:
     stop_error: ErrorInfo | None = None  # why it was cancelled, when not at a client's request
     interrupted: bool = False
     engine: str = ""  # what ran its UNet (Pipeline.engine), set when it starts
+    model: str = ""  # the model that ran it, set when it starts
+    model_switch: ModelSwitch | None = None  # when it had to load its model first
+    lora_hashes: dict[str, str] = dataclasses.field(default_factory=dict)  # LoRA name -> A1111 short hash
+    detail: str = ""  # what it does before its first step when that takes a while (loading its model)
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # the table is writing its result; it turns terminal right after
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
@@ -57,11 +61,13 @@ class Job:
         return JobRecord(job_id=self.id, state=self.state, params=self.params, created_at=self.created_at,
                          client_id=self.client_id, request_id=self.request_id, started_at=self.started_at,
                          finished_at=self.finished_at, error=self.error, images=[i for i, _ in self.images],
-                         files=list(self.files), interrupted=self.interrupted, engine=self.engine)
+                         files=list(self.files), interrupted=self.interrupted, engine=self.engine,
+                         model=self.model, model_switch=self.model_switch, lora_hashes=dict(self.lora_hashes))
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "Job":
         return cls(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
                    request_id=r.request_id, state=r.state, started_at=r.started_at, finished_at=r.finished_at,
                    error=r.error, images=[(info, None) for info in r.images], files=list(r.files),
-                   interrupted=r.interrupted, engine=r.engine)
+                   interrupted=r.interrupted, engine=r.engine, model=r.model, model_switch=r.model_switch,
+                   lora_hashes=dict(r.lora_hashes))

@@ -28,7 +28,7 @@ from pathlib import Path
 import msgspec
 
 from model_server import errors
-from protocol.messages import JOB_ID_PATTERN, ErrorInfo, GenerationParams, ImageInfo, JobState
+from protocol.messages import JOB_ID_PATTERN, ErrorInfo, GenerationParams, ImageInfo, JobState, ModelSwitch
 
 log = logging.getLogger(__name__)
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -52,6 +52,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     files: list[str] = []
     interrupted: bool = False
     engine: str = ""
+    model: str = ""
+    model_switch: ModelSwitch | None = None
+    lora_hashes: dict[str, str] = {}
 
 
 class OutputStore:

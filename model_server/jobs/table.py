@@ -28,7 +28,8 @@ from model_server.jobs.eta import StepClock
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import OutputStore
 from model_server.jobs.records import Records
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ProgressInfo, StopMode
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
+                               StopMode)
 
 _TOMBSTONES = 10_000
 _SWEEP_SECONDS = 60.0
@@ -179,7 +180,8 @@ class JobTable:
                 queue_position=self._queue.index(job.id) + 1 if job.id in self._queue else None,
                 started_at=job.started_at, finished_at=job.finished_at, progress=self._progress_locked(job),
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
-                interrupted=job.interrupted, engine=job.engine)
+                interrupted=job.interrupted, engine=job.engine, model=job.model, model_switch=job.model_switch,
+                lora_hashes=dict(job.lora_hashes))
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0
@@ -190,7 +192,8 @@ class JobTable:
         if job.state is JobState.RUNNING:
             return ProgressInfo(step=job.step, total_steps=job.total_steps, image_index=job.image_index,
                                 seconds_per_step=job.seconds_per_step, eta_seconds=self.eta.remaining(job),
-                                elapsed_seconds=elapsed, preview_step=job.preview[0] if job.preview else None)
+                                elapsed_seconds=elapsed, preview_step=job.preview[0] if job.preview else None,
+                                detail=job.detail)
         if job.state is JobState.SUCCEEDED:
             return ProgressInfo(step=job.total_steps, total_steps=job.total_steps, image_index=job.params.n - 1,
                                 seconds_per_step=job.seconds_per_step, eta_seconds=0.0, elapsed_seconds=elapsed)
@@ -237,6 +240,14 @@ class JobTable:
     def record_engine(self, job: Job, engine: str) -> None:
         with self._lock:
             job.engine = engine[:300]
+
+    def record_model(self, job: Job, model: str, switch: ModelSwitch | None, lora_hashes: dict[str, str]) -> None:
+        with self._lock:
+            job.model, job.model_switch, job.lora_hashes, job.detail = model, switch, dict(lora_hashes), ""
+
+    def record_detail(self, job: Job, detail: str) -> None:
+        with self._lock:
+            job.detail = detail[:300]
 
     def record_step(self, job: Job, image_index: int, step: int, seconds: float | None) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
 from protocol import codec, transport
 from protocol.errors import ProtocolError
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
-                               FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs,
+                               FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs, ListModels,
                                ModelState, Ping, Pong, Progress, Rejected, Release, Result, Submit, Watch, Working)
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,8 @@ class ModelServer:
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
             unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status(),
-            server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client)
+            server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client,
+            loaded_model=self.worker.models.loaded.name if self.worker.models.loaded else "")
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
@@ -287,12 +288,16 @@ class ModelServer:
         self._send(identity, ref, JobInfo(job=self.table.view(job)))
         self._publish(job.id)  # its watchers here hear "not found" and look for it elsewhere
 
+    def _on_list_models(self, identity, ref, msg: ListModels) -> None:
+        # The catalog is known before the model loads, so a page can offer the models at once.
+        self._send(identity, ref, self.worker.models.listing())
+
     def _on_list(self, identity, ref, msg: ListJobs) -> None:
         self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in self.table.unfinished(msg.client_id)]))
 
     _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
                  FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview, Delete: _on_delete,
-                 ListJobs: _on_list, Release: _on_release}
+                 ListJobs: _on_list, Release: _on_release, ListModels: _on_list_models}
 
     # --- events ------------------------------------------------------------------------
 

@@ -81,9 +81,23 @@ def test_invalid_requests_raise_bad_request_with_a_populated_message(client, kwa
     assert error.message.startswith("Error code: 400 - ") and len(error.message) > 30
 
 
-def test_models_lists_the_loaded_model(client, stack):
+def test_models_lists_the_models_and_a_model_and_loras_can_be_chosen(client, stack):
     models = client.models.list()
-    assert [m.id for m in models.data] == [stack.model_env["SD_MODEL"]]
+    assert [m.id for m in models.data] == [stack.model_env["SD_MODEL"], "tiny-turbo"]
+    assert client.models.retrieve("tiny-turbo").one_step is True
+    size = {"size": "64x64", "response_format": "b64_json"}
+    plain = client.images.generate(prompt="a cat", extra_body={"seed": 3, "steps": 2}, **size)
+    dalle = client.images.generate(prompt="a cat", model="dall-e-2", extra_body={"seed": 3, "steps": 2}, **size)
+    styled = client.images.generate(prompt="a cat", extra_body={"seed": 3, "steps": 2,
+                                                                "loras": [{"name": "ink", "weight": 0.8}]}, **size)
+    tagged = client.images.generate(prompt="a cat <lora:ink:0.8>", extra_body={"seed": 3, "steps": 2}, **size)
+    turbo = client.images.generate(prompt="a cat", model="tiny-turbo", extra_body={"seed": 3}, **size)
+    assert plain.data[0].b64_json == dalle.data[0].b64_json  # OpenAI's own names mean the default model
+    assert styled.data[0].b64_json == tagged.data[0].b64_json != plain.data[0].b64_json
+    assert turbo.data[0].b64_json not in (plain.data[0].b64_json, styled.data[0].b64_json)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="a cat", model="sd-xl-9000", **size)
+    assert "unknown model 'sd-xl-9000'" in info.value.message and "tiny-turbo" in info.value.message
 
 
 def _png(img: Image.Image) -> bytes:

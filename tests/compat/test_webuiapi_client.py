@@ -114,7 +114,7 @@ def test_progress_answers_within_2_s_while_a_job_runs_and_reports_idle_after(api
 
 def test_the_informational_endpoints_answer_in_a1111_shapes(api, stack):
     model = stack.model_env["SD_MODEL"]
-    assert api.util_get_model_names() == [model]
+    assert api.util_get_model_names() == sorted([model, "tiny-turbo"])
     assert api.util_get_current_model() == model
     assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras"} <= set(api.util_get_sampler_names())
     assert "karras" in api.util_get_scheduler_names()
@@ -140,3 +140,24 @@ def test_img2img_with_and_without_a_mask(api):
     assert np.abs(pixels[:, 48:] - np.asarray(init)[:, 48:]).max() == 0  # the right half is the original
     assert np.abs(pixels[:, :16] - np.asarray(init)[:, :16]).mean() > 5  # the left half was repainted
     assert painted.info["job_id"] and painted.info["all_seeds"] == [3]
+
+
+def test_a_client_chooses_its_checkpoint_and_loras_as_with_a1111(api, stack):
+    """util_set_model (POST /options) changes the client's model for its later requests (each client its
+    own: tests/gateway/test_models_api.py); LoRAs by prompt tag, with A1111's infotext."""
+    base = api.txt2img(prompt="a cat", seed=9, **SMALL)
+    assert {lora["name"] for lora in api.get_loras()} == {"ink", "pencil"}
+    styled = api.txt2img(prompt="a cat <lora:ink:0.8>", seed=9, **SMALL)
+    assert not np.array_equal(np.asarray(styled.image), np.asarray(base.image))
+    assert 'Lora hashes: "ink: ' in styled.info["infotexts"][0] and "<lora:ink:0.8>" in styled.info["infotexts"][0]
+    api.util_set_model("tiny-turbo")
+    try:
+        assert api.util_get_current_model() == "tiny-turbo"
+        turbo = api.txt2img(prompt="a cat", seed=9, steps=1, cfg_scale=0, width=64, height=64)
+        assert turbo.info["sd_model_name"] == "tiny-turbo" and "Model: tiny-turbo" in turbo.info["infotexts"][0]
+        override = api.txt2img(prompt="a cat", seed=9, override_settings={"sd_model_checkpoint":
+                                                                         stack.model_env["SD_MODEL"]}, **SMALL)
+        assert np.array_equal(np.asarray(override.image), np.asarray(base.image))
+    finally:
+        api.util_set_model(stack.model_env["SD_MODEL"])
+    assert np.array_equal(np.asarray(api.txt2img(prompt="a cat", seed=9, **SMALL).image), np.asarray(base.image))

@@ -7,7 +7,7 @@ import time
 from gateway.model_client import ModelServerUnavailable, RemoteError, ServerView
 from protocol.errors import ErrorCode
 from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, LoadStatus,
-                               ModelState, Pong, Progress, ProgressInfo)
+                               LoraEntry, ModelEntry, ModelList, ModelState, Pong, Progress, ProgressInfo)
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -44,6 +44,13 @@ class FakeModelClient:
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
                     unavailable_presets=self.unavailable_presets, load=self.load)
+
+    def list_models(self, timeout=None):
+        self._maybe_raise()
+        return ModelList(models=[ModelEntry(name="fake-model", kind="folder", default=True, loaded=True,
+                                            unavailable_presets={"turbo": "fake-model is not a one-step model"}),
+                                 ModelEntry(name="fake-turbo", kind="folder", one_step=True)],
+                         loras=[LoraEntry(name="style", file="style.safetensors", size_bytes=10)])
 
     def servers(self, timeout=None):
         try:

@@ -38,7 +38,11 @@ def test_hostile_bodies_are_client_errors_on_every_generation_route(client, fake
 def test_a1111_options_refuses_invalid_json_and_accepts_an_object(client):
     assert client.post("/sdapi/v1/options", data=b"garbage{", content_type="application/json").status_code == 422
     assert client.post("/sdapi/v1/options", data=b"[1, 2]", content_type="application/json").status_code == 422
-    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "x"}).status_code == 200
+    assert client.post("/sdapi/v1/options", json={"samples_format": "jpg"}).status_code == 200  # ignored
+    unknown = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "x"})
+    assert unknown.status_code == 422 and "fake-model" in unknown.get_json()["detail"][0]["msg"]
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": 5}).status_code == 422
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "fake-model"}).status_code == 200
 
 
 def test_whole_number_floats_are_taken_as_integers_as_json_schema_allows(client, fake):

@@ -51,7 +51,7 @@ def test_default_preset_and_default_steps_are_configuration(make_client, fake):
 
 
 def test_an_unknown_preset_is_a_400_that_lists_the_presets(client, fake):
-    response = client.post("/v1/jobs", json={"prompt": "a cat", "preset": "turbo"})
+    response = client.post("/v1/jobs", json={"prompt": "a cat", "preset": "ultra"})
     body = response.get_json()
     assert response.status_code == 400 and body["field"] == "preset"
     assert all(name in body["hint"] for name in PRESETS)
@@ -60,7 +60,7 @@ def test_an_unknown_preset_is_a_400_that_lists_the_presets(client, fake):
 
 def test_an_unknown_default_preset_is_refused_at_start():
     with pytest.raises(ValueError, match="DEFAULT_PRESET"):
-        GatewaySettings.from_env({"DEFAULT_PRESET": "turbo"})
+        GatewaySettings.from_env({"DEFAULT_PRESET": "ultra"})
 
 
 def test_presets_are_listed_with_their_settings_and_availability(client, fake):

@@ -43,12 +43,14 @@ def stop_stack(stack: Stack) -> None:
         proc.stop()
 
 
-def stack_fixture(**model_env):
-    """A module-scoped ``stack`` fixture: one real service shared by a test module."""
+def stack_fixture(gateway_env: dict | None = None, loras: bool = False, **model_env):
+    """A module-scoped ``stack`` fixture: one real service shared by a test module (``loras``: with
+    LORA_DIR holding two tiny random LoRAs, ink and pencil)."""
 
     @pytest.fixture(scope="module")
-    def stack(log_dir, tiny_model_dir):
-        stack = start_stack(log_dir, tiny_model_dir, **model_env)
+    def stack(log_dir, tiny_model_dir, request):
+        extra = {"LORA_DIR": request.getfixturevalue("tiny_lora_dir")} if loras else {}
+        stack = start_stack(log_dir, tiny_model_dir, gateway_env, **model_env, **extra)
         yield stack
         stop_stack(stack)
         assert "Traceback" not in stack.gateway.log()

@@ -1,0 +1,95 @@
+"""The LoRAs a job may apply: the ``.safetensors`` files under ``LORA_DIR``, named for the file.
+
+The folder is listed again when it (or a subfolder) changes, so files copied in are usable at
+once. A LoRA's hash is A1111's "addnet" hash (sha256 of the file after its header, the first 12
+hex digits in infotexts' "Lora hashes"), computed once per file version and only when the LoRA is
+first used: hashing a folder of hundreds of files at every listing would cost seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+from protocol.messages import MAX_NAME_LENGTH, LoraEntry
+
+log = logging.getLogger(__name__)
+
+SHORT_HASH = 12
+
+
+def addnet_hash(path: Path) -> str:
+    """sha256 of a safetensors file's tensor bytes (after the 8-byte length and the JSON header)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LoraFiles:
+    """The LoRA files by name, and their hashes once known."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder) if folder else None
+        self._lock = threading.Lock()
+        self._listed: tuple[tuple, dict[str, Path]] = ((), {})
+        self._hashes: dict[tuple[str, int, float], str] = {}
+
+    def _stamp(self) -> tuple:
+        # The folder's and its subfolders' modification times: what changes when a file comes or goes.
+        try:
+            return tuple(sorted((str(p), p.stat().st_mtime) for p in [self.folder, *self.folder.rglob("*")]
+                                if p.is_dir()))
+        except OSError:
+            return ()
+
+    def files(self) -> dict[str, Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return {}
+        stamp = self._stamp()
+        with self._lock:
+            if stamp != self._listed[0]:
+                found: dict[str, Path] = {}
+                for path in sorted(self.folder.rglob("*.safetensors")):
+                    name = path.stem
+                    if (path.is_file() and not name.startswith(".") and len(name) <= MAX_NAME_LENGTH
+                            and not any(c in name for c in "<>:") and name not in found):
+                        found[name] = path
+                self._listed = (stamp, found)
+            return self._listed[1]
+
+    def find(self, name: str) -> Path | None:
+        return self.files().get(name)
+
+    def names(self) -> list[str]:
+        return list(self.files())
+
+    def short_hash(self, path: Path) -> str:
+        """A1111's short hash of the file (computed once per version of the file)."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime)
+        with self._lock:
+            known = self._hashes.get(key)
+        if known is None:
+            known = addnet_hash(path)[:SHORT_HASH]
+            with self._lock:
+                self._hashes[key] = known
+        return known
+
+    def entries(self, loaded: set[str]) -> list[LoraEntry]:
+        out = []
+        for name, path in self.files().items():
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            with self._lock:
+                known = self._hashes.get((str(path), stat.st_size, stat.st_mtime), "")
+            out.append(LoraEntry(name=name, file=path.name, size_bytes=stat.st_size, hash=known,
+                                 loaded=name in loaded))
+        return out

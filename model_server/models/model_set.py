@@ -1,0 +1,167 @@
+"""The Pipeline interface over whichever model a job names, one model in memory at a time.
+
+An 8 GB machine holds one Stable Diffusion model, so a job naming another model first drops the
+loaded one (its memory handed back) and loads its own, through the same loader as the start
+(conversion caches are per model). The switch is the job's: its progress says "loading model
+...", and its view records the time and the memory after (``ModelSwitch``). Jobs run in the
+order they came: grouping the queue by model would save switches but could starve a client
+whose model nobody else asks for. A switch that fails fails that job only; the next job loads
+what it needs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from model_server import errors, memory
+from model_server.errors import Rejection
+from model_server.loading.progress import LoadProgress
+from model_server.models.catalog import Catalog, ModelSource
+from model_server.models.loras import LoraFiles
+from model_server.pipeline import SCHEDULERS, Pipeline, PipelineLoadError, max_steps, preset_unavailable
+from protocol.errors import ErrorCode
+from protocol.messages import GenerationParams, ModelList, ModelSwitch
+from protocol.presets import PRESETS
+
+log = logging.getLogger(__name__)
+
+
+class _ReportingProgress(LoadProgress):
+    """A switch's load phases, also told to the job that waits for them."""
+
+    def __init__(self, report: Callable[[str], None], model: str):
+        super().__init__()
+        self._report, self._model = report, model
+
+    def start(self, phase: str, detail: str = "", total_bytes: int | None = None, done_bytes: int = 0) -> None:
+        super().start(phase, detail, total_bytes, done_bytes)
+        self._report(f"loading model {self._model}: {phase}")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    memory.trim_heap()
+
+
+class ModelSet:
+    """The models and LoRAs a job may name, and the one model loaded now."""
+
+    def __init__(self, catalog: Catalog, loras: LoraFiles,
+                 load: Callable[[ModelSource, LoadProgress], Pipeline]):
+        self.catalog, self.loras, self._load = catalog, loras, load
+        self.current: Pipeline | None = None
+        self.loaded: ModelSource | None = None
+
+    # --- the Pipeline interface (what pings and admission ask) --------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """What images name as their model: the loaded one's name (the default's as its pipeline says)."""
+        if self.current is None:
+            return ""
+        return self.current.model_id if self.loaded.default else self.loaded.name
+
+    def optimizations(self) -> dict:
+        if self.current is None:
+            return {}
+        return {**self.current.optimizations(), "model": self.loaded.name}
+
+    def schedulers(self) -> list[str]:
+        return self.current.schedulers() if self.current else list(SCHEDULERS)
+
+    def max_steps(self, scheduler: str) -> int:
+        return self.current.max_steps(scheduler) if self.current else max_steps(scheduler)
+
+    def unavailable_presets(self) -> dict[str, str]:
+        """The loaded model's (what /health and /v1/presets show)."""
+        return self.unavailable_for(self.loaded or self.catalog.default)
+
+    def unavailable_for(self, model: ModelSource) -> dict[str, str]:
+        """Presets ``model`` cannot run: the pipeline's (a missing LCM-LoRA) and the model's kind."""
+        out = dict(self.current.unavailable_presets()) if self.current else {}
+        for name, preset in PRESETS.items():
+            if preset.one_step and not model.one_step:
+                out[name] = f"{model.name} is not a one-step model (SD-Turbo, SDXS)"
+            elif preset.lcm_lora and model.one_step:
+                out[name] = f"the LCM-LoRA is for SD v1 models and {model.name} is a one-step model: use turbo"
+        return out
+
+    def engine(self, params: GenerationParams) -> str:
+        return self.current.engine(params) if self.current else "not loaded yet"
+
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
+        return self.current.generate(params, seed, on_step, stop, init_image=init_image, mask=mask)
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def listing(self) -> ModelList:
+        # A single-file checkpoint's hash is known once it was converted (the engine reports it).
+        known = self.optimizations().get("checkpoint_hash")
+        hashes = {self.loaded.name: known} if known else {}
+        loaded_loras = self.current.loaded_loras() if self.current else set()
+        return ModelList(models=self.catalog.entries(self.loaded.name if self.loaded else None, hashes,
+                                                     self.unavailable_for),
+                         loras=self.loras.entries(loaded_loras))
+
+    def check(self, params: GenerationParams) -> None:
+        """Raise a Rejection when the job names a model, LoRA or preset this server cannot run."""
+        model = self.catalog.find(params.model)
+        if model is None:
+            raise errors.unknown_name("model", params.model, self.catalog.names(), "GET /v1/models")
+        unknown = [ref.name for ref in params.loras if self.loras.find(ref.name) is None]
+        if unknown:
+            raise errors.unknown_name("LoRA", unknown[0], self.loras.names(), "GET /v1/loras")
+        if len({ref.name for ref in params.loras}) != len(params.loras):
+            raise errors.invalid("a LoRA is named twice", "Name each LoRA once, with the weight you want.")
+        unavailable = self.unavailable_for(model)
+        if params.preset in unavailable:
+            raise Rejection(preset_unavailable(params.preset, unavailable[params.preset], unavailable,
+                                               ErrorCode.INVALID_PARAMS))
+
+    # --- the worker's side ---------------------------------------------------------------------
+
+    def load_default(self, progress: LoadProgress) -> None:
+        self.current = self._load(self.catalog.default, progress)
+        self.loaded = self.catalog.default
+
+    def prepare(self, params: GenerationParams,
+                report: Callable[[str], None]) -> tuple[str, ModelSwitch | None, dict[str, str]]:
+        """Load the job's model if another is loaded, and set its LoRAs: (model name, the switch
+        if there was one, LoRA name -> short hash). Raises PipelineLoadError when either cannot load."""
+        model = self.catalog.find(params.model)
+        if model is None:  # its file went away after the job was accepted
+            raise PipelineLoadError(errors.unknown_name("model", params.model, self.catalog.names(),
+                                                        "GET /v1/models").error)
+        switch = None
+        if self.loaded is None or model.name != self.loaded.name:
+            switch = self._switch(model, report)
+        loras: list[tuple[str, Path, float]] = []
+        for ref in params.loras:
+            path = self.loras.find(ref.name)
+            if path is None:
+                raise PipelineLoadError(errors.unknown_name("LoRA", ref.name, self.loras.names(),
+                                                            "GET /v1/loras").error)
+            loras.append((ref.name, path, ref.weight))
+        hashes = {name: self.loras.short_hash(path) for name, path, _ in loras}
+        self.current.apply_loras(loras)
+        return model.name, switch, hashes
+
+    def _switch(self, model: ModelSource, report: Callable[[str], None]) -> ModelSwitch:
+        previous = self.loaded.name if self.loaded else ""
+        log.info("switching model: %s -> %s", previous or "(none)", model.name)
+        report(f"loading model {model.name}")
+        started = time.monotonic()
+        # The old model goes first: two in memory at once would not fit an 8 GB machine.
+        self.current = self.loaded = None
+        _free_memory()
+        self.current = self._load(model, _ReportingProgress(report, model.name))
+        self.loaded = model
+        _free_memory()
+        switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
+                             rss_bytes=memory.rss_bytes())
+        log.info("model %s loaded in %.1f s (RSS %.2f GiB)", model.name, switch.seconds, switch.rss_bytes / 2**30)
+        return switch
