@@ -26,8 +26,9 @@ async function refreshHealth() {
     const opt = h.optimizations || {};
     const what = { ok: "ready", loading: `loading the model (${Math.round(h.uptime_seconds || 0)} s)`,
                    error: "model failed to load", stopping: "restarting" }[h.status] || h.status;
-    chip.textContent = `${h.model} · ${h.device}${opt.dtype ? " · " + opt.dtype : ""} · ${what} · queue ${h.queue.depth}`;
+    chip.textContent = `${h.loaded_model || h.model} · ${h.device}${opt.dtype ? " · " + opt.dtype : ""} · ${what} · queue ${h.queue.depth}`;
     chip.title = h.error ? `${h.error.error} — ${h.error.hint}` : "";
+    if (!state.modelsLoaded && h.model_state === "ready") state.modelsLoaded = await models.refresh();
   } catch {
     chip.dataset.state = "unavailable";
     chip.textContent = "Gateway unreachable";
@@ -382,7 +383,7 @@ $("copy-curl").addEventListener("click", copyCurl);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
 source.setup();
-models.setup(showPresets);
+models.setup(showPresets);  // the lists load once the server is ready (refreshHealth)
 // Every second while the model loads (its progress moves), every 5 s once it is up.
 (async function watchHealth() {
   await refreshHealth();

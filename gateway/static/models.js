@@ -3,7 +3,7 @@
 const $ = (id) => document.getElementById(id);
 const state = { models: [], loras: [], chosen: [], onChange: () => {} };
 
-export async function setup(onChange) {
+export function setup(onChange) {
   state.onChange = onChange;
   $("model").addEventListener("change", () => state.onChange(current()));
   $("lora-add").addEventListener("change", () => {
@@ -12,9 +12,9 @@ export async function setup(onChange) {
     $("lora-add").value = "";
     renderChosen();
   });
-  await refresh();
 }
 
+// The lists (true once loaded; a server that is not ready or needs a key is asked again later).
 export async function refresh() {
   try {
     const [models, loras] = await Promise.all([fetch("/v1/models"), fetch("/v1/loras")]);

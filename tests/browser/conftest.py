@@ -35,7 +35,8 @@ def browser():
         browser.close()
 
 
-stack = stack_fixture(MODEL_SERVER_QUEUE_SIZE=4, SD_MODEL="tiny")  # tiny brings the fast preset's parts
+# tiny brings the fast preset's parts; a second, one-step model and two LoRAs fill the pickers.
+stack = stack_fixture(loras=True, MODEL_SERVER_QUEUE_SIZE=4, SD_MODEL="tiny", SD_MODELS="tiny-turbo")
 
 
 @pytest.fixture

@@ -102,11 +102,11 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.focus("#prompt")
     page.keyboard.type("a small red cube")
     order = []
-    for _ in range(9):  # Tab walks the form in reading order
+    for _ in range(10):  # Tab walks the form in reading order
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
-    assert order == ["negative", "preset", "width", "height", "steps", "guidance", "scheduler", "token-merging",
-                     "seed"]
+    assert order == ["negative", "model", "preset", "width", "height", "steps", "guidance", "scheduler",
+                     "token-merging", "seed"]
     page.keyboard.press("Control+a")
     page.keyboard.type("77")
     page.keyboard.press("Shift+Tab")  # back through token merging, the sampler and guidance to steps
