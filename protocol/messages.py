@@ -403,7 +403,10 @@ class Pong(_Msg):
     # gateway in front of many servers finds a job's server ("" from a server before scale-out).
     server_id: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{8})?$")] = ""
     max_queued_per_client: int = 0  # the per-client queue cap (0: none); a gateway sums it over servers
-    loaded_model: str = ""  # the model in memory now (a ModelEntry's name): placement prefers it
+    # The model in memory now and the default one (ModelEntry names): among servers equally busy, a job
+    # goes where its model is loaded, so fewer jobs wait for a switch.
+    loaded_model: str = ""
+    default_model: str = ""
 
 
 class ModelEntry(_Shape):

@@ -6,7 +6,8 @@ again (``ledger``).
 
 - **Placement**: a new job goes to the ready server with the least work (its queue plus its
   running job, as its last Pong or placement answer said, plus this process's placements there
-  still in flight), ties in turn from a random start.
+  still in flight); among those, one that has the job's model loaded; ties in turn from a random
+  start.
 - **Routing**: a job id begins with its server's ``server_id`` (Pong), so any process of any
   gateway replica finds its server. A job whose server is unknown or gone (from before a restart,
   or placed again elsewhere) is looked for on every live server; if its server is gone and nobody
@@ -132,12 +133,17 @@ class Fleet:
         with self._lock:
             return self._ranked_locked(members)
 
-    def _ranked_locked(self, members: list[Member]) -> list[Member]:
+    def _ranked_locked(self, members: list[Member], model: str | None = None) -> list[Member]:
+        """``model``: the job's (a name, "" the default); among the least busy, a server that has it loaded
+        comes first (it saves the job a switch; a busier server with it would only make the job wait)."""
         ready = [m for m in members if m.ready]
         if not ready:
             return sorted(members, key=lambda m: (m.dead, m.failing))
         least = min(m.work for m in ready)
         tied = [m for m in ready if m.work == least]
+        if model is not None:
+            loaded = [m for m in tied if m.pong.loaded_model and m.pong.loaded_model == (model or m.pong.default_model)]
+            tied = loaded or tied
         first = tied[next(self._turn) % len(tied)]
         return [first] + sorted((m for m in ready if m is not first), key=lambda m: m.work)
 
@@ -149,7 +155,7 @@ class Fleet:
         last: Exception | None = None
         while True:
             with self._lock:  # choosing and counting it in flight at once: concurrent requests spread out
-                ranked = self._ranked_locked([m for m in members if m.address not in tried])
+                ranked = self._ranked_locked([m for m in members if m.address not in tried], submit.params.model)
                 if not ranked:
                     raise last
                 member = ranked[0]

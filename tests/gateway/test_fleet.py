@@ -90,6 +90,21 @@ def test_a_job_goes_to_the_server_with_the_least_work(tmp_path, servers, fleets)
     assert placed == [idle.table.server_id] * 2  # 1 then 2 jobs of work on idle, still less than busy's 3
 
 
+def test_among_equally_busy_servers_a_job_goes_where_its_model_is_loaded(tmp_path, servers, fleets):
+    a, b = (servers(f"ipc://{tmp_path}/{name}.sock", models="other") for name in ("a", "b"))
+    ModelClient(a.bound_address).submit(params(model="other", steps=1))  # behind the fleet's back: a loads "other"
+    wait_until(lambda: a.worker.models.loaded.name == "other" and a.table.depth == 0, 10, what="a holds other")
+    fleet = fleets(f"{a.bound_address},{b.bound_address}")
+    placed = []
+    for i, model in enumerate(["other", "", "other", "", "", "other"]):
+        time.sleep(1.2)  # the last job is done and the heartbeat has seen which model each server holds
+        job = fleet.submit(params(seed=i, steps=1, model=model))
+        placed.append((model, job.job_id[:8]))
+        wait_until(lambda job=job: fleet.get_job(job.job_id).state.terminal, 10, what="job done")
+    assert {server for model, server in placed if model == "other"} == {a.table.server_id}
+    assert {server for model, server in placed if model == ""} == {b.table.server_id}
+
+
 def test_the_per_client_cap_holds_across_servers(tmp_path, servers, fleets):
     started = [servers(f"ipc://{tmp_path}/m{i}.sock", step_seconds=0.5, max_queued_per_client=2) for i in range(2)]
     fleet = fleets(",".join(s.bound_address for s in started))
