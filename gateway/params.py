@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 import secrets
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Callable, Literal, NamedTuple
 
 import msgspec
 from flask import request
@@ -100,7 +100,7 @@ class ParamValidator:
     """Turns a request body (or a façade's fields) into GenerationParams: validated against this
     deployment's bounds, defaults filled from the preset, a seed chosen."""
 
-    def __init__(self, settings: GatewaySettings, one_step: "callable | None" = None):
+    def __init__(self, settings: GatewaySettings, one_step: Callable[[str], bool] | None = None):
         self.settings = settings
         # Whether a model name is a one-step model (SD-Turbo...), which gets the turbo preset by default.
         self.one_step = one_step or (lambda name: False)

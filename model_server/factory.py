@@ -36,6 +36,9 @@ def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] |
     def load_model(model: ModelSource, progress: LoadProgress) -> Pipeline:
         if load is not None:
             return load()
-        return make_pipeline(dataclasses.replace(settings, model=model.source), progress)
+        # The inpainting checkpoint's UNet pairs with the default model's text encoder and VAE only: other
+        # models inpaint by themselves.
+        inpaint = settings.inpaint_model if model.default else "none"
+        return make_pipeline(dataclasses.replace(settings, model=model.source, inpaint_model=inpaint), progress)
 
     return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model)

@@ -11,6 +11,7 @@ from pathlib import Path
 from common.env import Env, load, setting, truth
 from common.limits import RequestLimits
 from common.curve import CurveKeys
+from model_server.models.catalog import parse_list
 from protocol.transport import check_bind, default_address, expand
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -103,7 +104,7 @@ class ModelServerSettings(RequestLimits):
     backend: str = setting(
         "SD_BACKEND", "What runs the UNet: `openvino` (the OpenVINO runtime; converted once, in a child process, "
         "to `SD_CACHE_DIR/openvino`), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with "
-        "native bf16), torch elsewhere. Requests OpenVINO cannot run (the `fast` preset's LoRA, `deep_cache`, "
+        "native bf16), torch elsewhere. Requests OpenVINO cannot run (LoRAs, the `fast` preset's, `deep_cache`, "
         "`token_merging`, an inpainting checkpoint) run on torch", "auto", read=_lower)
     int8: str = setting(
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
@@ -208,6 +209,7 @@ class ModelServerSettings(RequestLimits):
             raise ValueError("CurveZMQ needs both MODEL_SERVER_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_CLIENTS_DIR")
         self.curve  # noqa: B018  (reads the keys now: a wrong path stops the start, not the first request)
         check_bind(self.bind, self.allow_remote, authenticated=bool(self.curve_secret_key))
+        parse_list(self.models)  # a pickle checkpoint in SD_MODELS stops the start, saying why
         if self.lora_cache_mb < 0:
             raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.queue_size < 1:

@@ -22,6 +22,7 @@ from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
 from model_server.factory import make_model_set
+from model_server.models.model_set import ModelSet
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
@@ -37,7 +38,7 @@ class ModelStatus:
 
     model: str
     model_state: ModelState = ModelState.LOADING
-    pipeline: Pipeline | None = None
+    pipeline: ModelSet | None = None  # once the default model is loaded: the models, one loaded at a time
     error: ErrorInfo | None = None
     load_seconds: float | None = None
     load_started: float = dataclasses.field(default_factory=time.monotonic)

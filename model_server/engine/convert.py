@@ -66,11 +66,16 @@ def convert(source: str, dest: Path, token: str | None, revision: str | None, sa
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         StableDiffusionPipeline.from_pretrained(source, **kwargs).save_pretrained(tmp, safe_serialization=True)
     seconds = round(time.monotonic() - started, 1)
-    (tmp / MARKER).write_text(json.dumps({"source": source, "revision": revision, "dtype": "bfloat16",
-                                          "seconds": seconds}), encoding="utf-8")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)  # a crash mid-way leaves no half-converted model behind
+    finish(tmp, dest, {"source": source, "revision": revision, "dtype": "bfloat16", "seconds": seconds})
     return seconds
+
+
+def finish(tmp: Path, dest: Path, marker: dict) -> None:
+    """Mark a conversion written to ``tmp`` as done and move it to ``dest`` in one step: a crash mid-way
+    leaves no half-converted model behind."""
+    (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -363,7 +363,7 @@ class DiffusersPipeline:
         preset = PRESETS.get(params.preset)
         lcm = bool(preset and preset.lcm_lora)
         return [what for what, asked in (
-            ("the fast preset's LCM-LoRA", lcm), ("LoRAs", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
+            ("the fast preset's LCM-LoRA", lcm), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
             ("token_merging", bool(params.token_merging)),
             ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm
              and not params.loras))

@@ -99,5 +99,5 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     ov_pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
     ov_pipe.set_progress_bar_config(disable=True)
     return ov_pipe, {"backend": "openvino", "backend_reason": why, "openvino_precision": precision, **info,
-                     "openvino_runs_on_torch": "the fast preset (LCM-LoRA), deep_cache, token_merging, "
+                     "openvino_runs_on_torch": "the fast preset (LCM-LoRA), LoRAs, deep_cache, token_merging, "
                                                "inpainting checkpoints"}

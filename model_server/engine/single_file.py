@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from model_server.engine.convert import MARKER, converted, run_once
+from model_server.engine.convert import MARKER, converted, finish, run_once
 from model_server.errors import load_error, redact_paths
 from model_server.loading.progress import LoadProgress
 from model_server.settings import ModelServerSettings
@@ -86,10 +86,7 @@ def convert(file: Path, dest: Path, config: str) -> float:
         local_files_only=bool(os.environ.get("HF_HUB_OFFLINE")) or Path(config).is_dir(), **kwargs)
     pipe.save_pretrained(tmp, safe_serialization=True)
     seconds = round(time.monotonic() - started, 1)
-    (tmp / MARKER).write_text(json.dumps({"source": file.name, "sha256": file_sha256(file), "config": config,
-                                          "seconds": seconds}), encoding="utf-8")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)  # a crash mid-way leaves no half-converted model behind
+    finish(tmp, dest, {"source": file.name, "sha256": file_sha256(file), "config": config, "seconds": seconds})
     return seconds
 
 

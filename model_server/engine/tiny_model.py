@@ -204,8 +204,14 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
+# What a typical LoRA trained with kohya's scripts adapts: the UNet's attention and feed-forward layers and
+# the text encoder's attention and MLP (bench/models.py's stand-in); the tests' tiny ones adapt attention only.
+KOHYA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+KOHYA_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
 def write_random_lora(path: str | Path, pipe, rank: int = 4, seed: int = 0, std: float = 0.3,
-                      kohya: bool = True) -> Path:
+                      kohya: bool = True, targets: tuple[list[str], list[str]] | None = None) -> Path:
     """A random-weight LoRA for ``pipe``'s UNet and text encoder attentions as one ``.safetensors``
     file: in kohya/A1111 layout (``lora_unet_..._to_q.lora_down.weight``, ``.alpha``: what people
     download) or diffusers' (``unet.....lora_A.weight``). Both matrices are random, so a test sees it.
@@ -217,9 +223,10 @@ def write_random_lora(path: str | Path, pipe, rank: int = 4, seed: int = 0, std:
     path = Path(path)
     torch.manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, module, targets in (("unet", pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
-                                    ("te", pipe.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])):
-        module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), adapter_name="made")
+    unet_targets, te_targets = targets or (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj",
+                                                                                  "out_proj"])
+    for prefix, module, names in (("unet", pipe.unet, unet_targets), ("te", pipe.text_encoder, te_targets)):
+        module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), adapter_name="made")
         for key, value in get_peft_model_state_dict(module, adapter_name="made").items():
             value = torch.randn_like(value) * std
             # kohya: down_blocks.0.attentions.0...to_q.lora_A.weight -> lora_unet_down_blocks_0_..._to_q.lora_down.weight

@@ -62,7 +62,8 @@ class JobTable:
         self._next_sweep = clock()
         # Monotonic counters for /metrics (reset when the model server restarts).
         self.stats = {"jobs_succeeded": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_rejected": 0,
-                      "generation_seconds": 0.0, "steps": 0, "step_seconds": 0.0, "images": 0}
+                      "generation_seconds": 0.0, "steps": 0, "step_seconds": 0.0, "images": 0,
+                      "model_switches": 0, "model_switch_seconds": 0.0}
 
     # --- submitting and looking up ------------------------------------------------------
 
@@ -244,6 +245,9 @@ class JobTable:
     def record_model(self, job: Job, model: str, switch: ModelSwitch | None, lora_hashes: dict[str, str]) -> None:
         with self._lock:
             job.model, job.model_switch, job.lora_hashes, job.detail = model, switch, dict(lora_hashes), ""
+            if switch is not None:
+                self.stats["model_switches"] += 1
+                self.stats["model_switch_seconds"] += switch.seconds
 
     def record_detail(self, job: Job, detail: str) -> None:
         with self._lock:

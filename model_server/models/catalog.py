@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 from pathlib import Path
+from typing import Callable
 
 from model_server.loading.hub_files import is_hub_id
 from protocol.messages import MAX_NAME_LENGTH, ModelEntry
@@ -151,7 +152,7 @@ class Catalog:
         return [m.name for m in self.models()]
 
     def entries(self, loaded: str | None, hashes: dict[str, str],
-                unavailable: "callable") -> list[ModelEntry]:
+                unavailable: Callable[[ModelSource], dict[str, str]]) -> list[ModelEntry]:
         return [ModelEntry(name=m.name, kind=m.kind, source=m.shown, default=m.default, loaded=m.name == loaded,
                            one_step=m.one_step, unavailable_presets=unavailable(m), hash=hashes.get(m.name, ""))
                 for m in self.models()]

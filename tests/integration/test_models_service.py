@@ -5,6 +5,7 @@ for different models."""
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import pytest
@@ -21,7 +22,7 @@ KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     from model_server.engine.tiny_model import build_tiny_pipeline, write_random_lora
-    from tests.helpers.ldm_checkpoint import write_ldm_checkpoint
+    from bench.ldm_checkpoint import write_ldm_checkpoint
 
     root = tmp_path_factory.mktemp("models")
     write_ldm_checkpoint(build_tiny_pipeline(seed=7), root / "checkpoints" / "my-merge.safetensors")
@@ -143,6 +144,9 @@ def test_two_clients_queueing_different_models_run_in_order_and_each_switch_is_r
     assert max(s["rss_bytes"] for s in switches) < switches[0]["rss_bytes"] + 300 * 2**20
     health = call(stack, "alice", "GET", "/health").json()
     assert health["loaded_model"] == health["servers"][0]["loaded_model"] == "tiny-turbo"
+    metrics = call(stack, "alice", "GET", "/metrics").text
+    counted = re.search(r"^sdcpu_model_switches_total (\S+)$", metrics, re.MULTILINE)
+    assert counted and float(counted.group(1)) == len(switches)  # the earlier tests' jobs all ran the default
 
 
 def test_a_switch_shows_in_the_jobs_progress_while_it_loads(stack, tiny_model_dir):

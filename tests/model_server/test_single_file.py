@@ -15,7 +15,7 @@ from model_server.engine.tiny_model import build_tiny_pipeline  # noqa: E402
 from model_server.pipeline import PipelineLoadError  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
 from protocol.messages import GenerationParams  # noqa: E402
-from tests.helpers.ldm_checkpoint import write_ldm_checkpoint  # noqa: E402
+from bench.ldm_checkpoint import write_ldm_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

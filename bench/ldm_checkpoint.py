@@ -1,7 +1,8 @@
 """Writes a diffusers Stable Diffusion v1 pipeline as one original-layout (LDM) ``.safetensors``
 file, the single-file checkpoint people download, so single-file loading is tested on a file the
 code made (no weights can be downloaded here). Checked by loading it back through diffusers'
-own conversion and comparing every tensor (tests/model_server/test_single_file.py)."""
+own conversion and comparing every tensor (tests/model_server/test_single_file.py); the benchmark
+writes the full-size stand-in with it (bench/models.py)."""
 
 from __future__ import annotations
 
