@@ -42,6 +42,7 @@ _IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}},
 _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
 _ANY_JSON_ARRAY = {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}
+_NULL_JSON = {"application/json": {"schema": {"type": "null"}}}  # A1111 answers some POSTs with null
 
 
 def _compat_paths() -> dict:
@@ -50,9 +51,9 @@ def _compat_paths() -> dict:
             "200": {"description": "OK", "content": content},
             "429": {"description": "Rate limited (see Retry-After)", "content": _ANY_JSON}}}}
 
-    def post(summary: str, schema: str | None = None, errors=(422, 429, 503)) -> dict:
+    def post(summary: str, schema: str | None = None, errors=(422, 429, 503), content: dict = _ANY_JSON) -> dict:
         op = {"summary": summary, "responses": {
-            "200": {"description": "OK", "content": _ANY_JSON},
+            "200": {"description": "OK", "content": content},
             **{str(s): {"description": "Error", "content": _ANY_JSON} for s in errors}}}
         if schema:
             op["requestBody"] = {"required": True, "content": _json_content(schema)}
@@ -79,7 +80,9 @@ def _compat_paths() -> dict:
                           "which are one-step models and which presets each can run"),
         "/v1/models/{name}": {"parameters": [{"name": "name", "in": "path", "required": True,
                                               "schema": {"type": "string"}}],
-                              **get("One model of the list")},
+                              "get": {"summary": "One model of the list", "responses": {
+                                  "200": {"description": "OK", "content": _ANY_JSON},
+                                  **{str(s): {"description": "Error", "content": _ANY_JSON} for s in (404, 429)}}}},
         f"{a1111}/txt2img": post("AUTOMATIC1111 txt2img (blocking; base64 PNGs, info JSON string)",
                                  "Txt2ImgRequest", (404, 422, 429, 500, 503)),
         f"{a1111}/img2img": post("AUTOMATIC1111 img2img and inpainting (init_images, denoising_strength, mask "
@@ -91,8 +94,9 @@ def _compat_paths() -> dict:
         f"{a1111}/sd-models": get("AUTOMATIC1111: checkpoints (every model a request may name)", _ANY_JSON_ARRAY),
         f"{a1111}/loras": get("AUTOMATIC1111: LoRAs, for <lora:NAME:WEIGHT> in prompts", _ANY_JSON_ARRAY),
         f"{a1111}/refresh-checkpoints": post("AUTOMATIC1111: look for new checkpoints (done by itself here)",
-                                             errors=(429,)),
-        f"{a1111}/refresh-loras": post("AUTOMATIC1111: look for new LoRAs (done by itself here)", errors=(429,)),
+                                             errors=(429,), content=_NULL_JSON),
+        f"{a1111}/refresh-loras": post("AUTOMATIC1111: look for new LoRAs (done by itself here)", errors=(429,),
+                                       content=_NULL_JSON),
         f"{a1111}/samplers": get("AUTOMATIC1111: samplers", _ANY_JSON_ARRAY),
         f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers", _ANY_JSON_ARRAY),
         f"{a1111}/options": {**get("AUTOMATIC1111: options"),

@@ -3,7 +3,7 @@ presets need from the hub, with the same resumable download and progress lines a
 
 Run it where there is network (or into the volume a container will mount) so that the first
 start, or an offline one (``HF_HUB_OFFLINE=1``), finds every file in the cache. It reads the
-model server's settings from the environment (``SD_MODEL``, ``SD_LCM_LORA``, ``SD_TINY_VAE``,
+model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_MODELS``, ``SD_LCM_LORA``, ``SD_TINY_VAE``,
 ``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
 to do. Conversions (the bf16 copy, OpenVINO) still happen once, at the first start: they depend
 on the machine that runs the model.
@@ -19,6 +19,7 @@ from model_server.errors import PipelineLoadError
 from model_server.loading.download import ensure_files, ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
+from model_server.models.catalog import parse_list
 from model_server.settings import ModelServerSettings
 
 log = logging.getLogger("model_server.fetch")
@@ -30,6 +31,7 @@ def wanted(settings: ModelServerSettings) -> list[tuple[str, str, list[str] | No
     from model_server.engine import inpaint_model, preset_parts  # torch: only for the command, not on import
 
     items = [("model", settings.model, None)]
+    items += [(f"model {model.name} (SD_MODELS)", model.source, None) for model in parse_list(settings.models)]
     lora, vae, _ = preset_parts.resolve(settings)
     items.append(("the fast preset's LCM-LoRA", lora, preset_parts.LORA_FILES))
     items.append(("the fast preset's decoder (TAESD)", vae, preset_parts.TAESD_FILES))

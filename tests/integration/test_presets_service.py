@@ -18,7 +18,8 @@ stack = stack_fixture(SD_MODEL="tiny")
 def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
     presets = requests.get(stack.url + "/v1/presets", timeout=5).json()
     assert [(p["name"], p["available"]) for p in presets["presets"]] == [
-        ("quality", True), ("balanced", True), ("fast", True)]
+        ("quality", True), ("balanced", True), ("fast", True), ("turbo", False)]
+    assert presets["presets"][3]["unavailable_reason"] == "tiny is not a one-step model (SD-Turbo, SDXS)"
     opts = requests.get(stack.url + "/health", timeout=5).json()["optimizations"]
     # The automatic per-CPU choices are reported with their reasons.
     assert opts["release_idle_weights"] == "all" and opts["channels_last_reason"] and opts["dtype_reason"]
@@ -46,7 +47,7 @@ def test_a_preset_the_server_cannot_run_is_a_400_that_says_how_to_enable_it(log_
     stack = start_stack(log_dir, tiny_model_dir, SD_MODEL="tiny", SD_LCM_LORA="none")
     try:
         listed = requests.get(stack.url + "/v1/presets", timeout=5).json()["presets"]
-        assert [p["available"] for p in listed] == [True, True, False]
+        assert [p["available"] for p in listed] == [True, True, False, False]  # turbo: not a one-step model
         response = requests.post(stack.url + "/generate", json={"prompt": "a cat", "preset": "fast"}, timeout=30)
         body = response.json()
         assert response.status_code == 400, body

@@ -18,8 +18,8 @@ import time
 import pytest
 import requests
 
-from model_server.engine.tiny_model import write_tiny_extras, write_tiny_inpaint_model
-from tests.helpers import PYTHON, ROOT, base_env, free_port, wait_ready
+from model_server.engine.tiny_model import write_tiny_extras, write_tiny_inpaint_model, write_tiny_model
+from tests.helpers import PYTHON, ROOT, base_env, free_port, wait_ready, wait_until
 from tests.helpers.hub_server import REPO, FirstStart, HubServer
 
 # The weights diffusers loads, all but a few hundred bytes of the download: its bytes_total.
@@ -32,7 +32,8 @@ def repos(tiny_model_dir, tmp_path_factory):
     extras = tmp_path_factory.mktemp("extras")
     lora, taesd = write_tiny_extras(extras)
     return {REPO: tiny_model_dir, "sd-cpu/tiny-lcm-lora": lora, "sd-cpu/tiny-taesd": taesd,
-            "sd-cpu/tiny-inpaint": write_tiny_inpaint_model(extras / "inpaint")}
+            "sd-cpu/tiny-inpaint": write_tiny_inpaint_model(extras / "inpaint"),
+            "sd-cpu/tiny-turbo": write_tiny_model(extras / "turbo", turbo=True)}
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def test_offline_without_the_model_says_how_to_get_it_and_fetch_fills_the_cache(
     service.stop()
 
     extras = {"SD_LCM_LORA": "sd-cpu/tiny-lcm-lora", "SD_TINY_VAE": "sd-cpu/tiny-taesd",
-              "SD_INPAINT_MODEL": "sd-cpu/tiny-inpaint"}
+              "SD_INPAINT_MODEL": "sd-cpu/tiny-inpaint", "SD_MODELS": "sd-cpu/tiny-turbo"}
     fetched = fetch_command(hub.url, tmp_path / "hf-home", **extras)
     assert fetched.returncode == 0, fetched.stderr
     assert "everything the configuration needs is in the cache" in fetched.stderr
@@ -184,6 +185,15 @@ def test_offline_without_the_model_says_how_to_get_it_and_fetch_fills_the_cache(
     assert fast.status_code == 200, fast.text  # the fetched LCM-LoRA and TAESD, offline
     optimizations = offline.health()["optimizations"]
     assert optimizations["lcm_lora"] == "sd-cpu/tiny-lcm-lora" and optimizations["tiny_vae"] == "sd-cpu/tiny-taesd"
+    turbo = requests.post(offline.url + "/v1/jobs", json={"prompt": "a cat", "model": "sd-cpu/tiny-turbo",
+                                                           "width": 64, "height": 64}, timeout=60).json()
+
+    def finished():
+        job = requests.get(f"{offline.url}/v1/jobs/{turbo['id']}", timeout=5).json()
+        return job if job["state"] in ("succeeded", "failed") else None
+
+    done = wait_until(finished, 90, 0.2, "the turbo job")
+    assert done["state"] == "succeeded" and done["model_switch"]["to_model"] == "sd-cpu/tiny-turbo", done  # fetched too
 
 
 def test_fetch_exits_non_zero_with_the_reason_and_the_fix(repos, tmp_path):

@@ -34,7 +34,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 def check_error_shape(path: str, status: int, body) -> None:
-    if path.startswith("/v1/images") or path == "/v1/models":
+    if path.startswith(("/v1/images", "/v1/models")):
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
     elif path.startswith("/sdapi/"):
         if status == 422:
