@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.run import RESULTS, ROOT, machine
 from bench.sd14_model import DEFAULT_DIR, TURBO_DIR

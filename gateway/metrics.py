@@ -99,7 +99,8 @@ class ModelServerCollector:
                                                                       "(divide by sdcpu_steps for s/step)"),
                                ("sdcpu_images", "images", "Images produced"),
                                ("sdcpu_model_switches", "model_switches", "Jobs that loaded another model first"),
-                               ("sdcpu_model_switch_seconds", "model_switch_seconds", "Seconds spent switching models")):
+                               ("sdcpu_model_switch_seconds", "model_switch_seconds",
+                                "Seconds spent switching models")):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], sum(p.stats.get(key, 0.0) for p in pongs))
             yield family

@@ -229,7 +229,7 @@ def write_random_lora(path: str | Path, pipe, rank: int = 4, seed: int = 0, std:
         module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), adapter_name="made")
         for key, value in get_peft_model_state_dict(module, adapter_name="made").items():
             value = torch.randn_like(value) * std
-            # kohya: down_blocks.0.attentions.0...to_q.lora_A.weight -> lora_unet_down_blocks_0_..._to_q.lora_down.weight
+            # kohya: down_blocks.0...to_q.lora_A.weight -> lora_unet_down_blocks_0_..._to_q.lora_down.weight
             if kohya:
                 module_path, kind = key.rsplit(".lora_", 1)
                 if prefix == "te" and not module_path.startswith("text_model."):

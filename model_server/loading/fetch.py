@@ -3,8 +3,8 @@ presets need from the hub, with the same resumable download and progress lines a
 
 Run it where there is network (or into the volume a container will mount) so that the first
 start, or an offline one (``HF_HUB_OFFLINE=1``), finds every file in the cache. It reads the
-model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_MODELS``, ``SD_LCM_LORA``, ``SD_TINY_VAE``,
-``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
+model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_MODELS``, ``SD_LCM_LORA``,
+``SD_TINY_VAE``, ``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
 to do. Conversions (the bf16 copy, OpenVINO) still happen once, at the first start: they depend
 on the machine that runs the model.
 """

@@ -53,28 +53,43 @@ class ModelSet:
     def __init__(self, catalog: Catalog, loras: LoraFiles,
                  load: Callable[[ModelSource, LoadProgress], Pipeline]):
         self.catalog, self.loras, self._load = catalog, loras, load
-        self.current: Pipeline | None = None
-        self.loaded: ModelSource | None = None
+        # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
+        # so readers take one snapshot of the pair and never see a model without its pipeline.
+        self._pair: tuple[Pipeline, ModelSource] | None = None
+
+    @property
+    def current(self) -> Pipeline | None:
+        pair = self._pair
+        return pair[0] if pair else None
+
+    @property
+    def loaded(self) -> ModelSource | None:
+        pair = self._pair
+        return pair[1] if pair else None
 
     # --- the Pipeline interface (what pings and admission ask) --------------------------------
 
     @property
     def model_id(self) -> str:
         """What images name as their model: the loaded one's name (the default's as its pipeline says)."""
-        if self.current is None:
+        pair = self._pair
+        if pair is None:
             return ""
-        return self.current.model_id if self.loaded.default else self.loaded.name
+        return pair[0].model_id if pair[1].default else pair[1].name
 
     def optimizations(self) -> dict:
-        if self.current is None:
+        pair = self._pair
+        if pair is None:
             return {}
-        return {**self.current.optimizations(), "model": self.loaded.name}
+        return {**pair[0].optimizations(), "model": pair[1].name}
 
     def schedulers(self) -> list[str]:
-        return self.current.schedulers() if self.current else list(SCHEDULERS)
+        current = self.current
+        return current.schedulers() if current else list(SCHEDULERS)
 
     def max_steps(self, scheduler: str) -> int:
-        return self.current.max_steps(scheduler) if self.current else max_steps(scheduler)
+        current = self.current
+        return current.max_steps(scheduler) if current else max_steps(scheduler)
 
     def unavailable_presets(self) -> dict[str, str]:
         """The loaded model's (what /health and /v1/presets show)."""
@@ -82,7 +97,8 @@ class ModelSet:
 
     def unavailable_for(self, model: ModelSource) -> dict[str, str]:
         """Presets ``model`` cannot run: the pipeline's (a missing LCM-LoRA) and the model's kind."""
-        out = dict(self.current.unavailable_presets()) if self.current else {}
+        current = self.current
+        out = dict(current.unavailable_presets()) if current else {}
         for name, preset in PRESETS.items():
             if preset.one_step and not model.one_step:
                 out[name] = f"{model.name} is not a one-step model (SD-Turbo, SDXS)"
@@ -91,7 +107,8 @@ class ModelSet:
         return out
 
     def engine(self, params: GenerationParams) -> str:
-        return self.current.engine(params) if self.current else "not loaded yet"
+        current = self.current
+        return current.engine(params) if current else "not loaded yet"
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
         return self.current.generate(params, seed, on_step, stop, init_image=init_image, mask=mask)
@@ -99,13 +116,12 @@ class ModelSet:
     # --- names ---------------------------------------------------------------------------------
 
     def listing(self) -> ModelList:
+        pair = self._pair
         # A single-file checkpoint's hash is known once it was converted (the engine reports it).
-        known = self.optimizations().get("checkpoint_hash")
-        hashes = {self.loaded.name: known} if known else {}
-        loaded_loras = self.current.loaded_loras() if self.current else set()
-        return ModelList(models=self.catalog.entries(self.loaded.name if self.loaded else None, hashes,
-                                                     self.unavailable_for),
-                         loras=self.loras.entries(loaded_loras))
+        known = pair[0].optimizations().get("checkpoint_hash") if pair else None
+        hashes = {pair[1].name: known} if known else {}
+        return ModelList(models=self.catalog.entries(pair[1].name if pair else None, hashes, self.unavailable_for),
+                         loras=self.loras.entries(pair[0].loaded_loras() if pair else set()))
 
     def check(self, params: GenerationParams) -> None:
         """Raise a Rejection when the job names a model, LoRA or preset this server cannot run."""
@@ -125,8 +141,7 @@ class ModelSet:
     # --- the worker's side ---------------------------------------------------------------------
 
     def load_default(self, progress: LoadProgress) -> None:
-        self.current = self._load(self.catalog.default, progress)
-        self.loaded = self.catalog.default
+        self._pair = (self._load(self.catalog.default, progress), self.catalog.default)
 
     def prepare(self, params: GenerationParams,
                 report: Callable[[str], None]) -> tuple[str, ModelSwitch | None, dict[str, str]]:
@@ -156,10 +171,9 @@ class ModelSet:
         report(f"loading model {model.name}")
         started = time.monotonic()
         # The old model goes first: two in memory at once would not fit an 8 GB machine.
-        self.current = self.loaded = None
+        self._pair = None
         _free_memory()
-        self.current = self._load(model, _ReportingProgress(report, model.name))
-        self.loaded = model
+        self._pair = (self._load(model, _ReportingProgress(report, model.name)), model)
         _free_memory()
         switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
                              rss_bytes=memory.rss_bytes())

@@ -213,7 +213,7 @@ class ModelServer:
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
             unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status(),
             server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client,
-            loaded_model=self.worker.models.loaded.name if self.worker.models.loaded else "",
+            loaded_model=getattr(self.worker.models.loaded, "name", ""),
             default_model=self.worker.models.catalog.default.name)
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
