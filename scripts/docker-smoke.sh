@@ -98,14 +98,16 @@ status=$(curl -sS -o "$WORK/smoke.png" -w '%{http_code} %{content_type}' -X POST
   -H 'Content-Type: application/json' -d '{"prompt": "a cat", "steps": 3, "width": 128, "height": 128}')
 log "POST /generate -> $status"
 [ "$status" = "200 image/png" ] || { "${COMPOSE[@]}" logs --tail 50; exit 1; }
-head -c 8 "$WORK/smoke.png" | od -An -c | grep -q 'P   N   G' || { echo "not a PNG"; exit 1; }
+head -c 8 "$WORK/smoke.png" | od -An -c | grep -F 'P   N   G' >/dev/null || { echo "not a PNG"; exit 1; }
 curl -fsS "http://127.0.0.1:$PORT/health" | python3 -c 'import json,sys; h=json.load(sys.stdin); assert h["status"]=="ok", h; print("health:", h["status"], h["model"], h["optimizations"]["dtype"])'
 
 # Rate limits live in the redis service (shared by every gunicorn worker).
 keys=$("${COMPOSE[@]}" exec -T redis redis-cli dbsize | tr -dc 0-9)
 log "redis holds $keys rate-limit key(s)"
 [ "${keys:-0}" -gt 0 ] || { echo "no rate-limit keys in redis"; "${COMPOSE[@]}" logs --tail 30 gateway; exit 1; }
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q 'sdcpu_jobs_total{outcome="succeeded"} 1.0' \
+# grep without -q reads the whole page: with -q it can quit first, and under pipefail curl's "failed writing
+# body" then fails the check (it did once the page grew).
+curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -F 'sdcpu_jobs_total{outcome="succeeded"} 1.0' >/dev/null \
   || { echo "metrics do not show the job"; exit 1; }
 
 # Scale-out: jobs land on both replicas; one replica killed outright, the next jobs still succeed
