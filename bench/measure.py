@@ -169,7 +169,7 @@ def main() -> int:
         again = []
         for _ in range(args.images - 1):
             if args.config != "seed":
-                from model_server.worker import release_memory
+                from model_server.memory import release_memory
 
                 release_memory()  # as the model server's worker does after every job
             started = time.perf_counter()

@@ -185,31 +185,32 @@ def prepare(parts: list[str], fresh: bool) -> None:
         shutil.rmtree(CACHE, ignore_errors=True)
 
 
+# Each part's table: (header, cell) per column.
+COLUMNS = {
+    "lora": [("backend setting", "backend_setting"), ("LoRAs", "loras"), ("runs on", "engine"),
+             ("s/step (median)", "s_per_step"), ("rounds", lambda r: r.get("s_per_step_rounds", "")),
+             ("s/image", "s_per_image"), ("LoRA MB", "loras_mb"), ("peak GiB", "peak_rss_gib")],
+    "switch": [("round", "round"), ("to", "to"), ("seconds", "seconds"), ("peak GiB (server)", "peak_rss_gib"),
+               ("RSS after GiB", "rss_after_gib"), ("conversion child peak GiB", "conversion_children_peak_gib"),
+               ("weights / IR", lambda r: f"{r.get('weights', '')} / {r.get('openvino_ir', '-')}")],
+    "turbo": [("model", "model"), ("preset", "preset"), ("steps", "steps"), ("runs on", "engine"),
+              ("load s", "load_s"), ("s/step", "s_per_step"), ("s/image", "s_per_image"),
+              ("peak GiB", "peak_rss_gib")],
+}
+
+
 def table(rows: list[dict]) -> str:
-    out = []
-    lora = [r for r in rows if r["part"] == "lora"]
-    if lora:
-        out += ["| backend setting | LoRAs | runs on | s/step (median) | rounds | s/image | LoRA MB | peak GiB |",
-                "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {r['backend_setting']} | {r['loras']} | {r['engine']} | {r['s_per_step']} | "
-                f"{r.get('s_per_step_rounds', '')} | {r['s_per_image']} | {r['loras_mb']} | {r['peak_rss_gib']} |"
-                for r in lora]
-        out.append("")
-    switch = [r for r in rows if r["part"] == "switch"]
-    if switch:
-        out += ["| round | to | seconds | peak GiB (server) | RSS after GiB | conversion child peak GiB | "
-                "weights / IR |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['round']} | {r['to']} | {r['seconds']} | {r['peak_rss_gib']} | {r['rss_after_gib']} | "
-                f"{r['conversion_children_peak_gib']} | {r.get('weights', '')} / {r.get('openvino_ir', '-')} |"
-                for r in switch]
-        out.append("")
-    turbo = [r for r in rows if r["part"] == "turbo"]
-    if turbo:
-        out += ["| model | preset | steps | runs on | load s | s/step | s/image | peak GiB |",
-                "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {r['model']} | {r['preset']} | {r['steps']} | {r['engine']} | {r['load_s']} | {r['s_per_step']} | "
-                f"{r['s_per_image']} | {r['peak_rss_gib']} |" for r in turbo]
-    return "\n".join(out)
+    """Markdown: one table per part measured, in COLUMNS' order."""
+    tables = []
+    for part, columns in COLUMNS.items():
+        mine = [r for r in rows if r["part"] == part]
+        if not mine:
+            continue
+        lines = ["| " + " | ".join(head for head, _ in columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(cell(r) if callable(cell) else r[cell]) for _, cell in columns) + " |"
+                  for r in mine]
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv=None) -> int:

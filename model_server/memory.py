@@ -5,6 +5,7 @@ and the libc calls that hand memory back."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import resource
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def trim_heap() -> None:
     trim = getattr(LIBC, "malloc_trim", None)  # glibc only
     if trim is not None:
         trim(0)
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: a finished job's activations (or an unloaded model) are freed by
+    Python, but glibc keeps the pages; collecting cycles and trimming keeps resident memory flat."""
+    gc.collect()
+    trim_heap()
 
 
 def rss_bytes() -> int:

@@ -7,7 +7,6 @@ a job changed by pushing the job id over an inproc socket, and the IO thread doe
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import threading
 import time
@@ -43,13 +42,6 @@ class ModelStatus:
     load_seconds: float | None = None
     load_started: float = dataclasses.field(default_factory=time.monotonic)
     progress: LoadProgress = dataclasses.field(default_factory=LoadProgress)  # the load's phases, for pings
-
-
-def release_memory() -> None:
-    # Activations of a finished job are freed by Python, but glibc keeps the pages; trimming
-    # returns them to the OS so the process's resident memory stays flat between jobs.
-    gc.collect()
-    memory.trim_heap()
 
 
 def _job_error(exc: BaseException) -> ErrorInfo:
@@ -89,7 +81,7 @@ class Worker(threading.Thread):
                     # where gc.collect() (holding the GIL) would delay the result fetch that follows
                     # and a queued job would only fault the same memory in again.
                     if used:
-                        release_memory()
+                        memory.release_memory()
                         used = False
                     continue
                 with job_context(job.id, job.request_id):
@@ -113,7 +105,7 @@ class Worker(threading.Thread):
         self.state.progress.end()
         self.state.pipeline = self.models
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
-        release_memory()
+        memory.release_memory()
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True

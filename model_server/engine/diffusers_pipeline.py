@@ -391,7 +391,7 @@ class DiffusersPipeline:
         self._adapters.use(self._job_loras, [(preset_parts.ADAPTER, 1.0)] if lcm else [],
                            others_attached=self._fast_loaded)
         on_openvino = self.ov_pipe is not None and not self._on_torch_because(params)
-        if preset and preset.tiny_vae and (lcm or not self._load_tiny_decoder()) and self.fast_pipe is not None:
+        if preset and preset.tiny_vae and not self._load_tiny_decoder():  # loaded once; "" when it is there
             # the OpenVINO UNet with the tiny decoder (turbo), or torch's (fast: its LCM-LoRA runs on torch)
             return self._variant(self.fast_pipe, StableDiffusionPipeline, self.ov_pipe.unet) if on_openvino \
                 else self.fast_pipe

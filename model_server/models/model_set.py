@@ -11,7 +11,6 @@ what it needs.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from pathlib import Path
@@ -40,11 +39,6 @@ class _ReportingProgress(LoadProgress):
     def start(self, phase: str, detail: str = "", total_bytes: int | None = None, done_bytes: int = 0) -> None:
         super().start(phase, detail, total_bytes, done_bytes)
         self._report(f"loading model {self._model}: {phase}")
-
-
-def _free_memory() -> None:
-    gc.collect()
-    memory.trim_heap()
 
 
 class ModelSet:
@@ -172,9 +166,9 @@ class ModelSet:
         started = time.monotonic()
         # The old model goes first: two in memory at once would not fit an 8 GB machine.
         self._pair = None
-        _free_memory()
+        memory.release_memory()
         self._pair = (self._load(model, _ReportingProgress(report, model.name)), model)
-        _free_memory()
+        memory.release_memory()
         switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
                              rss_bytes=memory.rss_bytes())
         log.info("model %s loaded in %.1f s (RSS %.2f GiB)", model.name, switch.seconds, switch.rss_bytes / 2**30)
