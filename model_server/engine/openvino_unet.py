@@ -7,9 +7,9 @@ text encoder, the VAE, the schedulers and the denoising loop stay diffusers' own
 sampler, progress, previews, cancel, interrupt and skip work unchanged.
 
 Memory: the IR is memory-mapped, and the CPU plugin makes its own repacked copy of the weights
-when it compiles, so the mapped file's pages are released after each compile (they come back
-from the page cache for the next one): the UNet costs one copy, as torch's does, not the two
-that optimum-intel's pipeline keeps.
+when it compiles, so the mapped file's pages are released as the compile reads them (they come
+back from the page cache for the next one): the UNet costs one copy, as torch's does, not the
+two that optimum-intel's pipeline keeps, even at the compile's peak.
 
 Shapes: compiled static for the latent shape a job needs (static shapes are what the plugin
 optimises best), on demand, and one at a time: a second shape's compile would hold a second copy
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from model_server.engine.openvino_convert import IR_NAME
-from model_server.engine.residency import release_files
+from model_server.engine.residency import released_while_read
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ class OpenVinoUNet(torch.nn.Module):
         batch, _, height, width = shape
         self._model.reshape({"sample": list(shape), "timestep": [],
                              "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]})
-        compiled = self._core.compile_model(self._model, "CPU", self._options)
+        with released_while_read({self._bin}):  # the plugin makes its own copy: the file's pages need not stay
+            compiled = self._core.compile_model(self._model, "CPU", self._options)
         self._request = compiled.create_infer_request()
         self._shape = shape
-        release_files({self._bin})  # the plugin has its own copy now
         self.compile_seconds = round(time.monotonic() - started, 2)
         log.info("OpenVINO UNet compiled for %s in %.1f s", shape, self.compile_seconds)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from model_server.memory import LIBC
@@ -76,3 +78,30 @@ def release_files(files: set[str]) -> int:
         else:
             log.debug("madvise failed for %s: errno %d", files, ctypes.get_errno())
     return released
+
+
+@contextmanager
+def released_while_read(files: set[str], every: float = 0.2):
+    """Keep dropping the mapped pages of ``files`` while the body reads them once, front to back.
+
+    OpenVINO's CPU plugin compiles by reading each weight of the mapped IR and repacking it into
+    its own memory: without this the whole file is resident beside the finished copy at the end
+    (measured for SD v1.4's bf16 UNet: 3.4 GiB peak against 1.9 after). Pages already consumed
+    are dropped every ``every`` seconds; one still wanted faults back in from the page cache, so
+    the cost is nothing measurable (compile 2.5-3.3 s either way). Read-only mappings only
+    (``mappings``): nothing written to them can be lost.
+    """
+    done = threading.Event()
+
+    def drop():
+        while not done.wait(every):
+            release_files(files)
+
+    dropper = threading.Thread(target=drop, name="release-mapped", daemon=True)
+    dropper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        dropper.join()
+        release_files(files)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.engine.residency import released_while_read  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
 from protocol.messages import GenerationParams  # noqa: E402
 
@@ -59,3 +62,29 @@ def test_none_keeps_every_weight_resident(tiny_model_dir, tmp_path):
 def test_an_unknown_setting_is_refused():
     with pytest.raises(ValueError, match="SD_RELEASE_IDLE_WEIGHTS"):
         ModelServerSettings.from_env({"SD_RELEASE_IDLE_WEIGHTS": "sometimes"})
+
+
+def test_a_file_read_once_under_released_while_read_never_stays_resident_and_reads_right(tmp_path):
+    """What OpenVINO's compile does with the IR (a shared read-only mapping, read front to back)."""
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 255, 32 * 2**20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    real = os.path.realpath(path)
+    chunk = 2**20
+
+    def read_all(view) -> tuple[int, int]:
+        peak, total = 0, 0
+        for start in range(0, len(data), chunk):
+            total += int(np.frombuffer(view[start:start + chunk], dtype=np.uint8).sum(dtype=np.int64))
+            time.sleep(0.005)
+            peak = max(peak, resident_kib({real}))
+        return peak, total
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        with released_while_read({real}, every=0.01):
+            peak, total = read_all(view)
+        assert total == int(data.sum(dtype=np.int64))  # the pages that came back are the file's
+        assert peak < 0.5 * len(data) / 1024 and resident_kib({real}) == 0
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        kept, _ = read_all(view)
+        assert kept >= 0.9 * len(data) / 1024  # without it, the whole file stays resident
