@@ -301,16 +301,17 @@ class DiffusersPipeline:
         on_openvino, backend_why = openvino_backend.choose(settings, dtype)
         if on_openvino and folder is None:
             on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
-        if channels_last:
-            # Before the LoRA is attached: its wrappers rename the conv weights. Not the torch UNet's
-            # when OpenVINO runs the UNet: NHWC copies are private memory, NCHW stays mapped and idle.
-            for name in ("vae",) if on_openvino else ("unet", "vae"):
-                counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
-                layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         pipe.set_progress_bar_config(disable=True)
         ov_pipe, backend = (openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress)
                             if on_openvino
                             else (None, {"backend": "torch", "backend_reason": backend_why}))
+        if channels_last:
+            # Before a LoRA is attached (per job): its wrappers rename the conv weights. Only the torch modules
+            # that run: NHWC copies are private memory, while one OpenVINO replaces stays mapped and idle.
+            for name, moved in (("unet", ov_pipe is not None), ("vae", backend.get("openvino_vae") == "decode")):
+                if not moved:
+                    counts = to_channels_last(getattr(pipe, name), folder and Path(folder) / name)
+                    layout[f"channels_last_{name}"] = f"{counts['from_file']} read from file, {counts['copied']} copied"
         has_checker = getattr(pipe, "safety_checker", None) is not None
         if settings.safety_checker and not has_checker:
             log.warning("SD_SAFETY_CHECKER is on but %s has no safety checker", settings.model)
@@ -339,7 +340,8 @@ class DiffusersPipeline:
 
     def optimizations(self):
         loras = {"loras_loaded": len(self._adapters.loaded()), "loras_mb": round(self._adapters.bytes / 2**20, 1)}
-        return {**self._opts, **loras, **(self.ov_pipe.unet.report() if self.ov_pipe is not None else {})}
+        compiled = [m.report() for m in (self.ov_pipe and self.ov_pipe.unet, self.pipe.vae) if hasattr(m, "report")]
+        return {**self._opts, **loras, **{k: v for report in compiled for k, v in report.items()}}
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)

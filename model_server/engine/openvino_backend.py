@@ -1,10 +1,11 @@
-"""Choosing and setting up the OpenVINO UNet (``SD_BACKEND``) for a loaded diffusers pipeline.
+"""Choosing and setting up the OpenVINO UNet and VAE decoder (``SD_BACKEND``) for a loaded diffusers pipeline.
 
 The result is a second pipeline object over the very same modules with the OpenVINO UNet in
 the torch UNet's place (model_server.engine.openvino_unet). The torch UNet stays loaded: it is
 mapped from its files and costs no resident memory while unused, and it runs what OpenVINO
-cannot (the fast preset's LoRA, DeepCache, token merging). A conversion that fails leaves the
-server on torch, said in /health, rather than not starting.
+cannot (the fast preset's LoRA, DeepCache, token merging). The VAE decoder moves to OpenVINO in
+the loaded pipeline itself (model_server.engine.openvino_vae), so it decodes whichever UNet ran.
+A conversion that fails leaves that part on torch, said in /health, rather than not starting.
 """
 
 from __future__ import annotations
@@ -58,22 +59,45 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
 
 
-def ir_for(folder: str, settings: ModelServerSettings,
-           progress: LoadProgress | None = None) -> tuple[Path | None, dict]:
-    """The UNet of ``folder`` as OpenVINO IR, converted once in a child process; (None, why) if that failed."""
+def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress | None = None,
+           part: str = "unet") -> tuple[Path | None, dict]:
+    """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR, converted once in a child process;
+    (None, why) if that failed."""
     import openvino
 
     real = os.path.realpath(folder)
     key = hashlib.sha256(f"{real}\0{openvino.__version__}".encode()).hexdigest()[:12]
-    dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}"
-    if converted(dest):
-        return dest, {"openvino_ir": "cached"}
-    (progress or LoadProgress()).start("converting", "the UNet to OpenVINO IR, once")
-    seconds, failed = run_once("converting the UNet to OpenVINO IR", ["model_server.engine.openvino_convert", real,
-                                                                       str(dest)], dest, converted)
+    dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}{'' if part == 'unet' else '-' + part}"
+    what = "UNet" if part == "unet" else "VAE decoder"
+    if converted(dest, part):
+        return dest, {"openvino_ir" if part == "unet" else "openvino_vae_ir": "cached"}
+    (progress or LoadProgress()).start("converting", f"the {what} to OpenVINO IR, once")
+    seconds, failed = run_once(f"converting the {what} to OpenVINO IR",
+                               ["model_server.engine.openvino_convert", real, str(dest), "--part", part], dest,
+                               lambda d: converted(d, part))
     if seconds is None:
-        return None, {"backend_reason": f"the UNet runs on torch: {failed}"}
-    return dest, {"openvino_ir": "made now", "openvino_conversion_seconds": seconds}
+        return None, {"backend_reason" if part == "unet" else "openvino_vae": f"the {what} runs on torch: {failed}"}
+    if part == "unet":
+        return dest, {"openvino_ir": "made now", "openvino_conversion_seconds": seconds}
+    return dest, {"openvino_vae_ir": "made now", "openvino_vae_conversion_seconds": seconds}
+
+
+def vae_decoder(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, precision: str,
+                threads: int, progress: LoadProgress) -> dict:
+    """Put the VAE decoder on OpenVINO in ``pipe`` (so in every pipeline made from its modules, whichever
+    UNet runs), compiled for the default size; what to report in /health. The torch VAE stays for
+    ``encode`` and when the conversion failed."""
+    ir, info = ir_for(folder, settings, progress, "vae_decoder")
+    if ir is None:
+        return info
+    from model_server.engine.openvino_vae import OpenVinoVae
+
+    MappedWeights(folder).release("vae")  # the torch decoder's pages are not read again
+    vae = OpenVinoVae(ir, pipe.vae, precision, threads)
+    progress.start("compiling", f"the OpenVINO VAE decoder for {settings.default_size}x{settings.default_size}")
+    vae.compile_for(settings.default_size, settings.default_size)
+    pipe.register_modules(vae=vae)
+    return {"openvino_vae": "decode", **info}
 
 
 def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, dtype: torch.dtype,
@@ -96,6 +120,7 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     latent = settings.default_size // 8
     progress.start("compiling", f"the OpenVINO UNet for {settings.default_size}x{settings.default_size}")
     unet.compile_for((2, pipe.unet.config.in_channels, latent, latent))  # the default request's shape
+    info.update(vae_decoder(pipe, folder, settings, precision, threads, progress))
     ov_pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
     ov_pipe.set_progress_bar_config(disable=True)
     return ov_pipe, {"backend": "openvino", "backend_reason": why, "openvino_precision": precision, **info,

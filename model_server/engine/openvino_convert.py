@@ -1,16 +1,16 @@
-"""One-time conversion of a model's UNet to OpenVINO IR, run in its own process.
+"""One-time conversion of a model's UNet or VAE decoder to OpenVINO IR, run in its own process.
 
-``openvino.convert_model`` traces the diffusers UNet under our pinned torch (no optimum-intel at
+``openvino.convert_model`` traces the diffusers module under our pinned torch (no optimum-intel at
 run time) and ``save_model`` writes the IR. Tracing holds the torch model and the graph at once
-(about 3.5 GB from the bf16 copy, 6 GB from float32 weights for SD v1), so it runs once, in a
-short-lived child, and the server only ever maps the result; later starts reuse it.
+(about 3.5 GB from the bf16 copy, 6 GB from float32 weights for SD v1's UNet), so it runs once, in
+a short-lived child, and the server only ever maps the result; later starts reuse it.
 
 The IR's inputs are float32 whatever the weights are (the wrapper casts inside the graph): the
 denoising loop hands float32 or bf16 tensors and numpy has no bf16. Weights keep the source's
 precision: bf16 from the bf16 copy, float16 from float32 (``compress_to_fp16``: half the file,
 and the CPU plugin computes in its inference precision either way).
 
-    python -m model_server.engine.openvino_convert SOURCE DEST [--subfolder unet]
+    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder]
 """
 
 from __future__ import annotations
@@ -24,27 +24,25 @@ import time
 from pathlib import Path
 
 MARKER = "sd_cpu_openvino.json"
-IR_NAME = "unet.xml"
+IR_NAMES = {"unet": "unet.xml", "vae_decoder": "vae_decoder.xml"}
+IR_NAME = IR_NAMES["unet"]
 log = logging.getLogger(__name__)
 
 
-def converted(dest: Path) -> bool:
-    return (dest / MARKER).exists() and (dest / IR_NAME).exists()
+def converted(dest: Path, part: str = "unet") -> bool:
+    return (dest / MARKER).exists() and (dest / IR_NAMES[part]).exists()
 
 
-def convert(source: str, dest: Path, subfolder: str = "unet") -> float:
-    import openvino as ov
+def _unet(source: str):
+    """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers such as
+    Euler use fractional timesteps): (module, example inputs, input names, weights' dtype)."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    started = time.monotonic()
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, low_cpu_mem_usage=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", low_cpu_mem_usage=True).eval()
     dtype = unet.dtype
 
     class Traced(torch.nn.Module):
-        """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers
-        such as Euler use fractional timesteps)."""
-
         def __init__(self):
             super().__init__()
             self.unet = unet
@@ -57,16 +55,45 @@ def convert(source: str, dest: Path, subfolder: str = "unet") -> float:
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim))
+    return Traced(), example, ("sample", "timestep", "encoder_hidden_states"), dtype
+
+
+def _vae_decoder(source: str):
+    """The VAE's decode (post-quant conv and decoder): float32 latents (already divided by the
+    scaling factor, as diffusers hands them) in, float32 image in [-1, 1] out."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", low_cpu_mem_usage=True).eval()
+    dtype = vae.dtype
+
+    class Traced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent):
+            return self.vae.decode(latent.to(dtype), return_dict=False)[0].float()
+
+    return Traced(), (torch.randn(1, vae.config.latent_channels, 32, 32),), ("latent",), dtype
+
+
+def convert(source: str, dest: Path, part: str = "unet") -> float:
+    import openvino as ov
+    import torch
+
+    started = time.monotonic()
+    module, example, names, dtype = (_unet if part == "unet" else _vae_decoder)(source)
     with torch.no_grad():
-        model = ov.convert_model(Traced(), example_input=example)
-    for i, name in enumerate(("sample", "timestep", "encoder_hidden_states")):
+        model = ov.convert_model(module, example_input=example)
+    for i, name in enumerate(names):
         model.inputs[i].get_tensor().set_names({name})
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ov.save_model(model, tmp / IR_NAME, compress_to_fp16=dtype == torch.float32)
+    ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32)
     seconds = round(time.monotonic() - started, 1)
-    (tmp / MARKER).write_text(json.dumps({"source": source, "weights": str(dtype).removeprefix("torch."),
+    (tmp / MARKER).write_text(json.dumps({"source": source, "part": part, "weights": str(dtype).removeprefix("torch."),
                                           "openvino": ov.__version__, "seconds": seconds}), encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)  # a crash mid-way leaves no half-written IR behind
@@ -77,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", help="a local diffusers directory (the bf16 copy, or the model itself)")
     ap.add_argument("dest", type=Path)
-    ap.add_argument("--subfolder", default="unet")
+    ap.add_argument("--part", choices=sorted(IR_NAMES), default="unet")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [openvino-convert] %(message)s")
-    seconds = convert(args.source, args.dest, args.subfolder)
-    log.info("converted the UNet of %s to OpenVINO IR in %.1f s: %s", args.source, seconds, args.dest)
+    seconds = convert(args.source, args.dest, args.part)
+    log.info("converted the %s of %s to OpenVINO IR in %.1f s: %s", args.part, args.source, seconds, args.dest)
     return 0
 
 

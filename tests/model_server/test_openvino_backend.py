@@ -61,8 +61,11 @@ def test_the_unet_is_converted_once_and_compiled_for_the_default_size_at_load(ov
     assert opts["backend"] == "openvino" and opts["openvino_ir"] == "made now"
     assert opts["openvino_conversion_seconds"] > 0 and opts["openvino_compiled_for"] == "64x64, batch 2"
     assert len(list((cache / "openvino").glob("tiny-sd-*/unet.xml"))) == 1
-    again = DiffusersPipeline.load(settings(cache, backend="openvino"))
-    assert again.optimizations()["openvino_ir"] == "cached"
+    assert opts["openvino_vae"] == "decode" and opts["openvino_vae_ir"] == "made now"
+    assert opts["openvino_vae_compiled_for"] == "64x64" and opts["openvino_vae_compile_seconds"] > 0
+    assert len(list((cache / "openvino").glob("tiny-sd-*-vae_decoder/vae_decoder.xml"))) == 1
+    again = DiffusersPipeline.load(settings(cache, backend="openvino")).optimizations()
+    assert again["openvino_ir"] == "cached" and again["openvino_vae_ir"] == "cached"
 
 
 @pytest.mark.parametrize("scheduler", ["default", "euler_a", "dpmpp_2m_karras", "unipc"])
@@ -87,7 +90,9 @@ def test_cancel_interrupt_and_previews_work_as_on_torch(ov):
 
 def test_another_size_compiles_on_demand_and_image_jobs_use_it_too(ov):
     image, _, _ = run(ov, width=96, height=64)
-    assert image.shape == (64, 96, 3) and ov.optimizations()["openvino_compiled_for"] == "96x64, batch 2"
+    opts = ov.optimizations()
+    assert image.shape == (64, 96, 3) and opts["openvino_compiled_for"] == "96x64, batch 2"
+    assert opts["openvino_vae_compiled_for"] == "96x64"
     from PIL import Image
 
     p = GenerationParams(prompt="a cat", seed=3, steps=6, width=64, height=64, mode="img2img", strength=0.5)
@@ -99,9 +104,11 @@ def test_another_size_compiles_on_demand_and_image_jobs_use_it_too(ov):
 @pytest.mark.parametrize("options", [{"deep_cache": 3, "scheduler": "dpmpp_2m_karras"}, {"token_merging": 0.5},
                                      {"preset": "fast", "steps": 4, "scheduler": "lcm", "guidance_scale": 1.0}])
 def test_what_openvino_cannot_run_runs_on_torch_and_the_job_says_so(ov, options):
-    before = ov_calls(ov)
+    before, decodes = ov_calls(ov), ov.pipe.vae.calls
     image, steps, _ = run(ov, **options)
     assert ov_calls(ov) == before and image.shape == (64, 64, 3) and steps
+    # the VAE decoder is OpenVINO's whichever UNet ran (the fast preset decodes with its tiny VAE)
+    assert ov.pipe.vae.calls == decodes + (options.get("preset") != "fast")
     said = ov.engine(GenerationParams(prompt="a cat", seed=1, **options))
     what = {"deep_cache": "deep_cache", "token_merging": "token_merging", "preset": "LCM-LoRA"}[next(iter(options))]
     assert said.startswith("torch float32: ") and what in said and said.endswith("runs on torch")
@@ -122,6 +129,20 @@ def test_a_failed_conversion_leaves_the_server_on_torch(tmp_path, monkeypatch):
     opts = pipe.optimizations()
     assert pipe.ov_pipe is None and opts["backend"] == "torch" and "OpenVINO IR failed" in opts["backend_reason"]
     assert run(pipe)[0].shape == (64, 64, 3)
+
+
+def test_a_failed_vae_conversion_leaves_the_decoder_on_torch_and_the_unet_on_openvino(tmp_path, monkeypatch, pt):
+    real = openvino_backend.run_once
+
+    def vae_fails(what, args, *rest, **kw):
+        return (None, f"{what} failed (exit 1; see the log)") if "vae_decoder" in args else real(what, args, *rest, **kw)
+
+    monkeypatch.setattr(openvino_backend, "run_once", vae_fails)
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
+    opts = pipe.optimizations()
+    assert opts["backend"] == "openvino" and opts["openvino_vae"].startswith("the VAE decoder runs on torch")
+    assert "openvino_vae_compiled_for" not in opts and not hasattr(pipe.pipe.vae, "report")
+    assert np.abs(run(pipe)[0] - run(pt)[0]).mean() < 1.0
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "full"])

@@ -1,0 +1,63 @@
+"""The VAE decoder on the OpenVINO runtime, beside the OpenVINO UNet: a drop-in for diffusers' VAE.
+
+Why: after the UNet the decode is the largest part of an image (measured: 5-7 s on torch against
+3-6 s for the peer's OpenVINO decoder, SD v1.4 at 512x512; docs/performance.md). Only ``decode``
+moves: ``encode`` (image-to-image, inpainting) stays the torch VAE's, rarely used and not worth a
+second compiled model's memory.
+
+Latents are decoded one image at a time, so one compiled shape per image size serves any number
+of images per request, and the decoder's activations stay those of one image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers.models.autoencoders.vae import DecoderOutput
+
+from model_server.engine.openvino_compiled import StaticIR
+from model_server.engine.openvino_convert import IR_NAMES
+
+
+class OpenVinoVae(torch.nn.Module):
+    """diffusers' AutoencoderKL as the pipelines call it, decoding on the compiled IR. ``config``,
+    ``dtype`` and ``encode`` are the torch VAE's."""
+
+    def __init__(self, ir_dir: str | Path, vae: torch.nn.Module, precision: str, threads: int):
+        super().__init__()
+        self.torch_vae = vae
+        self.config = vae.config
+        self._ir = StaticIR(Path(ir_dir) / IR_NAMES["vae_decoder"], precision, threads)
+        self.calls = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.torch_vae.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def compile_for(self, height: int, width: int) -> None:
+        """Compile for images of ``height`` x ``width`` pixels, replacing the last size."""
+        scale = 2 ** (len(self.config.block_out_channels) - 1)
+        self._ir.compile_for({"latent": [1, self.config.latent_channels, height // scale, width // scale]})
+
+    def report(self) -> dict[str, str | float | None]:
+        """The image size the decoder is compiled for and its compile time, for /health."""
+        if self._ir.shapes is None:
+            return {}
+        scale = 2 ** (len(self.config.block_out_channels) - 1)
+        _, _, height, width = self._ir.shapes["latent"]
+        return {"openvino_vae_compiled_for": f"{width * scale}x{height * scale}",
+                "openvino_vae_compile_seconds": self._ir.compile_seconds}
+
+    def encode(self, *args, **kwargs):
+        return self.torch_vae.encode(*args, **kwargs)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None, **kwargs):
+        self.calls += 1
+        images = [torch.from_numpy(self._ir.infer({"latent": one.float().numpy()})) for one in z.split(1)]
+        sample = torch.cat(images).to(z.dtype)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
