@@ -50,7 +50,8 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
     dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
     if converted(dest):
         return dest, {"openvino_int8": settings.int8}
-    (progress or LoadProgress()).start("quantizing", f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
+    (progress or LoadProgress()).start("quantizing",
+                                       f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
            "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
     seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
