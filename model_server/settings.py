@@ -102,10 +102,11 @@ class ModelServerSettings(RequestLimits):
         "SD_DTYPE", "`auto` uses bfloat16 where the CPU has native bf16 (`amx_bf16`/`avx512_bf16`, and "
         "`ONEDNN_MAX_CPU_ISA` allows it), float32 elsewhere; or `float32`, `bfloat16`", "auto", read=_lower)
     backend: str = setting(
-        "SD_BACKEND", "What runs the UNet: `openvino` (the OpenVINO runtime; converted once, in a child process, "
-        "to `SD_CACHE_DIR/openvino`), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with "
-        "native bf16), torch elsewhere. Requests OpenVINO cannot run (LoRAs, the `fast` preset's, `deep_cache`, "
-        "`token_merging`, an inpainting checkpoint) run on torch", "auto", read=_lower)
+        "SD_BACKEND", "What runs the UNet and VAE decoder: `openvino` (the OpenVINO runtime; converted once, in a "
+        "child process, to `SD_CACHE_DIR/openvino`; the `fast` preset's UNet with its LCM-LoRA fused, on the first "
+        "fast job), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with native bf16), "
+        "torch elsewhere. Requests OpenVINO cannot run (LoRAs, `deep_cache`, `token_merging`, an inpainting "
+        "checkpoint) run on torch", "auto", read=_lower)
     int8: str = setting(
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
         "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts; `none`. Not the default: its "

@@ -36,6 +36,7 @@ from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.residency import MappedWeights
 from model_server.errors import redact_paths
+from model_server.memory import release_memory
 from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
@@ -183,9 +184,10 @@ class DiffusersPipeline:
 
     def __init__(self, pipe: StableDiffusionPipeline, model_id: str, opts: dict,
                  settings: ModelServerSettings | None = None, residency: MappedWeights | None = None,
-                 ov_pipe: StableDiffusionPipeline | None = None):
+                 ov_pipe: StableDiffusionPipeline | None = None, fast_unet: openvino_backend.FastUNet | None = None):
         self.pipe = pipe
         self.ov_pipe = ov_pipe  # the same modules, the UNet on OpenVINO (openvino_backend)
+        self.fast_unet = fast_unet  # the fast preset's OpenVINO UNet (LCM-LoRA fused), converted on first use
         self.model_id = model_id
         self._opts = opts
         self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none",
@@ -302,9 +304,9 @@ class DiffusersPipeline:
         if on_openvino and folder is None:
             on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
         pipe.set_progress_bar_config(disable=True)
-        ov_pipe, backend = (openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress)
-                            if on_openvino
-                            else (None, {"backend": "torch", "backend_reason": backend_why}))
+        ov_pipe, fast_unet, backend = (
+            openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress) if on_openvino
+            else (None, None, {"backend": "torch", "backend_reason": backend_why}))
         if channels_last:
             # Before a LoRA is attached (per job): its wrappers rename the conv weights. Only the torch modules
             # that run: NHWC copies are private memory, while one OpenVINO replaces stays mapped and idle.
@@ -336,12 +338,14 @@ class DiffusersPipeline:
         residency = MappedWeights(folder, settings.release_idle_weights != "none")
         opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
         return cls(pipe, settings.model, opts, dataclasses.replace(settings, channels_last=channels_last), residency,
-                   ov_pipe)
+                   ov_pipe, fast_unet)
 
     def optimizations(self):
         loras = {"loras_loaded": len(self._adapters.loaded()), "loras_mb": round(self._adapters.bytes / 2**20, 1)}
-        compiled = [m.report() for m in (self.ov_pipe and self.ov_pipe.unet, self.pipe.vae) if hasattr(m, "report")]
-        return {**self._opts, **loras, **{k: v for report in compiled for k, v in report.items()}}
+        compiled = [m.report() for m in (self.ov_pipe and self.ov_pipe.unet, self.fast_unet and self.fast_unet.unet,
+                                         self.pipe.vae) if hasattr(m, "report")]
+        fast = self.fast_unet.info if self.fast_unet is not None else {}
+        return {**self._opts, **loras, **fast, **{k: v for report in compiled for k, v in report.items()}}
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
@@ -365,7 +369,8 @@ class DiffusersPipeline:
         preset = PRESETS.get(params.preset)
         lcm = bool(preset and preset.lcm_lora)
         return [what for what, asked in (
-            ("the fast preset's LCM-LoRA", lcm), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
+            ("the fast preset's LCM-LoRA", lcm and not (self.fast_unet and not self.fast_unet.failed)),
+            ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
             ("token_merging", bool(params.token_merging)),
             ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm
              and not params.loras))
@@ -378,6 +383,10 @@ class DiffusersPipeline:
         why = self._on_torch_because(params)
         if why:
             return f"torch {dtype}: {', '.join(why)} {'runs' if len(why) == 1 else 'run'} on torch"
+        preset = PRESETS.get(params.preset)
+        if preset and preset.lcm_lora:
+            first = "" if self.fast_unet.unet is not None else " (converted to OpenVINO on this first fast job, once)"
+            return f"openvino {dtype}, the LCM-LoRA fused{first}"
         int8 = self._opts.get("openvino_int8")
         return f"openvino int8 ({int8})" if int8 in ("hybrid", "full") else f"openvino {dtype}"
 
@@ -393,11 +402,29 @@ class DiffusersPipeline:
         self._adapters.use(self._job_loras, [(preset_parts.ADAPTER, 1.0)] if lcm else [],
                            others_attached=self._fast_loaded)
         on_openvino = self.ov_pipe is not None and not self._on_torch_because(params)
+        unet = self._openvino_unet(lcm) if on_openvino else None
+        if on_openvino and unet is None:  # the fused UNet failed to convert: torch runs it, said in engine
+            on_openvino = False
         if preset and preset.tiny_vae and not self._load_tiny_decoder():  # loaded once; "" when it is there
-            # the OpenVINO UNet with the tiny decoder (turbo), or torch's (fast: its LCM-LoRA runs on torch)
-            return self._variant(self.fast_pipe, StableDiffusionPipeline, self.ov_pipe.unet) if on_openvino \
-                else self.fast_pipe
-        return self.ov_pipe if on_openvino else self.pipe
+            # the OpenVINO UNet with the tiny decoder (fast, turbo), or torch's
+            return self._variant(self.fast_pipe, StableDiffusionPipeline, unet) if on_openvino else self.fast_pipe
+        if on_openvino:
+            return self._variant(self.ov_pipe, StableDiffusionPipeline, unet) if lcm else self.ov_pipe
+        return self.pipe
+
+    def _openvino_unet(self, lcm: bool):
+        """The OpenVINO UNet for a job: the fast preset's (LCM-LoRA fused; converted now the first time) or
+        the model's. The other one's compiled copy is dropped first: one compiled UNet in memory at a time."""
+        if not lcm:
+            if self.fast_unet is not None:
+                self.fast_unet.release()
+            return self.ov_pipe.unet
+        if self.fast_unet is None or self.fast_unet.failed:
+            return None
+        self.ov_pipe.unet.release()
+        if self.fast_unet.unet is None:
+            release_memory()  # before the conversion's child takes its share
+        return self.fast_unet.get(self.pipe.unet, self._lcm_source)
 
     def _scheduler(self, name: str, one_step: bool = False):
         cfg = self._base_scheduler_config
@@ -412,7 +439,7 @@ class DiffusersPipeline:
         place of its own if given (made once: it costs nothing). With the model's 4-channel UNet,
         diffusers inpaints by blending the kept parts' latents back in after every step; an
         inpainting checkpoint's (9 channels) conditions on the mask instead (inpaint_model)."""
-        key = (kind, id(base), unet is not None)
+        key = (kind, id(base), id(unet) if unet is not None else None)
         pipe = self._variants.get(key)
         if pipe is None:
             pipe = kind(**{**base.components, **({"unet": unet} if unet is not None else {})},

@@ -52,6 +52,10 @@ class StaticIR:
         self.compile_seconds = round(time.monotonic() - started, 2)
         log.info("OpenVINO compiled %s for %s in %.1f s", Path(self._bin).stem, shapes, self.compile_seconds)
 
+    def release(self) -> None:
+        """Drop the compiled model (its copy of the weights); the next call compiles again."""
+        self._request, self.shapes = None, None
+
     def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The first output for ``inputs`` (compiled for their shapes first if needed), as an owned array."""
         self.compile_for({name: list(value.shape) for name, value in inputs.items()})

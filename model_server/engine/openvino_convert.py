@@ -10,7 +10,7 @@ denoising loop hands float32 or bf16 tensors and numpy has no bf16. Weights keep
 precision: bf16 from the bf16 copy, float16 from float32 (``compress_to_fp16``: half the file,
 and the CPU plugin computes in its inference precision either way).
 
-    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder]
+    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE]
 """
 
 from __future__ import annotations
@@ -33,14 +33,20 @@ def converted(dest: Path, part: str = "unet") -> bool:
     return (dest / MARKER).exists() and (dest / IR_NAMES[part]).exists()
 
 
-def _unet(source: str):
+def _unet(source: str, lora: str | None = None):
     """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers such as
-    Euler use fractional timesteps): (module, example inputs, input names, weights' dtype)."""
+    Euler use fractional timesteps): (module, example inputs, input names, weights' dtype). With
+    ``lora`` (a LoRA's .safetensors file, as the fast preset's LCM-LoRA), that LoRA fused in at weight 1."""
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", low_cpu_mem_usage=True).eval()
     dtype = unet.dtype
+    if lora:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(lora)
+        StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=unet, adapter_name="fused")
+        unet.fuse_lora(lora_scale=1.0)
+        unet.unload_lora()  # the fused weights stay; the adapter's layers go
 
     class Traced(torch.nn.Module):
         def __init__(self):
@@ -78,12 +84,12 @@ def _vae_decoder(source: str):
     return Traced(), (torch.randn(1, vae.config.latent_channels, 32, 32),), ("latent",), dtype
 
 
-def convert(source: str, dest: Path, part: str = "unet") -> float:
+def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None) -> float:
     import openvino as ov
     import torch
 
     started = time.monotonic()
-    module, example, names, dtype = (_unet if part == "unet" else _vae_decoder)(source)
+    module, example, names, dtype = _unet(source, lora) if part == "unet" else _vae_decoder(source)
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
     for i, name in enumerate(names):
@@ -93,7 +99,7 @@ def convert(source: str, dest: Path, part: str = "unet") -> float:
     tmp.mkdir(parents=True)
     ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32)
     seconds = round(time.monotonic() - started, 1)
-    (tmp / MARKER).write_text(json.dumps({"source": source, "part": part, "weights": str(dtype).removeprefix("torch."),
+    (tmp / MARKER).write_text(json.dumps({"source": source, "part": part, "lora": lora, "weights": str(dtype).removeprefix("torch."),
                                           "openvino": ov.__version__, "seconds": seconds}), encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)  # a crash mid-way leaves no half-written IR behind
@@ -105,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", help="a local diffusers directory (the bf16 copy, or the model itself)")
     ap.add_argument("dest", type=Path)
     ap.add_argument("--part", choices=sorted(IR_NAMES), default="unet")
+    ap.add_argument("--lora", help="a LoRA's .safetensors file, fused into the UNet at weight 1")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [openvino-convert] %(message)s")
-    seconds = convert(args.source, args.dest, args.part)
+    seconds = convert(args.source, args.dest, args.part, args.lora)
     log.info("converted the %s of %s to OpenVINO IR in %.1f s: %s", args.part, args.source, seconds, args.dest)
     return 0
 

@@ -48,6 +48,10 @@ class OpenVinoUNet(torch.nn.Module):
         self._ir.compile_for({"sample": list(shape), "timestep": [],
                               "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]})
 
+    def release(self) -> None:
+        """Drop the compiled UNet, so another can compile in its memory (the next call compiles it again)."""
+        self._ir.release()
+
     def report(self) -> dict[str, str | float | None]:
         """The compiled image size (width x height, and the UNet's batch) and its compile time, for /health."""
         if self._ir.shapes is None:

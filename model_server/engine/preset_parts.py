@@ -7,10 +7,10 @@ that does not exist, a hub id not cached while offline) or fails to load is logg
 only what needs it, never the server: without LCM-LoRA the fast preset is refused with a
 reason; without TAESD it decodes with the full VAE.
 
-The LoRA stays a separate, switchable adapter rather than being fused into the UNet: fusing
-would make every preset pay for it, and fusing/unfusing per request drifts bf16 weights.
-Switched off it costs nothing; switched on it adds its low-rank matmuls to each fast step (fused
-vs unfused was not measured).
+On torch the LoRA stays a separate, switchable adapter rather than being fused into the UNet:
+fusing would make every preset pay for it, and fusing/unfusing per request drifts bf16 weights.
+Switched off it costs nothing; switched on it adds its low-rank matmuls to each fast step. On
+the OpenVINO backend it is fused, into a UNet IR of its own (openvino_backend.FastUNet).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def resolve(settings: ModelServerSettings) -> tuple[str | None, str | None, str]
     lora, vae = _source(settings.lcm_lora, settings, "lora"), _source(settings.tiny_vae, settings, "vae")
     if lora is None:
         return None, vae, "SD_LCM_LORA=none"
-    return lora, vae, missing(lora, "pytorch_lora_weights.safetensors")
+    return lora, vae, missing(lora, LORA_FILES[0])
 
 
 def missing(source: str, filename: str) -> str:
@@ -79,6 +79,18 @@ def missing(source: str, filename: str) -> str:
     if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(source, filename), str):
         return f"{source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     return ""
+
+
+def lora_file(source: str) -> str | None:
+    """The LCM-LoRA's weights file on disk (a folder's, or the hub cache's copy once fetched)."""
+    if Path(source).is_dir():
+        return str(Path(source) / LORA_FILES[0])
+    if Path(source).is_file():
+        return source
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source, LORA_FILES[0])
+    return found if isinstance(found, str) else None
 
 
 def _failed(what: str, source: str, exc: Exception, consequence: str, settings: ModelServerSettings) -> str:

@@ -101,17 +101,53 @@ def test_another_size_compiles_on_demand_and_image_jobs_use_it_too(ov):
     assert ov_calls(ov) == before + 4  # PNDM: 3 steps, 4 UNet evaluations
 
 
-@pytest.mark.parametrize("options", [{"deep_cache": 3, "scheduler": "dpmpp_2m_karras"}, {"token_merging": 0.5},
-                                     {"preset": "fast", "steps": 4, "scheduler": "lcm", "guidance_scale": 1.0}])
+@pytest.mark.parametrize("options", [{"deep_cache": 3, "scheduler": "dpmpp_2m_karras"}, {"token_merging": 0.5}])
 def test_what_openvino_cannot_run_runs_on_torch_and_the_job_says_so(ov, options):
     before, decodes = ov_calls(ov), ov.pipe.vae.calls
     image, steps, _ = run(ov, **options)
     assert ov_calls(ov) == before and image.shape == (64, 64, 3) and steps
-    # the VAE decoder is OpenVINO's whichever UNet ran (the fast preset decodes with its tiny VAE)
-    assert ov.pipe.vae.calls == decodes + (options.get("preset") != "fast")
+    assert ov.pipe.vae.calls == decodes + 1  # the VAE decoder is OpenVINO's whichever UNet ran
     said = ov.engine(GenerationParams(prompt="a cat", seed=1, **options))
-    what = {"deep_cache": "deep_cache", "token_merging": "token_merging", "preset": "LCM-LoRA"}[next(iter(options))]
+    what = {"deep_cache": "deep_cache", "token_merging": "token_merging"}[next(iter(options))]
     assert said.startswith("torch float32: ") and what in said and said.endswith("runs on torch")
+
+
+FAST = {"preset": "fast", "steps": 4, "scheduler": "lcm", "guidance_scale": 1.0}
+
+
+def test_the_fast_preset_runs_on_openvino_with_the_lcm_lora_fused_converted_on_first_use(ov, pt, cache):
+    first = ov.engine(GenerationParams(prompt="a cat", seed=1, **FAST))
+    assert first == "openvino float32, the LCM-LoRA fused (converted to OpenVINO on this first fast job, once)"
+    image, steps, _ = run(ov, **FAST)
+    assert ov.fast_unet.unet.calls == 4 and max(steps) == 4
+    assert np.abs(image - run(pt, **FAST)[0]).mean() < 1.0  # torch's fast image: the LoRA is fused right
+    assert len(list((cache / "openvino").glob("tiny-sd-*-lora-*/unet.xml"))) == 1
+    opts = ov.optimizations()
+    assert opts["openvino_lcm_ir"] == "made now" and opts["openvino_compiled_for"] == "64x64, batch 1"
+    assert ov.ov_pipe.unet.report() == {}  # one compiled UNet at a time
+    assert ov.engine(GenerationParams(prompt="a cat", seed=1, **FAST)) == "openvino float32, the LCM-LoRA fused"
+    before = ov_calls(ov)
+    run(ov)
+    assert ov_calls(ov) > before and ov.fast_unet.unet.report() == {}  # back: the fast one dropped
+    with_lora = GenerationParams(prompt="a cat", seed=1, loras=[{"name": "style", "weight": 1}], **FAST)
+    assert ov.engine(with_lora) == "torch float32: LoRA runs on torch"  # a job's own LoRAs are not fused
+
+
+def test_a_failed_fast_conversion_runs_the_fast_preset_on_torch_and_says_so(tmp_path, monkeypatch):
+    real = openvino_backend.run_once
+
+    def fused_fails(what, args, *rest, **kw):
+        if "--lora" in args:
+            return None, f"{what} failed (exit 1; see the log)"
+        return real(what, args, *rest, **kw)
+
+    monkeypatch.setattr(openvino_backend, "run_once", fused_fails)
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
+    image, steps, _ = run(pipe, **FAST)
+    assert image.shape == (64, 64, 3) and max(steps) == 4 and pipe.fast_unet.unet is None
+    assert pipe.optimizations()["openvino_lcm"].startswith("the UNet with the LCM-LoRA fused in runs on torch")
+    assert pipe.engine(GenerationParams(prompt="a cat", seed=1, **FAST)) == \
+        "torch float32: the fast preset's LCM-LoRA runs on torch"
 
 
 def test_the_job_names_the_engine_that_ran_it(ov, pt):
