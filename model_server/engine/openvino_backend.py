@@ -78,7 +78,8 @@ def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress | 
     if converted(dest, part):
         return dest, {f"{prefix}_ir": "cached"}
     (progress or LoadProgress()).start("converting", f"the {what} to OpenVINO IR, once")
-    args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part] + (["--lora", lora] if lora else [])
+    args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part]
+    args += ["--lora", lora] if lora else []
     seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part))
     if seconds is None:
         return None, {"backend_reason" if prefix == "openvino" else prefix: f"the {what} runs on torch: {failed}"}

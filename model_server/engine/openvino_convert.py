@@ -99,8 +99,9 @@ def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None
     tmp.mkdir(parents=True)
     ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32)
     seconds = round(time.monotonic() - started, 1)
-    (tmp / MARKER).write_text(json.dumps({"source": source, "part": part, "lora": lora, "weights": str(dtype).removeprefix("torch."),
-                                          "openvino": ov.__version__, "seconds": seconds}), encoding="utf-8")
+    made = {"source": source, "part": part, "lora": lora, "weights": str(dtype).removeprefix("torch."),
+            "openvino": ov.__version__, "seconds": seconds}
+    (tmp / MARKER).write_text(json.dumps(made), encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)  # a crash mid-way leaves no half-written IR behind
     return seconds
