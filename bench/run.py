@@ -192,8 +192,10 @@ def main() -> int:
             "from model_server.engine.openvino_backend import int8_ir, ir_for; "
             "from model_server.settings import ModelServerSettings as S; "
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}, int8={int8!r}); "
-            "src = bf16_copy(s.model, s)[0] if choose_dtype(s.dtype)[0] == torch.bfloat16 else s.model; "
-            "ir = ir_for(src, s); print(ir); print(int8_ir(src, ir[0], s) if s.int8 != 'none' else '')")],
+            "bf16 = choose_dtype(s.dtype)[0] == torch.bfloat16; src = bf16_copy(s.model, s)[0] if bf16 else s.model; "
+            "ir = ir_for(src, s, 'bf16' if bf16 else 'f32'); print(ir, ir_for(src, s, 'bf16' if bf16 else 'f32', "
+            "part='vae_decoder')); "
+            "print(int8_ir(src, ir[0], s) if s.int8 != 'none' else '')")],
             cwd=ROOT, env=env, check=True)
     rows = []
     name = args.name or f"{args.size}px-{args.preset}-{args.dtype}" + (f"-{args.isa.lower()}" if args.isa else "")

@@ -60,15 +60,18 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
 
 
-def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress | None = None,
+def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
            part: str = "unet", lora: str | None = None) -> tuple[Path | None, dict]:
-    """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR, the UNet with the ``lora`` file fused
-    in if given, converted once in a child process; (None, why) if that failed. The keys reported are
-    ``openvino_ir`` for the UNet, ``openvino_vae_ir`` and ``openvino_lcm_ir`` for the others."""
+    """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
+    UNet with the ``lora`` file fused in if given, converted once in a child process; (None, why) if that
+    failed. The keys reported are ``openvino_ir`` for the UNet, ``openvino_vae_ir`` and ``openvino_lcm_ir``
+    for the others."""
     import openvino
 
     real = os.path.realpath(folder)
-    key = hashlib.sha256(f"{real}\0{openvino.__version__}".encode()).hexdigest()[:12]
+    # f32: float32 weights kept as they are (see openvino_convert), so not the IR a bf16 start made.
+    key = hashlib.sha256(f"{real}\0{openvino.__version__}{'' if precision == 'bf16' else chr(0) + precision}"
+                         .encode()).hexdigest()[:12]
     suffix = "" if part == "unet" else f"-{part}"
     if lora:
         suffix += "-lora-" + hashlib.sha256(os.path.realpath(lora).encode()).hexdigest()[:8]
@@ -78,7 +81,7 @@ def ir_for(folder: str, settings: ModelServerSettings, progress: LoadProgress | 
     if converted(dest, part):
         return dest, {f"{prefix}_ir": "cached"}
     (progress or LoadProgress()).start("converting", f"the {what} to OpenVINO IR, once")
-    args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part]
+    args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part, "--precision", precision]
     args += ["--lora", lora] if lora else []
     seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part))
     if seconds is None:
@@ -106,7 +109,7 @@ class FastUNet:
             from model_server.engine.openvino_unet import OpenVinoUNet
 
             lora = preset_parts.lora_file(lora_source)
-            ir, self.info = (ir_for(self._folder, self._settings, lora=lora) if lora
+            ir, self.info = (ir_for(self._folder, self._settings, self._precision, lora=lora) if lora
                              else (None, {"openvino_lcm": f"no local file for {lora_source}"}))
             if ir is None:
                 self.failed = next(iter(self.info.values()))
@@ -124,7 +127,7 @@ def vae_decoder(pipe: StableDiffusionPipeline, folder: str, settings: ModelServe
     """Put the VAE decoder on OpenVINO in ``pipe`` (so in every pipeline made from its modules, whichever
     UNet runs), compiled for the default size; what to report in /health. The torch VAE stays for
     ``encode`` and when the conversion failed."""
-    ir, info = ir_for(folder, settings, progress, "vae_decoder")
+    ir, info = ir_for(folder, settings, precision, progress, "vae_decoder")
     if ir is None:
         return info
     from model_server.engine.openvino_vae import OpenVinoVae
@@ -143,7 +146,8 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     """The pipeline whose UNet runs on OpenVINO, chosen (``choose``) for ``why``, the fast preset's
     UNet (converted on first use), and what to report in /health; (None, None, the reason) if the
     UNet stays on torch after all."""
-    ir, info = ir_for(folder, settings, progress)
+    precision = "bf16" if dtype == torch.bfloat16 else "f32"
+    ir, info = ir_for(folder, settings, precision, progress)
     if ir is None:
         return None, None, {"backend": "torch", **info}
     if settings.int8 != "none":
@@ -154,7 +158,6 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     # The torch UNet only runs what OpenVINO cannot: its mapped pages wait in the page cache till
     # then, rather than sit beside the compiled copy (before compiling, to keep the peak down too).
     MappedWeights(folder).release("unet")
-    precision = "bf16" if dtype == torch.bfloat16 else "f32"
     unet = OpenVinoUNet(ir, pipe.unet, precision, threads)
     latent = settings.default_size // 8
     progress.start("compiling", f"the OpenVINO UNet for {settings.default_size}x{settings.default_size}")

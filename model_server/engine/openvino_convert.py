@@ -7,10 +7,12 @@ a short-lived child, and the server only ever maps the result; later starts reus
 
 The IR's inputs are float32 whatever the weights are (the wrapper casts inside the graph): the
 denoising loop hands float32 or bf16 tensors and numpy has no bf16. Weights keep the source's
-precision: bf16 from the bf16 copy, float16 from float32 (``compress_to_fp16``: half the file,
-and the CPU plugin computes in its inference precision either way).
+precision (bf16 from the bf16 copy), except float32 weights for bf16 inference, stored as float16
+(``compress_to_fp16``: half the file, same speed). For float32 inference they stay float32: the
+CPU plugin ran SD v1.4's UNet 25-35% slower from float16-stored weights under the AVX2 cap
+(10.5-13.5 s against 13.1-18.4 s a call, four alternating pairs; docs/performance.md).
 
-    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE]
+    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE] [--precision bf16|f32]
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def _vae_decoder(source: str):
     return Traced(), (torch.randn(1, vae.config.latent_channels, 32, 32),), ("latent",), dtype
 
 
-def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None) -> float:
+def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16") -> float:
     import openvino as ov
     import torch
 
@@ -97,9 +99,10 @@ def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32)
+    ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32 and precision == "bf16")
     seconds = round(time.monotonic() - started, 1)
-    made = {"source": source, "part": part, "lora": lora, "weights": str(dtype).removeprefix("torch."),
+    made = {"source": source, "part": part, "lora": lora, "precision": precision,
+            "weights": str(dtype).removeprefix("torch."),
             "openvino": ov.__version__, "seconds": seconds}
     (tmp / MARKER).write_text(json.dumps(made), encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
@@ -113,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dest", type=Path)
     ap.add_argument("--part", choices=sorted(IR_NAMES), default="unet")
     ap.add_argument("--lora", help="a LoRA's .safetensors file, fused into the UNet at weight 1")
+    ap.add_argument("--precision", choices=("bf16", "f32"), default="bf16", help="the inference precision it is for")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [openvino-convert] %(message)s")
-    seconds = convert(args.source, args.dest, args.part, args.lora)
+    seconds = convert(args.source, args.dest, args.part, args.lora, args.precision)
     log.info("converted the %s of %s to OpenVINO IR in %.1f s: %s", args.part, args.source, seconds, args.dest)
     return 0
 
