@@ -12,7 +12,8 @@ precision (bf16 from the bf16 copy), except float32 weights for bf16 inference, 
 CPU plugin ran SD v1.4's UNet 25-35% slower from float16-stored weights under the AVX2 cap
 (10.5-13.5 s against 13.1-18.4 s a call, four alternating pairs; docs/performance.md).
 
-    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE] [--precision bf16|f32]
+    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE]
+        [--precision bf16|f32]
 """
 
 from __future__ import annotations

@@ -140,15 +140,20 @@ def test_the_fast_preset_runs_on_openvino_with_the_lcm_lora_fused_converted_on_f
     assert ov.engine(with_lora) == "torch float32: LoRA runs on torch"  # a job's own LoRAs are not fused
 
 
-def test_a_failed_fast_conversion_runs_the_fast_preset_on_torch_and_says_so(tmp_path, monkeypatch):
+def failing(monkeypatch, flag: str) -> None:
+    """The one-time conversions whose arguments include ``flag`` fail, as a crashed child would; others run."""
     real = openvino_backend.run_once
 
-    def fused_fails(what, args, *rest, **kw):
-        if "--lora" in args:
+    def run_once(what, args, *rest, **kw):
+        if flag in args:
             return None, f"{what} failed (exit 1; see the log)"
         return real(what, args, *rest, **kw)
 
-    monkeypatch.setattr(openvino_backend, "run_once", fused_fails)
+    monkeypatch.setattr(openvino_backend, "run_once", run_once)
+
+
+def test_a_failed_fast_conversion_runs_the_fast_preset_on_torch_and_says_so(tmp_path, monkeypatch):
+    failing(monkeypatch, "--lora")
     pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
     image, steps, _ = run(pipe, **FAST)
     assert image.shape == (64, 64, 3) and max(steps) == 4 and pipe.fast_unet.unet is None
@@ -175,14 +180,7 @@ def test_a_failed_conversion_leaves_the_server_on_torch(tmp_path, monkeypatch):
 
 
 def test_a_failed_vae_conversion_leaves_the_decoder_on_torch_and_the_unet_on_openvino(tmp_path, monkeypatch, pt):
-    real = openvino_backend.run_once
-
-    def vae_fails(what, args, *rest, **kw):
-        if "vae_decoder" in args:
-            return None, f"{what} failed (exit 1; see the log)"
-        return real(what, args, *rest, **kw)
-
-    monkeypatch.setattr(openvino_backend, "run_once", vae_fails)
+    failing(monkeypatch, "vae_decoder")
     pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
     opts = pipe.optimizations()
     assert opts["backend"] == "openvino" and opts["openvino_vae"].startswith("the VAE decoder runs on torch")
