@@ -3,8 +3,9 @@
 The result is a second pipeline object over the very same modules with the OpenVINO UNet in
 the torch UNet's place (model_server.engine.openvino_unet). The torch UNet stays loaded: it is
 mapped from its files and costs no resident memory while unused, and it runs what OpenVINO
-cannot (the fast preset's LoRA, DeepCache, token merging). The VAE decoder moves to OpenVINO in
-the loaded pipeline itself (model_server.engine.openvino_vae), so it decodes whichever UNet ran.
+cannot (a job's LoRAs, DeepCache, token merging). The fast preset's UNet is a second IR with its
+LCM-LoRA fused in (FastUNet). The VAE decoder moves to OpenVINO in the loaded pipeline itself
+(model_server.engine.openvino_vae), so it decodes whichever UNet ran.
 A conversion that fails leaves that part on torch, said in /health, rather than not starting.
 """
 
@@ -73,8 +74,10 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     key = hashlib.sha256(f"{real}\0{openvino.__version__}{'' if precision == 'bf16' else chr(0) + precision}"
                          .encode()).hexdigest()[:12]
     suffix = "" if part == "unet" else f"-{part}"
-    if lora:
-        suffix += "-lora-" + hashlib.sha256(os.path.realpath(lora).encode()).hexdigest()[:8]
+    if lora:  # a LoRA file replaced in place is another LoRA
+        stat = os.stat(lora)
+        suffix += "-lora-" + hashlib.sha256(f"{os.path.realpath(lora)}\0{stat.st_size}\0{stat.st_mtime_ns}"
+                                            .encode()).hexdigest()[:8]
     dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}{suffix}"
     prefix = "openvino_vae" if part == "vae_decoder" else "openvino_lcm" if lora else "openvino"
     what = {"unet": "UNet", "vae_decoder": "VAE decoder"}[part] + (" with the LCM-LoRA fused in" if lora else "")
