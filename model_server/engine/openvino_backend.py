@@ -71,8 +71,8 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
 
     real = os.path.realpath(folder)
     # f32: float32 weights kept as they are (see openvino_convert), so not the IR a bf16 start made.
-    key = hashlib.sha256(f"{real}\0{openvino.__version__}{'' if precision == 'bf16' else chr(0) + precision}"
-                         .encode()).hexdigest()[:12]
+    keyed = [real, openvino.__version__] + ([] if precision == "bf16" else [precision])
+    key = hashlib.sha256("\0".join(keyed).encode()).hexdigest()[:12]
     suffix = "" if part == "unet" else f"-{part}"
     if lora:  # a LoRA file replaced in place is another LoRA
         stat = os.stat(lora)

@@ -39,18 +39,21 @@ class OpenVinoVae(torch.nn.Module):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @property
+    def _scale(self) -> int:
+        """Pixels per latent, as diffusers' pipelines compute their ``vae_scale_factor``."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
     def compile_for(self, height: int, width: int) -> None:
         """Compile for images of ``height`` x ``width`` pixels, replacing the last size."""
-        scale = 2 ** (len(self.config.block_out_channels) - 1)
-        self._ir.compile_for({"latent": [1, self.config.latent_channels, height // scale, width // scale]})
+        self._ir.compile_for({"latent": [1, self.config.latent_channels, height // self._scale, width // self._scale]})
 
     def report(self) -> dict[str, str | float | None]:
         """The image size the decoder is compiled for and its compile time, for /health."""
         if self._ir.shapes is None:
             return {}
-        scale = 2 ** (len(self.config.block_out_channels) - 1)
         _, _, height, width = self._ir.shapes["latent"]
-        return {"openvino_vae_compiled_for": f"{width * scale}x{height * scale}",
+        return {"openvino_vae_compiled_for": f"{width * self._scale}x{height * self._scale}",
                 "openvino_vae_compile_seconds": self._ir.compile_seconds}
 
     def encode(self, *args, **kwargs):
