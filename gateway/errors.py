@@ -32,6 +32,7 @@ STATUS_FOR_CODE = {
     ErrorCode.NOT_READY: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.OUT_OF_MEMORY: 503,
+    ErrorCode.DISK_FULL: 503,
     ErrorCode.MODEL_SERVER_LOST: 503,
 }
 

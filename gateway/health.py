@@ -53,10 +53,21 @@ def _server(view: ServerView) -> dict:
         body.update(server_id=pong.server_id, model=pong.model, loaded_model=pong.loaded_model,
                     model_state=pong.model_state.value,
                     queue_depth=pong.queue_depth, running=pong.running_job is not None,
-                    rss_bytes=pong.rss_bytes, load=load_view(pong.load))
+                    rss_bytes=pong.rss_bytes, load=load_view(pong.load),
+                    storage=msgspec.structs.asdict(pong.storage) if pong.storage else None)
     if view.error:
         body["error"] = view.error
     return body
+
+
+def _storage_problems(servers: list[ServerView]) -> list[dict]:
+    """Why /health says degraded: each live server whose outputs disk fails or is nearly full. Jobs
+    still run (their images are served from memory), so readiness is unaffected."""
+    return [{"server": view.name, "reason": view.pong.storage.reason,
+             "hint": "Free space on the outputs disk or make OUTPUTS_DIR writable; new results are kept in memory "
+                     "until then (docs/operations.md, 'A full disk')."}
+            for view in servers if view.alive and view.pong is not None and view.pong.storage is not None
+            and not view.pong.storage.ok]
 
 
 @bp.get("/health/ready")
@@ -88,8 +99,10 @@ def health():
         err = as_api_error(exc)
         return jsonify(status="unavailable", device="cpu", model=None, optimizations={},
                        model_state="unreachable", error=err.body()), 503, err.headers()
+    storage = _storage_problems(servers)
+    status = _STATUS[pong.model_state]
     body = {
-        "status": _STATUS[pong.model_state],
+        "status": "degraded" if status == "ok" and storage else status,
         "device": pong.device,
         "model": pong.model,
         "loaded_model": pong.loaded_model,  # the model in memory now (a job naming another loads it first)
@@ -110,6 +123,8 @@ def health():
         "model_server_ping_ms": round((time.monotonic() - started) * 1000, 1),
         "servers": [_server(view) for view in servers],
     }
+    if storage:
+        body["degraded"] = storage
     if pong.error:
         body["error"] = {"error": pong.error.message, "code": pong.error.code.value, "hint": pong.error.hint}
     return jsonify(body), 503 if pong.model_state is ModelState.FAILED else 200

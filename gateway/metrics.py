@@ -100,7 +100,9 @@ class ModelServerCollector:
                                ("sdcpu_images", "images", "Images produced"),
                                ("sdcpu_model_switches", "model_switches", "Jobs that loaded another model first"),
                                ("sdcpu_model_switch_seconds", "model_switch_seconds",
-                                "Seconds spent switching models")):
+                                "Seconds spent switching models"),
+                               ("sdcpu_storage_errors", "storage_errors",
+                                "Writes to OUTPUTS_DIR that failed (full, read-only or broken disk)")):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], sum(p.stats.get(key, 0.0) for p in pongs))
             yield family
@@ -116,6 +118,10 @@ def _per_server(views):
         "running": GaugeMetricFamily("sdcpu_server_job_running", "1 while this model server runs a job",
                                      labels=["server"]),
         "rss": GaugeMetricFamily("sdcpu_server_rss_bytes", "This model server's resident memory", labels=["server"]),
+        "storage": GaugeMetricFamily("sdcpu_server_storage_ok", "1 while this model server's OUTPUTS_DIR takes its "
+                                     "writes and has the free space MIN_FREE_DISK_MB asks", labels=["server"]),
+        "free": GaugeMetricFamily("sdcpu_server_disk_free_bytes", "Free space on the disk of this model server's "
+                                  "OUTPUTS_DIR", labels=["server"]),
     }
     for view in views:
         pong = view.pong if view.alive else None
@@ -125,6 +131,10 @@ def _per_server(views):
             families["queue"].add_metric([view.name], pong.queue_depth)
             families["running"].add_metric([view.name], float(pong.running_job is not None))
             families["rss"].add_metric([view.name], pong.rss_bytes)
+            if pong.storage is not None:
+                families["storage"].add_metric([view.name], float(pong.storage.ok))
+                if pong.storage.free_bytes is not None:
+                    families["free"].add_metric([view.name], pong.storage.free_bytes)
     yield from families.values()
 
 

@@ -43,6 +43,10 @@ class JobResource(msgspec.Struct, kw_only=True):
     model: str = ""  # the model that ran it (set when it starts)
     model_switch: ModelSwitch | None = None  # when it loaded its model first: from what, seconds, memory after
     lora_hashes: dict[str, str] = {}  # each applied LoRA's A1111 short hash
+    # False when the outputs disk failed: the images are served from memory until evicted or a
+    # restart, and storage_error says why. True otherwise (also while unfinished).
+    stored: bool = True
+    storage_error: str = ""
     links: dict[str, str] = {}
 
 
@@ -77,7 +81,7 @@ def job_resource(view: JobView) -> JobResource:
         progress=view.progress, error=_job_error(view.error),
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
         interrupted=view.interrupted, engine=view.engine, model=view.model, model_switch=view.model_switch,
-        lora_hashes=view.lora_hashes, links=links)
+        lora_hashes=view.lora_hashes, stored=not view.not_stored, storage_error=view.not_stored, links=links)
 
 
 def to_json(obj) -> bytes:

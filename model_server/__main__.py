@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from model_server.jobs.disk import StorageUnusable
 from model_server.logs import configure_logging
 from model_server.transport.server import ModelServer
 from model_server.settings import ModelServerSettings
@@ -24,7 +25,12 @@ def main() -> int:
         logging.getLogger(__name__).error("bad configuration: %s", exc)
         return 2
     configure_logging(secrets=(settings.token or "",))
-    server = ModelServer(settings).start()
+    try:
+        server = ModelServer(settings)
+    except StorageUnusable as exc:  # run.sh and restart policies do not retry exit 2
+        logging.getLogger(__name__).error("bad configuration: %s", exc)
+        return 2
+    server.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.request_shutdown())
     server.serve_forever()

@@ -125,6 +125,13 @@ def out_of_memory_floor(available_mb: int, floor_mb: int) -> Rejection:
         retryable=True, retry_after=30.0))
 
 
+def disk_low(free_mb: int, mark_mb: int) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.DISK_FULL, message=f"only {free_mb} MB is free on the outputs disk (the mark is {mark_mb} MB)",
+        hint="Retry later; the operator must free disk space, lower OUTPUTS_BUDGET_BYTES or RESULT_TTL_SECONDS.",
+        retryable=True, retry_after=60.0))
+
+
 def shutting_down(message: str = "the model server is shutting down") -> ErrorInfo:
     """Refused, failed while queued, or stopped while running by a shutdown: always retryable."""
     return ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message=message, retryable=True, retry_after=_RETRY_SOON,

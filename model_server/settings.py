@@ -169,6 +169,10 @@ class ModelServerSettings(RequestLimits):
                                      "before it is decoded (a decompression bomb never gets its buffer)", 4096 * 4096)
     outputs_budget_bytes: int = setting("OUTPUTS_BUDGET_BYTES", "Disk budget for outputs; the oldest are deleted "
                                         "first", 2 * 1024**3)
+    min_free_disk_mb: int = setting(
+        "MIN_FREE_DISK_MB", "Refuse new jobs (`503 disk_full`, retryable) while the disk holding OUTPUTS_DIR has less "
+        "free space than this, before it is full; 0 = off. A write that fails anyway keeps the job's images in "
+        "memory and turns `/health` to `degraded`", 100)
 
     @property
     def outputs_folder(self) -> str:
@@ -213,6 +217,8 @@ class ModelServerSettings(RequestLimits):
         parse_list(self.models)  # a pickle checkpoint in SD_MODELS stops the start, saying why
         if self.lora_cache_mb < 0:
             raise ValueError("LORA_CACHE_MB must be 0 or more")
+        if self.min_free_disk_mb < 0:
+            raise ValueError("MIN_FREE_DISK_MB must be 0 or more")
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         self.limits  # noqa: B018  (checks the bounds against the protocol's)

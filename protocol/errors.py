@@ -19,6 +19,7 @@ class ErrorCode(str, enum.Enum):
     EXPIRED = "expired"
     PROTOCOL_MISMATCH = "protocol_mismatch"
     MODEL_SERVER_LOST = "model_server_lost"
+    DISK_FULL = "disk_full"
 
 
 class ProtocolError(Exception):

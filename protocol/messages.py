@@ -261,6 +261,9 @@ class JobView(_Shape):
     model_switch: ModelSwitch | None = None
     # A1111's "Lora hashes": each applied LoRA's name -> the short hash of its file; set when it starts.
     lora_hashes: Annotated[dict[str, str], msgspec.Meta(max_length=MAX_LORAS)] = {}
+    # Why a finished job's images and record are not on disk (the outputs disk failed): they are
+    # served from memory until evicted or a restart. Empty when stored, or when OUTPUTS_DIR is off.
+    not_stored: Annotated[str, msgspec.Meta(max_length=300)] = ""
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------
@@ -380,6 +383,17 @@ class LoadStatus(_Shape):
 LOAD_PHASES = ("downloading", "converting", "loading", "quantizing", "compiling")
 
 
+class StorageStatus(_Shape):
+    """The outputs folder as the model server last found it (Pong.storage)."""
+
+    ok: bool = True
+    reason: str = ""  # why not ok: the last failed write, or free space under the mark
+    errors: int = 0  # failed writes since start
+    free_bytes: int | None = None
+    min_free_bytes: int = 0  # MIN_FREE_DISK_MB: under it new jobs are refused
+    failed_at: float | None = None  # when the last write failed (wall clock), while not ok
+
+
 class Pong(_Msg):
     model: str
     model_state: ModelState
@@ -407,6 +421,7 @@ class Pong(_Msg):
     # goes where its model is loaded, so fewer jobs wait for a switch.
     loaded_model: str = ""
     default_model: str = ""
+    storage: StorageStatus | None = None  # None: OUTPUTS_DIR is off (results in memory only)
 
 
 class ModelEntry(_Shape):

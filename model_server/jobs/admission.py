@@ -4,7 +4,8 @@
 (the codec has already held them to the protocol's bounds) and the pipeline can run them (its
 samplers' step ranges; the model, LoRAs and preset named); the uploads the mode needs are there and within
 MAX_UPLOAD_BYTES; the machine has the configured free memory. The table then checks its own
-bounds (queue capacity, the per-client cap, shutdown). ``decode_images``, the slow part, runs
+bounds (queue capacity, the per-client cap, shutdown). ``check_disk``: the outputs disk has the
+free space MIN_FREE_DISK_MB asks for. ``decode_images``, the slow part, runs
 after those, off the IO thread (model_server.transport.decoding).
 """
 
@@ -14,6 +15,7 @@ import time
 
 from model_server import errors, memory
 from model_server.errors import Rejection
+from model_server.jobs.disk import StorageHealth
 from model_server.models.model_set import ModelSet
 from model_server.settings import ModelServerSettings
 from model_server.uploads import as_init_image, decode, decode_mask
@@ -31,6 +33,14 @@ def check(msg: Submit, status: ModelStatus, settings: ModelServerSettings) -> No
     available = memory.available_bytes()
     if floor and available is not None and available < floor:
         raise errors.out_of_memory_floor(available // 2**20, floor // 2**20)
+
+
+def check_disk(health: StorageHealth | None) -> None:
+    """Refuse while the outputs disk is under its free-space mark (retryable): better than a job
+    whose result cannot be kept."""
+    low = health.low_on_space() if health is not None else None
+    if low is not None:
+        raise errors.disk_low(*low)
 
 
 def _uploads(msg: Submit, settings: ModelServerSettings) -> None:

@@ -28,6 +28,7 @@ class Job:
     error: ErrorInfo | None = None
     images: list[tuple[ImageInfo, bytes | None]] = dataclasses.field(default_factory=list)  # None: on disk
     files: list[str] = dataclasses.field(default_factory=list)  # the images in the OutputStore
+    not_stored: str = ""  # why its images are not on disk (the write failed); served from memory
     stop_mode: StopMode | None = None
     stop_error: ErrorInfo | None = None  # why it was cancelled, when not at a client's request
     interrupted: bool = False
@@ -62,7 +63,8 @@ class Job:
                          client_id=self.client_id, request_id=self.request_id, started_at=self.started_at,
                          finished_at=self.finished_at, error=self.error, images=[i for i, _ in self.images],
                          files=list(self.files), interrupted=self.interrupted, engine=self.engine,
-                         model=self.model, model_switch=self.model_switch, lora_hashes=dict(self.lora_hashes))
+                         model=self.model, model_switch=self.model_switch, lora_hashes=dict(self.lora_hashes),
+                         not_stored=self.not_stored)
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "Job":
@@ -70,4 +72,4 @@ class Job:
                    request_id=r.request_id, state=r.state, started_at=r.started_at, finished_at=r.finished_at,
                    error=r.error, images=[(info, None) for info in r.images], files=list(r.files),
                    interrupted=r.interrupted, engine=r.engine, model=r.model, model_switch=r.model_switch,
-                   lora_hashes=dict(r.lora_hashes))
+                   lora_hashes=dict(r.lora_hashes), not_stored=r.not_stored)

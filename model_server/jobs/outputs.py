@@ -10,6 +10,11 @@ so its images stay fetchable by id. At start-up every ``pending`` job is marked 
 retryable ``model_server_lost``: it was accepted and never finished, and its client is told so.
 The oldest outputs are deleted once their total passes OUTPUTS_BUDGET_BYTES.
 
+Every file is written whole or not at all (``disk.atomic_write``), images before the record that
+names them, so a record never points at a partial image. What a crash or a full disk can still
+leave (temporary files, images no record names, images cut short by an older version, markers of
+finished jobs) is removed at start (``clean_leftovers``), and recovery skips what it cannot write.
+
 Replicas on shared storage each have their own folder under one ``peers`` folder. A job none of
 them holds in memory may be a finished job of a lost replica: its record and images are read from
 that replica's folder (only finished ones: an unfinished record there is a job that died with it,
@@ -28,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from model_server import errors
+from model_server.jobs.disk import TMP_SUFFIX, atomic_write, is_whole_image, probe_writable
 from protocol.messages import JOB_ID_PATTERN, ErrorInfo, GenerationParams, ImageInfo, JobState, ModelSwitch
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     model: str = ""
     model_switch: ModelSwitch | None = None
     lora_hashes: dict[str, str] = {}
+    not_stored: str = ""  # why the images are not on disk (the write failed): they were lost at a restart
 
 
 class OutputStore:
@@ -66,9 +73,17 @@ class OutputStore:
         self._root = self.peers or self.folder  # paths from records must resolve inside it
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
+        probe_writable(self.folder)  # read-only or not ours: StorageUnusable, a configuration error
         for sub in ("jobs", "pending"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        self._used = sum(p.stat().st_size for p in self.folder.glob("*/*-*.*") if p.is_file())
+        self._used = self._images_size()
+
+    def _images_size(self) -> int:
+        return sum(p.stat().st_size for p in self._image_files() if p.is_file())
+
+    def _image_files(self):
+        return (p for p in self.folder.glob("*/*-*.*") if p.parent.name not in ("jobs", "pending")
+                and not p.name.startswith("."))
 
     def _record_path(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):
@@ -83,10 +98,7 @@ class OutputStore:
         return path
 
     def _write(self, record: JobRecord) -> None:
-        path = self._record_path(record.job_id)
-        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(msgspec.json.encode(record))
-        os.replace(tmp, path)  # a crash never leaves half a record
+        atomic_write(self._record_path(record.job_id), msgspec.json.encode(record))
 
     def accepted(self, record: JobRecord) -> None:
         self._write(record)
@@ -96,20 +108,34 @@ class OutputStore:
         self._write(record)
 
     def finished(self, record: JobRecord, blobs: list[bytes]) -> None:
-        """Write the images and the final record, then drop the pending marker."""
+        """Write the images, then the final record, then drop the pending marker. When an image
+        cannot be written, those already written go again and the error is raised: the caller
+        records the outcome without images (``finished_without_images``)."""
         day = time.strftime("%Y-%m-%d", time.localtime(record.finished_at or time.time()))
         files = []
-        for info, data in zip(record.images, blobs):
-            rel = f"{day}/{record.job_id}-{info.index}.{_EXT.get(info.media_type, 'bin')}"
-            (self.folder / day).mkdir(exist_ok=True)
-            (self.folder / rel).write_bytes(data)
-            files.append(rel)
-            with self._lock:
-                self._used += len(data)
-        record.files = files
-        self._write(record)
+        try:
+            for info, data in zip(record.images, blobs):
+                rel = f"{day}/{record.job_id}-{info.index}.{_EXT.get(info.media_type, 'bin')}"
+                (self.folder / day).mkdir(exist_ok=True)
+                atomic_write(self.folder / rel, data)
+                files.append(rel)
+                with self._lock:
+                    self._used += len(data)
+            record.files = files
+            self._write(record)
+        except OSError:
+            self._delete_files(files)
+            record.files = []
+            raise
         (self.folder / "pending" / record.job_id).unlink(missing_ok=True)
         self._enforce_budget()
+
+    def finished_without_images(self, record: JobRecord, reason: str) -> None:
+        """Record a finished job whose images could not be stored, so a restart reports its outcome
+        (its images then answer "gone") rather than calling it lost."""
+        record.files, record.not_stored = [], reason
+        self._write(record)
+        (self.folder / "pending" / record.job_id).unlink(missing_ok=True)
 
     def load(self, job_id: str) -> JobRecord | None:
         try:
@@ -186,23 +212,76 @@ class OutputStore:
             with self._lock:
                 self._used -= size
 
-    def recover_unfinished(self) -> list[str]:
-        """Mark jobs that were queued or running when the server stopped as failed (retryable)."""
-        lost = []
+    def recover_unfinished(self) -> tuple[list[str], list[OSError]]:
+        """Mark jobs that were queued or running when the server stopped as failed (retryable).
+        A record that cannot be written keeps its marker (the next start tries again) and its error
+        is returned: recovery never stops the server from starting."""
+        lost, failures = [], []
         for marker in (self.folder / "pending").iterdir():
             if not JOB_ID.match(marker.name):
                 continue
             record = self.load(marker.name)
-            if record is not None and not record.state.terminal:
-                record.state, record.finished_at = JobState.FAILED, time.time()
-                record.error = errors.model_server_lost()
-                self._write(record)
-                lost.append(record.job_id)
-            marker.unlink(missing_ok=True)
+            try:
+                if record is not None and not record.state.terminal:
+                    record.state, record.finished_at = JobState.FAILED, time.time()
+                    record.error = errors.model_server_lost()
+                    self._write(record)
+                    lost.append(record.job_id)
+                marker.unlink(missing_ok=True)
+            except OSError as exc:
+                failures.append(exc)
         if lost:
             log.warning("%d job(s) were unfinished when the model server stopped; marked failed: %s",
                         len(lost), ", ".join(lost))
-        return lost
+        return lost, failures
+
+    def clean_leftovers(self) -> int:
+        """Remove what a crash or a full disk left: temporary files, images that no record names or
+        that were cut short (their record then says so), and markers whose job is finished or
+        unknown. Returns how many files went. Run at start, before anything is written."""
+        gone = 0
+
+        def remove(path: Path) -> None:
+            nonlocal gone
+            try:
+                path.unlink()
+                gone += 1
+            except FileNotFoundError:
+                pass
+
+        for path in self.folder.glob(f"*/*{TMP_SUFFIX}"):
+            remove(path)
+        remove(self.folder / ".write-probe")
+        named: set[Path] = set()
+        for path in self.folder.glob("jobs/*.json"):
+            record = self.load(path.stem) if JOB_ID.match(path.stem) else None
+            if record is None:
+                continue
+            whole = [rel for rel, info in zip(record.files, record.images)
+                     if self._is_ours(rel) and is_whole_image(self.folder / rel, info.media_type)]
+            if len(whole) != len(record.files):
+                cut = len(record.files) - len(whole)
+                record.files = whole
+                record.not_stored = record.not_stored or f"{cut} image(s) were found incomplete on disk after a crash"
+                self._write(record)
+            named.update(self.folder / rel for rel in whole)
+        for path in list(self._image_files()):
+            if path not in named:
+                remove(path)
+        for marker in (self.folder / "pending").iterdir():
+            record = self.load(marker.name) if JOB_ID.match(marker.name) else None
+            if record is None or record.state.terminal:
+                remove(marker)
+        if gone:
+            log.warning("removed %d leftover file(s) from OUTPUTS_DIR (temporary, incomplete or orphaned)", gone)
+        self._used = self._images_size()
+        return gone
+
+    def _is_ours(self, rel: str) -> bool:
+        try:
+            return self._inside(rel).is_relative_to(self.folder)
+        except ValueError:
+            return False
 
     def _enforce_budget(self) -> None:
         if self._used <= self.budget_bytes:

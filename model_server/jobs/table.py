@@ -39,14 +39,15 @@ class JobTable:
     """Every job the server knows, the queue, and the running job (see the module)."""
 
     def __init__(self, capacity: int, ttl_seconds: float, budget_bytes: int, clock=time.monotonic,
-                 per_client: int = 0, store: OutputStore | None = None, server_id: str = ""):
+                 per_client: int = 0, store: OutputStore | None = None, server_id: str = "",
+                 min_free_disk_bytes: int = 0):
         self.capacity = capacity
         # Begins every job id made here, so a gateway in front of many servers knows where a job lives.
         self.server_id = server_id or secrets.token_hex(4)
         self.per_client = per_client  # queued jobs one client may have; 0 = no cap
         self.ttl_seconds = ttl_seconds
         self.budget_bytes = budget_bytes
-        self.records = Records(store)
+        self.records = Records(store, min_free_disk_bytes)
         self.eta = StepClock()
         self._clock = clock
         self._lock = threading.Lock()
@@ -182,7 +183,7 @@ class JobTable:
                 started_at=job.started_at, finished_at=job.finished_at, progress=self._progress_locked(job),
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
                 interrupted=job.interrupted, engine=job.engine, model=job.model, model_switch=job.model_switch,
-                lora_hashes=dict(job.lora_hashes))
+                lora_hashes=dict(job.lora_hashes), not_stored=job.not_stored)
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0
@@ -288,12 +289,12 @@ class JobTable:
             finished_at = time.time()
             record = msgspec.structs.replace(job.record(), state=state, error=error, finished_at=finished_at,
                                              images=[info for info, _ in images])
-        files = self.records.finished(record, [data for _, data in images])
+        files, not_stored = self.records.finished(record, [data for _, data in images])
         with self._lock:
             # On disk: served from there (the page cache keeps recent ones hot), so the model
             # server's own memory stays flat however many results are kept.
             on_disk = bool(images) and len(files) == len(images)
-            job.state, job.error, job.files = state, error, files
+            job.state, job.error, job.files, job.not_stored = state, error, files, not_stored
             job.images = [(info, None if on_disk else data) for info, data in images]
             job.finished_at, job.finished_mono = finished_at, self._clock()
             job.preview = None

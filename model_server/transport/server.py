@@ -55,12 +55,13 @@ class ModelServer:
         self.settings = settings
         self._owns_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
+        # An OUTPUTS_DIR that cannot be written raises StorageUnusable (a configuration error, exit 2).
         store = OutputStore(settings.outputs_folder, settings.outputs_budget_bytes,
                             peers=settings.outputs_peers) if settings.outputs_dir else None
-        if store is not None:
-            store.recover_unfinished()
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
-                              per_client=settings.max_queued_per_client, store=store)
+                              per_client=settings.max_queued_per_client, store=store,
+                              min_free_disk_bytes=settings.min_free_disk_mb * 2**20)
+        self.table.records.recover()
         self.state = ModelStatus(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self.decoder = UploadDecoder(settings, self.ctx)
@@ -202,23 +203,27 @@ class ModelServer:
 
     def pong(self) -> Pong:
         pipeline, running = self.state.pipeline, self.table.running
+        storage = self.table.records.health
         return Pong(
             model=self.settings.model, model_state=self.state.model_state,
             optimizations=pipeline.optimizations() if pipeline else {},
             queue_depth=self.table.depth, queue_capacity=self.settings.queue_size,
             running_job=running.id if running else None, rss_bytes=memory.rss_bytes(),
             peak_rss_bytes=memory.peak_rss_bytes(), load_seconds=self.state.load_seconds,
-            available_bytes=memory.available_bytes(), stats=dict(self.table.stats),
+            available_bytes=memory.available_bytes(),
+            stats=dict(self.table.stats, storage_errors=storage.errors if storage else 0),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
             unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status(),
             server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client,
             loaded_model=getattr(self.worker.models.loaded, "name", ""),
-            default_model=self.worker.models.catalog.default.name)
+            default_model=self.worker.models.catalog.default.name,
+            storage=storage.status() if storage else None)
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
             admission.check(msg, self.state, self.settings)
+            admission.check_disk(self.table.records.health)
             if msg.params.mode != "txt2img":  # bounds first, so a flood of uploads is refused before any is decoded
                 self.table.reserve(msg.client_id)
                 self.decoder.put(Pending(identity, ref, msg))

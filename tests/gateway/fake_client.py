@@ -7,7 +7,8 @@ import time
 from gateway.model_client import ModelServerUnavailable, RemoteError, ServerView
 from protocol.errors import ErrorCode
 from protocol.messages import (Cancelled, Completed, ErrorInfo, Failed, ImageInfo, JobState, JobView, LoadStatus,
-                               LoraEntry, ModelEntry, ModelList, ModelState, Pong, Progress, ProgressInfo)
+                               LoraEntry, ModelEntry, ModelList, ModelState, Pong, Progress, ProgressInfo,
+                               StorageStatus)
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -26,6 +27,8 @@ class FakeModelClient:
         self.error: Exception | None = None  # raised by the next call
         self.unavailable_presets: dict[str, str] = {}
         self.load: LoadStatus | None = None
+        self.storage: StorageStatus | None = None
+        self.stats: dict[str, float] = {}
 
     def _maybe_raise(self):
         if self.error is not None:
@@ -43,7 +46,8 @@ class FakeModelClient:
         self._maybe_raise()
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
-                    unavailable_presets=self.unavailable_presets, load=self.load)
+                    unavailable_presets=self.unavailable_presets, load=self.load, storage=self.storage,
+                    stats=self.stats)
 
     def list_models(self, timeout=None):
         self._maybe_raise()

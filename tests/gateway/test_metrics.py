@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from protocol.messages import LoadStatus, ModelState
+from protocol.messages import StorageStatus, LoadStatus, ModelState
 
 
 def samples(text: str) -> dict:
@@ -51,3 +51,20 @@ def test_a_first_start_shows_its_phase_and_download_in_metrics_and_health(client
     fake.model_state, fake.load = ModelState.READY, LoadStatus(phase="done", finished={"downloading": 50.0})
     got = samples(client.get("/metrics").get_data(as_text=True))
     assert not [name for name, _ in got if name.startswith(("sdcpu_model_load_phase", "sdcpu_model_download"))]
+
+
+def test_a_failing_outputs_disk_turns_health_degraded_and_counts_in_metrics(client, fake):
+    fake.storage = StorageStatus(ok=False, reason="could not write job 1's images to OUTPUTS_DIR: No space left",
+                                 errors=3, free_bytes=0, min_free_bytes=100 * 2**20)
+    fake.stats = {"storage_errors": 3.0}
+    health = client.get("/health")
+    body = health.get_json()
+    assert health.status_code == 200 and body["status"] == "degraded"
+    assert "No space left" in body["degraded"][0]["reason"] and "OUTPUTS_DIR" in body["degraded"][0]["hint"]
+    assert body["servers"][0]["storage"]["errors"] == 3
+    assert client.get("/health/ready").status_code == 200  # jobs still run: images are served from memory
+    got = samples(client.get("/metrics").get_data(as_text=True))
+    assert got[("sdcpu_storage_errors_total", ())] == 3
+    assert got[("sdcpu_server_storage_ok", (("server", "model.sock"),))] == 0
+    fake.storage = StorageStatus(ok=True, free_bytes=10**9)
+    assert client.get("/health").get_json()["status"] == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -79,3 +80,32 @@ def _live(url: str) -> bool:
         return requests.get(url + "/health/live", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_full_outputs_disk_over_http_job_succeeds_unstored_and_health_says_degraded(log_dir, tiny_model_dir,
+                                                                                      tmp_path):
+    from tests.helpers.disks import small_disk
+
+    with small_disk(tmp_path / "disk", 2048) as disk:
+        stack = start_stack(log_dir, tiny_model_dir, OUTPUTS_DIR=disk.folder / "outputs", MIN_FREE_DISK_MB=0)
+        try:
+            disk.fill()
+            job = requests.post(stack.url + "/v1/jobs", json={"prompt": "a cat", "width": 64, "height": 64,
+                                                              "steps": 2}, timeout=10).json()
+            wait_until(lambda: requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=5).json()["state"]
+                       == "succeeded", 60)
+            view = requests.get(f"{stack.url}/v1/jobs/{job['id']}", timeout=5).json()
+            assert view["stored"] is False and "No space left" in view["storage_error"]
+            image = requests.get(f"{stack.url}/v1/jobs/{job['id']}/image", timeout=5)
+            assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+            health = requests.get(stack.url + "/health", timeout=5).json()
+            assert health["status"] == "degraded" and "No space left" in health["degraded"][0]["reason"]
+            metrics = requests.get(stack.url + "/metrics", timeout=5).text
+            assert float(re.search(r"^sdcpu_storage_errors_total (\S+)$", metrics, re.M).group(1)) >= 1
+            disk.free()
+            assert requests.post(stack.url + "/generate", json={"prompt": "a cat", "width": 64, "height": 64,
+                                                                "steps": 2}, timeout=60).status_code == 200
+            assert requests.get(stack.url + "/health", timeout=5).json()["status"] == "ok"
+        finally:
+            stop_stack(stack)
+        assert "Traceback" not in stack.model_server.log()
