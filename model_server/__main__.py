@@ -26,11 +26,13 @@ def main() -> int:
         return 2
     configure_logging(secrets=(settings.token or "",))
     try:
-        server = ModelServer(settings)
-    except StorageUnusable as exc:  # run.sh and restart policies do not retry exit 2
+        # An OUTPUTS_DIR that cannot be written (StorageUnusable) or a socket folder that is not
+        # ours alone (ValueError from protocol.transport) is the operator's to fix: exit 2, which
+        # run.sh and restart policies do not retry.
+        server = ModelServer(settings).start()
+    except (StorageUnusable, ValueError) as exc:
         logging.getLogger(__name__).error("bad configuration: %s", exc)
         return 2
-    server.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.request_shutdown())
     server.serve_forever()

@@ -91,6 +91,12 @@ def duplicate_job(job_id: str) -> Rejection:
         hint="A job placed again keeps its id only where that id is new; submit it without one."))
 
 
+def foreign_job_id(job_id: str, server_id: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.INVALID_PARAMS, message=f"job id {job_id} carries this model server's prefix {server_id}",
+        hint="Only a job placed again after its own server died keeps its id; this server makes its own ids."))
+
+
 def client_queue_full(mine: int, cap: int, retry_after: float) -> Rejection:
     return Rejection(ErrorInfo(
         code=ErrorCode.QUEUE_FULL, message=f"you already have {mine} jobs waiting (the limit per client is {cap})",

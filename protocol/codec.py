@@ -14,6 +14,17 @@ from protocol.messages import Envelope
 
 PROTOCOL_ID = b"SDCPU/1"
 
+# Everything in a request but its uploads (params, ids, the envelope) fits well within this.
+_REQUEST_OVERHEAD = 256 * 2**10
+
+
+def largest_request_bytes(max_upload_bytes: int) -> int:
+    """The largest frame a legal request can have: a Submit carrying an init image and a mask of
+    ``max_upload_bytes`` each. A receiving socket's ZMQ_MAXMSGSIZE, so a bigger frame drops its peer
+    before it is read into memory."""
+    return 2 * max_upload_bytes + _REQUEST_OVERHEAD
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -36,19 +37,48 @@ def default_address(env=None) -> str:
 
 
 def prepare_bind(address: str) -> None:
-    """Make the private home of an ipc socket (mode 0700), before binding it."""
+    """Make the private home of an ipc socket (mode 0700), before binding it, and refuse one that is
+    not ours alone (ValueError), as ssh's StrictModes does: whoever can write the folder, or owns
+    it, can move our socket away and put theirs in its place."""
     scheme, _, rest = address.partition("://")
-    if scheme == "ipc":
+    if scheme == "ipc" and not rest.startswith("@"):
         folder = Path(rest).parent
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_socket_home(folder)
         if folder == runtime_dir() and folder.stat().st_mode & 0o077:
             folder.chmod(0o700)  # ours, but others could enter it: they would reach the socket
+
+
+def check_socket_home(folder: Path) -> None:
+    """The socket's folder must be a real folder of this user's that no one else can write, in a
+    parent that no one else can rename it out of (or a sticky one, as /tmp is)."""
+    uid = os.getuid()
+    info = folder.lstat()
+    fix = ("remove it, or set XDG_RUNTIME_DIR or MODEL_SERVER_BIND to a folder of this user's "
+           f"(user id {uid})")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"the model server's socket folder {folder} is not a folder (a link?): {fix}")
+    if info.st_uid != uid:
+        raise ValueError(f"the model server's socket folder {folder} belongs to user id {info.st_uid}, who could "
+                         f"replace the socket: {fix}")
+    if info.st_mode & 0o022:
+        raise ValueError(f"the model server's socket folder {folder} can be written by other users "
+                         f"(mode {stat.S_IMODE(info.st_mode):o}): chmod go-w it, or {fix}")
+    parent = folder.parent.stat()
+    if parent.st_uid not in (0, uid) or (parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX):
+        raise ValueError(f"the folder above the model server's socket, {folder.parent}, lets other users rename "
+                         f"{folder.name} away: {fix}")
 
 
 def check_bind(address: str, allow_remote: bool = False, authenticated: bool = False) -> None:
     """Refuse a bind address other machines could reach, unless CURVE guards it or it is allowed;
     raises ValueError."""
     scheme, _, rest = address.partition("://")
+    if scheme == "ipc" and rest.startswith("@") and not (allow_remote or authenticated):
+        raise ValueError(f"MODEL_SERVER_BIND {address!r} is a Linux abstract socket, which has no file permissions: "
+                         "any local user could connect to the unauthenticated ZMQ socket; use an ipc:// path (the "
+                         "default), or set MODEL_SERVER_CURVE_SECRET_KEY and MODEL_SERVER_CURVE_CLIENTS_DIR "
+                         "(CurveZMQ), or MODEL_SERVER_ALLOW_REMOTE=true if every local user is trusted")
     if scheme == "ipc":
         return
     if scheme != "tcp":

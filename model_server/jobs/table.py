@@ -84,6 +84,10 @@ class JobTable:
                mask=None, reserved: bool = False, job_id: str = "") -> Job:
         """Queue a job. ``job_id`` keeps the id a job had on a model server that died before running
         it (a gateway placing it again); an id this server already knows is refused."""
+        if job_id and job_id.startswith(self.server_id):  # only this server makes ids with its prefix, never a peer
+            if reserved:
+                self.release(client_id)
+            raise errors.foreign_job_id(job_id, self.server_id)
         if job_id and self._known(job_id):
             if reserved:
                 self.release(client_id)
@@ -274,7 +278,13 @@ class JobTable:
         self._finish(job, JobState.FAILED, error=error)
 
     def mark_cancelled(self, job: Job, images: list[tuple[ImageInfo, bytes]] = ()) -> None:
-        self._finish(job, JobState.CANCELLED, images=list(images), error=job.stop_error or errors.cancelled())
+        """End a stopped job: ``cancelled`` when its client asked; ``failed`` with the stop's own
+        retryable error when the server stopped it (a shutdown), so no client takes that for a
+        user's cancel."""
+        if job.stop_error is not None:
+            self._finish(job, JobState.FAILED, images=list(images), error=job.stop_error)
+        else:
+            self._finish(job, JobState.CANCELLED, images=list(images), error=errors.cancelled())
 
     def _finish(self, job: Job, state: JobState, images=(), error: ErrorInfo | None = None) -> None:
         """End a job. Its images and record reach the disk *before* it turns terminal, so anyone

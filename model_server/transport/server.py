@@ -82,6 +82,8 @@ class ModelServer:
         self._decoded.bind(DECODED_ADDRESS)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 1000)
+        # A frame larger than any legal request disconnects its sender before it is read into memory.
+        self.router.setsockopt(zmq.MAXMSGSIZE, codec.largest_request_bytes(self.settings.max_upload_bytes))
         curve = self.settings.curve
         if curve is not None:
             # libzmq asks the ZAP handler (this thread) about every CURVE handshake: only the

@@ -51,7 +51,7 @@ def test_a_job_cancelled_elsewhere_is_409_for_the_waiting_request(client, fake):
 
 
 def test_a_job_stopped_by_a_model_server_shutdown_is_a_retryable_503_not_a_user_cancel(client, fake):
-    fake.outcome = JobState.CANCELLED
+    fake.outcome = JobState.FAILED
     fake.outcome_error = ErrorInfo(code=ErrorCode.SHUTTING_DOWN, message="the model server shut down",
                                    hint="Submit it again.", retryable=True, retry_after=5.0)
     for path in ("/generate", "/v1/images/generations"):

@@ -7,12 +7,12 @@ import subprocess
 
 from gateway.model_client import ModelClient
 from protocol.errors import ErrorCode
-from protocol.messages import Cancelled, Failed, JobState, ModelState
+from protocol.messages import Failed, JobState, ModelState
 from tests.helpers import PYTHON, ROOT, base_env, free_port, start_model_server, wait_until
 from tests.helpers.servers import params
 
 
-def test_sigterm_fails_queued_jobs_retryably_cancels_the_running_one_and_exits_0(log_dir):
+def test_sigterm_fails_queued_jobs_and_the_running_one_retryably_never_cancelled_and_exits_0(log_dir):
     port = free_port()
     proc = start_model_server(log_dir, port, MODEL_SERVER_PIPELINE="fake", FAKE_STEP_SECONDS=0.1,
                               SHUTDOWN_GRACE_SECONDS=1)
@@ -30,15 +30,16 @@ def test_sigterm_fails_queued_jobs_retryably_cancels_the_running_one_and_exits_0
         final = [e for e in stream][-1]
         assert isinstance(final, Failed)
         assert final.job.error.code is ErrorCode.SHUTTING_DOWN and final.job.error.retryable
-        # The running job is stopped by the shutdown, not by a user: retryable, so /generate says 503.
+        # The running job is stopped by the shutdown, not by a user: failed and retryable in every view
+        # (never "cancelled", which clients take for a user's cancel), so /generate says 503.
         stopped = [e for e in running_stream][-1]
-        assert isinstance(stopped, Cancelled)
+        assert isinstance(stopped, Failed) and stopped.job.state is JobState.FAILED
         assert stopped.job.error.code is ErrorCode.SHUTTING_DOWN and stopped.job.error.retryable
         assert proc.popen.wait(15) == 0
     finally:
         proc.stop()
     log = proc.log()
-    assert f"job={running.job_id} rid=-: cancelled" in log
+    assert f"job={running.job_id} rid=-: stopped by the shutdown" in log
     assert "Traceback" not in log
 
 

@@ -12,10 +12,11 @@ from PIL import Image
 
 from gateway.model_client import ModelClient, ModelServerUnavailable, RemoteError
 from model_server.pipeline import load_error
+from model_server import memory
 from protocol import codec
 from protocol.errors import ErrorCode
 from protocol.messages import (Cancelled, Completed, Failed, JobState, ModelState, Pong, Progress, StopMode,
-                               Rejected)
+                               Rejected, Submit)
 from tests.helpers import wait_until
 from tests.helpers.servers import FailingPipeline, params
 
@@ -247,8 +248,12 @@ def test_a_peer_cannot_reuse_a_job_id_or_take_back_a_started_or_foreign_job(star
     running = client.submit(params(steps=20), client_id="alice")
     queued = client.submit(params(steps=2), client_id="alice")
     assert running.job_id[:8] == server.table.server_id  # ids name the server that made them
-    with pytest.raises(RemoteError) as err:  # an id it already has: refused, nothing replaced
+    with pytest.raises(RemoteError) as err:  # one of its own ids: only it makes those
         client.send_submit(Submit(params=params(), client_id="mallory", job_id=queued.job_id))
+    assert err.value.error.code is ErrorCode.INVALID_PARAMS and "prefix" in err.value.error.message
+    placed = client.send_submit(Submit(params=params(steps=2), client_id="alice", job_id="feedbeef" + "1" * 24))
+    with pytest.raises(RemoteError) as err:  # an id it already has: refused, nothing replaced
+        client.send_submit(Submit(params=params(), client_id="mallory", job_id=placed.job_id))
     assert err.value.error.code is ErrorCode.INVALID_PARAMS and "already exists" in err.value.error.message
     with pytest.raises(RemoteError) as err:  # not an id of the protocol's shape: refused when decoded
         client.send_submit(Submit(params=params(), job_id="../../etc/passwd"))
@@ -264,6 +269,31 @@ def test_a_peer_cannot_reuse_a_job_id_or_take_back_a_started_or_foreign_job(star
     with pytest.raises(RemoteError) as err:
         client.get_job(queued.job_id, "alice")
     assert err.value.error.code is ErrorCode.NOT_FOUND
-    again = client.send_submit(Submit(params=params(steps=2), client_id="alice", job_id=queued.job_id))
-    assert again.job_id == queued.job_id  # given back, it may be placed (here: again) under its id
+    with pytest.raises(RemoteError) as err:  # given back, it is placed on another server, never here again
+        client.send_submit(Submit(params=params(steps=2), client_id="alice", job_id=queued.job_id))
+    assert "prefix" in err.value.error.message
     client.cancel(running.job_id, client_id="alice")
+
+
+def test_a_frame_larger_than_any_legal_request_drops_its_sender_unread(start_server):
+    server, client = start_server(max_upload_bytes=2**20)
+    limit = codec.largest_request_bytes(2**20)
+    assert server.router.getsockopt(zmq.MAXMSGSIZE) == limit
+    before = memory.rss_bytes()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(server.bound_address)
+    sock.send_multipart([codec.PROTOCOL_ID, b"\0" * (limit + 1)])
+    assert not sock.poll(1500), "no answer: the peer is disconnected before the frame is read"
+    sock.close(0)
+    assert client.ping().model_state is ModelState.READY
+    assert memory.rss_bytes() - before < limit // 2
+
+
+def test_a_peer_cannot_choose_a_job_id_with_this_servers_prefix(start_server):
+    server, client = start_server()
+    forged = server.table.server_id + "0" * 24
+    with pytest.raises(RemoteError) as caught:
+        client.send_submit(Submit(params=params(), job_id=forged))
+    assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "prefix" in caught.value.error.message
+    placed_again = "feedbeef" + "0" * 24  # a dead server's job, placed here under its own id
+    assert client.send_submit(Submit(params=params(), job_id=placed_again)).job_id == placed_again
