@@ -13,11 +13,14 @@ import base64
 import json
 import time
 from pathlib import PurePath
+from typing import Annotated
 
 import msgspec
 from flask import Blueprint, jsonify, request
+from msgspec import Meta
 
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
+from gateway.a1111_options import DEFAULTS, checked, generation_fields
 from gateway.auth import owner
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
@@ -26,18 +29,20 @@ from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
-from protocol.infotext import infotext
+from protocol.infotext import A1111_SAMPLER_NAMES, infotext
 from protocol.messages import JobState, ModelEntry, StopMode
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
 
 class Txt2ImgRequest(msgspec.Struct, kw_only=True):
-    """The fields we use; A1111's other ~40 fields are accepted and ignored."""
+    """The fields we use or answer for; A1111's other ~40 fields are accepted and ignored. Types are
+    coerced as A1111's pydantic models coerce them (``_decode``): "3" or 3.0 for 3, 1/0 or "true"
+    for a boolean, a boolean for an integer."""
 
     prompt: str = ""
     negative_prompt: str | None = None
-    seed: int | None = -1
+    seed: int | None = -1  # -1: random, as A1111
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
@@ -48,19 +53,34 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     width: int | None = None
     height: int | None = None
     override_settings: dict | None = None  # sd_model_checkpoint and token_merging_ratio are used
+    tiling: bool | None = False
+    restore_faces: bool | None = False
+    enable_hr: bool | None = False  # the hires fix: not here yet, said in info
+    # txt2img: the hires fix's strength (meaningless without enable_hr, as in A1111; webuiapi always
+    # sends 0.7); img2img: how much is repainted.
+    denoising_strength: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    script_name: str | None = None
 
 
 class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
     """txt2img's fields plus the image ones we use. The mask is white where to repaint (black with
-    inpainting_mask_invert=1, which we refuse rather than ignore); the kept parts are the original
-    pixels ("original" fill, whole picture); resize_mode is "just resize"."""
+    inpainting_mask_invert); the kept parts are the original pixels ("original" fill, whole picture);
+    resize_mode is "just resize"."""
 
     init_images: list[str] | None = None
-    denoising_strength: float | None = None
     mask: str | None = None
     mask_blur: int | None = None
     inpainting_mask_invert: int | None = 0
 
+
+# A1111's own scripts: a request naming one runs without it, and says so in info (any other name is
+# A1111's 422 "Script not found").
+_BUILTIN_SCRIPTS = {"prompt matrix", "prompts from file or textbox", "x/y/z plot", "sd upscale", "loopback",
+                    "outpainting mk2", "poor man's outpainting"}
+_NOT_APPLIED = {
+    "restore_faces": "face restoration is not available on this server yet; the faces are as generated",
+    "enable_hr": "the hires fix is not available on this server yet; the image is the first pass, at width x height",
+}
 
 def render_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
@@ -79,7 +99,7 @@ _IMG2IMG_EXAMPLE = ('Send an A1111 img2img JSON object such as {"prompt": "a cat
 def _decode(kind: type, example: str):
     raw = decode_object(request.get_data(cache=False), example, empty_ok=True)
     try:
-        return convert(raw, kind), raw
+        return convert(raw, kind, strict=False, bools_as_ints=True), raw
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_params", f"invalid request body: {exc}", example,
                        field=field_of(str(exc))) from None
@@ -101,34 +121,46 @@ def _checkpoint(title: str) -> str:
 
 def _parse():
     r, raw = _decode(Txt2ImgRequest, _EXAMPLE)
-    sampler, fields = _fields(r)
-    return r, raw, sampler, services().validator.parse_object(fields)
+    sampler, fields, notes = _fields(r, img2img=False)
+    return r, raw, sampler, services().validator.parse_object(fields), notes
 
 
 def _parse_img2img():
     r, raw = _decode(Img2ImgRequest, _IMG2IMG_EXAMPLE)
-    sampler, fields = _fields(r)
+    sampler, fields, notes = _fields(r, img2img=True)
     if not r.init_images:
         raise ApiError(400, "invalid_params", "init_images is empty", _IMG2IMG_EXAMPLE, field="init_images")
-    if r.mask and r.inpainting_mask_invert:
-        raise ApiError(400, "invalid_params", "inpainting_mask_invert is not supported",
-                       "Send the mask white where to repaint, with inpainting_mask_invert 0.",
-                       field="inpainting_mask_invert")
     fields.update(init_image=r.init_images[0], mask=r.mask or None, mask_blur=r.mask_blur if r.mask else None,
                   strength=0.75 if r.denoising_strength is None else r.denoising_strength)
-    return r, raw, sampler, services().validator.parse_object(fields)
+    mask_from = "inverted" if r.mask and r.inpainting_mask_invert else "luminance"
+    return r, raw, sampler, services().validator.parse_object(fields, mask_from=mask_from), notes
 
 
-def _fields(r: Txt2ImgRequest) -> tuple[str, dict]:
-    """Our fields from A1111's, and the sampler name to report."""
+def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[str, str]]:
+    """Our fields from A1111's, the sampler name to report (None: the one the preset chose), and
+    what the request asked for that was not done, with why (``info.not_applied``)."""
     scheduler, sampler = resolve_sampler(r.sampler_name or r.sampler_index, r.scheduler)
+    for name, value in (("batch_size", r.batch_size), ("n_iter", r.n_iter)):
+        if value is not None and value < 1:
+            raise ApiError(400, "invalid_params", f"{name} must be at least 1, not {value}", "Use 1 or more.",
+                           field=name)
+    if r.seed is not None and r.seed < -1:
+        raise ApiError(400, "invalid_params", f"seed must be -1 (random) or 0 or more, not {r.seed}",
+                       "Use -1 for a random seed, or a seed from 0.", field="seed")
+    notes = {key: why for key, why in _NOT_APPLIED.items() if getattr(r, key)}
+    if r.script_name:
+        if r.script_name.strip().lower() not in _BUILTIN_SCRIPTS:
+            raise ApiError(422, "script_not_found", "Script not found",
+                           "Leave script_name out: no scripts run here (GET /sdapi/v1/scripts).", field="script_name")
+        notes["script_name"] = f"the script {r.script_name!r} does not run on this server; the plain " \
+                               f"{'img2img' if img2img else 'txt2img'} was made"
     count = (r.batch_size or 1) * (r.n_iter or 1)
-    if count < 1:
-        raise ApiError(400, "invalid_params", "batch_size and n_iter must be at least 1", "Use 1 or more.",
-                       field="batch_size")
     fields = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps, "width": r.width,
               "height": r.height, "guidance_scale": r.cfg_scale, "scheduler": scheduler, "n": count,
-              "seed": None if r.seed is None or r.seed < 0 else r.seed}
+              "seed": None if r.seed is None or r.seed < 0 else r.seed, "tiling": r.tiling}
+    chosen = services().client_options.get(owner())
+    for key, value in generation_fields(chosen, img2img).items():  # this client's options (POST /options)
+        fields.setdefault(key, value)
     if scheduler == "lcm":
         # A1111 users pair the LCM sampler with an LCM LoRA; here that is the fast preset's adapter
         # (their steps and CFG scale still apply; the preset's tiny VAE too).
@@ -137,13 +169,13 @@ def _fields(r: Txt2ImgRequest) -> tuple[str, dict]:
     if overrides.get("token_merging_ratio") is not None:
         fields["token_merging"] = overrides["token_merging_ratio"]
     # The checkpoint: this request's override, else the one this client chose (POST /options), else the default.
-    chosen = overrides.get("sd_model_checkpoint") or services().client_options.model(owner())
-    if chosen:
-        if not isinstance(chosen, str):
+    checkpoint = overrides.get("sd_model_checkpoint") or chosen.get("sd_model_checkpoint")
+    if checkpoint:
+        if not isinstance(checkpoint, str):
             raise ApiError(400, "invalid_params", "sd_model_checkpoint must be a string",
                            "Use a title from GET /sdapi/v1/sd-models.", field="override_settings")
-        fields["model"] = _checkpoint(chosen)
-    return sampler, fields
+        fields["model"] = _checkpoint(checkpoint)
+    return sampler, fields, notes
 
 
 @bp.post("/txt2img")
@@ -162,8 +194,9 @@ def img2img(parsed):
 def _generate(parsed):
     """Both routes' work and answer: A1111's {images, parameters, info (a JSON string)}."""
     sv = services()
-    r, raw, sampler, generation = parsed
+    r, raw, sampler, generation, notes = parsed
     params = generation.params
+    sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)  # the preset's choice
     done, images = generate_sync(sv, generation)
     seeds = [info.seed for info, _ in images]
     model = done.model or sv.client.ping(timeout=2.0).model
@@ -174,8 +207,10 @@ def _generate(parsed):
         "subseed_strength": 0, "width": params.width, "height": params.height, "sampler_name": sampler,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": r.batch_size or 1,
         "n_iter": r.n_iter or 1, "restore_faces": False, "sd_model_name": PurePath(model).name,
+        "tiling": params.tiling, "not_applied": notes,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
-        "denoising_strength": params.strength if params.mode != "txt2img" else 0,
+        "denoising_strength": params.strength if params.mode != "txt2img" else (
+            r.denoising_strength or 0 if r.enable_hr else 0),
         "is_using_inpainting_conditioning": False,
         "infotexts": [infotext(params, s, model, sampler, done.lora_hashes) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
@@ -275,11 +310,13 @@ def schedulers():
 
 @bp.route("/options", methods=["GET", "POST"])
 def options():
-    """``sd_model_checkpoint`` is this client's own (A1111's is global: one user's switch would change
-    everyone's images); other options are accepted and ignored."""
+    """A1111's options with its defaults (``a1111_options``); a write is this client's own (A1111's
+    are global: one user's checkpoint switch would change everyone's images). The honoured ones
+    (checkpoint, samples_format, jpeg_quality, token merging) apply to this client's later requests."""
     sv = services()
     if request.method == "POST":
         body = decode_object(request.get_data(cache=False), "Send a JSON object of A1111 options.")
+        changes = checked(body)
         title = body.get("sd_model_checkpoint")
         if title is not None:
             models = sv.model_list(fresh=True).models
@@ -288,13 +325,39 @@ def options():
                 raise ApiError(400, "invalid_params", f"unknown checkpoint {str(title)[:200]!r}",
                                f"Use a title from GET /sdapi/v1/sd-models: {', '.join(m.name for m in models)[:500]}.",
                                field="sd_model_checkpoint")
-            sv.client_options.set_model(owner(), name)
+            changes["sd_model_checkpoint"] = name
+        if changes:
+            sv.client_options.update(owner(), changes)
         return jsonify(None)
     models = sv.model_list().models
-    chosen = sv.client_options.model(owner())
-    current = next((m for m in models if m.name == chosen), None) or next((m for m in models if m.default), None)
-    return jsonify(sd_model_checkpoint=checkpoint_title(current) if current else "",
-                   sd_checkpoint_hash=current.hash or None if current else None, samples_format="png")
+    chosen = sv.client_options.get(owner())
+    name = chosen.get("sd_model_checkpoint", "")
+    current = next((m for m in models if m.name == name), None) or next((m for m in models if m.default), None)
+    return jsonify({**DEFAULTS, **{k: v for k, v in chosen.items() if k in DEFAULTS},
+                    "sd_model_checkpoint": checkpoint_title(current) if current else "",
+                    "sd_checkpoint_hash": current.hash or None if current else None})
+
+
+# Listings A1111 clients read at start. What this server has none of is an empty list in A1111's shape.
+@bp.get("/cmd-flags")
+def cmd_flags():
+    """A1111's command-line flags as this server would have them (no paths: never a server's folder)."""
+    return jsonify(api=True, nowebui=True, listen=False, use_cpu=["all"], precision="autocast", no_half=False,
+                   lowvram=False, medvram=False, skip_torch_cuda_test=True, disable_safe_unpickle=False,
+                   ckpt_dir=None, lora_dir=None, embeddings_dir=None, hypernetwork_dir=None)
+
+
+@bp.get("/hypernetworks")
+@bp.get("/face-restorers")
+@bp.get("/realesrgan-models")
+@bp.get("/prompt-styles")
+def empty_listing():
+    return jsonify([])
+
+
+@bp.get("/embeddings")
+def embeddings():
+    return jsonify(loaded={}, skipped={})
 
 
 @bp.get("/scripts")

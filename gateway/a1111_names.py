@@ -21,10 +21,11 @@ _BY_LOWER = {name.lower(): name for name in SAMPLERS} | {
 SCHEDULERS = [("automatic", "Automatic"), ("karras", "Karras")]
 
 
-def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[str, str]:
-    """(our scheduler key, A1111 display name); an unknown sampler is A1111's 404."""
+def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> tuple[str | None, str | None]:
+    """(our scheduler key, A1111 display name); (None, None) when none is named, so the preset (or a
+    one-step model's turbo preset) chooses; an unknown sampler is A1111's 404."""
     if not sampler_name:
-        return "default", "PNDM"
+        return None, None
     name = _BY_LOWER.get(sampler_name.strip().lower())
     if name is None:
         raise ApiError(404, "sampler_not_found", "Sampler not found",

@@ -59,7 +59,7 @@ class ApiError(Exception):
         retry_after = error.retry_after if error.retryable or status in (429, 503) else None
         if status in (429, 503) and retry_after is None:
             retry_after = 5.0
-        return cls(status, error.code.value, error.message, error.hint, retry_after)
+        return cls(status, error.code.value, error.message, error.hint, retry_after, field=error.field or None)
 
     def body(self) -> dict:
         body = {"error": self.message, "code": self.code, "hint": self.hint}

@@ -107,8 +107,10 @@ def job_events(job_id: str):
             for event in sv.client.watch(job_id, who):
                 view = event.job
                 p = view.progress
-                key = (view.state, p.step if p else 0, p.image_index if p else 0, view.queue_position,
-                       view.cancel_requested)
+                # Everything a client can see change (not the clock): a model switch's phases
+                # (progress.detail) come before step 1.
+                key = (view.state, p.step if p else 0, p.image_index if p else 0, p.detail if p else "",
+                       p.preview_step if p else None, view.queue_position, view.cancel_requested)
                 now = time.monotonic()
                 if key != last_key or view.state.terminal:
                     yield _sse(_EVENT_NAMES.get(view.state, "progress"), to_json(job_resource(view)))

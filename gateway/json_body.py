@@ -33,12 +33,19 @@ def decode_object(raw: bytes, hint: str = EXAMPLE, empty_ok: bool = False) -> di
     return value
 
 
-def convert(obj: dict, struct_type: type, strict: bool = True):
+def convert(obj: dict, struct_type: type, strict: bool = True, bools_as_ints: bool = False):
     """``msgspec.convert`` that takes whole-number floats (``3.0``) for integer fields; not
-    ``strict``, it also takes numbers and booleans written as strings (form fields)."""
+    ``strict``, it also takes numbers and booleans written as strings (form fields) and 0/1 for
+    booleans; ``bools_as_ints`` takes true/false for integer fields too (pydantic's coercions, which
+    A1111's clients rely on)."""
     ints = _int_fields(struct_type)
-    fixed = {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v for k, v in obj.items()}
-    return msgspec.convert(fixed, struct_type, strict=strict)
+
+    def fixed(value):
+        if isinstance(value, bool):
+            return int(value) if bools_as_ints else value
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    return msgspec.convert({k: fixed(v) if k in ints else v for k, v in obj.items()}, struct_type, strict=strict)
 
 
 @functools.cache

@@ -36,7 +36,11 @@ from protocol.messages import GenerationParams
 bp = Blueprint("openai", __name__)
 _EXAMPLE = 'Send JSON such as {"prompt": "a cat", "size": "512x512"}.'
 _HINTS = {"size": "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'.",
-          "response_format": "Use b64_json or url."}
+          "response_format": "Use b64_json or url.",
+          "quality": "Use auto, low, medium or high (or DALL-E 3's standard or hd).",
+          "output_compression": "Use a whole number from 0 to 100 (jpeg and webp)."}
+# Our field names as OpenAI's requests call them, for errors' ``param`` and text.
+_OPENAI_FIELDS = {"init_image": "image", "width": "size", "height": "size"}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
 _OPENAI_MODELS = re.compile(r"^(dall-e-\d|gpt-image-\d(\.\d+)?(-mini)?)$")
@@ -55,16 +59,19 @@ class ImagesRequest(msgspec.Struct, kw_only=True):
     size: Annotated[str, Meta(pattern=r"^(\d{1,5}x\d{1,5}|auto)$")] | None = None
     response_format: Literal["b64_json", "url"] | None = None
     model: str | None = None
-    quality: str | None = None
+    # gpt-image's (auto, high, medium, low) and DALL-E 3's (standard, hd), as OpenAI accepts them.
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = None
     style: str | None = None
     user: str | None = None
     output_format: str | None = None
-    output_compression: int | None = None
+    output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
 
 
 def render_error(err: ApiError):
-    body = {"error": {"message": f"{err.message}. {err.hint}".strip() if err.hint else err.message,
-                      "type": _TYPES.get(err.status, "server_error"), "param": err.field, "code": err.code}}
+    message = f"{err.message}. {err.hint}".strip() if err.hint else err.message
+    message = message.replace("init_image", "image").replace("init image", "image")
+    body = {"error": {"message": message, "type": _TYPES.get(err.status, "server_error"),
+                      "param": _OPENAI_FIELDS.get(err.field, err.field), "code": err.code}}
     headers = err.headers()
     if err.status >= 500 and err.retry_after is None:
         headers["x-should-retry"] = "false"  # a failed generation will fail again; don't triple the wait
@@ -112,10 +119,17 @@ def _parse_edit():
                        "Send the image to edit as the multipart file field 'image'.", field="image")
     mask = request.files.get("mask")
     checked = services().validator.checked_upload
-    files = {"init_image": checked(image.read(), "image")}
+    files = {"init_image": _not_empty(checked(image.read(), "image"), "image")}
     if mask is not None:
-        files["mask"] = checked(mask.read(), "mask")
+        files["mask"] = _not_empty(checked(mask.read(), "mask"), "mask")
     return _validated(form, files, lax=True)
+
+
+def _not_empty(data: bytes, field: str) -> bytes:
+    if not data:
+        raise ApiError(400, "invalid_request", f"the {field} file is empty",
+                       f"Send a PNG, JPEG or WebP image as the multipart file field '{field}'.", field=field)
+    return data
 
 
 def _validated(raw: dict, files: dict | None = None, lax: bool = False):
@@ -132,8 +146,7 @@ def _validated(raw: dict, files: dict | None = None, lax: bool = False):
     try:
         generation = sv.validator.parse_object(_to_fields(r, raw), mask_from="alpha", strict=not lax, files=files)
     except ApiError as exc:
-        if exc.field in ("width", "height"):
-            exc.field = "size"
+        exc.field = _OPENAI_FIELDS.get(exc.field, exc.field)
         raise
     return generation, response_format
 

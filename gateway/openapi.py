@@ -99,11 +99,17 @@ def _compat_paths() -> dict:
                                        content=_NULL_JSON),
         f"{a1111}/samplers": get("AUTOMATIC1111: samplers", _ANY_JSON_ARRAY),
         f"{a1111}/schedulers": get("AUTOMATIC1111: schedulers", _ANY_JSON_ARRAY),
-        f"{a1111}/options": {**get("AUTOMATIC1111: options"),
-                             **post("AUTOMATIC1111: set options: sd_model_checkpoint chooses this client's "
-                                    "model (not everyone's); others are accepted and ignored",
-                                    errors=(422, 429))},
+        f"{a1111}/options": {**get("AUTOMATIC1111: options, A1111's keys with its defaults and this client's "
+                                   "writes"),
+                             **post("AUTOMATIC1111: set options for this client (not everyone): sd_model_checkpoint, "
+                                    "samples_format, jpeg_quality and token merging apply to its later requests; "
+                                    "the others are kept and echoed", errors=(422, 429), content=_NULL_JSON)},
         f"{a1111}/scripts": get("AUTOMATIC1111: scripts (none)"),
+        f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
+        f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
+        **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)
+           for name, what in (("hypernetworks", "hypernetworks"), ("face-restorers", "face restorers"),
+                              ("realesrgan-models", "Real-ESRGAN models"), ("prompt-styles", "prompt styles"))},
     }
 
 

@@ -69,8 +69,8 @@ def no_preview(job_id: str) -> Rejection:
 # --- admission ---------------------------------------------------------------------------------
 
 
-def invalid(message: str, hint: str) -> Rejection:
-    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint))
+def invalid(message: str, hint: str, field: str = "") -> Rejection:
+    return Rejection(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=message, hint=hint, field=field))
 
 
 def queue_full(capacity: int, retry_after: float) -> Rejection:

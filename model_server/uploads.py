@@ -38,14 +38,17 @@ def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: in
     the decoded init image (not decoded twice). The mask may differ in size from it (both are
     resized to the job's): OpenAI asks for the same size, A1111 does not.
 
-    ``luminance`` (A1111's and ours): the mask's brightness. ``alpha`` (OpenAI's): the mask's
-    transparent parts repaint, and without a mask the init image's own; no alpha repaints it all."""
+    ``luminance`` (A1111's and ours): the mask's brightness. ``inverted`` (A1111's
+    inpainting_mask_invert): its darkness. ``alpha`` (OpenAI's): the mask's transparent parts
+    repaint, and without a mask the init image's own; no alpha repaints it all."""
     if mask_from == "alpha":
         source = decode(data, "mask", max_pixels, max(width, height)) if data else init
         alpha = source.getchannel("A") if "A" in source.getbands() else Image.new("L", source.size, 0)
         mask = ImageOps.invert(alpha)
     else:
         mask = decode(data, "mask", max_pixels, max(width, height)).convert("L")
+        if mask_from == "inverted":
+            mask = ImageOps.invert(mask)
     mask = mask.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
 
@@ -62,11 +65,11 @@ def decode(data: bytes, field: str, max_pixels: int, side: int | None = None) ->
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             if img.format not in FORMATS:
-                raise errors.invalid(f"the {what} is {img.format or 'of an unknown format'}", hint)
+                raise errors.invalid(f"the {what} is {img.format or 'of an unknown format'}", hint, field)
             w, h = img.size
             if w * h > max_pixels:
                 raise errors.invalid(f"the {what} is {w}x{h}: it has more than {max_pixels:,} pixels",
-                                     "Send a smaller image; it is resized to the job's width and height anyway.")
+                                     "Send a smaller image; it is resized to the job's width and height anyway.", field)
             if side and img.format == "JPEG":
                 img.draft(img.mode, (side, side))
             upright = ImageOps.exif_transpose(img)
@@ -76,6 +79,16 @@ def decode(data: bytes, field: str, max_pixels: int, side: int | None = None) ->
         raise
     except Image.DecompressionBombError:  # PIL's own guard, for sizes far past ours
         raise errors.invalid(f"the {what} has more than {max_pixels:,} pixels",
-                             "Send a smaller image; it is resized to the job's width and height anyway.") from None
+                             "Send a smaller image; it is resized to the job's width and height anyway.", field) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise errors.invalid(f"the {what} cannot be read ({type(exc).__name__})", hint) from None
+        raise errors.invalid(f"the {what} cannot be read ({type(exc).__name__})", hint, field) from None
+
+
+def header_size(data: bytes, field: str) -> tuple[int, int]:
+    """An upload's width and height as its header says (nothing decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise errors.invalid(f"the {field.replace('_', ' ')} cannot be read ({type(exc).__name__})",
+                             f"Send a PNG, JPEG or WebP image as {field}.", field) from None

@@ -24,6 +24,8 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
                 f"Seed: {seed}", f"Size: {params.width}x{params.height}", f"Model: {model}"]
     if params.mode != "txt2img":
         settings.append(f"Denoising strength: {params.strength:g}")
+    if params.tiling:
+        settings.append("Tiling: True")
     if params.token_merging:
         settings.append(f"Token merging ratio: {params.token_merging:g}")
     if lora_hashes:

@@ -103,6 +103,7 @@ class ErrorInfo(_Shape):
     hint: str = ""
     retryable: bool = False
     retry_after: float | None = None
+    field: str = ""  # the request field at fault (GenerationParams' or an upload's name), when one is
 
 
 class LoraRef(_Shape):
@@ -199,6 +200,9 @@ class GenerationParams(_Shape):
                       "<lora:NAME:WEIGHT> works too.",
                   hint=f"Send at most {MAX_LORAS} LoRAs, each an object with a name (GET /v1/loras) and a weight "
                        f"from -{MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}.") = []
+    tiling: _bound(bool, doc="Seamless tiling (A1111's tiling): the image wraps around at its edges, so copies of it "
+                             "tile a surface without seams (textures, patterns). Runs the UNet on torch (default "
+                             "false).", hint="Use true or false.") = False
 
 
 def steps_run(params: GenerationParams) -> int:
@@ -289,9 +293,11 @@ class Submit(_Msg):
     # checks it (format, pixel count, size) as it does every input.
     init_image: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
     # inpaint: which parts to repaint, as uploaded. "luminance": white repaints (A1111, ours);
-    # "alpha": transparent repaints (OpenAI), and with no mask the init image's own alpha is it.
+    # "alpha": transparent repaints (OpenAI), and with no mask the init image's own alpha is it; a
+    # mask must then be the image's size, as OpenAI requires. "inverted": black repaints (A1111's
+    # inpainting_mask_invert).
     mask: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
-    mask_from: Literal["luminance", "alpha"] = "luminance"
+    mask_from: Literal["luminance", "alpha", "inverted"] = "luminance"
 
 
 # Requests about one job carry the client acting on it: the model server answers "not found" when

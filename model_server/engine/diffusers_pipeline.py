@@ -40,6 +40,7 @@ from model_server.memory import release_memory
 from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadError, load_error, max_steps,
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
+from model_server.engine.tiling import seamless
 from model_server.engine.token_merging import TokenMerging
 from model_server.loading.download import ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
@@ -371,7 +372,7 @@ class DiffusersPipeline:
         return [what for what, asked in (
             ("the fast preset's LCM-LoRA", lcm and not (self.fast_unet and not self.fast_unet.failed)),
             ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
-            ("token_merging", bool(params.token_merging)),
+            ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
             ("the inpainting checkpoint", params.mode == "inpaint" and self._inpaint_source is not None and not lcm
              and not params.loras))
             if asked]
@@ -490,7 +491,8 @@ class DiffusersPipeline:
         caching = DeepCache(pipe.unet, params.deep_cache).active() if params.deep_cache > 1 else nullcontext()
         merging = (TokenMerging(pipe.unet, params.token_merging, (params.height // 8, params.width // 8), seed).active()
                    if params.token_merging else nullcontext())
-        with torch.inference_mode(), caching, merging:
+        wrapping = seamless(pipe.unet, pipe.vae) if params.tiling else nullcontext()
+        with torch.inference_mode(), caching, merging, wrapping:
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,

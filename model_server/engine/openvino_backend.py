@@ -170,4 +170,4 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     ov_pipe.set_progress_bar_config(disable=True)
     return ov_pipe, FastUNet(folder, settings, precision, threads), {
         "backend": "openvino", "backend_reason": why, "openvino_precision": precision, **info,
-        "openvino_runs_on_torch": "LoRAs, deep_cache, token_merging, inpainting checkpoints"}
+        "openvino_runs_on_torch": "LoRAs, deep_cache, token_merging, tiling, inpainting checkpoints"}

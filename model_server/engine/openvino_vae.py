@@ -30,6 +30,7 @@ class OpenVinoVae(torch.nn.Module):
         self.config = vae.config
         self._ir = StaticIR(Path(ir_dir) / IR_NAMES["vae_decoder"], precision, threads)
         self.calls = 0
+        self.decode_on_torch = False  # set for a job the compiled graph cannot run (tiling's circular padding)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -60,6 +61,8 @@ class OpenVinoVae(torch.nn.Module):
         return self.torch_vae.encode(*args, **kwargs)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None, **kwargs):
+        if self.decode_on_torch:
+            return self.torch_vae.decode(z, return_dict=return_dict, generator=generator, **kwargs)
         self.calls += 1
         images = [torch.from_numpy(self._ir.infer({"latent": one.float().numpy()})) for one in z.split(1)]
         sample = torch.cat(images).to(z.dtype)

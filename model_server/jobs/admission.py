@@ -18,7 +18,7 @@ from model_server.errors import Rejection
 from model_server.jobs.disk import StorageHealth
 from model_server.models.model_set import ModelSet
 from model_server.settings import ModelServerSettings
-from model_server.uploads import as_init_image, decode, decode_mask
+from model_server.uploads import as_init_image, decode, decode_mask, header_size
 from model_server.worker import ModelStatus
 from protocol import contract
 from protocol.messages import GenerationParams, ModelState, Submit
@@ -70,6 +70,12 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
     p, data, mask = msg.params, msg.init_image, msg.mask
     if p.mode == "txt2img":
         return None, None
+    if mask and msg.mask_from == "alpha":  # OpenAI's edits: as OpenAI, the mask must be the image's size
+        image_size, mask_size = header_size(data, "init_image"), header_size(mask, "mask")
+        if image_size != mask_size:
+            raise errors.invalid(f"the mask is {mask_size[0]}x{mask_size[1]} but the image is "
+                                 f"{image_size[0]}x{image_size[1]}: they must be the same size",
+                                 "Send a mask of the image's width and height.", "mask")
     # Decoded once: the mask may come from its alpha.
     source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
     init = as_init_image(source, p.width, p.height)
@@ -91,7 +97,7 @@ def _ready(status: ModelStatus) -> None:
 def _runnable(p: GenerationParams, pipeline: ModelSet, settings: ModelServerSettings) -> None:
     broken = contract.violation(p, settings.limits)
     if broken is not None:
-        raise errors.invalid(broken[1], broken[2])
+        raise errors.invalid(broken[1], broken[2], broken[0])
     if p.scheduler not in pipeline.schedulers():
         raise errors.invalid(f"unknown scheduler {p.scheduler!r}", f"Use one of: {', '.join(pipeline.schedulers())}.")
     most = pipeline.max_steps(p.scheduler)

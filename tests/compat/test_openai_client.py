@@ -71,7 +71,8 @@ def test_step_caching_and_token_merging_pass_through_extra_body(client, stack):
 @pytest.mark.parametrize("kwargs, param", [
     ({"size": "banana"}, "size"), ({"size": "100x100"}, "size"), ({"size": "4096x4096"}, "size"),
     ({"n": 0}, "n"), ({"n": 50}, "n"), ({"response_format": "gif"}, "response_format"),
-    ({"prompt": "x" * 201}, "prompt"), ({"prompt": ""}, "prompt"),
+    ({"prompt": "x" * 201}, "prompt"), ({"prompt": ""}, "prompt"), ({"quality": "ultra"}, "quality"),
+    ({"output_compression": 200}, "output_compression"), ({"output_compression": -1}, "output_compression"),
 ])
 def test_invalid_requests_raise_bad_request_with_a_populated_message(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as info:
@@ -130,7 +131,27 @@ def test_edit_without_a_mask_uses_the_images_own_transparency(client):
     assert np.abs(edited[:, :16] - np.asarray(init.convert("RGB"))[:, :16]).max() == 0
 
 
-def test_edit_errors_come_in_openais_shape(client):
+def test_edit_errors_come_in_openais_shape_naming_openais_fields(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(image=("cat.png", b"not an image"), prompt="a cat", size="64x64")
-    assert "cannot be read" in caught.value.message
+    assert "cannot be read" in caught.value.message and caught.value.param == "image"
+    assert "init" not in caught.value.message
+
+
+@pytest.mark.parametrize("image, mask, param", [(b"", None, "image"), ("PNG", b"", "mask")])
+def test_an_empty_image_or_mask_file_is_refused_never_text_to_image(client, image, mask, param):
+    init = _png(Image.new("RGB", (64, 64)))
+    files = {"image": ("cat.png", init if image == "PNG" else image)}
+    if mask is not None:
+        files["mask"] = ("mask.png", mask)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(**files, prompt="a cat", size="64x64")
+    assert caught.value.param == param and "empty" in caught.value.message
+
+
+def test_a_mask_of_another_size_than_the_image_is_refused_as_openai_does(client):
+    init = _png(Image.new("RGBA", (64, 64)))
+    mask = _png(Image.new("RGBA", (32, 64)))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=("cat.png", init), mask=("mask.png", mask), prompt="a cat", size="64x64")
+    assert caught.value.param == "mask" and "same size" in caught.value.message

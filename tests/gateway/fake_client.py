@@ -28,6 +28,7 @@ class FakeModelClient:
         self.unavailable_presets: dict[str, str] = {}
         self.load: LoadStatus | None = None
         self.storage: StorageStatus | None = None
+        self.details: list[str] = []  # what watch() reports before the first step (a model switch's phases)
         self.stats: dict[str, float] = {}
 
     def _maybe_raise(self):
@@ -112,6 +113,9 @@ class FakeModelClient:
     def watch(self, job_id, client_id=""):
         self._maybe_raise()
         view = self.get_job(job_id, client_id)
+        for detail in self.details:
+            yield Progress(job=_replace(view, state=JobState.RUNNING, queue_position=None, progress=ProgressInfo(
+                step=0, total_steps=view.params.steps, detail=detail)))
         running = _replace(view, state=JobState.RUNNING, queue_position=None,
                            progress=ProgressInfo(step=1, total_steps=view.params.steps))
         yield Progress(job=running)

@@ -90,6 +90,14 @@ def test_events_stream_progress_then_completed_as_sse(client):
     assert client.get(f"/v1/jobs/{job['id']}/image").data == PNG
 
 
+def test_events_stream_every_change_a_client_sees_the_phases_before_step_1_too(client, fake):
+    fake.details = ["loading model other: 1.0 s", "loading model other: compiling"]
+    job = client.post("/v1/jobs", json={"prompt": "a cat"}).get_json()
+    text = client.get(f"/v1/jobs/{job['id']}/events").get_data(as_text=True)
+    assert text.index("loading model other: 1.0 s") < text.index("loading model other: compiling")
+    assert text.count("event: progress") == 3
+
+
 def test_delete_cancels_that_job(client, fake):
     job = client.post("/v1/jobs", json={"prompt": "a cat"}).get_json()
     response = client.delete(f"/v1/jobs/{job['id']}")
