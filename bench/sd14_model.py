@@ -9,9 +9,9 @@ the real 49,408-token embedding table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ def build_sd_turbo(folder: Path = TURBO_DIR, seed: int = 0) -> Path:
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="python -m bench.sd14_model", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir", nargs="?", type=Path, default=DEFAULT_DIR, help=f"where to write (default {DEFAULT_DIR})")
+    target = ap.parse_args().dir
     logging.basicConfig(level=logging.INFO)
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
     build(target)
     print(build_extras(target))

@@ -10,8 +10,8 @@ so they mount as they are from Kubernetes Secrets or compose secrets.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import zmq
@@ -93,8 +93,15 @@ def make_keys(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-if __name__ == "__main__":  # python -m common.curve DIR
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m common.curve DIR  (writes a server and a gateway key pair into DIR)")
-    for path in make_keys(Path(sys.argv[1])):
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.curve", description="Writes a CurveZMQ key pair for the "
+                                 "model server and one for the gateway into DIR, and the gateway's public key into "
+                                 "DIR/clients (MODEL_SERVER_CURVE_CLIENTS_DIR); docs/operations.md, 'Scale out'.")
+    ap.add_argument("dir", type=Path, metavar="DIR", help="the folder to write the keys into (made if missing)")
+    for path in make_keys(ap.parse_args(argv).dir):
         print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,8 +7,8 @@ means the IO loop is alive, not just that a port is open.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 import zmq
 
@@ -58,8 +58,12 @@ def check(address: str, timeout_ms: int = 3000, curve: CurveKeys | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ok, message = check(argv[0] if argv else _default_address(), curve=_curve())
+    ap = argparse.ArgumentParser(prog="python -m model_server.healthcheck",
+                                 description="Exit 0 only when the model server answers a Ping and its model is ready.")
+    ap.add_argument("address", nargs="?", help="the model server's ZMQ address (default: MODEL_SERVER_HEALTH_ADDRESS, "
+                                               "or the bind address)")
+    args = ap.parse_args(argv)
+    ok, message = check(args.address or _default_address(), curve=_curve())
     print(message)
     return 0 if ok else 1
 

@@ -7,6 +7,10 @@
 # the host, reports image sizes and build times, then tears everything down and stops the engine.
 # Needs root (apt-get, dockerd). Used by .ci/run; safe to run by hand.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above is the usage
+  sed -n '2,/^set -/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0
+fi
+[ $# -eq 0 ] || { echo "usage: $0 [--help]  (settings come from the environment)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 WORK=${DOCKER_SMOKE_DIR:-/tmp/sd-cpu-docker}
 PORT=${SD_CPU_PORT:-18080}

@@ -9,6 +9,7 @@ Standard library only: it runs on the CI host, outside any virtual environment.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -88,6 +89,9 @@ def main(base: str, check: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[2] not in ("spread", "survive", "rejoin"):
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("url")
+    ap.add_argument("check", choices=("spread", "survive", "rejoin"))
+    ap.add_argument("count", type=int)
+    args = ap.parse_args()
+    main(args.url, args.check, args.count)

@@ -4,6 +4,10 @@
 # offline demo with a tiny random-weight model. Ctrl-C stops both processes. A model server that
 # crashes is restarted with backoff (1 s doubling to 30 s); the gateway reconnects by itself.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above is the usage
+  sed -n '2,/^set -/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0
+fi
+[ $# -eq 0 ] || { echo "usage: $0 [--help]  (settings come from the environment)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 scripts/setup-venv.sh requirements/model.txt requirements/gateway.txt

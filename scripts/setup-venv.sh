@@ -4,6 +4,9 @@
 # torch is pinned to 2.13.0 CPU: where pip has no local CPU wheel, it comes from the PyTorch CPU
 # index (TORCH_INDEX_URL), never from a bare PyPI "torch" (a multi-GB CUDA build).
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above is the usage
+  sed -n '2,/^set -/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0
+fi
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}

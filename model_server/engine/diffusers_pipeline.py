@@ -277,8 +277,13 @@ class DiffusersPipeline:
 
     @classmethod
     def load(cls, settings: ModelServerSettings, progress: LoadProgress | None = None) -> "DiffusersPipeline":
-        """Download (if needed), convert (once), load and compile the model, each phase reported to ``progress``."""
-        progress = progress or LoadProgress()
+        """Download (if needed), convert (once), load and compile the model, each phase reported to
+        ``progress``; the last phase ends with the load."""
+        with (progress or LoadProgress()).over() as phases:
+            return cls._load(settings, phases)
+
+    @classmethod
+    def _load(cls, settings: ModelServerSettings, progress: LoadProgress) -> "DiffusersPipeline":
         _quiet_progress_bars()
         threads = settings.threads or cpu.usable_cores()
         torch.set_num_threads(threads)

@@ -51,11 +51,11 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
     dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
     if converted(dest):
         return dest, {"openvino_int8": settings.int8}
-    (progress or LoadProgress()).start("quantizing",
-                                       f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
            "--prompts", str(CALIBRATION_PROMPTS), "--steps", str(CALIBRATION_STEPS)]
-    seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
+    with (progress or LoadProgress()).over() as phase:
+        phase.start("quantizing", f"the UNet to int8 ({settings.int8}), once: calibration, then NNCF")
+        seconds, failed = run_once(f"quantizing the UNet to int8 ({settings.int8})", cmd, dest, converted)
     if seconds is None:
         return ir, {"openvino_int8": f"none: {failed}"}
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
@@ -83,10 +83,11 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     what = {"unet": "UNet", "vae_decoder": "VAE decoder"}[part] + (" with the LCM-LoRA fused in" if lora else "")
     if converted(dest, part):
         return dest, {f"{prefix}_ir": "cached"}
-    (progress or LoadProgress()).start("converting", f"the {what} to OpenVINO IR, once")
     args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part, "--precision", precision]
     args += ["--lora", lora] if lora else []
-    seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part))
+    with (progress or LoadProgress()).over() as phase:
+        phase.start("converting", f"the {what} to OpenVINO IR, once")
+        seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part))
     if seconds is None:
         return None, {"backend_reason" if prefix == "openvino" else prefix: f"the {what} runs on torch: {failed}"}
     return dest, {f"{prefix}_ir": "made now", f"{prefix}_conversion_seconds": seconds}

@@ -11,9 +11,9 @@ Usage: ``python -m model_server.engine.tiny_model DIR``
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,13 @@ def write_tiny_extras(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m model_server.engine.tiny_model DIR", file=sys.stderr)
-        return 2
+    ap = argparse.ArgumentParser(prog="python -m model_server.engine.tiny_model",
+                                 description="Writes a tiny random-weight Stable Diffusion pipeline into DIR (for "
+                                             "tests and offline demos; its images are noise).")
+    ap.add_argument("dir", metavar="DIR", help="the folder to write the model into")
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    write_tiny_model(argv[0])
+    write_tiny_model(args.dir)
     return 0
 
 

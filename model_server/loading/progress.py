@@ -8,6 +8,7 @@ bar redrawn a thousand times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,8 +41,8 @@ def human_seconds(s: float) -> str:
 class LoadProgress:
     """The current load phase and its counters; thread-safe."""
 
-    def __init__(self, clock=time.monotonic, log_every: float = LOG_EVERY):
-        self._clock, self._log_every = clock, log_every
+    def __init__(self, clock=time.monotonic, log_every: float | None = None):
+        self._clock, self._log_every = clock, LOG_EVERY if log_every is None else log_every
         self._lock = threading.Lock()
         self._phase: str | None = None
         self._detail = ""
@@ -89,6 +90,18 @@ class LoadProgress:
         if ticker is not None:
             ticker.set()
         log.info("%s: done in %s", phase, human_seconds(seconds))
+
+    @contextlib.contextmanager
+    def over(self):
+        """A span of work whose phases end with it: on the way out the phase it is in ends (halts, on
+        an error), so no periodic log line outlives the work that started the phase (a conversion
+        during a job, a model switch)."""
+        try:
+            yield self
+        except BaseException:
+            self.halt()
+            raise
+        self.end()
 
     def halt(self) -> None:
         """The current phase failed: its periodic log lines stop; the phase and its counters stay for

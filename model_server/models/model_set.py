@@ -167,7 +167,8 @@ class ModelSet:
         # The old model goes first: two in memory at once would not fit an 8 GB machine.
         self._pair = None
         memory.release_memory()
-        self._pair = (self._load(model, _ReportingProgress(report, model.name)), model)
+        with _ReportingProgress(report, model.name).over() as progress:  # its phases end with the switch
+            self._pair = (self._load(model, progress), model)
         memory.release_memory()
         switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
                              rss_bytes=memory.rss_bytes())

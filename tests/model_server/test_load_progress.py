@@ -78,3 +78,49 @@ def test_a_halted_phase_stops_logging_and_keeps_its_counters(caplog):
         time.sleep(0.2)
     assert lines >= 1 and caplog.text.count("downloading: 30 B of 100 B") == lines
     assert progress.status().phase == "downloading" and progress.status().bytes_done == 30
+
+
+def _ticks(caplog) -> int:
+    return sum("so far" in r.getMessage() for r in caplog.records)
+
+
+def test_no_periodic_line_outlives_the_work_that_started_its_phase(caplog):
+    import time
+
+    caplog.set_level(logging.INFO, logger="model_server.loading.progress")
+    progress = LoadProgress(log_every=0.05)
+    with progress.over():
+        progress.start("converting", "the UNet with the LCM-LoRA fused in, once")
+        time.sleep(0.2)
+    assert _ticks(caplog) >= 2  # it ticked while the work ran
+    seen = _ticks(caplog)
+    time.sleep(0.3)
+    assert _ticks(caplog) == seen and progress.status().phase == "done"
+    try:
+        with progress.over():
+            progress.start("compiling", "the UNet")
+            raise RuntimeError("failed")
+    except RuntimeError:
+        pass
+    seen = _ticks(caplog)
+    time.sleep(0.3)
+    assert _ticks(caplog) == seen and progress.status().phase == "compiling"  # halted: the phase it failed in
+
+
+def test_a_model_switch_ends_its_phases_with_it(caplog, tmp_path, monkeypatch):
+    import time
+
+    from model_server.loading import progress
+    from tests.model_server.test_models_catalog import make_set, params
+
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.05)
+    caplog.set_level(logging.INFO, logger="model_server.loading.progress")
+    models, _ = make_set(tmp_path)
+    with LoadProgress().over() as start:  # the worker ends the first load's phases so
+        models.load_default(start)
+    told = []
+    models.prepare(params(model="other"), told.append)  # its load starts a "loading" phase and never ends it
+    assert "loading model other: loading" in told
+    lines = len(caplog.records)
+    time.sleep(0.3)  # past LOG_EVERY: a ticker left running would have logged "loading: 0 s so far"
+    assert _ticks(caplog) == 0 and len(caplog.records) == lines
