@@ -6,10 +6,14 @@ from the HTTP resource types, so the document cannot drift from the behaviour.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import flask_swagger_ui
 import msgspec
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, send_from_directory
 
 from gateway.a1111_api import Img2ImgRequest, Txt2ImgRequest
+from gateway.errors import ApiError
 from gateway.openai_api import ImagesRequest
 from gateway.policy import public
 from gateway.resources import ErrorBody, JobResource
@@ -43,6 +47,11 @@ _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type":
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
 _ANY_JSON_ARRAY = {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}
 _NULL_JSON = {"application/json": {"schema": {"type": "null"}}}  # A1111 answers some POSTs with null
+
+
+# Swagger UI's distribution as the package ships it; only these files are served.
+_SWAGGER_DIST = Path(flask_swagger_ui.__file__).parent / "dist"
+_SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
 
 
 def _compat_paths() -> dict:
@@ -171,8 +180,13 @@ def build_spec(request_type: type) -> dict:
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": {"description": "OpenAPI 3.1", "content": _ANY_JSON}}}},
-        "/docs": {"get": {"summary": "This document, browsable",
+        "/docs": {"get": {"summary": "This document, browsable (Swagger UI, served offline)",
                           "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        "/docs/assets/{name}": {"parameters": [{"name": "name", "in": "path", "required": True,
+                                                "schema": {"type": "string"}}],
+                                "get": {"summary": "Swagger UI's files", "responses": {
+                                    "200": {"description": "CSS, JavaScript or an icon", "content": {"*/*": {}}},
+                                    **_errors(404)}}},
         "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML",
                                                                         "content": {"text/html": {}}}}}},
     }
@@ -198,4 +212,16 @@ def openapi_json():
 @bp.get("/docs")
 @public
 def docs():
+    """Swagger UI (the flask-swagger-ui package's files, served here: offline) over /openapi.json."""
     return current_app.send_static_file("docs.html")
+
+
+@bp.get("/docs/assets/<name>")
+@public
+def docs_assets(name: str):
+    """Swagger UI's own files, from the package; the page's start-up script is ours."""
+    if name == "docs.js":
+        return current_app.send_static_file("docs.js")
+    if name not in _SWAGGER_FILES:
+        raise ApiError(404, "not_found", f"no file {name[:80]!r}", "GET /docs.")
+    return send_from_directory(_SWAGGER_DIST, name, max_age=86400)

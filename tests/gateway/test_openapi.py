@@ -28,5 +28,11 @@ def test_the_request_schema_carries_the_configured_limits(make_client):
     assert steps["maximum"] == 40
 
 
-def test_the_docs_page_is_served(client):
-    assert b"openapi.json" in client.get("/docs").data
+def test_the_docs_page_is_swagger_ui_from_the_gateways_own_files(client):
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/docs/assets/swagger-ui-bundle.js" in page and "//" not in page.replace("http://", "").split("<body>")[1]
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.data) > 100_000
+    assert b"/openapi.json" in client.get("/docs/assets/docs.js").data
+    for name in ("../../../../etc/passwd", "index.template.html", "nope.js"):
+        assert client.get(f"/docs/assets/{name}").status_code == 404
