@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from model_server.errors import redact_paths
 from protocol.messages import LoadStatus
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ class LoadProgress:
             eta = None
             if self._total is not None and rate:
                 eta = round(max(self._total - self._done, 0) / rate, 1)
-            return LoadStatus(phase=self._phase, detail=self._detail[:500], seconds=round(now - self._started, 1),
+            # What /health and the page show: never a server's path (the log keeps it, for the operator).
+            return LoadStatus(phase=self._phase, detail=redact_paths(self._detail)[:500],
+                              seconds=round(now - self._started, 1),
                               bytes_done=self._done if self._total is not None else None, bytes_total=self._total,
                               rate_bytes_per_second=round(rate, 1) if rate is not None else None, eta_seconds=eta,
                               finished=dict(self._finished))

@@ -207,7 +207,8 @@ class ModelServer:
         pipeline, running = self.state.pipeline, self.table.running
         storage = self.table.records.health
         return Pong(
-            model=self.settings.model, model_state=self.state.model_state,
+            # The default model's name (a hub id, or a folder's or file's name): never a server's path.
+            model=self.worker.models.catalog.default.name, model_state=self.state.model_state,
             optimizations=pipeline.optimizations() if pipeline else {},
             queue_depth=self.table.depth, queue_capacity=self.settings.queue_size,
             running_job=running.id if running else None, rss_bytes=memory.rss_bytes(),

@@ -124,3 +124,10 @@ def test_a_model_switch_ends_its_phases_with_it(caplog, tmp_path, monkeypatch):
     lines = len(caplog.records)
     time.sleep(0.3)  # past LOG_EVERY: a ticker left running would have logged "loading: 0 s so far"
     assert _ticks(caplog) == 0 and len(caplog.records) == lines
+
+
+def test_what_pings_show_of_a_phase_names_no_server_path():
+    progress = LoadProgress(log_every=3600)
+    progress.start("converting", "/srv/models/secret-team/my-merge.safetensors to bfloat16, once")
+    detail = progress.status().detail
+    assert "/srv" not in detail and "secret-team" not in detail and "my-merge.safetensors" in detail

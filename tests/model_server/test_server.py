@@ -301,3 +301,9 @@ def test_a_peer_cannot_choose_a_job_id_with_this_servers_prefix(start_server):
     assert caught.value.error.code is ErrorCode.INVALID_PARAMS and "prefix" in caught.value.error.message
     placed_again = "feedbeef" + "0" * 24  # a dead server's job, placed here under its own id
     assert client.send_submit(Submit(params=params(), job_id=placed_again)).job_id == placed_again
+
+
+def test_a_ping_names_the_default_model_never_its_path(start_server, tmp_path):
+    folder = tmp_path / "private" / "my-model"
+    server, client = start_server(model=str(folder))
+    assert client.ping().model == "my-model"
