@@ -58,6 +58,12 @@ class FakePipeline:
     def loaded_loras(self) -> set[str]:
         return set(self._loaded)
 
+    def prepare_parts(self, params: GenerationParams, report, stop) -> None:
+        pass  # nothing is made once here
+
+    def prepare_ahead(self, stop) -> bool:
+        return True
+
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None) -> Image.Image:
         total = steps_run(params)
         for step in range(1, total + 1):

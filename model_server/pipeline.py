@@ -57,6 +57,16 @@ class Pipeline(Protocol):
     def loaded_loras(self) -> set[str]:
         """The LoRAs in memory now (kept for later jobs within a budget)."""
 
+    def prepare_parts(self, params: GenerationParams, report: Callable[[str], None],
+                      stop: Callable[[], StopMode | None]) -> None:
+        """Make what this job needs that is made once (the fast preset's OpenVINO UNet), before its
+        first step, telling the job with ``report`` what it waits for; raise JobCancelledError when
+        ``stop()`` says CANCEL meanwhile."""
+
+    def prepare_ahead(self, stop: Callable[[], bool]) -> bool:
+        """In idle time: make a one-time part a later job may need, stopping as soon as ``stop()``
+        says so (a job arrived). True when nothing is left to prepare; False when stopped."""
+
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None], init_image: "Image | None" = None,
                  mask: "Image | None" = None) -> "Image":

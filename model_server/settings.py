@@ -117,6 +117,11 @@ class ModelServerSettings(RequestLimits):
                            "(affinity and cgroup quota respected)", 0)
     safety_checker: bool = setting("SD_SAFETY_CHECKER", "Load the model's safety checker (about 1.2 GB of RAM; "
                                    "it can blank images after minutes of work)", False)
+    prepare_ahead: bool = setting(
+        "SD_PREPARE_AHEAD", "In idle time after the load, make the one-time conversions a later job may need (the "
+        "fast preset's OpenVINO UNet with the LCM-LoRA fused in, about a minute), in a child process that is "
+        "stopped the moment a job arrives (and resumed in the next idle time); `false`: on the first job that "
+        "needs them", True)
     bf16_cache: bool = setting(
         "SD_BF16_CACHE", "With bf16, convert the model once, in a child process, to a bf16 copy under "
         "`SD_CACHE_DIR/bf16`, and map that: the server never holds fp32 and bf16 weights at once", True)

@@ -73,7 +73,7 @@ class Worker(threading.Thread):
         try:
             if not self._load():
                 return
-            used = False
+            used, prepared = False, False
             while not self.stopping.is_set():
                 job = self.table.next_job(timeout=0.5)
                 if job is None:
@@ -83,10 +83,12 @@ class Worker(threading.Thread):
                     if used:
                         memory.release_memory()
                         used = False
+                    elif not prepared and self.state.model_state is ModelState.READY:
+                        prepared = self._prepare_ahead()  # one-time conversions, stopped when a job arrives
                     continue
                 with job_context(job.id, job.request_id):
                     self._run(job)
-                used = True
+                used, prepared = True, False  # a job may have switched models: look again when idle
         finally:
             self._events.close(linger=1000)
 
@@ -110,6 +112,14 @@ class Worker(threading.Thread):
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
 
+    def _prepare_ahead(self) -> bool:
+        try:
+            return self.models.prepare_ahead(lambda: self.table.depth > 0 or self.stopping.is_set()
+                                             or self.state.model_state is not ModelState.READY)
+        except Exception:  # noqa: BLE001  (idle work must never take the worker down; the job path retries)
+            log.exception("preparing ahead failed; the first job that needs it does it")
+            return True
+
     def _tell(self, job: Job, detail: str) -> None:
         self.table.record_detail(job, detail)
         self.notify(job.id)
@@ -125,7 +135,7 @@ class Worker(threading.Thread):
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
         try:
-            model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text))
+            model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text), lambda: job.stop_mode)
             self.table.record_model(job, model, switch, lora_hashes)
             engine = pipeline.engine(p)
             self.table.record_engine(job, engine)

@@ -21,8 +21,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 MARKER = "sd_cpu_converted.json"
 log = logging.getLogger(__name__)
@@ -32,18 +34,42 @@ def converted(dest: Path) -> bool:
     return (dest / MARKER).exists()
 
 
+class ConversionStopped(Exception):
+    """A conversion's ``stop`` turned true: its child was ended, nothing was written; it runs again
+    when next wanted."""
+
+
 def run_once(what: str, args: list[str], dest: Path, done=converted, env: dict | None = None,
-             clean=lambda text: text) -> tuple[float | None, str]:
+             clean=lambda text: text, stop: Callable[[], bool] | None = None) -> tuple[float | None, str]:
     """Run a one-time conversion (``python -m ARGS``, writing ``dest``) in a child process, as the bf16
     copy, the OpenVINO IR and its int8 form are made: (seconds, "") or (None, why it failed). ``clean``
-    scrubs the child's output (a token, paths) before it is logged."""
+    scrubs the child's output (a token, paths) before it is logged. ``stop`` is asked four times a
+    second: when it says so the child is ended and ConversionStopped raised (a job cancelled while it
+    waits, a job arriving while the conversion runs ahead in idle time)."""
     started = time.monotonic()
     log.info("%s once (a child process; later starts reuse %s)", what, dest)
-    result = subprocess.run([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    if result.returncode != 0 or not done(dest):
-        log.warning("%s failed (exit %s):\n%s", what, result.returncode, clean(result.stdout[-1500:]))
-        return None, f"{what} failed (exit {result.returncode}; see the log)"
+    with tempfile.TemporaryFile(mode="w+") as output:  # a file, not a pipe: a chatty child never blocks
+        child = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=output, stderr=subprocess.STDOUT,
+                                 text=True)
+        try:
+            while child.poll() is None:
+                if stop is not None and stop():
+                    log.info("%s: stopped after %.0f s; it runs again when next wanted", what,
+                             time.monotonic() - started)
+                    raise ConversionStopped(what)
+                try:
+                    child.wait(0.25)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if child.poll() is None:
+                child.kill()  # its output is written to a temporary name: nothing half-made is kept
+                child.wait()
+        output.seek(0)
+        text = output.read()
+    if child.returncode != 0 or not done(dest):
+        log.warning("%s failed (exit %s):\n%s", what, child.returncode, clean(text[-1500:]))
+        return None, f"{what} failed (exit {child.returncode}; see the log)"
     seconds = round(time.monotonic() - started, 1)
     log.info("%s: done in %.1f s", what, seconds)
     return seconds, ""

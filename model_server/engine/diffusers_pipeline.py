@@ -30,6 +30,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
 
 from model_server import cpu
 from model_server.engine import inpaint_model, openvino_backend, preset_parts, single_file
+from model_server.engine.convert import ConversionStopped
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.loras import LoraAdapters
 from model_server.engine.pipeline_files import pipeline_patterns
@@ -242,6 +243,38 @@ class DiffusersPipeline:
                      self._opts["inpaint_model_load_seconds"])
         return self._inpaint_unet
 
+    def prepare_parts(self, params: GenerationParams, report, stop) -> None:
+        """A fast job on OpenVINO needs the UNet with the LCM-LoRA fused in, converted once (about a
+        minute): said to the job while it waits, and stopped by its cancel."""
+        preset = PRESETS.get(params.preset)
+        if not (preset and preset.lcm_lora) or self.ov_pipe is None or self.fast_unet is None \
+                or not self.fast_unet.pending:
+            return
+        if [why for why in self._on_torch_because(params) if why != "the fast preset's LCM-LoRA"]:
+            return  # its LoRAs (or levers) run it on torch: nothing to convert for it
+        self.load_fast_parts()
+        if self._lcm_missing:
+            return
+        report("converting the fast preset's UNet to OpenVINO, once: about a minute; later fast jobs start at once")
+        try:
+            self.fast_unet.convert(self._lcm_source, stop=lambda: stop() is StopMode.CANCEL)
+        except ConversionStopped:
+            raise JobCancelledError() from None
+
+    def prepare_ahead(self, stop, always: bool = False) -> bool:
+        """Idle time (SD_PREPARE_AHEAD, or ``always``: fetch --convert): convert the fast preset's fused
+        OpenVINO UNet before any fast job asks, when its LoRA is already on disk; a job arriving stops
+        it (False: try again later)."""
+        if not (self._settings.prepare_ahead or always) or self.ov_pipe is None or self.fast_unet is None \
+                or not self.fast_unet.pending or self._lcm_missing:
+            return True
+        log.info("idle: converting the fast preset's UNet to OpenVINO ahead of the first fast job")
+        try:
+            self.fast_unet.convert(self._lcm_source, stop=stop, wait_for_lora=True)
+        except ConversionStopped:
+            return False
+        return True
+
     def load_fast_parts(self) -> None:
         """Attach the LCM-LoRA and load TAESD (the first fast job does this; later ones reuse them)."""
         if self._fast_loaded or self._lcm_missing:
@@ -391,7 +424,7 @@ class DiffusersPipeline:
             return f"torch {dtype}: {', '.join(why)} {'runs' if len(why) == 1 else 'run'} on torch"
         preset = PRESETS.get(params.preset)
         if preset and preset.lcm_lora:
-            first = "" if self.fast_unet.unet is not None else " (converted to OpenVINO on this first fast job, once)"
+            first = " (converted to OpenVINO on this first fast job, once)" if self.fast_unet.pending else ""
             return f"openvino {dtype}, the LCM-LoRA fused{first}"
         int8 = self._opts.get("openvino_int8")
         return f"openvino int8 ({int8})" if int8 in ("hybrid", "full") else f"openvino {dtype}"

@@ -62,11 +62,11 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
 
 
 def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
-           part: str = "unet", lora: str | None = None) -> tuple[Path | None, dict]:
+           part: str = "unet", lora: str | None = None, stop=None) -> tuple[Path | None, dict]:
     """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
     UNet with the ``lora`` file fused in if given, converted once in a child process; (None, why) if that
-    failed. The keys reported are ``openvino_ir`` for the UNet, ``openvino_vae_ir`` and ``openvino_lcm_ir``
-    for the others."""
+    failed; ConversionStopped when ``stop()`` said so meanwhile. The keys reported are ``openvino_ir``
+    for the UNet, ``openvino_vae_ir`` and ``openvino_lcm_ir`` for the others."""
     import openvino
 
     real = os.path.realpath(folder)
@@ -87,7 +87,8 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     args += ["--lora", lora] if lora else []
     with (progress or LoadProgress()).over() as phase:
         phase.start("converting", f"the {what} to OpenVINO IR, once")
-        seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part))
+        seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part),
+                                   stop=stop)
     if seconds is None:
         return None, {"backend_reason" if prefix == "openvino" else prefix: f"the {what} runs on torch: {failed}"}
     return dest, {f"{prefix}_ir": "made now", f"{prefix}_conversion_seconds": seconds}
@@ -105,20 +106,40 @@ class FastUNet:
         self.unet = None
         self.failed = ""
         self.info: dict = {}
+        self._ir: Path | None = None  # converted (on disk), not compiled yet
+
+    @property
+    def pending(self) -> bool:
+        """Its IR is still to be made (a first fast job would wait for the conversion)."""
+        return self._ir is None and self.unet is None and not self.failed
+
+    def convert(self, lora_source: str, stop=None, wait_for_lora: bool = False) -> None:
+        """Make the fused IR (kept on disk, not compiled: a compiled copy costs the UNet's memory).
+        ``failed`` says why when it cannot be made; ConversionStopped when ``stop()`` said so.
+        ``wait_for_lora``: a LoRA file not in the cache yet is no failure (ahead of any fast job)."""
+        if not self.pending:
+            return
+        from model_server.engine import preset_parts
+
+        lora = preset_parts.lora_file(lora_source)
+        if lora is None:
+            if not wait_for_lora:
+                self.info = {"openvino_lcm": f"no local file for {lora_source}"}
+                self.failed = self.info["openvino_lcm"]
+            return
+        ir, self.info = ir_for(self._folder, self._settings, self._precision, lora=lora, stop=stop)
+        if ir is None:
+            self.failed = next(iter(self.info.values()))
+        self._ir = ir
 
     def get(self, like: torch.nn.Module, lora_source: str):
         """The fused UNet, converting it now the first time; None (and ``failed`` says why) if it cannot be."""
         if self.unet is None and not self.failed:
-            from model_server.engine import preset_parts
             from model_server.engine.openvino_unet import OpenVinoUNet
 
-            lora = preset_parts.lora_file(lora_source)
-            ir, self.info = (ir_for(self._folder, self._settings, self._precision, lora=lora) if lora
-                             else (None, {"openvino_lcm": f"no local file for {lora_source}"}))
-            if ir is None:
-                self.failed = next(iter(self.info.values()))
-            else:
-                self.unet = OpenVinoUNet(ir, like, self._precision, self._threads)
+            self.convert(lora_source)
+            if self._ir is not None:
+                self.unet = OpenVinoUNet(self._ir, like, self._precision, self._threads)
         return self.unet
 
     def release(self) -> None:

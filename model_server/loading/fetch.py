@@ -5,8 +5,10 @@ Run it where there is network (or into the volume a container will mount) so tha
 start, or an offline one (``HF_HUB_OFFLINE=1``), finds every file in the cache. It reads the
 model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_MODELS``, ``SD_LCM_LORA``,
 ``SD_TINY_VAE``, ``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
-to do. Conversions (the bf16 copy, OpenVINO) still happen once, at the first start: they depend
-on the machine that runs the model.
+to do. With ``--convert`` it then makes, on this machine, the one-time conversions a start and the
+first jobs would make (the bf16 copy, the OpenVINO IRs, the fast preset's UNet with the LCM-LoRA
+fused in) into SD_CACHE_DIR: they depend on the CPU, so run it on the machine (or in the container,
+with the volumes) that serves.
 """
 
 from __future__ import annotations
@@ -54,27 +56,43 @@ def fetch(settings: ModelServerSettings, progress: LoadProgress) -> None:
         log.info("%s: in the cache", what)
 
 
+def convert(settings: ModelServerSettings, progress: LoadProgress) -> None:
+    """The default model's one-time conversions for this machine: a whole load (which converts what it
+    maps), then the fast preset's parts and its fused OpenVINO UNet."""
+    from model_server.engine.diffusers_pipeline import DiffusersPipeline
+
+    pipe = DiffusersPipeline.load(settings, progress)
+    pipe.load_fast_parts()
+    pipe.prepare_ahead(lambda: False, always=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m model_server fetch", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m model_server fetch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--convert", action="store_true", help="then make this machine's one-time conversions too")
+    args = ap.parse_args(argv)
     try:
         settings = ModelServerSettings.from_env()
     except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
-    if not wanted(settings):
-        log.info("nothing to download: SD_MODEL=%s and the presets' parts are local or switched off", settings.model)
-        return 0
     import huggingface_hub.utils
 
     huggingface_hub.utils.disable_progress_bars()  # our progress lines instead of a redrawn bar
     try:
-        fetch(settings, LoadProgress())
+        if wanted(settings):
+            fetch(settings, LoadProgress())
+        else:
+            log.info("nothing to download: SD_MODEL=%s and the presets' parts are local or switched off",
+                     settings.model)
+        if args.convert:
+            convert(settings, LoadProgress())
     except PipelineLoadError as exc:
         log.error("fetch failed: %s", exc.error.message)
         log.error("what to do: %s", exc.error.hint)
         return 1
-    log.info("everything the configuration needs is in the cache; the first start converts it once")
+    log.info("everything the configuration needs is in the cache; %s", "converted for this machine" if args.convert
+             else "the first start converts it once (or run fetch --convert here)")
     return 0
 
 

@@ -23,7 +23,7 @@ from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
 from model_server.pipeline import SCHEDULERS, Pipeline, PipelineLoadError, max_steps, preset_unavailable
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, ModelList, ModelSwitch
+from protocol.messages import GenerationParams, ModelList, ModelSwitch, StopMode
 from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,11 @@ class ModelSet:
     def load_default(self, progress: LoadProgress) -> None:
         self._pair = (self._load(self.catalog.default, progress), self.catalog.default)
 
-    def prepare(self, params: GenerationParams,
-                report: Callable[[str], None]) -> tuple[str, ModelSwitch | None, dict[str, str]]:
-        """Load the job's model if another is loaded, and set its LoRAs: (model name, the switch
-        if there was one, LoRA name -> short hash). Raises PipelineLoadError when either cannot load."""
+    def prepare(self, params: GenerationParams, report: Callable[[str], None],
+                stop: Callable[[], StopMode | None] = lambda: None) -> tuple[str, ModelSwitch | None, dict[str, str]]:
+        """Load the job's model if another is loaded, set its LoRAs and make the parts it needs once
+        (Pipeline.prepare_parts): (model name, the switch if there was one, LoRA name -> short hash).
+        Raises PipelineLoadError when one cannot load, JobCancelledError when cancelled meanwhile."""
         model = self.catalog.find(params.model)
         if model is None:  # its file went away after the job was accepted
             raise PipelineLoadError(errors.unknown_name("model", params.model, self.catalog.names(),
@@ -157,7 +158,13 @@ class ModelSet:
             loras.append((ref.name, path, ref.weight))
         hashes = {name: self.loras.short_hash(path) for name, path, _ in loras}
         self.current.apply_loras(loras)
+        self.current.prepare_parts(params, report, stop)
         return model.name, switch, hashes
+
+    def prepare_ahead(self, stop: Callable[[], bool]) -> bool:
+        """Idle time: the loaded model's one-time parts (Pipeline.prepare_ahead)."""
+        current = self.current
+        return current.prepare_ahead(stop) if current is not None else True
 
     def _switch(self, model: ModelSource, report: Callable[[str], None]) -> ModelSwitch:
         previous = self.loaded.name if self.loaded else ""

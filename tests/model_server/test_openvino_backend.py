@@ -217,3 +217,38 @@ def test_auto_runs_openvino_only_where_it_was_measured_to_pay(monkeypatch):
     assert cpu.openvino_pays(False, flags={"avx512_bf16"}, env={})[0] is False  # float32: not measured to pay
     assert cpu.openvino_pays(True, flags={"amx_bf16"}, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})[0] is False
     assert openvino_backend.choose(ModelServerSettings(backend="torch"), torch.bfloat16) == (False, "configured")
+
+
+def test_a_fast_job_is_told_what_it_waits_for_and_its_cancel_stops_the_conversion(tmp_path):
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino", prepare_ahead=False))
+    told = []
+    fast = GenerationParams(prompt="a cat", seed=1, **FAST)
+    with pytest.raises(JobCancelledError):
+        pipe.prepare_parts(fast, told.append, lambda: StopMode.CANCEL)
+    assert told and told[0].startswith("converting the fast preset's UNet to OpenVINO, once")
+    assert pipe.fast_unet.pending and not pipe.fast_unet.failed  # stopped, not failed: the next fast job converts
+    assert not list((tmp_path / "openvino").glob("*-lora-*/unet.xml"))
+    pipe.prepare_parts(fast, told.append, lambda: StopMode.INTERRUPT)  # only a cancel stops it
+    assert not pipe.fast_unet.pending and pipe.optimizations()["openvino_lcm_ir"] == "made now"
+    image, steps, _ = run(pipe, **FAST)
+    assert max(steps) == 4 and pipe.fast_unet.unet.calls == 4
+    plain = GenerationParams(prompt="a cat", seed=1)
+    told.clear()
+    pipe.prepare_parts(plain, told.append, lambda: None)
+    assert told == []  # nothing to wait for
+
+
+def test_idle_time_converts_the_fast_unet_ahead_and_a_job_arriving_stops_it(tmp_path):
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
+    pipe.load_fast_parts()  # its LoRA on disk, as after `python -m model_server fetch`
+    assert pipe.prepare_ahead(lambda: True) is False and pipe.fast_unet.pending  # a job came: stopped at once
+    assert pipe.prepare_ahead(lambda: False) is True and not pipe.fast_unet.pending
+    assert pipe.fast_unet.unet is None  # converted, not compiled: no second UNet in memory
+    fast = GenerationParams(prompt="a cat", seed=1, **FAST)
+    assert pipe.engine(fast) == "openvino float32, the LCM-LoRA fused"  # the first fast job waits for nothing
+    told = []
+    pipe.prepare_parts(fast, told.append, lambda: None)
+    assert told == [] and max(run(pipe, **FAST)[1]) == 4
+    off = DiffusersPipeline.load(settings(tmp_path / "off", backend="openvino", prepare_ahead=False))
+    off.load_fast_parts()
+    assert off.prepare_ahead(lambda: False) is True and off.fast_unet.pending  # SD_PREPARE_AHEAD=false

@@ -307,3 +307,35 @@ def test_a_ping_names_the_default_model_never_its_path(start_server, tmp_path):
     folder = tmp_path / "private" / "my-model"
     server, client = start_server(model=str(folder))
     assert client.ping().model == "my-model"
+
+
+class PreparingPipeline(FailingPipeline):
+    """Its one-time part takes until stopped, the first time; then it is made."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.ahead = []  # what each idle-time call ended with
+
+    def prepare_ahead(self, stop):
+        if len(self.ahead) >= 1:  # the second idle time finishes it
+            self.ahead.append("made")
+            return True
+        while not stop():
+            time.sleep(0.01)
+        self.ahead.append("stopped")
+        return False
+
+
+def test_idle_time_prepares_ahead_and_a_job_arriving_stops_it_at_once(start_server):
+    pipeline = PreparingPipeline(step_seconds=0.01)
+    server, client = start_server(load=lambda: pipeline)
+    wait_until(lambda: server.table.depth == 0 and server.state.model_state is ModelState.READY, 5)
+    time.sleep(1.0)  # idle: the preparation runs (and would run forever)
+    assert pipeline.ahead == []
+    started = time.monotonic()
+    job = client.submit(params(steps=2))
+    wait_until(lambda: client.get_job(job.job_id).state is JobState.SUCCEEDED, 5)
+    assert time.monotonic() - started < 2.0 and pipeline.ahead[0] == "stopped"
+    wait_until(lambda: pipeline.ahead == ["stopped", "made"], 5)  # the next idle time resumes it
+    time.sleep(1.2)
+    assert pipeline.ahead == ["stopped", "made"]  # and, made, it is not asked again until a job ran
