@@ -62,6 +62,10 @@ class Worker(threading.Thread):
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
         self.models = make_model_set(settings, load)
         self.stopping = threading.Event()
+        # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
+        # a gateway that placed one of them elsewhere meanwhile can cancel it here first (it sees
+        # this server within a heartbeat of its bind, which comes before the load).
+        self.hold_until = 0.0
         self._events: zmq.Socket | None = None
 
     def notify(self, job_id: str) -> None:
@@ -73,6 +77,7 @@ class Worker(threading.Thread):
         try:
             if not self._load():
                 return
+            self.stopping.wait(max(0.0, self.hold_until - time.monotonic()))
             used, prepared = False, False
             while not self.stopping.is_set():
                 job = self.table.next_job(timeout=0.5)

@@ -32,20 +32,23 @@ class Records:
         self._lock = threading.Lock()
         self._started = time.time()
 
-    def recover(self) -> None:
-        """At start: remove leftovers, then mark jobs a crash left unfinished as lost. A disk that
-        fails here leaves the server starting, degraded, never crash-looping."""
+    def recover(self) -> list[JobRecord]:
+        """At start: remove leftovers, then mark jobs a crash left unfinished as lost, except those
+        that never started and can run from their record alone, which are returned to be queued
+        again. A disk that fails here leaves the server starting, degraded, never crash-looping."""
         if self.store is None:
-            return
+            return []
+        again: list[JobRecord] = []
         with self._lock:
             try:
                 self.store.clean_leftovers()
-                _, failures = self.store.recover_unfinished()
+                _, again, failures = self.store.recover_unfinished()
             except OSError as exc:
                 failures = [exc]
             for exc in failures:
                 log.error("could not recover the outputs folder at start: %s", exc)
                 self.health.failed("the records of jobs unfinished at the last stop", exc)
+        return again
 
     def write(self, event: str, snapshot: Callable[[], JobRecord | None]) -> None:
         """Record "accepted" or "started". ``snapshot`` gives the job as it is now (None: nothing to

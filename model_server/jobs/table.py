@@ -28,11 +28,17 @@ from model_server.jobs.eta import StepClock
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import OutputStore
 from model_server.jobs.records import Records
+from protocol.errors import ErrorCode
 from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
                                StopMode)
 
 _TOMBSTONES = 10_000
 _SWEEP_SECONDS = 60.0
+
+
+def _lost_unstarted(state: JobState, error: ErrorInfo | None, started_at: float | None) -> bool:
+    return (state is JobState.FAILED and started_at is None and error is not None
+            and error.code is ErrorCode.MODEL_SERVER_LOST)
 
 
 class JobTable:
@@ -92,6 +98,9 @@ class JobTable:
             if reserved:
                 self.release(client_id)
             raise errors.duplicate_job(job_id)
+        if job_id:
+            with self._lock:  # a lost job that never started, read back from its record: placed again here
+                self._jobs.pop(job_id, None)
         with self._lock:
             if reserved:  # the bounds were checked when the place was reserved
                 self._unreserve_locked(client_id)
@@ -107,11 +116,32 @@ class JobTable:
         self._record("accepted", job)
         return job
 
-    def _known(self, job_id: str) -> bool:
+    def requeue(self, records) -> list[Job]:
+        """At start, before the worker runs anything: the jobs a crash left queued (never started),
+        queued again under their ids, in their order, whatever the bounds (they were accepted once)."""
+        jobs = []
         with self._lock:
-            if job_id in self._jobs or job_id in self._expired:
+            for r in records:
+                job = Job(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
+                          request_id=r.request_id)
+                self._jobs[job.id] = job
+                self._queue.append(job.id)
+                jobs.append(job)
+            self._work.notify()
+        return jobs
+
+    def _known(self, job_id: str) -> bool:
+        """Whether ``job_id`` is taken here: a job of this server's, unless it was lost at a restart
+        before it ever started (its record says so), which its gateway may place again, here too."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job_id in self._expired or (job is not None and not _lost_unstarted(job.state, job.error,
+                                                                                   job.started_at)):
                 return True
-        return self.records.load(job_id, self._clock()) is not None
+        if job is not None:
+            return False
+        record = self.records.load(job_id, self._clock())
+        return record is not None and not _lost_unstarted(record.state, record.error, record.started_at)
 
     def _check_room_locked(self, client_id: str) -> None:
         if not self._accepting:

@@ -35,6 +35,7 @@ from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, F
 
 log = logging.getLogger(__name__)
 _HANDOFF_SECONDS = 5.0  # how long a stopping server keeps its queued jobs for gateways to take back
+REQUEUE_HOLD_SECONDS = 3.0  # after a restart, no requeued job starts sooner (Worker.hold_until)
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
 
 
@@ -61,13 +62,17 @@ class ModelServer:
         self.table = JobTable(settings.queue_size, settings.result_ttl_seconds, settings.result_budget_bytes,
                               per_client=settings.max_queued_per_client, store=store,
                               min_free_disk_bytes=settings.min_free_disk_mb * 2**20)
-        self.table.records.recover()
         self.state = ModelStatus(model=settings.model)
         self.worker = Worker(settings, self.table, self.state, self.ctx, load)
         self.decoder = UploadDecoder(settings, self.ctx)
         self._watchers: dict[str, set[tuple[bytes, int]]] = {}
         self._shutdown = threading.Event()
         self._started = time.monotonic()
+        requeued = self.table.requeue(self.table.records.recover())
+        if requeued:
+            self.worker.hold_until = self._started + REQUEUE_HOLD_SECONDS
+            log.info("%d job(s) queued when the model server stopped, never started, are queued again: %s",
+                     len(requeued), ", ".join(job.id for job in requeued))
         self.router: zmq.Socket | None = None
         self._authenticator: ThreadAuthenticator | None = None
         self.bound_address: str | None = None

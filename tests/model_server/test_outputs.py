@@ -141,3 +141,27 @@ def test_replicas_on_shared_storage_answer_for_a_lost_peers_finished_jobs_and_sw
     assert alive.read_image(record, 0) is None  # paths still confined to the shared folder
     assert alive.delete_finished_before(time.time() + 1) == [done]
     assert not (tmp_path / "lost" / "jobs" / f"{done}.json").exists() and not list((tmp_path / "lost").glob("*/*.png"))
+
+
+def test_a_job_queued_at_a_crash_that_never_started_runs_after_the_restart_under_its_id(tmp_path, start_server):
+    from protocol.messages import Submit
+
+    store = OutputStore(tmp_path / "outputs", budget_bytes=10**9)
+    waiting, uploaded = "ab" * 16, "cd" * 16
+    store.accepted(JobRecord(job_id=waiting, state=JobState.QUEUED, params=params(prompt="queued"),
+                             created_at=time.time() - 10, client_id="alice"))
+    store.accepted(JobRecord(job_id=uploaded, state=JobState.QUEUED, params=params(mode="img2img"),
+                             created_at=time.time() - 9, client_id="alice"))
+    server, client = start_server(outputs_dir=str(tmp_path / "outputs"))
+    done = finish(client, waiting)
+    assert isinstance(done, Completed) and done.job.params.prompt == "queued"
+    with pytest.raises(RemoteError):
+        client.get_job(waiting, "mallory")  # still its owner's only
+    lost = client.get_job(uploaded)  # its upload lived in memory only: lost, retryable
+    assert lost.state is JobState.FAILED and lost.error.code is ErrorCode.MODEL_SERVER_LOST
+    # Its gateway still has the upload: placed again under its id, here too (it never started).
+    again = client.send_submit(Submit(params=params(), client_id="alice", job_id=uploaded))
+    assert again.job_id == uploaded and isinstance(finish(client, uploaded), Completed)
+    with pytest.raises(RemoteError) as info:  # but a job that ran, or finished, is never taken twice
+        client.send_submit(Submit(params=params(), client_id="alice", job_id=waiting))
+    assert "already exists" in info.value.error.message
