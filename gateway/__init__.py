@@ -31,7 +31,8 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
     """Build the Flask app; tests pass their own settings and (fake) model client."""
     settings = settings or GatewaySettings.from_env()
     client = model_client or Fleet(discovery(settings.model_server), timeout=settings.model_server_timeout,
-                                   curve=settings.curve, discovery_seconds=settings.discovery_seconds)
+                                   curve=settings.curve, discovery_seconds=settings.discovery_seconds,
+                                   lost_seconds=settings.model_server_lost_seconds)
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     if settings.trusted_proxies:
         # Behind N reverse proxies (compose's nginx), the client is the address they forwarded:

@@ -103,23 +103,37 @@ def job_events(job_id: str):
     def stream():
         yield "retry: 2000\n\n"
         last_key, last_sent = None, time.monotonic()
-        try:
-            for event in sv.client.watch(job_id, who):
-                view = event.job
-                p = view.progress
-                # Everything a client can see change (not the clock): a model switch's phases
-                # (progress.detail) come before step 1.
-                key = (view.state, p.step if p else 0, p.image_index if p else 0, p.detail if p else "",
-                       p.preview_step if p else None, view.queue_position, view.cancel_requested)
-                now = time.monotonic()
-                if key != last_key or view.state.terminal:
-                    yield _sse(_EVENT_NAMES.get(view.state, "progress"), to_json(job_resource(view)))
-                    last_key, last_sent = key, now
-                elif now - last_sent >= keepalive:
-                    yield ": keepalive\n\n"
-                    last_sent = now
-        except (ModelServerUnavailable, RemoteError) as exc:
-            yield _sse("error", json.dumps(as_api_error(exc).body()))
+        # A server lost under the job: its stream waits (keepalives) until the job goes on elsewhere, its
+        # server answers again, or it ends failed (MODEL_SERVER_LOST_SECONDS), then carries on.
+        give_up = None
+        while True:
+            try:
+                for event in sv.client.watch(job_id, who):
+                    give_up = None
+                    view = event.job
+                    p = view.progress
+                    # Everything a client can see change (not the clock): a model switch's phases
+                    # (progress.detail) come before step 1.
+                    key = (view.state, p.step if p else 0, p.image_index if p else 0, p.detail if p else "",
+                           p.preview_step if p else None, view.queue_position, view.cancel_requested)
+                    now = time.monotonic()
+                    if key != last_key or view.state.terminal:
+                        yield _sse(_EVENT_NAMES.get(view.state, "progress"), to_json(job_resource(view)))
+                        last_key, last_sent = key, now
+                    elif now - last_sent >= keepalive:
+                        yield ": keepalive\n\n"
+                        last_sent = now
+                return
+            except ModelServerUnavailable as exc:
+                give_up = give_up or time.monotonic() + sv.settings.model_server_lost_seconds + 10
+                if time.monotonic() >= give_up:
+                    yield _sse("error", json.dumps(as_api_error(exc).body()))
+                    return
+                yield ": waiting for the job's model server\n\n"
+                time.sleep(1.0)
+            except RemoteError as exc:
+                yield _sse("error", json.dumps(as_api_error(exc).body()))
+                return
 
     return Response(stream_with_context(stream()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -256,6 +256,12 @@ class ModelClient:
         """The client's running job, then its queued ones in order."""
         return self.call(ListJobs(client_id=client_id))[0].jobs
 
+    def listing(self, timeout: float | None = None) -> tuple[list[JobView], list[str]]:
+        """Every unfinished job, running first then queued in order, and each one's owner (a
+        gateway's own view of the server, for when it is lost)."""
+        reply = self.call(ListJobs(client_id=""), timeout)[0]
+        return reply.jobs, reply.owners
+
     def list_models(self, timeout: float | None = None) -> ModelList:
         return self.call(ListModels(), timeout)[0]
 

@@ -49,6 +49,11 @@ class GatewaySettings(RequestLimits):
     model_server_timeout: float = setting(
         "MODEL_SERVER_TIMEOUT", "Seconds without a reply or heartbeat (one a second) before the model server counts "
         "as down (503)", 5.0)
+    model_server_lost_seconds: float = setting(
+        "MODEL_SERVER_LOST_SECONDS", "How long a job whose model server stopped answering answers the retryable "
+        "`503 model_server_lost` (the server may come back) before it ends `failed` with that error in every view; "
+        "a server back as a new process (restarted) ends its lost jobs at once, and runs again those that never "
+        "started", 30.0)
     sync_timeout: float = setting("SYNC_TIMEOUT_SECONDS", "Longest `/generate` waits; after that its job is "
                                   "cancelled (504)", 3600.0)
     max_body_bytes: int = setting("MAX_BODY_BYTES", "Larger bodies get 413", 64 * 1024)

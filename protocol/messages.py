@@ -482,6 +482,9 @@ class Cancelled(_Msg):
 
 class JobList(_Msg):
     jobs: list[JobView] = []
+    # Each job's owner (client_id), in the same order, only for a listing asked with client_id ""
+    # (gateways, and admin keys): what a gateway needs to answer for the jobs of a server it lost.
+    owners: list[str] = []
 
 
 class Result(_Msg):

@@ -11,7 +11,8 @@ again (``ledger``).
 - **Routing**: a job id begins with its server's ``server_id`` (Pong), so any process of any
   gateway replica finds its server. A job whose server is unknown or gone (from before a restart,
   or placed again elsewhere) is looked for on every live server; if its server is gone and nobody
-  has it, the answer is the retryable ``model_server_lost``.
+  has it, the answer is the retryable ``model_server_lost``, and past MODEL_SERVER_LOST_SECONDS
+  the job ends ``failed`` with it (``lost``).
 - **One server** (the default) behaves as a plain ``ModelClient``: the same calls, the same errors.
 """
 
@@ -26,12 +27,13 @@ from typing import Callable, Iterator, TypeVar
 
 from gateway.fleet.discovery import Discovery
 from gateway.fleet.ledger import Ledger
+from gateway.fleet.lost import LostJobs
 from gateway.fleet.roster import BEAT_SECONDS, Member, Roster
 from gateway.model_client import ModelClient, ModelServerUnavailable, ProcessContext, RemoteError, ServerView
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode
-from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelList, ModelState, Pong,
-                               StopMode, Submit)
+from protocol.messages import (ErrorInfo, Failed, GenerationParams, ImageInfo, JobState, JobView, ModelList,
+                               ModelState, Pong, Progress, StopMode, Submit)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,8 +45,10 @@ class Fleet:
     """The gateway's model servers as one client (see the module)."""
 
     def __init__(self, discovery: Discovery, timeout: float = 5.0, curve: CurveKeys | None = None,
-                 discovery_seconds: float = 5.0, client_factory: Callable[[str], ModelClient] | None = None):
+                 discovery_seconds: float = 5.0, client_factory: Callable[[str], ModelClient] | None = None,
+                 lost_seconds: float = 30.0):
         self.timeout = timeout
+        self.lost = LostJobs(lost_seconds)
         self._context = ProcessContext()
         self._new_client = client_factory or (lambda address: ModelClient(address, timeout=timeout, curve=curve,
                                                                             shared=self._context))
@@ -59,31 +63,73 @@ class Fleet:
     # --- what the roster tells ----------------------------------------------------------
 
     def server_lost(self, member: Member) -> None:
-        """Place again what this process had queued there and cannot have started (``ledger``)."""
+        """Place again what this process had queued there and cannot have started (``ledger``); what
+        it had running, or that may have started, is lost (``lost``: it ends within the bound)."""
+        server_id = member.pong.server_id if member.pong else ""
         again, maybe_started = self.ledger.take(member.address, member.failed_at)
-        for job_id in maybe_started:
+        placing = {job_id for job_id, _ in again}
+        for view, owner in zip(*member.listing):
+            if view.job_id not in placing:
+                self.lost.remember(view, owner, server_id, member.failed_at)
+        for job_id, submit in maybe_started:
             log.warning("job %s was queued on lost model server %s but may have started: not placed again "
-                        "(its owner gets the retryable model_server_lost)", job_id, member.address)
+                        "(it answers the retryable model_server_lost, then ends failed)", job_id, member.address)
+            self.lost.remember(_queued(job_id, submit), submit.client_id, server_id, member.failed_at)
         for job_id, submit in again:
-            self._place_again(job_id, submit, member, "lost")
+            self._place_again(job_id, submit, member, "lost", server_id)
 
-    def server_back(self, member: Member, same_process: bool) -> None:
-        moved = self.ledger.moved_from(member.address)
-        if same_process:  # cut off for a while, not restarted: what moved away must not run there too
-            self._cancel_moved(member, moved)
+    def server_restarted(self, member: Member, old_server_id: str) -> None:
+        """Another process answers at a lost server's address: what it queued again (from its records)
+        it runs; what this process holds for the old one is placed again (there too: it never
+        started); the rest of the old one's jobs end now, as its records say."""
+        self._forget_moved(member)
+        try:
+            views, _ = member.client.listing(min(2.0, self.timeout))
+        except (ModelServerUnavailable, RemoteError):
+            views = []
+        there = {view.job_id for view in views}
+        again, maybe_started = self.ledger.take(member.address, member.failed_at)
+        for job_id, submit in maybe_started:
+            if job_id in there:
+                self.ledger.add(job_id, member.address, submit)
+            elif _never_started(member, job_id):  # its record there says so: certain, unlike a guess
+                again.append((job_id, submit))
+            else:
+                self.lost.remember(_queued(job_id, submit), submit.client_id, old_server_id, member.failed_at)
+        for view, owner in zip(*member.listing):  # the old process's, from its last listing
+            if view.job_id not in there:
+                self.lost.remember(view, owner, old_server_id, member.failed_at)
+        self.lost.restarted(old_server_id, there)
+        for job_id, submit in again:
+            if job_id in there:
+                self.ledger.add(job_id, member.address, submit)  # queued again there by the server itself
+            else:
+                self._place_again(job_id, submit, member, "restarted", old_server_id, elsewhere=False)
+
+    def server_back(self, member: Member) -> None:
+        """The same process answers again after it was declared dead (cut off, not restarted): what
+        moved away, or was declared lost meanwhile, must not run there too."""
+        self._forget_moved(member)
+        for job_id in self.lost.back(member.pong.server_id if member.pong else ""):
+            try:  # declared failed meanwhile: so it stays
+                member.client.cancel(job_id)
+            except (ModelServerUnavailable, RemoteError):
+                pass
 
     def server_answered(self, member: Member) -> None:
-        """A stopping server: take our queued jobs back; any other: note which of ours still wait there."""
-        if member.address not in self.ledger.addresses():
-            return
-        if member.pong.model_state is ModelState.STOPPING:
+        """Note its unfinished jobs (what it had, should it be lost), and which of ours still wait
+        there; a stopping server: take our queued jobs back; then place orphans that wait for a server."""
+        ours = member.address in self.ledger.addresses()
+        if ours and member.pong.model_state is ModelState.STOPPING:
             self._hand_off(member)
         listed_at = time.monotonic()
         try:
-            unfinished = member.client.unfinished_jobs("")
+            member.listing = member.client.listing(min(2.0, self.timeout))
         except (ModelServerUnavailable, RemoteError):
             return
-        self.ledger.listed(member.address, unfinished, listed_at)
+        if ours:
+            self.ledger.listed(member.address, member.listing[0], listed_at)
+        self._place_orphans()
 
     def _hand_off(self, member: Member) -> None:
         """A stopping server keeps its queued jobs a few seconds: take ours back and place them on
@@ -97,27 +143,62 @@ class Fleet:
                 continue  # started after all, or gone with the server: it ends there
             self._place_again(job_id, submit, member, "stopping")
 
-    def _place_again(self, job_id: str, submit: Submit, old: Member, why: str) -> None:
-        """Place a job that was queued on ``old`` on another server, under its id."""
+    def _place_again(self, job_id: str, submit: Submit, old: Member, why: str, server_id: str = "",
+                     elsewhere: bool = True) -> None:
+        """Place a job that was queued on ``old`` on another server (or, ``elsewhere`` False, on a new
+        process at its address too), under its id; with none ready, it waits as an orphan."""
         try:
-            _, other = self._place(submit, exclude={old.address})
+            _, other = self._place(submit, exclude={old.address} if elsewhere else frozenset())
         except (ModelServerUnavailable, RemoteError) as exc:
-            log.warning("job %s was queued on %s model server %s and could not be placed again: %s", job_id, why,
+            log.warning("job %s was queued on %s model server %s and waits for another: %s", job_id, why,
                         old.address, exc)
+            self.lost.orphan(job_id, submit, server_id, old.address)
             return
-        self.ledger.moved(job_id, old.address, other.address, submit)
-        with self._lock:
-            self._where[job_id] = other.address
+        self._moved(job_id, submit, old.address, other)
         log.info("job %s was queued on %s model server %s: placed again on %s", job_id, why, old.address,
                  other.address)
 
-    def _cancel_moved(self, member: Member, moved: list[str]) -> None:
-        for job_id in moved:
+    def _moved(self, job_id: str, submit: Submit, old_address: str, other: Member) -> None:
+        if other.address == old_address:  # a new process at the same address: nothing to undo there
+            self.ledger.add(job_id, other.address, submit)
+        else:
+            self.ledger.moved(job_id, old_address, other.address, submit)
+        with self._lock:
+            self._where[job_id] = other.address
+
+    def _place_orphans(self) -> None:
+        """Jobs lost before they ran, waiting for a ready server that is not the process they were
+        lost with; while any server answers, they wait for one (a restart's load included)."""
+        orphans = self.lost.orphans()
+        if not orphans:
+            return
+        members = self.roster.members()
+        self.lost.keep_waiting([m for m in members if not m.failing])
+        for job_id, submit, server_id, old_address in orphans:
+            stale = {m.address for m in members if m.pong is not None and m.pong.server_id == server_id}
+            if not any(m.ready and m.address not in stale for m in members):
+                continue
             try:
-                member.client.cancel(job_id)
-                log.info("job %s moved away while %s was unreachable: cancelled there", job_id, member.address)
-            except (ModelServerUnavailable, RemoteError):
-                pass
+                _, other = self._place(submit, exclude=stale)
+            except (ModelServerUnavailable, RemoteError) as exc:
+                log.warning("job %s, lost before it ran, could not be placed yet: %s", job_id, exc)
+                continue
+            self.lost.placed(job_id)
+            self._moved(job_id, submit, old_address, other)
+            log.info("job %s, lost before it ran, placed again on %s", job_id, other.address)
+
+    def _forget_moved(self, member: Member) -> None:
+        """What moved away from ``member``'s address while it was gone must not run or answer there:
+        given back if still queued (a restarted server queues again what its records hold), its
+        record deleted if it ended there, cancelled if it runs (a server cut off, not dead)."""
+        for job_id in self.ledger.moved_from(member.address):
+            for undo in (member.client.release, member.client.delete, member.client.cancel):
+                try:
+                    undo(job_id)
+                    log.info("job %s moved away while %s was gone: %s there", job_id, member.address, undo.__name__)
+                    break
+                except (ModelServerUnavailable, RemoteError):
+                    continue
 
     def close(self) -> None:
         self.roster.close()
@@ -298,18 +379,53 @@ class Fleet:
         if len(members) > 1:
             self._check_client_cap(client_id, members)
         view, member = self._place(submit)
-        if len(members) > 1:
-            self.ledger.add(view.job_id, member.address, submit)
+        # A lone server's too: it may restart. Accepted behind another job, it cannot start before that one ends.
+        self.ledger.add(view.job_id, member.address, submit, behind=bool(view.queue_position))
         return view
 
+    def _job(self, job_id: str, client_id: str, call: Callable[[Member], T],
+             lost: Callable[[JobView], T] = lambda view: view) -> T:
+        """``call`` on the job's server (or whichever live one has it: placed again elsewhere); for a
+        job no live server has and that this process saw on a lost one, ``lost`` on the view it answers
+        with (``lost.LostJobs``): its end once it is over, an orphan's wait, else the 503."""
+        orphan = self.lost.orphan_view(job_id, client_id)
+        if orphan is not None:  # waiting to be placed: its old server's records may say otherwise
+            return lost(orphan)
+        try:
+            return self._on_job_server(job_id, call)
+        except (ModelServerUnavailable, RemoteError) as exc:
+            return lost(self._lost_end(job_id, client_id, exc))
+
+    def _lost_end(self, job_id: str, client_id: str, exc: Exception) -> JobView:
+        """The end of a job no live server has, if it is over; else ``exc`` again (a job this process
+        knows as lost within the bound: the retryable 503 saying when it ends)."""
+        if (isinstance(exc, RemoteError) and exc.error.code is not ErrorCode.NOT_FOUND) or not self.lost.knows(job_id):
+            raise exc
+        ended = self.lost.ended(job_id, client_id)
+        if ended is not None:
+            return ended
+        self.lost.waiting(job_id, client_id)
+        raise exc
+
     def get_job(self, job_id: str, client_id: str = "") -> JobView:
-        return self._on_job_server(job_id, lambda m: m.client.get_job(job_id, client_id))
+        return self._job(job_id, client_id, lambda m: m.client.get_job(job_id, client_id))
 
     def cancel(self, job_id: str, mode: StopMode = StopMode.CANCEL, client_id: str = "") -> JobView:
-        return self._on_job_server(job_id, lambda m: m.client.cancel(job_id, mode, client_id))
+        if mode is StopMode.CANCEL:
+            cancelled = self.lost.cancel(job_id, client_id)
+            if cancelled is not None:
+                return cancelled
+        return self._job(job_id, client_id, lambda m: m.client.cancel(job_id, mode, client_id))
 
     def delete(self, job_id: str, client_id: str = "") -> JobView:
-        return self._on_job_server(job_id, lambda m: m.client.delete(job_id, client_id))
+        def forget(view: JobView) -> JobView:
+            if not view.state.terminal:
+                raise RemoteError(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=f"job {job_id} is not finished",
+                                            hint="Cancel it first."))
+            self.lost.forget(job_id)
+            return view
+
+        return self._job(job_id, client_id, lambda m: m.client.delete(job_id, client_id), forget)
 
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
         """The client's running jobs, then its queued ones, oldest first, over every live server."""
@@ -324,16 +440,26 @@ class Fleet:
         return sorted(jobs, key=lambda j: (j.state is not JobState.RUNNING, j.created_at))
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:
-        return self._on_job_server(job_id, lambda m: m.client.fetch(job_id, index, client_id))
+        return self._job(job_id, client_id, lambda m: m.client.fetch(job_id, index, client_id), _no_image)
 
     def fetch_preview(self, job_id: str, client_id: str = "") -> tuple[ImageInfo, bytes]:
-        return self._on_job_server(job_id, lambda m: m.client.fetch_preview(job_id, client_id))
+        return self._job(job_id, client_id, lambda m: m.client.fetch_preview(job_id, client_id), _no_image)
 
     def watch(self, job_id: str, client_id: str = "") -> Iterator:
         """The job's events from its server; if that server is lost while the job is still queued
-        and it is placed again elsewhere, the events go on from there."""
+        and it is placed again elsewhere, the events go on from there. A job lost for good ends
+        with Failed; an orphan is shown queued, once a heartbeat, until it is placed."""
         while True:
-            member = self._on_job_server(job_id, lambda m: (m.client.get_job(job_id, client_id), m))[1]
+            orphan = self.lost.orphan_view(job_id, client_id)
+            if orphan is not None:
+                yield Progress(job=orphan)
+                time.sleep(BEAT_SECONDS)
+                continue
+            try:
+                member = self._on_job_server(job_id, lambda m: (m.client.get_job(job_id, client_id), m))[1]
+            except (ModelServerUnavailable, RemoteError) as exc:
+                yield Failed(job=self._lost_end(job_id, client_id, exc))
+                return
             stream = member.client.watch(job_id, client_id)
             try:
                 yield from stream
@@ -365,3 +491,23 @@ class Fleet:
                     self._where[job_id] = member.address
                 return True
         return False
+
+
+def _queued(job_id: str, submit: Submit) -> JobView:
+    """A job this process placed and knows only by its Submit (placed after the server's last listing)."""
+    return JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=submit.params)
+
+
+def _no_image(view: JobView):
+    raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"job {view.job_id} is {view.state.value}; it has "
+                                f"no image", hint=view.error.hint if view.error else "Submit the job again."))
+
+
+def _never_started(member: Member, job_id: str) -> bool:
+    """A restarted server's record of a job the crash left queued: lost before it ever started."""
+    try:
+        view = member.client.get_job(job_id)
+    except (ModelServerUnavailable, RemoteError):
+        return False
+    return (view.state is JobState.FAILED and view.started_at is None and view.error is not None
+            and view.error.code is ErrorCode.MODEL_SERVER_LOST)

@@ -36,6 +36,8 @@ class Member:
         self.dead = False  # no answer for `timeout` seconds: its queued jobs were placed again
         self.queued = 0  # its queue's length, from its latest Pong or Accepted (which counts other gateways' jobs)
         self.inflight = 0  # placements of this process sent here and not answered yet
+        # Its unfinished jobs and their owners at the latest heartbeat: what it had when it is lost.
+        self.listing: tuple[list[JobView], list[str]] = ([], [])
 
     def answered(self, pong: Pong) -> None:
         self.pong, self.queued = pong, pong.queue_depth
@@ -63,7 +65,9 @@ class Listener(Protocol):
 
     def server_lost(self, member: Member) -> None: ...
 
-    def server_back(self, member: Member, same_process: bool) -> None: ...
+    def server_back(self, member: Member) -> None: ...
+
+    def server_restarted(self, member: Member, old_server_id: str) -> None: ...
 
     def server_answered(self, member: Member) -> None: ...
 
@@ -159,15 +163,27 @@ class Roster:
                 self._declare_dead(member)
             return
         previous = member.pong
+        # Another process answers at that address: the old one died (restarted within the timeout,
+        # or after it was declared dead), and what it held is lost, or queued again by the new one.
+        restarted = previous is not None and bool(previous.server_id) and pong.server_id != previous.server_id
+        if restarted:
+            if not member.failing:  # it died between two beats: after its last answer
+                member.failed_at = member.last_seen or now
+            self._gone_ids.add(previous.server_id)
         member.answered(pong)
         member.last_seen, member.failing = now, False
         if pong.server_id:
             self._server_ids[pong.server_id] = member.address
             self._gone_ids.discard(pong.server_id)
-        if member.dead:
+        if restarted:
+            member.dead = False
+            log.info("model server %s answers again, restarted (server id %s, was %s)", member.address,
+                     pong.server_id, previous.server_id)
+            self._listener.server_restarted(member, previous.server_id)
+        elif member.dead:
             member.dead = False
             log.info("model server %s answers again", member.address)
-            self._listener.server_back(member, previous is not None and pong.server_id == previous.server_id)
+            self._listener.server_back(member)
         self._listener.server_answered(member)
 
     def _declare_dead(self, member: Member) -> None:

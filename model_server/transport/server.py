@@ -307,7 +307,9 @@ class ModelServer:
         self._send(identity, ref, self.worker.models.listing())
 
     def _on_list(self, identity, ref, msg: ListJobs) -> None:
-        self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in self.table.unfinished(msg.client_id)]))
+        jobs = self.table.unfinished(msg.client_id)
+        self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in jobs],
+                                          owners=[j.client_id for j in jobs] if not msg.client_id else []))
 
     _handlers = {Ping: _on_ping, Submit: _on_submit, GetJob: _on_get_job, Watch: _on_watch,
                  FetchResult: _on_fetch, Cancel: _on_cancel, FetchPreview: _on_preview, Delete: _on_delete,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import pytest
 import requests
@@ -15,6 +16,7 @@ from tests.helpers import free_port, start_gateway, start_model_server, wait_rea
 from tests.integration.conftest import sse_events
 
 STEP = 0.2  # seconds per fake step: a 10-step job takes 2 s, long enough to kill a server under it
+LOST_SECONDS = 8  # MODEL_SERVER_LOST_SECONDS: a lost server's running job ends failed after this
 
 
 class Fleet:
@@ -28,7 +30,8 @@ class Fleet:
         self.url = f"http://127.0.0.1:{http}"
         addresses = ",".join(f"tcp://127.0.0.1:{port}" for port in self.ports)
         self.gateway = start_gateway(log_dir, http, self.ports[0], MODEL_SERVER_ADDRESS=addresses,
-                                     MODEL_SERVER_TIMEOUT=3, GATEWAY_WORKERS=2)
+                                     MODEL_SERVER_TIMEOUT=3, GATEWAY_WORKERS=2,
+                                     MODEL_SERVER_LOST_SECONDS=LOST_SECONDS)
         wait_until(lambda: self.alive() == count, 60, 0.2, "every model server ready")
 
     def health(self) -> dict:
@@ -114,14 +117,32 @@ def test_losing_a_server_loses_nothing_silently_and_it_rejoins(fleet, log_dir):
             for name, _ in sse_events(stream):
                 events.append(name)
 
+    running_events: list[str] = []
+
+    def follow_running():  # a client streaming the running job: it ends failed, never hangs
+        with requests.get(f"{fleet.url}/v1/jobs/{running[0]}/events", stream=True, timeout=60) as stream:
+            for name, data in sse_events(stream):
+                running_events.append((name, data))
+
     follower = threading.Thread(target=follow)
+    running_follower = threading.Thread(target=follow_running)
     follower.start()
-    wait_until(lambda: events, 10, what="the stream open")
+    running_follower.start()
+    wait_until(lambda: events and running_events, 10, what="the streams open")
+    killed_at = time.monotonic()
     fleet.servers[victim].signal(9)
 
     lost = wait_until(lambda: (lambda r: [r] if r.status_code == 503 else None)(fleet.job(running[0])), 15, 0.2,
                       "the running job reported lost")[0]  # (a 503 Response is falsy)
     assert lost.json()["code"] == "model_server_lost" and lost.headers.get("Retry-After")
+    # Within MODEL_SERVER_LOST_SECONDS (from the first failed heartbeat) it ends failed, in every view and
+    # every gateway worker: its server never came back.
+    ended = fleet.finished(running[0], LOST_SECONDS + 10)
+    assert ended["state"] == "failed" and ended["error"]["code"] == "model_server_lost" and ended["error"]["retryable"]
+    assert time.monotonic() - killed_at < LOST_SECONDS + 5
+    running_follower.join(30)
+    assert running_events and running_events[-1][0] == "failed", running_events[-3:]
+    assert requests.get(f"{fleet.url}/v1/jobs/{running[0]}/image", timeout=10).status_code == 409
     for job_id in queued:  # placed again on a live server under the same id
         assert fleet.finished(job_id, 60)["state"] == "succeeded", job_id
         assert requests.get(f"{fleet.url}/v1/jobs/{job_id}/image", timeout=10).status_code == 200
@@ -149,3 +170,8 @@ def test_losing_a_server_loses_nothing_silently_and_it_rejoins(fleet, log_dir):
 
     wait_until(one_lands_on_the_restarted_server, 30, 0.2, "a job placed on the restarted server")
     assert all(fleet.finished(j)["state"] == "succeeded" for j in again)
+    # The restarted server's records said the moved jobs were still queued: it queued them again and its
+    # gateways gave them back, so none ran twice and each still answers as it finished elsewhere.
+    for job_id in queued:
+        assert fleet.job(job_id).json()["state"] == "succeeded", job_id
+    assert fleet.job(running[0]).json()["state"] == "failed"
