@@ -150,7 +150,7 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
     notes = {key: why for key, why in _NOT_APPLIED.items() if getattr(r, key)}
     if r.script_name:
         if r.script_name.strip().lower() not in _BUILTIN_SCRIPTS:
-            raise ApiError(422, "script_not_found", "Script not found",
+            raise ApiError(400, "script_not_found", "Script not found",
                            "Leave script_name out: no scripts run here (GET /sdapi/v1/scripts).", field="script_name")
         notes["script_name"] = f"the script {r.script_name!r} does not run on this server; the plain " \
                                f"{'img2img' if img2img else 'txt2img'} was made"
