@@ -19,6 +19,8 @@ import stat
 from pathlib import Path
 from typing import Callable
 
+from protocol.transport import check_socket_home
+
 log = logging.getLogger(__name__)
 Resolver = Callable[..., list]  # socket.getaddrinfo's shape
 
@@ -96,6 +98,13 @@ def _listening(path: Path) -> bool:
         return False
 
 
+def _ours(folder: Path) -> None:
+    """Prompts go to whoever listens on the socket: a folder that another user owns or can write
+    could hold theirs (protocol.transport.check_socket_home; the model server makes it if missing)."""
+    if folder.exists():
+        check_socket_home(folder)
+
+
 def discovery(spec: str, resolver: Resolver = socket.getaddrinfo) -> Discovery:
     """The discovery that ``spec`` (MODEL_SERVER_ADDRESS) names; raises ValueError for nonsense."""
     spec = spec.strip()
@@ -108,12 +117,16 @@ def discovery(spec: str, resolver: Resolver = socket.getaddrinfo) -> Discovery:
     if scheme == "ipc-dir":
         if not rest.startswith("/"):
             raise ValueError(f"MODEL_SERVER_ADDRESS {spec!r}: use ipc-dir:///ABSOLUTE/DIR")
+        _ours(Path(rest))
         return SocketDirDiscovery(rest)
     addresses = [a.strip() for a in spec.split(",") if a.strip()]
     for address in addresses:
-        if address.partition("://")[0] not in ("tcp", "ipc"):
+        scheme, _, path = address.partition("://")
+        if scheme not in ("tcp", "ipc"):
             raise ValueError(f"MODEL_SERVER_ADDRESS: {address!r} is not tcp://HOST:PORT or ipc:///PATH "
                              "(or use dns+tcp://NAME:PORT, ipc-dir:///DIR)")
+        if scheme == "ipc" and not path.startswith("@"):
+            _ours(Path(path).parent)
     if not addresses:
         raise ValueError("MODEL_SERVER_ADDRESS is empty")
     return Discovery(addresses)

@@ -3,6 +3,7 @@ same images as torch within rounding, every sampler and stop mode, and torch for
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numpy as np
@@ -239,8 +240,10 @@ def test_a_fast_job_is_told_what_it_waits_for_and_its_cancel_stops_the_conversio
 
 
 def test_idle_time_converts_the_fast_unet_ahead_and_a_job_arriving_stops_it(tmp_path):
-    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino"))
+    pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino", prepare_ahead=False))
     pipe.load_fast_parts()  # its LoRA on disk, as after `python -m model_server fetch`
+    assert pipe.prepare_ahead(lambda: False) is True and pipe.fast_unet.pending  # SD_PREPARE_AHEAD=false
+    pipe._settings = dataclasses.replace(pipe._settings, prepare_ahead=True)
     assert pipe.prepare_ahead(lambda: True) is False and pipe.fast_unet.pending  # a job came: stopped at once
     assert pipe.prepare_ahead(lambda: False) is True and not pipe.fast_unet.pending
     assert pipe.fast_unet.unet is None  # converted, not compiled: no second UNet in memory
@@ -249,6 +252,3 @@ def test_idle_time_converts_the_fast_unet_ahead_and_a_job_arriving_stops_it(tmp_
     told = []
     pipe.prepare_parts(fast, told.append, lambda: None)
     assert told == [] and max(run(pipe, **FAST)[1]) == 4
-    off = DiffusersPipeline.load(settings(tmp_path / "off", backend="openvino", prepare_ahead=False))
-    off.load_fast_parts()
-    assert off.prepare_ahead(lambda: False) is True and off.fast_unet.pending  # SD_PREPARE_AHEAD=false

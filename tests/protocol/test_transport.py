@@ -89,3 +89,14 @@ def test_the_model_server_exits_2_on_a_socket_folder_that_is_not_its_own(tmp_pat
     done = subprocess.run([PYTHON, "-m", "model_server"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env=base_env(MODEL_SERVER_PIPELINE="fake", MODEL_SERVER_BIND=address, OUTPUTS_DIR=""))
     assert done.returncode == 2 and "belongs to user id 65534" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder another user's needs root")
+def test_a_gateway_never_connects_to_a_socket_in_a_folder_another_user_owns(tmp_path):
+    from gateway.fleet import discovery
+
+    address = _as(tmp_path / "theirs", uid=65534, mode=0o755)
+    for spec in (address, f"ipc-dir://{tmp_path / 'theirs'}"):
+        with pytest.raises(ValueError, match="belongs to user id 65534"):
+            discovery(spec)
+    discovery(f"ipc://{tmp_path}/not-made-yet/model.sock")  # the model server makes it, as its own
