@@ -268,6 +268,9 @@ class JobView(_Shape):
     # Why a finished job's images and record are not on disk (the outputs disk failed): they are
     # served from memory until evicted or a restart. Empty when stored, or when OUTPUTS_DIR is off.
     not_stored: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    # Queued when its server crashed, before it ran, with uploads that lived in memory only: the
+    # restarted server waits for its gateway to place it again (with them), then it fails lost.
+    awaiting_uploads: bool = False
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------

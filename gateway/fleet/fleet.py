@@ -504,10 +504,11 @@ def _no_image(view: JobView):
 
 
 def _never_started(member: Member, job_id: str) -> bool:
-    """A restarted server's record of a job the crash left queued: lost before it ever started."""
+    """A restarted server's word on a job the crash left queued: waiting for its uploads, or (after
+    that wait) lost, before it ever started."""
     try:
         view = member.client.get_job(job_id)
     except (ModelServerUnavailable, RemoteError):
         return False
-    return (view.state is JobState.FAILED and view.started_at is None and view.error is not None
-            and view.error.code is ErrorCode.MODEL_SERVER_LOST)
+    return view.awaiting_uploads or (view.state is JobState.FAILED and view.started_at is None
+                                     and view.error is not None and view.error.code is ErrorCode.MODEL_SERVER_LOST)

@@ -39,6 +39,7 @@ class Job:
     detail: str = ""  # what it does before its first step when that takes a while (loading its model)
     preview: tuple[int, bytes] | None = None  # (step, JPEG) of the latest preview
     finishing: bool = False  # the table is writing its result; it turns terminal right after
+    awaiting_uploads: bool = False  # queued at a crash with uploads: waits for its gateway to send them again
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
     mask: Any = None  # inpaint: an L image, white where to repaint
 

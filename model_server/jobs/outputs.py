@@ -6,10 +6,10 @@ Layout under OUTPUTS_DIR:
   pending/<job_id>                    present while a job is queued or running
 
 A job the table no longer holds (evicted, or the server restarted) is read back from its record,
-so its images stay fetchable by id. At start-up a ``pending`` job that never started and needs
-nothing but its record (text-to-image: its params are all there) is queued again under its id;
-every other (it was running, or its uploads lived in memory only) is marked failed with the
-retryable ``model_server_lost``, and its client is told so.
+so its images stay fetchable by id. At start-up a ``pending`` job that never started is queued
+again under its id when it needs nothing but its record (text-to-image: its params are all
+there), or waits for its gateway to send its uploads again (which lived in memory only); one that
+was running is marked failed with the retryable ``model_server_lost``, and its client is told so.
 The oldest outputs are deleted once their total passes OUTPUTS_BUDGET_BYTES.
 
 Every file is written whole or not at all (``disk.atomic_write``), images before the record that
@@ -215,16 +215,16 @@ class OutputStore:
                 self._used -= size
 
     def recover_unfinished(self) -> tuple[list[str], list[JobRecord], list[OSError]]:
-        """Jobs unfinished when the server stopped: those that never started and need only their
-        record (text-to-image) are returned to be queued again (marker and record stay); the others
-        are marked failed (retryable). A record that cannot be written keeps its marker (the next
-        start tries again) and its error is returned: recovery never stops the server from starting."""
+        """Jobs unfinished when the server stopped: those that never started are returned (marker
+        and record stay) to be queued again, or to wait for their uploads; the others are marked
+        failed (retryable). A record that cannot be written keeps its marker (the next start tries
+        again) and its error is returned: recovery never stops the server from starting."""
         lost, again, failures = [], [], []
         for marker in (self.folder / "pending").iterdir():
             if not JOB_ID.match(marker.name):
                 continue
             record = self.load(marker.name)
-            if record is not None and record.state is JobState.QUEUED and record.params.mode == "txt2img":
+            if record is not None and record.state is JobState.QUEUED:
                 again.append(record)
                 continue
             try:

@@ -33,9 +33,9 @@ class Records:
         self._started = time.time()
 
     def recover(self) -> list[JobRecord]:
-        """At start: remove leftovers, then mark jobs a crash left unfinished as lost, except those
-        that never started and can run from their record alone, which are returned to be queued
-        again. A disk that fails here leaves the server starting, degraded, never crash-looping."""
+        """At start: remove leftovers, then mark jobs a crash left running as lost; those that never
+        started are returned (JobTable.requeue). A disk that fails here leaves the server starting,
+        degraded, never crash-looping."""
         if self.store is None:
             return []
         again: list[JobRecord] = []

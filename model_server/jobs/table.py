@@ -118,16 +118,27 @@ class JobTable:
 
     def requeue(self, records) -> list[Job]:
         """At start, before the worker runs anything: the jobs a crash left queued (never started),
-        queued again under their ids, in their order, whatever the bounds (they were accepted once)."""
+        under their ids, whatever the bounds (they were accepted once). Text-to-image ones are queued
+        again in their order; the others wait for their gateway to place them again with their
+        uploads (``fail_awaiting`` ends those it never does)."""
         jobs = []
         with self._lock:
             for r in records:
                 job = Job(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
-                          request_id=r.request_id)
+                          request_id=r.request_id, awaiting_uploads=r.params.mode != "txt2img")
                 self._jobs[job.id] = job
-                self._queue.append(job.id)
+                if not job.awaiting_uploads:
+                    self._queue.append(job.id)
                 jobs.append(job)
             self._work.notify()
+        return jobs
+
+    def fail_awaiting(self, error: ErrorInfo) -> list[Job]:
+        """End the jobs still waiting for their uploads (no gateway sent them): lost, retryable."""
+        with self._lock:
+            jobs = [job for job in self._jobs.values() if job.awaiting_uploads and not job.state.terminal]
+        for job in jobs:
+            self._finish(job, JobState.FAILED, error=error)
         return jobs
 
     def _known(self, job_id: str) -> bool:
@@ -135,8 +146,8 @@ class JobTable:
         before it ever started (its record says so), which its gateway may place again, here too."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job_id in self._expired or (job is not None and not _lost_unstarted(job.state, job.error,
-                                                                                   job.started_at)):
+            if job_id in self._expired or (job is not None and not job.awaiting_uploads
+                                           and not _lost_unstarted(job.state, job.error, job.started_at)):
                 return True
         if job is not None:
             return False
@@ -217,7 +228,8 @@ class JobTable:
                 started_at=job.started_at, finished_at=job.finished_at, progress=self._progress_locked(job),
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
                 interrupted=job.interrupted, engine=job.engine, model=job.model, model_switch=job.model_switch,
-                lora_hashes=dict(job.lora_hashes), not_stored=job.not_stored)
+                lora_hashes=dict(job.lora_hashes), not_stored=job.not_stored,
+                awaiting_uploads=job.awaiting_uploads and not job.state.terminal)
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0

@@ -36,6 +36,7 @@ from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, F
 log = logging.getLogger(__name__)
 _HANDOFF_SECONDS = 5.0  # how long a stopping server keeps its queued jobs for gateways to take back
 REQUEUE_HOLD_SECONDS = 3.0  # after a restart, no requeued job starts sooner (Worker.hold_until)
+AWAIT_UPLOADS_SECONDS = 30.0  # after the model is ready, how long a job waits for its gateway to resend its images
 _TERMINAL = {JobState.SUCCEEDED: Completed, JobState.FAILED: Failed, JobState.CANCELLED: Cancelled}
 
 
@@ -69,10 +70,13 @@ class ModelServer:
         self._shutdown = threading.Event()
         self._started = time.monotonic()
         requeued = self.table.requeue(self.table.records.recover())
+        self._awaiting = any(job.awaiting_uploads for job in requeued)
+        self._ready_at: float | None = None
         if requeued:
             self.worker.hold_until = self._started + REQUEUE_HOLD_SECONDS
-            log.info("%d job(s) queued when the model server stopped, never started, are queued again: %s",
-                     len(requeued), ", ".join(job.id for job in requeued))
+            log.info("%d job(s) queued when the model server stopped, never started, are queued again (or wait "
+                     "for their gateway to send their images again): %s", len(requeued),
+                     ", ".join(job.id for job in requeued))
         self.router: zmq.Socket | None = None
         self._authenticator: ThreadAuthenticator | None = None
         self.bound_address: str | None = None
@@ -344,3 +348,17 @@ class ModelServer:
         for identity, ref in list(self.decoder.waiting):
             self._send(identity, ref, Working())
         self.table.evict_expired()
+        self._end_awaiting()
+
+    def _end_awaiting(self) -> None:
+        """Jobs that wait for their gateway to send their uploads again get AWAIT_UPLOADS_SECONDS from
+        the model being ready (gateways place them once it is), then end lost."""
+        if not self._awaiting or self.state.model_state is not ModelState.READY:
+            return
+        self._ready_at = self._ready_at or time.monotonic()
+        if time.monotonic() - self._ready_at < AWAIT_UPLOADS_SECONDS:
+            return
+        self._awaiting = False
+        for job in self.table.fail_awaiting(errors.model_server_lost()):
+            log.info("job %s: no gateway sent its images again; ended lost", job.id)
+            self._publish(job.id)

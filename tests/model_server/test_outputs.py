@@ -12,6 +12,7 @@ from gateway.model_client import RemoteError
 from model_server.jobs.outputs import JobRecord, OutputStore
 from protocol.errors import ErrorCode
 from protocol.messages import Completed, JobState
+from tests.helpers import wait_until
 from tests.helpers.servers import params
 
 LOST = "0" * 31 + "1"  # a job id of the shape the table makes (uuid4 hex)
@@ -143,25 +144,35 @@ def test_replicas_on_shared_storage_answer_for_a_lost_peers_finished_jobs_and_sw
     assert not (tmp_path / "lost" / "jobs" / f"{done}.json").exists() and not list((tmp_path / "lost").glob("*/*.png"))
 
 
-def test_a_job_queued_at_a_crash_that_never_started_runs_after_the_restart_under_its_id(tmp_path, start_server):
+def test_a_job_queued_at_a_crash_that_never_started_runs_after_the_restart_under_its_id(tmp_path, start_server,
+                                                                                        monkeypatch):
+    from model_server.transport import server as server_module
     from protocol.messages import Submit
 
+    monkeypatch.setattr(server_module, "AWAIT_UPLOADS_SECONDS", 4.0)
     store = OutputStore(tmp_path / "outputs", budget_bytes=10**9)
     waiting, uploaded = "ab" * 16, "cd" * 16
     store.accepted(JobRecord(job_id=waiting, state=JobState.QUEUED, params=params(prompt="queued"),
                              created_at=time.time() - 10, client_id="alice"))
     store.accepted(JobRecord(job_id=uploaded, state=JobState.QUEUED, params=params(mode="img2img"),
                              created_at=time.time() - 9, client_id="alice"))
+    forgotten = "ef" * 16  # an upload nobody sends again
+    store.accepted(JobRecord(job_id=forgotten, state=JobState.QUEUED, params=params(mode="img2img"),
+                             created_at=time.time() - 8, client_id="bob"))
     server, client = start_server(outputs_dir=str(tmp_path / "outputs"))
-    done = finish(client, waiting)
-    assert isinstance(done, Completed) and done.job.params.prompt == "queued"
-    with pytest.raises(RemoteError):
-        client.get_job(waiting, "mallory")  # still its owner's only
-    lost = client.get_job(uploaded)  # its upload lived in memory only: lost, retryable
-    assert lost.state is JobState.FAILED and lost.error.code is ErrorCode.MODEL_SERVER_LOST
+    pending = client.get_job(uploaded)  # its upload lived in memory only: it waits for its gateway's copy
+    assert pending.state is JobState.QUEUED and pending.awaiting_uploads
     # Its gateway still has the upload: placed again under its id, here too (it never started).
     again = client.send_submit(Submit(params=params(), client_id="alice", job_id=uploaded))
-    assert again.job_id == uploaded and isinstance(finish(client, uploaded), Completed)
+    assert again.job_id == uploaded and not again.awaiting_uploads
+    done = finish(client, waiting)
+    assert isinstance(done, Completed) and done.job.params.prompt == "queued"
+    assert isinstance(finish(client, uploaded), Completed)
+    with pytest.raises(RemoteError):
+        client.get_job(waiting, "mallory")  # still its owner's only
+    # Nobody sends the other one's: once the model has been ready a while, it ends lost, retryable.
+    lost = wait_until(lambda: (lambda v: v if v.state.terminal else None)(client.get_job(forgotten)), 10)
+    assert lost.state is JobState.FAILED and lost.error.code is ErrorCode.MODEL_SERVER_LOST and lost.error.retryable
     with pytest.raises(RemoteError) as info:  # but a job that ran, or finished, is never taken twice
         client.send_submit(Submit(params=params(), client_id="alice", job_id=waiting))
     assert "already exists" in info.value.error.message
