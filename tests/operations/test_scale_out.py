@@ -33,6 +33,9 @@ class Fleet:
                                      MODEL_SERVER_TIMEOUT=3, GATEWAY_WORKERS=2,
                                      MODEL_SERVER_LOST_SECONDS=LOST_SECONDS)
         wait_until(lambda: self.alive() == count, 60, 0.2, "every model server ready")
+        # /health pings from the worker that answers it; each gateway worker sees the servers ready at its
+        # own next heartbeat (one a second): until then a worker may place only on those it saw ready.
+        time.sleep(2.5)
 
     def health(self) -> dict:
         return requests.get(self.url + "/health", timeout=10).json()
