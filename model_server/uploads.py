@@ -79,7 +79,8 @@ def decode(data: bytes, field: str, max_pixels: int, side: int | None = None) ->
         raise
     except Image.DecompressionBombError:  # PIL's own guard, for sizes far past ours
         raise errors.invalid(f"the {what} has more than {max_pixels:,} pixels",
-                             "Send a smaller image; it is resized to the job's width and height anyway.", field) from None
+                             "Send a smaller image; it is resized to the job's width and height anyway.",
+                             field) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise errors.invalid(f"the {what} cannot be read ({type(exc).__name__})", hint, field) from None
 

@@ -170,8 +170,8 @@ class Worker(threading.Thread):
             log.info("succeeded in %.2f s (%.2f s/step)", time.monotonic() - started, job.seconds_per_step or 0)
         except JobCancelledError:
             self.table.mark_cancelled(job, images)
-            log.info("%s after %.2f s", "stopped by the shutdown (failed, retryable)" if job.stop_error else "cancelled",
-                     time.monotonic() - started)
+            why = "stopped by the shutdown (failed, retryable)" if job.stop_error else "cancelled"
+            log.info("%s after %.2f s", why, time.monotonic() - started)
         except Exception as exc:  # a failed job must never kill the worker
             log.exception("failed")
             self.table.fail(job, _job_error(exc))

@@ -10,11 +10,12 @@ placed again on live servers under the same id, so their owners' links and waits
 A job runs at most once. The last listing is up to a second old when the server dies, and a job
 queued then may have started since; so a job is placed again only if the server was seen failing
 before the job could have started: before the job ahead of it in the listing (the running one, or
-the queued one before it) was due to finish (75% of its estimate, for safety). The others end with the retryable ``model_server_lost``, as a running
-job does. A server that stops gracefully keeps its queued jobs for a few seconds and gives each
-back on request (``Release``), so those move without any doubt. Each process places again only what it submitted, so no job is placed twice; and a job
-moved away from a server that turns out to be alive after all (a network partition) is cancelled
-there when it answers again.
+the queued one before it) was due to finish (75% of its estimate, for safety). The others end as a
+running job does (``lost``: the retryable ``model_server_lost``, then failed). A server that stops
+gracefully keeps its queued jobs for a few seconds and gives each back on request (``Release``), so
+those move without any doubt. Each process places again only what it submitted, so no job is placed
+twice; and a job moved away from a server that answers again (cut off, or restarted with its records)
+is given back there, or its record deleted, or, if it runs there after all, cancelled.
 """
 
 from __future__ import annotations

@@ -102,8 +102,10 @@ def test_an_inverted_mask_repaints_what_the_plain_one_keeps(stack):
     original = np.asarray(Image.open(io.BytesIO(base64.b64decode(base["init_images"][0]))).convert("RGB"), dtype=float)
     middle, corner = (slice(20, 44), slice(20, 44)), (slice(0, 12), slice(0, 12))
     # Kept parts are the original pixels: the plain mask keeps the corners, the inverted one the middle.
-    assert np.array_equal(images[0][corner], original[corner]) and not np.array_equal(images[0][middle], original[middle])
-    assert np.array_equal(images[1][middle], original[middle]) and not np.array_equal(images[1][corner], original[corner])
+    plain, inverted = images
+    assert np.array_equal(plain[corner], original[corner]) and not np.array_equal(plain[middle], original[middle])
+    assert np.array_equal(inverted[middle], original[middle])
+    assert not np.array_equal(inverted[corner], original[corner])
 
 
 def test_an_unknown_script_is_a1111s_422(stack):
