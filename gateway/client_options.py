@@ -43,12 +43,6 @@ class ClientOptions:
             log.warning("A1111 options fall back to this process's memory: Redis: %s", exc)
             self._warned = True
 
-    def model(self, client_id: str) -> str:
-        return str(self.get(client_id).get("sd_model_checkpoint", ""))
-
-    def set_model(self, client_id: str, name: str) -> None:
-        self.update(client_id, {"sd_model_checkpoint": name})
-
     def get(self, client_id: str) -> dict:
         if self._redis is not None:
             try:

@@ -205,6 +205,13 @@ class GenerationParams(_Shape):
                              "false).", hint="Use true or false.") = False
 
 
+def lost_before_start(job) -> bool:
+    """A job (a JobView, or the model server's own Job) that its server lost before it ever ran: the
+    one kind of ended job that may be placed again under its id, on any server."""
+    return (job.state is JobState.FAILED and job.started_at is None and job.error is not None
+            and job.error.code is ErrorCode.MODEL_SERVER_LOST)
+
+
 def steps_run(params: GenerationParams) -> int:
     """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength."""
     if params.mode != "txt2img":

@@ -33,7 +33,7 @@ from gateway.model_client import ModelClient, ModelServerUnavailable, ProcessCon
 from common.curve import CurveKeys
 from protocol.errors import ErrorCode
 from protocol.messages import (ErrorInfo, Failed, GenerationParams, ImageInfo, JobState, JobView, ModelList,
-                               ModelState, Pong, Progress, StopMode, Submit)
+                               ModelState, Pong, Progress, StopMode, Submit, lost_before_start)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -510,5 +510,4 @@ def _never_started(member: Member, job_id: str) -> bool:
         view = member.client.get_job(job_id)
     except (ModelServerUnavailable, RemoteError):
         return False
-    return view.awaiting_uploads or (view.state is JobState.FAILED and view.started_at is None
-                                     and view.error is not None and view.error.code is ErrorCode.MODEL_SERVER_LOST)
+    return view.awaiting_uploads or lost_before_start(view)

@@ -20,6 +20,7 @@ from protocol.messages import StorageStatus
 
 log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"  # every temporary file here ends so; anything left with it is a crash's leftover
+PROBE_NAME = ".write-probe"  # written and removed at start to learn whether the folder takes writes
 # The errors that mean "this folder is not ours to write", as opposed to "full for now".
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -51,8 +52,8 @@ def probe_writable(folder: Path) -> None:
     permissions); a full disk is not that (it frees up), so ENOSPC only logs."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / ".write-probe", b"ok")
-        (folder / ".write-probe").unlink()
+        atomic_write(folder / PROBE_NAME, b"ok")
+        (folder / PROBE_NAME).unlink()
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             log.error("OUTPUTS_DIR %s is full: results are kept in memory until it has room", folder)
@@ -112,9 +113,10 @@ class StorageHealth:
         except OSError:
             return None
 
-    def low_on_space(self) -> tuple[int, int] | None:
-        """(free MB, mark MB) when the folder's disk has less free space than the mark."""
-        free = self.free_bytes()
+    def low_on_space(self, free: int | None = None) -> tuple[int, int] | None:
+        """(free MB, mark MB) when the folder's disk has less free space (``free``, else looked up)
+        than the mark."""
+        free = self.free_bytes() if free is None else free
         if not self.min_free_bytes or free is None or free >= self.min_free_bytes:
             return None
         return free // 2**20, self.min_free_bytes // 2**20
@@ -124,7 +126,7 @@ class StorageHealth:
         with self._lock:
             reason, count = self._failure, self.errors
             failed_at = self._failed_at if reason else None
-        low = self.low_on_space()
+        low = self.low_on_space(free)
         if not reason and low is not None:
             reason = f"only {low[0]} MB free on the outputs disk (MIN_FREE_DISK_MB is {low[1]}): new jobs are refused"
         return StorageStatus(ok=not reason, reason=reason, errors=count, free_bytes=free,

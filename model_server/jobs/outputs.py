@@ -35,7 +35,7 @@ from pathlib import Path
 import msgspec
 
 from model_server import errors
-from model_server.jobs.disk import TMP_SUFFIX, atomic_write, is_whole_image, probe_writable
+from model_server.jobs.disk import PROBE_NAME, TMP_SUFFIX, atomic_write, is_whole_image, probe_writable
 from protocol.messages import JOB_ID_PATTERN, ErrorInfo, GenerationParams, ImageInfo, JobState, ModelSwitch
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class OutputStore:
             with self._lock:
                 self._used -= size
 
-    def recover_unfinished(self) -> tuple[list[str], list[JobRecord], list[OSError]]:
+    def recover_unfinished(self) -> tuple[list[JobRecord], list[OSError]]:
         """Jobs unfinished when the server stopped: those that never started are returned (marker
         and record stay) to be queued again, or to wait for their uploads; the others are marked
         failed (retryable). A record that cannot be written keeps its marker (the next start tries
@@ -239,7 +239,7 @@ class OutputStore:
         if lost:
             log.warning("%d job(s) were unfinished when the model server stopped; marked failed: %s",
                         len(lost), ", ".join(lost))
-        return lost, sorted(again, key=lambda r: r.created_at), failures
+        return sorted(again, key=lambda r: r.created_at), failures
 
     def clean_leftovers(self) -> int:
         """Remove what a crash or a full disk left: temporary files, images that no record names or
@@ -257,7 +257,7 @@ class OutputStore:
 
         for path in self.folder.glob(f"*/*{TMP_SUFFIX}"):
             remove(path)
-        remove(self.folder / ".write-probe")
+        remove(self.folder / PROBE_NAME)
         named: set[Path] = set()
         for path in self.folder.glob("jobs/*.json"):
             record = self.load(path.stem) if JOB_ID.match(path.stem) else None

@@ -42,7 +42,7 @@ class Records:
         with self._lock:
             try:
                 self.store.clean_leftovers()
-                _, again, failures = self.store.recover_unfinished()
+                again, failures = self.store.recover_unfinished()
             except OSError as exc:
                 failures = [exc]
             for exc in failures:

@@ -28,17 +28,11 @@ from model_server.jobs.eta import StepClock
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import OutputStore
 from model_server.jobs.records import Records
-from protocol.errors import ErrorCode
 from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
-                               StopMode)
+                               StopMode, lost_before_start)
 
 _TOMBSTONES = 10_000
 _SWEEP_SECONDS = 60.0
-
-
-def _lost_unstarted(state: JobState, error: ErrorInfo | None, started_at: float | None) -> bool:
-    return (state is JobState.FAILED and started_at is None and error is not None
-            and error.code is ErrorCode.MODEL_SERVER_LOST)
 
 
 class JobTable:
@@ -147,12 +141,12 @@ class JobTable:
         with self._lock:
             job = self._jobs.get(job_id)
             if job_id in self._expired or (job is not None and not job.awaiting_uploads
-                                           and not _lost_unstarted(job.state, job.error, job.started_at)):
+                                           and not lost_before_start(job)):
                 return True
         if job is not None:
             return False
         record = self.records.load(job_id, self._clock())
-        return record is not None and not _lost_unstarted(record.state, record.error, record.started_at)
+        return record is not None and not lost_before_start(record)
 
     def _check_room_locked(self, client_id: str) -> None:
         if not self._accepting:
