@@ -1,4 +1,4 @@
-"""Writes a diffusers Stable Diffusion v1 pipeline as one original-layout (LDM) ``.safetensors``
+"""Writes a diffusers Stable Diffusion v1 or SDXL pipeline as one original-layout (LDM/SGM) ``.safetensors``
 file, the single-file checkpoint people download, so single-file loading is tested on a file the
 code made (no weights can be downloaded here). Checked by loading it back through diffusers'
 own conversion and comparing every tensor (tests/model_server/test_single_file.py); the benchmark
@@ -17,8 +17,9 @@ def _unet_name(key: str, config: dict) -> str:
     per = config["layers_per_block"] + 1  # LDM counts a block's resnets and its down/upsampler together
     parts = key.split(".")
     simple = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL's
               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    head = ".".join(parts[:2]) if parts[0] == "time_embedding" else parts[0]
+    head = ".".join(parts[:2]) if parts[0] in ("time_embedding", "add_embedding") else parts[0]
     if head in simple:
         return f"{simple[head]}.{parts[-1]}"
     block, rest = parts[0], parts[1:]
@@ -61,8 +62,32 @@ def _vae_name(key: str, blocks: int) -> str:
     return key
 
 
+def _open_clip(state: dict, prefix: str) -> dict:
+    """SDXL's second text encoder (transformers' CLIPTextModelWithProjection) in OpenCLIP's names, as SDXL
+    single files hold it: q/k/v in one ``in_proj``, the projection as a matrix to multiply by."""
+    import torch
+
+    state = {(k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}"): v
+             for k, v in state.items()}
+    out = {prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+           prefix + "ln_final.weight": state["text_model.final_layer_norm.weight"],
+           prefix + "ln_final.bias": state["text_model.final_layer_norm.bias"],
+           prefix + "text_projection": state["text_projection.weight"].T}
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers.")}
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    for i in layers:
+        src, dst = f"text_model.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat([state[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            for ours, theirs in names.items():
+                out[f"{dst}{theirs}.{kind}"] = state[f"{src}{ours}.{kind}"]
+    return out
+
+
 def write_ldm_checkpoint(pipe, path: str | Path) -> Path:
-    """``pipe`` (an SD v1 diffusers pipeline) as one LDM-layout safetensors file at ``path``."""
+    """``pipe`` (an SD v1 or SDXL diffusers pipeline) as one LDM-layout safetensors file at ``path``."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -74,9 +99,12 @@ def write_ldm_checkpoint(pipe, path: str | Path) -> Path:
         if ".attn_1." in name and name.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]  # LDM's VAE attention projections are 1x1 convolutions
         tensors[f"first_stage_model.{name}"] = value
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
     for key, value in pipe.text_encoder.state_dict().items():
         key = key if key.startswith("text_model.") else f"text_model.{key}"
-        tensors[f"cond_stage_model.transformer.{key}"] = value
+        tensors[f"{'conditioner.embedders.0' if sdxl else 'cond_stage_model'}.transformer.{key}"] = value
+    if sdxl:
+        tensors.update(_open_clip(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))

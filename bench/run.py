@@ -179,7 +179,7 @@ def main() -> int:
     if any(c.startswith("ours") for c in args.configs.split(",")):
         # The one-time bf16 conversion (if this CPU gets bf16) happens here, not inside a measurement.
         subprocess.run([sys.executable, "-c", (
-            "from model_server.engine.diffusers_pipeline import bf16_copy, choose_dtype; import torch, sys; "
+            "from model_server.engine.model_loader import bf16_copy, choose_dtype; import torch, sys; "
             "from model_server.settings import ModelServerSettings as S; "
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}); "
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],
@@ -188,7 +188,7 @@ def main() -> int:
         # So are the one-time OpenVINO conversion and int8 quantization (of the weights the server would load).
         int8 = VARIANTS[variant].get("SD_INT8", "none")
         subprocess.run([sys.executable, "-c", (
-            "from model_server.engine.diffusers_pipeline import bf16_copy, choose_dtype; import torch; "
+            "from model_server.engine.model_loader import bf16_copy, choose_dtype; import torch; "
             "from model_server.engine.openvino_backend import int8_ir, ir_for; "
             "from model_server.settings import ModelServerSettings as S; "
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}, int8={int8!r}); "

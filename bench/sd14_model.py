@@ -41,7 +41,7 @@ def _write(folder: Path, seed: int, shape: str, unet: dict, text: dict, schedule
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from model_server.engine.tiny_model import local_tokenizer
+    from model_server.engine.tiny_tokenizer import local_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -17,11 +17,12 @@ class RequestLimits:
     max_prompt_length: int = setting("MAX_PROMPT_LENGTH", f"Characters, for `prompt` and `negative_prompt` (at most "
                                      f"{MAX_PROMPT_LENGTH}, the protocol's bound)", 200)
     max_steps: int = setting("MAX_STEPS", f"Denoising steps per image (at most {MAX_STEPS})", 100)
-    max_width: int = setting("MAX_WIDTH", f"Image width in pixels (at most {MAX_SIZE})", 1024)
-    max_height: int = setting("MAX_HEIGHT", f"Image height in pixels (at most {MAX_SIZE})", 1024)
+    max_width: int = setting("MAX_WIDTH", f"Image width in pixels (at most {MAX_SIZE})", Limits.max_width)
+    max_height: int = setting("MAX_HEIGHT", f"Image height in pixels (at most {MAX_SIZE})", Limits.max_height)
     max_images: int = setting("MAX_IMAGES_PER_REQUEST", f"Images per request (at most {MAX_IMAGES})", 4)
     default_steps: int = setting("DEFAULT_STEPS", "The `quality` preset's steps", 25)
-    default_size: int = setting("DEFAULT_SIZE", "Width and height of requests that give none", 512)
+    default_size: int = setting("DEFAULT_SIZE", "Width and height of requests that give none, for models trained at "
+                                "512 (SD 1.x/2.x, the one-step models); an SDXL model's default is its own 1024", 512)
     default_preset: str = setting("DEFAULT_PRESET", "The preset of requests that name none: `quality`, `balanced` "
                                   "or `fast`", "quality",
                                   read=lambda env, name: env.get(name, "").strip().lower() or None)

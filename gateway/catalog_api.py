@@ -15,7 +15,8 @@ def model_item(m: ModelEntry) -> dict:
     """A model as OpenAI lists one (id, object, created, owned_by), with what it is and can run."""
     return {"id": m.name, "object": "model", "created": 0, "owned_by": "sd-cpu", "kind": m.kind, "source": m.source,
             "default": m.default, "loaded": m.loaded, "one_step": m.one_step,
-            "unavailable_presets": m.unavailable_presets, "hash": m.hash or None}
+            "unavailable_presets": m.unavailable_presets, "hash": m.hash or None, "family": m.family,
+            "default_size": f"{m.default_width}x{m.default_height}" if m.default_width else None, "sizes": m.sizes}
 
 
 def lora_item(lora: LoraEntry) -> dict:

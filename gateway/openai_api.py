@@ -1,7 +1,8 @@
 """OpenAI Images API compatibility: ``POST /v1/images/generations`` and ``GET /v1/models``.
 
 Works with the official ``openai`` SDK and tools built on it (Open WebUI, ...). Mapping:
-``size`` "WxH" -> width/height ("auto": the default size); ``n`` -> images (seeds seed, seed+1...);
+``size`` "WxH" -> width/height ("auto": the model's default size; OpenAI's own 1024-class sizes: the
+model's nearest trained size, see ``_size``); ``n`` -> images (seeds seed, seed+1...);
 ``response_format`` ``b64_json`` (the default here: self-contained) or ``url`` (the job's image
 URL, fetchable for RESULT_TTL_SECONDS); ``quality`` -> steps (low 15, standard/medium/auto the
 default, hd/high 40); ``output_format``/``output_compression`` -> format/quality; ``model``,
@@ -16,6 +17,7 @@ Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
 from typing import Annotated, Literal
@@ -42,6 +44,9 @@ _HINTS = {"size": "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'
 # Our field names as OpenAI's requests call them, for errors' ``param`` and text.
 _OPENAI_FIELDS = {"init_image": "image", "width": "size", "height": "size"}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+# The sizes gpt-image and DALL-E 3 offer: shapes, mapped to the model's trained sizes (DALL-E 2's 256 and 512
+# squares are taken as given: asked for small, small it is).
+_OPENAI_SIZES = {"1024x1024", "1024x1536", "1536x1024", "1792x1024", "1024x1792"}
 _QUALITY_STEPS = {"low": 15, "hd": 40, "high": 40}
 _OPENAI_MODELS = re.compile(r"^(dall-e-\d|gpt-image-\d(\.\d+)?(-mini)?)$")
 # Our own fields reach through the SDK's extra_body: every contract field OpenAI's fields do not already
@@ -79,11 +84,25 @@ def render_error(err: ApiError):
 
 
 
-def _size(value: str | None) -> dict:
+def _size(value: str | None, model: str | None) -> dict:
+    """``size`` as width and height: "auto" (or none) the model's default; one of the sizes OpenAI's own
+    models offer (1024x1024, 1024x1536, ...) the model's trained size nearest in aspect (SDXL 832x1216 for
+    1024x1536, SD 1.x 512x512 for 1024x1024), as an OpenAI client means "this shape, the model's best";
+    any other size as given."""
     if value in (None, "auto"):
         return {}
     match = _SIZE.match(value)  # the type's pattern let it through, so it matches
-    return {"width": int(match.group(1)), "height": int(match.group(2))}
+    width, height = int(match.group(1)), int(match.group(2))
+    entry = services().model_entry(model or "") if value in _OPENAI_SIZES else None
+    if entry and entry.sizes:
+        width, height = nearest_size([tuple(map(int, size.split("x"))) for size in entry.sizes], width, height)
+    return {"width": width, "height": height}
+
+
+def nearest_size(sizes: list[tuple[int, int]], width: int, height: int) -> tuple[int, int]:
+    """The size closest in aspect ratio to width x height (on a tie, the one closest in area)."""
+    wanted = math.log(width / height)
+    return min(sizes, key=lambda s: (round(abs(math.log(s[0] / s[1]) - wanted), 6), abs(s[0] * s[1] - width * height)))
 
 
 def _model(name: str | None) -> str | None:
@@ -94,7 +113,7 @@ def _model(name: str | None) -> str | None:
 
 
 def _to_fields(r: ImagesRequest, raw: dict) -> dict:
-    fields = {"prompt": r.prompt, "n": r.n, "model": _model(r.model), **_size(r.size)}
+    fields = {"prompt": r.prompt, "n": r.n, "model": _model(r.model), **_size(r.size, _model(r.model))}
     if r.quality in _QUALITY_STEPS and "preset" not in raw:
         fields["steps"] = _QUALITY_STEPS[r.quality]
     if r.output_format is not None:

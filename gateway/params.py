@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs, runs_no_step
-from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef
+from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef, ModelEntry
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
@@ -100,10 +100,11 @@ class ParamValidator:
     """Turns a request body (or a façade's fields) into GenerationParams: validated against this
     deployment's bounds, defaults filled from the preset, a seed chosen."""
 
-    def __init__(self, settings: GatewaySettings, one_step: Callable[[str], bool] | None = None):
+    def __init__(self, settings: GatewaySettings, model_entry: Callable[[str], ModelEntry | None] | None = None):
         self.settings = settings
-        # Whether a model name is a one-step model (SD-Turbo...), which gets the turbo preset by default.
-        self.one_step = one_step or (lambda name: False)
+        # A model's listing ("" the default model's), or None when unknown: a one-step model (SD-Turbo...) gets
+        # the turbo preset by default, and a request that gives no size gets the model's own (SDXL: 1024).
+        self.model_entry = model_entry or (lambda name: None)
         self.request_type = make_request_type(settings)
         self.presets = presets(settings)
         self.hints = {spec.name: spec.hint for spec in field_specs(settings.limits)}
@@ -169,8 +170,12 @@ class ParamValidator:
         if r.strength is not None and not init_image:
             raise ApiError(400, "invalid_params", "strength applies to image-to-image only",
                            "Send init_image with it, or leave strength out.", field="strength")
-        preset = self.presets[r.preset or ("turbo" if r.model and self.one_step(r.model) else s.default_preset)]
-        defaults = {"width": s.default_size, "height": s.default_size,
+        entry = self.model_entry(r.model or "") if r.width is None or r.height is None or not r.preset else None
+        one_step = bool(r.model and entry and entry.one_step)
+        preset = self.presets[r.preset or ("turbo" if one_step else s.default_preset)]
+        width, height = ((entry.default_width, entry.default_height) if entry and entry.default_width
+                         else (s.default_size, s.default_size))
+        defaults = {"width": width, "height": height,
                     **{f: getattr(preset, f) for f in ("steps", "guidance_scale", "scheduler", "deep_cache",
                                                        "token_merging")}}
         values = {}

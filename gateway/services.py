@@ -12,7 +12,7 @@ from gateway.client_options import ClientOptions
 from gateway.model_client import ModelServerClient, ModelServerUnavailable, RemoteError
 from gateway.params import ParamValidator
 from gateway.settings import GatewaySettings
-from protocol.messages import ModelList
+from protocol.messages import ModelEntry, ModelList
 
 # How long a process reuses the model servers' list of models and LoRAs for its own decisions (a
 # one-step model's default preset, A1111 titles); the listing routes always ask afresh.
@@ -31,7 +31,7 @@ class Services:
     _models_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        self.validator = ParamValidator(self.settings, one_step=self._one_step)
+        self.validator = ParamValidator(self.settings, model_entry=self.model_entry)
         self.client_options = ClientOptions(self.settings.rate_limit_storage)
 
     def model_list(self, fresh: bool = False) -> ModelList:
@@ -44,11 +44,17 @@ class Services:
                 self._models = (time.monotonic(), known)
         return known
 
-    def _one_step(self, name: str) -> bool:
+    def model_entry(self, name: str) -> ModelEntry | None:
+        """The listed model ``name`` ("" the default one), or None when it is unknown; the last listing
+        known when no server answers now (the submit that follows says what is wrong)."""
         try:
-            return any(m.name == name and m.one_step for m in self.model_list().models)
+            listing = self.model_list()
         except (ModelServerUnavailable, RemoteError):
-            return False  # the submit that follows says what is wrong
+            with self._models_lock:
+                listing = self._models[1]
+            if listing is None:
+                return None
+        return next((m for m in listing.models if (m.name == name if name else m.default)), None)
 
 
 def services() -> Services:

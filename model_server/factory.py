@@ -31,7 +31,7 @@ def make_pipeline(settings: "ModelServerSettings", progress: LoadProgress | None
 def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] | None = None) -> ModelSet:
     """The configured models and LoRAs; ``load`` (tests) makes every model's pipeline instead of the
     configured backend."""
-    catalog = Catalog(settings.model, settings.models, settings.models_dir)
+    catalog = Catalog(settings.model, settings.models, settings.models_dir, settings.limits)
 
     def load_model(model: ModelSource, progress: LoadProgress) -> Pipeline:
         if load is not None:

@@ -83,9 +83,10 @@ class ModelServerSettings(RequestLimits):
         "at again whenever it changes", "", shown="none")
     single_file_config: str = setting(
         "SD_SINGLE_FILE_CONFIG", "The component configs for single-file checkpoints (which carry weights only): "
-        "`auto` lets diffusers pick them by the checkpoint's architecture (SD 1.x, 2.x...; fetched from the hub "
-        "once, or read from its cache), or a hub id or diffusers directory of the same architecture. A single file "
-        "is converted once, in a child process, to a diffusers copy under `SD_CACHE_DIR/checkpoints`", "auto")
+        "`auto` lets diffusers pick them by the checkpoint's architecture (SD 1.x, 2.x, SDXL; fetched from the hub "
+        "once, or read from its cache), or a hub id or diffusers directory of the same architecture, or one per "
+        "family: `sd1=DIR,sdxl=DIR` (a family not named: `auto`). A single file is converted once, in a child "
+        "process, to a diffusers copy under `SD_CACHE_DIR/checkpoints`", "auto")
     lora_dir: str = setting(
         "LORA_DIR", "A folder of LoRA `.safetensors` files (kohya/A1111 or diffusers format) that requests may "
         "apply (`loras`, or `<lora:NAME:WEIGHT>` in the prompt), named for the file", "", shown="none")

@@ -31,8 +31,8 @@ class Limits:
     max_prompt_length: int = 200
     max_steps: int = 100
     min_size: int = MIN_SIZE
-    max_width: int = 1024
-    max_height: int = 1024
+    max_width: int = 1536  # SDXL's trained sizes (1216x832, 1344x768, 1536x640) fit
+    max_height: int = 1536
     max_images: int = 4
     default_steps: int = 25
     default_size: int = 512

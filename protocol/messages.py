@@ -451,6 +451,10 @@ class ModelEntry(_Shape):
     one_step: bool = False  # distilled for 1-4 steps without guidance (SD-Turbo, SDXS): the turbo preset
     unavailable_presets: dict[str, str] = {}  # preset -> why this model cannot run it
     hash: str = ""  # A1111's short hash (sha256, 10 hex) of a single-file checkpoint, once computed
+    family: str = "sd1"  # sd1 | sd2 | sdxl (model_server/families): its text encoders, sizes and parts
+    default_width: int = 0  # the size a request naming it gets when it gives none (0: DEFAULT_SIZE)
+    default_height: int = 0
+    sizes: list[str] = []  # "WxH": the sizes it was trained at, within this deployment's bounds
 
 
 class LoraEntry(_Shape):

@@ -4,7 +4,7 @@ import * as source from "/static/source.js";
 import * as models from "/static/models.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1024, max_height: 1024,
+const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1536, max_height: 1536,
                           default_size: 512, default_steps: 25 },
                 job: null, source: null, poll: null, lastSeed: null, lastRequest: null, previewStep: null };
 
@@ -80,7 +80,7 @@ function applyLimits(limits, schedulers) {
   for (const [id, max] of [["width", limits.max_width], ["height", limits.max_height]]) {
     const select = $(id);
     select.textContent = "";
-    for (let v = 256; v <= Math.min(max, 1024); v += 64) select.add(new Option(`${v}`, v, false, v === limits.default_size));
+    for (let v = 256; v <= max; v += 64) select.add(new Option(`${v}`, v, false, v === limits.default_size));
   }
   const sched = $("scheduler");
   sched.textContent = "";
@@ -117,6 +117,29 @@ function showPresets(model) {
   state.shownModel = model && model.id;
   select.value = next;
   if (next !== was || newModel) usePreset();
+  if (newModel) showSizes(model);
+}
+
+// The sizes the chosen model was trained at (SDXL's aspect buckets, SD's 512 ones); picking one sets
+// width and height, and a new model starts at its own default size (SDXL 1024x1024).
+function showSizes(model) {
+  const sizes = (model && model.sizes) || [];
+  const select = $("size");
+  select.textContent = "";
+  select.add(new Option("Custom", ""));
+  for (const s of sizes) select.add(new Option(s.replace("x", " × "), s));
+  $("size-field").hidden = !sizes.length;
+  const fallback = `${state.limits.default_size}x${state.limits.default_size}`;
+  setSize((model && model.default_size) || fallback);
+}
+
+function setSize(size) {
+  const [w, h] = size.split("x");
+  for (const [id, v] of [["width", w], ["height", h]]) {
+    if (![...$(id).options].some((o) => o.value === v)) $(id).add(new Option(v, v));
+    $(id).value = v;
+  }
+  $("size").value = [...$("size").options].some((o) => o.value === size) ? size : "";
 }
 
 function usePreset() {
@@ -374,6 +397,10 @@ $("key-form").addEventListener("submit", useKey);
 $("cancel").addEventListener("click", cancel);
 $("prompt").addEventListener("input", updateCounter);
 $("preset").addEventListener("change", usePreset);
+$("size").addEventListener("change", () => { if ($("size").value) setSize($("size").value); });
+for (const id of ["width", "height"]) {
+  $(id).addEventListener("change", () => { setSize(`${$("width").value}x${$("height").value}`); });
+}
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
 });

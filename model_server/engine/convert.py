@@ -78,7 +78,7 @@ def run_once(what: str, args: list[str], dest: Path, done=converted, env: dict |
 def convert(source: str, dest: Path, token: str | None, revision: str | None, safety_checker: bool,
             unet_only: bool = False) -> float:
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     started = time.monotonic()
     kwargs = dict(dtype=torch.bfloat16, low_cpu_mem_usage=True, token=token, revision=revision)
@@ -90,7 +90,8 @@ def convert(source: str, dest: Path, token: str | None, revision: str | None, sa
     else:
         if not safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        StableDiffusionPipeline.from_pretrained(source, **kwargs).save_pretrained(tmp, safe_serialization=True)
+        # The class its model_index names: SD 1.x/2.x or SDXL.
+        DiffusionPipeline.from_pretrained(source, **kwargs).save_pretrained(tmp, safe_serialization=True)
     seconds = round(time.monotonic() - started, 1)
     finish(tmp, dest, {"source": source, "revision": revision, "dtype": "bfloat16", "seconds": seconds})
     return seconds

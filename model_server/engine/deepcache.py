@@ -8,8 +8,10 @@ and the output layers. For SD v1 that skips the work at 32x32, 16x16 and 8x8 lat
 resolution (docs/performance.md has the measured cost of a shallow call). The images differ
 from uncached ones: a quality trade-off, used only by the presets that say so.
 
-Written against diffusers' ``UNet2DConditionModel`` (SD v1/v2 layout); anything it does not
-recognise (ControlNet residuals, class embeddings, a different block layout) runs uncached.
+Written against diffusers' ``UNet2DConditionModel`` (SD v1/v2 and SDXL layouts: SDXL's pooled text
+and size ids are added to the timestep embedding on the shallow path too, and there the skipped
+levels hold nearly all of its transformer blocks); anything it does not recognise (ControlNet
+residuals, class embeddings, another added conditioning, a different block layout) runs uncached.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class DeepCache:
         self.calls = 0
         self.cached: torch.Tensor | None = None
         first_down, last_up = unet.down_blocks[0], unet.up_blocks[-1]
-        self.supported = (len(last_up.resnets) == len(first_down.resnets) + 1
-                          and unet.class_embedding is None and getattr(unet, "add_embedding", None) is None)
+        # SDXL's added conditioning (pooled text + size ids) is understood; any other kind is not.
+        self.text_time = unet.config.get("addition_embed_type") == "text_time"
+        self.supported = (len(last_up.resnets) == len(first_down.resnets) + 1 and unet.class_embedding is None
+                          and (getattr(unet, "add_embedding", None) is None or self.text_time))
 
     @contextlib.contextmanager
     def active(self):
@@ -58,20 +62,24 @@ class DeepCache:
         def forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
             call, self.calls = self.calls, self.calls + 1
             plain = not args and not any(kwargs.get(k) is not None for k in (
-                "class_labels", "timestep_cond", "added_cond_kwargs", "down_block_additional_residuals",
+                "class_labels", "timestep_cond", "down_block_additional_residuals",
                 "mid_block_additional_residual", "down_intrablock_additional_residuals", "attention_mask",
-                "encoder_attention_mask"))
+                "encoder_attention_mask")) and (self.text_time or kwargs.get("added_cond_kwargs") is None)
             if call % self.interval == 0 or self.cached is None or not plain \
                     or self.cached.shape[0] != sample.shape[0]:
                 return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
-            out = self._shallow(sample, timestep, encoder_hidden_states, kwargs.get("cross_attention_kwargs"))
+            out = self._shallow(sample, timestep, encoder_hidden_states, kwargs.get("cross_attention_kwargs"),
+                                kwargs.get("added_cond_kwargs"))
             return (out,) if kwargs.get("return_dict", True) is False else _Output(out)
 
         return forward
 
-    def _shallow(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs):
+    def _shallow(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs, added_cond_kwargs=None):
         unet = self.unet
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+        if self.text_time:  # as UNet2DConditionModel.forward adds it
+            emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
+                                           added_cond_kwargs=added_cond_kwargs)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         encoder_hidden_states = unet.process_encoder_hidden_states(

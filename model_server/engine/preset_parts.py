@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
+from model_server.families import FAMILIES, Family
+from model_server.families.detect import TINY
 from model_server.loading.download import ensure_files
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
@@ -28,8 +30,6 @@ from model_server.settings import ModelServerSettings
 
 log = logging.getLogger(__name__)
 
-HUB_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
-HUB_TAESD = "madebyollin/taesd"
 ADAPTER = "lcm"
 LORA_FILES = ["pytorch_lora_weights.safetensors"]
 TAESD_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
@@ -47,26 +47,31 @@ def switched_off(value: str | None) -> bool:
     return value is None or value.lower() in ("none", "off", "false", "0")
 
 
-def _source(value: str, settings: ModelServerSettings, kind: str) -> str | None:
-    """Where to load a part from: None when turned off; the local random ones for the tiny model."""
+def _source(value: str, settings: ModelServerSettings, kind: str, family: Family) -> str | None:
+    """Where to load a part from: None when turned off; "auto" is the family's published one (the local
+    random ones of the family's shapes for the tiny models); "" when the family has none."""
     if switched_off(value):
         return None
-    if value in ("auto", "tiny") and (value == "tiny" or settings.model in ("tiny", "tiny-turbo")):
+    if value in ("auto", "tiny") and (value == "tiny" or settings.model in TINY):
         from model_server.engine.tiny_model import write_tiny_extras
 
-        lora, taesd = write_tiny_extras(Path(settings.cache_dir) / "tiny-extras")
+        lora, taesd = write_tiny_extras(Path(settings.cache_dir) / f"tiny-extras-{family.name}", family.name)
         return str(lora if kind == "lora" else taesd)
     if value == "auto":
-        return HUB_LCM_LORA if kind == "lora" else HUB_TAESD
+        return family.lcm_lora if kind == "lora" else family.tiny_vae
     return value
 
 
-def resolve(settings: ModelServerSettings) -> tuple[str | None, str | None, str]:
-    """(LCM-LoRA source, TAESD source, why the LoRA is unavailable or ""), checked without loading."""
-    lora, vae = _source(settings.lcm_lora, settings, "lora"), _source(settings.tiny_vae, settings, "vae")
+def resolve(settings: ModelServerSettings, family: Family = FAMILIES["sd1"]) -> tuple[str | None, str | None, str]:
+    """(LCM-LoRA source, tiny decoder source, why the LoRA is unavailable or "") for a model of
+    ``family``, checked without loading."""
+    lora, vae = _source(settings.lcm_lora, settings, "lora", family), _source(settings.tiny_vae, settings, "vae",
+                                                                               family)
     if lora is None:
-        return None, vae, "SD_LCM_LORA=none"
-    return lora, vae, missing(lora, LORA_FILES[0])
+        return None, vae or None, "SD_LCM_LORA=none"
+    if not lora:
+        return None, vae or None, f"no LCM-LoRA is published for {family.title}"
+    return lora, vae or None, missing(lora, LORA_FILES[0])
 
 
 def missing(source: str, filename: str) -> str:

@@ -1,9 +1,10 @@
 """Single-file checkpoints (one ``.safetensors`` in the original LDM layout, as people download them)
 converted once to a diffusers folder, in a child process.
 
-A single file holds weights only; the component configs come from ``SD_SINGLE_FILE_CONFIG``: a
-diffusers folder or hub id of the same architecture, or ``auto``, where diffusers picks a hub
-config by the checkpoint's keys (SD 1.x, 2.x...). After the conversion the copy under
+A single file holds weights only; its family (SD 1.x, 2.x, SDXL) is read from its tensor names
+(families/detect.py) and the component configs come from ``SD_SINGLE_FILE_CONFIG``: a diffusers
+folder or hub id of the same architecture (one for all, or one per family: ``sd1=DIR,sdxl=DIR``),
+or ``auto``, where diffusers picks a hub config by the checkpoint's keys. After the conversion the copy under
 ``SD_CACHE_DIR/checkpoints`` is loaded like any diffusers folder, so the bf16 copy, the OpenVINO IR,
 weight release and every preset work on it unchanged, and later starts skip the conversion. The
 copy is keyed by the file's path, size and modification time: a replaced file is converted again.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from model_server.engine.convert import MARKER, converted, finish, run_once
 from model_server.errors import load_error, redact_paths
+from model_server.families import FAMILIES, detect
 from model_server.loading.progress import LoadProgress
 from model_server.settings import ModelServerSettings
 
@@ -56,7 +58,7 @@ def diffusers_folder(path: str, settings: ModelServerSettings, progress: LoadPro
     except OSError:
         raise load_error(f"the checkpoint {file.name} does not exist",
                          "Check SD_MODELS / SD_MODELS_DIR: the file may have been moved.") from None
-    config = settings.single_file_config
+    config = config_for(settings.single_file_config, detect(str(file), "single_file"))
     key = hashlib.sha256(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{config}".encode()).hexdigest()[:12]
     dest = Path(settings.cache_dir) / "checkpoints" / f"{file.stem}-{key}"
     if converted(dest):
@@ -69,20 +71,32 @@ def diffusers_folder(path: str, settings: ModelServerSettings, progress: LoadPro
     if seconds is None:
         raise load_error(f"could not convert the single-file checkpoint {file.name}: {why}",
                          "Set SD_SINGLE_FILE_CONFIG to a diffusers folder or hub id of the same architecture (e.g. "
-                         "stable-diffusion-v1-5/stable-diffusion-v1-5 for an SD 1.x checkpoint): offline, diffusers "
-                         "cannot fetch the config it would pick, and a file of another architecture does not fit.")
+                         "stable-diffusion-v1-5/stable-diffusion-v1-5 for an SD 1.x checkpoint, or per family: "
+                         "sd1=...,sdxl=stabilityai/stable-diffusion-xl-base-1.0): offline, diffusers cannot fetch "
+                         "the config it would pick, and a file of another architecture does not fit.")
     return str(dest)
 
 
+def config_for(setting: str, family: str) -> str:
+    """The config source ``SD_SINGLE_FILE_CONFIG`` gives a checkpoint of ``family``: one value for all,
+    or ``family=SOURCE`` entries (a family not named: auto)."""
+    if "=" not in setting:
+        return setting.strip() or "auto"
+    entries = dict(item.split("=", 1) for item in setting.split(",") if "=" in item)
+    return {name.strip(): value.strip() for name, value in entries.items()}.get(family) or "auto"
+
+
 def convert(file: Path, dest: Path, config: str) -> float:
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     started = time.monotonic()
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     kwargs = {"config": config} if config != "auto" else {}
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(file), token=os.environ.get("HF_TOKEN") or None, safety_checker=None, requires_safety_checker=False,
+    family = FAMILIES[detect(str(file), "single_file")]
+    pipe = getattr(diffusers, family.pipelines["txt2img"]).from_single_file(
+        str(file), token=os.environ.get("HF_TOKEN") or None,
+        **({"safety_checker": None, "requires_safety_checker": False} if family.name != "sdxl" else {}),
         local_files_only=bool(os.environ.get("HF_HUB_OFFLINE")) or Path(config).is_dir(), **kwargs)
     pipe.save_pretrained(tmp, safe_serialization=True)
     seconds = round(time.monotonic() - started, 1)

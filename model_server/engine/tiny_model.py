@@ -16,45 +16,9 @@ import json
 import logging
 from pathlib import Path
 
+from model_server.engine.tiny_tokenizer import MARKER, local_tokenizer
+
 log = logging.getLogger(__name__)
-
-MARKER = "tiny_model.json"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # The reversible byte -> printable-character map that GPT-2/CLIP byte-level BPE uses.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def tokenizer_vocab() -> tuple[dict[str, int], list[str]]:
-    """A CLIP vocabulary of every byte (plain and word-final) plus a few common merges."""
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    merges = ["t h", "th e</w>", "a n", "i n", "c a", "ca t</w>", "o n</w>", "e r</w>"]
-    for merge in merges:
-        tokens.append(merge.replace(" ", ""))
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return vocab, merges
-
-
-def local_tokenizer():
-    """A CLIP tokenizer built from the local vocabulary (77-token context, like SD v1)."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tokenizer_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
-    tokenizer.model_max_length = 77
-    return tokenizer
 
 
 def build_tiny_pipeline(seed: int = 0, in_channels: int = 4, turbo: bool = False):
@@ -180,14 +144,29 @@ def write_random_taesd(folder: str | Path, tiny: bool = False, seed: int = 0) ->
     return folder
 
 
-def write_tiny_extras(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """(LCM-LoRA dir, TAESD dir) for the tiny model, made once under ``folder``."""
+def write_tiny_extras(folder: str | Path, family: str = "sd1", seed: int = 0) -> tuple[Path, Path]:
+    """(LCM-LoRA dir, TAESD dir) for the tiny models of ``family`` (SD or SDXL shapes), made once under
+    ``folder``."""
     folder = Path(folder)
     lora = folder / "tiny-lcm-lora"
     if not (lora / "pytorch_lora_weights.safetensors").exists():
+        from model_server.engine.tiny_sdxl import build_tiny_sdxl
+
+        unet = (build_tiny_sdxl(seed) if family == "sdxl" else build_tiny_pipeline(seed)).unet
         # Strong enough that a test sees the adapter change the image.
-        write_random_lcm_lora(build_tiny_pipeline(seed).unet, lora, rank=4, seed=seed, std=0.3)
+        write_random_lcm_lora(unet, lora, rank=4, seed=seed, std=0.3)
     return lora, write_random_taesd(folder / "tiny-taesd", tiny=True, seed=seed)
+
+
+def write_tiny(name: str, cache_dir: Path) -> Path:
+    """The tiny model ``name`` (model_server.families.detect.TINY) under ``cache_dir``, written once."""
+    from model_server.engine.tiny_sdxl import write_tiny_sdxl
+
+    writers = {"tiny": lambda: write_tiny_model(cache_dir / "tiny-sd"),
+               "tiny-turbo": lambda: write_tiny_model(cache_dir / "tiny-turbo", turbo=True),
+               "tiny-sdxl": lambda: write_tiny_sdxl(cache_dir / "tiny-sdxl"),
+               "tiny-sdxl-turbo": lambda: write_tiny_sdxl(cache_dir / "tiny-sdxl-turbo", turbo=True)}
+    return writers[name]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,20 +205,24 @@ def write_random_lora(path: str | Path, pipe, rank: int = 4, seed: int = 0, std:
     tensors: dict[str, torch.Tensor] = {}
     unet_targets, te_targets = targets or (["to_q", "to_k", "to_v", "to_out.0"], ["q_proj", "k_proj", "v_proj",
                                                                                   "out_proj"])
-    for prefix, module, names in (("unet", pipe.unet, unet_targets), ("te", pipe.text_encoder, te_targets)):
+    # SDXL's two text encoders are te1/te2 in kohya's files and text_encoder/text_encoder_2 in diffusers'.
+    encoders = ([("te1", "text_encoder", pipe.text_encoder), ("te2", "text_encoder_2", pipe.text_encoder_2)]
+                if getattr(pipe, "text_encoder_2", None) is not None else [("te", "text_encoder", pipe.text_encoder)])
+    parts = [("unet", "unet", pipe.unet, unet_targets)] + [(p, name, m, te_targets) for p, name, m in encoders]
+    for prefix, component, module, names in parts:
         module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names), adapter_name="made")
         for key, value in get_peft_model_state_dict(module, adapter_name="made").items():
             value = torch.randn_like(value) * std
             # kohya: down_blocks.0...to_q.lora_A.weight -> lora_unet_down_blocks_0_..._to_q.lora_down.weight
             if kohya:
                 module_path, kind = key.rsplit(".lora_", 1)
-                if prefix == "te" and not module_path.startswith("text_model."):
+                if prefix != "unet" and not module_path.startswith("text_model."):
                     module_path = "text_model." + module_path  # how CLIP's modules are named in such files
                 base = f"lora_{prefix}_" + module_path.replace(".", "_")
                 tensors[f"{base}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
                 tensors[f"{base}.alpha"] = torch.tensor(float(rank))
             else:
-                tensors[f"{'unet' if prefix == 'unet' else 'text_encoder'}.{key}"] = value.contiguous()
+                tensors[f"{component}.{key}"] = value.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path

@@ -1,8 +1,9 @@
 """The models a job may name: ``SD_MODEL`` (the default), ``SD_MODELS`` and ``SD_MODELS_DIR``.
 
 Each model has a name (a hub id, or the folder's or file's name), a kind (hub, folder,
-single-file checkpoint, the local tiny ones) and whether it is a one-step model (SD-Turbo, SDXS:
-distilled to run 1-4 steps without guidance), which the ``turbo`` preset needs. The folder is
+single-file checkpoint, the local tiny ones), a family (model_server/families: SD 1.x, 2.x, SDXL,
+read from its files) and whether it is a one-step model (SD-Turbo, SDXL-Turbo, SDXS: distilled to
+run 1-4 steps without guidance), which the ``turbo`` preset needs. The folder is
 listed again whenever its modification time changes, so a checkpoint copied in is usable without
 a restart. Single files must be ``.safetensors``: a pickled ``.ckpt`` runs code when loaded.
 """
@@ -17,13 +18,16 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from model_server.families import FAMILIES, detect
+from model_server.families.detect import TINY
 from model_server.loading.hub_files import is_hub_id
+from protocol.contract import Limits
 from protocol.messages import MAX_NAME_LENGTH, ModelEntry
 
 log = logging.getLogger(__name__)
 
-# The local random-weight models the engine writes (tests, demos): SD v1-shaped, and SD-Turbo-shaped.
-TINY_MODELS = {"tiny": False, "tiny-turbo": True}
+# The local random-weight models the engine writes (tests, demos), each with its family's shapes.
+TINY_MODELS = {name: one_step for name, (_, one_step) in TINY.items()}
 # Names of the one-step families (their repositories and files are named so); a model's scheduler
 # configured with "trailing" timesteps (how SD-Turbo ships) counts too.
 _ONE_STEP = re.compile(r"turbo|sdxs|one[-_]?step|1[-_]?step", re.IGNORECASE)
@@ -40,6 +44,18 @@ class ModelSource:
     kind: str  # hub | folder | single_file | tiny
     one_step: bool = False
     default: bool = False
+    family: str = "sd1"  # model_server.families
+
+    def sizes(self, limits: Limits) -> list[tuple[int, int]]:
+        """The trained sizes this deployment's bounds allow."""
+        return [(w, h) for w, h in FAMILIES[self.family].sizes(self.one_step)
+                if limits.min_size <= w <= limits.max_width and limits.min_size <= h <= limits.max_height]
+
+    def default_size(self, limits: Limits) -> tuple[int, int]:
+        """The size of a request naming this model that gives none: its family's trained square
+        (DEFAULT_SIZE where that is 512), within the bounds."""
+        side = FAMILIES[self.family].default_size(self.one_step, limits.default_size)
+        return min(side, limits.max_width), min(side, limits.max_height)
 
     @property
     def shown(self) -> str:
@@ -79,8 +95,9 @@ def _name_for(source: str) -> str:
 
 def make_source(source: str, name: str | None = None, default: bool = False) -> ModelSource:
     name = (name or _name_for(source))[:MAX_NAME_LENGTH]
-    return ModelSource(name=name, source=source, kind=kind_of(source), one_step=is_one_step(name, source),
-                       default=default)
+    kind = kind_of(source)
+    return ModelSource(name=name, source=source, kind=kind, one_step=is_one_step(name, source), default=default,
+                       family=detect(source, kind))
 
 
 def parse_list(text: str) -> list[ModelSource]:
@@ -99,7 +116,8 @@ def parse_list(text: str) -> list[ModelSource]:
 class Catalog:
     """The configured models, the default first; the folder's are listed again when it changes."""
 
-    def __init__(self, default: str, listed: str = "", folder: str = ""):
+    def __init__(self, default: str, listed: str = "", folder: str = "", limits: Limits | None = None):
+        self.limits = limits or Limits()  # a model's sizes are listed within them
         self.default = make_source(default, default=True)
         self._listed = parse_list(listed)
         self._folder = Path(folder) if folder else None
@@ -153,6 +171,10 @@ class Catalog:
 
     def entries(self, loaded: str | None, hashes: dict[str, str],
                 unavailable: Callable[[ModelSource], dict[str, str]]) -> list[ModelEntry]:
+        limits = self.limits
         return [ModelEntry(name=m.name, kind=m.kind, source=m.shown, default=m.default, loaded=m.name == loaded,
-                           one_step=m.one_step, unavailable_presets=unavailable(m), hash=hashes.get(m.name, ""))
+                           one_step=m.one_step, unavailable_presets=unavailable(m), hash=hashes.get(m.name, ""),
+                           family=m.family, default_width=m.default_size(limits)[0],
+                           default_height=m.default_size(limits)[1],
+                           sizes=[f"{w}x{h}" for w, h in m.sizes(limits)])
                 for m in self.models()]

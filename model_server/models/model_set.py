@@ -18,6 +18,7 @@ from typing import Callable
 
 from model_server import errors, memory
 from model_server.errors import Rejection
+from model_server.families import FAMILIES
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
@@ -93,11 +94,14 @@ class ModelSet:
         """Presets ``model`` cannot run: the pipeline's (a missing LCM-LoRA) and the model's kind."""
         current = self.current
         out = dict(current.unavailable_presets()) if current else {}
+        family = FAMILIES[model.family]
         for name, preset in PRESETS.items():
             if preset.one_step and not model.one_step:
-                out[name] = f"{model.name} is not a one-step model (SD-Turbo, SDXS)"
+                out[name] = f"{model.name} is not a one-step model (SD-Turbo, SDXL-Turbo, SDXS)"
             elif preset.lcm_lora and model.one_step:
-                out[name] = f"the LCM-LoRA is for SD v1 models and {model.name} is a one-step model: use turbo"
+                out[name] = f"the LCM-LoRA is for many-step models and {model.name} is a one-step model: use turbo"
+            elif preset.lcm_lora and not family.lcm_lora:
+                out[name] = f"no LCM-LoRA is published for {family.title}"
         return out
 
     def engine(self, params: GenerationParams) -> str:

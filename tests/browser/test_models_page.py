@@ -25,7 +25,7 @@ def test_a_one_step_model_brings_the_turbo_preset_and_runs_on_its_own(page, stac
     expect(page.locator("#preset")).to_have_value("turbo")
     expect(page.locator("#steps")).to_have_value("1")
     expect(page.locator("#guidance")).to_have_value("0")
-    expect(page.locator("#preset option[value=fast]")).to_be_disabled()  # its LCM-LoRA is for SD v1 models
+    expect(page.locator("#preset option[value=fast]")).to_be_disabled()  # the LCM-LoRA is for many-step models
     page.fill("#prompt", "a fox, in one step")
     page.select_option("#width", "256")
     page.select_option("#height", "256")

@@ -24,38 +24,44 @@ class FakeModelClient:
         self.model_state = ModelState.READY
         self.outcome = JobState.SUCCEEDED  # what watch() ends with
         self.outcome_error: ErrorInfo | None = None  # the error it ends with, if not the usual one
-        self.error: Exception | None = None  # raised by the next call
+        self.error: Exception | None = None  # raised by the next call (of ``error_on`` only, if set)
+        self.error_on: str | None = None
         self.unavailable_presets: dict[str, str] = {}
         self.load: LoadStatus | None = None
         self.storage: StorageStatus | None = None
         self.details: list[str] = []  # what watch() reports before the first step (a model switch's phases)
         self.stats: dict[str, float] = {}
+        self.models = [ModelEntry(name="fake-model", kind="folder", default=True, loaded=True,
+                                  unavailable_presets={"turbo": "fake-model is not a one-step model"}),
+                       ModelEntry(name="fake-turbo", kind="folder", one_step=True)]
 
-    def _maybe_raise(self):
-        if self.error is not None:
+    def _maybe_raise(self, method: str):
+        if self.error is not None and self.error_on in (None, method):
             error, self.error = self.error, None
             raise error
 
-    def will_raise(self, code: ErrorCode, retryable=False, retry_after=None, message="boom", hint="do X"):
+    def will_raise(self, code: ErrorCode, retryable=False, retry_after=None, message="boom", hint="do X",
+                   on: str | None = None):
+        """The next call (of method ``on`` only, if given: a submit is preceded by the model list's lookup)
+        raises this error."""
         self.error = RemoteError(ErrorInfo(code=code, message=message, hint=hint, retryable=retryable,
                                            retry_after=retry_after))
+        self.error_on = on
 
-    def will_be_unreachable(self):
+    def will_be_unreachable(self, on: str | None = None):
         self.error = ModelServerUnavailable("the model server did not answer within 5 s")
+        self.error_on = on
 
     def ping(self, timeout=None):
-        self._maybe_raise()
+        self._maybe_raise("ping")
         return Pong(model="fake-model", model_state=self.model_state, optimizations={"dtype": "bfloat16"},
                     queue_depth=len(self.jobs), queue_capacity=8, schedulers=["default"],
                     unavailable_presets=self.unavailable_presets, load=self.load, storage=self.storage,
                     stats=self.stats)
 
     def list_models(self, timeout=None):
-        self._maybe_raise()
-        return ModelList(models=[ModelEntry(name="fake-model", kind="folder", default=True, loaded=True,
-                                            unavailable_presets={"turbo": "fake-model is not a one-step model"}),
-                                 ModelEntry(name="fake-turbo", kind="folder", one_step=True)],
-                         loras=[LoraEntry(name="style", file="style.safetensors", size_bytes=10)])
+        self._maybe_raise("list_models")
+        return ModelList(models=self.models, loras=[LoraEntry(name="style", file="style.safetensors", size_bytes=10)])
 
     def servers(self, timeout=None):
         try:
@@ -64,7 +70,7 @@ class FakeModelClient:
             return [ServerView("ipc:///fake/model.sock", None, False, None, str(exc))]
 
     def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance"):
-        self._maybe_raise()
+        self._maybe_raise("submit")
         job_id = f"job{len(self.jobs) + 1}"
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
                        queue_position=1)
@@ -76,7 +82,7 @@ class FakeModelClient:
         return view
 
     def get_job(self, job_id, client_id=""):
-        self._maybe_raise()
+        self._maybe_raise("get_job")
         if job_id not in self.jobs or client_id and self.owners.get(job_id) != client_id:
             raise RemoteError(ErrorInfo(code=ErrorCode.NOT_FOUND, message=f"no job {job_id}", hint="check"))
         return self.jobs[job_id]
@@ -93,7 +99,7 @@ class FakeModelClient:
         return view
 
     def unfinished_jobs(self, client_id=""):
-        self._maybe_raise()
+        self._maybe_raise("unfinished_jobs")
         return [view for job_id, view in self.jobs.items()
                 if not view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
 
@@ -105,13 +111,13 @@ class FakeModelClient:
         return ImageInfo(index=0, seed=0, media_type="image/jpeg", width=8, height=8, size_bytes=4), b"jpeg"
 
     def fetch(self, job_id, index=0, client_id=""):
-        self._maybe_raise()
+        self._maybe_raise("fetch")
         p = self.get_job(job_id, client_id).params
         return ImageInfo(index=index, seed=p.seed + index, media_type="image/png", width=p.width,
                          height=p.height, size_bytes=len(PNG)), PNG
 
     def watch(self, job_id, client_id=""):
-        self._maybe_raise()
+        self._maybe_raise("watch")
         view = self.get_job(job_id, client_id)
         for detail in self.details:
             yield Progress(job=_replace(view, state=JobState.RUNNING, queue_position=None, progress=ProgressInfo(

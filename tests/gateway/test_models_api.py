@@ -95,3 +95,24 @@ def test_each_a1111_client_keeps_its_own_checkpoint(make_client, fake):
     client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2,
                                            "override_settings": {"sd_model_checkpoint": "fake-model"}}, headers=one)
     assert list(fake.jobs.values())[-1].params.model == "fake-model"
+
+
+def test_a_request_without_a_size_gets_its_models_own_and_openai_sizes_map_to_its_trained_ones(client, fake):
+    from protocol.messages import ModelEntry
+
+    fake.models.append(ModelEntry(name="fake-xl", kind="folder", family="sdxl", default_width=1024,
+                                  default_height=1024, sizes=["1024x1024", "1216x832", "832x1216"]))
+    xl = client.post("/v1/jobs", json={"prompt": "a cat", "model": "fake-xl"}).get_json()
+    assert (fake.jobs[xl["id"]].params.width, fake.jobs[xl["id"]].params.height) == (1024, 1024)
+    tall = client.post("/v1/jobs", json={"prompt": "a cat", "model": "fake-xl", "height": 1216}).get_json()
+    assert (fake.jobs[tall["id"]].params.width, fake.jobs[tall["id"]].params.height) == (1024, 1216)
+    plain = client.post("/v1/jobs", json={"prompt": "a cat"}).get_json()
+    assert fake.jobs[plain["id"]].params.width == 512  # the default model's size is unknown: DEFAULT_SIZE
+    for size, expected in (("1024x1536", (832, 1216)), ("1536x1024", (1216, 832)), ("1792x1024", (1216, 832)),
+                           ("1024x1024", (1024, 1024)), ("512x512", (512, 512)), ("640x480", (640, 480))):
+        body = {"prompt": "a cat", "size": size, "model": "fake-xl"}
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        params = list(fake.jobs.values())[-1].params
+        assert (params.width, params.height) == expected, size
+    listed = client.get("/v1/models/fake-xl").get_json()
+    assert (listed["family"], listed["default_size"], listed["sizes"][1]) == ("sdxl", "1024x1024", "1216x832")

@@ -46,7 +46,7 @@ def test_each_family_gets_its_own_429_shape(limited):
 def test_a_queue_full_429_keeps_the_model_servers_retry_after(limited, fake):
     from protocol.errors import ErrorCode
 
-    fake.will_raise(ErrorCode.QUEUE_FULL, retryable=True, retry_after=42)
+    fake.will_raise(ErrorCode.QUEUE_FULL, retryable=True, retry_after=42, on="submit")
     assert limited.post("/v1/jobs", json={"prompt": "a cat"}).headers["Retry-After"] == "42"
 
 

@@ -23,7 +23,7 @@ def test_generate_returns_the_image_with_seed_and_job_headers(client, fake):
     (ErrorCode.PROTOCOL_MISMATCH, 502, False),
 ])
 def test_model_server_errors_map_to_statuses_with_retry_after_where_it_helps(client, fake, code, status, retry):
-    fake.will_raise(code, retryable=retry, retry_after=7.2 if retry else None)
+    fake.will_raise(code, retryable=retry, retry_after=7.2 if retry else None, on="submit")
     response = client.post("/generate", json={"prompt": "a cat"})
     assert response.status_code == status
     assert response.get_json() == {"error": "boom", "code": code.value, "hint": "do X",
@@ -32,7 +32,7 @@ def test_model_server_errors_map_to_statuses_with_retry_after_where_it_helps(cli
 
 
 def test_an_unreachable_model_server_is_503_with_advice(client, fake):
-    fake.will_be_unreachable()
+    fake.will_be_unreachable(on="submit")
     response = client.post("/v1/jobs", json={"prompt": "a cat"})
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert "model server" in response.get_json()["hint"]

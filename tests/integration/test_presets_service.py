@@ -19,7 +19,7 @@ def test_every_preset_is_available_and_listed_with_the_parts_in_health(stack):
     presets = requests.get(stack.url + "/v1/presets", timeout=5).json()
     assert [(p["name"], p["available"]) for p in presets["presets"]] == [
         ("quality", True), ("balanced", True), ("fast", True), ("turbo", False)]
-    assert presets["presets"][3]["unavailable_reason"] == "tiny is not a one-step model (SD-Turbo, SDXS)"
+    assert presets["presets"][3]["unavailable_reason"] == "tiny is not a one-step model (SD-Turbo, SDXL-Turbo, SDXS)"
     opts = requests.get(stack.url + "/health", timeout=5).json()["optimizations"]
     # The automatic per-CPU choices are reported with their reasons.
     assert opts["release_idle_weights"] == "all" and opts["channels_last_reason"] and opts["dtype_reason"]

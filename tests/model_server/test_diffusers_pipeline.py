@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model_server.engine.diffusers_pipeline import DiffusersPipeline, choose_dtype, resolve_model  # noqa: E402
+from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
+from model_server.engine.model_loader import choose_dtype, resolve_model  # noqa: E402
 from model_server.pipeline import JobCancelledError, PipelineLoadError  # noqa: E402
 from model_server.settings import ModelServerSettings, read_token  # noqa: E402
 from protocol.messages import SCHEDULERS, GenerationParams, StopMode  # noqa: E402

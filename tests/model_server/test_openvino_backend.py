@@ -16,7 +16,7 @@ from model_server.engine import openvino_backend  # noqa: E402
 from model_server.engine.diffusers_pipeline import DiffusersPipeline  # noqa: E402
 from model_server.pipeline import JobCancelledError  # noqa: E402
 from model_server.settings import ModelServerSettings  # noqa: E402
-from protocol.messages import GenerationParams, StopMode  # noqa: E402
+from protocol.messages import GenerationParams, LoraRef, StopMode  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_the_fast_preset_runs_on_openvino_with_the_lcm_lora_fused_converted_on_f
     before = ov_calls(ov)
     run(ov)
     assert ov_calls(ov) > before and ov.fast_unet.unet.report() == {}  # back: the fast one dropped
-    with_lora = GenerationParams(prompt="a cat", seed=1, loras=[{"name": "style", "weight": 1}], **FAST)
+    with_lora = GenerationParams(prompt="a cat", seed=1, loras=[LoraRef(name="style", weight=1)], **FAST)
     assert ov.engine(with_lora) == "torch float32: LoRA runs on torch"  # a job's own LoRAs are not fused
 
 

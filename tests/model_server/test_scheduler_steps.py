@@ -6,14 +6,14 @@ import pytest
 import torch
 from diffusers import PNDMScheduler
 
-from model_server.engine.diffusers_pipeline import _SCHEDULER_FACTORIES
+from model_server.engine.schedulers import FACTORIES
 from model_server.pipeline import max_steps
 from protocol.messages import MAX_STEPS, SCHEDULERS
 
 # SD v1.x's own scheduler configuration (what "default" and every sampler is built from).
 _SD_CONFIG = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                            steps_offset=1, set_alpha_to_one=False, num_train_timesteps=1000).config
-_FACTORIES = {"default": PNDMScheduler.from_config, **_SCHEDULER_FACTORIES}
+_FACTORIES = {"default": PNDMScheduler.from_config, **FACTORIES}
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)

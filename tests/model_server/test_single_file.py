@@ -82,3 +82,21 @@ def test_the_turbo_preset_runs_one_step_from_the_last_timestep_with_the_tiny_dec
     assert pipe.fast_pipe.scheduler.timesteps.tolist() == [999, 749, 499, 249]
     assert not np.array_equal(four, one)
     assert "LCM" not in str(pipe.unavailable_presets())  # the tiny LCM-LoRA is there; the model set decides
+
+
+def test_an_sdxl_single_file_is_told_by_its_keys_and_converted_with_its_familys_config(tmp_path, tiny_model_dir):
+    from model_server.engine.tiny_sdxl import build_tiny_sdxl, write_tiny_sdxl
+    from model_server.families import detect
+
+    config = write_tiny_sdxl(tmp_path / "tiny-sdxl-config")
+    checkpoint = write_ldm_checkpoint(build_tiny_sdxl(seed=4), tmp_path / "models" / "my-xl.safetensors")
+    assert detect(str(checkpoint), "single_file") == "sdxl"
+    per_family = f"sd1={tiny_model_dir},sdxl={config}"
+    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(checkpoint), cache_dir=str(tmp_path / "cache"),
+                                                      dtype="float32", single_file_config=per_family))
+    assert type(pipe.pipe).__name__ == "StableDiffusionXLPipeline" and pipe.optimizations()["family"] == "sdxl"
+    original = build_tiny_sdxl(seed=4)
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        mine, loaded = getattr(original, name).state_dict(), getattr(pipe.pipe, name).state_dict()
+        assert all(torch.equal(mine[k], loaded[k]) for k in mine), name
+    assert pixels(pipe).std() > 1

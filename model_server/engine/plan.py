@@ -1,0 +1,96 @@
+"""The plan of one job: every engine decision (which UNet runs and why, precision, scheduler,
+adapters, decoder, mode, what is released when) made once, from the request and plain facts about
+the loaded model, before anything runs. Free of torch: ``tests/model_server/test_plan.py`` decides
+every combination without it, and the job's ``engine`` string and /health read the same plan the
+pipeline is assembled from (diffusers_pipeline.DiffusersPipeline.generate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model_server.families import FAMILIES
+from protocol.messages import GenerationParams
+from protocol.presets import PRESETS
+
+# The fast preset's LCM-LoRA, as the reasons name it (a job with it runs on torch unless the fused UNet is there).
+FAST_LORA = "the fast preset's LCM-LoRA"
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineFacts:
+    """What the loaded model has now, as the plan needs it (the pipeline reports these)."""
+
+    family: str = "sd1"
+    dtype: str = "float32"
+    openvino: bool = False  # the model's UNet is compiled on OpenVINO
+    int8: str = ""  # the OpenVINO UNet's int8 mode ("hybrid", "full") or ""
+    fused_lcm: str = "none"  # the fast preset's OpenVINO UNet: none | pending | ready | failed
+    lcm_missing: str = ""  # why there is no LCM-LoRA ("" when there is)
+    tiny_vae_missing: str = ""  # why there is no tiny decoder ("" when there is, or it was not tried yet)
+    inpaint_checkpoint: bool = False  # an inpainting checkpoint is configured (and did not fail to load)
+    release_unet: bool = False  # SD_RELEASE_IDLE_WEIGHTS=all: the UNet's pages go after denoising
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one job runs. ``unet`` is "openvino", "openvino-lcm" (the LCM-LoRA fused into its own IR) or
+    "torch"; ``on_torch_because`` says what in the job keeps it off OpenVINO when the model has it."""
+
+    family: str
+    mode: str  # txt2img | img2img | inpaint
+    precision: str
+    unet: str
+    on_torch_because: tuple[str, ...]
+    converts_first: bool  # the fused LCM UNet is converted to OpenVINO on this job (once)
+    lcm: bool  # the LCM-LoRA adapter is on
+    loras: tuple[tuple[str, float], ...]  # the job's own LoRAs (name, weight)
+    scheduler: str
+    trailing: bool  # few-step models sample from the last timestep (1 step starts at t=999)
+    decoder: str  # tiny | full
+    inpaint_checkpoint: bool  # inpaint with the 9-channel checkpoint's UNet instead of blending
+    deep_cache: int
+    token_merging: float
+    tiling: bool
+    # (after which phase, which component): released to the page cache when that phase ends.
+    release: tuple[tuple[str, str], ...]
+
+    @property
+    def engine(self) -> str:
+        """What runs the UNet, and why when it is not the model's usual engine (shown on the job)."""
+        if self.unet == "torch" and not self.on_torch_because:
+            return f"torch {self.precision}"
+        if self.unet == "torch":
+            why = self.on_torch_because
+            return f"torch {self.precision}: {', '.join(why)} {'runs' if len(why) == 1 else 'run'} on torch"
+        if self.unet == "openvino-lcm":
+            first = " (converted to OpenVINO on this first fast job, once)" if self.converts_first else ""
+            return f"openvino {self.precision}, the LCM-LoRA fused{first}"
+        return f"openvino {self.precision}"
+
+
+def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
+    """The plan for ``params`` on a model with ``facts``."""
+    preset = PRESETS.get(params.preset)
+    lcm = bool(preset and preset.lcm_lora)
+    fused = lcm and facts.fused_lcm in ("pending", "ready")
+    inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
+    reasons = tuple(what for what, asked in (
+        (FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
+        ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
+        ("the inpainting checkpoint", inpaint_checkpoint)) if asked) if facts.openvino else ()
+    unet = "torch" if not facts.openvino or reasons else "openvino-lcm" if lcm else "openvino"
+    precision = facts.dtype
+    if unet == "openvino" and facts.int8 in ("hybrid", "full"):
+        precision = f"int8 ({facts.int8})"
+    release = tuple((phase, part) for phase, part in (
+        *(("encoding", encoder) for encoder in FAMILIES[facts.family].text_encoders),
+        ("denoising", "unet") if facts.release_unet else ("", "")) if phase)
+    return Plan(
+        family=facts.family, mode=params.mode, precision=precision, unet=unet, on_torch_because=reasons,
+        converts_first=unet == "openvino-lcm" and facts.fused_lcm == "pending", lcm=lcm,
+        loras=tuple((ref.name, ref.weight) for ref in params.loras), scheduler=params.scheduler,
+        trailing=bool(preset and preset.one_step),
+        decoder="tiny" if preset and preset.tiny_vae and not facts.tiny_vae_missing else "full",
+        inpaint_checkpoint=inpaint_checkpoint, deep_cache=params.deep_cache if params.deep_cache > 1 else 0,
+        token_merging=params.token_merging, tiling=params.tiling, release=release)

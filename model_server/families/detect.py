@@ -1,0 +1,87 @@
+"""Which family a model is, read from its files without loading it (torch-free, so the catalog can
+list it and the gateway can default its size before the model was ever loaded).
+
+A diffusers folder says it in ``model_index.json`` and its UNet's config; a single ``.safetensors``
+checkpoint by its tensor names (read from the file's JSON header only); a hub id by the cached
+snapshot's ``model_index.json`` when there is one, else by its name. The engine confirms the family
+when it loads the model, and the loaded model's listing shows what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+# Local random-weight models (engine/tiny_model.py): name -> (family, one-step).
+TINY = {"tiny": ("sd1", False), "tiny-turbo": ("sd2", True), "tiny-sdxl": ("sdxl", False),
+        "tiny-sdxl-turbo": ("sdxl", True)}
+_XL_NAME = re.compile(r"xl|ssd-?1b|vega|playground", re.IGNORECASE)
+_HEADER_LIMIT = 64 * 2**20  # a checkpoint's JSON header is a few hundred KB; more is not a checkpoint
+
+
+def detect(source: str, kind: str) -> str:
+    """The family name ("sd1", "sd2", "sdxl") of the model at ``source`` of catalog ``kind``."""
+    if kind == "tiny":
+        return TINY[source][0]
+    if kind == "single_file":
+        return from_checkpoint_keys(checkpoint_keys(Path(source)))
+    if kind == "folder":
+        return from_folder(Path(source)) or "sd1"
+    return from_folder(_cached_snapshot(source)) or ("sdxl" if _XL_NAME.search(source) else "sd1")
+
+
+def from_folder(folder: Path | None) -> str | None:
+    """A diffusers folder's family, or None when it does not say."""
+    if folder is None:
+        return None
+    index = _json(folder / "model_index.json")
+    if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
+        return "sdxl"
+    unet = _json(folder / "unet" / "config.json")
+    if unet.get("addition_embed_type") == "text_time" or unet.get("cross_attention_dim") == 2048:
+        return "sdxl"
+    if unet.get("cross_attention_dim") == 1024:
+        return "sd2"
+    return "sd1" if index or unet else None
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names in a ``.safetensors`` file's header ([] when it is not one)."""
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if not 0 < length <= _HEADER_LIMIT:
+                return []
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error):
+        return []
+    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else []
+
+
+def from_checkpoint_keys(keys: list[str]) -> str:
+    """An original-layout (LDM) checkpoint's family by its tensor names."""
+    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+        return "sdxl"
+    if any(key.startswith("cond_stage_model.model.") for key in keys):
+        return "sd2"
+    return "sd1"
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "model_index.json")
+    except Exception:  # not a valid repo id for the hub client: no snapshot
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
