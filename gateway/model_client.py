@@ -90,8 +90,10 @@ class ModelServerClient(Protocol):
 
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]: ...
 
-    def list_models(self, timeout: float | None = None) -> ModelList:
-        """The models and LoRAs a job may name (every server of a fleet is configured alike)."""
+    def list_models(self, timeout: float | None = None, answering_only: bool = False) -> ModelList:
+        """The models and LoRAs a job may name (every server of a fleet is configured alike).
+        ``answering_only``: ask only servers that answered their latest heartbeat, and fail at once when
+        none did (a lookup that must never slow a request down; a lone client has no heartbeat: it asks)."""
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]: ...
 
@@ -262,7 +264,7 @@ class ModelClient:
         reply = self.call(ListJobs(client_id=""), timeout)[0]
         return reply.jobs, reply.owners
 
-    def list_models(self, timeout: float | None = None) -> ModelList:
+    def list_models(self, timeout: float | None = None, answering_only: bool = False) -> ModelList:
         return self.call(ListModels(), timeout)[0]
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:

@@ -34,12 +34,13 @@ class Services:
         self.validator = ParamValidator(self.settings, model_entry=self.model_entry)
         self.client_options = ClientOptions(self.settings.rate_limit_storage)
 
-    def model_list(self, fresh: bool = False) -> ModelList:
-        """The models and LoRAs the model servers offer (raises when none answers)."""
+    def model_list(self, fresh: bool = False, answering_only: bool = False) -> ModelList:
+        """The models and LoRAs the model servers offer (raises when none answers; at once with
+        ``answering_only`` when no server answered its latest heartbeat)."""
         with self._models_lock:
             when, known = self._models
         if fresh or known is None or time.monotonic() - when > MODEL_LIST_SECONDS:
-            known = self.client.list_models(timeout=2.0)
+            known = self.client.list_models(timeout=2.0, answering_only=answering_only)
             with self._models_lock:
                 self._models = (time.monotonic(), known)
         return known
@@ -48,7 +49,7 @@ class Services:
         """The listed model ``name`` ("" the default one), or None when it is unknown; the last listing
         known when no server answers now (the submit that follows says what is wrong)."""
         try:
-            listing = self.model_list()
+            listing = self.model_list(answering_only=True)  # never a wait in front of the request's own call
         except (ModelServerUnavailable, RemoteError):
             with self._models_lock:
                 listing = self._models[1]

@@ -344,10 +344,14 @@ class Fleet:
             return first
         raise last or ModelServerUnavailable("no model server is known yet; check MODEL_SERVER_ADDRESS")
 
-    def list_models(self, timeout: float | None = None) -> ModelList:
-        """The models and LoRAs, from the first server that answers (servers share their configuration)."""
+    def list_models(self, timeout: float | None = None, answering_only: bool = False) -> ModelList:
+        """The models and LoRAs, from the first server that answers (servers share their configuration);
+        ``answering_only``: from those that answered their latest heartbeat only."""
         last: Exception | None = None
-        for member in self._candidates():
+        members = [m for m in self._candidates() if not (answering_only and m.failing)]
+        if answering_only and not members:
+            raise ModelServerUnavailable("no model server answered its latest heartbeat")
+        for member in members:
             try:
                 return member.client.list_models(timeout)
             except (ModelServerUnavailable, RemoteError) as exc:

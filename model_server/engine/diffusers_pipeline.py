@@ -16,12 +16,10 @@ previews (previews.py) live beside it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from contextlib import nullcontext
 
-import diffusers
 import torch
 from PIL import Image
 
@@ -32,6 +30,7 @@ from model_server.engine.deepcache import DeepCache
 from model_server.engine.loras import LoraAdapters
 from model_server.engine.model_loader import bf16_copy, redact
 from model_server.engine.openvino_backend import FastUNet
+from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.plan import EngineFacts, Plan, decide
 from model_server.engine.previews import latent_preview
 from model_server.engine.residency import MappedWeights
@@ -49,21 +48,6 @@ from protocol.messages import GenerationParams, StopMode, steps_run
 from protocol.presets import PRESETS
 
 log = logging.getLogger(__name__)
-
-
-def _pipeline(class_name: str, like, **overrides):
-    """A pipeline of class ``class_name`` over ``like``'s very modules (``overrides`` replacing some):
-    no weights are copied. Only what the class takes is passed (SDXL's have no safety checker)."""
-    kind = getattr(diffusers, class_name)
-    takes = inspect.signature(kind.__init__).parameters
-    kwargs = {name: module for name, module in {**like.components, **overrides}.items() if name in takes}
-    kwargs.update({key: like.config[key] for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
-                   if key in takes and key in like.config})
-    if "requires_safety_checker" in takes:
-        kwargs["requires_safety_checker"] = False
-    pipe = kind(**kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 class DiffusersPipeline:
@@ -208,7 +192,7 @@ class DiffusersPipeline:
             return why
         if self._settings.channels_last:
             tiny_vae.to(memory_format=torch.channels_last)
-        self.fast_pipe = _pipeline(self.family.pipelines["txt2img"], self.pipe, vae=tiny_vae)
+        self.fast_pipe = pipeline_like(self.family.pipelines["txt2img"], self.pipe, vae=tiny_vae)
         self._opts["tiny_vae"] = self._vae_source
         return ""
 
@@ -278,7 +262,7 @@ class DiffusersPipeline:
             return self.ov_pipe
         key = (plan.mode, id(base), id(unet))
         if key not in self._variants:
-            self._variants[key] = _pipeline(self.family.pipelines[plan.mode], base,
+            self._variants[key] = pipeline_like(self.family.pipelines[plan.mode], base,
                                             **({"unet": unet} if unet is not None else {}))
         return self._variants[key]
 

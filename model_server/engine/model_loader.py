@@ -31,7 +31,7 @@ from model_server.families.detect import TINY, from_folder
 from model_server.loading.download import ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
-from model_server.models.catalog import kind_of
+from model_server.models.catalog import is_one_step, kind_of
 from model_server.pipeline import load_error
 from model_server.settings import ModelServerSettings
 
@@ -178,14 +178,13 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     channels_last, layout["channels_last_reason"] = (
         (settings.channels_last, "configured") if settings.channels_last is not None else cpu.channels_last_pays())
     on_openvino, backend_why = openvino_backend.choose(settings, dtype)
-    if on_openvino and not family.openvino:
-        on_openvino, backend_why = False, f"the OpenVINO UNet is not built for {family.title} yet"
     if on_openvino and folder is None:
         on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
     pipe.set_progress_bar_config(disable=True)
+    side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
     ov_pipe, fast_unet, backend = (
-        openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress) if on_openvino
-        else (None, None, {"backend": "torch", "backend_reason": backend_why}))
+        openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress, side, family)
+        if on_openvino else (None, None, {"backend": "torch", "backend_reason": backend_why}))
     if channels_last:
         # Before a LoRA is attached (per job): its wrappers rename the conv weights. Only the torch modules
         # that run: NHWC copies are private memory, while one OpenVINO replaces stays mapped and idle.

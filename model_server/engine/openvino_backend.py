@@ -18,12 +18,13 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 
 from model_server import cpu
 from model_server.engine.convert import run_once
 from model_server.engine.openvino_convert import converted
+from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.residency import MappedWeights
+from model_server.families import Family
 from model_server.loading.progress import LoadProgress
 from model_server.pipeline import load_error
 from model_server.settings import ModelServerSettings
@@ -147,8 +148,8 @@ class FastUNet:
             self.unet.release()
 
 
-def vae_decoder(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, precision: str,
-                threads: int, progress: LoadProgress) -> dict:
+def vae_decoder(pipe, folder: str, settings: ModelServerSettings, precision: str, threads: int,
+                progress: LoadProgress, side: int) -> dict:
     """Put the VAE decoder on OpenVINO in ``pipe`` (so in every pipeline made from its modules, whichever
     UNet runs), compiled for the default size; what to report in /health. The torch VAE stays for
     ``encode`` and when the conversion failed."""
@@ -159,18 +160,17 @@ def vae_decoder(pipe: StableDiffusionPipeline, folder: str, settings: ModelServe
 
     MappedWeights(folder).release("vae")  # the torch decoder's pages are not read again
     vae = OpenVinoVae(ir, pipe.vae, precision, threads)
-    progress.start("compiling", f"the OpenVINO VAE decoder for {settings.default_size}x{settings.default_size}")
-    vae.compile_for(settings.default_size, settings.default_size)
+    progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side}")
+    vae.compile_for(side, side)
     pipe.register_modules(vae=vae)
     return {"openvino_vae": "decode", **info}
 
 
-def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSettings, dtype: torch.dtype,
-           threads: int, why: str, progress: LoadProgress) -> tuple[StableDiffusionPipeline | None, FastUNet | None,
-                                                                    dict]:
-    """The pipeline whose UNet runs on OpenVINO, chosen (``choose``) for ``why``, the fast preset's
-    UNet (converted on first use), and what to report in /health; (None, None, the reason) if the
-    UNet stays on torch after all."""
+def attach(pipe, folder: str, settings: ModelServerSettings, dtype: torch.dtype, threads: int, why: str,
+           progress: LoadProgress, side: int, family: Family) -> tuple[object | None, FastUNet | None, dict]:
+    """The pipeline (``family``'s class) whose UNet runs on OpenVINO, chosen (``choose``) for ``why``,
+    compiled for ``side`` x ``side`` (the model's default size), the fast preset's UNet (converted on
+    first use), and what to report in /health; (None, None, the reason) if the UNet stays on torch after all."""
     precision = "bf16" if dtype == torch.bfloat16 else "f32"
     ir, info = ir_for(folder, settings, precision, progress)
     if ir is None:
@@ -184,12 +184,10 @@ def attach(pipe: StableDiffusionPipeline, folder: str, settings: ModelServerSett
     # then, rather than sit beside the compiled copy (before compiling, to keep the peak down too).
     MappedWeights(folder).release("unet")
     unet = OpenVinoUNet(ir, pipe.unet, precision, threads)
-    latent = settings.default_size // 8
-    progress.start("compiling", f"the OpenVINO UNet for {settings.default_size}x{settings.default_size}")
-    unet.compile_for((2, pipe.unet.config.in_channels, latent, latent))  # the default request's shape
-    info.update(vae_decoder(pipe, folder, settings, precision, threads, progress))
-    ov_pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
-    ov_pipe.set_progress_bar_config(disable=True)
+    progress.start("compiling", f"the OpenVINO UNet for {side}x{side}")
+    unet.compile_for((2, pipe.unet.config.in_channels, side // 8, side // 8))  # the default request's shape
+    info.update(vae_decoder(pipe, folder, settings, precision, threads, progress, side))
+    ov_pipe = pipeline_like(family.pipelines["txt2img"], pipe, unet=unet)
     return ov_pipe, FastUNet(folder, settings, precision, threads), {
         "backend": "openvino", "backend_reason": why, "openvino_precision": precision, **info,
         "openvino_runs_on_torch": "LoRAs, deep_cache, token_merging, tiling, inpainting checkpoints"}

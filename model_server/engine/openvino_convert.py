@@ -43,6 +43,7 @@ def _unet(source: str, lora: str | None = None):
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
+    # (The LoRA helpers are the same for every family's UNet: the keys are the UNet's own.)
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", low_cpu_mem_usage=True).eval()
     dtype = unet.dtype
     if lora:
@@ -56,15 +57,24 @@ def _unet(source: str, lora: str | None = None):
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample, timestep, encoder_hidden_states):
-            out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False)[0]
+        def forward(self, sample, timestep, encoder_hidden_states, *added):
+            # SDXL's added conditioning: the pooled text embedding and the size/crop ids, two more inputs.
+            extra = {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}} \
+                if added else {}
+            out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
+                            **extra)[0]
             return out.float()
 
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim))
-    return Traced(), example, ("sample", "timestep", "encoder_hidden_states"), dtype
+    names = ("sample", "timestep", "encoder_hidden_states")
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        example += (torch.randn(2, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2))
+        names += ("text_embeds", "time_ids")
+    return Traced(), example, names, dtype
 
 
 def _vae_decoder(source: str):

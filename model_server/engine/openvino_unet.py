@@ -14,6 +14,7 @@ default size is compiled at load, so the first job does not wait.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from model_server.engine.openvino_convert import IR_NAME
 
 
 class OpenVinoUNet(torch.nn.Module):
-    """Called like diffusers' UNet2DConditionModel (sample, timestep, encoder_hidden_states) by the
-    pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch UNet's, which the
+    """Called like diffusers' UNet2DConditionModel (sample, timestep, encoder_hidden_states, and SDXL's
+    ``added_cond_kwargs``) by the pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch UNet's, which the
     pipelines read."""
 
     def __init__(self, ir_dir: str | Path, like: torch.nn.Module, precision: str, threads: int):
@@ -33,6 +34,13 @@ class OpenVinoUNet(torch.nn.Module):
         self._dtype = like.dtype
         self._ir = StaticIR(Path(ir_dir) / IR_NAME, precision, threads)
         self.calls = 0
+        # SDXL: the pooled text embedding and the size/crop ids are two more inputs.
+        self._text_time = like.config.get("addition_embed_type") == "text_time"
+        self._pooled = (like.config.projection_class_embeddings_input_dim - 6 * like.config.addition_time_embed_dim
+                        if self._text_time else 0)
+        if self._text_time:  # what SDXL's pipelines read to check their time ids' width (no weights)
+            self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(
+                in_features=like.config.projection_class_embeddings_input_dim))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -45,8 +53,11 @@ class OpenVinoUNet(torch.nn.Module):
     def compile_for(self, shape: tuple[int, ...]) -> None:
         """Compile for latents of ``shape`` (batch, channels, height, width), replacing the last."""
         batch = shape[0]
-        self._ir.compile_for({"sample": list(shape), "timestep": [],
-                              "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]})
+        shapes = {"sample": list(shape), "timestep": [],
+                  "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]}
+        if self._text_time:
+            shapes.update(text_embeds=[batch, self._pooled], time_ids=[batch, 6])
+        self._ir.compile_for(shapes)
 
     def release(self) -> None:
         """Drop the compiled UNet, so another can compile in its memory (the next call compiles it again)."""
@@ -66,8 +77,12 @@ class OpenVinoUNet(torch.nn.Module):
             raise ValueError("the OpenVINO UNet takes 77-token prompts")
         self.calls += 1
         t = timestep.float().reshape(()) if torch.is_tensor(timestep) else torch.tensor(float(timestep))
-        out = self._ir.infer({"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),
-                              "encoder_hidden_states": encoder_hidden_states.float().numpy()})
+        inputs = {"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),
+                  "encoder_hidden_states": encoder_hidden_states.float().numpy()}
+        if self._text_time:
+            added = kwargs.get("added_cond_kwargs") or {}
+            inputs.update(text_embeds=added["text_embeds"].float().numpy(), time_ids=added["time_ids"].float().numpy())
+        out = self._ir.infer(inputs)
         out = torch.from_numpy(out).to(sample.dtype)
         return (out,) if not return_dict else _Output(out)
 

@@ -22,7 +22,6 @@ class Family:
     tiny_vae: str  # the hub's TAESD-class decoder (previews and the fast presets)
     # A linear map from the 4 latent channels to RGB (the VAE decoder's cheap approximation, ~1 ms per step).
     latent_rgb: tuple[tuple[float, float, float], ...]
-    openvino: bool  # whether the OpenVINO UNet path is built for this family (else torch runs it, said so)
 
     @property
     def native_size(self) -> int:

@@ -15,7 +15,6 @@ SD1 = Family(
     conditioning="CLIP ViT-L/14 hidden states", trained_sizes=_SIZES, one_step_size=512, pipelines=_PIPELINES,
     lcm_lora="latent-consistency/lcm-lora-sdv1-5", tiny_vae="madebyollin/taesd",
     latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
-    openvino=True,
 )
 
 # The same pipeline classes and parts; OpenCLIP ViT-H text encoder. No LCM-LoRA was published for it, so the
@@ -23,5 +22,5 @@ SD1 = Family(
 SD2 = Family(
     name="sd2", title="Stable Diffusion 2.x", text_encoders=("text_encoder",),
     conditioning="OpenCLIP ViT-H/14 hidden states", trained_sizes=_SIZES, one_step_size=512, pipelines=_PIPELINES,
-    lcm_lora="", tiny_vae="madebyollin/taesd", latent_rgb=SD1.latent_rgb, openvino=True,
+    lcm_lora="", tiny_vae="madebyollin/taesd", latent_rgb=SD1.latent_rgb,
 )

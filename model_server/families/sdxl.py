@@ -2,9 +2,8 @@
 two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG, hidden states concatenated), the bigG's pooled
 embedding and the size/crop micro-conditioning added to the timestep embedding. Trained at about
 one megapixel in the aspect buckets below; SDXL-Turbo at 512².
-
-Its UNet runs on torch: the OpenVINO conversion (it takes the pooled embedding and time ids as two
-more inputs) is not built yet, and each job's engine string says so."""
+On OpenVINO its UNet takes the pooled embedding and the size/crop ids as two more inputs
+(openvino_convert, openvino_unet)."""
 
 from __future__ import annotations
 
@@ -22,5 +21,4 @@ SDXL = Family(
     lcm_lora="latent-consistency/lcm-lora-sdxl", tiny_vae="madebyollin/taesdxl",
     latent_rgb=((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
                 (-0.3112, -0.2359, -0.2076)),
-    openvino=False,
 )

@@ -59,7 +59,7 @@ class FakeModelClient:
                     unavailable_presets=self.unavailable_presets, load=self.load, storage=self.storage,
                     stats=self.stats)
 
-    def list_models(self, timeout=None):
+    def list_models(self, timeout=None, answering_only=False):
         self._maybe_raise("list_models")
         return ModelList(models=self.models, loras=[LoraEntry(name="style", file="style.safetensors", size_bytes=10)])
 

@@ -276,3 +276,19 @@ def test_a_stopping_server_gives_its_queued_jobs_back_to_be_placed_on_another(tm
         thread.join(20)
     assert len(ends) == 2
     assert all(o.error and o.error.retryable and o.error.code is ErrorCode.SHUTTING_DOWN for o in ends)
+
+
+def test_a_listing_for_answering_servers_only_never_waits_for_a_silent_one(tmp_path, servers, fleets):
+    """The size a request that gives none gets is looked up in the model list: that lookup must not stand in
+    front of the request's own call when no server answers (the request then says why in about a second)."""
+    silent = fleets(f"tcp://127.0.0.1:{free_port()}")
+    silent.roster.members()  # the process's first heartbeat round (every call's first pays it)
+    started = time.monotonic()
+    with pytest.raises(ModelServerUnavailable):
+        silent.list_models(answering_only=True)
+    assert time.monotonic() - started < 0.1
+    bind = f"ipc://{tmp_path}/m.sock"
+    servers(bind)
+    fleet = fleets(bind)
+    wait_until(lambda: fleet.roster.members()[0].ready, 10, what="a heartbeat answered")
+    assert fleet.list_models(answering_only=True).models[0].name

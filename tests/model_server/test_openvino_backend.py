@@ -252,3 +252,22 @@ def test_idle_time_converts_the_fast_unet_ahead_and_a_job_arriving_stops_it(tmp_
     told = []
     pipe.prepare_parts(fast, told.append, lambda: None)
     assert told == [] and max(run(pipe, **FAST)[1]) == 4
+
+
+def test_sdxl_runs_on_openvino_with_its_added_conditioning_as_on_torch(cache):
+    """SDXL's UNet takes the pooled text embedding and the size/crop ids as two more IR inputs; compiled at load
+    for the family's own default size (1024x1024), the tiny decoder and the fused fast UNet as for SD."""
+    kw = {"model": "tiny-sdxl", "cache_dir": str(cache), "dtype": "float32", "lcm_lora": "tiny", "tiny_vae": "tiny"}
+    ov = DiffusersPipeline.load(ModelServerSettings(backend="openvino", **kw))
+    pt = DiffusersPipeline.load(ModelServerSettings(backend="torch", **kw))
+    assert ov.optimizations()["openvino_compiled_for"] == "1024x1024, batch 2"
+    for extra in ({}, {"scheduler": "euler_a", "negative_prompt": "blurry"}, FAST):
+        p = GenerationParams(prompt="a cat", seed=2, **({"steps": 3, "width": 96, "height": 64} | extra))
+        before = ov_calls(ov)
+        image = ov.generate(p, p.seed, lambda *a: None, lambda: None)
+        torch_image = pt.generate(p, p.seed, lambda *a: None, lambda: None)
+        assert np.abs(np.asarray(image, dtype=np.float32) - np.asarray(torch_image, dtype=np.float32)).mean() < 1.0
+        ran = ov.fast_unet.unet.calls if extra is FAST else ov_calls(ov) - before
+        assert ran >= p.steps, extra  # OpenVINO ran it (twice a step with guidance)
+    assert ov.engine(GenerationParams(prompt="a cat", seed=1, **FAST)) == "openvino float32, the LCM-LoRA fused"
+    assert ov.engine(GenerationParams(prompt="a cat", seed=1)) == "openvino float32"

@@ -1,0 +1,97 @@
+"""The SDXL family, measured in one run on full-size random-weight stand-ins (bench/sdxl_model.py): SDXL-Turbo's
+512x512 one step (the same UNet as SDXL base, on trailing timesteps) with the full VAE and with TAESDXL, and SDXL
+base at 1024x1024 with guidance; per backend; each configuration in a fresh process, load included in its peak.
+
+    python -m bench.sdxl                                   # torch and OpenVINO, bench/results/sdxl-*.{json,md}
+    python -m bench.sdxl --configs torch:turbo --isa AVX2 --dtype float32 --name sdxl-avx2
+
+Rows: load (s, with the one-time bf16 copy and OpenVINO conversion when they are made, and the conversion
+child's peak apart), s/step (median after a warm-up image), s/image, the peak RSS of the server process. Time and
+memory do not depend on weight values; image quality is not judged here (see bench/drift.py for numerical drift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench.models import _children_peak, _gib, _image
+from bench.run import RESULTS, ROOT, isa_cap, machine
+from bench.sdxl_model import SDXL_DIR, build, build_taesdxl
+
+# name -> (preset, side, steps, guidance, tiny decoder)
+CASES = {"turbo": ("turbo", 512, 1, 0.0, False), "turbo+taesdxl": ("turbo", 512, 1, 0.0, True),
+         "base": ("quality", 1024, 4, 5.0, False)}
+COLUMNS = [("config", "config"), ("dtype", "dtype"), ("runs on", "engine"), ("size", "size"), ("steps", "steps"),
+           ("load s", "load_s"), ("conversion child peak GiB", "conversion_children_peak_gib"),
+           ("s/step", "s_per_step"), ("s/image", "s_per_image"), ("peak GiB", "peak_rss_gib")]
+
+
+def worker(args) -> dict:
+    """One BACKEND:CASE in this process: load, a warm-up image at the case's size, the measured image."""
+    from bench.measure import PeakRss
+    from model_server.engine.diffusers_pipeline import DiffusersPipeline
+    from model_server.settings import ModelServerSettings
+
+    backend, case = args.worker.split(":")
+    preset, side, steps, guidance, tiny = CASES[case]
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(SDXL_DIR), backend=backend,
+                                       tiny_vae=str(build_taesdxl()) if tiny else "none", lcm_lora="none",
+                                       **({"dtype": args.dtype} if args.dtype else {}))
+        pipe = DiffusersPipeline.load(settings)
+        load = {"load_s": round(time.perf_counter() - started, 1), "load_peak_gib": _gib(rss.mark()),
+                "conversion_children_peak_gib": _gib(_children_peak()), "dtype": pipe.optimizations()["dtype"]}
+        fields = dict(preset=preset, steps=steps, guidance_scale=guidance, width=side, height=side)
+        _image(pipe, rss, **{**fields, "steps": 1})  # warm-up: kernels set up for this size
+        rss.mark()
+        row = _image(pipe, rss, **fields)
+    return {"config": args.worker, "size": f"{side}x{side}", "steps": steps, **load, **row,
+            "peak_rss_gib": max(row["peak_rss_gib"], load["load_peak_gib"])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
+                    help="BACKEND:CASE,... (cases: " + ", ".join(CASES) + ")")
+    ap.add_argument("--isa", help="cap the kernels to this ISA (AVX2: a laptop)")
+    ap.add_argument("--dtype", help="float32 or bfloat16 (default: the server's choice for this CPU)")
+    ap.add_argument("--name", default="sdxl")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)), flush=True)
+        return 0
+    build()
+    rows = []
+    for config in args.configs.split(","):
+        env = {**os.environ, "LOG_LEVEL": "WARNING", **(isa_cap(args.isa) if args.isa else {})}
+        cmd = [sys.executable, "-m", "bench.sdxl", "--worker", config] + (["--dtype", args.dtype] if args.dtype else [])
+        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        print(table(rows), file=sys.stderr)
+    result = {"machine": machine(), "isa_cap": args.isa, "rows": rows,
+              "command": "python -m bench.sdxl " + " ".join(argv or sys.argv[1:])}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    about = result["machine"]
+    (RESULTS / f"{args.name}.md").write_text(
+        f"`{result['command']}` on {about['cpu']} ({', '.join(about['isa_flags'])}), {about['logical_cpus']} vCPU, "
+        f"torch {about['torch']}\n\n{table(rows)}\n", encoding="utf-8")
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(head for head, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r.get(key, "")) for _, key in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
