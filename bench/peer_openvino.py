@@ -1,4 +1,5 @@
-"""The peer engine in the bench: optimum-intel's OpenVINO Stable Diffusion pipeline, as FastSD CPU runs it.
+"""The peer engine in the bench: optimum-intel's OpenVINO Stable Diffusion pipeline (SD's or SDXL's, by the
+model's family), as FastSD CPU runs it.
 
 Run by ``bench.run --configs peer-openvino,...``; it pulls another torch than ours (optimum-intel
 needs torchvision, which needs torch 2.14.1), so it runs in its own environment, which
@@ -42,10 +43,19 @@ def ensure_env(python: str = sys.executable) -> Path:
     return peer
 
 
+def _pipeline_class(model: str):
+    """optimum-intel's class for the model's family: SDXL's has its own (two text encoders)."""
+    from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
+
+    index = json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8"))
+    return OVStableDiffusionXLPipeline if "XL" in index.get("_class_name", "") else OVStableDiffusionPipeline
+
+
 def measure(args) -> dict:
     import psutil
     import torch
-    from optimum.intel import OVStableDiffusionPipeline
+
+    OVStableDiffusionPipeline = _pipeline_class(args.model)  # noqa: N806  (the class, SD's or SDXL's)
 
     proc, peak = psutil.Process(), [0]
     stop = threading.Event()
@@ -65,7 +75,10 @@ def measure(args) -> dict:
     # since under an ISA cap the plugin would still pick bf16 from the real CPU's flags and fail.
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if args.precision == "f32" else {}
     pipe = OVStableDiffusionPipeline.from_pretrained(export, compile=False, ov_config=ov_config)
-    pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)
+    # Static batch 1 (the UNet's 2 with guidance); without guidance (SDXL-Turbo) the UNet runs batch 1, which a
+    # static reshape of the guided batch refuses: the batch stays dynamic there.
+    pipe.reshape(batch_size=1 if args.guidance > 1 else -1, height=args.size, width=args.size,
+                 num_images_per_prompt=1)
     pipe.compile()
     load_s, load_peak, after_load = time.perf_counter() - started, peak[0], proc.memory_info().rss
     steps, vae = [], []
@@ -86,8 +99,12 @@ def measure(args) -> dict:
         last[0] = now
         return tensors
 
-    started = time.perf_counter()
-    pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, height=args.size, width=args.size,
+    if args.warmup:  # as ours: the first image at a size sets kernels up (a dynamic batch compiles on first use)
+        pipe(PROMPT, num_inference_steps=1, guidance_scale=args.guidance, height=args.size, width=args.size)
+        steps.clear()
+        vae.clear()
+    started = last[0] = time.perf_counter()
+    pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.size, width=args.size,
          generator=torch.Generator().manual_seed(1234), callback_on_step_end=on_step)
     image_s = time.perf_counter() - started
     stop.set()
@@ -111,6 +128,8 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--guidance", type=float, default=7.5, help="0: one-step models (SDXL-Turbo), no guidance")
+    ap.add_argument("--warmup", action="store_true", help="a 1-step image first, not measured (few-step runs)")
     ap.add_argument("--precision", choices=["auto", "f32"], default="auto",
                     help="auto: the plugin's choice (bf16 where the CPU has it); f32: as on a CPU without bf16")
     args = ap.parse_args()

@@ -4,6 +4,7 @@ base at 1024x1024 with guidance; per backend; each configuration in a fresh proc
 
     python -m bench.sdxl                                   # torch and OpenVINO, bench/results/sdxl-*.{json,md}
     python -m bench.sdxl --configs torch:turbo --isa AVX2 --dtype float32 --name sdxl-avx2
+    python -m bench.sdxl --configs peer:turbo,openvino:turbo,peer:base,openvino:base --name sdxl-peer
 
 Rows: load (s, with the one-time bf16 copy and OpenVINO conversion when they are made, and the conversion
 child's peak apart), s/step (median after a warm-up image), s/image, the peak RSS of the server process. Time and
@@ -32,6 +33,21 @@ COLUMNS = [("config", "config"), ("dtype", "dtype"), ("runs on", "engine"), ("si
            ("s/step", "s_per_step"), ("s/image", "s_per_image"), ("peak GiB", "peak_rss_gib")]
 
 
+def peer(case: str, args, env: dict) -> dict:
+    """The peer (optimum-intel's OpenVINO SDXL pipeline, static shapes, as FastSD CPU runs it) on the same
+    stand-in, in its own environment (bench/peer_openvino.py); its full VAE on OpenVINO."""
+    from bench.peer_openvino import ensure_env
+
+    preset, side, steps, guidance, tiny = CASES[case]
+    cmd = [str(ensure_env()), str(ROOT / "bench" / "peer_openvino.py"), "--model", str(SDXL_DIR), "--steps",
+           str(steps), "--size", str(side), "--guidance", str(guidance),
+           "--precision", "f32" if args.dtype == "float32" else "auto", "--warmup"]  # ours has a warm-up image too
+    out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**row, "config": f"peer:{case}", "size": f"{side}x{side}", "engine": "optimum-intel openvino",
+            "conversion_children_peak_gib": "(in load)"}
+
+
 def worker(args) -> dict:
     """One BACKEND:CASE in this process: load, a warm-up image at the case's size, the measured image."""
     from bench.measure import PeakRss
@@ -39,10 +55,12 @@ def worker(args) -> dict:
     from model_server.settings import ModelServerSettings
 
     backend, case = args.worker.split(":")
+    backend, _, int8 = backend.partition("+int8-")  # openvino+int8-weights: SD_INT8=weights
     preset, side, steps, guidance, tiny = CASES[case]
     with PeakRss() as rss:
         started = time.perf_counter()
         settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(SDXL_DIR), backend=backend,
+                                       int8=int8 or "none",
                                        tiny_vae=str(build_taesdxl()) if tiny else "none", lcm_lora="none",
                                        **({"dtype": args.dtype} if args.dtype else {}))
         pipe = DiffusersPipeline.load(settings)
@@ -59,7 +77,8 @@ def worker(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
-                    help="BACKEND:CASE,... (cases: " + ", ".join(CASES) + ")")
+                    help="BACKEND:CASE,... (backends: torch, openvino, openvino+int8-MODE, peer; cases: "
+                         + ", ".join(CASES) + ")")
     ap.add_argument("--isa", help="cap the kernels to this ISA (AVX2: a laptop)")
     ap.add_argument("--dtype", help="float32 or bfloat16 (default: the server's choice for this CPU)")
     ap.add_argument("--name", default="sdxl")
@@ -72,9 +91,16 @@ def main(argv=None) -> int:
     rows = []
     for config in args.configs.split(","):
         env = {**os.environ, "LOG_LEVEL": "WARNING", **(isa_cap(args.isa) if args.isa else {})}
-        cmd = [sys.executable, "-m", "bench.sdxl", "--worker", config] + (["--dtype", args.dtype] if args.dtype else [])
-        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
-        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        try:
+            if config.startswith("peer:"):
+                rows.append(peer(config.split(":")[1], args, env))
+            else:
+                cmd = [sys.executable, "-m", "bench.sdxl", "--worker", config] + (
+                    ["--dtype", args.dtype] if args.dtype else [])
+                out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+                rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        except subprocess.CalledProcessError as exc:  # recorded, not hidden: e.g. killed for memory (-9)
+            rows.append({"config": config, "engine": f"failed (exit {exc.returncode})"})
         print(table(rows), file=sys.stderr)
     result = {"machine": machine(), "isa_cap": args.isa, "rows": rows,
               "command": "python -m bench.sdxl " + " ".join(argv or sys.argv[1:])}

@@ -110,7 +110,8 @@ class ModelServerSettings(RequestLimits):
         "checkpoint) run on torch", "auto", read=_lower)
     int8: str = setting(
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
-        "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts; `none`. Not the default: its "
+        "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts (SD 1.x/2.x); `weights` (int8 "
+        "weights only, data-free, any family: half the UNet's memory); `none`. Not the default: its "
         "drift is measured on random weights only (docs/performance.md)", "none", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)
@@ -133,11 +134,16 @@ class ModelServerSettings(RequestLimits):
         "SD_RELEASE_IDLE_WEIGHTS", "Drop mapped weights from resident memory after their phase of each job: "
         "`text_encoder`, `all` (also the UNet before the VAE decode) or `none`", "all", read=_lower)
     lcm_lora: str = setting(
-        "SD_LCM_LORA", "The `fast` preset's LCM-LoRA: hub id or directory; `auto` (the SD v1 one; for "
-        "`SD_MODEL=tiny` a locally made one); `none` turns the preset off. Attached on the first fast job.",
-        "auto", read=_or_none)
-    tiny_vae: str = setting("SD_TINY_VAE", "The `fast` preset's decoder: hub id or directory; `auto` "
-                            "(`madebyollin/taesd`); `none` decodes with the full VAE", "auto", read=_or_none)
+        "SD_LCM_LORA", "The `fast` preset's LCM-LoRA: hub id or directory; `auto` (the model family's: SD v1's, "
+        "SDXL's; for the tiny models a locally made one); `none` turns the preset off. Attached on the first fast "
+        "job.", "auto", read=_or_none)
+    tiny_vae: str = setting("SD_TINY_VAE", "The `fast` and `turbo` presets' decoder: hub id or directory; `auto` "
+                            "(the family's: `madebyollin/taesd`, `madebyollin/taesdxl`); `none` decodes with the "
+                            "full VAE", "auto", read=_or_none)
+    vae_tile_above: int = setting(
+        "SD_VAE_TILE_ABOVE", "Decode and encode with the full torch VAE in overlapping 512-pixel tiles when an image "
+        "has more pixels than this side squared (SDXL's 1024x1024 and up, by default), so its activations stay "
+        "small: 1.5 GiB less at 1024x1024 for about 7 s more (docs/performance.md); 0: never tile", 768)
     inpaint_model: str = setting(
         "SD_INPAINT_MODEL", "An inpainting checkpoint (9-channel UNet, e.g. "
         "`stable-diffusion-v1-5/stable-diffusion-inpainting`): hub id or directory. Its UNet loads on the first "
@@ -207,8 +213,8 @@ class ModelServerSettings(RequestLimits):
             raise ValueError(f"SD_DTYPE must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.backend not in ("auto", "torch", "openvino"):
             raise ValueError(f"SD_BACKEND must be auto, torch or openvino, got {self.backend!r}")
-        if self.int8 not in ("none", "hybrid", "full"):
-            raise ValueError(f"SD_INT8 must be none, hybrid or full, got {self.int8!r}")
+        if self.int8 not in ("none", "hybrid", "full", "weights"):
+            raise ValueError(f"SD_INT8 must be none, hybrid, full or weights, got {self.int8!r}")
         if self.int8 != "none" and self.backend == "torch":
             raise ValueError("SD_INT8 runs on the OpenVINO UNet: set SD_BACKEND to openvino or auto, or SD_INT8=none")
         if self.attention not in ("sdpa", "sliced"):

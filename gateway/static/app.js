@@ -113,16 +113,18 @@ function showPresets(model) {
   const usable = (name) => [...select.options].some((o) => o.value === name && !o.disabled);
   const fallback = (Object.values(state.presets).find((p) => p.default) || {}).name;
   const newModel = (model && model.id) !== state.shownModel;
+  const firstList = !state.shownModel;  // no model was known: the list arrives now
   const next = newModel && model && model.one_step && usable("turbo") ? "turbo" : usable(was) ? was : fallback;
   state.shownModel = model && model.id;
   select.value = next;
   if (next !== was || newModel) usePreset();
-  if (newModel) showSizes(model);
+  // A model picked starts at its own size; the list arriving late (a key asked for first) keeps a size already set.
+  if (newModel) showSizes(model, !(firstList && state.sizeTouched));
 }
 
 // The sizes the chosen model was trained at (SDXL's aspect buckets, SD's 512 ones); picking one sets
 // width and height, and a new model starts at its own default size (SDXL 1024x1024).
-function showSizes(model) {
+function showSizes(model, reset) {
   const sizes = (model && model.sizes) || [];
   const select = $("size");
   select.textContent = "";
@@ -130,7 +132,7 @@ function showSizes(model) {
   for (const s of sizes) select.add(new Option(s.replace("x", " × "), s));
   $("size-field").hidden = !sizes.length;
   const fallback = `${state.limits.default_size}x${state.limits.default_size}`;
-  setSize((model && model.default_size) || fallback);
+  setSize(reset ? (model && model.default_size) || fallback : `${$("width").value}x${$("height").value}`);
 }
 
 function setSize(size) {
@@ -387,6 +389,7 @@ function pick(entry) {
                          ["token-merging", String(p.token_merging || 0)]]) {
     if (v != null) $(id).value = v;
   }
+  if (p.width && p.height) setSize(`${p.width}x${p.height}`);  // adds a size the lists lack, syncs the picker
   updateCounter();
   $("prompt").focus();
 }
@@ -397,9 +400,15 @@ $("key-form").addEventListener("submit", useKey);
 $("cancel").addEventListener("click", cancel);
 $("prompt").addEventListener("input", updateCounter);
 $("preset").addEventListener("change", usePreset);
-$("size").addEventListener("change", () => { if ($("size").value) setSize($("size").value); });
+$("size").addEventListener("change", () => {
+  state.sizeTouched = true;
+  if ($("size").value) setSize($("size").value);
+});
 for (const id of ["width", "height"]) {
-  $(id).addEventListener("change", () => { setSize(`${$("width").value}x${$("height").value}`); });
+  $(id).addEventListener("change", () => {
+    state.sizeTouched = true;
+    setSize(`${$("width").value}x${$("height").value}`);
+  });
 }
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }

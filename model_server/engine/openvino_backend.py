@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model_server import cpu
+from model_server import cpu, memory
 from model_server.engine.convert import run_once
 from model_server.engine.openvino_convert import converted
 from model_server.engine.pipeline_objects import pipeline_like
@@ -62,6 +62,24 @@ def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
     return dest, {"openvino_int8": settings.int8, "int8_quantization_seconds": seconds}
 
 
+# A conversion's peak over its part's weights on disk (measured: SD v1.4's UNet 2.0x from the bf16 copy, SDXL's
+# 2.9x, the source's mapped pages included; docs/performance.md).
+CONVERSION_PEAK_FACTOR = 3.0
+
+
+def _short_of_memory(folder: str, part: str, settings: ModelServerSettings) -> str:
+    """Why this machine cannot convert ``part`` now ("" when it can, or when SD_BACKEND=openvino insists):
+    a conversion the kernel kills for memory helps no one, and may take the server with it."""
+    weights = sum(f.stat().st_size for f in (Path(folder) / part.split("_")[0]).glob("*.safetensors"))
+    available = memory.available_bytes()
+    need = int(weights * CONVERSION_PEAK_FACTOR)
+    if settings.backend == "openvino" or available is None or need <= available:
+        return ""
+    return (f"converting it needs about {need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB are available "
+            "(convert it once on a larger machine with `python -m model_server fetch --convert` and copy "
+            "SD_CACHE_DIR/openvino here, or set SD_BACKEND=openvino to try anyway)")
+
+
 def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
            part: str = "unet", lora: str | None = None, stop=None) -> tuple[Path | None, dict]:
     """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
@@ -84,6 +102,9 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     what = {"unet": "UNet", "vae_decoder": "VAE decoder"}[part] + (" with the LCM-LoRA fused in" if lora else "")
     if converted(dest, part):
         return dest, {f"{prefix}_ir": "cached"}
+    short = _short_of_memory(real, part, settings)
+    if short:
+        return None, {"backend_reason" if prefix == "openvino" else prefix: f"the {what} runs on torch: {short}"}
     args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part, "--precision", precision]
     args += ["--lora", lora] if lora else []
     with (progress or LoadProgress()).over() as phase:
@@ -160,8 +181,9 @@ def vae_decoder(pipe, folder: str, settings: ModelServerSettings, precision: str
 
     MappedWeights(folder).release("vae")  # the torch decoder's pages are not read again
     vae = OpenVinoVae(ir, pipe.vae, precision, threads)
-    progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side}")
-    vae.compile_for(side, side)
+    if not settings.vae_tile_above or side <= settings.vae_tile_above:  # larger ones decode in torch's tiles
+        progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side}")
+        vae.compile_for(side, side)
     pipe.register_modules(vae=vae)
     return {"openvino_vae": "decode", **info}
 

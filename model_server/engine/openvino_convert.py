@@ -29,6 +29,7 @@ from pathlib import Path
 MARKER = "sd_cpu_openvino.json"
 IR_NAMES = {"unet": "unet.xml", "vae_decoder": "vae_decoder.xml"}
 IR_NAME = IR_NAMES["unet"]
+EXAMPLE_LATENT = 32  # the traced example's latent side (256 pixels)
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +67,9 @@ def _unet(source: str, lora: str | None = None):
             return out.float()
 
     cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    # A small example: it fixes the inputs' ranks, not their sizes (the IR is compiled for each job's shape), and
+    # tracing at the model's own size held every activation of that size at once (SDXL at 1024x1024: over 24 GB).
+    size = EXAMPLE_LATENT
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim))
     names = ("sample", "timestep", "encoder_hidden_states")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from model_server.families import FAMILIES
+from model_server.families.detect import FEW_STEP_NAME
 from protocol.messages import GenerationParams
 from protocol.presets import PRESETS
 
@@ -30,6 +31,7 @@ class EngineFacts:
     tiny_vae_missing: str = ""  # why there is no tiny decoder ("" when there is, or it was not tried yet)
     inpaint_checkpoint: bool = False  # an inpainting checkpoint is configured (and did not fail to load)
     release_unet: bool = False  # SD_RELEASE_IDLE_WEIGHTS=all: the UNet's pages go after denoising
+    vae_tile_above: int = 0  # SD_VAE_TILE_ABOVE: the torch VAE tiles images with more pixels than this squared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Plan:
     loras: tuple[tuple[str, float], ...]  # the job's own LoRAs (name, weight)
     scheduler: str
     trailing: bool  # few-step models sample from the last timestep (1 step starts at t=999)
-    decoder: str  # tiny | full
+    decoder: str  # tiny | full | tiled (the full VAE in overlapping tiles: bounded activations for large images)
     inpaint_checkpoint: bool  # inpaint with the 9-channel checkpoint's UNet instead of blending
     deep_cache: int
     token_merging: float
@@ -81,7 +83,7 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         ("the inpainting checkpoint", inpaint_checkpoint)) if asked) if facts.openvino else ()
     unet = "torch" if not facts.openvino or reasons else "openvino-lcm" if lcm else "openvino"
     precision = facts.dtype
-    if unet == "openvino" and facts.int8 in ("hybrid", "full"):
+    if unet == "openvino" and facts.int8 in ("hybrid", "full", "weights"):
         precision = f"int8 ({facts.int8})"
     release = tuple((phase, part) for phase, part in (
         *(("encoding", encoder) for encoder in FAMILIES[facts.family].text_encoders),
@@ -90,7 +92,18 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         family=facts.family, mode=params.mode, precision=precision, unet=unet, on_torch_because=reasons,
         converts_first=unet == "openvino-lcm" and facts.fused_lcm == "pending", lcm=lcm,
         loras=tuple((ref.name, ref.weight) for ref in params.loras), scheduler=params.scheduler,
-        trailing=bool(preset and preset.one_step),
-        decoder="tiny" if preset and preset.tiny_vae and not facts.tiny_vae_missing else "full",
+        # Few-step models, and few-step LoRAs (SDXL-Lightning's, Hyper-SD's) on any model, sample from the last
+        # timestep on: 1 step starts at t=999.
+        trailing=bool(preset and preset.one_step) or any(FEW_STEP_NAME.search(ref.name) for ref in params.loras),
+        decoder=_decoder(params, facts, bool(preset and preset.tiny_vae)),
         inpaint_checkpoint=inpaint_checkpoint, deep_cache=params.deep_cache if params.deep_cache > 1 else 0,
         token_merging=params.token_merging, tiling=params.tiling, release=release)
+
+
+def _decoder(params: GenerationParams, facts: EngineFacts, tiny_asked: bool) -> str:
+    if tiny_asked and not facts.tiny_vae_missing:
+        return "tiny"
+    large = facts.vae_tile_above and params.width * params.height > facts.vae_tile_above ** 2
+    # Seamless tiling needs the whole image's wrap-around padding. (An OpenVINO decoder steps aside for the torch
+    # VAE's tiles: vae_tiles.)
+    return "tiled" if large and not params.tiling else "full"

@@ -18,6 +18,9 @@ from pathlib import Path
 TINY = {"tiny": ("sd1", False), "tiny-turbo": ("sd2", True), "tiny-sdxl": ("sdxl", False),
         "tiny-sdxl-turbo": ("sdxl", True)}
 _XL_NAME = re.compile(r"xl|ssd-?1b|vega|playground", re.IGNORECASE)
+# Models and LoRAs distilled to run in 1-8 steps without guidance, on trailing timesteps (SD-Turbo, SDXL-Turbo,
+# SDXS, SDXL-Lightning, Hyper-SD, DMD2): their repositories and files are named so.
+FEW_STEP_NAME = re.compile(r"turbo|sdxs|lightning|hyper[-_]?sd|dmd2|one[-_]?step|1[-_]?step", re.IGNORECASE)
 _HEADER_LIMIT = 64 * 2**20  # a checkpoint's JSON header is a few hundred KB; more is not a checkpoint
 
 

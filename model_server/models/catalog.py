@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from model_server.families import FAMILIES, detect
-from model_server.families.detect import TINY
+from model_server.families.detect import FEW_STEP_NAME, TINY
 from model_server.loading.hub_files import is_hub_id
 from protocol.contract import Limits
 from protocol.messages import MAX_NAME_LENGTH, ModelEntry
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 # The local random-weight models the engine writes (tests, demos), each with its family's shapes.
 TINY_MODELS = {name: one_step for name, (_, one_step) in TINY.items()}
-# Names of the one-step families (their repositories and files are named so); a model's scheduler
-# configured with "trailing" timesteps (how SD-Turbo ships) counts too.
-_ONE_STEP = re.compile(r"turbo|sdxs|one[-_]?step|1[-_]?step", re.IGNORECASE)
+# A model named like a few-step one (families.detect.FEW_STEP_NAME) is one; a model's scheduler configured with
+# "trailing" timesteps (how SD-Turbo ships) counts too.
+_ONE_STEP = FEW_STEP_NAME
 # A1111 names a checkpoint "file.safetensors [hash]"; clients send that title back.
 _A1111_TITLE = re.compile(r"^(.*?)(\.safetensors)?( \[[0-9a-f]{8,64}\])?$")
 

@@ -35,8 +35,8 @@ def browser():
         browser.close()
 
 
-# tiny brings the fast preset's parts; a second, one-step model and two LoRAs fill the pickers.
-stack = stack_fixture(loras=True, MODEL_SERVER_QUEUE_SIZE=4, SD_MODEL="tiny", SD_MODELS="tiny-turbo")
+# tiny brings the fast preset's parts; a one-step model, an SDXL one and two LoRAs fill the pickers.
+stack = stack_fixture(loras=True, MODEL_SERVER_QUEUE_SIZE=4, SD_MODEL="tiny", SD_MODELS="tiny-turbo,tiny-sdxl")
 
 
 @pytest.fixture

@@ -102,10 +102,10 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.focus("#prompt")
     page.keyboard.type("a small red cube")
     order = []
-    for _ in range(10):  # Tab walks the form in reading order
+    for _ in range(11):  # Tab walks the form in reading order
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
-    assert order == ["negative", "model", "preset", "width", "height", "steps", "guidance", "scheduler",
+    assert order == ["negative", "model", "preset", "size", "width", "height", "steps", "guidance", "scheduler",
                      "token-merging", "seed"]
     page.keyboard.press("Control+a")
     page.keyboard.type("77")

@@ -1,6 +1,6 @@
 """The SDXL family on the real service, through every API: ``tiny-sdxl`` (SDXL's exact pipeline
-classes, random weights) as the default model, ``tiny-sdxl-turbo`` and the SD 1.x ``tiny`` beside it,
-an SDXL LoRA in LORA_DIR. Native jobs, the ``openai`` SDK and A1111's ``webuiapi`` client; the page's
+classes, random weights) as the default model, ``tiny-sdxl-turbo``, the SD 1.x ``tiny`` and an SDXL
+single-file checkpoint beside it, an SDXL LoRA in LORA_DIR. Native jobs, the ``openai`` SDK and A1111's ``webuiapi`` client; the page's
 size choices are checked in tests/browser/test_models_page.py."""
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ def stack(log_dir, tiny_model_dir, tmp_path_factory):
     from model_server.engine.tiny_model import write_random_lora
     from model_server.engine.tiny_sdxl import build_tiny_sdxl
 
+    from bench.ldm_checkpoint import write_ldm_checkpoint
+    from model_server.engine.tiny_sdxl import write_tiny_sdxl
+
     loras = tmp_path_factory.mktemp("sdxl-loras")
     write_random_lora(loras / "xl-ink.safetensors", build_tiny_sdxl(), seed=1)  # kohya layout, both text encoders
+    checkpoints = tmp_path_factory.mktemp("sdxl-checkpoints")
+    write_ldm_checkpoint(build_tiny_sdxl(seed=3), checkpoints / "xl-merge.safetensors")  # as Civitai ships them
+    config = write_tiny_sdxl(tmp_path_factory.mktemp("sdxl-config") / "tiny-sdxl")
     # One gateway worker: an A1111 client's chosen checkpoint is kept for its next call.
     stack = start_stack(log_dir, tiny_model_dir, {"GATEWAY_WORKERS": 1}, SD_MODEL="tiny-sdxl",
-                        SD_MODELS="tiny-sdxl-turbo,tiny", LORA_DIR=loras, SD_BACKEND="torch")
+                        SD_MODELS="tiny-sdxl-turbo,tiny", SD_MODELS_DIR=checkpoints, LORA_DIR=loras,
+                        SD_SINGLE_FILE_CONFIG=f"sd1={tiny_model_dir},sdxl={config}", SD_BACKEND="torch")
     yield stack
     stop_stack(stack)
     assert "Traceback" not in stack.gateway.log() and "Traceback" not in stack.model_server.log()
@@ -53,8 +60,10 @@ def png(image: Image.Image) -> bytes:
 
 def test_each_model_is_listed_with_its_family_default_size_and_trained_sizes(stack):
     models = {m["id"]: m for m in requests.get(stack.url + "/v1/models", timeout=10).json()["data"]}
-    assert list(models) == ["tiny-sdxl", "tiny-sdxl-turbo", "tiny"]
+    assert list(models) == ["tiny-sdxl", "tiny-sdxl-turbo", "tiny", "xl-merge"]
     xl, turbo, sd = models["tiny-sdxl"], models["tiny-sdxl-turbo"], models["tiny"]
+    merge = models["xl-merge"]  # a single file, told SDXL by its tensor names before it was ever loaded
+    assert (merge["kind"], merge["family"], merge["default_size"]) == ("single_file", "sdxl", "1024x1024")
     assert (xl["family"], xl["default_size"], xl["one_step"]) == ("sdxl", "1024x1024", False)
     assert {"832x1216", "1216x832", "1344x768"} <= set(xl["sizes"])
     assert (turbo["family"], turbo["default_size"], turbo["one_step"]) == ("sdxl", "512x512", True)
@@ -137,7 +146,7 @@ def test_the_webuiapi_client_runs_sdxl_and_switches_between_families(stack):
     url = urlparse(stack.url)
     api = webuiapi.WebUIApi(host=url.hostname, port=url.port)
     titles = [m["title"] for m in api.get_sd_models()]
-    assert titles == ["tiny-sdxl", "tiny-sdxl-turbo", "tiny"]
+    assert titles == ["tiny-sdxl", "tiny-sdxl-turbo", "tiny", "xl-merge"]
     base = api.txt2img(prompt="a cat", seed=9, sampler_name="DPM++ 2M", scheduler="Karras", **SMALL)
     assert base.image.size == (64, 64) and "Model: tiny-sdxl" in base.info["infotexts"][0]
     init = Image.new("RGB", (64, 64), (20, 200, 30))
@@ -146,12 +155,14 @@ def test_the_webuiapi_client_runs_sdxl_and_switches_between_families(stack):
     painted = api.img2img(images=[init], mask_image=mask, prompt="a cat", denoising_strength=0.9, seed=3,
                           **{**SMALL, "steps": 4})
     assert np.abs(np.asarray(painted.image.convert("RGB")).astype(int)[:, 48:] - np.asarray(init)[:, 48:]).max() == 0
-    for model in ("tiny", "tiny-sdxl-turbo"):
+    for model in ("tiny", "tiny-sdxl-turbo", "xl-merge"):
         api.util_set_model(model)
         try:
             result = api.txt2img(prompt="a cat", seed=9, steps=1, cfg_scale=0, width=64, height=64)
             assert result.info["sd_model_name"] == model
         finally:
             api.util_set_model("tiny-sdxl")
+    merge = next(m for m in api.get_sd_models() if m["model_name"] == "xl-merge")
+    assert len(merge["hash"]) == 10  # A1111's short hash, known once it was converted
     again = api.txt2img(prompt="a cat", seed=9, sampler_name="DPM++ 2M", scheduler="Karras", **SMALL)
     assert np.array_equal(np.asarray(again.image), np.asarray(base.image))  # back on SDXL, the same image

@@ -60,3 +60,11 @@ def test_single_file_configs_are_one_for_all_or_one_per_family():
     per_family = "sd1=/m/sd15, sdxl=stabilityai/stable-diffusion-xl-base-1.0"
     assert config_for(per_family, "sdxl") == "stabilityai/stable-diffusion-xl-base-1.0"
     assert config_for(per_family, "sd1") == "/m/sd15" and config_for(per_family, "sd2") == "auto"
+
+
+def test_few_step_models_are_named_so_and_get_the_turbo_preset():
+    from model_server.models.catalog import is_one_step
+
+    for name in ("stabilityai/sdxl-turbo", "ByteDance/SDXL-Lightning", "my-Hyper-SDXL-merge", "dmd2-sdxl", "sdxs-512"):
+        assert is_one_step(name, name), name
+    assert not is_one_step("stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0")

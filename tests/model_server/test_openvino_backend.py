@@ -271,3 +271,35 @@ def test_sdxl_runs_on_openvino_with_its_added_conditioning_as_on_torch(cache):
         assert ran >= p.steps, extra  # OpenVINO ran it (twice a step with guidance)
     assert ov.engine(GenerationParams(prompt="a cat", seed=1, **FAST)) == "openvino float32, the LCM-LoRA fused"
     assert ov.engine(GenerationParams(prompt="a cat", seed=1)) == "openvino float32"
+
+
+def test_a_conversion_this_machine_has_no_memory_for_is_not_started_unless_openvino_is_insisted_on(tmp_path,
+                                                                                                  monkeypatch):
+    from model_server.engine import openvino_backend as backend
+    from model_server.engine.tiny_model import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "m")
+    weights = sum(f.stat().st_size for f in (folder / "unet").glob("*.safetensors"))
+    monkeypatch.setattr(backend.memory, "available_bytes", lambda: weights * 2)  # under the 3x a conversion takes
+    short = backend._short_of_memory(str(folder), "unet", settings(tmp_path, backend="auto"))
+    assert "needs about" in short and "fetch --convert" in short
+    ir, info = backend.ir_for(str(folder), settings(tmp_path, backend="auto"), "f32")
+    assert ir is None and "runs on torch: converting it needs" in info["backend_reason"]
+    assert not (tmp_path / "openvino").exists()  # nothing was started
+    assert backend._short_of_memory(str(folder), "unet", settings(tmp_path, backend="openvino")) == ""
+    monkeypatch.setattr(backend.memory, "available_bytes", lambda: weights * 4)
+    assert backend._short_of_memory(str(folder), "unet", settings(tmp_path, backend="auto")) == ""
+
+
+def test_a_large_image_decodes_in_the_torch_vaes_tiles_and_the_openvino_decoder_keeps_the_small_ones(cache):
+    """Compiled whole for a large image, the OpenVINO decoder's activations would stay allocated at that size."""
+    pipe = DiffusersPipeline.load(settings(cache, backend="openvino", vae_tile_above=48))
+    vae = pipe.pipe.vae
+    assert vae.report() == {}  # the default size (64) is above the tiling size: not compiled at load
+    tiled = []
+    original = vae.torch_vae.tiled_decode
+    vae.torch_vae.tiled_decode = lambda *a, **k: tiled.append(1) or original(*a, **k)
+    image, _, _ = run(pipe, steps=2)  # 64x64
+    assert tiled == [1] and vae.calls == 0 and not vae.decode_on_torch
+    image, _, _ = run(pipe, steps=2, width=32, height=32)
+    assert tiled == [1] and vae.calls == 1 and image.shape == (32, 32, 3)

@@ -82,3 +82,18 @@ def test_the_inpainting_checkpoint_inpaints_unless_adapters_are_attached_to_the_
     assert not decide(params(mode="inpaint", preset="fast"), facts).inpaint_checkpoint
     assert not decide(params(mode="img2img"), facts).inpaint_checkpoint
     assert decide(params(mode="img2img"), facts).engine == "openvino bfloat16"
+
+
+def test_large_images_decode_in_the_full_vaes_tiles():
+    facts = EngineFacts(vae_tile_above=1024)
+    assert decide(params(width=1024, height=1024), facts).decoder == "full"
+    assert decide(params(width=1216, height=1024), facts).decoder == "tiled"
+    assert decide(params(width=1216, height=1024, tiling=True), facts).decoder == "full"  # wraps around whole
+    assert decide(params(width=1216, height=1024, preset="turbo"), facts).decoder == "tiny"
+    assert decide(params(width=1216, height=1024), EngineFacts(vae_tile_above=0)).decoder == "full"
+
+
+def test_few_step_loras_sample_on_trailing_timesteps_on_any_model():
+    assert decide(params(loras=[LoraRef(name="sdxl_lightning_4step_lora")]), EngineFacts(family="sdxl")).trailing
+    assert decide(params(loras=[LoraRef(name="Hyper-SDXL-8steps-lora")]), EngineFacts(family="sdxl")).trailing
+    assert not decide(params(loras=[LoraRef(name="ink")]), EngineFacts(family="sdxl")).trailing

@@ -111,3 +111,25 @@ def test_the_fast_preset_on_sdxl_attaches_an_sdxl_lcm_lora(xl):
     assert steps == [1, 2] and image.std() > 1 and xl.plan(fast).lcm
     assert xl.optimizations()["lcm_lora"].endswith("tiny-extras-sdxl/tiny-lcm-lora")
     assert any("lora_" in name for name, _ in xl.pipe.unet.named_parameters())
+
+
+def test_above_the_tiling_size_the_vae_decodes_and_encodes_in_tiles_and_only_for_that_job(cache):
+    from PIL import Image
+
+    tiled = DiffusersPipeline.load(ModelServerSettings(model="tiny-sdxl", cache_dir=str(cache), dtype="float32",
+                                                       vae_tile_above=512))
+    vae = tiled.pipe.vae
+    calls = []
+    for name in ("tiled_decode", "_tiled_encode"):
+        original = getattr(vae, name)
+        setattr(vae, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    big = params(width=640, height=576, steps=2)
+    assert tiled.plan(big).decoder == "tiled" and tiled.plan(params()).decoder == "full"
+    image, _, _ = run(tiled, big)
+    assert image.shape == (576, 640, 3) and calls == ["tiled_decode"] and not vae.use_tiling
+    run(tiled, params(mode="img2img", strength=0.5, width=640, height=576, steps=2),
+        init=Image.new("RGB", (640, 576), (200, 40, 40)))
+    assert calls == ["tiled_decode", "_tiled_encode", "tiled_decode"]
+    calls.clear()
+    run(tiled, params())
+    assert calls == [] and vae.tile_sample_min_size == vae.config.sample_size  # restored after the job

@@ -1,0 +1,36 @@
+"""The full VAE in overlapping tiles for one job (the plan's ``tiled`` decoder): an image's VAE activations grow
+with its pixels (the decoder's last blocks hold 128-256 channels at full resolution), so above a size
+(``SD_VAE_TILE_ABOVE``) diffusers' tiled decode and encode run 512-pixel tiles with a blended overlap instead,
+bounding the peak whatever the size, for a little more time. Switched on and off around one job, on the
+VAE every pipeline object shares, so it never leaks into the next."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+TILE_PIXELS = 512  # a tile's side in pixels (64 latents): what SD's VAE was trained at
+
+
+@contextmanager
+def vae_tiles(vae, on: bool):
+    """Tiled decode and encode in ``vae`` (diffusers' AutoencoderKL) while inside, when ``on``. An OpenVINO
+    decoder (openvino_vae) steps aside for its torch VAE: compiled whole for a large image, its activations
+    would stay allocated at that size."""
+    torch_vae = getattr(vae, "torch_vae", vae)
+    if not on or not hasattr(torch_vae, "enable_tiling"):
+        yield
+        return
+    sizes = (torch_vae.tile_sample_min_size, torch_vae.tile_latent_min_size)
+    scale = 2 ** (len(torch_vae.config.block_out_channels) - 1)
+    torch_vae.tile_sample_min_size, torch_vae.tile_latent_min_size = TILE_PIXELS, TILE_PIXELS // scale
+    torch_vae.enable_tiling()
+    stepping_aside = torch_vae is not vae
+    if stepping_aside:
+        vae.decode_on_torch = True
+    try:
+        yield
+    finally:
+        torch_vae.disable_tiling()
+        torch_vae.tile_sample_min_size, torch_vae.tile_latent_min_size = sizes
+        if stepping_aside:
+            vae.decode_on_torch = False
