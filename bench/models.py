@@ -239,15 +239,20 @@ def main(argv=None) -> int:
         out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
         rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         print(table(rows), file=sys.stderr)
-    result = {"machine": machine(), "command": "python -m bench.models " + " ".join(argv or sys.argv[1:]),
-              "rows": rows}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    about = result["machine"]
-    (RESULTS / f"{args.name}.md").write_text(
-        f"`{result['command']}` on {about['cpu']} ({', '.join(about['isa_flags'])}), {about['logical_cpus']} vCPU, "
-        f"torch {about['torch']}\n\n{table(rows)}\n", encoding="utf-8")
+    write_results(args.name, "python -m bench.models " + " ".join(argv or sys.argv[1:]), rows, table(rows))
     print(table(rows))
     return 0
+
+
+def write_results(name: str, command: str, rows: list[dict], markdown: str, **extra) -> None:
+    """bench/results/NAME.json (the machine, the command, the rows) and NAME.md (the command, the machine, the
+    table)."""
+    result = {"machine": machine(), "command": command, **extra, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    about = result["machine"]
+    (RESULTS / f"{name}.md").write_text(
+        f"`{command}` on {about['cpu']} ({', '.join(about['isa_flags'])}), {about['logical_cpus']} vCPU, "
+        f"torch {about['torch']}\n\n{markdown}\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from bench.models import _children_peak, _gib, _image
-from bench.run import RESULTS, ROOT, isa_cap, machine
+from bench.models import _children_peak, _gib, _image, write_results
+from bench.run import ROOT, isa_cap
 from bench.sdxl_model import SDXL_DIR, build, build_taesdxl
 
 # name -> (preset, side, steps, guidance, tiny decoder)
@@ -102,13 +102,8 @@ def main(argv=None) -> int:
         except subprocess.CalledProcessError as exc:  # recorded, not hidden: e.g. killed for memory (-9)
             rows.append({"config": config, "engine": f"failed (exit {exc.returncode})"})
         print(table(rows), file=sys.stderr)
-    result = {"machine": machine(), "isa_cap": args.isa, "rows": rows,
-              "command": "python -m bench.sdxl " + " ".join(argv or sys.argv[1:])}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    about = result["machine"]
-    (RESULTS / f"{args.name}.md").write_text(
-        f"`{result['command']}` on {about['cpu']} ({', '.join(about['isa_flags'])}), {about['logical_cpus']} vCPU, "
-        f"torch {about['torch']}\n\n{table(rows)}\n", encoding="utf-8")
+    write_results(args.name, "python -m bench.sdxl " + " ".join(argv or sys.argv[1:]), rows, table(rows),
+                  isa_cap=args.isa)
     print(table(rows))
     return 0
 

@@ -5,12 +5,12 @@ and the loaded model's facts (``facts``), after the parts the job needs that loa
 (the LCM-LoRA, the tiny decoder, an inpainting checkpoint's UNet) are in. The pipeline object that
 runs it is then assembled from that plan: the family's class for the job's mode (families/),
 over the loaded modules with the UNet (OpenVINO, the fused fast one, the inpainting one) and the
-decoder (full or tiny) the plan names; each such object is made once and costs nothing, as it
+decoder (full, tiny, or the full one in tiles) the plan names; each such object is made once and costs nothing, as it
 shares the modules. Per job it applies the preset's adapters, step caching (deepcache.py), token
 merging and tiling, and releases idle mapped weights after their phase (residency.py).
 
-Over 250 lines on purpose: the parts that load on first use, the assembly and the run share one
-object's state; deciding (plan.py), loading (model_loader.py), samplers (schedulers.py) and
+Over 300 lines on purpose: the parts that load on first use, the assembly and the run share one
+object's state (what is loaded is what the plan's facts say); deciding (plan.py), loading (model_loader.py), samplers (schedulers.py) and
 previews (previews.py) live beside it.
 """
 

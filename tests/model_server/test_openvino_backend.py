@@ -299,7 +299,7 @@ def test_a_large_image_decodes_in_the_torch_vaes_tiles_and_the_openvino_decoder_
     tiled = []
     original = vae.torch_vae.tiled_decode
     vae.torch_vae.tiled_decode = lambda *a, **k: tiled.append(1) or original(*a, **k)
-    image, _, _ = run(pipe, steps=2)  # 64x64
-    assert tiled == [1] and vae.calls == 0 and not vae.decode_on_torch
+    image, _, _ = run(pipe, steps=2, width=576, height=576)  # more than one 512-pixel tile
+    assert tiled == [1] and vae.calls == 0 and not vae.decode_on_torch and image.shape == (576, 576, 3)
     image, _, _ = run(pipe, steps=2, width=32, height=32)
     assert tiled == [1] and vae.calls == 1 and image.shape == (32, 32, 3)
