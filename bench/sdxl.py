@@ -5,6 +5,7 @@ base at 1024x1024 with guidance; per backend; each configuration in a fresh proc
     python -m bench.sdxl                                   # torch and OpenVINO, bench/results/sdxl-*.{json,md}
     python -m bench.sdxl --configs torch:turbo --isa AVX2 --dtype float32 --name sdxl-avx2
     python -m bench.sdxl --configs peer:turbo,openvino:turbo,peer:base,openvino:base --name sdxl-peer
+    python -m bench.sdxl --configs torch:switch,openvino:switch --name sdxl-switch
 
 Rows: load (s, with the one-time bf16 copy and OpenVINO conversion when they are made, and the conversion
 child's peak apart), s/step (median after a warm-up image), s/image, the peak RSS of the server process. Time and
@@ -48,6 +49,35 @@ def peer(case: str, args, env: dict) -> dict:
             "conversion_children_peak_gib": "(in load)"}
 
 
+def switches(args) -> list[dict]:
+    """A model server's ModelSet switching SD v1.4 -> SDXL -> SD v1.4, twice: the first round makes the caches,
+    the second runs from them (seconds, the server's peak and its memory after)."""
+    from bench.measure import PeakRss
+    from bench.models import models_rss
+    from bench.sd14_model import DEFAULT_DIR
+    from model_server.factory import make_model_set
+    from model_server.loading.progress import LoadProgress
+    from model_server.settings import ModelServerSettings
+    from protocol.messages import GenerationParams
+
+    settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(DEFAULT_DIR), models=f"sdxl={SDXL_DIR}",
+                                   backend=args.worker.split(":")[0])
+    rows = []
+    with PeakRss() as rss:
+        models = make_model_set(settings)
+        models.load_default(LoadProgress())
+        rss.mark()
+        for round_ in (1, 2):
+            for name in ("sdxl", ""):
+                started = time.perf_counter()
+                _, switch, _ = models.prepare(GenerationParams(prompt="a", seed=1, model=name), lambda text: None)
+                rows.append({"config": f"{args.worker} round {round_}", "engine": f"to {switch.to_model}",
+                             "load_s": round(time.perf_counter() - started, 1), "peak_rss_gib": _gib(rss.mark()),
+                             "dtype": models.optimizations().get("dtype"),
+                             "size": f"RSS after {_gib(models_rss())} GiB"})
+    return rows
+
+
 def worker(args) -> dict:
     """One BACKEND:CASE in this process: load, a warm-up image at the case's size, the measured image."""
     from bench.measure import PeakRss
@@ -78,16 +108,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
                     help="BACKEND:CASE,... (backends: torch, openvino, openvino+int8-MODE, peer; cases: "
-                         + ", ".join(CASES) + ")")
+                         + ", ".join(CASES) + "; BACKEND:switch switches SD v1.4 <-> SDXL twice)")
     ap.add_argument("--isa", help="cap the kernels to this ISA (AVX2: a laptop)")
     ap.add_argument("--dtype", help="float32 or bfloat16 (default: the server's choice for this CPU)")
     ap.add_argument("--name", default="sdxl")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)), flush=True)
+        for row in switches(args) if args.worker.endswith(":switch") else [worker(args)]:
+            print(json.dumps(row), flush=True)
         return 0
     build()
+    if "switch" in args.configs:
+        from bench.sd14_model import DEFAULT_DIR, build as build_sd14
+
+        build_sd14(DEFAULT_DIR)
     rows = []
     for config in args.configs.split(","):
         env = {**os.environ, "LOG_LEVEL": "WARNING", **(isa_cap(args.isa) if args.isa else {})}
