@@ -71,8 +71,9 @@ class ModelServerSettings(RequestLimits):
     pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",
                             "diffusers", read=_lower)
     model: str = setting("SD_MODEL", "The default model: hub id, local diffusers directory, single-file `.safetensors` "
-                         "checkpoint, or `tiny` / `tiny-turbo` (tiny random-weight models, SD v1- and SD-Turbo-shaped, "
-                         "written to `SD_CACHE_DIR`, no network)", DEFAULT_MODEL)
+                         "checkpoint (SD 1.x/2.x or SDXL), or `tiny` / `tiny-turbo` / `tiny-sdxl` / `tiny-sdxl-turbo` "
+                         "(tiny random-weight models of those families' exact shapes, written to `SD_CACHE_DIR`, no "
+                         "network)", DEFAULT_MODEL)
     models: str = setting(
         "SD_MODELS", "More models a request may name (`model`), besides `SD_MODEL`: a comma-separated list of hub "
         "ids, diffusers directories and single-file `.safetensors` checkpoints, each optionally `NAME=SOURCE`. One "

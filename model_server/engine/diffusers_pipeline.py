@@ -10,8 +10,8 @@ shares the modules. Per job it applies the preset's adapters, step caching (deep
 merging and tiling, and releases idle mapped weights after their phase (residency.py).
 
 Over 300 lines on purpose: the parts that load on first use, the assembly and the run share one
-object's state (what is loaded is what the plan's facts say); deciding (plan.py), loading (model_loader.py), samplers (schedulers.py) and
-previews (previews.py) live beside it.
+object's state (what is loaded is what the plan's facts say); deciding (plan.py), loading
+(model_loader.py), samplers (schedulers.py) and previews (previews.py) live beside it.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from model_server.engine.openvino_convert import IR_NAME
 
 class OpenVinoUNet(torch.nn.Module):
     """Called like diffusers' UNet2DConditionModel (sample, timestep, encoder_hidden_states, and SDXL's
-    ``added_cond_kwargs``) by the pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch UNet's, which the
-    pipelines read."""
+    ``added_cond_kwargs``) by the pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch
+    UNet's, which the pipelines read."""
 
     def __init__(self, ir_dir: str | Path, like: torch.nn.Module, precision: str, threads: int):
         super().__init__()

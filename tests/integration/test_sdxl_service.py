@@ -1,7 +1,7 @@
 """The SDXL family on the real service, through every API: ``tiny-sdxl`` (SDXL's exact pipeline
 classes, random weights) as the default model, ``tiny-sdxl-turbo``, the SD 1.x ``tiny`` and an SDXL
-single-file checkpoint beside it, an SDXL LoRA in LORA_DIR. Native jobs, the ``openai`` SDK and A1111's ``webuiapi`` client; the page's
-size choices are checked in tests/browser/test_models_page.py."""
+single-file checkpoint beside it, an SDXL LoRA in LORA_DIR. Native jobs, the ``openai`` SDK and A1111's
+``webuiapi`` client; the page's size choices are checked in tests/browser/test_models_page.py."""
 
 from __future__ import annotations
 
