@@ -62,7 +62,8 @@ def isa_cap(isa: str) -> dict:
 # ours+VARIANT:PRESET runs the model server with these settings.
 VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvino"},
             "int8-hybrid": {"SD_BACKEND": "openvino", "SD_INT8": "hybrid"},
-            "int8-full": {"SD_BACKEND": "openvino", "SD_INT8": "full"}}
+            "int8-full": {"SD_BACKEND": "openvino", "SD_INT8": "full"},
+            "int8-weights": {"SD_BACKEND": "openvino", "SD_INT8": "weights"}}
 
 
 def measure(config: str, args, env: dict) -> dict:
