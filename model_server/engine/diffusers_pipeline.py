@@ -27,6 +27,7 @@ from model_server.engine import inpaint_model, model_loader, preset_parts
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.convert import ConversionStopped
 from model_server.engine.deepcache import DeepCache
+from model_server.engine.guidance_halves import guidance_halves
 from model_server.engine.loras import LoraAdapters
 from model_server.engine.model_loader import bf16_copy, redact
 from model_server.engine.openvino_backend import FastUNet
@@ -334,7 +335,7 @@ class DiffusersPipeline:
         wrapping = seamless(pipe.unet, pipe.vae) if plan.tiling else nullcontext()
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
-                encoders:
+                encoders, guidance_halves(pipe.unet, plan.guidance_halves):
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,

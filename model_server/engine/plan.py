@@ -54,6 +54,7 @@ class Plan:
     deep_cache: int
     token_merging: float
     tiling: bool
+    guidance_halves: bool  # guidance's two halves through the torch UNet one after the other (large images)
     # (after which phase, which component): released to the page cache when that phase ends.
     release: tuple[tuple[str, str], ...]
 
@@ -97,13 +98,22 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         trailing=bool(preset and preset.one_step) or any(FEW_STEP_NAME.search(ref.name) for ref in params.loras),
         decoder=_decoder(params, facts, bool(preset and preset.tiny_vae)),
         inpaint_checkpoint=inpaint_checkpoint, deep_cache=params.deep_cache if params.deep_cache > 1 else 0,
-        token_merging=params.token_merging, tiling=params.tiling, release=release)
+        token_merging=params.token_merging, tiling=params.tiling, release=release,
+        # Where the activations are largest (the VAE's tiling size): half a guided batch at a time, on torch, not
+        # beside step caching (it keeps features per batch).
+        guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not params.deep_cache > 1
+                         and _large(params, facts)))
 
 
 def _decoder(params: GenerationParams, facts: EngineFacts, tiny_asked: bool) -> str:
     if tiny_asked and not facts.tiny_vae_missing:
         return "tiny"
-    large = facts.vae_tile_above and params.width * params.height > facts.vae_tile_above ** 2
+    large = _large(params, facts)
     # Seamless tiling needs the whole image's wrap-around padding. (An OpenVINO decoder steps aside for the torch
     # VAE's tiles: vae_tiles.)
     return "tiled" if large and not params.tiling else "full"
+
+
+def _large(params: GenerationParams, facts: EngineFacts) -> bool:
+    """An image above the tiling size (SD_VAE_TILE_ABOVE), where activations, not weights, set the peak."""
+    return bool(facts.vae_tile_above) and params.width * params.height > facts.vae_tile_above ** 2

@@ -97,3 +97,13 @@ def test_few_step_loras_sample_on_trailing_timesteps_on_any_model():
     assert decide(params(loras=[LoraRef(name="sdxl_lightning_4step_lora")]), EngineFacts(family="sdxl")).trailing
     assert decide(params(loras=[LoraRef(name="Hyper-SDXL-8steps-lora")]), EngineFacts(family="sdxl")).trailing
     assert not decide(params(loras=[LoraRef(name="ink")]), EngineFacts(family="sdxl")).trailing
+
+
+def test_guidances_halves_run_one_after_the_other_on_torch_for_large_images_only():
+    facts = EngineFacts(vae_tile_above=768)
+    assert decide(params(width=1024, height=1024), facts).guidance_halves
+    assert not decide(params(width=768, height=768), facts).guidance_halves
+    assert not decide(params(width=1024, height=1024, guidance_scale=1.0), facts).guidance_halves
+    assert not decide(params(width=1024, height=1024, deep_cache=3), facts).guidance_halves
+    on_openvino = EngineFacts(vae_tile_above=768, openvino=True, dtype="bfloat16")
+    assert not decide(params(width=1024, height=1024), on_openvino).guidance_halves

@@ -133,3 +133,35 @@ def test_above_the_tiling_size_the_vae_decodes_and_encodes_in_tiles_and_only_for
     calls.clear()
     run(tiled, params())
     assert calls == [] and vae.tile_sample_min_size == vae.config.sample_size  # restored after the job
+
+
+def test_guidances_halves_give_the_batched_output_and_leave_the_unet_as_it_was(xl):
+    from model_server.engine.guidance_halves import guidance_halves
+
+    unet = xl.pipe.unet
+    sample, t = torch.randn(2, 4, 8, 12), torch.tensor(500)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
+    added = {"text_embeds": torch.randn(2, 32), "time_ids": torch.tensor([[64.0, 96, 0, 0, 64, 96]] * 2)}
+    calls = []
+    hook = unet.conv_in.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            whole = unet(sample, t, text, added_cond_kwargs=added).sample
+            with guidance_halves(unet, True):
+                halves = unet(sample, t, text, added_cond_kwargs=added).sample
+                tupled = unet(sample, t, text, added_cond_kwargs=added, return_dict=False)[0]
+    finally:
+        hook.remove()
+    assert calls == [2, 1, 1, 1, 1] and "forward" not in vars(unet)
+    assert torch.allclose(whole, halves, atol=1e-5) and torch.equal(halves, tupled)
+
+
+
+def test_a_large_image_runs_guidances_halves_and_makes_the_same_image(xl, cache):
+    halving = DiffusersPipeline.load(ModelServerSettings(model="tiny-sdxl", cache_dir=str(cache), dtype="float32",
+                                                         vae_tile_above=32))
+    p = params(guidance_scale=5.0)
+    assert halving.plan(p).guidance_halves and not xl.plan(p).guidance_halves
+    halved, _, _ = run(halving, p)
+    whole, _, _ = run(xl, p)
+    assert np.abs(halved - whole).mean() < 0.5  # the same arithmetic, row by row
