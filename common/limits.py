@@ -7,7 +7,8 @@ import dataclasses
 
 from common.env import setting
 from protocol.contract import Limits
-from protocol.messages import MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPLOAD_BYTES, MIN_SIZE
+from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_UPSCALED_SIZE,
+                               MIN_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class RequestLimits:
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", f"An init image's encoded size (at most {MAX_UPLOAD_BYTES // 2**20} "
                                     "MiB); requests that carry one may be this much larger than MAX_BODY_BYTES",
                                     8 * 2**20)
+    max_upscale_size: int = setting("MAX_UPSCALE_SIZE", "The longest side of an upscale job's result in pixels (at "
+                                    f"most {MAX_UPSCALED_SIZE}); upscaling runs in tiles, so memory does not grow with "
+                                    "it", Limits.max_upscale_size)
     min_size: int = MIN_SIZE
 
     @property
@@ -37,4 +41,4 @@ class RequestLimits:
         return Limits(max_prompt_length=self.max_prompt_length, max_steps=self.max_steps, min_size=self.min_size,
                       max_width=self.max_width, max_height=self.max_height, max_images=self.max_images,
                       default_steps=self.default_steps, default_size=self.default_size,
-                      default_preset=self.default_preset)
+                      default_preset=self.default_preset, max_upscale_size=self.max_upscale_size)

@@ -31,6 +31,7 @@ from gateway.waiting import generate_sync
 from protocol.contract import field_of
 from protocol.infotext import A1111_SAMPLER_NAMES, infotext
 from protocol.messages import JobState, ModelEntry, StopMode
+from protocol.upscalers import DEFAULT_HIRES_UPSCALER
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 
@@ -55,10 +56,17 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     override_settings: dict | None = None  # sd_model_checkpoint and token_merging_ratio are used
     tiling: bool | None = False
     restore_faces: bool | None = False
-    enable_hr: bool | None = False  # the hires fix: not here yet, said in info
+    enable_hr: bool | None = False  # the hires fix, with the hr_* fields below
     # txt2img: the hires fix's strength (meaningless without enable_hr, as in A1111; webuiapi always
     # sends 0.7); img2img: how much is repainted.
     denoising_strength: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    hr_scale: float | None = None
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = None
+    hr_resize_x: int | None = None
+    hr_resize_y: int | None = None
+    hr_prompt: str | None = None
+    hr_negative_prompt: str | None = None
     script_name: str | None = None
 
 
@@ -79,8 +87,9 @@ _BUILTIN_SCRIPTS = {"prompt matrix", "prompts from file or textbox", "x/y/z plot
                     "outpainting mk2", "poor man's outpainting"}
 _NOT_APPLIED = {
     "restore_faces": "face restoration is not available on this server yet; the faces are as generated",
-    "enable_hr": "the hires fix is not available on this server yet; the image is the first pass, at width x height",
 }
+# A1111's hires-fix strength when a request leaves denoising_strength out.
+_HIRES_STRENGTH = 0.7
 
 def render_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
@@ -175,7 +184,17 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
             raise ApiError(400, "invalid_params", "sd_model_checkpoint must be a string",
                            "Use a title from GET /sdapi/v1/sd-models.", field="override_settings")
         fields["model"] = _checkpoint(checkpoint)
+    if r.enable_hr and not img2img:
+        fields["hires"] = _hires(r)
     return sampler, fields, notes
+
+
+def _hires(r: Txt2ImgRequest) -> dict:
+    """A1111's hr_* fields as our hires fix (its defaults where they are left out or 0)."""
+    strength = _HIRES_STRENGTH if not r.denoising_strength else r.denoising_strength
+    return {"scale": r.hr_scale or 2.0, "width": r.hr_resize_x or 0, "height": r.hr_resize_y or 0,
+            "upscaler": r.hr_upscaler or DEFAULT_HIRES_UPSCALER, "steps": r.hr_second_pass_steps or 0,
+            "strength": strength, "prompt": r.hr_prompt or "", "negative_prompt": r.hr_negative_prompt or ""}
 
 
 @bp.post("/txt2img")
@@ -210,7 +229,7 @@ def _generate(parsed):
         "tiling": params.tiling, "not_applied": notes,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
         "denoising_strength": params.strength if params.mode != "txt2img" else (
-            r.denoising_strength or 0 if r.enable_hr else 0),
+            params.hires.strength if params.hires else 0),
         "is_using_inpainting_conditioning": False,
         "infotexts": [infotext(params, s, model, sampler, done.lora_hashes) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created_at)),
@@ -232,14 +251,15 @@ def progress():
         return jsonify(idle)
     job = mine[0]  # the running one comes first
     p, n = job.progress, job.params.n
-    done_steps = (p.image_index * job.params.steps + p.step) if p else 0
+    steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1  # both hires passes; an upscale's tiles
+    done_steps = (p.image_index * steps + p.step) if p else 0
     idle["state"].update(job=job.job_id, job_no=p.image_index if p else 0,
-                         sampling_step=p.step if p else 0, sampling_steps=job.params.steps,
+                         sampling_step=p.step if p else 0, sampling_steps=steps,
                          interrupted=job.interrupted, job_timestamp=time.strftime(
                              "%Y%m%d%H%M%S", time.localtime(job.created_at)))
-    idle.update(progress=round(done_steps / (n * job.params.steps), 4),
+    idle.update(progress=round(done_steps / (n * steps), 4),
                 eta_relative=(p.eta_seconds or 0.0) if p else 0.0,
-                textinfo=f"step {p.step if p else 0}/{job.params.steps}",
+                textinfo=(p.detail if p and p.detail else "") or f"step {p.step if p else 0}/{steps}",
                 current_image=_preview_b64(sv, job.job_id) if p and p.preview_step else None)
     return jsonify(idle)
 
@@ -349,7 +369,6 @@ def cmd_flags():
 
 @bp.get("/hypernetworks")
 @bp.get("/face-restorers")
-@bp.get("/realesrgan-models")
 @bp.get("/prompt-styles")
 def empty_listing():
     return jsonify([])

@@ -13,11 +13,13 @@ import msgspec
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
 from gateway.a1111_api import Img2ImgRequest, Txt2ImgRequest
+from gateway.a1111_extras import BatchImagesRequest, SingleImageRequest
 from gateway.errors import ApiError
 from gateway.openai_api import ImagesRequest
 from gateway.policy import public
 from gateway.resources import ErrorBody, JobResource
 from gateway.services import services
+from gateway.upscale_api import UpscaleRequest
 
 bp = Blueprint("openapi", __name__)
 _REF = "#/components/schemas/{name}"
@@ -114,17 +116,26 @@ def _compat_paths() -> dict:
                                     "samples_format, jpeg_quality and token merging apply to its later requests; "
                                     "the others are kept and echoed", errors=(422, 429), content=_NULL_JSON)},
         f"{a1111}/scripts": get("AUTOMATIC1111: scripts (none)"),
+        f"{a1111}/extra-single-image": post("AUTOMATIC1111 extras: upscale one image (blocking; upscaler_1, "
+                                            "upscaling_resize or resize_mode 1 with upscaling_resize_w/h)",
+                                            "SingleImageRequest", (413, 422, 429, 500, 503)),
+        f"{a1111}/extra-batch-images": post("AUTOMATIC1111 extras: upscale several images (imageList)",
+                                            "BatchImagesRequest", (413, 422, 429, 500, 503)),
+        f"{a1111}/upscalers": get("AUTOMATIC1111: pixel upscalers (built-ins, then the model files in UPSCALER_DIR)",
+                                  _ANY_JSON_ARRAY),
+        f"{a1111}/latent-upscale-modes": get("AUTOMATIC1111: the hires fix's latent upscalers", _ANY_JSON_ARRAY),
         f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
         f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)
            for name, what in (("hypernetworks", "hypernetworks"), ("face-restorers", "face restorers"),
-                              ("realesrgan-models", "Real-ESRGAN models"), ("prompt-styles", "prompt styles"))},
+                              ("prompt-styles", "prompt styles"))},
     }
 
 
 def build_spec(request_type: type) -> dict:
     _, components = msgspec.json.schema_components(
-        [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest, Img2ImgRequest], ref_template=_REF)
+        [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest, Img2ImgRequest, UpscaleRequest,
+         SingleImageRequest, BatchImagesRequest], ref_template=_REF)
     # The generation routes take JSON (images base64) or a multipart form (images as files).
     body = {"required": True, "content": {**_json_content(request_type.__name__),
                                           "multipart/form-data": {"schema": _ref(request_type.__name__)}}}
@@ -155,6 +166,15 @@ def build_spec(request_type: type) -> dict:
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
             "get": {"summary": "A finished job's image", "responses": {
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 429, 503)}}},
+        "/v1/upscale": {"post": {
+            "summary": "Start an upscale job (no diffusion): an image by scale, or to width x height, with an upscaler "
+                       "from GET /v1/upscalers; progress counts tiles; poll, stream, cancel like any job",
+            "requestBody": {"required": True, "content": {**_json_content("UpscaleRequest"),
+                                                          "multipart/form-data": {"schema": _ref("UpscaleRequest")}}},
+            "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
+        "/v1/upscalers": {"get": {
+            "summary": "Upscalers: built-in resamplers, the hires fix's latent ones, and model files (UPSCALER_DIR)",
+            "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},
         "/v1/loras": {"get": {
             "summary": "The LoRAs a request may apply (loras, or <lora:NAME:WEIGHT> in the prompt)",
             "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},

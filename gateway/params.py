@@ -22,9 +22,10 @@ from msgspec import Meta
 from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
-from protocol.contract import FieldSpec, field_of, field_specs, runs_no_step
+from protocol.contract import FieldSpec, field_of, field_specs, hires_violation, runs_no_step, violation
 from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef, ModelEntry
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
+from protocol.upscalers import DEFAULT_UPSCALER
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -32,6 +33,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _HTTP_TYPES = {"preset": Literal[PRESET_NAMES]}
 _EXAMPLES = {"prompt": ["a cat"]}
 _DERIVED = {"mode"}  # set from the request (an init image makes it img2img), never sent
+_UPSCALE_FIELDS = {"upscale": "scale", "upscale_width": "width", "upscale_height": "height"}  # as HTTP names them
+# An upscale job's fields (POST /v1/upscale), not a generation's.
+_UPSCALE_ONLY = {"upscaler", "upscale", "upscale_width", "upscale_height"}
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 # A1111's prompt syntax for LoRAs: <lora:NAME> or <lora:NAME:WEIGHT> (LyCORIS' <lyco:...> too). A third
 # part, A1111's separate UNet weight, is accepted; one weight applies to the whole LoRA here.
@@ -85,7 +89,7 @@ def _http_field(spec: FieldSpec):
 def make_request_type(s: GatewaySettings, name: str = "GenerateRequest") -> type:
     """The HTTP request type: every contract field, bounded by this deployment's limits, and the
     init image (base64) that makes a request image-to-image."""
-    fields = [_http_field(spec) for spec in field_specs(s.limits) if spec.name not in _DERIVED]
+    fields = [_http_field(spec) for spec in field_specs(s.limits) if spec.name not in _DERIVED | _UPSCALE_ONLY]
     fields.append(("init_image", Annotated[str, Meta(description=(
         "Image-to-image: the image to start from, base64 (a data: URL too), PNG, JPEG or WebP, at most "
         f"{s.max_upload_bytes // 2**20} MiB; it is resized to width x height, and strength says how much of it "
@@ -158,8 +162,8 @@ class ParamValidator:
             raise _empty_prompt()
         loras = _merged_loras(r.loras or [], tagged)
         files = files or {}
-        init_image = files.get("init_image") or self._upload(r.init_image, "init_image")
-        mask = files.get("mask") or self._upload(r.mask, "mask")
+        init_image = files.get("init_image") or self.decoded_upload(r.init_image, "init_image")
+        mask = files.get("mask") or self.decoded_upload(r.mask, "mask")
         if mask and not init_image:
             raise ApiError(400, "invalid_params", "a mask needs an init_image to repaint",
                            "Send init_image with the mask.", field="mask")
@@ -193,9 +197,49 @@ class ParamValidator:
         no_step = runs_no_step(params)
         if no_step:
             raise ApiError(400, "invalid_params", *no_step, field="strength")
+        hires = hires_violation(params, s.limits)
+        if hires:
+            raise ApiError(400, "invalid_params", hires[1], hires[2], field=hires[0])
         return Generation(params, init_image, mask, mask_from)
 
-    def _upload(self, text: str | None, field: str) -> bytes:
+    def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
+                width: int | None = None, height: int | None = None, fmt: str | None = None,
+                quality: int | None = None) -> Generation:
+        """An upscale job (no diffusion): ``image`` by ``scale`` (2 when neither is given), or to ``width`` x
+        ``height``, covered and centre-cropped, by ``upscaler`` (GET /v1/upscalers; Lanczos by default).
+        Its prompt only labels it; the model server checks the result's size once it has read the image."""
+        if not image:
+            raise ApiError(400, "invalid_params", "image is required", "Send the image to upscale (base64 or a "
+                           "file).", field="image")
+        if scale is None and width is None and height is None:
+            scale = 2.0
+        if scale is not None and not 1 <= scale:
+            raise ApiError(400, "invalid_params", f"scale {scale:g} would not enlarge the image",
+                           "Use a factor from 1, such as 2 or 4.", field="scale")
+        if scale is None and not (width and height):
+            raise ApiError(400, "invalid_params", "an upscale to a size needs both width and height",
+                           "Send width and height, or scale instead.", field="width" if not width else "height")
+        name = upscaler or DEFAULT_UPSCALER
+        label = f"upscale x{scale:g} with {name}" if scale else f"upscale to {width}x{height} with {name}"
+        values = {"prompt": clean_text(label)[:self.settings.max_prompt_length], "seed": 0, "steps": 1,
+                  "mode": "upscale", "upscaler": name, "upscale": scale or 0.0, "format": fmt or "png",
+                  "quality": 90 if quality is None else quality}
+        if not scale:
+            values.update(upscale_width=width, upscale_height=height)
+        try:
+            params = msgspec.convert(values, GenerationParams)
+        except msgspec.ValidationError as exc:
+            field = _UPSCALE_FIELDS.get(field_of(str(exc)) or "", field_of(str(exc)) or "")
+            raise ApiError(400, "invalid_params", f"invalid {field or 'request'}: {exc}",
+                           "Check the request against GET /openapi.json.", field=field) from None
+        broken = violation(params, self.settings.limits)
+        if broken:
+            field = _UPSCALE_FIELDS.get(broken[0], broken[0])
+            raise ApiError(400, "invalid_params", broken[1].replace(broken[0], field), broken[2], field=field)
+        return Generation(params, self.checked_upload(image, "image"))
+
+    def decoded_upload(self, text: str | None, field: str) -> bytes:
+        """A base64 upload (a data: URL too) as bytes, its size checked; b"" when absent."""
         if not text:
             return b""
         try:

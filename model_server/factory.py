@@ -9,6 +9,7 @@ from typing import Callable
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
+from model_server.finishing.upscalers import Upscalers, UpscaleModels
 from model_server.models.model_set import ModelSet
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
@@ -41,4 +42,21 @@ def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] |
         inpaint = settings.inpaint_model if model.default else "none"
         return make_pipeline(dataclasses.replace(settings, model=model.source, inpaint_model=inpaint), progress)
 
-    return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model)
+    return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model,
+                    Upscalers(settings.upscaler_dir, lambda: make_upscale_models(settings)))
+
+
+# Neighbouring tiles overlap by this many input pixels, blended with ramps: enough context that a
+# network's receptive field does not show their edges.
+UPSCALE_OVERLAP = 16
+
+
+def make_upscale_models(settings: ModelServerSettings) -> UpscaleModels:
+    """What runs upscaler model files: the engine's (torch), or the fake's beside the fake pipeline."""
+    if settings.pipeline == "fake":
+        from model_server.fake_pipeline import FakeUpscaleModels
+
+        return FakeUpscaleModels(settings.upscale_tile, UPSCALE_OVERLAP)
+    from model_server.engine.upscale_models import UpscaleModels as EngineUpscaleModels
+
+    return EngineUpscaleModels(settings.upscale_tile, UPSCALE_OVERLAP)

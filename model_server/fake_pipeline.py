@@ -64,7 +64,11 @@ class FakePipeline:
     def prepare_ahead(self, stop) -> bool:
         return True
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None) -> Image.Image:
+    def resize_latents(self, latents: Image.Image, width: int, height: int, upscaler: str) -> Image.Image:
+        return latents.resize((width, height), Image.Resampling.BILINEAR)  # its "latents" are the image
+
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
+                 output: str = "image") -> Image.Image:
         total = steps_run(params)
         for step in range(1, total + 1):
             mode = stop()
@@ -90,3 +94,37 @@ class FakePipeline:
             return noise
         painted = Image.blend(init_image, noise, params.strength)
         return painted if mask is None else Image.composite(painted, init_image, mask)  # white repaints
+
+
+class FakeUpscaleModels:
+    """Upscaler model files without torch: the file's header is read as a load would read it, the
+    scale comes from its name, and each tile takes a moment, so progress and cancel run as with a model."""
+
+    def __init__(self, tile: int, overlap: int, tile_seconds: float = 0.0):
+        from model_server.finishing.tiles import tile_grid
+
+        self.tile, self.overlap, self.tile_seconds, self._grid = tile, overlap, tile_seconds, tile_grid
+
+    def describe(self, path):
+        from model_server.finishing.upscalers import scale_from_name
+
+        return int(scale_from_name(path.stem) or 4), "fake", "none"
+
+    def tiles(self, width: int, height: int) -> int:
+        return len(self._grid(width, height, self.tile, self.overlap))
+
+    def upscale(self, path, image: Image.Image, on_tile, stop):
+        with open(path, "rb") as f:
+            if not f.read(8):
+                raise load_error(f"could not read the upscaler {path.name}", "Check the file.")
+        total = self.tiles(image.width, image.height)
+        for done in range(1, total + 1):
+            mode = stop()
+            if mode is StopMode.CANCEL:
+                raise JobCancelledError()
+            if mode is not None:
+                return None
+            time.sleep(self.tile_seconds)
+            on_tile(done, total, self.tile_seconds)
+        scale = self.describe(path)[0]
+        return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)

@@ -67,16 +67,22 @@ class Pipeline(Protocol):
         """In idle time: make a one-time part a later job may need, stopping as soon as ``stop()``
         says so (a job arrived). True when nothing is left to prepare; False when stopped."""
 
+    def resize_latents(self, latents, width: int, height: int, upscaler: str):
+        """Latents ``generate`` returned, resized for a ``width`` x ``height`` image by a latent upscaler
+        (protocol.upscalers.LATENT_UPSCALERS): the hires fix's way without a decode."""
+
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None], init_image: "Image | None" = None,
-                 mask: "Image | None" = None) -> "Image":
+                 mask: "Image | None" = None, output: str = "image") -> "Image":
         """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based, up to
         ``steps_run(params)``); preview is a latent-resolution PIL image when ``params.preview`` is
         set, else None. At the first step boundary where ``stop()`` says CANCEL it raises
         :class:`JobCancelledError`; where it says INTERRUPT or SKIP it stops denoising and returns the
         image decoded so far. ``init_image`` (img2img: RGB at the job's size) is what denoising
         starts from, ``params.strength`` of the way into the schedule; with ``mask`` (inpaint: L,
-        white repaints) only the white parts change."""
+        white repaints) only the white parts change. ``output="latents"`` returns the latents undecoded
+        (the backend's own type), which ``resize_latents`` takes and ``init_image`` accepts in place of an
+        image (the hires fix)."""
 
 
 def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:

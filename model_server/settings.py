@@ -94,6 +94,13 @@ class ModelServerSettings(RequestLimits):
     lora_cache_mb: int = setting(
         "LORA_CACHE_MB", "Memory for LoRAs kept loaded between jobs; the least recently used are dropped first "
         "(a job's own LoRAs always load)", 512)
+    upscaler_dir: str = setting(
+        "UPSCALER_DIR", "A folder of upscaler models (`.pth` or `.safetensors`: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, "
+        "SPAN and the other architectures spandrel reads) for upscale jobs and the hires fix, named for the file; "
+        "Lanczos, Nearest and the latent upscalers need none", "", shown="none")
+    upscale_tile: int = setting(
+        "UPSCALE_TILE", "The side in pixels of the tiles an upscaler model runs in: its memory is one tile's "
+        "activations whatever the image's size (256: about 0.5 GiB for a 4x ESRGAN)", 256)
     revision: str | None = setting("SD_MODEL_REVISION", "Hub revision (branch, tag or commit)", None)
     token: str | None = setting(
         "HF_TOKEN", "Hugging Face token (or `HF_AUTH_TOKEN`, or `HF_TOKEN_FILE` naming a file that holds it). It "
@@ -228,6 +235,8 @@ class ModelServerSettings(RequestLimits):
         self.curve  # noqa: B018  (reads the keys now: a wrong path stops the start, not the first request)
         check_bind(self.bind, self.allow_remote, authenticated=bool(self.curve_secret_key))
         parse_list(self.models)  # a pickle checkpoint in SD_MODELS stops the start, saying why
+        if not 64 <= self.upscale_tile <= 2048:
+            raise ValueError("UPSCALE_TILE must be 64-2048")
         if self.lora_cache_mb < 0:
             raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.min_free_disk_mb < 0:

@@ -21,10 +21,13 @@ from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
 from model_server.factory import make_model_set
+from model_server.finishing.hires import generate_hires
 from model_server.models.model_set import ModelSet
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
+from protocol import contract
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
+from protocol.upscalers import DEFAULT_UPSCALER
 
 log = logging.getLogger(__name__)
 EVENTS_ADDRESS = "inproc://job-events"
@@ -129,6 +132,31 @@ class Worker(threading.Thread):
         self.table.record_detail(job, detail)
         self.notify(job.id)
 
+    def _upscale(self, job: Job) -> tuple[ImageInfo, bytes]:
+        """An upscale job: its image through its upscaler, tile by tile (the tiles are its steps); no
+        model is loaded or switched for it. Any stop cancels it: half an upscale is no image."""
+        p, source, upscalers = job.params, job.init_image, self.models.upscalers
+        name = p.upscaler or DEFAULT_UPSCALER
+        # A1111's "None": the image as it is (its extras tab upscales nothing with it).
+        width, height = source.size if name == "None" else contract.upscale_size(source.width, source.height, p)
+        self.table.record_tiles(job, upscalers.tiles(name, source.width, source.height))
+        self.table.record_engine(job, f"upscaler {name}")
+        self.notify(job.id)
+
+        def on_tile(done: int, total: int, seconds: float) -> None:
+            self.table.record_step(job, 0, done, None)  # tile times would skew the s/step of generations
+            self.notify(job.id)
+
+        image = upscalers.upscale(name, source, width, height, on_tile, lambda: job.stop_mode)
+        if image is None:
+            raise JobCancelledError()
+        described = upscalers.describe(name)
+        if described:
+            self.table.record_engine(job, f"upscaler {name} ({described})")
+        data, media_type = encode_image(image, p, p.seed, name)
+        return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
+                         size_bytes=len(data)), data
+
     def _failed(self) -> bool:
         self.state.progress.halt()  # the phase it failed in stays in /health, without more log lines
         return False
@@ -140,6 +168,11 @@ class Worker(threading.Thread):
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
         try:
+            if p.mode == "upscale":
+                images.append(self._upscale(job))
+                self.table.succeed(job, images)
+                log.info("upscaled in %.2f s", time.monotonic() - started)
+                return
             model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text), lambda: job.stop_mode)
             self.table.record_model(job, model, switch, lora_hashes)
             engine = pipeline.engine(p)
@@ -159,8 +192,12 @@ class Worker(threading.Thread):
                     self.table.record_step(job, index, step, seconds)
                     self.notify(job.id)
 
-                image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
-                                          mask=job.mask)
+                if p.hires is not None:
+                    image = generate_hires(pipeline, pipeline.upscalers, p, seed, on_step, lambda: job.stop_mode,
+                                           lambda text: self._tell(job, text))
+                else:
+                    image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
+                                              mask=job.mask)
                 data, media_type = encode_image(image, p, seed, pipeline.model_id, lora_hashes)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
                                          height=image.height, size_bytes=len(data)), data))
@@ -172,6 +209,9 @@ class Worker(threading.Thread):
             self.table.mark_cancelled(job, images)
             why = "stopped by the shutdown (failed, retryable)" if job.stop_error else "cancelled"
             log.info("%s after %.2f s", why, time.monotonic() - started)
+        except PipelineLoadError as exc:  # a part it names could not load: said in the job, no traceback
+            log.warning("failed: %s", exc.error.message)
+            self.table.fail(job, exc.error)
         except Exception as exc:  # a failed job must never kill the worker
             log.exception("failed")
             self.table.fail(job, _job_error(exc))

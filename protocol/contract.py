@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MIN_SIZE, GenerationParams,
-                               steps_run)
+from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPSCALED_SIZE, MIN_SIZE,
+                               GenerationParams, hires_size, steps_run)
 from protocol.presets import PRESETS
 
 _META_KEYS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length")
@@ -37,10 +37,11 @@ class Limits:
     default_steps: int = 25
     default_size: int = 512
     default_preset: str = "quality"
+    max_upscale_size: int = 4096
 
     def __post_init__(self):
         absolute = {"max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": MAX_STEPS, "max_width": MAX_SIZE,
-                    "max_height": MAX_SIZE, "max_images": MAX_IMAGES}
+                    "max_height": MAX_SIZE, "max_images": MAX_IMAGES, "max_upscale_size": MAX_UPSCALED_SIZE}
         for name, ceiling in absolute.items():
             value = getattr(self, name)
             if not 1 <= value <= ceiling:
@@ -111,10 +112,32 @@ def violation(params: GenerationParams, limits: Limits) -> tuple[str, str, str] 
 def runs_no_step(params: GenerationParams) -> tuple[str, str] | None:
     """``(message, hint)`` when an image job's steps x strength leaves no step to run, else None
     (a bound across two fields, so no single field's ``Meta`` can hold it)."""
-    if params.mode == "txt2img" or steps_run(params) >= 1:
+    if params.mode in ("txt2img", "upscale") or steps_run(params) >= 1:
         return None
     return (f"{params.steps} steps at strength {params.strength:g} run no step",
             "Raise steps or strength so that steps x strength is at least 1.")
+
+
+def hires_violation(params: GenerationParams, limits: Limits) -> tuple[str, str, str] | None:
+    """``(field, message, hint)`` when a job's hires fix cannot run within ``limits``, else None: it is
+    for text-to-image only, and its second pass is an image of the size bounds like any other."""
+    if params.hires is None:
+        return None
+    if params.mode != "txt2img":
+        return "hires", "the hires fix is for text-to-image jobs", "Leave hires out with an init image."
+    width, height = hires_size(params)
+    if not (limits.min_size <= width <= limits.max_width and limits.min_size <= height <= limits.max_height):
+        return ("hires", f"the hires fix's size {width}x{height} is outside {limits.min_size}-{limits.max_width} x "
+                f"{limits.min_size}-{limits.max_height}",
+                "Lower hires.scale, or give hires.width and hires.height within MAX_WIDTH and MAX_HEIGHT.")
+    return None
+
+
+def upscale_size(width: int, height: int, params: GenerationParams) -> tuple[int, int]:
+    """An upscale job's result size for an image of ``width`` x ``height``: by its factor, else the size it gives."""
+    if params.upscale:
+        return max(1, round(width * params.upscale)), max(1, round(height * params.upscale))
+    return params.upscale_width, params.upscale_height
 
 
 def field_of(validation_message: str) -> str | None:

@@ -5,6 +5,7 @@ A1111 API returns it in ``info.infotexts``; one format for both, kept here."""
 from __future__ import annotations
 
 from protocol.messages import GenerationParams
+from protocol.upscalers import DEFAULT_UPSCALER
 
 
 # Our scheduler names as A1111 shows them; "default" is SD v1's own sampler, PNDM (A1111's PLMS).
@@ -17,6 +18,12 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
     """``sampler`` is the name to show; by default A1111's name for ``params.scheduler``. The LoRAs
     appear as A1111 writes them: their tags in the prompt (so pasting the text back applies them)
     and "Lora hashes"."""
+    if params.mode == "upscale":  # A1111's extras tab writes only its own part
+        upscaler = params.upscaler or DEFAULT_UPSCALER
+        by = (f"Postprocess upscale by: {params.upscale:g}" if params.upscale
+              else f"Postprocess upscale to: {params.upscale_width}x{params.upscale_height}, "
+                   "Postprocess crop to fit: True")
+        return f"{by}, Postprocess upscaler: {upscaler}"
     sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)
     prompt = " ".join([params.prompt, *(f"<lora:{ref.name}:{ref.weight:g}>" for ref in params.loras)])
     lines = [prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
@@ -24,6 +31,15 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
                 f"Seed: {seed}", f"Size: {params.width}x{params.height}", f"Model: {model}"]
     if params.mode != "txt2img":
         settings.append(f"Denoising strength: {params.strength:g}")
+    if params.hires is not None:
+        h = params.hires
+        settings += [f"Denoising strength: {h.strength:g}",
+                     f"Hires resize: {h.width}x{h.height}" if h.width and h.height else f"Hires upscale: {h.scale:g}",
+                     f"Hires steps: {h.steps}", f"Hires upscaler: {h.upscaler}"]
+        if h.prompt:
+            settings.append(f'Hires prompt: "{h.prompt}"')
+        if h.negative_prompt:
+            settings.append(f'Hires negative prompt: "{h.negative_prompt}"')
     if params.tiling:
         settings.append("Tiling: True")
     if params.token_merging:

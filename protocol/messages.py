@@ -52,7 +52,7 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-MODES = ("txt2img", "img2img", "inpaint")
+MODES = ("txt2img", "img2img", "inpaint", "upscale")
 
 # The absolute bounds of one request, enforced by both sides (GenerationParams below). Deployments
 # tighten the configurable ones (protocol.contract.Limits: MAX_STEPS, MAX_WIDTH...), never widen them.
@@ -76,6 +76,9 @@ _MODEL_NAME = r"^[^\x00-\x1f\x7f-\x9f]*$"
 _LORA_NAME = r"^[^\x00-\x1f\x7f-\x9f<>:]+$"
 MAX_LORAS = 8
 MAX_LORA_WEIGHT = 4.0
+MAX_HIRES_SCALE = 4.0  # hires fix: the second pass at up to 4x the first's sides (the size bounds still hold)
+MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded (Limits.max_upscale_size)
+MAX_UPSCALED_SIZE = 8192
 
 
 def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
@@ -111,6 +114,22 @@ class LoraRef(_Shape):
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_LORA_NAME)]
     weight: Annotated[float, msgspec.Meta(ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)] = 1.0
+
+
+class HiresFix(_Shape):
+    """A1111's hires fix: after the image is made at the job's size, it is upscaled (in latent space, or
+    in pixels by an upscaler) and repainted at the larger size by a second, image-to-image pass."""
+
+    scale: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_HIRES_SCALE)] = 2.0
+    # The second pass's size; 0 = the first's times scale (rounded down to a multiple of 8).
+    width: Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE, multiple_of=8)] = 0
+    height: Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE, multiple_of=8)] = 0
+    # A name from GET /v1/upscalers: "Latent" (and its variants) upscale the latents, the others the pixels.
+    upscaler: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME)] = "Latent"
+    steps: Annotated[int, msgspec.Meta(ge=0, le=MAX_STEPS)] = 0  # 0 = the job's steps
+    strength: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.5  # A1111's denoising_strength
+    prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_LENGTH)] = ""  # "" = the job's prompt
+    negative_prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_LENGTH)] = ""
 
 
 class GenerationParams(_Shape):
@@ -203,6 +222,27 @@ class GenerationParams(_Shape):
     tiling: _bound(bool, doc="Seamless tiling (A1111's tiling): the image wraps around at its edges, so copies of it "
                              "tile a surface without seams (textures, patterns). Runs the UNet on torch (default "
                              "false).", hint="Use true or false.") = False
+    hires: _bound(HiresFix | None,
+                  doc=f"Hires fix (text-to-image only): make the image at width x height, upscale it by scale (1-"
+                      f"{MAX_HIRES_SCALE:g}, or to its own width and height) with an upscaler from GET /v1/upscalers "
+                      "('Latent' by default), then repaint it at that size in a second pass of its own steps (0: "
+                      "the job's) at strength (default 0.5), with its own prompt if given. The larger size must "
+                      "keep {max_width}x{max_height}.",
+                  hint="Send an object such as {{\"scale\": 2, \"strength\": 0.5}}, or leave hires out.") = None
+    # mode upscale: the init image upscaled, no diffusion (the prompt only labels the job).
+    upscaler: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
+                     doc="Upscale jobs: the upscaler, a name from GET /v1/upscalers (default Lanczos).",
+                     hint="Use a name from GET /v1/upscalers.") = ""
+    upscale: _bound(float, ge=0.0, le=MAX_UPSCALE,
+                    doc=f"Upscale jobs: the factor (1-{MAX_UPSCALE:g}); 0 = to upscale_width x upscale_height, "
+                        "covered and centre-cropped. The result's sides stay within {max_upscale_size}.",
+                    hint=f"Use a factor from 1 to {MAX_UPSCALE:g}, such as 2 or 4.") = 0.0
+    upscale_width: _bound(int, ge=0, le=MAX_UPSCALED_SIZE, limit="max_upscale_size",
+                          doc="Upscale jobs without a factor: the result's width (at most {max_upscale_size}).",
+                          hint="Use a width of at most {max_upscale_size} pixels.") = 0
+    upscale_height: _bound(int, ge=0, le=MAX_UPSCALED_SIZE, limit="max_upscale_size",
+                           doc="Upscale jobs without a factor: the result's height (at most {max_upscale_size}).",
+                           hint="Use a height of at most {max_upscale_size} pixels.") = 0
 
 
 def lost_before_start(job) -> bool:
@@ -213,10 +253,30 @@ def lost_before_start(job) -> bool:
 
 
 def steps_run(params: GenerationParams) -> int:
-    """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength."""
+    """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength; a
+    hires fix adds its second pass's. An upscale job runs no step (its tiles are counted instead)."""
+    if params.mode == "upscale":
+        return 0
     if params.mode != "txt2img":
         return min(int(params.steps * params.strength), params.steps)
-    return params.steps
+    return params.steps + (hires_steps_run(params) if params.hires else 0)
+
+
+def hires_steps_run(params: GenerationParams) -> int:
+    """The hires fix's second pass: its steps (the job's when 0) x its strength, at least one."""
+    steps = params.hires.steps or params.steps
+    return max(1, min(int(steps * params.hires.strength), steps))
+
+
+def hires_size(params: GenerationParams) -> tuple[int, int]:
+    """The hires fix's second-pass size: its own, or the job's times its scale, down to a multiple of 8."""
+    h = params.hires
+    if h.width and h.height:
+        return h.width, h.height
+    if h.width or h.height:  # one side given: the other keeps the aspect
+        ratio = (h.width / params.width) if h.width else (h.height / params.height)
+        return (h.width or int(params.width * ratio) // 8 * 8), (h.height or int(params.height * ratio) // 8 * 8)
+    return int(params.width * h.scale) // 8 * 8, int(params.height * h.scale) // 8 * 8
 
 
 class ProgressInfo(_Shape):
@@ -457,6 +517,17 @@ class ModelEntry(_Shape):
     sizes: list[str] = []  # "WxH": the sizes it was trained at, within this deployment's bounds
 
 
+class UpscalerEntry(_Shape):
+    """One upscaler a job may name (upscale jobs, the hires fix): a built-in or a model file in UPSCALER_DIR."""
+
+    name: str
+    kind: Literal["builtin", "latent", "model"]
+    scale: float = 0.0  # a model's own factor (from its name until loaded, then its weights); 0 for any
+    file: str = ""  # a model's file name in UPSCALER_DIR
+    size_bytes: int = 0
+    architecture: str = ""  # as the library detected it, once loaded (ESRGAN, SPAN, ...)
+
+
 class LoraEntry(_Shape):
     name: str
     file: str  # the file's name in LORA_DIR
@@ -468,6 +539,7 @@ class LoraEntry(_Shape):
 class ModelList(_Msg):
     models: list[ModelEntry] = []
     loras: list[LoraEntry] = []
+    upscalers: list[UpscalerEntry] = []
 
 
 class Accepted(_Msg):

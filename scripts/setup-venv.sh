@@ -16,7 +16,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "creating virtualenv $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(cat "$@" | sha256sum | cut -c1-16)"
+# A requirement file that pulls in model.txt also installs model-nodeps.txt, without dependencies (why: there).
+nodeps=()
+if grep -qh '^torch==' "$@" 2>/dev/null || grep -qh 'model.txt' "$@"; then nodeps=(requirements/model-nodeps.txt); fi
+stamp="$VENV/.installed-$(cat "$@" ${nodeps[@]+"${nodeps[@]}"} | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
 log=$(mktemp)
@@ -29,6 +32,12 @@ for req in "$@"; do args+=(-r "$req"); done
 if ! "$VENV/bin/pip" install --disable-pip-version-check "${args[@]}" >"$log" 2>&1; then
   grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -40 >&2
   echo "pip install failed; full log in $log" >&2
+  exit 1
+fi
+if [ ${#nodeps[@]} -gt 0 ] && ! "$VENV/bin/pip" install --disable-pip-version-check --no-deps \
+    -r "${nodeps[0]}" >"$log" 2>&1; then
+  grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -40 >&2
+  echo "pip install --no-deps failed; full log in $log" >&2
   exit 1
 fi
 rm -f "$log"  # kept only when the install failed

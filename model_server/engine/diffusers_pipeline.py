@@ -48,6 +48,7 @@ from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode, steps_run
 from protocol.presets import PRESETS
+from protocol.upscalers import LATENT_UPSCALERS
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,15 @@ class DiffusersPipeline:
         finally:
             del pipe.encode_prompt  # back to the class's method
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
+    def resize_latents(self, latents, width: int, height: int, upscaler: str):
+        """The hires fix's latent upscalers (A1111's "Latent ..."): the latents resized to the second pass's size."""
+        mode, antialias = LATENT_UPSCALERS[upscaler]
+        # In float32: torch has no bf16 kernel for antialiased bicubic on the CPU, and the latents are small.
+        return torch.nn.functional.interpolate(latents.float(), size=(height // 8, width // 8), mode=mode,
+                                               antialias=antialias).to(latents.dtype)
+
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
+                 output: str = "image"):
         self._load_parts(params)
         plan = self.plan(params)
         if plan.unet == "openvino-lcm" and self._openvino_unet(plan) is None:
@@ -339,7 +348,9 @@ class DiffusersPipeline:
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,
-                callback_on_step_end=step_end, output_type="pil", **inputs)
+                callback_on_step_end=step_end, output_type="latent" if output == "latents" else "pil", **inputs)
+        if output == "latents":
+            return out.images  # the hires fix's first pass: no decode
         image = out.images[0]
         # As A1111 does: the kept parts are the original pixels, not their trip through the VAE.
         return image if mask is None else Image.composite(image, init_image, mask)

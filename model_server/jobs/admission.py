@@ -52,7 +52,7 @@ def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
     if not data:
         raise errors.invalid(f"{p.mode} needs an init image", "Send init_image (a PNG, JPEG or WebP image).")
     if mask and p.mode != "inpaint":
-        raise errors.invalid("a mask was sent for an img2img job", "Send mode inpaint with it.")
+        raise errors.invalid(f"a mask was sent for an {p.mode} job", "Send mode inpaint with it.")
     if p.mode == "inpaint" and not mask and msg.mask_from != "alpha":
         raise errors.invalid("inpaint needs a mask", "Send mask: white where to repaint, black where to keep.")
     for what, blob in (("init image", data), ("mask", mask)):
@@ -76,12 +76,30 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
             raise errors.invalid(f"the mask is {mask_size[0]}x{mask_size[1]} but the image is "
                                  f"{image_size[0]}x{image_size[1]}: they must be the same size",
                                  "Send a mask of the image's width and height.", "mask")
+    if p.mode == "upscale":
+        return _upscale_source(data, p, settings), None
     # Decoded once: the mask may come from its alpha.
     source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
     init = as_init_image(source, p.width, p.height)
     if p.mode != "inpaint":
         return init, None
     return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur)
+
+
+def _upscale_source(data: bytes, p: GenerationParams, settings: ModelServerSettings):
+    """An upscale job's image, RGB at its own size, once its result is known to fit MAX_UPSCALE_SIZE."""
+    width, height = header_size(data, "init_image")
+    out_w, out_h = contract.upscale_size(width, height, p)
+    if p.upscale and (out_w < width or out_h < height):
+        raise errors.invalid(f"an upscale by {p.upscale:g} would shrink the image", "Use a factor of 1 or more.",
+                             "upscale")
+    most = settings.limits.max_upscale_size
+    if max(out_w, out_h) > most:
+        raise errors.invalid(f"the image is {width}x{height}: upscaled it would be {out_w}x{out_h}, past "
+                             f"{most} pixels a side (MAX_UPSCALE_SIZE)",
+                             f"Use a factor of at most {most / max(width, height):.2f} for this image, or a smaller "
+                             "image.", "upscale")
+    return decode(data, "init_image", settings.max_upload_pixels).convert("RGB")
 
 
 def _ready(status: ModelStatus) -> None:
@@ -95,7 +113,7 @@ def _ready(status: ModelStatus) -> None:
 
 
 def _runnable(p: GenerationParams, pipeline: ModelSet, settings: ModelServerSettings) -> None:
-    broken = contract.violation(p, settings.limits)
+    broken = contract.violation(p, settings.limits) or contract.hires_violation(p, settings.limits)
     if broken is not None:
         raise errors.invalid(broken[1], broken[2], broken[0])
     if p.scheduler not in pipeline.schedulers():

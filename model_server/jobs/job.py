@@ -42,6 +42,7 @@ class Job:
     awaiting_uploads: bool = False  # queued at a crash with uploads: waits for its gateway to send them again
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
     mask: Any = None  # inpaint: an L image, white where to repaint
+    tiles: int = 0  # an upscale job's tiles, its "steps" (known once it starts)
 
     @property
     def cancel_requested(self) -> bool:
@@ -49,8 +50,8 @@ class Job:
 
     @property
     def total_steps(self) -> int:
-        """Steps per image actually run (image-to-image runs steps x strength)."""
-        return steps_run(self.params)
+        """Steps per image actually run (image-to-image runs steps x strength; an upscale job, its tiles)."""
+        return self.tiles if self.params.mode == "upscale" else steps_run(self.params)
 
     @property
     def result_bytes(self) -> int:

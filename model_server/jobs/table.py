@@ -290,6 +290,10 @@ class JobTable:
                 self.stats["model_switches"] += 1
                 self.stats["model_switch_seconds"] += switch.seconds
 
+    def record_tiles(self, job: Job, tiles: int) -> None:
+        with self._lock:
+            job.tiles = tiles
+
     def record_detail(self, job: Job, detail: str) -> None:
         with self._lock:
             job.detail = detail[:300]

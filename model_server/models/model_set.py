@@ -19,6 +19,7 @@ from typing import Callable
 from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.families import FAMILIES
+from model_server.finishing.upscalers import Upscalers
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
@@ -26,6 +27,7 @@ from model_server.pipeline import SCHEDULERS, Pipeline, PipelineLoadError, max_s
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, ModelList, ModelSwitch, StopMode
 from protocol.presets import PRESETS
+from protocol.upscalers import DEFAULT_UPSCALER
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,9 @@ class ModelSet:
     """The models and LoRAs a job may name, and the one model loaded now."""
 
     def __init__(self, catalog: Catalog, loras: LoraFiles,
-                 load: Callable[[ModelSource, LoadProgress], Pipeline]):
+                 load: Callable[[ModelSource, LoadProgress], Pipeline], upscalers: Upscalers | None = None):
         self.catalog, self.loras, self._load = catalog, loras, load
+        self.upscalers = upscalers or Upscalers("", lambda: None)
         # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
         # so readers take one snapshot of the pair and never see a model without its pipeline.
         self._pair: tuple[Pipeline, ModelSource] | None = None
@@ -108,8 +111,13 @@ class ModelSet:
         current = self.current
         return current.engine(params) if current else "not loaded yet"
 
-    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None):
-        return self.current.generate(params, seed, on_step, stop, init_image=init_image, mask=mask)
+    def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
+                 output: str = "image"):
+        extra = {"output": output} if output != "image" else {}  # only the hires fix asks for latents
+        return self.current.generate(params, seed, on_step, stop, init_image=init_image, mask=mask, **extra)
+
+    def resize_latents(self, latents, width: int, height: int, upscaler: str):
+        return self.current.resize_latents(latents, width, height, upscaler)
 
     # --- names ---------------------------------------------------------------------------------
 
@@ -119,10 +127,16 @@ class ModelSet:
         known = pair[0].optimizations().get("checkpoint_hash") if pair else None
         hashes = {pair[1].name: known} if known else {}
         return ModelList(models=self.catalog.entries(pair[1].name if pair else None, hashes, self.unavailable_for),
-                         loras=self.loras.entries(pair[0].loaded_loras() if pair else set()))
+                         loras=self.loras.entries(pair[0].loaded_loras() if pair else set()),
+                         upscalers=self.upscalers.entries())
 
     def check(self, params: GenerationParams) -> None:
-        """Raise a Rejection when the job names a model, LoRA or preset this server cannot run."""
+        """Raise a Rejection when the job names a model, LoRA, upscaler or preset this server cannot run."""
+        if params.mode == "upscale":  # no model runs: only its upscaler matters
+            self.upscalers.check(params.upscaler or DEFAULT_UPSCALER, latent=False)
+            return
+        if params.hires is not None:
+            self.upscalers.check(params.hires.upscaler, latent=True)
         model = self.catalog.find(params.model)
         if model is None:
             raise errors.unknown_name("model", params.model, self.catalog.names(), "GET /v1/models")

@@ -1,0 +1,74 @@
+"""Upscaling on the native API: ``POST /v1/upscale`` starts an upscale job (no diffusion; a job like any
+other: progress by tiles, SSE, cancel, TTL, the owner's only), ``GET /v1/upscalers`` lists what a job
+or a hires fix may name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from flask import Blueprint, Response, jsonify, request
+from msgspec import Meta
+
+from gateway.errors import ApiError
+from gateway.json_body import convert, decode_object
+from gateway.params import Generation
+from gateway.policy import starts_work, takes_images
+from gateway.resources import job_resource, to_json
+from gateway.services import services
+from protocol.contract import field_of
+from gateway.waiting import start_job
+from protocol.messages import IMAGE_FORMATS, MAX_UPSCALE, UpscalerEntry
+
+bp = Blueprint("upscale", __name__)
+_EXAMPLE = 'Send {"image": "<base64 PNG>", "scale": 2, "upscaler": "Lanczos"} (GET /v1/upscalers).'
+
+
+class UpscaleRequest(msgspec.Struct, kw_only=True):
+    """An upscale job: the image, and a factor or a size (both sides: covered, then centre-cropped)."""
+
+    image: Annotated[str, Meta(description="The image to upscale, base64 (a data: URL too): PNG, JPEG or WebP; "
+                                           "or a file field of a multipart form.")] | None = None
+    upscaler: Annotated[str, Meta(description="A name from GET /v1/upscalers (default Lanczos).")] | None = None
+    scale: Annotated[float, Meta(ge=1, le=MAX_UPSCALE, description=f"The factor, 1-{MAX_UPSCALE:g} (default 2 "
+                                                                   "when no size is given).")] | None = None
+    width: Annotated[int, Meta(ge=1, description="Upscale to this width (with height; not with scale).")] | None = None
+    height: Annotated[int, Meta(ge=1, description="Upscale to this height (with width).")] | None = None
+    format: Literal[IMAGE_FORMATS] | None = None
+    quality: Annotated[int, Meta(ge=1, le=100)] | None = None
+
+
+def _parse() -> Generation:
+    sv = services()
+    files = {}
+    if request.mimetype == "multipart/form-data":
+        files = {name: f.read() for name, f in request.files.items() if name == "image"}
+        raw = dict(request.form.items())
+    else:
+        raw = decode_object(request.get_data(cache=False), _EXAMPLE)
+    try:
+        r = convert(raw, UpscaleRequest, strict=not files and request.mimetype != "multipart/form-data")
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_params", f"invalid request: {exc}", _EXAMPLE, field=field_of(str(exc))) from None
+    image = files.get("image") or sv.validator.decoded_upload(r.image, "image")
+    return sv.validator.upscale(image, r.upscaler, r.scale, r.width, r.height, r.format, r.quality)
+
+
+@bp.post("/v1/upscale")
+@starts_work(_parse)
+@takes_images
+def upscale(generation):
+    view = start_job(services(), generation)
+    return Response(to_json(job_resource(view)), status=202, mimetype="application/json",
+                    headers={"Location": f"/v1/jobs/{view.job_id}"})
+
+
+def upscaler_item(u: UpscalerEntry) -> dict:
+    return {"name": u.name, "kind": u.kind, "scale": u.scale or None, "file": u.file or None,
+            "size_bytes": u.size_bytes or None, "architecture": u.architecture or None}
+
+
+@bp.get("/v1/upscalers")
+def list_upscalers():
+    """Built-in resamplers, the hires fix's latent upscalers and the model files in UPSCALER_DIR."""
+    return jsonify(upscalers=[upscaler_item(u) for u in services().model_list(fresh=True).upscalers])

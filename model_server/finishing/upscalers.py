@@ -1,0 +1,133 @@
+"""The upscalers a job may name, and running one on an image.
+
+Built in: the pixel resamplers (Lanczos, Nearest, None) and, for the hires fix, the latent ones
+(protocol/upscalers.py). From files: every ``.pth`` or ``.safetensors`` under ``UPSCALER_DIR``, named
+for the file (A1111's way); its scale is read from its name ("4x-UltraSharp", "RealESRGAN_x2plus")
+until it is loaded, then from its weights. A model runs through ``models`` (the engine's, or the
+fake's without torch); to reach a factor it does not have, the model runs once and Lanczos makes up
+the rest, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Callable, Protocol
+
+from PIL import Image
+
+from model_server import errors
+from model_server.pipeline import PipelineLoadError
+from protocol.messages import MAX_NAME_LENGTH, StopMode, UpscalerEntry
+from protocol.upscalers import LATENT_UPSCALERS, PIXEL_UPSCALERS
+
+EXTENSIONS = (".pth", ".safetensors")  # never .pt/.ckpt: TorchScript and full pickles run code
+_SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x([1-8])|([1-8])x)(?:[^0-9a-z]|$)", re.IGNORECASE)
+
+
+def scale_from_name(name: str) -> float:
+    match = _SCALE_IN_NAME.search(name)
+    return float(match.group(1) or match.group(2)) if match else 0.0
+
+
+class UpscaleModels(Protocol):
+    """What runs a model file (engine/upscale_models.py; fake_pipeline.FakeUpscaleModels)."""
+
+    def describe(self, path: Path) -> tuple[int, str, str] | None: ...
+
+    def tiles(self, width: int, height: int) -> int: ...
+
+    def upscale(self, path: Path, image: Image.Image, on_tile, stop) -> Image.Image | None: ...
+
+
+class Upscalers:
+    """The built-in upscalers and the model files, by name."""
+
+    def __init__(self, folder: str, models: Callable[[], UpscaleModels]):
+        self.folder = Path(folder) if folder else None
+        self._make_models = models  # made on first use: the engine's imports torch
+        self._models: UpscaleModels | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def models(self) -> UpscaleModels:
+        with self._lock:
+            if self._models is None:
+                self._models = self._make_models()
+            return self._models
+
+    def files(self) -> dict[str, Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(self.folder.rglob("*")):
+            name = path.stem
+            if (path.suffix.lower() in EXTENSIONS and path.is_file() and not name.startswith(".")
+                    and len(name) <= MAX_NAME_LENGTH and name not in PIXEL_UPSCALERS
+                    and name not in LATENT_UPSCALERS and name.isprintable()):
+                found.setdefault(name, path)
+        return found
+
+    def names(self, latent: bool = False) -> list[str]:
+        return [*PIXEL_UPSCALERS, *(LATENT_UPSCALERS if latent else ()), *self.files()]
+
+    def entries(self) -> list[UpscalerEntry]:
+        out = [UpscalerEntry(name=name, kind="builtin") for name in PIXEL_UPSCALERS]
+        out += [UpscalerEntry(name=name, kind="latent") for name in LATENT_UPSCALERS]
+        known = self._models
+        for name, path in self.files().items():
+            described = known.describe(path) if known is not None else None
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            out.append(UpscalerEntry(name=name, kind="model", file=path.name, size_bytes=size,
+                                     scale=float(described[0]) if described else scale_from_name(name),
+                                     architecture=described[1] if described else ""))
+        return out
+
+    def check(self, name: str, latent: bool) -> None:
+        """A Rejection unless ``name`` is an upscaler here (latent ones only where ``latent``)."""
+        if name in PIXEL_UPSCALERS or (latent and name in LATENT_UPSCALERS) or name in self.files():
+            return
+        if name in LATENT_UPSCALERS:
+            raise errors.invalid(f"{name} upscales latents: only for the hires fix",
+                                 "Use a pixel upscaler (GET /v1/upscalers, kind builtin or model).", "upscaler")
+        raise errors.unknown_name("upscaler", name, self.names(latent), "GET /v1/upscalers")
+
+    def describe(self, name: str) -> str:
+        """What ran ``name`` ("ESRGAN x4, bfloat16"), once its model is loaded; "" for a resampler."""
+        path = self.files().get(name)
+        described = self.models.describe(path) if path is not None else None
+        return f"{described[1]} x{described[0]}, {described[2]}" if described else ""
+
+    def tiles(self, name: str, width: int, height: int) -> int:
+        """How many tiles ``name`` runs for an image of ``width`` x ``height`` (1 for a resampler)."""
+        return self.models.tiles(width, height) if name in self.files() else 1
+
+    def upscale(self, name: str, image: Image.Image, width: int, height: int, on_tile,
+                stop: Callable[[], StopMode | None]) -> Image.Image | None:
+        """``image`` at ``width`` x ``height``: covered (aspect kept) and centre-cropped, by ``name``.
+        None when a stop other than a cancel came between tiles."""
+        path = self.files().get(name)
+        if path is None and name not in PIXEL_UPSCALERS:
+            raise PipelineLoadError(errors.unknown_name("upscaler", name, self.names(), "GET /v1/upscalers").error)
+        if path is not None and (width > image.width or height > image.height):
+            image = self.models.upscale(path, image, on_tile, stop)
+            if image is None:
+                return None
+        else:
+            on_tile(1, 1, 0.0)
+        return cover(image, width, height, PIXEL_UPSCALERS.get(name) or "LANCZOS")
+
+
+def cover(image: Image.Image, width: int, height: int, resample: str) -> Image.Image:
+    """``image`` resized to cover ``width`` x ``height`` with its aspect kept, then centre-cropped."""
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    resized = image.resize((w, h), getattr(Image.Resampling, resample), reducing_gap=3.0)
+    left, top = (w - width) // 2, (h - height) // 2
+    return resized.crop((left, top, left + width, top + height))
