@@ -23,7 +23,8 @@ from protocol.messages import MAX_NAME_LENGTH, StopMode, UpscalerEntry
 from protocol.upscalers import LATENT_UPSCALERS, PIXEL_UPSCALERS
 
 EXTENSIONS = (".pth", ".safetensors")  # never .pt/.ckpt: TorchScript and full pickles run code
-_SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x([1-8])|([1-8])x)(?:[^0-9a-z]|$)", re.IGNORECASE)
+# "4x-UltraSharp", "RealESRGAN_x2plus", "realesr-general-x4v3"; not "x264"
+_SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x([1-8])|([1-8])x)(?![0-9])", re.IGNORECASE)
 
 
 def scale_from_name(name: str) -> float:

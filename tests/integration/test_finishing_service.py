@@ -143,7 +143,7 @@ def test_an_upscale_job_is_cancelled_between_tiles(stack):
             if name in ("completed", "failed", "cancelled"):
                 break
     assert name == "cancelled", data
-    assert 0 < data["progress"]["step"] < data["progress"]["total_steps"] == 441  # 21 x 21 tiles
+    assert 0 < data["progress"]["step"] < data["progress"]["total_steps"] == 256  # 16 x 16 tiles
 
 
 def test_the_hires_fix_makes_the_larger_image_in_one_job_that_counts_both_passes(stack):
