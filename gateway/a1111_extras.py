@@ -137,6 +137,13 @@ def upscalers():
                      "scale": (u.scale or 4.0) if u.kind == "model" else None} for u in listing if u.kind != "latent"])
 
 
+@bp.get("/realesrgan-models")
+def realesrgan_models():
+    """A1111's shape for its Real-ESRGAN list: here, the upscaler model files (their names, no paths)."""
+    return jsonify([{"name": u.name, "path": None, "scale": int(u.scale) if u.scale else None}
+                    for u in services().model_list(fresh=True).upscalers if u.kind == "model"])
+
+
 @bp.get("/latent-upscale-modes")
 def latent_upscale_modes():
     return jsonify([{"name": name} for name in LATENT_UPSCALERS])

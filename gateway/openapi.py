@@ -124,6 +124,7 @@ def _compat_paths() -> dict:
         f"{a1111}/upscalers": get("AUTOMATIC1111: pixel upscalers (built-ins, then the model files in UPSCALER_DIR)",
                                   _ANY_JSON_ARRAY),
         f"{a1111}/latent-upscale-modes": get("AUTOMATIC1111: the hires fix's latent upscalers", _ANY_JSON_ARRAY),
+        f"{a1111}/realesrgan-models": get("AUTOMATIC1111: the upscaler model files (UPSCALER_DIR)", _ANY_JSON_ARRAY),
         f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
         f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)

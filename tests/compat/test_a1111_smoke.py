@@ -3,8 +3,9 @@
 A1111 checks its API with a small set of requests (txt2img, img2img, options and listings), each
 expected to answer 200; clients mix booleans and integers as its pydantic models coerce them. The
 payloads here are of that shape, against the real service. What a request asks for that this
-server does not do yet (face restoration, the hires fix, a script) is said in ``info.not_applied``,
-never silently dropped. The upscaler routes belong to the finishing issue and are not here.
+server does not do yet (face restoration, a script) is said in ``info.not_applied``, never silently
+dropped. The hires fix is done (the image at twice the size); the upscaler routes are tested in
+tests/integration/test_finishing_service.py.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def test_a1111s_txt2img_smoke_requests_answer_200(stack, change):
     info = json.loads(body["info"])
     assert len(body["images"]) == (change.get("n_iter", 1) * change.get("batch_size", 1))
     size = Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size
-    assert size == (64, change.get("height", 64))
-    for asked in ("restore_faces", "enable_hr"):  # not done here yet: said, with why
-        assert (asked in info["not_applied"]) == bool(change.get(asked)), info["not_applied"]
+    assert size == ((128, 128) if change.get("enable_hr") else (64, change.get("height", 64)))  # hr_scale 2
+    assert ("restore_faces" in info["not_applied"]) == bool(change.get("restore_faces")), info["not_applied"]
+    assert "enable_hr" not in info["not_applied"]
     assert info["tiling"] == bool(change.get("tiling"))
     if change.get("tiling"):
         assert "Tiling: True" in info["infotexts"][0]
