@@ -25,7 +25,8 @@ from pathlib import Path
 from bench.models import _gib, write_results
 from bench.run import ROOT
 
-MODEL = Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-cpu")) / "bench" / "RealESRGAN_x4plus-random.pth"
+MODEL = (Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-cpu")) / "bench" / "upscalers"
+         / "RealESRGAN_x4plus-random.pth")  # a folder of its own: it is UPSCALER_DIR for bench.hires
 COLUMNS = [("config", "config"), ("dtype", "dtype"), ("tiles", "tiles"), ("input", "input"), ("output", "output"),
            ("s", "seconds"), ("peak GiB", "peak_rss_gib"), ("above idle GiB", "above_idle_gib")]
 

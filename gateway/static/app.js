@@ -2,6 +2,7 @@
 import * as gallery from "/static/gallery.js";
 import * as source from "/static/source.js";
 import * as models from "/static/models.js";
+import * as finishing from "/static/finishing.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1536, max_height: 1536,
@@ -29,6 +30,7 @@ async function refreshHealth() {
     chip.textContent = `${h.loaded_model || h.model} · ${h.device}${opt.dtype ? " · " + opt.dtype : ""} · ${what} · queue ${h.queue.depth}`;
     chip.title = h.error ? `${h.error.error} — ${h.error.hint}` : "";
     if (!state.modelsLoaded && h.model_state === "ready") state.modelsLoaded = await models.refresh();
+    if (h.model_state === "ready") await finishing.refresh();
   } catch {
     chip.dataset.state = "unavailable";
     chip.textContent = "Gateway unreachable";
@@ -197,21 +199,30 @@ function requestBody() {
   if (Number($("token-merging").value) > 0) body.token_merging = Number($("token-merging").value);
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
-  return { ...body, ...models.fields(), ...source.fields() };
+  return { ...body, ...models.fields(), ...source.fields(), ...finishing.fields() };
 }
 
 async function submit(event) {
   event.preventDefault();
   if (state.job) return;
+  await start("/v1/jobs", requestBody());
+}
+
+// An upscale job from the result shown; its image replaces the result when done.
+async function upscale(scale) {
+  if (state.job || !$("image").src) return;
+  await start("/v1/upscale", await finishing.upscaleBody($("image").src, scale));
+}
+
+async function start(route, body) {
   clearError();
   $("result").hidden = true;
-  const body = requestBody();
   setBusy(true);
   say("Submitting…");
   let r;
   try {
-    r = await fetch("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                  body: JSON.stringify(body) });
+    r = await fetch(route, { method: "POST", headers: { "Content-Type": "application/json" },
+                             body: JSON.stringify(body) });
   } catch {
     setBusy(false);
     showError({ error: "The gateway cannot be reached", hint: "Check that the service is running." });
@@ -226,9 +237,11 @@ async function submit(event) {
     return;
   }
   state.job = job;
-  // The images stay out of what is kept (gallery, curl): they can be megabytes.
-  const { init_image: _image, mask: _mask, ...kept } = body;
-  state.lastRequest = { ...kept, seed: job.params.seed };
+  if (job.params.mode !== "upscale") {
+    // The images stay out of what is kept (gallery, curl): they can be megabytes.
+    const { init_image: _image, mask: _mask, ...kept } = body;
+    state.lastRequest = { ...kept, seed: job.params.seed };
+  }
   state.previewStep = null;
   $("progress-area").hidden = false;
   $("preview").hidden = true;
@@ -274,8 +287,10 @@ function onProgress(job) {
     $("bar").max = 1;
     $("bar").value = p.total_steps ? done / (n * p.total_steps) : 0;
     const loading = p.detail && !p.step;  // e.g. "loading model X" before the first step
+    const unit = job.params.mode === "upscale" ? "Tile" : "Step";  // an upscale job's steps are its tiles
     say(job.cancel_requested ? "Cancelling…"
-      : loading ? `${p.detail[0].toUpperCase()}${p.detail.slice(1)}…` : `Step ${p.step}/${p.total_steps}`);
+      : loading ? `${p.detail[0].toUpperCase()}${p.detail.slice(1)}…`
+      : `${unit} ${p.step}/${p.total_steps}` + (p.detail ? ` · ${p.detail}` : ""));
     $("timing").textContent = `${fmt(p.elapsed_seconds || 0)} elapsed` +
       (p.eta_seconds != null ? ` · about ${fmt(p.eta_seconds)} left` : "") +
       (p.seconds_per_step ? ` · ${p.seconds_per_step.toFixed(2)} s/step` : "");
@@ -312,18 +327,23 @@ function showResult(job, img) {
   $("image").width = img.width;
   $("image").height = img.height;
   $("image").alt = `Generated image: ${p.prompt}`;
+  $("download").href = img.url;
+  $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
+  $("curl").hidden = true;
+  $("result").hidden = false;
+  if (p.mode === "upscale") {  // the result it came from stays in the gallery; this replaces it on screen
+    $("caption").textContent = `Upscaled ×${p.upscale} with ${p.upscaler} · ${img.width}×${img.height}`;
+    return;
+  }
   $("caption").textContent = `${job.model ? job.model + " · " : ""}Seed ${img.seed} · ` +
     `${img.width}×${img.height} · ` +
     `${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
     `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
     (p.mode && p.mode !== "txt2img" ? ` · ${p.mode} at strength ${p.strength}` : "") +
+    (p.hires ? ` · hires fix ×${p.hires.scale} (${p.hires.upscaler}, strength ${p.hires.strength})` : "") +
     (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
     (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
-  $("download").href = img.url;
-  $("download").download = `sd-cpu-${img.seed}.${img.media_type.split("/")[1]}`;
-  $("curl").hidden = true;
-  $("result").hidden = false;
   $("image").addEventListener("load", () => {
     gallery.add({ id: job.id, thumb: gallery.thumbnail($("image")), params: { ...state.lastRequest, seed: img.seed },
                   created: Date.now() });
@@ -342,6 +362,7 @@ function finish() {
 function setBusy(busy) {
   $("submit").disabled = busy;
   $("cancel").disabled = !busy;
+  $("upscale-2").disabled = $("upscale-4").disabled = busy;
 }
 
 async function cancel() {
@@ -380,6 +401,7 @@ function pick(entry) {
   $("prompt").value = p.prompt;
   $("negative").value = p.negative_prompt || "";
   models.restore(p);
+  finishing.restore(p);
   if (p.preset && state.presets && state.presets[p.preset]) {
     $("preset").value = p.preset;
     $("preset-help").textContent = state.presets[p.preset].summary;
@@ -416,6 +438,9 @@ $("prompt").addEventListener("keydown", (e) => {
 $("seed-random").addEventListener("click", () => { $("seed").value = ""; });
 $("seed-reuse").addEventListener("click", () => { if (state.lastSeed != null) $("seed").value = state.lastSeed; });
 $("copy-curl").addEventListener("click", copyCurl);
+$("upscale-2").addEventListener("click", () => upscale(2));
+$("upscale-4").addEventListener("click", () => upscale(4));
+finishing.setup();
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
 source.setup();
