@@ -82,7 +82,8 @@ class Pipeline(Protocol):
         starts from, ``params.strength`` of the way into the schedule; with ``mask`` (inpaint: L,
         white repaints) only the white parts change. ``output="latents"`` returns the latents undecoded
         (the backend's own type), which ``resize_latents`` takes and ``init_image`` accepts in place of an
-        image (the hires fix)."""
+        image (the hires fix); ``output="upscale"`` is an image the hires fix will upscale in pixels, which a
+        backend may decode so that it keeps no memory for this size."""
 
 
 def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:

@@ -38,7 +38,7 @@ from model_server.engine.residency import MappedWeights
 from model_server.engine.schedulers import make_scheduler
 from model_server.engine.tiling import seamless
 from model_server.engine.token_merging import TokenMerging
-from model_server.engine.vae_tiles import vae_tiles
+from model_server.engine.vae_tiles import decoded_on_torch, vae_tiles
 from model_server.families import FAMILIES, Family
 from model_server.loading.progress import LoadProgress
 from model_server.memory import release_memory
@@ -342,9 +342,10 @@ class DiffusersPipeline:
         merging = (TokenMerging(pipe.unet, plan.token_merging, (params.height // 8, params.width // 8), seed).active()
                    if plan.token_merging else nullcontext())
         wrapping = seamless(pipe.unet, pipe.vae) if plan.tiling else nullcontext()
+        on_torch = decoded_on_torch(pipe.vae) if output == "upscale" else nullcontext()
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
-                encoders, guidance_halves(pipe.unet, plan.guidance_halves):
+                encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch:
             out = pipe(
                 prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                 num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,

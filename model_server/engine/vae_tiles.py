@@ -12,6 +12,21 @@ TILE_PIXELS = 512  # a tile's side in pixels (64 latents): what SD's VAE was tra
 
 
 @contextmanager
+def decoded_on_torch(vae):
+    """The torch VAE decodes while inside, where an OpenVINO decoder would: for an image the hires fix upscales
+    in pixels, whose second pass decodes at another size anyway. A compiled decoder keeps its buffers for the
+    size it ran (0.39 GiB for 512x512, SD v1.4), which would sit beside the larger pass; torch's are freed."""
+    if not hasattr(vae, "torch_vae"):
+        yield
+        return
+    vae.decode_on_torch = True
+    try:
+        yield
+    finally:
+        vae.decode_on_torch = False
+
+
+@contextmanager
 def vae_tiles(vae, on: bool):
     """Tiled decode and encode in ``vae`` (diffusers' AutoencoderKL) while inside, when ``on``. An OpenVINO
     decoder (openvino_vae) steps aside for its torch VAE: compiled whole for a large image, its activations

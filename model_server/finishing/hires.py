@@ -32,7 +32,7 @@ def generate_hires(pipeline, upscalers: Upscalers, params: GenerationParams, see
     first = msgspec.structs.replace(params, hires=None)
     second = second_pass(params)
     latent = params.hires.upscaler in LATENT_UPSCALERS
-    made = pipeline.generate(first, seed, on_step, stop, output="latents" if latent else "image")
+    made = pipeline.generate(first, seed, on_step, stop, output="latents" if latent else "upscale")
     if latent:
         start = pipeline.resize_latents(made, second.width, second.height, params.hires.upscaler)
     else:
