@@ -97,6 +97,9 @@ docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'sd-cpu|
 
 # --- run and check ---------------------------------------------------------------------------------
 log "compose up with two model server replicas (waits for every healthcheck; requests go through the nginx proxy)"
+# One replica is created first: Docker fills a new named volume from the image when a container is created,
+# and two replicas created at once race on it ("failed to mkdir .../model-cache/_data/...: file exists").
+"${COMPOSE[@]}" create model
 "${COMPOSE[@]}" up -d --wait --wait-timeout 300 --scale model=2
 status=$(curl -sS -o "$WORK/smoke.png" -w '%{http_code} %{content_type}' -X POST "http://127.0.0.1:$PORT/generate" \
   -H 'Content-Type: application/json' -d '{"prompt": "a cat", "steps": 3, "width": 128, "height": 128}')
