@@ -59,6 +59,7 @@ def child(config: str, side: int, tile: int) -> dict:
     from PIL import Image
 
     from model_server.engine import upscale_models
+    from model_server.finishing.tiles import tile_grid
 
     image = Image.effect_noise((side, side), 40).convert("RGB")
     if config == "ours":
@@ -68,7 +69,7 @@ def child(config: str, side: int, tile: int) -> dict:
         idle = _rss()
         started = time.perf_counter()
         out = runner.upscale(MODEL, image, lambda *a: None, lambda: None)
-        tiles = runner.tiles(side, side)
+        tiles = len(tile_grid(side, side, tile, 16))
     else:
         loaded = upscale_models.load(MODEL)
         loaded.descriptor.to(torch.float32)

@@ -14,6 +14,8 @@ import time
 
 from PIL import Image
 
+from model_server.finishing.tiles import tile_grid
+from model_server.finishing.upscalers import scale_from_name
 from model_server.pipeline import SCHEDULERS, JobCancelledError, load_error, max_steps
 from protocol.messages import GenerationParams, StopMode, steps_run
 
@@ -101,23 +103,16 @@ class FakeUpscaleModels:
     scale comes from its name, and each tile takes a moment, so progress and cancel run as with a model."""
 
     def __init__(self, tile: int, overlap: int, tile_seconds: float = 0.0):
-        from model_server.finishing.tiles import tile_grid
-
-        self.tile, self.overlap, self.tile_seconds, self._grid = tile, overlap, tile_seconds, tile_grid
+        self.tile, self.overlap, self.tile_seconds = tile, overlap, tile_seconds
 
     def describe(self, path):
-        from model_server.finishing.upscalers import scale_from_name
-
         return int(scale_from_name(path.stem) or 4), "fake", "none"
-
-    def tiles(self, width: int, height: int) -> int:
-        return len(self._grid(width, height, self.tile, self.overlap))
 
     def upscale(self, path, image: Image.Image, on_tile, stop):
         with open(path, "rb") as f:
             if not f.read(8):
                 raise load_error(f"could not read the upscaler {path.name}", "Check the file.")
-        total = self.tiles(image.width, image.height)
+        total = len(tile_grid(image.width, image.height, self.tile, self.overlap))
         for done in range(1, total + 1):
             mode = stop()
             if mode is StopMode.CANCEL:

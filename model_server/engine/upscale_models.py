@@ -175,9 +175,6 @@ class UpscaleModels:
             return loaded.scale, loaded.architecture, str(loaded.dtype).replace("torch.", "")
         return None
 
-    def tiles(self, width: int, height: int) -> int:
-        return len(tile_grid(width, height, self.tile, self.overlap))
-
     def upscale(self, path: Path, image: Image.Image, on_tile, stop) -> Image.Image | None:
         """``image`` through the model in ``path`` once (its own scale)."""
         if self._loaded is None or self._loaded.stamp != _stamp(path):

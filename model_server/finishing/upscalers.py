@@ -18,13 +18,22 @@ from typing import Callable, Protocol
 from PIL import Image
 
 from model_server import errors
+from model_server.finishing.tiles import tile_grid
+from model_server.models.named_files import NamedFiles
 from model_server.pipeline import PipelineLoadError
-from protocol.messages import MAX_NAME_LENGTH, StopMode, UpscalerEntry
+from protocol.messages import StopMode, UpscalerEntry
 from protocol.upscalers import LATENT_UPSCALERS, PIXEL_UPSCALERS
 
 EXTENSIONS = (".pth", ".safetensors")  # never .pt/.ckpt: TorchScript and full pickles run code
 # "4x-UltraSharp", "RealESRGAN_x2plus", "realesr-general-x4v3"; not "x264"
 _SCALE_IN_NAME = re.compile(r"(?:^|[^0-9a-z])(?:x([1-8])|([1-8])x)(?![0-9])", re.IGNORECASE)
+
+
+def _is_upscaler_file(path: Path) -> bool:
+    """A model file whose name shadows no built-in upscaler."""
+    name = path.stem
+    return (path.suffix.lower() in EXTENSIONS and name not in PIXEL_UPSCALERS and name not in LATENT_UPSCALERS
+            and name.isprintable())
 
 
 def scale_from_name(name: str) -> float:
@@ -33,11 +42,13 @@ def scale_from_name(name: str) -> float:
 
 
 class UpscaleModels(Protocol):
-    """What runs a model file (engine/upscale_models.py; fake_pipeline.FakeUpscaleModels)."""
+    """What runs a model file (engine/upscale_models.py; fake_pipeline.FakeUpscaleModels), in tiles of
+    ``tile`` pixels overlapping by ``overlap`` (finishing/tiles.py)."""
+
+    tile: int
+    overlap: int
 
     def describe(self, path: Path) -> tuple[int, str, str] | None: ...
-
-    def tiles(self, width: int, height: int) -> int: ...
 
     def upscale(self, path: Path, image: Image.Image, on_tile, stop) -> Image.Image | None: ...
 
@@ -46,7 +57,7 @@ class Upscalers:
     """The built-in upscalers and the model files, by name."""
 
     def __init__(self, folder: str, models: Callable[[], UpscaleModels]):
-        self.folder = Path(folder) if folder else None
+        self._listing = NamedFiles(folder, _is_upscaler_file)
         self._make_models = models  # made on first use: the engine's imports torch
         self._models: UpscaleModels | None = None
         self._lock = threading.Lock()
@@ -59,16 +70,7 @@ class Upscalers:
             return self._models
 
     def files(self) -> dict[str, Path]:
-        if self.folder is None or not self.folder.is_dir():
-            return {}
-        found: dict[str, Path] = {}
-        for path in sorted(self.folder.rglob("*")):
-            name = path.stem
-            if (path.suffix.lower() in EXTENSIONS and path.is_file() and not name.startswith(".")
-                    and len(name) <= MAX_NAME_LENGTH and name not in PIXEL_UPSCALERS
-                    and name not in LATENT_UPSCALERS and name.isprintable()):
-                found.setdefault(name, path)
-        return found
+        return self._listing.files()
 
     def names(self, latent: bool = False) -> list[str]:
         return [*PIXEL_UPSCALERS, *(LATENT_UPSCALERS if latent else ()), *self.files()]
@@ -105,7 +107,10 @@ class Upscalers:
 
     def tiles(self, name: str, width: int, height: int) -> int:
         """How many tiles ``name`` runs for an image of ``width`` x ``height`` (1 for a resampler)."""
-        return self.models.tiles(width, height) if name in self.files() else 1
+        if name not in self.files():
+            return 1
+        models = self.models
+        return len(tile_grid(width, height, models.tile, models.overlap))
 
     def upscale(self, name: str, image: Image.Image, width: int, height: int, on_tile,
                 stop: Callable[[], StopMode | None]) -> Image.Image | None:

@@ -1,7 +1,7 @@
 """The LoRAs a job may apply: the ``.safetensors`` files under ``LORA_DIR``, named for the file.
 
-The folder is listed again when it (or a subfolder) changes, so files copied in are usable at
-once. A LoRA's hash is A1111's "addnet" hash (sha256 of the file after its header, the first 12
+The folder is listed again when it (or a subfolder) changes (``named_files``), so files copied in are
+usable at once. A LoRA's hash is A1111's "addnet" hash (sha256 of the file after its header, the first 12
 hex digits in infotexts' "Lora hashes"), computed once per file version and only when the LoRA is
 first used: hashing a folder of hundreds of files at every listing would cost seconds.
 """
@@ -13,7 +13,8 @@ import logging
 import threading
 from pathlib import Path
 
-from protocol.messages import MAX_NAME_LENGTH, LoraEntry
+from model_server.models.named_files import NamedFiles
+from protocol.messages import LoraEntry
 
 log = logging.getLogger(__name__)
 
@@ -35,33 +36,13 @@ class LoraFiles:
     """The LoRA files by name, and their hashes once known."""
 
     def __init__(self, folder: str):
-        self.folder = Path(folder) if folder else None
+        # No character that ends an A1111 prompt tag (<lora:NAME:WEIGHT>) in a name.
+        self._listing = NamedFiles(folder, lambda p: p.suffix == ".safetensors" and not any(c in p.stem for c in "<>:"))
         self._lock = threading.Lock()
-        self._listed: tuple[tuple, dict[str, Path]] = ((), {})
         self._hashes: dict[tuple[str, int, float], str] = {}
 
-    def _stamp(self) -> tuple:
-        # The folder's and its subfolders' modification times: what changes when a file comes or goes.
-        try:
-            return tuple(sorted((str(p), p.stat().st_mtime) for p in [self.folder, *self.folder.rglob("*")]
-                                if p.is_dir()))
-        except OSError:
-            return ()
-
     def files(self) -> dict[str, Path]:
-        if self.folder is None or not self.folder.is_dir():
-            return {}
-        stamp = self._stamp()
-        with self._lock:
-            if stamp != self._listed[0]:
-                found: dict[str, Path] = {}
-                for path in sorted(self.folder.rglob("*.safetensors")):
-                    name = path.stem
-                    if (path.is_file() and not name.startswith(".") and len(name) <= MAX_NAME_LENGTH
-                            and not any(c in name for c in "<>:") and name not in found):
-                        found[name] = path
-                self._listed = (stamp, found)
-            return self._listed[1]
+        return self._listing.files()
 
     def find(self, name: str) -> Path | None:
         return self.files().get(name)

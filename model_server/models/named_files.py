@@ -1,0 +1,45 @@
+"""Files under a folder, named for their stem (LORA_DIR's LoRAs, UPSCALER_DIR's upscalers): listed again
+only when the folder or a subfolder changes, so files copied in are usable at once and a listing asked
+for on every submit costs a walk of the folders, not a stat of every file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from protocol.messages import MAX_NAME_LENGTH
+
+
+class NamedFiles:
+    """The files under ``folder`` that ``accepts``, by stem (the first in sorted order wins); hidden
+    files and names longer than the protocol's bound never."""
+
+    def __init__(self, folder: str, accepts: Callable[[Path], bool]):
+        self.folder = Path(folder) if folder else None
+        self._accepts = accepts
+        self._lock = threading.Lock()
+        self._listed: tuple[tuple, dict[str, Path]] = ((), {})
+
+    def _stamp(self) -> tuple:
+        # The folder's and its subfolders' modification times: what changes when a file comes or goes.
+        try:
+            return tuple(sorted((str(p), p.stat().st_mtime) for p in [self.folder, *self.folder.rglob("*")]
+                                if p.is_dir()))
+        except OSError:
+            return ()
+
+    def files(self) -> dict[str, Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return {}
+        stamp = self._stamp()
+        with self._lock:
+            if stamp != self._listed[0]:
+                found: dict[str, Path] = {}
+                for path in sorted(self.folder.rglob("*")):
+                    name = path.stem
+                    if (path.is_file() and not name.startswith(".") and len(name) <= MAX_NAME_LENGTH
+                            and name not in found and self._accepts(path)):
+                        found[name] = path
+                self._listed = (stamp, found)
+            return self._listed[1]
