@@ -10,6 +10,8 @@ first step and decodes: the job still ends with an image of the size it asked fo
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from model_server.finishing.upscalers import Upscalers
@@ -22,8 +24,11 @@ def second_pass(params: GenerationParams) -> GenerationParams:
     h = params.hires
     width, height = hires_size(params)
     steps = h.steps or params.steps
+    # At least one step: diffusers runs int(steps x strength), and 49 x (1/49) is 0.999... in floating point,
+    # so the floor is the next number above 1/steps (never above 1).
+    floor = min(1.0, math.nextafter(1 / steps, 2.0))
     return msgspec.structs.replace(params, hires=None, mode="img2img", width=width, height=height, steps=steps,
-                                   strength=max(h.strength, 1 / steps), prompt=h.prompt or params.prompt,
+                                   strength=max(h.strength, floor), prompt=h.prompt or params.prompt,
                                    negative_prompt=h.negative_prompt or params.negative_prompt)
 
 

@@ -102,6 +102,14 @@ def test_the_hires_fix_adds_its_second_pass_steps_and_runs_at_least_one():
     assert steps_run(second) == 1 and second.prompt == "a cat, detailed" and second.negative_prompt == ""
 
 
+@pytest.mark.parametrize("strength", [0.01, 0.05, 0.1, 0.5, 1.0])
+def test_the_second_pass_runs_the_steps_counted_for_it_whatever_its_steps(strength):
+    for steps in range(1, 151):  # 49 x (1/49) is 0.999... in floating point: it must still run one step
+        params = hires(steps=steps, strength=strength)
+        second = second_pass(params)
+        assert steps_run(second) == steps_run(params) - params.steps and 0 < second.strength <= 1, steps
+
+
 def test_a_hires_fix_past_the_limits_or_on_an_image_job_is_refused():
     limits = Limits()
     assert hires_violation(hires(scale=2), limits) is None
