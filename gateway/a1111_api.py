@@ -105,7 +105,8 @@ _IMG2IMG_EXAMPLE = ('Send an A1111 img2img JSON object such as {"prompt": "a cat
                     '"denoising_strength": 0.6}.')
 
 
-def _decode(kind: type, example: str):
+def decode_request(kind: type, example: str):
+    """An A1111 request body as ``kind`` with pydantic's coercions, and the body as sent."""
     raw = decode_object(request.get_data(cache=False), example, empty_ok=True)
     try:
         return convert(raw, kind, strict=False, bools_as_ints=True), raw
@@ -129,13 +130,13 @@ def _checkpoint(title: str) -> str:
 
 
 def _parse():
-    r, raw = _decode(Txt2ImgRequest, _EXAMPLE)
+    r, raw = decode_request(Txt2ImgRequest, _EXAMPLE)
     sampler, fields, notes = _fields(r, img2img=False)
     return r, raw, sampler, services().validator.parse_object(fields), notes
 
 
 def _parse_img2img():
-    r, raw = _decode(Img2ImgRequest, _IMG2IMG_EXAMPLE)
+    r, raw = decode_request(Img2ImgRequest, _IMG2IMG_EXAMPLE)
     sampler, fields, notes = _fields(r, img2img=True)
     if not r.init_images:
         raise ApiError(400, "invalid_params", "init_images is empty", _IMG2IMG_EXAMPLE, field="init_images")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 
 import msgspec
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
+from gateway.a1111_api import decode_request
 from gateway.errors import ApiError
-from gateway.json_body import convert, decode_object
 from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
@@ -55,14 +55,6 @@ class BatchImagesRequest(ExtrasRequest, kw_only=True):
     imageList: list[BatchImage] = []  # noqa: N815  (A1111's name)
 
 
-def _decode(kind: type):
-    raw = decode_object(request.get_data(cache=False), _EXAMPLE)
-    try:
-        return convert(raw, kind, strict=False, bools_as_ints=True)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_params", f"invalid request body: {exc}", _EXAMPLE) from None
-
-
 def _jobs(r: ExtrasRequest, images: list[str]):
     """Each image as an upscale job's Generation, and what was asked but not done (html_info)."""
     sv = services()
@@ -87,14 +79,14 @@ def _jobs(r: ExtrasRequest, images: list[str]):
 
 
 def _parse_single():
-    r = _decode(SingleImageRequest)
+    r = decode_request(SingleImageRequest, _EXAMPLE)[0]
     if not r.image:
         raise ApiError(400, "invalid_params", "image is empty", _EXAMPLE, field="image")
     return _jobs(r, [r.image])
 
 
 def _parse_batch():
-    r = _decode(BatchImagesRequest)
+    r = decode_request(BatchImagesRequest, _EXAMPLE)[0]
     if not r.imageList:
         raise ApiError(400, "invalid_params", "imageList is empty", _EXAMPLE, field="imageList")
     most = services().settings.max_images

@@ -16,8 +16,8 @@ from gateway.params import Generation
 from gateway.policy import starts_work, takes_images
 from gateway.resources import job_resource, to_json
 from gateway.services import services
-from protocol.contract import field_of
 from gateway.waiting import start_job
+from protocol.contract import field_of
 from protocol.messages import IMAGE_FORMATS, MAX_UPSCALE, UpscalerEntry
 
 bp = Blueprint("upscale", __name__)
@@ -47,7 +47,7 @@ def _parse() -> Generation:
     else:
         raw = decode_object(request.get_data(cache=False), _EXAMPLE)
     try:
-        r = convert(raw, UpscaleRequest, strict=not files and request.mimetype != "multipart/form-data")
+        r = convert(raw, UpscaleRequest, strict=request.mimetype != "multipart/form-data")  # form fields are text
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_params", f"invalid request: {exc}", _EXAMPLE, field=field_of(str(exc))) from None
     image = files.get("image") or sv.validator.decoded_upload(r.image, "image")
