@@ -36,9 +36,9 @@ def build() -> Path:
     if not MODEL.exists():
         import torch
 
-        from model_server.engine.upscale_models import _spandrel
+        from model_server.engine.upscale_models import import_spandrel
 
-        _spandrel()
+        import_spandrel()
         from spandrel.architectures.ESRGAN import ESRGAN
 
         MODEL.parent.mkdir(parents=True, exist_ok=True)

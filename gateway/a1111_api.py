@@ -19,6 +19,7 @@ import msgspec
 from flask import Blueprint, jsonify, request
 from msgspec import Meta
 
+from gateway.a1111_faces import face_fields
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
 from gateway.a1111_options import DEFAULTS, checked, generation_fields
 from gateway.auth import owner
@@ -55,7 +56,7 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     height: int | None = None
     override_settings: dict | None = None  # sd_model_checkpoint and token_merging_ratio are used
     tiling: bool | None = False
-    restore_faces: bool | None = False
+    restore_faces: bool | None = None  # None: the client's option face_restoration (A1111's rule)
     enable_hr: bool | None = False  # the hires fix, with the hr_* fields below
     # txt2img: the hires fix's strength (meaningless without enable_hr, as in A1111; webuiapi always
     # sends 0.7); img2img: how much is repainted.
@@ -85,11 +86,9 @@ class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
 # A1111's 422 "Script not found").
 _BUILTIN_SCRIPTS = {"prompt matrix", "prompts from file or textbox", "x/y/z plot", "sd upscale", "loopback",
                     "outpainting mk2", "poor man's outpainting"}
-_NOT_APPLIED = {
-    "restore_faces": "face restoration is not available on this server yet; the faces are as generated",
-}
 # A1111's hires-fix strength when a request leaves denoising_strength out.
 _HIRES_STRENGTH = 0.7
+
 
 def render_error(err: ApiError):
     if err.status == 400:  # FastAPI's validation error shape
@@ -157,7 +156,7 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
     if r.seed is not None and r.seed < -1:
         raise ApiError(400, "invalid_params", f"seed must be -1 (random) or 0 or more, not {r.seed}",
                        "Use -1 for a random seed, or a seed from 0.", field="seed")
-    notes = {key: why for key, why in _NOT_APPLIED.items() if getattr(r, key)}
+    notes: dict[str, str] = {}
     if r.script_name:
         if r.script_name.strip().lower() not in _BUILTIN_SCRIPTS:
             raise ApiError(400, "script_not_found", "Script not found",
@@ -187,6 +186,11 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
         fields["model"] = _checkpoint(checkpoint)
     if r.enable_hr and not img2img:
         fields["hires"] = _hires(r)
+    options = {**DEFAULTS, **chosen}
+    if r.restore_faces if r.restore_faces is not None else options["face_restoration"]:
+        fields["face_restoration"], note = face_fields(options["face_restoration_model"])
+        if note:
+            notes["restore_faces"] = note
     return sampler, fields, notes
 
 
@@ -226,7 +230,7 @@ def _generate(parsed):
         "seed": params.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),
         "subseed_strength": 0, "width": params.width, "height": params.height, "sampler_name": sampler,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": r.batch_size or 1,
-        "n_iter": r.n_iter or 1, "restore_faces": False, "sd_model_name": PurePath(model).name,
+        "n_iter": r.n_iter or 1, "restore_faces": params.face_restoration is not None, "sd_model_name": PurePath(model).name,
         "tiling": params.tiling, "not_applied": notes,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
         "denoising_strength": params.strength if params.mode != "txt2img" else (
@@ -369,7 +373,6 @@ def cmd_flags():
 
 
 @bp.get("/hypernetworks")
-@bp.get("/face-restorers")
 @bp.get("/prompt-styles")
 def empty_listing():
     return jsonify([])

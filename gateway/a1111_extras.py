@@ -1,9 +1,10 @@
 """AUTOMATIC1111's "extras" (upscaling) and its upscaler listings, under ``/sdapi/v1``.
 
 ``extra-single-image`` and ``extra-batch-images`` block like A1111's; each image is an upscale job
-of the caller's (cancelled if the client hangs up, as every synchronous request). What the extras
-tab does beyond one upscaler is said in ``html_info``, never silently dropped: a second upscaler
-blended in, and face restoration, which needs a face-restoration model this server does not have.
+of the caller's (cancelled if the client hangs up, as every synchronous request), its faces restored
+after when GFPGAN's or CodeFormer's visibility is above 0 (``a1111_faces``). What the extras tab
+does beyond that is said in ``html_info``, never silently dropped: a second upscaler blended in,
+and face restoration when the server has no restorer.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import msgspec
 from flask import Blueprint, jsonify
 
 from gateway.a1111_api import decode_request
+from gateway.a1111_faces import face_fields
 from gateway.errors import ApiError
 from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
+from protocol.messages import FaceRestoration
 from protocol.upscalers import LATENT_UPSCALERS
 
 bp = Blueprint("a1111_extras", __name__, url_prefix="/sdapi/v1")
@@ -65,16 +68,21 @@ def _jobs(r: ExtrasRequest, images: list[str]):
     notes = []
     if (r.upscaler_2 or "None") != "None" and (r.extras_upscaler_2_visibility or 0) > 0:
         notes.append(f"upscaler 2 ({r.upscaler_2}) is not blended in on this server; the image is upscaler 1's")
-    if (r.gfpgan_visibility or 0) > 0 or (r.codeformer_visibility or 0) > 0:
-        notes.append("face restoration is not available on this server (no face restoration model); the faces are "
-                     "as they were")
+    faces = None
+    # A1111 runs GFPGAN, then CodeFormer; one restorer runs here: the more visible one's.
+    wanted = max((r.gfpgan_visibility or 0, "GFPGAN"), (r.codeformer_visibility or 0, "CodeFormer"))
+    if wanted[0] > 0:
+        faces, note = face_fields(wanted[1], min(1.0, wanted[0]), made="they were")
+        if note:
+            notes.append(note)
     by_size = r.resize_mode == 1
     generations = []
     for text in images:
         data = sv.validator.decoded_upload(text, "image")
         generations.append(sv.validator.upscale(
             data, name, None if by_size else (r.upscaling_resize or 2.0),
-            r.upscaling_resize_w if by_size else None, r.upscaling_resize_h if by_size else None))
+            r.upscaling_resize_w if by_size else None, r.upscaling_resize_h if by_size else None,
+            faces=msgspec.convert(faces, FaceRestoration) if faces else None))
     return generations, notes
 
 

@@ -127,9 +127,10 @@ def _compat_paths() -> dict:
         f"{a1111}/realesrgan-models": get("AUTOMATIC1111: the upscaler model files (UPSCALER_DIR)", _ANY_JSON_ARRAY),
         f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
         f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
+        f"{a1111}/face-restorers": get("AUTOMATIC1111: the face restorers (FACE_RESTORER_DIR; none without a face "
+                                       "detector)", _ANY_JSON_ARRAY),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)
-           for name, what in (("hypernetworks", "hypernetworks"), ("face-restorers", "face restorers"),
-                              ("prompt-styles", "prompt styles"))},
+           for name, what in (("hypernetworks", "hypernetworks"), ("prompt-styles", "prompt styles"))},
     }
 
 
@@ -169,12 +170,16 @@ def build_spec(request_type: type) -> dict:
                 "200": {"description": "The image", "content": _IMAGE}, **_errors(400, 404, 409, 410, 429, 503)}}},
         "/v1/upscale": {"post": {
             "summary": "Start an upscale job (no diffusion): an image by scale, or to width x height, with an upscaler "
-                       "from GET /v1/upscalers; progress counts tiles; poll, stream, cancel like any job",
+                       "from GET /v1/upscalers, its faces restored after if asked; progress counts tiles; poll, "
+                       "stream, cancel like any job",
             "requestBody": {"required": True, "content": {**_json_content("UpscaleRequest"),
                                                           "multipart/form-data": {"schema": _ref("UpscaleRequest")}}},
             "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
         "/v1/upscalers": {"get": {
             "summary": "Upscalers: built-in resamplers, the hires fix's latent ones, and model files (UPSCALER_DIR)",
+            "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},
+        "/v1/face-restorers": {"get": {
+            "summary": "Face restoration models (FACE_RESTORER_DIR) and the face detector they need",
             "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},
         "/v1/loras": {"get": {
             "summary": "The LoRAs a request may apply (loras, or <lora:NAME:WEIGHT> in the prompt)",

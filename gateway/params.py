@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs, hires_violation, runs_no_step, violation
-from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef, ModelEntry
+from protocol.messages import MAX_LORAS, MAX_SEED, FaceRestoration, GenerationParams, LoraRef, ModelEntry
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 from protocol.upscalers import DEFAULT_UPSCALER
 
@@ -204,10 +204,11 @@ class ParamValidator:
 
     def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
                 width: int | None = None, height: int | None = None, fmt: str | None = None,
-                quality: int | None = None) -> Generation:
+                quality: int | None = None, faces: FaceRestoration | None = None) -> Generation:
         """An upscale job (no diffusion): ``image`` by ``scale`` (2 when neither is given), or to ``width`` x
         ``height``, covered and centre-cropped, by ``upscaler`` (GET /v1/upscalers; Lanczos by default).
-        Its prompt only labels it; the model server checks the result's size once it has read the image."""
+        ``faces``: restore the faces after. Its prompt only labels it; the model server checks the result's
+        size once it has read the image."""
         if not image:
             raise ApiError(400, "invalid_params", "image is required", "Send the image to upscale (base64 or a "
                            "file).", field="image")
@@ -223,7 +224,7 @@ class ParamValidator:
         label = f"upscale x{scale:g} with {name}" if scale else f"upscale to {width}x{height} with {name}"
         values = {"prompt": clean_text(label)[:self.settings.max_prompt_length], "seed": 0, "steps": 1,
                   "mode": "upscale", "upscaler": name, "upscale": scale or 0.0, "format": fmt or "png",
-                  "quality": 90 if quality is None else quality}
+                  "quality": 90 if quality is None else quality, "face_restoration": faces}
         if not scale:
             values.update(upscale_width=width, upscale_height=height)
         try:

@@ -1,6 +1,7 @@
 """Upscaling on the native API: ``POST /v1/upscale`` starts an upscale job (no diffusion; a job like any
-other: progress by tiles, SSE, cancel, TTL, the owner's only), ``GET /v1/upscalers`` lists what a job
-or a hires fix may name."""
+other: progress by tiles, SSE, cancel, TTL, the owner's only; faces restored after when asked),
+``GET /v1/upscalers`` lists what a job or a hires fix may name, ``GET /v1/face-restorers`` the face
+restoration models."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from gateway.resources import job_resource, to_json
 from gateway.services import services
 from gateway.waiting import start_job
 from protocol.contract import field_of
-from protocol.messages import IMAGE_FORMATS, MAX_UPSCALE, UpscalerEntry
+from protocol.messages import IMAGE_FORMATS, MAX_UPSCALE, FaceRestoration, UpscalerEntry
 
 bp = Blueprint("upscale", __name__)
 _EXAMPLE = 'Send {"image": "<base64 PNG>", "scale": 2, "upscaler": "Lanczos"} (GET /v1/upscalers).'
@@ -36,6 +37,9 @@ class UpscaleRequest(msgspec.Struct, kw_only=True):
     height: Annotated[int, Meta(ge=1, description="Upscale to this height (with width).")] | None = None
     format: Literal[IMAGE_FORMATS] | None = None
     quality: Annotated[int, Meta(ge=1, le=100)] | None = None
+    face_restoration: Annotated[FaceRestoration, Meta(description=(
+        "Restore the faces after upscaling (upscaler \"None\": only that), with a model from GET "
+        "/v1/face-restorers."))] | None = None
 
 
 def _parse() -> Generation:
@@ -44,6 +48,8 @@ def _parse() -> Generation:
     if request.mimetype == "multipart/form-data":
         files = {name: f.read() for name, f in request.files.items() if name == "image"}
         raw = dict(request.form.items())
+        if "face_restoration" in raw:  # a form field holds the object as JSON text
+            raw["face_restoration"] = decode_object(raw["face_restoration"].encode(), _EXAMPLE)
     else:
         raw = decode_object(request.get_data(cache=False), _EXAMPLE)
     try:
@@ -51,7 +57,8 @@ def _parse() -> Generation:
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_params", f"invalid request: {exc}", _EXAMPLE, field=field_of(str(exc))) from None
     image = files.get("image") or sv.validator.decoded_upload(r.image, "image")
-    return sv.validator.upscale(image, r.upscaler, r.scale, r.width, r.height, r.format, r.quality)
+    return sv.validator.upscale(image, r.upscaler, r.scale, r.width, r.height, r.format, r.quality,
+                                r.face_restoration)
 
 
 @bp.post("/v1/upscale")
@@ -72,3 +79,13 @@ def upscaler_item(u: UpscalerEntry) -> dict:
 def list_upscalers():
     """Built-in resamplers, the hires fix's latent upscalers and the model files in UPSCALER_DIR."""
     return jsonify(upscalers=[upscaler_item(u) for u in services().model_list(fresh=True).upscalers])
+
+
+@bp.get("/v1/face-restorers")
+def list_face_restorers():
+    """The face restoration models in FACE_RESTORER_DIR, and the face detector they need (none: no face
+    restoration)."""
+    listing = services().model_list(fresh=True)
+    return jsonify(face_restorers=[{"name": f.name, "file": f.file, "size_bytes": f.size_bytes,
+                                    "architecture": f.architecture or None} for f in listing.face_restorers],
+                   detector=listing.face_detector or None)

@@ -9,6 +9,7 @@ from typing import Callable
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
+from model_server.finishing.faces import FaceModels, FaceRestorers
 from model_server.finishing.upscalers import Upscalers, UpscaleModels
 from model_server.models.model_set import ModelSet
 from model_server.pipeline import Pipeline
@@ -43,7 +44,8 @@ def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] |
         return make_pipeline(dataclasses.replace(settings, model=model.source, inpaint_model=inpaint), progress)
 
     return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model,
-                    Upscalers(settings.upscaler_dir, lambda: make_upscale_models(settings)))
+                    Upscalers(settings.upscaler_dir, lambda: make_upscale_models(settings)),
+                    FaceRestorers(settings.face_restorer_dir, lambda: make_face_models(settings)))
 
 
 # Neighbouring tiles overlap by this many input pixels, blended with ramps: enough context that a
@@ -60,3 +62,14 @@ def make_upscale_models(settings: ModelServerSettings) -> UpscaleModels:
     from model_server.engine.upscale_models import UpscaleModels as EngineUpscaleModels
 
     return EngineUpscaleModels(settings.upscale_tile, UPSCALE_OVERLAP)
+
+
+def make_face_models(settings: ModelServerSettings) -> FaceModels:
+    """What runs face restorer files: the engine's (torch), or the fake's beside the fake pipeline."""
+    if settings.pipeline == "fake":
+        from model_server.fake_pipeline import FakeFaceModels
+
+        return FakeFaceModels()
+    from model_server.engine.face_restore import FaceModels as EngineFaceModels
+
+    return EngineFaceModels()

@@ -101,6 +101,11 @@ class ModelServerSettings(RequestLimits):
     upscale_tile: int = setting(
         "UPSCALE_TILE", "The side in pixels of the tiles an upscaler model runs in: its memory is one tile's "
         "activations whatever the image's size (256: about 0.5 GiB for a 4x ESRGAN)", 256)
+    face_restorer_dir: str = setting(
+        "FACE_RESTORER_DIR", "A folder of face restoration models (`.pth` or `.safetensors`: GFPGAN v1.3/v1.4, "
+        "RestoreFormer), named for the file, and the face detector they need: facexlib's "
+        "`detection_Resnet50_Final.pth` (or `detection_mobilenet0.25_Final.pth`), as A1111 keeps them in "
+        "`models/GFPGAN`", "", shown="none")
     revision: str | None = setting("SD_MODEL_REVISION", "Hub revision (branch, tag or commit)", None)
     token: str | None = setting(
         "HF_TOKEN", "Hugging Face token (or `HF_AUTH_TOKEN`, or `HF_TOKEN_FILE` naming a file that holds it). It "

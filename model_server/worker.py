@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable
 
+import msgspec
 import zmq
 
 from model_server import errors, memory
@@ -151,11 +152,26 @@ class Worker(threading.Thread):
         if image is None:
             raise JobCancelledError()
         described = upscalers.describe(name)
-        if described:
-            self.table.record_engine(job, f"upscaler {name} ({described})")
-        data, media_type = encode_image(image, p, p.seed, name)
+        engine = f"upscaler {name} ({described})" if described else f"upscaler {name}"
+        self.table.record_engine(job, engine)
+        image, written = self._restore_faces(job, image, engine)
+        data, media_type = encode_image(image, written, p.seed, name)
         return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
                          size_bytes=len(data)), data
+
+    def _restore_faces(self, job: Job, image, engine: str):
+        """``image`` with its faces restored when the job asks; the job's engine says by what, and the
+        parameters returned (for the image's infotext) name the restorer that ran."""
+        faces = job.params.face_restoration
+        if faces is None:
+            return image, job.params
+        self._tell(job, "restoring faces")
+        restorers = self.models.faces
+        image, count, name = restorers.restore(faces, image, lambda: job.stop_mode)
+        described = restorers.describe(name)
+        self.table.record_engine(job, f"{engine} + faces {name}" + (f" ({described})" if described else ""))
+        self._tell(job, f"restored {count} face{'s' * (count != 1)}")
+        return image, msgspec.structs.replace(job.params, face_restoration=msgspec.structs.replace(faces, model=name))
 
     def _failed(self) -> bool:
         self.state.progress.halt()  # the phase it failed in stays in /health, without more log lines
@@ -198,7 +214,8 @@ class Worker(threading.Thread):
                 else:
                     image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
                                               mask=job.mask)
-                data, media_type = encode_image(image, p, seed, pipeline.model_id, lora_hashes)
+                image, written = self._restore_faces(job, image, pipeline.engine(p))
+                data, media_type = encode_image(image, written, seed, pipeline.model_id, lora_hashes)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
                                          height=image.height, size_bytes=len(data)), data))
                 if self.table.stopped_early(job) is StopMode.INTERRUPT:

@@ -23,7 +23,7 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
         by = (f"Postprocess upscale by: {params.upscale:g}" if params.upscale
               else f"Postprocess upscale to: {params.upscale_width}x{params.upscale_height}, "
                    "Postprocess crop to fit: True")
-        return f"{by}, Postprocess upscaler: {upscaler}"
+        return ", ".join([f"{by}, Postprocess upscaler: {upscaler}", *_faces(params)])
     sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)
     prompt = " ".join([params.prompt, *(f"<lora:{ref.name}:{ref.weight:g}>" for ref in params.loras)])
     lines = [prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
@@ -40,6 +40,7 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
             settings.append(f'Hires prompt: "{h.prompt}"')
         if h.negative_prompt:
             settings.append(f'Hires negative prompt: "{h.negative_prompt}"')
+    settings += _faces(params)
     if params.tiling:
         settings.append("Tiling: True")
     if params.token_merging:
@@ -48,3 +49,11 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
         settings.append('Lora hashes: "' + ", ".join(f"{name}: {h}" for name, h in lora_hashes.items()) + '"')
     lines.append(", ".join(settings))
     return "\n".join(lines)
+
+
+def _faces(params: GenerationParams) -> list[str]:
+    faces = params.face_restoration
+    if faces is None:
+        return []
+    return [f"Face restoration: {faces.model or 'default'}"] + (
+        [f"Face restoration visibility: {faces.visibility:g}"] if faces.visibility < 1 else [])

@@ -132,6 +132,15 @@ class HiresFix(_Shape):
     negative_prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_LENGTH)] = ""
 
 
+class FaceRestoration(_Shape):
+    """Face restoration (A1111's restore_faces and its extras' GFPGAN visibility): each face found is
+    restored by a model from GET /v1/face-restorers and blended in at ``visibility``."""
+
+    # A name from GET /v1/face-restorers; "" = the first listed.
+    model: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME)] = ""
+    visibility: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0  # 0: the original faces, 1: the restored
+
+
 class GenerationParams(_Shape):
     """One text-to-image request, already validated and with a concrete seed.
 
@@ -229,6 +238,12 @@ class GenerationParams(_Shape):
                       "the job's) at strength (default 0.5), with its own prompt if given. The larger size must "
                       "keep {max_width}x{max_height}.",
                   hint="Send an object such as {{\"scale\": 2, \"strength\": 0.5}}, or leave hires out.") = None
+    face_restoration: _bound(FaceRestoration | None,
+                             doc="Restore the faces in each image (any mode; after the hires fix or the upscale) "
+                                 "with a model from GET /v1/face-restorers (FACE_RESTORER_DIR), blended in at "
+                                 "visibility (0-1, default 1).",
+                             hint="Send an object such as {{\"model\": \"GFPGANv1.4\", \"visibility\": 1}} "
+                                  "(GET /v1/face-restorers), or leave face_restoration out.") = None
     # mode upscale: the init image upscaled, no diffusion (the prompt only labels the job).
     upscaler: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
                      doc="Upscale jobs: the upscaler, a name from GET /v1/upscalers (default Lanczos).",
@@ -528,6 +543,15 @@ class UpscalerEntry(_Shape):
     architecture: str = ""  # as the library detected it, once loaded (ESRGAN, SPAN, ...)
 
 
+class FaceRestorerEntry(_Shape):
+    """One face restoration model a job may name: a file in FACE_RESTORER_DIR."""
+
+    name: str
+    file: str
+    size_bytes: int = 0
+    architecture: str = ""  # as the library detected it, once loaded (GFPGAN, RestoreFormer)
+
+
 class LoraEntry(_Shape):
     name: str
     file: str  # the file's name in LORA_DIR
@@ -540,6 +564,8 @@ class ModelList(_Msg):
     models: list[ModelEntry] = []
     loras: list[LoraEntry] = []
     upscalers: list[UpscalerEntry] = []
+    face_restorers: list[FaceRestorerEntry] = []
+    face_detector: str = ""  # the detector's file in FACE_RESTORER_DIR; "" = none, so no face restoration
 
 
 class Accepted(_Msg):

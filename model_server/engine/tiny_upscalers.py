@@ -28,9 +28,9 @@ def write_tiny_upscalers(folder: Path, seed: int = 0, names: tuple[str, ...] | N
     import torch
     from safetensors.torch import save_file
 
-    from model_server.engine.upscale_models import _spandrel
+    from model_server.engine.upscale_models import import_spandrel
 
-    _spandrel()  # the architectures' modules import through it
+    import_spandrel()  # the architectures' modules import through it
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i, name in enumerate(names or TINY_UPSCALERS):

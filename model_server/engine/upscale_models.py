@@ -33,10 +33,11 @@ _import_lock = threading.Lock()
 
 
 def _torchvision_fallback() -> None:
-    """spandrel imports two torchvision functions at import time, for two architectures we do not run
-    (LaMa's rotate, RestoreFormer's normalize). PyPI's torchvision is a CUDA build that cannot load
-    beside the CPU torch we pin (``operator torchvision::nms does not exist``), so it is not
-    installed; when it cannot be imported, those names are given torch-only versions."""
+    """spandrel imports two torchvision functions at import time: LaMa's rotate (an architecture we do
+    not run) and RestoreFormer's normalize (a face restorer, engine/face_restore.py). PyPI's
+    torchvision is a CUDA build that cannot load beside the CPU torch we pin (``operator
+    torchvision::nms does not exist``), so it is not installed; when it cannot be imported, those
+    names are given torch-only versions."""
     try:
         import torchvision  # noqa: F401
         return
@@ -67,7 +68,7 @@ def _torchvision_fallback() -> None:
                         "torchvision.transforms.functional": functional})
 
 
-def _spandrel():
+def import_spandrel():
     with _import_lock:
         if "spandrel" not in sys.modules:
             _torchvision_fallback()
@@ -83,10 +84,10 @@ class LoadedUpscaler:
         self.path, self.descriptor, self.dtype = path, descriptor, dtype
         self.scale = int(descriptor.scale)
         self.architecture = descriptor.architecture.name
-        self.stamp = _stamp(path)
+        self.stamp = file_stamp(path)
 
 
-def _stamp(path: Path) -> tuple:
+def file_stamp(path: Path) -> tuple:
     st = path.stat()
     return (str(path), st.st_size, st.st_mtime)
 
@@ -94,7 +95,7 @@ def _stamp(path: Path) -> tuple:
 def load(path: Path) -> LoadedUpscaler:
     """The model in ``path`` (.pth, read with spandrel's restricted unpickler, or .safetensors), or a
     PipelineLoadError saying why it cannot be used."""
-    spandrel = _spandrel()
+    spandrel = import_spandrel()
     try:
         descriptor = spandrel.ModelLoader().load_from_file(str(path))
     except spandrel.UnsupportedModelError:
@@ -171,13 +172,13 @@ class UpscaleModels:
     def describe(self, path: Path) -> tuple[int, str, str] | None:
         """(scale, architecture, dtype) of ``path`` when it is the loaded model, else None (not read yet)."""
         loaded = self._loaded
-        if loaded is not None and loaded.stamp == _stamp(path):
+        if loaded is not None and loaded.stamp == file_stamp(path):
             return loaded.scale, loaded.architecture, str(loaded.dtype).replace("torch.", "")
         return None
 
     def upscale(self, path: Path, image: Image.Image, on_tile, stop) -> Image.Image | None:
         """``image`` through the model in ``path`` once (its own scale)."""
-        if self._loaded is None or self._loaded.stamp != _stamp(path):
+        if self._loaded is None or self._loaded.stamp != file_stamp(path):
             self._loaded = None  # the old one goes before the new one loads
             started = time.monotonic()
             self._loaded = load(path)

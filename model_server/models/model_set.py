@@ -19,6 +19,7 @@ from typing import Callable
 from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.families import FAMILIES
+from model_server.finishing.faces import FaceRestorers
 from model_server.finishing.upscalers import Upscalers
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
@@ -48,9 +49,11 @@ class ModelSet:
     """The models and LoRAs a job may name, and the one model loaded now."""
 
     def __init__(self, catalog: Catalog, loras: LoraFiles,
-                 load: Callable[[ModelSource, LoadProgress], Pipeline], upscalers: Upscalers | None = None):
+                 load: Callable[[ModelSource, LoadProgress], Pipeline], upscalers: Upscalers | None = None,
+                 faces: FaceRestorers | None = None):
         self.catalog, self.loras, self._load = catalog, loras, load
         self.upscalers = upscalers or Upscalers("", lambda: None)
+        self.faces = faces or FaceRestorers("", lambda: None)
         # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
         # so readers take one snapshot of the pair and never see a model without its pipeline.
         self._pair: tuple[Pipeline, ModelSource] | None = None
@@ -128,10 +131,14 @@ class ModelSet:
         hashes = {pair[1].name: known} if known else {}
         return ModelList(models=self.catalog.entries(pair[1].name if pair else None, hashes, self.unavailable_for),
                          loras=self.loras.entries(pair[0].loaded_loras() if pair else set()),
-                         upscalers=self.upscalers.entries())
+                         upscalers=self.upscalers.entries(), face_restorers=self.faces.entries(),
+                         face_detector=detector.name if (detector := self.faces.detector()) else "")
 
     def check(self, params: GenerationParams) -> None:
-        """Raise a Rejection when the job names a model, LoRA, upscaler or preset this server cannot run."""
+        """Raise a Rejection when the job names a model, LoRA, upscaler, face restorer or preset this server
+        cannot run."""
+        if params.face_restoration is not None:
+            self.faces.resolve(params.face_restoration.model)
         if params.mode == "upscale":  # no model runs: only its upscaler matters
             self.upscalers.check(params.upscaler or DEFAULT_UPSCALER, latent=False)
             return

@@ -209,7 +209,7 @@ def test_webuiapi_extras_upscale_one_image_and_a_batch(api):
     sized = api.extra_single_image(image, resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=100,
                                    upscaler_1="Nearest", codeformer_visibility=1)
     assert sized.image.size == (100, 100)
-    assert "face restoration is not available" in sized.info
+    assert "no face restorer is configured" in sized.info
 
 
 def test_a1111_extras_refuse_a_latent_upscaler_in_its_own_shape(stack):
