@@ -186,7 +186,8 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
         fields["model"] = _checkpoint(checkpoint)
     if r.enable_hr and not img2img:
         fields["hires"] = _hires(r)
-    options = {**DEFAULTS, **chosen}
+    # this request's settings (checked as a POST /options is), else this client's, else A1111's
+    options = {**DEFAULTS, **chosen, **checked(overrides)}
     if r.restore_faces if r.restore_faces is not None else options["face_restoration"]:
         fields["face_restoration"], note = face_fields(options["face_restoration_model"])
         if note:

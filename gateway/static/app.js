@@ -332,7 +332,8 @@ function showResult(job, img) {
   $("curl").hidden = true;
   $("result").hidden = false;
   if (p.mode === "upscale") {  // the result it came from stays in the gallery; this replaces it on screen
-    $("caption").textContent = `Upscaled ×${p.upscale} with ${p.upscaler} · ${img.width}×${img.height}`;
+    $("caption").textContent = `Upscaled ×${p.upscale} with ${p.upscaler} · ${img.width}×${img.height}` +
+      (p.face_restoration ? " · faces restored" : "");
     return;
   }
   $("caption").textContent = `${job.model ? job.model + " · " : ""}Seed ${img.seed} · ` +
@@ -341,6 +342,7 @@ function showResult(job, img) {
     `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
     (p.mode && p.mode !== "txt2img" ? ` · ${p.mode} at strength ${p.strength}` : "") +
     (p.hires ? ` · hires fix ×${p.hires.scale} (${p.hires.upscaler}, strength ${p.hires.strength})` : "") +
+    (p.face_restoration ? " · faces restored" : "") +
     (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
     (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");

@@ -1,17 +1,22 @@
-// Finishing on the page: the hires fix in the form (GET /v1/upscalers fills its upscaler list) and
-// "Upscale x2 / x4" on a result, which starts an upscale job (POST /v1/upscale) from that result's image.
+// Finishing on the page: the hires fix in the form (GET /v1/upscalers fills its upscaler list), "Restore
+// faces" when the server has a face restorer (GET /v1/face-restorers), and "Upscale x2 / x4" on a result,
+// which starts an upscale job (POST /v1/upscale) from that result's image, its faces restored if ticked.
 const $ = (id) => document.getElementById(id);
 let loaded = false;
 
 // The lists (true once loaded; asked again while the server is not ready).
 export async function refresh() {
   if (loaded) return true;
-  let upscalers;
+  let upscalers, faces;
   try {
-    const r = await fetch("/v1/upscalers");
-    if (!r.ok) return false;
+    const [r, f] = await Promise.all([fetch("/v1/upscalers"), fetch("/v1/face-restorers")]);
+    if (!r.ok || !f.ok) return false;
     upscalers = (await r.json()).upscalers;
+    faces = await f.json();
   } catch { return false; }
+  // Only a server that can restore faces offers it; the first listed restorer is the one used.
+  $("faces-set").hidden = !(faces.detector && faces.face_restorers.length);
+  if (!$("faces-set").hidden) $("face-restorer").textContent = faces.face_restorers[0].name;
   const label = (u) => u.kind === "model" ? `${u.name}${u.scale ? ` (${u.scale}x model)` : ""}` : u.name;
   const hires = $("hires-upscaler");
   const pixel = $("upscaler");
@@ -30,14 +35,20 @@ export function setup() {
   $("hires").addEventListener("change", () => { $("hires-options").hidden = !$("hires").checked; });
 }
 
-// The hires fix's part of a generation request ({} when off).
+// The face restoration part of a request ({} when off).
+function faceFields() {
+  return !$("faces-set").hidden && $("restore-faces").checked ? { face_restoration: {} } : {};
+}
+
+// The finishing part of a generation request: the hires fix and face restoration ({} when off).
 export function fields() {
-  if (!$("hires").checked) return {};
+  if (!$("hires").checked) return faceFields();
   return { hires: { scale: Number($("hires-scale").value), upscaler: $("hires-upscaler").value,
-                    strength: Number($("hires-strength").value) } };
+                    strength: Number($("hires-strength").value) }, ...faceFields() };
 }
 
 export function restore(params) {
+  $("restore-faces").checked = !!params.face_restoration;
   $("hires").checked = !!params.hires;
   $("hires-options").hidden = !params.hires;
   if (params.hires) {
@@ -56,5 +67,5 @@ export async function upscaleBody(url, scale) {
     reader.onerror = fail;
     reader.readAsDataURL(blob);
   });
-  return { image: data, scale, upscaler: $("upscaler").value || "Lanczos" };
+  return { image: data, scale, upscaler: $("upscaler").value || "Lanczos", ...faceFields() };
 }

@@ -1,5 +1,6 @@
-"""Finishing on the page in a real browser: the hires fix in the form, and "Upscale x2 / x4" on a result,
-whose upscaled image replaces it with its size shown; tiny upscaler files in UPSCALER_DIR."""
+"""Finishing on the page in a real browser: the hires fix in the form, "Restore faces", and "Upscale x2 / x4"
+on a result, whose upscaled image replaces it with its size shown; tiny upscaler files in UPSCALER_DIR and
+a tiny face restorer with its detector in FACE_RESTORER_DIR."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(log_dir, tiny_model_dir, tmp_path_factory):
+    from model_server.engine.tiny_faces import write_tiny_faces
     from model_server.engine.tiny_upscalers import write_tiny_upscalers
 
     folder = tmp_path_factory.mktemp("page-upscalers")
     write_tiny_upscalers(folder, names=("4x-tiny-esrgan.pth",))
-    stack = start_stack(log_dir, tiny_model_dir, UPSCALER_DIR=folder)
+    faces = tmp_path_factory.mktemp("page-faces")
+    write_tiny_faces(faces)
+    stack = start_stack(log_dir, tiny_model_dir, UPSCALER_DIR=folder, FACE_RESTORER_DIR=faces)
     yield stack
     stop_stack(stack)
 
@@ -64,3 +68,22 @@ def test_a_result_is_upscaled_in_place_with_its_size_shown(page, stack):
     page.select_option("#upscaler", "Lanczos")
     page.click("#upscale-2")
     expect(page.locator("#caption")).to_contain_text("Upscaled ×2 with Lanczos · 2048×2048", timeout=60_000)
+
+
+def test_faces_are_restored_when_ticked_on_a_generation_and_an_upscale(page, stack):
+    expect(page.locator("#faces-set")).to_be_visible()
+    expect(page.locator("#face-restorer")).to_have_text("tiny-restoreformer")
+    page.check("#restore-faces")
+    generate(page)
+    expect(page.locator("#caption")).to_contain_text("faces restored")
+    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
+    job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+    assert job["params"]["face_restoration"] is not None and "faces tiny-restoreformer" in job["engine"]
+    page.select_option("#upscaler", "Lanczos")
+    page.click("#upscale-2")
+    expect(page.locator("#caption")).to_contain_text("Upscaled ×2 with Lanczos · 512×512 · faces restored",
+                                                     timeout=60_000)
+    shot(page, "22-faces-restored")
+    page.uncheck("#restore-faces")
+    page.locator("#gallery li button").last.click()  # the gallery brings the choice back
+    expect(page.locator("#restore-faces")).to_be_checked()

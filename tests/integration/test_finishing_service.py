@@ -216,3 +216,12 @@ def test_a1111_extras_refuse_a_latent_upscaler_in_its_own_shape(stack):
     response = requests.post(stack.url + "/sdapi/v1/extra-single-image",
                              json={"image": b64(png()), "upscaler_1": "Latent"}, timeout=10)
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "upscaler_1"]
+
+
+def test_face_restoration_without_a_restorer_is_refused_naming_the_setting(stack):
+    assert requests.get(stack.url + "/v1/face-restorers", timeout=10).json() == {"face_restorers": [],
+                                                                                 "detector": None}
+    for route, body in (("/v1/jobs", {"prompt": "a portrait"}), ("/v1/upscale", {"image": b64(png())})):
+        response = requests.post(stack.url + route, json={**body, "face_restoration": {}}, timeout=10)
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == "face_restoration" and "FACE_RESTORER_DIR" in response.json()["hint"]
