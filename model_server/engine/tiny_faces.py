@@ -19,14 +19,15 @@ RESTORER = "tiny-restoreformer.safetensors"
 DETECTOR = "detection_mobilenet0.25_Final.pth"  # the name A1111 users have it under
 
 
-def _detector_state(face: bool, seed: int) -> dict:
+def detector_state(face: bool, seed: int, backbone: str = "mobilenet0.25") -> dict:
+    """A RetinaFace's weights (random backbone, set heads) finding one face, or none (``face``)."""
     import torch
 
     from model_server.engine.face_detector import DETECT_SHORT_SIDE, MIN_SIZES, STRIDES, VARIANCES, RetinaFace
     from model_server.engine.face_restore import CROP, TEMPLATE
 
     torch.manual_seed(seed)
-    net = RetinaFace("mobilenet0.25")
+    net = RetinaFace(backbone)
     with torch.no_grad():
         for heads in (net.ClassHead, net.BboxHead, net.LandmarkHead):
             for head in heads:
@@ -66,7 +67,7 @@ def write_tiny_faces(folder: Path, face: bool = True, seed: int = 0) -> list[Pat
                              num_res_blocks=1, attn_resolutions=(16,), dropout=0.0, in_channels=3, resolution=512,
                              z_channels=32, double_z=False, enable_mid=True, head_size=8)
     save_file({k: v.contiguous() for k, v in restorer.state_dict().items()}, str(folder / RESTORER))
-    torch.save(_detector_state(face, seed), folder / DETECTOR)
+    torch.save(detector_state(face, seed), folder / DETECTOR)
     return [folder / RESTORER, folder / DETECTOR]
 
 
