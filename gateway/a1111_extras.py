@@ -1,10 +1,10 @@
 """AUTOMATIC1111's "extras" (upscaling) and its upscaler listings, under ``/sdapi/v1``.
 
 ``extra-single-image`` and ``extra-batch-images`` block like A1111's; each image is an upscale job
-of the caller's (cancelled if the client hangs up, as every synchronous request), its faces restored
-after when GFPGAN's or CodeFormer's visibility is above 0 (``a1111_faces``). What the extras tab
-does beyond that is said in ``html_info``, never silently dropped: a second upscaler blended in,
-and face restoration when the server has no restorer.
+of the caller's (cancelled if the client hangs up, as every synchronous request): upscaler 1's result,
+upscaler 2's blended in at its visibility, the faces restored after when GFPGAN's or CodeFormer's
+visibility is above 0 (``a1111_faces``). What is asked but not done is said in ``html_info``, never
+silently dropped: face restoration when the server has no restorer.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def _jobs(r: ExtrasRequest, images: list[str]):
         raise ApiError(400, "invalid_params", f"{name} upscales latents (the hires fix only)",
                        "Use a pixel upscaler from GET /sdapi/v1/upscalers.", field="upscaler_1")
     notes = []
-    if (r.upscaler_2 or "None") != "None" and (r.extras_upscaler_2_visibility or 0) > 0:
-        notes.append(f"upscaler 2 ({r.upscaler_2}) is not blended in on this server; the image is upscaler 1's")
+    second = r.upscaler_2 if (r.upscaler_2 or "None") != "None" and (r.extras_upscaler_2_visibility or 0) > 0 else None
+    if second in LATENT_UPSCALERS:
+        raise ApiError(400, "invalid_params", f"{second} upscales latents (the hires fix only)",
+                       "Use a pixel upscaler from GET /sdapi/v1/upscalers.", field="upscaler_2")
     faces = None
     # A1111 runs GFPGAN, then CodeFormer; one restorer runs here: the more visible one's.
     wanted = max((r.gfpgan_visibility or 0, "GFPGAN"), (r.codeformer_visibility or 0, "CodeFormer"))
@@ -82,7 +84,8 @@ def _jobs(r: ExtrasRequest, images: list[str]):
         generations.append(sv.validator.upscale(
             data, name, None if by_size else (r.upscaling_resize or 2.0),
             r.upscaling_resize_w if by_size else None, r.upscaling_resize_h if by_size else None,
-            faces=msgspec.convert(faces, FaceRestoration) if faces else None))
+            face_restoration=msgspec.convert(faces, FaceRestoration) if faces else None, upscaler_2=second,
+            upscaler_2_visibility=min(1.0, r.extras_upscaler_2_visibility or 0) if second else None))
     return generations, notes
 
 

@@ -23,7 +23,7 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs, hires_violation, runs_no_step, violation
-from protocol.messages import MAX_LORAS, MAX_SEED, FaceRestoration, GenerationParams, LoraRef, ModelEntry
+from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef, ModelEntry
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 from protocol.upscalers import DEFAULT_UPSCALER
 
@@ -35,7 +35,7 @@ _EXAMPLES = {"prompt": ["a cat"]}
 _DERIVED = {"mode"}  # set from the request (an init image makes it img2img), never sent
 _UPSCALE_FIELDS = {"upscale": "scale", "upscale_width": "width", "upscale_height": "height"}  # as HTTP names them
 # An upscale job's fields (POST /v1/upscale), not a generation's.
-_UPSCALE_ONLY = {"upscaler", "upscale", "upscale_width", "upscale_height"}
+_UPSCALE_ONLY = {"upscaler", "upscale", "upscale_width", "upscale_height", "upscaler_2", "upscaler_2_visibility"}
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 # A1111's prompt syntax for LoRAs: <lora:NAME> or <lora:NAME:WEIGHT> (LyCORIS' <lyco:...> too). A third
 # part, A1111's separate UNet weight, is accepted; one weight applies to the whole LoRA here.
@@ -204,10 +204,11 @@ class ParamValidator:
 
     def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
                 width: int | None = None, height: int | None = None, fmt: str | None = None,
-                quality: int | None = None, faces: FaceRestoration | None = None) -> Generation:
+                quality: int | None = None, **finishing) -> Generation:
         """An upscale job (no diffusion): ``image`` by ``scale`` (2 when neither is given), or to ``width`` x
         ``height``, covered and centre-cropped, by ``upscaler`` (GET /v1/upscalers; Lanczos by default).
-        ``faces``: restore the faces after. Its prompt only labels it; the model server checks the result's
+        ``finishing``: the job's other upscale fields as GenerationParams names them (``face_restoration``,
+        ``upscaler_2`` and its visibility). Its prompt only labels it; the model server checks the result's
         size once it has read the image."""
         if not image:
             raise ApiError(400, "invalid_params", "image is required", "Send the image to upscale (base64 or a "
@@ -224,7 +225,8 @@ class ParamValidator:
         label = f"upscale x{scale:g} with {name}" if scale else f"upscale to {width}x{height} with {name}"
         values = {"prompt": clean_text(label)[:self.settings.max_prompt_length], "seed": 0, "steps": 1,
                   "mode": "upscale", "upscaler": name, "upscale": scale or 0.0, "format": fmt or "png",
-                  "quality": 90 if quality is None else quality, "face_restoration": faces}
+                  "quality": 90 if quality is None else quality,
+                  **{key: value for key, value in finishing.items() if value is not None}}
         if not scale:
             values.update(upscale_width=width, upscale_height=height)
         try:

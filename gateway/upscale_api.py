@@ -37,6 +37,10 @@ class UpscaleRequest(msgspec.Struct, kw_only=True):
     height: Annotated[int, Meta(ge=1, description="Upscale to this height (with width).")] | None = None
     format: Literal[IMAGE_FORMATS] | None = None
     quality: Annotated[int, Meta(ge=1, le=100)] | None = None
+    upscaler_2: Annotated[str, Meta(description="A second upscaler whose result is blended in (A1111's extras' "
+                                                "upscaler 2).")] | None = None
+    upscaler_2_visibility: Annotated[float, Meta(ge=0, le=1, description="How much of upscaler_2's result the "
+                                                                         "image is (0-1).")] | None = None
     face_restoration: Annotated[FaceRestoration, Meta(description=(
         "Restore the faces after upscaling (upscaler \"None\": only that), with a model from GET "
         "/v1/face-restorers."))] | None = None
@@ -58,7 +62,8 @@ def _parse() -> Generation:
         raise ApiError(400, "invalid_params", f"invalid request: {exc}", _EXAMPLE, field=field_of(str(exc))) from None
     image = files.get("image") or sv.validator.decoded_upload(r.image, "image")
     return sv.validator.upscale(image, r.upscaler, r.scale, r.width, r.height, r.format, r.quality,
-                                r.face_restoration)
+                                face_restoration=r.face_restoration, upscaler_2=r.upscaler_2,
+                                upscaler_2_visibility=r.upscaler_2_visibility)
 
 
 @bp.post("/v1/upscale")

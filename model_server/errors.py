@@ -218,9 +218,9 @@ def preset_not_here(preset: str, why: str, others: list[str], code: ErrorCode) -
                      hint=f"Use one of: {', '.join(others)}{remedy}.")
 
 
-def unknown_name(what: str, name: str, known: list[str], listing: str) -> Rejection:
+def unknown_name(what: str, name: str, known: list[str], listing: str, field: str = "") -> Rejection:
     """A model or LoRA the request names that this server does not have, with the ones it has."""
     shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
     return Rejection(ErrorInfo(
-        code=ErrorCode.INVALID_PARAMS, message=f"unknown {what} {name[:200]!r}",
+        code=ErrorCode.INVALID_PARAMS, message=f"unknown {what} {name[:200]!r}", field=field,
         hint=f"Use one of: {shown} ({listing})." if known else f"This server has no {what}s configured ({listing})."))

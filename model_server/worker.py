@@ -14,6 +14,7 @@ from typing import Callable
 
 import msgspec
 import zmq
+from PIL import Image
 
 from model_server import errors, memory
 from model_server.imaging import encode_image, encode_preview
@@ -134,25 +135,33 @@ class Worker(threading.Thread):
         self.notify(job.id)
 
     def _upscale(self, job: Job) -> tuple[ImageInfo, bytes]:
-        """An upscale job: its image through its upscaler, tile by tile (the tiles are its steps); no
-        model is loaded or switched for it. Any stop cancels it: half an upscale is no image."""
+        """An upscale job: its image through its upscaler, and a second one blended in when it names one,
+        tile by tile (the tiles are its steps); no model is loaded or switched for it. Any stop cancels
+        it: half an upscale is no image."""
         p, source, upscalers = job.params, job.init_image, self.models.upscalers
         name = p.upscaler or DEFAULT_UPSCALER
+        names = [name] + ([p.upscaler_2] if p.upscaler_2 and p.upscaler_2_visibility > 0 else [])
         # A1111's "None": the image as it is (its extras tab upscales nothing with it).
         width, height = source.size if name == "None" else contract.upscale_size(source.width, source.height, p)
-        self.table.record_tiles(job, upscalers.tiles(name, source.width, source.height))
-        self.table.record_engine(job, f"upscaler {name}")
+        counts = [upscalers.tiles(n, source.width, source.height) for n in names]
+        self.table.record_tiles(job, sum(counts))
+        self.table.record_engine(job, " + ".join(f"upscaler {n}" for n in names))
         self.notify(job.id)
+        results, engines = [], []
+        for n, before in zip(names, (0, counts[0])):
+            def on_tile(done: int, total: int, seconds: float, before=before) -> None:
+                self.table.record_step(job, 0, before + done, None)  # tile times would skew generations' s/step
+                self.notify(job.id)
 
-        def on_tile(done: int, total: int, seconds: float) -> None:
-            self.table.record_step(job, 0, done, None)  # tile times would skew the s/step of generations
-            self.notify(job.id)
-
-        image = upscalers.upscale(name, source, width, height, on_tile, lambda: job.stop_mode)
-        if image is None:
-            raise JobCancelledError()
-        described = upscalers.describe(name)
-        engine = f"upscaler {name} ({described})" if described else f"upscaler {name}"
+            image = upscalers.upscale(n, source, width, height, on_tile, lambda: job.stop_mode)
+            if image is None:
+                raise JobCancelledError()
+            results.append(image)
+            described = upscalers.describe(n)
+            engines.append(f"upscaler {n} ({described})" if described else f"upscaler {n}")
+        if len(results) > 1:
+            image = Image.blend(*(r.convert("RGB") for r in results), p.upscaler_2_visibility)
+        engine = " + ".join(engines) + (f" at {p.upscaler_2_visibility:g}" if len(results) > 1 else "")
         self.table.record_engine(job, engine)
         image, written = self._restore_faces(job, image, engine)
         data, media_type = encode_image(image, written, p.seed, name)

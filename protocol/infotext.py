@@ -23,7 +23,10 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
         by = (f"Postprocess upscale by: {params.upscale:g}" if params.upscale
               else f"Postprocess upscale to: {params.upscale_width}x{params.upscale_height}, "
                    "Postprocess crop to fit: True")
-        return ", ".join([f"{by}, Postprocess upscaler: {upscaler}", *_faces(params)])
+        second = ([f"Postprocess upscaler 2: {params.upscaler_2}",
+                   f"Postprocess upscaler 2 visibility: {params.upscaler_2_visibility:g}"]
+                  if params.upscaler_2 and params.upscaler_2_visibility else [])
+        return ", ".join([f"{by}, Postprocess upscaler: {upscaler}", *second, *_faces(params)])
     sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)
     prompt = " ".join([params.prompt, *(f"<lora:{ref.name}:{ref.weight:g}>" for ref in params.loras)])
     lines = [prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])

@@ -248,6 +248,13 @@ class GenerationParams(_Shape):
     upscaler: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
                      doc="Upscale jobs: the upscaler, a name from GET /v1/upscalers (default Lanczos).",
                      hint="Use a name from GET /v1/upscalers.") = ""
+    upscaler_2: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
+                       doc="Upscale jobs: a second upscaler whose result is blended in at upscaler_2_visibility "
+                           "(A1111's extras' upscaler 2); \"\" for none.",
+                       hint="Use a name from GET /v1/upscalers, or leave upscaler_2 out.") = ""
+    upscaler_2_visibility: _bound(float, ge=0.0, le=1.0,
+                                  doc="Upscale jobs: how much of upscaler_2's result the image is (0-1).",
+                                  hint="Use a number from 0 to 1.") = 0.0
     upscale: _bound(float, ge=0.0, le=MAX_UPSCALE,
                     doc=f"Upscale jobs: the factor (1-{MAX_UPSCALE:g}); 0 = to upscale_width x upscale_height, "
                         "covered and centre-cropped. The result's sides stay within {max_upscale_size}.",

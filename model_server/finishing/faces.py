@@ -92,7 +92,7 @@ class FaceRestorers:
         if not name:
             return next(iter(files))
         if name not in files:
-            raise errors.unknown_name("face restorer", name, list(files), "GET /v1/face-restorers")
+            raise errors.unknown_name("face restorer", name, list(files), "GET /v1/face-restorers", "face_restoration")
         return name
 
     def describe(self, name: str) -> str:

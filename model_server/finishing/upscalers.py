@@ -90,14 +90,14 @@ class Upscalers:
                                      architecture=described[1] if described else ""))
         return out
 
-    def check(self, name: str, latent: bool) -> None:
-        """A Rejection unless ``name`` is an upscaler here (latent ones only where ``latent``)."""
+    def check(self, name: str, latent: bool, field: str = "upscaler") -> None:
+        """A Rejection unless ``name`` is an upscaler here (latent ones only where ``latent``), naming ``field``."""
         if name in PIXEL_UPSCALERS or (latent and name in LATENT_UPSCALERS) or name in self.files():
             return
         if name in LATENT_UPSCALERS:
             raise errors.invalid(f"{name} upscales latents: only for the hires fix",
-                                 "Use a pixel upscaler (GET /v1/upscalers, kind builtin or model).", "upscaler")
-        raise errors.unknown_name("upscaler", name, self.names(latent), "GET /v1/upscalers")
+                                 "Use a pixel upscaler (GET /v1/upscalers, kind builtin or model).", field)
+        raise errors.unknown_name("upscaler", name, self.names(latent), "GET /v1/upscalers", field)
 
     def describe(self, name: str) -> str:
         """What ran ``name`` ("ESRGAN x4, bfloat16"), once its model is loaded; "" for a resampler."""

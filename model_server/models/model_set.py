@@ -141,15 +141,17 @@ class ModelSet:
             self.faces.resolve(params.face_restoration.model)
         if params.mode == "upscale":  # no model runs: only its upscaler matters
             self.upscalers.check(params.upscaler or DEFAULT_UPSCALER, latent=False)
+            if params.upscaler_2:
+                self.upscalers.check(params.upscaler_2, latent=False, field="upscaler_2")
             return
         if params.hires is not None:
-            self.upscalers.check(params.hires.upscaler, latent=True)
+            self.upscalers.check(params.hires.upscaler, latent=True, field="hires")
         model = self.catalog.find(params.model)
         if model is None:
-            raise errors.unknown_name("model", params.model, self.catalog.names(), "GET /v1/models")
+            raise errors.unknown_name("model", params.model, self.catalog.names(), "GET /v1/models", "model")
         unknown = [ref.name for ref in params.loras if self.loras.find(ref.name) is None]
         if unknown:
-            raise errors.unknown_name("LoRA", unknown[0], self.loras.names(), "GET /v1/loras")
+            raise errors.unknown_name("LoRA", unknown[0], self.loras.names(), "GET /v1/loras", "loras")
         if len({ref.name for ref in params.loras}) != len(params.loras):
             raise errors.invalid("a LoRA is named twice", "Name each LoRA once, with the weight you want.")
         unavailable = self.unavailable_for(model)

@@ -102,8 +102,11 @@ def test_a_multipart_upload_is_an_upscale_job_too(stack):
 
 
 @pytest.mark.parametrize("body, field, words", [
-    ({"upscaler": "R-ESRGAN 4x+"}, "", "unknown upscaler"),
+    ({"upscaler": "R-ESRGAN 4x+"}, "upscaler", "unknown upscaler"),
     ({"upscaler": "Latent"}, "upscaler", "hires fix"),
+    ({"upscaler_2": "R-ESRGAN 4x+", "upscaler_2_visibility": 0.5}, "upscaler_2", "unknown upscaler"),
+    ({"upscaler_2": "Latent", "upscaler_2_visibility": 0.5}, "upscaler_2", "hires fix"),
+    ({"upscaler_2_visibility": 1.5}, "upscaler_2_visibility", "<= 1"),
     ({"scale": 9}, "", "scale"),
     ({"scale": 0.5}, "scale", ">= 1"),
     ({"width": 300}, "height", "both width and height"),
@@ -225,3 +228,35 @@ def test_face_restoration_without_a_restorer_is_refused_naming_the_setting(stack
         response = requests.post(stack.url + route, json={**body, "face_restoration": {}}, timeout=10)
         assert response.status_code == 400, response.text
         assert response.json()["field"] == "face_restoration" and "FACE_RESTORER_DIR" in response.json()["hint"]
+
+
+def test_a_second_upscaler_is_blended_in_at_its_visibility(stack):
+    import numpy as np
+
+    source = Image.effect_noise((48, 40), 60).convert("RGB")
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    image = b64(buffer.getvalue())
+    alone = {}
+    for name in ("Nearest", "tiny-compact-x2"):
+        job, _ = finished(stack, upscale(stack, image=image, upscaler=name, scale=2))
+        alone[name] = np.array(image_of(stack, job).convert("RGB")).astype(int)
+    job, events = finished(stack, upscale(stack, image=image, upscaler="Nearest", scale=2,
+                                          upscaler_2="tiny-compact-x2", upscaler_2_visibility=0.25))
+    assert job["state"] == "succeeded", job
+    blended = image_of(stack, job)
+    expected = alone["Nearest"] * 0.75 + alone["tiny-compact-x2"] * 0.25
+    assert np.abs(np.array(blended.convert("RGB")) - expected).max() <= 1
+    assert "upscaler Nearest + upscaler tiny-compact-x2 (RealESRGAN Compact x2" in job["engine"]
+    assert job["engine"].endswith("at 0.25")
+    assert "Postprocess upscaler 2: tiny-compact-x2, Postprocess upscaler 2 visibility: 0.25" in \
+        blended.info["parameters"]
+    totals = {data["progress"]["total_steps"] for name, data in events if data.get("progress", {}).get("total_steps")}
+    assert totals == {2}  # Nearest's one step and the model's one tile
+
+
+def test_a1111_extras_blend_upscaler_2(api):
+    image = Image.new("RGB", (80, 48), (10, 120, 200))
+    result = api.extra_single_image(image, upscaler_1="Lanczos", upscaler_2="tiny-compact-x2",
+                                    extras_upscaler_2_visibility=0.5, upscaling_resize=2)
+    assert result.image.size == (160, 96) and "upscaler 2" not in result.info
