@@ -10,7 +10,8 @@ default, hd/high 40); ``output_format``/``output_compression`` -> format/quality
 default model); ``style``, ``user``, ``background``, ``moderation`` are accepted and ignored.
 Our own fields (``seed``, ``steps``, ``negative_prompt``, ``guidance_scale``, ``scheduler``,
 ``preset``, ``deep_cache``, ``token_merging``, ``loras``) may be sent through the SDK's ``extra_body``; with a
-``preset``, ``quality`` no longer sets the steps. Errors use OpenAI's shape so the SDK fills
+``preset``, ``quality`` no longer sets the steps. ``stream`` with ``partial_images`` answers with OpenAI's
+server-sent events (``openai_stream``). Errors use OpenAI's shape so the SDK fills
 ``e.message``/``e.code``/``e.param``.
 """
 
@@ -29,6 +30,7 @@ from flask import Blueprint, jsonify, request
 from gateway.catalog_api import model_item
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
+from gateway.openai_stream import MAX_PARTIAL_IMAGES, stream_images
 from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
@@ -40,7 +42,8 @@ _EXAMPLE = 'Send JSON such as {"prompt": "a cat", "size": "512x512"}.'
 _HINTS = {"size": "Use WIDTHxHEIGHT with multiples of 8, e.g. 512x512, or 'auto'.",
           "response_format": "Use b64_json or url.",
           "quality": "Use auto, low, medium or high (or DALL-E 3's standard or hd).",
-          "output_compression": "Use a whole number from 0 to 100 (jpeg and webp)."}
+          "output_compression": "Use a whole number from 0 to 100 (jpeg and webp).",
+          "partial_images": f"Use 0 to {MAX_PARTIAL_IMAGES}, with stream: true."}
 # Our field names as OpenAI's requests call them, for errors' ``param`` and text.
 _OPENAI_FIELDS = {"init_image": "image", "width": "size", "height": "size"}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -70,13 +73,20 @@ class ImagesRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     output_format: str | None = None
     output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
+    stream: bool | None = None
+    partial_images: Annotated[int, Meta(ge=0, le=MAX_PARTIAL_IMAGES)] | None = None
+
+
+def error_body(err: ApiError) -> dict:
+    """An error as OpenAI's API words it: {"error": {message, type, param, code}}."""
+    message = f"{err.message}. {err.hint}".strip() if err.hint else err.message
+    message = message.replace("init_image", "image").replace("init image", "image")
+    return {"error": {"message": message, "type": _TYPES.get(err.status, "server_error"),
+                      "param": _OPENAI_FIELDS.get(err.field, err.field), "code": err.code}}
 
 
 def render_error(err: ApiError):
-    message = f"{err.message}. {err.hint}".strip() if err.hint else err.message
-    message = message.replace("init_image", "image").replace("init image", "image")
-    body = {"error": {"message": message, "type": _TYPES.get(err.status, "server_error"),
-                      "param": _OPENAI_FIELDS.get(err.field, err.field), "code": err.code}}
+    body = error_body(err)
     headers = err.headers()
     if err.status >= 500 and err.retry_after is None:
         headers["x-should-retry"] = "false"  # a failed generation will fail again; don't triple the wait
@@ -120,6 +130,11 @@ def _to_fields(r: ImagesRequest, raw: dict) -> dict:
         fields["format"] = r.output_format
     if r.output_compression is not None:
         fields["quality"] = max(1, 100 - r.output_compression)
+    if r.partial_images and not r.stream:
+        raise ApiError(400, "invalid_request", "partial_images needs stream: true", _HINTS["partial_images"],
+                       field="partial_images")
+    if r.stream and r.partial_images:
+        fields["preview"] = True  # the partial images are the step previews
     fields.update({k: raw[k] for k in _PASSTHROUGH if k in raw})
     return fields
 
@@ -167,26 +182,29 @@ def _validated(raw: dict, files: dict | None = None, lax: bool = False):
     except ApiError as exc:
         exc.field = _OPENAI_FIELDS.get(exc.field, exc.field)
         raise
-    return generation, response_format
+    return generation, response_format, r
 
 
 @bp.post("/v1/images/generations")
 @starts_work(_parse)
 def generations(parsed):
-    return _answer(parsed)
+    return _answer(parsed, "image_generation")
 
 
 @bp.post("/v1/images/edits")
 @starts_work(_parse_edit)
 @takes_images
 def edits(parsed):
-    return _answer(parsed)
+    return _answer(parsed, "image_edit")
 
 
-def _answer(parsed):
-    """Run the job and answer as OpenAI does: {created, data: [{b64_json | url, revised_prompt}]}."""
+def _answer(parsed, events: str):
+    """Run the job and answer as OpenAI does: {created, data: [{b64_json | url, revised_prompt}]}, or its
+    events (``events``: their names' prefix) when the request streams."""
     sv = services()
-    generation, response_format = parsed
+    generation, response_format, r = parsed
+    if r.stream:
+        return stream_images(sv, generation, r.partial_images or 0, events, r.quality, error_body)
     params = generation.params
     done, images = generate_sync(sv, generation)
     base = (sv.settings.public_url or request.host_url).rstrip("/")

@@ -48,6 +48,7 @@ _IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}},
 _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
 _ANY_JSON_ARRAY = {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}
+_EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
 _NULL_JSON = {"application/json": {"schema": {"type": "null"}}}  # A1111 answers some POSTs with null
 
 
@@ -72,8 +73,10 @@ def _compat_paths() -> dict:
 
     a1111 = "/sdapi/v1"
     return {
-        "/v1/images/generations": post("OpenAI Images API: generate (b64_json or url)", "ImagesRequest",
-                                       (400, 429, 500, 503)),
+        "/v1/images/generations": post("OpenAI Images API: generate (b64_json or url; with stream: true, OpenAI's "
+                                       "events: up to partial_images image_generation.partial_image, then "
+                                       "image_generation.completed per image)", "ImagesRequest",
+                                       (400, 429, 500, 503), content={**_ANY_JSON, **_EVENT_STREAM}),
         "/v1/images/edits": {"post": {
             "summary": "OpenAI Images API: edit an image (multipart); transparent parts of the mask, else of the "
                        "image, are repainted",
@@ -83,8 +86,11 @@ def _compat_paths() -> dict:
                                "mask": {"type": "string", "format": "binary"},
                                "prompt": {"type": "string", "minLength": 1}, "n": {"type": "integer"},
                                "size": {"type": "string"},
-                               "response_format": {"type": "string", "enum": ["b64_json", "url"]}}}}}},
-            "responses": {"200": {"description": "OK", "content": _ANY_JSON},
+                               "response_format": {"type": "string", "enum": ["b64_json", "url"]},
+                               "stream": {"type": "boolean"},
+                               "partial_images": {"type": "integer", "minimum": 0, "maximum": 3}}}}}},
+            "responses": {"200": {"description": "OK (stream: image_edit.* events)",
+                                  "content": {**_ANY_JSON, **_EVENT_STREAM}},
                           **{str(s): {"description": "Error", "content": _ANY_JSON}
                              for s in (400, 413, 429, 500, 503)}}}},
         "/v1/models": get("OpenAI's list shape: every model a request may name (model), the loaded one marked, "
@@ -162,7 +168,7 @@ def build_spec(request_type: type) -> dict:
         "/v1/jobs/{job_id}/events": {"parameters": _JOB_ID, "get": {
             "summary": "Server-Sent Events: 'progress' events, then 'completed', 'failed' or 'cancelled'",
             "responses": {"200": {"description": "An event stream; each data is a JobResource",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                  "content": _EVENT_STREAM},
                           **_errors(404, 410, 429, 503)}}},
         "/v1/jobs/{job_id}/image": {"parameters": _JOB_ID + [
             {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],

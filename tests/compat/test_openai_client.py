@@ -155,3 +155,68 @@ def test_a_mask_of_another_size_than_the_image_is_refused_as_openai_does(client)
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(image=("cat.png", init), mask=("mask.png", mask), prompt="a cat", size="64x64")
     assert caught.value.param == "mask" and "same size" in caught.value.message
+
+
+def test_a_streamed_generation_sends_its_partial_images_then_the_image(client):
+    events = list(client.images.generate(prompt="a lighthouse", size="128x128", stream=True, partial_images=2,
+                                         quality="low", extra_body={"steps": 40, "seed": 3}))
+    kinds = [e.type for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    partial = Image.open(io.BytesIO(base64.b64decode(events[0].b64_json)))
+    assert partial.format == "JPEG" and events[0].size == f"{partial.width}x{partial.height}" == "16x16"
+    done = events[-1]
+    assert decode(done).size == (128, 128) and done.size == "128x128" and done.output_format == "png"
+    assert done.usage.total_tokens == 0 and done.quality == "low" and isinstance(done.created_at, int)
+    same = client.images.generate(prompt="a lighthouse", size="128x128", quality="low",
+                                  extra_body={"steps": 40, "seed": 3})
+    assert np.array_equal(pixels(same), np.asarray(decode(done)))  # streaming changes nothing in the image
+
+
+def test_a_stream_without_partial_images_sends_each_image_once(client):
+    events = list(client.images.generate(prompt="a cat", size="64x64", n=2, stream=True,
+                                         extra_body={"steps": 2}))
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
+    assert not np.array_equal(np.asarray(decode(events[0])), np.asarray(decode(events[1])))
+
+
+def test_a_streamed_edit_sends_image_edit_events(client):
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    events = list(client.images.edit(image=("cat.png", _png(init)), prompt="a cat", size="64x64", stream=True,
+                                     partial_images=1, extra_body={"steps": 40, "strength": 1.0}))
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_a_job_cancelled_mid_stream_raises_in_the_sdk(client, stack):
+    raw = client.images.with_raw_response.generate(prompt="a cat", size="128x128", stream=True, partial_images=3,
+                                                   extra_body={"steps": 100})
+    job_id = raw.headers["x-job-id"]
+    with pytest.raises(openai.APIError, match="cancelled"):
+        for event in raw.parse():
+            if event.type.endswith("partial_image"):
+                requests.delete(f"{stack.url}/v1/jobs/{job_id}", headers={"Authorization": "Bearer any-key"},
+                                timeout=5)
+
+
+def test_a_stream_client_that_goes_away_cancels_its_job(stack):
+    import time
+
+    body = {"prompt": "a cat", "size": "512x512", "n": 2, "stream": True, "partial_images": 3, "steps": 100}
+    with requests.post(f"{stack.url}/v1/images/generations", json=body, stream=True, timeout=30) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        job_id = response.headers["x-job-id"]
+        next(line for line in response.iter_lines() if line.startswith(b"event: image_generation.partial_image"))
+    for _ in range(100):
+        job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+        if job["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert job["state"] == "cancelled" and len(job["images"]) < 2, job  # a few seconds' work, stopped early
+
+
+@pytest.mark.parametrize("extra, param", [({"partial_images": 2}, "partial_images"),
+                                          ({"stream": True, "partial_images": 4}, "partial_images")])
+def test_partial_images_out_of_bounds_or_without_stream_are_openai_400s(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.images.generate(prompt="a cat", size="64x64", **extra)
+    assert error.value.param == param
