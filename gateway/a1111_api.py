@@ -69,6 +69,7 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     hr_prompt: str | None = None
     hr_negative_prompt: str | None = None
     script_name: str | None = None
+    force_task_id: str | None = None  # the task id POST /internal/progress follows (a1111_tasks)
 
 
 class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
@@ -166,7 +167,8 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
     count = (r.batch_size or 1) * (r.n_iter or 1)
     fields = {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "steps": r.steps, "width": r.width,
               "height": r.height, "guidance_scale": r.cfg_scale, "scheduler": scheduler, "n": count,
-              "seed": None if r.seed is None or r.seed < 0 else r.seed, "tiling": r.tiling}
+              "seed": None if r.seed is None or r.seed < 0 else r.seed, "tiling": r.tiling,
+              "task": r.force_task_id}
     chosen = services().client_options.get(owner())
     for key, value in generation_fields(chosen, img2img).items():  # this client's options (POST /options)
         fields.setdefault(key, value)
@@ -188,6 +190,8 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
         fields["hires"] = _hires(r)
     # this request's settings (checked as a POST /options is), else this client's, else A1111's
     options = {**DEFAULTS, **chosen, **checked(overrides)}
+    # Step previews for /progress's current_image and /internal/progress's live_preview (a millisecond a step).
+    fields["preview"] = options["live_previews_enable"]
     if r.restore_faces if r.restore_faces is not None else options["face_restoration"]:
         fields["face_restoration"], note = face_fields(options["face_restoration_model"])
         if note:

@@ -90,6 +90,9 @@ class ModelServerClient(Protocol):
 
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]: ...
 
+    def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
+        """The client's jobs labelled ``task`` (GenerationParams.task), finished ones still kept too."""
+
     def list_models(self, timeout: float | None = None, answering_only: bool = False) -> ModelList:
         """The models and LoRAs a job may name (every server of a fleet is configured alike).
         ``answering_only``: ask only servers that answered their latest heartbeat, and fail at once when
@@ -257,6 +260,9 @@ class ModelClient:
     def unfinished_jobs(self, client_id: str = "") -> list[JobView]:
         """The client's running job, then its queued ones in order."""
         return self.call(ListJobs(client_id=client_id))[0].jobs
+
+    def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
+        return self.call(ListJobs(client_id=client_id, task=task))[0].jobs
 
     def listing(self, timeout: float | None = None) -> tuple[list[JobView], list[str]]:
         """Every unfinished job, running first then queued in order, and each one's owner (a

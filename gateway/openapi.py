@@ -133,6 +133,8 @@ def _compat_paths() -> dict:
         f"{a1111}/realesrgan-models": get("AUTOMATIC1111: the upscaler model files (UPSCALER_DIR)", _ANY_JSON_ARRAY),
         f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
         f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
+        "/internal/progress": post("AUTOMATIC1111: the progress of the caller's task given as force_task_id "
+                                   "(id_task, id_live_preview, live_preview)", None, (422, 429)),
         f"{a1111}/face-restorers": get("AUTOMATIC1111: the face restorers (FACE_RESTORER_DIR; none without a face "
                                        "detector)", _ANY_JSON_ARRAY),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)

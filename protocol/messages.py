@@ -238,6 +238,10 @@ class GenerationParams(_Shape):
                       "the job's) at strength (default 0.5), with its own prompt if given. The larger size must "
                       "keep {max_width}x{max_height}.",
                   hint="Send an object such as {{\"scale\": 2, \"strength\": 0.5}}, or leave hires out.") = None
+    task: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
+                 doc="A label of the client's own for the job (A1111's force_task_id, which its "
+                     "/internal/progress follows).",
+                 hint="Use a short printable label, or leave task out.") = ""
     face_restoration: _bound(FaceRestoration | None,
                              doc="Restore the faces in each image (any mode; after the hires fix or the upscale) "
                                  "with a model from GET /v1/face-restorers (FACE_RESTORER_DIR), blended in at "
@@ -449,9 +453,11 @@ class ListModels(_Msg):
 
 
 class ListJobs(_Msg):
-    """The client's unfinished jobs, running first then queued in order; answered with JobList."""
+    """The client's unfinished jobs, running first then queued in order; answered with JobList. With
+    ``task``: the client's jobs labelled so (GenerationParams.task), finished ones still kept too."""
 
     client_id: str = ""
+    task: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
 
 
 # --- replies and events (model server -> gateway) ------------------------------------------

@@ -443,6 +443,16 @@ class Fleet:
                     raise
         return sorted(jobs, key=lambda j: (j.state is not JobState.RUNNING, j.created_at))
 
+    def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
+        """The client's jobs labelled ``task``, over every live server, oldest first."""
+        jobs: list[JobView] = []
+        for member in [m for m in self.roster.members() if not m.dead]:
+            try:
+                jobs += member.client.task_jobs(task, client_id)
+            except ModelServerUnavailable:
+                pass  # a lost server's jobs are not where this label leads now
+        return sorted(jobs, key=lambda j: j.created_at)
+
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:
         return self._job(job_id, client_id, lambda m: m.client.fetch(job_id, index, client_id), _no_image)
 

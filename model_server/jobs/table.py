@@ -203,6 +203,12 @@ class JobTable:
             jobs = ([self._running] if self._running else []) + [self._jobs[i] for i in self._queue]
             return [job for job in jobs if job.visible_to(owner)]
 
+    def labelled(self, task: str, owner: str) -> list[Job]:
+        """``owner``'s jobs labelled ``task``, unfinished or still kept ("" owner: everyone's), oldest first."""
+        with self._lock:
+            found = [job for job in self._jobs.values() if job.params.task == task and job.visible_to(owner)]
+        return sorted(found, key=lambda job: job.created_at)
+
     def delete(self, job_id: str, owner: str = "") -> Job:
         """Forget a finished job: its images and record leave the disk; its id answers "not found"."""
         job = self.get(job_id, owner)

@@ -146,3 +146,41 @@ def test_a1111s_listing_routes_answer_200_in_its_shape(stack, route):
     assert isinstance(body, dict if route in ("cmd-flags", "embeddings") else list)
     if route == "cmd-flags":  # never a server's folder
         assert all(value is None for key, value in body.items() if key.endswith("_dir"))
+
+
+def test_a_task_given_an_id_is_followed_by_internal_progress_with_live_previews(stack):
+    import threading
+
+    def progress(**body):
+        response = requests.post(stack.url + "/internal/progress", json=body, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert progress(id_task="task(never-given)") == {
+        "active": False, "queued": False, "completed": False, "progress": None, "eta": None, "live_preview": None,
+        "id_live_preview": -1, "textinfo": "Waiting..."}
+    body = {**_txt2img(), "prompt": "a slow lighthouse", "steps": 100, "width": 512, "height": 512,
+            "batch_size": 2, "force_task_id": "task(lighthouse-1)"}
+    answer = {}
+    worker = threading.Thread(target=lambda: answer.update(
+        r=requests.post(stack.url + "/sdapi/v1/txt2img", json=body, timeout=300)))
+    worker.start()
+    seen = []
+    while worker.is_alive():
+        seen.append(progress(id_task="task(lighthouse-1)", id_live_preview=-1, live_preview=True))
+    worker.join()
+    assert answer["r"].status_code == 200
+    running = [s for s in seen if s["active"]]
+    assert running, seen[:3]
+    assert all(0 <= s["progress"] <= 1 for s in running)
+    previews = [s for s in running if s["live_preview"]]
+    assert previews and previews[0]["live_preview"].startswith("data:image/jpeg;base64,")
+    assert previews[0]["id_live_preview"] > 0
+    same = progress(id_task="task(lighthouse-1)", id_live_preview=previews[-1]["id_live_preview"])
+    assert same["completed"] and same["progress"] == 1.0 and same["live_preview"] is None
+
+
+def test_a_bad_task_id_is_a1111s_422(stack):
+    response = requests.post(stack.url + "/sdapi/v1/txt2img", json={**_txt2img(), "force_task_id": "x" * 500},
+                             timeout=30)
+    assert response.status_code == 422

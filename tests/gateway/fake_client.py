@@ -103,6 +103,11 @@ class FakeModelClient:
         return [view for job_id, view in self.jobs.items()
                 if not view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
 
+    def task_jobs(self, task, client_id=""):
+        self._maybe_raise("task_jobs")
+        return [view for job_id, view in self.jobs.items()
+                if view.params.task == task and (not client_id or self.owners.get(job_id) == client_id)]
+
     def fetch_preview(self, job_id, client_id=""):
         view = self.get_job(job_id, client_id)
         if view.state is not JobState.RUNNING or not view.params.preview:  # as the model server says

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import msgspec
 import pytest
 
 from gateway.fleet import Fleet, discovery
@@ -65,6 +66,15 @@ def test_another_clients_job_is_not_found_on_every_call(client):
         assert caught.value.error.code is ErrorCode.NOT_FOUND
     assert client.unfinished_jobs(BOB) == []
     assert [j.job_id for j in client.unfinished_jobs(ALICE)] in ([job.job_id], [])  # it may have finished
+
+
+def test_a_label_finds_its_clients_jobs_finished_or_not_and_no_one_elses(client):
+    first = client.submit(msgspec.structs.replace(params(), task="task(a1)"), client_id=ALICE)
+    list(client.watch(first.job_id, ALICE))
+    second = client.submit(msgspec.structs.replace(params(), task="task(a1)"), client_id=ALICE)
+    client.submit(params(), client_id=ALICE)
+    assert [j.job_id for j in client.task_jobs("task(a1)", ALICE)] == [first.job_id, second.job_id]
+    assert client.task_jobs("task(a1)", BOB) == [] and client.task_jobs("task(b2)", ALICE) == []
 
 
 def test_a_finished_job_is_deleted_and_then_unknown(client):
