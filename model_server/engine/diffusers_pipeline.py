@@ -34,6 +34,7 @@ from model_server.engine.openvino_backend import FastUNet
 from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.plan import EngineFacts, Plan, decide
 from model_server.engine.previews import latent_preview
+from model_server.engine.prompt_weighting import needs_weighting, weighted_embeddings
 from model_server.engine.residency import MappedWeights
 from model_server.engine.schedulers import make_scheduler
 from model_server.engine.tiling import seamless
@@ -346,9 +347,12 @@ class DiffusersPipeline:
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
                 encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch:
+            # A1111's emphasis and long prompts (engine/prompt_weighting.py); a plain prompt as diffusers encodes it.
+            prompts = (weighted_embeddings(pipe, params.prompt, params.negative_prompt)
+                       if needs_weighting(pipe, params.prompt, params.negative_prompt)
+                       else {"prompt": params.prompt, "negative_prompt": params.negative_prompt or None})
             out = pipe(
-                prompt=params.prompt, negative_prompt=params.negative_prompt or None,
-                num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,
+                **prompts, num_inference_steps=params.steps, guidance_scale=params.guidance_scale, generator=generator,
                 callback_on_step_end=step_end, output_type="latent" if output == "latents" else "pil", **inputs)
         if output == "latents":
             return out.images  # the hires fix's first pass: no decode

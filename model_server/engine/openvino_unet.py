@@ -73,8 +73,6 @@ class OpenVinoUNet(torch.nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, *args,
                 return_dict: bool = True, **kwargs):
-        if encoder_hidden_states.shape[1] != 77:
-            raise ValueError("the OpenVINO UNet takes 77-token prompts")
         self.calls += 1
         t = timestep.float().reshape(()) if torch.is_tensor(timestep) else torch.tensor(float(timestep))
         inputs = {"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),

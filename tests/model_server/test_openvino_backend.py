@@ -303,3 +303,13 @@ def test_a_large_image_decodes_in_the_torch_vaes_tiles_and_the_openvino_decoder_
     assert tiled == [1] and vae.calls == 0 and not vae.decode_on_torch and image.shape == (576, 576, 3)
     image, _, _ = run(pipe, steps=2, width=32, height=32)
     assert tiled == [1] and vae.calls == 1 and image.shape == (32, 32, 3)
+
+
+def test_a_long_or_weighted_prompt_runs_on_openvino_as_on_torch(ov, pt):
+    long = "a cat sitting on a mat in the sun, (glowing:1.3), " * 3  # past 77 tokens: two chunks
+    before = ov_calls(ov)
+    a, _, _ = run(ov, prompt=long)
+    b, _, _ = run(pt, prompt=long)
+    assert ov_calls(ov) > before  # the UNet compiled for 154-token prompts, not torch instead
+    assert np.abs(a - b).mean() < 1.0
+    assert ov.engine(GenerationParams(prompt=long, seed=1)).startswith("openvino")
