@@ -7,7 +7,8 @@ import * as finishing from "/static/finishing.js";
 const $ = (id) => document.getElementById(id);
 const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1536, max_height: 1536,
                           default_size: 512, default_steps: 25 },
-                job: null, source: null, poll: null, lastSeed: null, lastRequest: null, previewStep: null };
+                job: null, source: null, poll: null, lastSeed: null, lastRequest: null, previewStep: null,
+                ready: true, busy: false };  // ready: false only while /health says the model is not
 
 // --- server state --------------------------------------------------------------------------
 async function refreshHealth() {
@@ -23,6 +24,10 @@ async function refreshHealth() {
     }
     if (h.limits && !state.limitsLoaded) applyLimits(h.limits, h.schedulers || []);
     if (h.presets && !state.presetsLoaded && h.model_state === "ready") applyPresets(h.presets);
+    // Generate waits for the model: before it is ready its presets and samplers are not known yet.
+    state.ready = h.model_state === "ready";
+    if (!state.busy) $("submit").disabled = !state.ready;
+    $("submit").title = state.ready ? "" : "Waiting for the model to be ready";
     showLoad(h);
     const opt = h.optimizations || {};
     const what = { ok: "ready", loading: `loading the model (${Math.round(h.uptime_seconds || 0)} s)`,
@@ -152,7 +157,18 @@ function usePreset() {
   $("steps").value = p.steps;
   $("guidance").value = p.guidance_scale;
   $("scheduler").value = p.scheduler;
-  $("preset-help").textContent = p.summary;
+  describePreset();
+}
+
+// The preset's summary while its values stand; once the user changes them, what will run instead.
+function describePreset() {
+  const p = state.presets && state.presets[$("preset").value];
+  if (!p) return;
+  const steps = Number($("steps").value), guidance = Number($("guidance").value), sampler = $("scheduler").value;
+  const custom = steps !== p.steps || guidance !== p.guidance_scale || sampler !== p.scheduler;
+  $("preset-help").textContent = !custom ? p.summary
+    : `Custom (${p.name} changed): ${steps} ${steps === 1 ? "step" : "steps"} · ` +
+      `${guidance <= 1 ? "no guidance" : `guidance ${guidance}`} · ${sampler === "default" ? "the model's sampler" : sampler}`;
 }
 
 function updateCounter() {
@@ -205,6 +221,18 @@ function requestBody() {
 async function submit(event) {
   event.preventDefault();
   if (state.job) return;
+  // The service's cap, said here once, before a request is spent on it.
+  const max = state.limits.max_prompt_length;
+  for (const [id, what] of [["prompt", "The prompt"], ["negative", "The negative prompt"]]) {
+    const n = [...$(id).value].length;
+    if (n > max) {
+      clearError();
+      showError({ error: `${what} is ${n} characters; this server takes at most ${max}`,
+                  hint: `Shorten it by ${n - max} characters.` });
+      $(id).focus();
+      return;
+    }
+  }
   await start("/v1/jobs", requestBody());
 }
 
@@ -302,9 +330,17 @@ function onProgress(job) {
   }
 }
 
+// The job's end in the timing line: its total time, never a stale "about N s left".
+function endTiming(job, what) {
+  const took = job.started_at && job.finished_at ? job.finished_at - job.started_at
+    : job.progress ? job.progress.elapsed_seconds : null;
+  $("timing").textContent = took != null ? `${what} in ${fmt(took)}` : "";
+}
+
 function onDone(job) {
   finish();
   $("preview").hidden = true;
+  endTiming(job, { succeeded: "Done", cancelled: "Cancelled", failed: "Failed" }[job.state] || "Ended");
   if (job.state === "succeeded") {
     const img = job.images[0];
     $("bar").value = 1;
@@ -338,8 +374,9 @@ function showResult(job, img) {
   }
   $("caption").textContent = `${job.model ? job.model + " · " : ""}Seed ${img.seed} · ` +
     `${img.width}×${img.height} · ` +
-    `${p.preset ? p.preset + " · " : ""}${p.steps} steps · ` +
-    `guidance ${p.guidance_scale} · ${p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
+    `${p.preset ? p.preset + " · " : ""}${p.steps} ${p.steps === 1 ? "step" : "steps"} · ` +
+    `${p.guidance_scale <= 1 ? "no guidance" : `guidance ${p.guidance_scale}`} · ` +
+    `${p.scheduler === "default" ? "the model's sampler" : p.scheduler}` + (p.token_merging ? ` · token merging ${p.token_merging}` : "") +
     (p.mode && p.mode !== "txt2img" ? ` · ${p.mode} at strength ${p.strength}` : "") +
     (p.hires ? ` · hires fix ×${p.hires.scale} (${p.hires.upscaler}, strength ${p.hires.strength})` : "") +
     (p.face_restoration ? " · faces restored" : "") +
@@ -362,7 +399,8 @@ function finish() {
 }
 
 function setBusy(busy) {
-  $("submit").disabled = busy;
+  state.busy = busy;
+  $("submit").disabled = busy || !state.ready;
   $("cancel").disabled = !busy;
   $("upscale-2").disabled = $("upscale-4").disabled = busy;
 }
@@ -404,15 +442,13 @@ function pick(entry) {
   $("negative").value = p.negative_prompt || "";
   models.restore(p);
   finishing.restore(p);
-  if (p.preset && state.presets && state.presets[p.preset]) {
-    $("preset").value = p.preset;
-    $("preset-help").textContent = state.presets[p.preset].summary;
-  }
+  if (p.preset && state.presets && state.presets[p.preset]) $("preset").value = p.preset;
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
                          ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed],
                          ["token-merging", String(p.token_merging || 0)]]) {
     if (v != null) $(id).value = v;
   }
+  describePreset();
   if (p.width && p.height) setSize(`${p.width}x${p.height}`);  // adds a size the lists lack, syncs the picker
   updateCounter();
   $("prompt").focus();
@@ -443,6 +479,7 @@ $("copy-curl").addEventListener("click", copyCurl);
 $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();
+for (const id of ["steps", "guidance", "scheduler"]) $(id).addEventListener("input", describePreset);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
 source.setup();

@@ -22,6 +22,7 @@ def test_the_page_shows_the_download_then_the_ready_form(browser, log_dir, tiny_
                                "document.getElementById('load-bar').value > 0 && "
                                "document.getElementById('load-detail').textContent.includes('left')", timeout=20_000)
         assert page.text_content("#load-phase").startswith("Downloading the model")
+        assert page.is_disabled("#submit")  # Generate waits for the model: its presets are not known yet
         detail = page.text_content("#load-detail")
         assert REPO in detail and " of 1.5 MB (" in detail and "left" in detail, detail
         first = page.eval_on_selector("#load-bar", "bar => bar.value")

@@ -82,15 +82,60 @@ def test_cancel_mid_run_shows_the_cancelled_state(page):
     shot(page, "3-cancelled")
 
 
-def test_a_too_long_prompt_shows_the_servers_error_and_hint(page):
+def test_a_too_long_prompt_is_stopped_on_the_page_with_one_message(page):
     fill(page, "x" * 201, steps=2)
     expect(page.locator("#counter")).to_have_text("201/200")
+    requests_sent = []
+    page.on("request", lambda r: requests_sent.append(r.url) if r.method == "POST" else None)
     page.click("#submit")
     error = page.locator("#error")
     expect(error).to_be_visible()
-    expect(error).to_contain_text("too long")
-    expect(error).to_contain_text("Try a shorter prompt")
+    expect(error).to_have_text("The prompt is 201 characters; this server takes at most 200. Shorten it by 1 "
+                               "characters.")
+    assert requests_sent == [] and page.evaluate("document.activeElement.id") == "prompt"
     shot(page, "4-prompt-too-long")
+
+
+def test_the_timing_line_ends_with_the_total_and_never_a_stale_estimate(page):
+    fill(page, "a quick one", steps=3)
+    page.click("#submit")
+    expect(page.locator("#timing")).to_have_text(re.compile(r"^Done in \d"), timeout=60_000)
+    fill(page, "a long one", steps=100, size=512)
+    page.click("#submit")
+    expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/100"), timeout=20_000)
+    page.click("#cancel")
+    expect(page.locator("#timing")).to_have_text(re.compile(r"^Cancelled in \d"), timeout=10_000)
+    assert "left" not in page.text_content("#timing")
+
+
+def test_changing_a_presets_values_says_custom_and_the_caption_speaks_plainly(page):
+    expect(page.locator("#preset-help")).not_to_contain_text("Custom")
+    page.fill("#steps", "60")
+    expect(page.locator("#preset-help")).to_have_text("Custom (quality changed): 60 steps · guidance 7.5 · "
+                                                      "the model's sampler")
+    page.select_option("#preset", "fast")
+    expect(page.locator("#preset-help")).not_to_contain_text("Custom")
+    page.fill("#prompt", "a plain caption")
+    page.select_option("#width", "256")
+    page.select_option("#height", "256")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("fast · 4 steps · no guidance · lcm", timeout=60_000)
+
+
+def test_generate_has_enough_contrast_and_the_page_a_favicon(page, stack):
+    def luminance(rgb):
+        def channel(c):
+            c /= 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+        r, g, b = (channel(float(v)) for v in rgb)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    colours = page.eval_on_selector("#submit", "b => [getComputedStyle(b).color, getComputedStyle(b).backgroundColor]")
+    fg, bg = (re.findall(r"\d+", c)[:3] for c in colours)
+    ratio = (luminance(fg) + 0.05) / (luminance(bg) + 0.05)
+    assert max(ratio, 1 / ratio) >= 4.5, colours
+    icon = page.get_attribute("link[rel=icon]", "href")
+    assert requests.get(stack.url + icon, timeout=5).headers["content-type"].startswith("image/svg+xml")
 
 
 def test_keyboard_only_on_a_phone_width_screen(browser, stack):
