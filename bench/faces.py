@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.models import _gib, write_results
+from bench.models import _gib, markdown_table, write_results
 from bench.run import ROOT
 
 FOLDER = Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-cpu")) / "bench" / "faces"
@@ -140,12 +140,10 @@ def main() -> int:
         plain = next((r for r in rows if r["config"] == "a1111" and r["image"] == row["image"]), None)
         if plain and row["config"] == "ours":
             row["speedup"] = round(plain["seconds"] / row["seconds"], 2)
-    header = "| " + " | ".join(title for title, _ in COLUMNS) + " | speed-up |\n|" + " --- |" * (len(COLUMNS) + 1)
-    lines = [header] + ["| " + " | ".join(str(r.get(key, "")) for _, key in COLUMNS) + f" | {r.get('speedup', '')} |"
-                        for r in rows]
+    markdown = markdown_table(rows, COLUMNS + [("speed-up", "speedup")])
     command = "python -m bench.faces " + " ".join(sys.argv[1:])
-    write_results(args.name, command.strip(), rows, "\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.name, command.strip(), rows, markdown)
+    print(markdown)
     return 0
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from bench.models import _gib, write_results
+from bench.models import _gib, markdown_table, write_results
 from bench.run import ROOT
 
 STEPS = 25
@@ -99,10 +99,9 @@ def main() -> int:
     for r in rows:
         if native and r["config"].startswith("hires"):
             r["vs_native"] = round(r["s_per_image"] / native, 2)
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r.get(key, "")) for _, key in COLUMNS) + " |" for r in rows]
-    write_results(args.name, "python -m bench.hires " + " ".join(sys.argv[1:]), rows, "\n".join(lines))
-    print("\n".join(lines))
+    markdown = markdown_table(rows, COLUMNS)
+    write_results(args.name, "python -m bench.hires " + " ".join(sys.argv[1:]), rows, markdown)
+    print(markdown)
     return 0
 
 

@@ -244,6 +244,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """``rows`` as a Markdown table of ``columns`` (title, key); a missing value is an empty cell."""
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(r.get(key, "")) for _, key in columns) + " |" for r in rows])
+
+
 def write_results(name: str, command: str, rows: list[dict], markdown: str, **extra) -> None:
     """bench/results/NAME.json (the machine, the command, the rows) and NAME.md (the command, the machine, the
     table)."""

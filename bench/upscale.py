@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.models import _gib, write_results
+from bench.models import _gib, markdown_table, write_results
 from bench.run import ROOT
 
 MODEL = (Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-cpu")) / "bench" / "upscalers"
@@ -112,12 +112,10 @@ def main() -> int:
     by = {r["config"]: r for r in rows}
     if "ours" in by and "plain" in by:
         by["ours"]["speedup"] = round(by["plain"]["seconds"] / by["ours"]["seconds"], 2)
-    header = "| " + " | ".join(title for title, _ in COLUMNS) + " | speed-up |\n|" + " --- |" * (len(COLUMNS) + 1)
-    lines = [header] + ["| " + " | ".join(str(r.get(key, "")) for _, key in COLUMNS) + f" | {r.get('speedup', '')} |"
-                        for r in rows]
+    markdown = markdown_table(rows, COLUMNS + [("speed-up", "speedup")])
     command = "python -m bench.upscale " + " ".join(sys.argv[1:])
-    write_results(args.name, command.strip(), rows, "\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.name, command.strip(), rows, markdown)
+    print(markdown)
     return 0
 
 

@@ -235,7 +235,8 @@ def _generate(parsed):
         "seed": params.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),
         "subseed_strength": 0, "width": params.width, "height": params.height, "sampler_name": sampler,
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": r.batch_size or 1,
-        "n_iter": r.n_iter or 1, "restore_faces": params.face_restoration is not None, "sd_model_name": PurePath(model).name,
+        "n_iter": r.n_iter or 1, "restore_faces": params.face_restoration is not None,
+        "sd_model_name": PurePath(model).name,
         "tiling": params.tiling, "not_applied": notes,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "clip_skip": 1, "index_of_first_image": 0,
         "denoising_strength": params.strength if params.mode != "txt2img" else (

@@ -55,7 +55,6 @@ def stream_images(sv, generation, partial_images: int, prefix: str, quality: str
     job = start_job(sv, generation)
     who = client_id()
     environ = request.environ
-    params = generation.params
     common = {"background": "opaque", "quality": quality if quality in _QUALITIES else "auto"}
     keepalive = sv.settings.sse_keepalive_seconds
     deadline = time.monotonic() + sv.settings.sync_timeout

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from model_server.cpu import native_bf16
 from model_server.engine.face_detector import Face, detect, load_detector
-from model_server.engine.upscale_models import file_stamp, import_spandrel
+from model_server.engine.upscale_models import file_stamp, read_model
 from model_server.pipeline import JobCancelledError, load_error
 from protocol.messages import StopMode
 
@@ -141,15 +141,7 @@ class LoadedRestorer:
 
 
 def load_restorer(path: Path) -> LoadedRestorer:
-    spandrel = import_spandrel()
-    try:
-        descriptor = spandrel.ModelLoader().load_from_file(str(path))
-    except spandrel.UnsupportedModelError:
-        raise load_error(f"{path.name} is no face restorer spandrel knows",
-                         "Use a GFPGAN (v1.3, v1.4) or RestoreFormer model file.") from None
-    except Exception as exc:  # noqa: BLE001  (a broken or hostile file: its name and what failed)
-        raise load_error(f"could not read the face restorer {path.name} ({type(exc).__name__}: {str(exc)[:200]})",
-                         "Check the file: a .pth or .safetensors face restoration model.") from None
+    descriptor = read_model(path, "face restorer", "a GFPGAN (v1.3, v1.4) or RestoreFormer model file")
     if getattr(descriptor, "purpose", "") != "FaceSR":
         raise load_error(f"{path.name} is a {descriptor.architecture.name} model, not a face restorer",
                          "Put only face restoration models (GFPGAN, RestoreFormer) and the detector in "

@@ -5,8 +5,9 @@ fragment, and cut into chunks of 75 tokens (at a comma within the last 20 tokens
 and wherever BREAK says). Each chunk is encoded alone between its start and end tokens, exactly as
 diffusers encodes a whole short prompt (SDXL: both encoders' penultimate layers side by side, the
 pooled embedding from the first chunk), then scaled token by token by its weights and brought back to
-its mean before scaling, as A1111 does (unless that mean is near zero); the chunks are laid end to end (the UNet's cross-attention
-takes any length) and the prompt and the negative prompt padded to the same number with empty ones.
+its mean before scaling, as A1111 does (unless that mean is near zero); the chunks are laid end to end
+(the UNet's cross-attention takes any length) and the prompt and the negative prompt padded to the same
+number with empty ones.
 
 A prompt with none of the syntax and at most 75 tokens (the most) never comes here: it is encoded
 by diffusers as before, so its images are the same.

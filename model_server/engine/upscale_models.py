@@ -92,18 +92,23 @@ def file_stamp(path: Path) -> tuple:
     return (str(path), st.st_size, st.st_mtime)
 
 
-def load(path: Path) -> LoadedUpscaler:
-    """The model in ``path`` (.pth, read with spandrel's restricted unpickler, or .safetensors), or a
-    PipelineLoadError saying why it cannot be used."""
+def read_model(path: Path, what: str, kinds: str):
+    """spandrel's descriptor of the model in ``path`` (.pth, read with its restricted unpickler, or
+    .safetensors), or a PipelineLoadError naming the file, ``what`` it should be and the ``kinds`` to use."""
     spandrel = import_spandrel()
     try:
-        descriptor = spandrel.ModelLoader().load_from_file(str(path))
+        return spandrel.ModelLoader().load_from_file(str(path))
     except spandrel.UnsupportedModelError:
-        raise load_error(f"{path.name} is no upscaler architecture spandrel knows",
-                         "Use an ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN or similar model file.") from None
+        raise load_error(f"{path.name} is no {what} spandrel knows", f"Use {kinds}.") from None
     except Exception as exc:  # noqa: BLE001  (a broken or hostile file: its name and what failed, no traceback)
-        raise load_error(f"could not read the upscaler {path.name} ({type(exc).__name__}: {str(exc)[:200]})",
-                         "Check the file: a .pth or .safetensors upscaler model.") from None
+        raise load_error(f"could not read the {what} {path.name} ({type(exc).__name__}: {str(exc)[:200]})",
+                         f"Check the file: a .pth or .safetensors {what} model.") from None
+
+
+def load(path: Path) -> LoadedUpscaler:
+    """The upscaler in ``path``, or a PipelineLoadError saying why it cannot be used."""
+    spandrel = import_spandrel()
+    descriptor = read_model(path, "upscaler", "an ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT, SPAN or similar model file")
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
         raise load_error(f"{path.name} is a {descriptor.architecture.name} model for "
                          f"{getattr(descriptor, 'purpose', 'another task')}, not an upscaler",

@@ -10,7 +10,6 @@ or the fake's without torch).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from model_server import errors
 from model_server.errors import Rejection
+from model_server.finishing.first_use import MadeOnFirstUse
 from model_server.models.named_files import NamedFiles
 from model_server.pipeline import PipelineLoadError
 from protocol.messages import FaceRestoration, FaceRestorerEntry, StopMode
@@ -48,16 +48,11 @@ class FaceRestorers:
 
     def __init__(self, folder: str, models: Callable[[], FaceModels]):
         self._listing = NamedFiles(folder, _is_model_file)
-        self._make_models = models  # made on first use: the engine's imports torch
-        self._models: FaceModels | None = None
-        self._lock = threading.Lock()
+        self._models = MadeOnFirstUse(models)
 
     @property
     def models(self) -> FaceModels:
-        with self._lock:
-            if self._models is None:
-                self._models = self._make_models()
-            return self._models
+        return self._models.get()
 
     def files(self) -> dict[str, Path]:
         return {name: path for name, path in self._listing.files().items() if not name.startswith(_HELPER_PREFIXES)}
@@ -68,7 +63,7 @@ class FaceRestorers:
 
     def entries(self) -> list[FaceRestorerEntry]:
         out = []
-        known = self._models
+        known = self._models.made
         for name, path in self.files().items():
             described = known.describe(path) if known is not None else None
             try:

@@ -11,7 +11,6 @@ the rest, as A1111 does.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -19,6 +18,7 @@ from PIL import Image
 
 from model_server import errors
 from model_server.finishing.tiles import tile_grid
+from model_server.finishing.first_use import MadeOnFirstUse
 from model_server.models.named_files import NamedFiles
 from model_server.pipeline import PipelineLoadError
 from protocol.messages import StopMode, UpscalerEntry
@@ -58,16 +58,11 @@ class Upscalers:
 
     def __init__(self, folder: str, models: Callable[[], UpscaleModels]):
         self._listing = NamedFiles(folder, _is_upscaler_file)
-        self._make_models = models  # made on first use: the engine's imports torch
-        self._models: UpscaleModels | None = None
-        self._lock = threading.Lock()
+        self._models = MadeOnFirstUse(models)
 
     @property
     def models(self) -> UpscaleModels:
-        with self._lock:
-            if self._models is None:
-                self._models = self._make_models()
-            return self._models
+        return self._models.get()
 
     def files(self) -> dict[str, Path]:
         return self._listing.files()
@@ -78,7 +73,7 @@ class Upscalers:
     def entries(self) -> list[UpscalerEntry]:
         out = [UpscalerEntry(name=name, kind="builtin") for name in PIXEL_UPSCALERS]
         out += [UpscalerEntry(name=name, kind="latent") for name in LATENT_UPSCALERS]
-        known = self._models
+        known = self._models.made
         for name, path in self.files().items():
             described = known.describe(path) if known is not None else None
             try:

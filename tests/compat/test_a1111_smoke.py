@@ -3,9 +3,9 @@
 A1111 checks its API with a small set of requests (txt2img, img2img, options and listings), each
 expected to answer 200; clients mix booleans and integers as its pydantic models coerce them. The
 payloads here are of that shape, against the real service. What a request asks for that this
-server does not do (face restoration with no restorer configured, a script) is said in ``info.not_applied``, never silently
-dropped. The hires fix is done (the image at twice the size); the upscaler routes are tested in
-tests/integration/test_finishing_service.py.
+server does not do (face restoration with no restorer configured, a script) is said in
+``info.not_applied``, never silently dropped. The hires fix is done (the image at twice the size); the
+upscaler routes are tested in tests/integration/test_finishing_service.py.
 """
 
 from __future__ import annotations
