@@ -75,12 +75,17 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
 class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
     """txt2img's fields plus the image ones we use. The mask is white where to repaint (black with
     inpainting_mask_invert); the kept parts are the original pixels ("original" fill, whole picture);
-    resize_mode is "just resize"."""
+    resize_mode as A1111 numbers them (``RESIZE_MODES``)."""
 
     init_images: list[str] | None = None
     mask: str | None = None
     mask_blur: int | None = None
     inpainting_mask_invert: int | None = 0
+    resize_mode: Annotated[int, Meta(ge=0, le=3)] | None = 0
+
+
+# A1111's resize modes: just resize, crop and resize, resize and fill, just resize (latent upscale).
+RESIZE_MODES = ("stretch", "crop", "fill", "stretch")
 
 
 # A1111's own scripts: a request naming one runs without it, and says so in info (any other name is
@@ -141,7 +146,10 @@ def _parse_img2img():
     if not r.init_images:
         raise ApiError(400, "invalid_params", "init_images is empty", _IMG2IMG_EXAMPLE, field="init_images")
     fields.update(init_image=r.init_images[0], mask=r.mask or None, mask_blur=r.mask_blur if r.mask else None,
-                  strength=0.75 if r.denoising_strength is None else r.denoising_strength)
+                  strength=0.75 if r.denoising_strength is None else r.denoising_strength,
+                  resize_mode=RESIZE_MODES[r.resize_mode or 0])
+    if r.resize_mode == 3:
+        notes["resize_mode"] = "just resize (latent upscale) is done as just resize, in pixels"
     mask_from = "inverted" if r.mask and r.inpainting_mask_invert else "luminance"
     return r, raw, sampler, services().validator.parse_object(fields, mask_from=mask_from), notes
 

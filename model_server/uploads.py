@@ -14,13 +14,15 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from model_server import errors
 from model_server.errors import Rejection
+from model_server.finishing.upscalers import cover
 
 FORMATS = {"PNG", "JPEG", "WEBP"}
 
 
-def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> Image.Image:
-    """The init image, RGB, resized to ``width`` x ``height``; a Rejection (invalid params) if unusable."""
-    return as_init_image(decode(data, "init_image", max_pixels, max(width, height)), width, height)
+def decode_init_image(data: bytes, width: int, height: int, max_pixels: int, mode: str = "stretch") -> Image.Image:
+    """The init image, RGB, at ``width`` x ``height`` (``mode``: see ``resized``); a Rejection (invalid
+    params) if unusable."""
+    return as_init_image(decode(data, "init_image", max_pixels, max(width, height)), width, height, mode)
 
 
 # Shrink by a whole factor with a box filter first, then Lanczos over the last stretch: within a
@@ -28,15 +30,38 @@ def decode_init_image(data: bytes, width: int, height: int, max_pixels: int) -> 
 _REDUCING_GAP = 3.0
 
 
-def as_init_image(upright: Image.Image, width: int, height: int) -> Image.Image:
-    return upright.convert("RGB").resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+def resized(image: Image.Image, width: int, height: int, mode: str = "stretch") -> Image.Image:
+    """``image`` at ``width`` x ``height``, as A1111's resize modes make it: ``stretch`` to the size;
+    ``crop``: cover it, the aspect kept, and cut the centre; ``fill``: fit inside it, the aspect kept,
+    and stretch the edge rows and columns over the rest (so no flat band the model would repaint as one)."""
+    if mode == "crop":
+        return cover(image, width, height, "LANCZOS")
+    if mode != "fill" or image.width * height == image.height * width:
+        return image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    scale = min(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    inner = image.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    out = Image.new(image.mode, (width, height))
+    x0, y0 = (width - w) // 2, (height - h) // 2
+    out.paste(inner, (x0, y0))
+    # The gaps (on two sides of one axis: the image fits the other) take its edge pixels, stretched.
+    strips = [((0, 0, 1, h), (x0, h), (0, y0)), ((w - 1, 0, w, h), (width - x0 - w, h), (x0 + w, y0)),
+              ((0, 0, w, 1), (w, y0), (x0, 0)), ((0, h - 1, w, h), (w, height - y0 - h), (x0, y0 + h))]
+    for edge, size, at in strips:
+        if size[0] > 0 and size[1] > 0:
+            out.paste(inner.crop(edge).resize(size), at)
+    return out
+
+
+def as_init_image(upright: Image.Image, width: int, height: int, mode: str = "stretch") -> Image.Image:
+    return resized(upright.convert("RGB"), width, height, mode)
 
 
 def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: int, height: int, max_pixels: int,
-                blur: int = 0) -> Image.Image:
+                blur: int = 0, mode: str = "stretch") -> Image.Image:
     """Where to repaint, as an L image at the job's size: white repaints, black keeps. ``init`` is
     the decoded init image (not decoded twice). The mask may differ in size from it (both are
-    resized to the job's): OpenAI asks for the same size, A1111 does not.
+    resized to the job's, in the same ``mode``): OpenAI asks for the same size, A1111 does not.
 
     ``luminance`` (A1111's and ours): the mask's brightness. ``inverted`` (A1111's
     inpainting_mask_invert): its darkness. ``alpha`` (OpenAI's): the mask's transparent parts
@@ -49,7 +74,7 @@ def decode_mask(data: bytes, init: Image.Image | None, mask_from: str, width: in
         mask = decode(data, "mask", max_pixels, max(width, height)).convert("L")
         if mask_from == "inverted":
             mask = ImageOps.invert(mask)
-    mask = mask.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+    mask = resized(mask, width, height, mode)
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
 
 

@@ -213,6 +213,12 @@ class GenerationParams(_Shape):
                      doc="Image-to-image only: how much of the init image is repainted, 0-1 (default 0.75); "
                          "the steps run are steps x strength, at least one.",
                      hint="Use a number from 0 to 1 (0.75 is the default); with fewer steps, a higher one.") = 0.75
+    resize_mode: _bound(Literal["stretch", "crop", "fill"],
+                        doc="Image-to-image and inpainting: how the init image (and mask) meet width x height when "
+                            "their shapes differ: stretch (A1111's 'just resize', the default), crop (cover, keeping "
+                            "the aspect, and cut the centre) or fill (fit inside, keeping the aspect, and extend the "
+                            "edges into the rest).",
+                        hint="Use stretch, crop or fill.") = "stretch"
     mask_blur: _bound(int, ge=0, le=64,
                       doc="Inpainting only: the mask's edge is blurred by this many pixels, so the repainted "
                           "part blends in (A1111's mask_blur; default 4).",

@@ -142,6 +142,13 @@ function showSizes(model, reset) {
   setSize(reset ? (model && model.default_size) || fallback : `${$("width").value}x${$("height").value}`);
 }
 
+// The start image's own size, as near as the size fields allow: multiples of 8 within the limits, the shape kept.
+function useImageSize(width, height) {
+  const most = Math.min(1, state.limits.max_width / width, state.limits.max_height / height);
+  const side = (v, max) => Math.max(64, Math.min(max, Math.round(v * most / 8) * 8));
+  setSize(`${side(width, state.limits.max_width)}x${side(height, state.limits.max_height)}`);
+}
+
 function setSize(size) {
   const [w, h] = size.split("x");
   for (const [id, v] of [["width", w], ["height", h]]) {
@@ -442,6 +449,7 @@ function pick(entry) {
   $("negative").value = p.negative_prompt || "";
   models.restore(p);
   finishing.restore(p);
+  source.restore(p);
   if (p.preset && state.presets && state.presets[p.preset]) $("preset").value = p.preset;
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
                          ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed],
@@ -482,7 +490,7 @@ finishing.setup();
 for (const id of ["steps", "guidance", "scheduler"]) $(id).addEventListener("input", describePreset);
 $("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
 gallery.render($("gallery"), pick);
-source.setup();
+source.setup(useImageSize);
 models.setup(showPresets);  // the lists load once the server is ready (refreshHealth)
 // Every second while the model loads (its progress moves), every 5 s once it is up.
 (async function watchHealth() {

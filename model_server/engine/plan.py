@@ -57,6 +57,8 @@ class Plan:
     guidance_halves: bool  # guidance's two halves through the torch UNet one after the other (large images)
     # (after which phase, which component): released to the page cache when that phase ends.
     release: tuple[tuple[str, str], ...]
+    # The preset's step caching was left out: the UNet runs on OpenVINO, whose full steps are faster.
+    cache_left_out: bool = False
 
     @property
     def engine(self) -> str:
@@ -69,6 +71,8 @@ class Plan:
         if self.unet == "openvino-lcm":
             first = " (converted to OpenVINO on this first fast job, once)" if self.converts_first else ""
             return f"openvino {self.precision}, the LCM-LoRA fused{first}"
+        if self.cache_left_out:
+            return f"openvino {self.precision}, every step (the preset's step caching is for torch)"
         return f"openvino {self.precision}"
 
 
@@ -78,10 +82,18 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     lcm = bool(preset and preset.lcm_lora)
     fused = lcm and facts.fused_lcm in ("pending", "ready")
     inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
-    reasons = tuple(what for what, asked in (
-        (FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
-        ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
-        ("the inpainting checkpoint", inpaint_checkpoint)) if asked) if facts.openvino else ()
+    candidates = ((FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
+                  ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
+                  ("the inpainting checkpoint", inpaint_checkpoint))
+    # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
+    # instead, where that was measured faster (docs/performance.md, "Side by side"); one that asks for it, or that
+    # runs on torch anyway, keeps it.
+    others = [what for what, asked in candidates if asked and what != "deep_cache"]
+    cache_left_out = bool(facts.openvino and params.deep_cache > 1 and not others and preset is not None
+                          and params.deep_cache == preset.deep_cache)
+    deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out else 0
+    reasons = tuple(what for what, asked in candidates
+                    if asked and (what != "deep_cache" or deep_cache)) if facts.openvino else ()
     unet = "torch" if not facts.openvino or reasons else "openvino-lcm" if lcm else "openvino"
     precision = facts.dtype
     if unet == "openvino" and facts.int8 in ("hybrid", "full", "weights"):
@@ -97,12 +109,11 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         # timestep on: 1 step starts at t=999.
         trailing=bool(preset and preset.one_step) or any(FEW_STEP_NAME.search(ref.name) for ref in params.loras),
         decoder=_decoder(params, facts, bool(preset and preset.tiny_vae)),
-        inpaint_checkpoint=inpaint_checkpoint, deep_cache=params.deep_cache if params.deep_cache > 1 else 0,
+        inpaint_checkpoint=inpaint_checkpoint, deep_cache=deep_cache, cache_left_out=cache_left_out,
         token_merging=params.token_merging, tiling=params.tiling, release=release,
         # Where the activations are largest (the VAE's tiling size): half a guided batch at a time, on torch, not
         # beside step caching (it keeps features per batch).
-        guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not params.deep_cache > 1
-                         and _large(params, facts)))
+        guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not deep_cache and _large(params, facts)))
 
 
 def _decoder(params: GenerationParams, facts: EngineFacts, tiny_asked: bool) -> str:

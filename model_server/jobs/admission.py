@@ -80,10 +80,11 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
         return _upscale_source(data, p, settings), None
     # Decoded once: the mask may come from its alpha.
     source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
-    init = as_init_image(source, p.width, p.height)
+    init = as_init_image(source, p.width, p.height, p.resize_mode)
     if p.mode != "inpaint":
         return init, None
-    return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur)
+    return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur,
+                             p.resize_mode)
 
 
 def _upscale_source(data: bytes, p: GenerationParams, settings: ModelServerSettings):

@@ -259,3 +259,27 @@ def test_starting_from_an_image_with_a_painted_mask_runs_inpainting(page, tmp_pa
     expect(page.locator("#source-editor")).to_be_hidden()
     page.click("#submit")
     expect(page.locator("#caption")).not_to_contain_text("inpaint", timeout=60_000)
+
+
+def test_a_wide_start_image_keeps_its_shape_in_the_paint_area_and_can_give_its_size(page, stack, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (300, 150), (20, 90, 200)).save(path)
+    expect(page.locator("#server-state")).to_contain_text("ready")
+    fill(page, "a wide sea", steps=3, size=256)
+    page.set_input_files("#init-image", str(path))
+    expect(page.locator("#source-size")).to_have_text("Use its size (300 × 150)")
+    box = page.locator("#paint").bounding_box()
+    assert abs(box["width"] / box["height"] - 2) < 0.05  # the image's shape, not a square
+    assert page.eval_on_selector("#mask-canvas", "c => [c.width, c.height]") == [512, 256]
+    page.click("#source-size")
+    expect(page.locator("#width")).to_have_value("304")  # 300 to a multiple of 8
+    expect(page.locator("#height")).to_have_value("152")
+    expect(page.locator("#resize-mode")).to_have_value("crop")
+    page.select_option("#resize-mode", "fill")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("img2img", timeout=60_000)
+    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
+    params = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["params"]
+    assert (params["width"], params["height"], params["resize_mode"]) == (304, 152, "fill")

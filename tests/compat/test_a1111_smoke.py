@@ -79,6 +79,8 @@ def test_a1111s_txt2img_smoke_requests_answer_200(stack, change):
 IMG2IMG = {
     "simple": {}, "inpainting": {"mask": "MASK"}, "inverted mask": {"mask": "MASK", "inpainting_mask_invert": True},
     "sd upscale script": {"script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]},
+    "crop and resize": {"resize_mode": 1}, "resize and fill": {"resize_mode": 2, "mask": "MASK"},
+    "latent resize": {"resize_mode": 3},
 }
 
 
@@ -91,6 +93,7 @@ def test_a1111s_img2img_smoke_requests_answer_200(stack, change):
     assert response.status_code == 200, response.text[:500]
     info = json.loads(response.json()["info"])
     assert ("script_name" in info["not_applied"]) == ("script_name" in change)
+    assert ("resize_mode" in info["not_applied"]) == (change.get("resize_mode") == 3)
 
 
 def test_an_inverted_mask_repaints_what_the_plain_one_keeps(stack):

@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 
+import numpy as np
 import pytest
 import zmq
 from PIL import Image
@@ -81,6 +82,26 @@ def test_exif_orientation_is_applied_before_resizing(start_server):
     assert upright.size == (40, 80)
     tall = decode_init_image(encoded(size=(80, 40), fmt="JPEG", exif_rotated=True), 8, 8, 10_000)
     assert tall.mode == "RGB"
+
+
+@pytest.mark.parametrize("mode, round_", [("stretch", False), ("crop", True), ("fill", True)])
+def test_a1111s_resize_modes_keep_a_circle_round_or_stretch_it(mode, round_):
+    from PIL import ImageDraw
+
+    from model_server.uploads import decode_init_image, decode_mask
+
+    wide = Image.new("RGB", (200, 100), "black")
+    ImageDraw.Draw(wide).ellipse((60, 10, 140, 90), fill="white")
+    buffer = io.BytesIO()
+    wide.save(buffer, "PNG")
+    image = np.array(decode_init_image(buffer.getvalue(), 64, 64, 100_000, mode).convert("L")) > 128
+    mask = np.array(decode_mask(buffer.getvalue(), None, "luminance", 64, 64, 100_000, mode=mode)) > 128
+    ys, xs = np.nonzero(image)
+    width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert bool(abs(width - height) <= 2) is round_, (width, height)
+    assert (image == mask).mean() > 0.99  # the mask is shaped exactly as the image
+    if mode == "fill":  # the bands above and below are the image's edge rows stretched: black here, never grey
+        assert not image[:10].any() and not image[-10:].any()
 
 
 def test_masks_repaint_white_or_transparent_and_their_edge_is_blurred_as_asked():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from model_server.engine.plan import FAST_LORA, EngineFacts, decide
@@ -107,3 +108,16 @@ def test_guidances_halves_run_one_after_the_other_on_torch_for_large_images_only
     assert not decide(params(width=1024, height=1024, deep_cache=3), facts).guidance_halves
     on_openvino = EngineFacts(vae_tile_above=768, openvino=True, dtype="bfloat16")
     assert not decide(params(width=1024, height=1024), on_openvino).guidance_halves
+
+
+def test_the_balanced_presets_step_caching_is_left_out_where_the_unet_runs_on_openvino():
+    balanced = params(preset="balanced", scheduler="dpmpp_2m_karras", steps=20, deep_cache=3)
+    plan = decide(balanced, ON_OPENVINO)
+    assert (plan.unet, plan.deep_cache, plan.cache_left_out) == ("openvino", 0, True)
+    assert plan.engine == "openvino bfloat16, every step (the preset's step caching is for torch)"
+    asked = decide(msgspec.structs.replace(balanced, deep_cache=4), ON_OPENVINO)  # not the preset's: asked for
+    assert (asked.unet, asked.deep_cache, asked.on_torch_because) == ("torch", 4, ("deep_cache",))
+    with_lora = decide(msgspec.structs.replace(balanced, loras=[LoraRef(name="ink")]), ON_OPENVINO)
+    assert (with_lora.unet, with_lora.deep_cache) == ("torch", 3)  # on torch anyway: the cache helps there
+    on_torch = decide(balanced, EngineFacts(dtype="bfloat16"))
+    assert (on_torch.deep_cache, on_torch.cache_left_out, on_torch.engine) == (3, False, "torch bfloat16")
