@@ -106,7 +106,8 @@ class DiffusersPipeline:
                            lcm_missing=self._lcm_missing, tiny_vae_missing=self._tiny_vae_missing,
                            inpaint_checkpoint=self._inpaint_source is not None,
                            release_unet=self._settings.release_idle_weights == "all",
-                           vae_tile_above=self._settings.vae_tile_above)
+                           vae_tile_above=self._settings.vae_tile_above,
+                           openvino_multiple=8 * 2 ** (len(self.pipe.unet.config.down_block_types) - 1))
 
     def plan(self, params: GenerationParams) -> Plan:
         return decide(params, self.facts())

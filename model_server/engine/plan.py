@@ -32,6 +32,9 @@ class EngineFacts:
     inpaint_checkpoint: bool = False  # an inpainting checkpoint is configured (and did not fail to load)
     release_unet: bool = False  # SD_RELEASE_IDLE_WEIGHTS=all: the UNet's pages go after denoising
     vae_tile_above: int = 0  # SD_VAE_TILE_ABOVE: the torch VAE tiles images with more pixels than this squared
+    # The sides the OpenVINO UNet takes are multiples of this (its graph upsamples by fixed factors, where torch's
+    # matches each skip connection's size): 8 x 2 per downsampling stage, 64 for SD and SDXL.
+    openvino_multiple: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +87,9 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
     candidates = ((FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
                   ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
-                  ("the inpainting checkpoint", inpaint_checkpoint))
+                  ("the inpainting checkpoint", inpaint_checkpoint),
+                  (f"a size not a multiple of {facts.openvino_multiple}",
+                   bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple)))
     # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
     # instead, where that was measured faster (docs/performance.md, "Side by side"); one that asks for it, or that
     # runs on torch anyway, keeps it.

@@ -281,5 +281,5 @@ def test_a_wide_start_image_keeps_its_shape_in_the_paint_area_and_can_give_its_s
     page.click("#submit")
     expect(page.locator("#caption")).to_contain_text("img2img", timeout=60_000)
     job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
-    params = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()["params"]
-    assert (params["width"], params["height"], params["resize_mode"]) == (304, 152, "fill")
+    job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+    assert (job["params"]["width"], job["params"]["height"], job["params"]["resize_mode"]) == (304, 152, "fill")

@@ -313,3 +313,11 @@ def test_a_long_or_weighted_prompt_runs_on_openvino_as_on_torch(ov, pt):
     assert ov_calls(ov) > before  # the UNet compiled for 154-token prompts, not torch instead
     assert np.abs(a - b).mean() < 1.0
     assert ov.engine(GenerationParams(prompt=long, seed=1)).startswith("openvino")
+
+
+def test_a_size_the_openvino_unet_cannot_take_runs_on_torch_instead_of_failing(ov):
+    multiple = ov.facts().openvino_multiple
+    odd = {"width": 64 + 8, "height": 64} if multiple > 8 else pytest.skip("this UNet takes every multiple of 8")
+    image, steps, _ = run(ov, **odd)
+    assert image.shape[:2] == (64, 72) and max(steps) == 6
+    assert ov.engine(GenerationParams(prompt="a", seed=1, **odd)).endswith(f"not a multiple of {multiple} runs on torch")

@@ -121,3 +121,10 @@ def test_the_balanced_presets_step_caching_is_left_out_where_the_unet_runs_on_op
     assert (with_lora.unet, with_lora.deep_cache) == ("torch", 3)  # on torch anyway: the cache helps there
     on_torch = decide(balanced, EngineFacts(dtype="bfloat16"))
     assert (on_torch.deep_cache, on_torch.cache_left_out, on_torch.engine) == (3, False, "torch bfloat16")
+
+
+def test_a_size_the_openvino_unet_cannot_take_runs_on_torch_and_says_so():
+    facts = EngineFacts(dtype="bfloat16", openvino=True, openvino_multiple=64)
+    odd = decide(params(width=304, height=152), facts)
+    assert (odd.unet, odd.engine) == ("torch", "torch bfloat16: a size not a multiple of 64 runs on torch")
+    assert decide(params(width=768, height=512), facts).unet == "openvino"
