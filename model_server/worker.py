@@ -178,8 +178,9 @@ class Worker(threading.Thread):
         restorers = self.models.faces
         image, count, name = restorers.restore(faces, image, lambda: job.stop_mode)
         described = restorers.describe(name)
-        self.table.record_engine(job, f"{engine} + faces {name}" + (f" ({described})" if described else ""))
-        self._tell(job, f"restored {count} face{'s' * (count != 1)}")
+        self.table.record_engine(job, f"{engine} + faces {name}" + (f" ({described})" if described else "")
+                                 + f": {count} restored")
+        self.table.record_detail(job, "")  # the next image's steps are not "restoring faces"
         return image, msgspec.structs.replace(job.params, face_restoration=msgspec.structs.replace(faces, model=name))
 
     def _failed(self) -> bool:
