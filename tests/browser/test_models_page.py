@@ -32,7 +32,7 @@ def test_a_one_step_model_brings_the_turbo_preset_and_runs_on_its_own(page, stac
     page.select_option("#height", "256")
     page.click("#submit")
     expect(page.locator("#caption")).to_contain_text("tiny-turbo", timeout=60_000)
-    expect(page.locator("#caption")).to_contain_text("turbo · 1 steps")
+    expect(page.locator("#caption")).to_contain_text("turbo · 1 step · no guidance")
     shot(page, "10-turbo-model")
     job = job_of(page, stack)
     assert job["params"]["model"] == "tiny-turbo" and job["model"] == "tiny-turbo"
