@@ -89,6 +89,9 @@ function applyLimits(limits, schedulers) {
     select.textContent = "";
     for (let v = 256; v <= max; v += 64) select.add(new Option(`${v}`, v, false, v === limits.default_size));
   }
+  const batch = $("batch");
+  batch.textContent = "";
+  for (let n = 1; n <= (limits.max_images || 1); n++) batch.add(new Option(`${n}`, n));
   const sched = $("scheduler");
   sched.textContent = "";
   for (const name of schedulers) sched.add(new Option(name, name));
@@ -222,6 +225,7 @@ function requestBody() {
   if (Number($("token-merging").value) > 0) body.token_merging = Number($("token-merging").value);
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if (Number($("batch").value) > 1) body.n = Number($("batch").value);
   return { ...body, ...models.fields(), ...source.fields(), ...finishing.fields() };
 }
 
@@ -325,7 +329,8 @@ function onProgress(job) {
     const unit = job.params.mode === "upscale" ? "Tile" : "Step";  // an upscale job's steps are its tiles
     say(job.cancel_requested ? "Cancelling…"
       : loading ? `${p.detail[0].toUpperCase()}${p.detail.slice(1)}…`
-      : `${unit} ${p.step}/${p.total_steps}` + (p.detail ? ` · ${p.detail}` : ""));
+      : (n > 1 ? `Image ${(p.image_index || 0) + 1}/${n} · ` : "") + `${unit} ${p.step}/${p.total_steps}` +
+        (p.detail ? ` · ${p.detail}` : ""));
     $("timing").textContent = `${fmt(p.elapsed_seconds || 0)} elapsed` +
       (p.eta_seconds != null ? ` · about ${fmt(p.eta_seconds)} left` : "") +
       (p.seconds_per_step ? ` · ${p.seconds_per_step.toFixed(2)} s/step` : "");
@@ -353,6 +358,7 @@ function onDone(job) {
     $("bar").value = 1;
     say(job.interrupted ? "Stopped early; here is what was made." : "Done.");
     showResult(job, img);
+    showStrip(job);
   } else if (job.state === "cancelled") {
     say("Cancelled. Nothing was kept.");
     $("bar").value = 0;
@@ -375,6 +381,7 @@ function showResult(job, img) {
   $("curl").hidden = true;
   $("result").hidden = false;
   if (p.mode === "upscale") {  // the result it came from stays in the gallery; this replaces it on screen
+    $("batch-strip").hidden = true;
     $("caption").textContent = `Upscaled ×${p.upscale} with ${p.upscaler} · ${img.width}×${img.height}` +
       (p.face_restoration ? " · faces restored" : "");
     return;
@@ -390,11 +397,38 @@ function showResult(job, img) {
     (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
     (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
+  const key = `${job.id}/${img.index}`;
+  if (state.galleried === key) return;
+  state.galleried = key;
   $("image").addEventListener("load", () => {
-    gallery.add({ id: job.id, thumb: gallery.thumbnail($("image")), params: { ...state.lastRequest, seed: img.seed },
-                  created: Date.now() });
+    gallery.add({ id: key, thumb: gallery.thumbnail($("image")),
+                  params: { ...state.lastRequest, seed: img.seed, n: 1 }, created: Date.now() });
     gallery.render($("gallery"), pick);
   }, { once: true });
+}
+
+// A batch's images as a strip under the one shown; picking one shows it (and keeps it in the gallery).
+function showStrip(job) {
+  const strip = $("batch-strip");
+  strip.textContent = "";
+  strip.hidden = job.images.length < 2;
+  for (const img of job.images) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("aria-current", String(img === job.images[0]));
+    button.setAttribute("aria-label", `Show image ${img.index + 1} of ${job.images.length} (seed ${img.seed})`);
+    const thumb = document.createElement("img");
+    thumb.src = img.url;
+    thumb.alt = "";
+    button.append(thumb);
+    button.addEventListener("click", () => {
+      for (const b of strip.querySelectorAll("button")) b.setAttribute("aria-current", String(b === button));
+      showResult(job, img);
+    });
+    item.append(button);
+    strip.append(item);
+  }
 }
 
 function finish() {
@@ -453,7 +487,7 @@ function pick(entry) {
   if (p.preset && state.presets && state.presets[p.preset]) $("preset").value = p.preset;
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
                          ["height", p.height], ["scheduler", p.scheduler], ["seed", p.seed],
-                         ["token-merging", String(p.token_merging || 0)]]) {
+                         ["token-merging", String(p.token_merging || 0)], ["batch", String(p.n || 1)]]) {
     if (v != null) $(id).value = v;
   }
   describePreset();
@@ -478,6 +512,17 @@ for (const id of ["width", "height"]) {
     setSize(`${$("width").value}x${$("height").value}`);
   });
 }
+// Ctrl+Enter (Cmd+Enter) generates from anywhere on the page; Esc cancels the running job.
+document.addEventListener("keydown", (e) => {
+  if (e.defaultPrevented) return;  // the prompt's own Enter already submitted
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !e.isComposing) {
+    e.preventDefault();
+    if (!$("submit").disabled) $("form").requestSubmit();
+  } else if (e.key === "Escape" && state.job) {
+    e.preventDefault();
+    cancel();
+  }
+});
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
 });

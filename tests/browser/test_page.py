@@ -283,3 +283,23 @@ def test_a_wide_start_image_keeps_its_shape_in_the_paint_area_and_can_give_its_s
     job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
     job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
     assert (job["params"]["width"], job["params"]["height"], job["params"]["resize_mode"]) == (304, 152, "fill")
+
+
+def test_a_batch_shows_every_image_and_the_shortcuts_generate_and_cancel(page, stack):
+    fill(page, "four lighthouses", steps=2, seed="40")
+    page.select_option("#batch", "4")
+    page.locator("#negative").focus()
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#batch-strip li")).to_have_count(4, timeout=60_000)
+    expect(page.locator("#caption")).to_contain_text("Seed 40")
+    page.locator("#batch-strip button").nth(2).click()
+    expect(page.locator("#caption")).to_contain_text("Seed 42")
+    expect(page.locator("#batch-strip button").nth(2)).to_have_attribute("aria-current", "true")
+    expect(page.locator("#gallery li")).to_have_count(2)  # the first shown and the one picked
+    shot(page, "12-batch")
+    fill(page, "a long one", steps=100, size=512)
+    page.select_option("#batch", "1")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/100"), timeout=20_000)
+    page.keyboard.press("Escape")
+    expect(page.locator("#status")).to_contain_text("Cancelled", timeout=10_000)
