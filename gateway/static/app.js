@@ -278,8 +278,9 @@ async function start(route, body) {
   state.job = job;
   if (job.params.mode !== "upscale") {
     // The images stay out of what is kept (gallery, curl): they can be megabytes.
-    const { init_image: _image, mask: _mask, ...kept } = body;
+    const { init_image: image, mask, ...kept } = body;
     state.lastRequest = { ...kept, seed: job.params.seed };
+    state.lastFiles = { init_image: Boolean(image), mask: Boolean(mask) };
   }
   state.previewStep = null;
   $("progress-area").hidden = false;
@@ -464,8 +465,21 @@ function fmt(seconds) {
 function curlCommand() {
   const body = { ...state.lastRequest };
   delete body.preview;
-  const json = JSON.stringify(body).replaceAll("'", "'\\''");
-  return `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -d '${json}' -o image.png`;
+  delete body.n;  // /generate makes one image: the one shown first, by its seed
+  const files = Object.entries(state.lastFiles || {}).filter(([, sent]) => sent).map(([field]) => field);
+  if (!files.length) {
+    const json = JSON.stringify(body).replaceAll("'", "'\\''");
+    return `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -d '${json}' -o image.png`;
+  }
+  // The images go in as base64 read from files named here, through a here-document (the shell fills them in;
+  // anything else the shell would expand in the JSON is escaped).
+  const names = { init_image: "start.png", mask: "mask.png" };
+  const json = JSON.stringify(body).replace(/[\\$`]/g, "\\$&").replace(/}$/, files.map(
+    (field) => `, "${field}": "$(base64 -w0 ${names[field]})"`).join("") + "}");
+  const what = { init_image: "start.png: the image you started from", mask: "mask.png: the mask (white repaints)" };
+  return `# ${files.map((field) => what[field]).join("; ")}\n` +
+    `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -o image.png -d @- <<EOF\n` +
+    `${json}\nEOF`;
 }
 
 async function copyCurl() {

@@ -303,3 +303,24 @@ def test_a_batch_shows_every_image_and_the_shortcuts_generate_and_cancel(page, s
     expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/100"), timeout=20_000)
     page.keyboard.press("Escape")
     expect(page.locator("#status")).to_contain_text("Cancelled", timeout=10_000)
+
+
+def test_copy_as_curl_after_image_to_image_brings_the_image_and_runs(page, stack, tmp_path):
+    import subprocess
+
+    from PIL import Image
+
+    start = tmp_path / "start.png"
+    Image.new("RGB", (128, 128), (200, 40, 40)).save(start)
+    fill(page, "a red door, $HOME `x` \\ 'quoted'", steps=3, size=256, seed="5")
+    page.set_input_files("#init-image", str(start))
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("img2img", timeout=60_000)
+    page.click("#copy-curl")
+    command = page.text_content("#curl")
+    assert "base64 -w0 start.png" in command and '"n"' not in command
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    made = Image.open(tmp_path / "image.png")
+    assert made.size == (256, 256)
+    assert "Denoising strength" in made.info["parameters"] and "$HOME `x`" in made.info["parameters"]
