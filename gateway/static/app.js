@@ -543,6 +543,13 @@ $("prompt").addEventListener("keydown", (e) => {
 $("seed-random").addEventListener("click", () => { $("seed").value = ""; });
 $("seed-reuse").addEventListener("click", () => { if (state.lastSeed != null) $("seed").value = state.lastSeed; });
 $("copy-curl").addEventListener("click", copyCurl);
+$("send-to-source").addEventListener("click", async () => {
+  // The result shown becomes the start image (image-to-image, or paint a mask to inpaint), at its own size.
+  const blob = await (await fetch($("image").src)).blob();
+  await source.load(new File([blob], "result.png", { type: blob.type }));
+  setSize(`${$("image").width}x${$("image").height}`);
+  $("source").scrollIntoView({ block: "center" });
+});
 $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();

@@ -52,7 +52,8 @@ function imageSize(url) {
   });
 }
 
-async function load(file) {
+// A file (picked, dropped, or a result sent here from the page) as the start image.
+export async function load(file) {
   if (!file) return;
   if (!/^image\/(png|jpeg|webp)$/.test(file.type)) {
     $("source-help").textContent = "Use a PNG, JPEG or WebP image.";

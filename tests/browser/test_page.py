@@ -324,3 +324,14 @@ def test_copy_as_curl_after_image_to_image_brings_the_image_and_runs(page, stack
     made = Image.open(tmp_path / "image.png")
     assert made.size == (256, 256)
     assert "Denoising strength" in made.info["parameters"] and "$HOME `x`" in made.info["parameters"]
+
+
+def test_a_result_is_sent_to_image_to_image_at_its_size(page):
+    fill(page, "a lighthouse to repaint", steps=2, size=256)
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("256×256", timeout=60_000)
+    page.click("#send-to-source")
+    expect(page.locator("#source-editor")).to_be_visible()
+    expect(page.locator("#source-size")).to_have_text("Use its size (256 × 256)")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("img2img at strength 0.75", timeout=60_000)
