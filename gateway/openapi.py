@@ -133,6 +133,10 @@ def _compat_paths() -> dict:
         f"{a1111}/realesrgan-models": get("AUTOMATIC1111: the upscaler model files (UPSCALER_DIR)", _ANY_JSON_ARRAY),
         f"{a1111}/cmd-flags": get("AUTOMATIC1111: command-line flags as this server would have them (no paths)"),
         f"{a1111}/embeddings": get("AUTOMATIC1111: textual-inversion embeddings (none: {loaded: {}, skipped: {}})"),
+        f"{a1111}/png-info": post("AUTOMATIC1111: a PNG's infotext ({\"image\": base64}): info, items, parameters",
+                                  None, (413, 422, 429)),
+        "/v1/png-info": post("A PNG's infotext and the request fields it gives ({\"image\": base64} or a multipart "
+                             "file 'image')", None, (400, 413, 429)),
         "/internal/progress": post("AUTOMATIC1111: the progress of the caller's task given as force_task_id "
                                    "(id_task, id_live_preview, live_preview)", None, (422, 429)),
         f"{a1111}/face-restorers": get("AUTOMATIC1111: the face restorers (FACE_RESTORER_DIR; none without a face "

@@ -543,6 +543,19 @@ $("prompt").addEventListener("keydown", (e) => {
 $("seed-random").addEventListener("click", () => { $("seed").value = ""; });
 $("seed-reuse").addEventListener("click", () => { if (state.lastSeed != null) $("seed").value = state.lastSeed; });
 $("copy-curl").addEventListener("click", copyCurl);
+$("png-info").addEventListener("change", async () => {
+  // A PNG's infotext (A1111's "PNG Info"), read by the gateway, fills the form as a gallery entry does.
+  const file = $("png-info").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  const r = await fetch("/v1/png-info", { method: "POST", body: form });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) { showError(body); return; }
+  if (!body.infotext) { $("png-info-help").textContent = "This PNG carries no settings."; return; }
+  pick({ params: body.params });
+  $("png-info-help").textContent = `Read: ${Object.keys(body.params).join(", ")}.`;
+});
 $("send-to-source").addEventListener("click", async () => {
   // The result shown becomes the start image (image-to-image, or paint a mask to inpaint), at its own size.
   const blob = await (await fetch($("image").src)).blob();

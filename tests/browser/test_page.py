@@ -335,3 +335,18 @@ def test_a_result_is_sent_to_image_to_image_at_its_size(page):
     expect(page.locator("#source-size")).to_have_text("Use its size (256 × 256)")
     page.click("#submit")
     expect(page.locator("#caption")).to_contain_text("img2img at strength 0.75", timeout=60_000)
+
+
+def test_a_pngs_settings_fill_the_form(page, stack, tmp_path):
+    body = {"prompt": "a (harbour:1.1) at noon", "steps": 3, "seed": 321, "width": 320, "height": 256,
+            "scheduler": "euler"}
+    made = requests.post(stack.url + "/generate", json=body, timeout=60)
+    path = tmp_path / "made.png"
+    path.write_bytes(made.content)
+    page.set_input_files("#png-info", str(path))
+    expect(page.locator("#png-info-help")).to_contain_text("Read: prompt")
+    expect(page.locator("#prompt")).to_have_value(body["prompt"])
+    expect(page.locator("#seed")).to_have_value("321")
+    expect(page.locator("#steps")).to_have_value("3")
+    expect(page.locator("#width")).to_have_value("320")
+    expect(page.locator("#scheduler")).to_have_value("euler")

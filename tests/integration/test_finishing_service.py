@@ -260,3 +260,20 @@ def test_a1111_extras_blend_upscaler_2(api):
     result = api.extra_single_image(image, upscaler_1="Lanczos", upscaler_2="tiny-compact-x2",
                                     extras_upscaler_2_visibility=0.5, upscaling_resize=2)
     assert result.image.size == (160, 96) and "upscaler 2" not in result.info
+
+
+def test_a_pngs_settings_are_read_back_natively_and_as_a1111_does(stack):
+    body = {"prompt": "a (lighthouse:1.2) at dusk", "negative_prompt": "fog", "steps": 3, "seed": 77,
+            "width": 96, "height": 64, "scheduler": "euler_a"}
+    made = requests.post(stack.url + "/generate", json=body, timeout=60)
+    assert made.status_code == 200
+    read = requests.post(stack.url + "/v1/png-info", files={"image": ("x.png", made.content, "image/png")}, timeout=10)
+    assert read.status_code == 200, read.text
+    params = read.json()["params"]
+    assert {k: params[k] for k in body} == body and read.json()["infotext"].startswith(body["prompt"])
+    again = requests.post(stack.url + "/generate", json=params, timeout=60)
+    assert again.content == made.content  # the settings read back make the same image
+    a1111 = requests.post(stack.url + "/sdapi/v1/png-info", json={"image": b64(made.content)}, timeout=10).json()
+    assert a1111["parameters"]["Prompt"] == body["prompt"] and a1111["parameters"]["Seed"] == "77"
+    refused = requests.post(stack.url + "/sdapi/v1/png-info", json={"image": b64(b"GIF89a not a png")}, timeout=10)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "image"]
