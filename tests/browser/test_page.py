@@ -147,17 +147,15 @@ def test_keyboard_only_on_a_phone_width_screen(browser, stack):
     page.focus("#prompt")
     page.keyboard.type("a small red cube")
     order = []
-    for _ in range(11):  # Tab walks the form in reading order
+    for _ in range(12):  # Tab walks the form in reading order
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id"))
     assert order == ["negative", "model", "preset", "size", "width", "height", "steps", "guidance", "scheduler",
-                     "token-merging", "seed"]
+                     "token-merging", "batch", "seed"]
     page.keyboard.press("Control+a")
     page.keyboard.type("77")
-    page.keyboard.press("Shift+Tab")  # back through token merging, the sampler and guidance to steps
-    page.keyboard.press("Shift+Tab")
-    page.keyboard.press("Shift+Tab")
-    page.keyboard.press("Shift+Tab")
+    for _ in range(5):  # back through the image count, token merging, the sampler and guidance to steps
+        page.keyboard.press("Shift+Tab")
     page.keyboard.press("Control+a")
     page.keyboard.type("3")
     page.keyboard.press("Enter")  # Enter in any field submits the form
@@ -243,6 +241,7 @@ def test_starting_from_an_image_with_a_painted_mask_runs_inpainting(page, tmp_pa
     expect(page.locator("#source-editor")).to_be_visible()
     page.fill("#strength", "0.5")
     expect(page.locator("#strength-value")).to_have_text("0.5")
+    page.locator("#mask-canvas").scroll_into_view_if_needed()  # the mouse paints where it can reach
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + 20, box["y"] + 20)
     page.mouse.down()
