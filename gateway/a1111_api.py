@@ -31,7 +31,7 @@ from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
 from protocol.infotext import A1111_SAMPLER_NAMES, infotext
-from protocol.messages import JobState, ModelEntry, StopMode
+from protocol.messages import JobState, JobView, ModelEntry, StopMode
 from protocol.upscalers import DEFAULT_HIRES_UPSCALER
 
 bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
@@ -269,18 +269,25 @@ def progress():
     if not mine:
         return jsonify(idle)
     job = mine[0]  # the running one comes first
-    p, n = job.progress, job.params.n
-    steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1  # both hires passes; an upscale's tiles
-    done_steps = (p.image_index * steps + p.step) if p else 0
+    p = job.progress
+    share, steps, textinfo = task_progress(job)
     idle["state"].update(job=job.job_id, job_no=p.image_index if p else 0,
                          sampling_step=p.step if p else 0, sampling_steps=steps,
                          interrupted=job.interrupted, job_timestamp=time.strftime(
                              "%Y%m%d%H%M%S", time.localtime(job.created_at)))
-    idle.update(progress=round(done_steps / (n * steps), 4),
-                eta_relative=(p.eta_seconds or 0.0) if p else 0.0,
-                textinfo=(p.detail if p and p.detail else "") or f"step {p.step if p else 0}/{steps}",
+    idle.update(progress=share, eta_relative=(p.eta_seconds or 0.0) if p else 0.0, textinfo=textinfo,
                 current_image=_preview_b64(sv, job.job_id) if p and p.preview_step else None)
     return jsonify(idle)
+
+
+def task_progress(job: JobView) -> tuple[float, int, str]:
+    """A job's share done (0-1, over its n images), its steps per image (both hires passes; an upscale's
+    tiles) and A1111's textinfo: what /progress and /internal/progress say of it."""
+    p = job.progress
+    steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1
+    done = (p.image_index * steps + p.step) if p else 0
+    textinfo = (p.detail if p and p.detail else "") or f"step {p.step if p else 0}/{steps}"
+    return round(done / (max(1, job.params.n) * steps), 4), steps, textinfo
 
 
 def _preview_b64(sv, job_id: str) -> str | None:

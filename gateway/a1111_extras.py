@@ -20,7 +20,6 @@ from gateway.errors import ApiError
 from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
-from protocol.messages import FaceRestoration
 from protocol.upscalers import LATENT_UPSCALERS
 
 bp = Blueprint("a1111_extras", __name__, url_prefix="/sdapi/v1")
@@ -58,18 +57,22 @@ class BatchImagesRequest(ExtrasRequest, kw_only=True):
     imageList: list[BatchImage] = []  # noqa: N815  (A1111's name)
 
 
+def _pixel_upscaler(name: str, field: str) -> str:
+    """``name``, unless it is a latent upscaler (the hires fix's only): A1111's 422 naming ``field``."""
+    if name in LATENT_UPSCALERS:
+        raise ApiError(400, "invalid_params", f"{name} upscales latents (the hires fix only)",
+                       "Use a pixel upscaler from GET /sdapi/v1/upscalers.", field=field)
+    return name
+
+
 def _jobs(r: ExtrasRequest, images: list[str]):
     """Each image as an upscale job's Generation, and what was asked but not done (html_info)."""
     sv = services()
-    name = r.upscaler_1 or "None"
-    if name in LATENT_UPSCALERS:
-        raise ApiError(400, "invalid_params", f"{name} upscales latents (the hires fix only)",
-                       "Use a pixel upscaler from GET /sdapi/v1/upscalers.", field="upscaler_1")
+    name = _pixel_upscaler(r.upscaler_1 or "None", "upscaler_1")
     notes = []
     second = r.upscaler_2 if (r.upscaler_2 or "None") != "None" and (r.extras_upscaler_2_visibility or 0) > 0 else None
-    if second in LATENT_UPSCALERS:
-        raise ApiError(400, "invalid_params", f"{second} upscales latents (the hires fix only)",
-                       "Use a pixel upscaler from GET /sdapi/v1/upscalers.", field="upscaler_2")
+    if second:
+        _pixel_upscaler(second, "upscaler_2")
     faces = None
     # A1111 runs GFPGAN, then CodeFormer; one restorer runs here: the more visible one's.
     wanted = max((r.gfpgan_visibility or 0, "GFPGAN"), (r.codeformer_visibility or 0, "CodeFormer"))
@@ -84,7 +87,7 @@ def _jobs(r: ExtrasRequest, images: list[str]):
         generations.append(sv.validator.upscale(
             data, name, None if by_size else (r.upscaling_resize or 2.0),
             r.upscaling_resize_w if by_size else None, r.upscaling_resize_h if by_size else None,
-            face_restoration=msgspec.convert(faces, FaceRestoration) if faces else None, upscaler_2=second,
+            face_restoration=faces, upscaler_2=second,
             upscaler_2_visibility=min(1.0, r.extras_upscaler_2_visibility or 0) if second else None))
     return generations, notes
 

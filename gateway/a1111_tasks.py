@@ -15,7 +15,7 @@ import base64
 import msgspec
 from flask import Blueprint, jsonify
 
-from gateway.a1111_api import decode_request
+from gateway.a1111_api import decode_request, task_progress
 from gateway.auth import owner
 from gateway.model_client import RemoteError
 from gateway.services import services
@@ -53,11 +53,8 @@ def internal_progress():
         answer.update(queued=True, textinfo=f"In queue: {job.queue_position or 0} ahead")
     else:
         p = job.progress
-        steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1
-        done = (p.image_index * steps + p.step) if p else 0
-        answer.update(active=True, progress=round(done / (max(1, job.params.n) * steps), 4),
-                      eta=p.eta_seconds if p else None,
-                      textinfo=(p.detail if p and p.detail else "") or f"step {p.step if p else 0}/{steps}")
+        share, _, textinfo = task_progress(job)
+        answer.update(active=True, progress=share, eta=p.eta_seconds if p else None, textinfo=textinfo)
         if r.live_preview and p and p.preview_step and p.preview_step != r.id_live_preview:
             try:
                 info, data = sv.client.fetch_preview(job.job_id, owner())

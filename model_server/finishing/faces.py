@@ -18,7 +18,7 @@ from PIL import Image
 from model_server import errors
 from model_server.errors import Rejection
 from model_server.finishing.first_use import MadeOnFirstUse
-from model_server.models.named_files import NamedFiles
+from model_server.models.named_files import NamedFiles, on_disk
 from model_server.pipeline import PipelineLoadError
 from protocol.messages import FaceRestoration, FaceRestorerEntry, StopMode
 
@@ -64,13 +64,9 @@ class FaceRestorers:
     def entries(self) -> list[FaceRestorerEntry]:
         out = []
         known = self._models.made
-        for name, path in self.files().items():
+        for name, path, stat in on_disk(self.files()):
             described = known.describe(path) if known is not None else None
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            out.append(FaceRestorerEntry(name=name, file=path.name, size_bytes=size,
+            out.append(FaceRestorerEntry(name=name, file=path.name, size_bytes=stat.st_size,
                                          architecture=described[0] if described else ""))
         return out
 

@@ -19,7 +19,7 @@ from PIL import Image
 from model_server import errors
 from model_server.finishing.tiles import tile_grid
 from model_server.finishing.first_use import MadeOnFirstUse
-from model_server.models.named_files import NamedFiles
+from model_server.models.named_files import NamedFiles, on_disk
 from model_server.pipeline import PipelineLoadError
 from protocol.messages import StopMode, UpscalerEntry
 from protocol.upscalers import LATENT_UPSCALERS, PIXEL_UPSCALERS
@@ -74,13 +74,9 @@ class Upscalers:
         out = [UpscalerEntry(name=name, kind="builtin") for name in PIXEL_UPSCALERS]
         out += [UpscalerEntry(name=name, kind="latent") for name in LATENT_UPSCALERS]
         known = self._models.made
-        for name, path in self.files().items():
+        for name, path, stat in on_disk(self.files()):
             described = known.describe(path) if known is not None else None
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            out.append(UpscalerEntry(name=name, kind="model", file=path.name, size_bytes=size,
+            out.append(UpscalerEntry(name=name, kind="model", file=path.name, size_bytes=stat.st_size,
                                      scale=float(described[0]) if described else scale_from_name(name),
                                      architecture=described[1] if described else ""))
         return out

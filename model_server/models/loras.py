@@ -13,7 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
-from model_server.models.named_files import NamedFiles
+from model_server.models.named_files import NamedFiles, on_disk
 from protocol.messages import LoraEntry
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,7 @@ class LoraFiles:
 
     def entries(self, loaded: set[str]) -> list[LoraEntry]:
         out = []
-        for name, path in self.files().items():
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
+        for name, path, stat in on_disk(self.files()):
             with self._lock:
                 known = self._hashes.get((str(path), stat.st_size, stat.st_mtime), "")
             out.append(LoraEntry(name=name, file=path.name, size_bytes=stat.st_size, hash=known,

@@ -4,9 +4,10 @@ for on every submit costs a walk of the folders, not a stat of every file."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from protocol.messages import MAX_NAME_LENGTH
 
@@ -43,3 +44,12 @@ class NamedFiles:
                         found[name] = path
                 self._listed = (stamp, found)
             return self._listed[1]
+
+
+def on_disk(files: dict[str, Path]) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Each listed file still there, with its stat; one removed since the listing is left out."""
+    for name, path in files.items():
+        try:
+            yield name, path, path.stat()
+        except OSError:
+            continue
