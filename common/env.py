@@ -46,8 +46,8 @@ def read_typed(env: Env, name: str, kind) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    kinds = [k for k in typing.get_args(kind) if k is not type(None)] or [kind]
-    kind = kinds[0]
+    if typing.get_origin(kind) is not tuple:  # an optional: the type inside (a tuple's args are its items')
+        kind = ([k for k in typing.get_args(kind) if k is not type(None)] or [kind])[0]
     try:
         if kind is bool:
             return truth(name, raw)

@@ -148,6 +148,20 @@ def test_cors_is_off_by_default_and_follows_the_allowlist(make_client):
     assert "Access-Control-Allow-Origin" not in denied.headers
 
 
+def test_cors_origins_from_the_environment_are_a_list_not_a_string(make_client):
+    # A comma-separated variable once reached flask-cors as one string, whose characters it took for
+    # patterns: "https://a.example" let any origin starting with an "h" in.
+    from gateway.settings import GatewaySettings
+
+    origins = GatewaySettings.from_env({"CORS_ORIGINS": "https://a.example, https://b.example"}).cors_origins
+    assert origins == ("https://a.example", "https://b.example")
+    client = make_client(cors_origins=origins)
+    assert client.get("/health/live", headers={"Origin": "https://b.example"}).headers[
+        "Access-Control-Allow-Origin"] == "https://b.example"
+    for evil in ("https://evil.example", "https://a.example.evil", "h"):
+        assert "Access-Control-Allow-Origin" not in client.get("/health/live", headers={"Origin": evil}).headers
+
+
 def test_a_wildcard_cors_origin_is_refused():
     from gateway.settings import GatewaySettings
 
