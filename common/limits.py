@@ -4,8 +4,10 @@ peer that bypasses the gateway gets no more than an HTTP client."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from common.env import setting
+from common.webhook_hosts import HostPolicy
 from protocol.contract import Limits
 from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPLOAD_BYTES, MAX_UPSCALED_SIZE,
                                MIN_SIZE)
@@ -33,7 +35,18 @@ class RequestLimits:
     max_upscale_size: int = setting("MAX_UPSCALE_SIZE", "The longest side of an upscale job's result in pixels (at "
                                     f"most {MAX_UPSCALED_SIZE}); upscaling runs in tiles, so memory does not grow with "
                                     "it", Limits.max_upscale_size)
+    webhook_allowed_hosts: tuple[str, ...] = setting(
+        "WEBHOOK_ALLOWED_HOSTS", "Where a job's `callback_url` may point, comma-separated: `*` (any host at public "
+        "addresses only), `*.example.com`, an exact name (at any address: the operator vouches for it), or addresses "
+        "and networks (`10.0.0.5`, `10.0.0.0/8`). Private, loopback and link-local addresses (169.254.169.254) are "
+        "reached only through an exact name or an address listed here, checked again at connect time. Empty: "
+        "webhooks are off (the model server also needs WEBHOOK_SECRET)", ())
     min_size: int = MIN_SIZE
+
+    @functools.cached_property
+    def webhook_hosts(self) -> HostPolicy:
+        """WEBHOOK_ALLOWED_HOSTS read (a malformed entry raises ValueError: a configuration error)."""
+        return HostPolicy(self.webhook_allowed_hosts)
 
     @property
     def limits(self) -> Limits:

@@ -102,10 +102,21 @@ class ModelServerCollector:
                                ("sdcpu_model_switch_seconds", "model_switch_seconds",
                                 "Seconds spent switching models"),
                                ("sdcpu_storage_errors", "storage_errors",
-                                "Writes to OUTPUTS_DIR that failed (full, read-only or broken disk)")):
+                                "Writes to OUTPUTS_DIR that failed (full, read-only or broken disk)"),
+                               ("sdcpu_webhook_attempts", "webhook_attempts", "Webhook POSTs made (retries included)"),
+                               ("sdcpu_webhook_attempts_failed", "webhook_attempts_failed",
+                                "Webhook POSTs that failed (no 2xx, refused address, timeout)")):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], sum(p.stats.get(key, 0.0) for p in pongs))
             yield family
+        webhooks = CounterMetricFamily("sdcpu_webhooks", "Webhooks settled since the model servers started: "
+                                       "delivered, or failed after every attempt", labels=["outcome"])
+        for outcome in ("delivered", "failed"):
+            webhooks.add_metric([outcome], sum(p.stats.get(f"webhooks_{outcome}", 0.0) for p in pongs))
+        yield webhooks
+        pending = GaugeMetricFamily("sdcpu_webhooks_pending", "Webhooks still to deliver (retries waiting included)")
+        pending.add_metric([], sum(p.stats.get("webhooks_pending", 0.0) for p in pongs))
+        yield pending
 
 
 def _per_server(views):

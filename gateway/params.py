@@ -19,6 +19,7 @@ import msgspec
 from flask import request
 from msgspec import Meta
 
+from common.webhook_hosts import callback_violation
 from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
@@ -197,9 +198,9 @@ class ParamValidator:
         no_step = runs_no_step(params)
         if no_step:
             raise ApiError(400, "invalid_params", *no_step, field="strength")
-        hires = hires_violation(params, s.limits)
-        if hires:
-            raise ApiError(400, "invalid_params", hires[1], hires[2], field=hires[0])
+        broken = hires_violation(params, s.limits) or callback_violation(params.callback_url, s.webhook_hosts)
+        if broken:
+            raise ApiError(400, "invalid_params", broken[1], broken[2], field=broken[0])
         return Generation(params, init_image, mask, mask_from)
 
     def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
@@ -235,7 +236,8 @@ class ParamValidator:
             field = _UPSCALE_FIELDS.get(field_of(str(exc)) or "", field_of(str(exc)) or "")
             raise ApiError(400, "invalid_params", f"invalid {field or 'request'}: {exc}",
                            "Check the request against GET /openapi.json.", field=field) from None
-        broken = violation(params, self.settings.limits)
+        broken = violation(params, self.settings.limits) or callback_violation(params.callback_url,
+                                                                                self.settings.webhook_hosts)
         if broken:
             field = _UPSCALE_FIELDS.get(broken[0], broken[0])
             raise ApiError(400, "invalid_params", broken[1].replace(broken[0], field), broken[2], field=field)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
+                               WebhookStatus)
 
 
 class ImageLink(msgspec.Struct, kw_only=True):
@@ -47,6 +48,7 @@ class JobResource(msgspec.Struct, kw_only=True):
     # restart, and storage_error says why. True otherwise (also while unfinished).
     stored: bool = True
     storage_error: str = ""
+    webhook: WebhookStatus | None = None  # its callback_url's delivery, once the job has ended
     links: dict[str, str] = {}
 
 
@@ -81,7 +83,8 @@ def job_resource(view: JobView) -> JobResource:
         progress=view.progress, error=_job_error(view.error),
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
         interrupted=view.interrupted, engine=view.engine, model=view.model, model_switch=view.model_switch,
-        lora_hashes=view.lora_hashes, stored=not view.not_stored, storage_error=view.not_stored, links=links)
+        lora_hashes=view.lora_hashes, stored=not view.not_stored, storage_error=view.not_stored,
+        webhook=view.webhook, links=links)
 
 
 def to_json(obj) -> bytes:

@@ -44,6 +44,8 @@ class UpscaleRequest(msgspec.Struct, kw_only=True):
     face_restoration: Annotated[FaceRestoration, Meta(description=(
         "Restore the faces after upscaling (upscaler \"None\": only that), with a model from GET "
         "/v1/face-restorers."))] | None = None
+    callback_url: Annotated[str, Meta(description="A webhook called when the job ends (as on POST /v1/jobs).")] \
+        | None = None
 
 
 def _parse() -> Generation:
@@ -63,7 +65,7 @@ def _parse() -> Generation:
     image = files.get("image") or sv.validator.decoded_upload(r.image, "image")
     return sv.validator.upscale(image, r.upscaler, r.scale, r.width, r.height, r.format, r.quality,
                                 face_restoration=r.face_restoration, upscaler_2=r.upscaler_2,
-                                upscaler_2_visibility=r.upscaler_2_visibility)
+                                upscaler_2_visibility=r.upscaler_2_visibility, callback_url=r.callback_url)
 
 
 @bp.post("/v1/upscale")

@@ -12,6 +12,7 @@ from common.env import Env, load, setting, truth
 from common.limits import RequestLimits
 from common.curve import CurveKeys
 from model_server.models.catalog import parse_list
+from model_server.webhooks.signing import secret_bytes
 from protocol.transport import check_bind, default_address, expand
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -46,6 +47,19 @@ def _auto_or_bool(env: Env, name: str) -> bool | None:
 
 def _bind(env: Env, name: str) -> str:
     return expand(env.get(name, "").strip()) or default_address(env)
+
+
+def _seconds_list(env: Env, name: str) -> tuple[float, ...] | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        waits = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be seconds separated by commas, got {raw!r}") from None
+    if not waits or any(not 0 < w <= 7 * 86400 for w in waits):
+        raise ValueError(f"{name}: each wait must be more than 0 and at most a week, got {raw!r}")
+    return waits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +213,18 @@ class ModelServerSettings(RequestLimits):
         "free space than this, before it is full; 0 = off. A write that fails anyway keeps the job's images in "
         "memory and turns `/health` to `degraded`", 100)
 
+    webhook_secret: str = setting(
+        "WEBHOOK_SECRET", "Signs every webhook (Standard Webhooks: `whsec_` and the base64 of at least 24 random "
+        "bytes; receivers verify with it). Needed when WEBHOOK_ALLOWED_HOSTS is set", "", secret=True,
+        shown="none")
+    webhook_retry_seconds: tuple[float, ...] = setting(
+        "WEBHOOK_RETRY_SECONDS", "Waits between a webhook's attempts, comma-separated: one attempt at once, then one "
+        "after each wait (kept across restarts); after the last the delivery is `failed`",
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0), read=_seconds_list,
+        shown="`5,300,1800,7200,18000,36000,36000` (about 27 hours)")
+    webhook_timeout_seconds: float = setting("WEBHOOK_TIMEOUT_SECONDS", "One webhook attempt's time, connect to "
+                                             "answer", 10.0)
+
     @property
     def outputs_folder(self) -> str:
         return expand(self.outputs_dir)
@@ -246,6 +272,10 @@ class ModelServerSettings(RequestLimits):
             raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.min_free_disk_mb < 0:
             raise ValueError("MIN_FREE_DISK_MB must be 0 or more")
+        if self.webhook_hosts.enabled:
+            secret_bytes(self.webhook_secret)  # none, or not a secret: stops the start, saying how to make one
+        if self.webhook_timeout_seconds <= 0:
+            raise ValueError("WEBHOOK_TIMEOUT_SECONDS must be more than 0")
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         self.limits  # noqa: B018  (checks the bounds against the protocol's)

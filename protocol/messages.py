@@ -79,6 +79,7 @@ MAX_LORA_WEIGHT = 4.0
 MAX_HIRES_SCALE = 4.0  # hires fix: the second pass at up to 4x the first's sides (the size bounds still hold)
 MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded (Limits.max_upscale_size)
 MAX_UPSCALED_SIZE = 8192
+MAX_CALLBACK_URL_LENGTH = 2048
 
 
 def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
@@ -254,6 +255,13 @@ class GenerationParams(_Shape):
                                  "visibility (0-1, default 1).",
                              hint="Send an object such as {{\"model\": \"GFPGANv1.4\", \"visibility\": 1}} "
                                   "(GET /v1/face-restorers), or leave face_restoration out.") = None
+    callback_url: _bound(str, max_length=MAX_CALLBACK_URL_LENGTH, pattern=r"^(https?://[^\s\x00-\x1f\x7f]+)?$",
+                         doc="A webhook: when the job ends (succeeded, failed or cancelled) the server POSTs its "
+                             "outcome there, signed as Standard Webhooks says (webhook-id, webhook-timestamp, "
+                             "webhook-signature with WEBHOOK_SECRET), retried with backoff. Only hosts in "
+                             "WEBHOOK_ALLOWED_HOSTS.",
+                         hint="Send an http(s) URL whose host is in the server's WEBHOOK_ALLOWED_HOSTS, or leave "
+                              "callback_url out.") = ""
     # mode upscale: the init image upscaled, no diffusion (the prompt only labels the job).
     upscaler: _bound(str, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME,
                      doc="Upscale jobs: the upscaler, a name from GET /v1/upscalers (default Lanczos).",
@@ -342,6 +350,18 @@ class ImageInfo(_Shape):
     size_bytes: int
 
 
+class WebhookStatus(_Shape):
+    """Where a job's webhook stands (a job with ``callback_url``, once it has ended)."""
+
+    event_id: str  # the webhook-id header: one per job end, kept across retries and restarts
+    state: Literal["pending", "delivered", "failed"] = "pending"  # failed: every attempt used, or refused for good
+    attempts: int = 0
+    last_status: int | None = None  # the receiver's last HTTP status
+    last_error: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    next_attempt_at: float | None = None  # wall clock, while pending
+    delivered_at: float | None = None
+
+
 class JobView(_Shape):
     """What anyone may know about a job; shared by replies and events."""
 
@@ -370,6 +390,7 @@ class JobView(_Shape):
     # Queued when its server crashed, before it ran, with uploads that lived in memory only: the
     # restarted server waits for its gateway to place it again (with them), then it fails lost.
     awaiting_uploads: bool = False
+    webhook: WebhookStatus | None = None  # its callback_url's delivery, once the job has ended
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------

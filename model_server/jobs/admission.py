@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from common.webhook_hosts import callback_violation
 from model_server import errors, memory
 from model_server.errors import Rejection
 from model_server.jobs.disk import StorageHealth
@@ -114,7 +115,8 @@ def _ready(status: ModelStatus) -> None:
 
 
 def _runnable(p: GenerationParams, pipeline: ModelSet, settings: ModelServerSettings) -> None:
-    broken = contract.violation(p, settings.limits) or contract.hires_violation(p, settings.limits)
+    broken = (contract.violation(p, settings.limits) or contract.hires_violation(p, settings.limits)
+              or callback_violation(p.callback_url, settings.webhook_hosts))
     if broken is not None:
         raise errors.invalid(broken[1], broken[2], broken[0])
     if p.scheduler not in pipeline.schedulers():

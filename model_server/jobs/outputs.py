@@ -84,7 +84,7 @@ class OutputStore:
         return sum(p.stat().st_size for p in self._image_files() if p.is_file())
 
     def _image_files(self):
-        return (p for p in self.folder.glob("*/*-*.*") if p.parent.name not in ("jobs", "pending")
+        return (p for p in self.folder.glob("*/*-*.*") if p.parent.name not in ("jobs", "pending", "webhooks")
                 and not p.name.startswith("."))
 
     def _record_path(self, job_id: str) -> Path:
@@ -144,6 +144,13 @@ class OutputStore:
             return msgspec.json.decode(self._record_path(job_id).read_bytes(), type=JobRecord)
         except (OSError, ValueError, msgspec.DecodeError):  # ValueError: not a job id
             return self._load_from_peer(job_id)
+
+    def ended_since(self, cutoff: float):
+        """This folder's records of jobs that ended at or after ``cutoff`` (wall clock)."""
+        for path in self.folder.glob("jobs/*.json"):
+            record = self.load(path.stem) if JOB_ID.match(path.stem) else None
+            if record is not None and record.state.terminal and (record.finished_at or 0.0) >= cutoff:
+                yield record
 
     def _peer_records(self, job_id: str) -> list[Path]:
         if self.peers is None or not JOB_ID.match(job_id):

@@ -61,6 +61,7 @@ class JobTable:
         self._doomed: list[str] = []  # expired under the lock, to delete from disk after it
         self._accepting = True
         self._next_sweep = clock()
+        self.webhooks = None  # the Outbox (model_server.webhooks) owed each ended job's webhook, when they are on
         # Monotonic counters for /metrics (reset when the model server restarts).
         self.stats = {"jobs_succeeded": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_rejected": 0,
                       "generation_seconds": 0.0, "steps": 0, "step_seconds": 0.0, "images": 0,
@@ -221,6 +222,7 @@ class JobTable:
 
     def view(self, job: Job) -> JobView:
         """A consistent snapshot of one job for the wire."""
+        webhook = self.webhooks.status(job.id) if self.webhooks is not None else None
         with self._lock:
             return JobView(
                 job_id=job.id, state=job.state, created_at=job.created_at, params=job.params,
@@ -229,7 +231,7 @@ class JobTable:
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
                 interrupted=job.interrupted, engine=job.engine, model=job.model, model_switch=job.model_switch,
                 lora_hashes=dict(job.lora_hashes), not_stored=job.not_stored,
-                awaiting_uploads=job.awaiting_uploads and not job.state.terminal)
+                awaiting_uploads=job.awaiting_uploads and not job.state.terminal, webhook=webhook)
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0
@@ -346,6 +348,8 @@ class JobTable:
             record = msgspec.structs.replace(job.record(), state=state, error=error, finished_at=finished_at,
                                              images=[info for info, _ in images])
         files, not_stored = self.records.finished(record, [data for _, data in images])
+        if self.webhooks is not None:  # owed before anyone can see the job ended
+            self.webhooks.job_ended(record)
         with self._lock:
             # On disk: served from there (the page cache keeps recent ones hot), so the model
             # server's own memory stays flat however many results are kept.

@@ -26,6 +26,10 @@ from model_server.logs import job_context
 from model_server.pipeline import Pipeline
 from model_server.settings import ModelServerSettings
 from model_server.transport.decoding import DECODED_ADDRESS, Pending, UploadDecoder
+from model_server.webhooks.dispatcher import Dispatcher
+from model_server.webhooks.outbox import Outbox
+from model_server.webhooks.sender import Sender
+from model_server.webhooks.signing import secret_bytes
 from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
 from protocol import codec, transport
 from protocol.errors import ProtocolError
@@ -70,6 +74,7 @@ class ModelServer:
         self._shutdown = threading.Event()
         self._started = time.monotonic()
         requeued = self.table.requeue(self.table.records.recover())
+        self.webhooks = self._webhooks(store)
         self._awaiting = any(job.awaiting_uploads for job in requeued)
         self._ready_at: float | None = None
         if requeued:
@@ -80,6 +85,18 @@ class ModelServer:
         self.router: zmq.Socket | None = None
         self._authenticator: ThreadAuthenticator | None = None
         self.bound_address: str | None = None
+
+    def _webhooks(self, store: OutputStore | None) -> Dispatcher | None:
+        """The webhook thread, when WEBHOOK_ALLOWED_HOSTS is set; the outbox kept beside the records."""
+        s = self.settings
+        if not s.webhook_hosts.enabled:
+            return None
+        outbox = Outbox(store.folder if store else None, s.result_ttl_seconds)
+        if store is not None:
+            outbox.owe_missing(store.ended_since(time.time() - s.result_ttl_seconds))
+        self.table.webhooks = outbox
+        sender = Sender(secret_bytes(s.webhook_secret), s.webhook_hosts, s.webhook_timeout_seconds)
+        return Dispatcher(outbox, sender, s.webhook_retry_seconds, self.table.stats)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -107,6 +124,8 @@ class ModelServer:
         log.info("model server listening on %s", self.bound_address)
         self.worker.start()
         self.decoder.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         return self
 
     def request_shutdown(self) -> None:
@@ -172,6 +191,8 @@ class ModelServer:
         self.worker.join(timeout=5 if self.state.pipeline is not None else 0.1)
         for job_id in list(self._watchers):
             self._publish(job_id)
+        if self.webhooks is not None:
+            self.webhooks.stop()  # what is due now goes out; the rest waits on disk for the next start
         self.router.close(linger=1000)
         if self._authenticator is not None:
             self._authenticator.stop()
@@ -223,7 +244,8 @@ class ModelServer:
             running_job=running.id if running else None, rss_bytes=memory.rss_bytes(),
             peak_rss_bytes=memory.peak_rss_bytes(), load_seconds=self.state.load_seconds,
             available_bytes=memory.available_bytes(),
-            stats=dict(self.table.stats, storage_errors=storage.errors if storage else 0),
+            stats=dict(self.table.stats, storage_errors=storage.errors if storage else 0,
+                       webhooks_pending=self.table.webhooks.pending() if self.table.webhooks else 0),
             uptime_seconds=round(time.monotonic() - self._started, 1), error=self.state.error,
             schedulers=pipeline.schedulers() if pipeline else [], pid=os.getpid(),
             unavailable_presets=pipeline.unavailable_presets() if pipeline else {}, load=self.state.progress.status(),
