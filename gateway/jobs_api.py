@@ -26,7 +26,7 @@ def _json(obj, status: int = 200, headers: dict | None = None) -> Response:
     return Response(to_json(obj), status=status, mimetype="application/json", headers=headers)
 
 
-def _checked(job_id: str) -> str:
+def checked_job_id(job_id: str) -> str:
     if not _JOB_ID.match(job_id):
         raise ApiError(404, "not_found", f"no job with id {job_id[:80]!r}", "Job ids are as POST /v1/jobs returned them.")
     return job_id
@@ -46,14 +46,14 @@ def submit_job(generation):
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    return _json(job_resource(services().client.get_job(_checked(job_id), owner())))
+    return _json(job_resource(services().client.get_job(checked_job_id(job_id), owner())))
 
 
 @bp.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str):
     """Cancel an unfinished job; delete a finished one's images and record."""
     client = services().client
-    view = client.get_job(_checked(job_id), owner())
+    view = client.get_job(checked_job_id(job_id), owner())
     if view.state.terminal:
         view = client.delete(job_id, owner())
         return _json(job_resource(view), 200, {"X-Deleted": "true"})
@@ -68,7 +68,7 @@ def job_image(job_id: str):
     index = request.args.get("index", "0")
     if not index.isdigit():
         raise ApiError(400, "invalid_params", "index must be a whole number", "Use ?index=0 for the first image.")
-    view = sv.client.get_job(_checked(job_id), owner())
+    view = sv.client.get_job(checked_job_id(job_id), owner())
     if view.state is not JobState.SUCCEEDED:
         if view.state.terminal:
             raise ApiError(409, "job_" + view.state.value, f"job {job_id} {view.state.value}; it has no image",
@@ -83,7 +83,7 @@ def job_image(job_id: str):
 
 @bp.get("/v1/jobs/<job_id>/preview")
 def job_preview(job_id: str):
-    info, data = services().client.fetch_preview(_checked(job_id), owner())
+    info, data = services().client.fetch_preview(checked_job_id(job_id), owner())
     return Response(data, mimetype=info.media_type, headers={"Cache-Control": "no-store"})
 
 
@@ -97,7 +97,7 @@ def _sse(event: str, data: bytes | str) -> str:
 def job_events(job_id: str):
     sv = services()
     who = owner()
-    sv.client.get_job(_checked(job_id), who)  # unknown, foreign or expired ids get a plain 404/410, not a stream
+    sv.client.get_job(checked_job_id(job_id), who)  # unknown, foreign or expired ids get a plain 404/410, not a stream
     keepalive = sv.settings.sse_keepalive_seconds
 
     def stream():

@@ -139,6 +139,10 @@ def _compat_paths() -> dict:
                              "file 'image')", None, (400, 413, 429)),
         "/internal/progress": post("AUTOMATIC1111: the progress of the caller's task given as force_task_id "
                                    "(id_task, id_live_preview, live_preview)", None, (422, 429)),
+        "/mcp": post("MCP (streamable HTTP, JSON-RPC; stateless, so POST only): tools generate_image, edit_image, "
+                     "upscale_image, list_models, get_job, cancel_job; replies stream (text/event-stream) with "
+                     "progress notifications. Connect an MCP client to this URL (the SDK's errors: JSON-RPC's shape)",
+                     None, (400, 401, 403, 404, 406, 413, 415, 429), content={**_ANY_JSON, **_EVENT_STREAM}),
         f"{a1111}/face-restorers": get("AUTOMATIC1111: the face restorers (FACE_RESTORER_DIR; none without a face "
                                        "detector)", _ANY_JSON_ARRAY),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)

@@ -61,7 +61,12 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
     for endpoint, view in list(app.view_functions.items()):
         if is_unlimited(app, endpoint):  # probes and the page: they must work whatever the store does
             continue
-        parse = parse_first(view)
+        parse, work_when = parse_first(view), getattr(view, "work_when", None)
+        if work_when is not None:  # one route, both kinds (/mcp: a tool call that starts a job, or anything else)
+            app.view_functions[endpoint] = limiter.shared_limit(
+                settings.rate_limit_generate, scope="generate", exempt_when=lambda w=work_when: not w())(
+                limiter.shared_limit(settings.rate_limit_read, scope="read", exempt_when=work_when)(view))
+            continue
         app.view_functions[endpoint] = read(view) if parse is None else _validated_first(parse, generate(view))
 
     @app.errorhandler(RateLimitExceeded)

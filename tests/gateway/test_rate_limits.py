@@ -71,3 +71,19 @@ def test_malformed_requests_get_their_400_and_spend_no_generation_budget(limited
     for _ in range(2):  # the whole budget is still there
         assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 202
     assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 429
+
+
+def test_mcp_tool_calls_that_start_work_spend_the_generate_budget_and_the_rest_the_read_one(limited):
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+
+    def rpc(method, params):
+        return limited.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+                            headers=headers)
+
+    generate = {"name": "generate_image", "arguments": {"prompt": "a cat", "wait": False}}
+    for _ in range(2):
+        assert rpc("tools/call", generate).status_code == 200
+    assert rpc("tools/call", generate).status_code == 429  # the generate budget, shared with /v1/jobs
+    assert limited.post("/v1/jobs", json={"prompt": "a cat"}).status_code == 429
+    assert rpc("tools/list", {}).status_code == 200  # reads have their own budget
+    assert rpc("tools/call", {"name": "list_models", "arguments": {}}).status_code == 200

@@ -36,6 +36,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def check_error_shape(path: str, status: int, body) -> None:
     if path.startswith(("/v1/images", "/v1/models")):
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
+    elif path == "/mcp" and "jsonrpc" in body:  # the MCP SDK's own errors, JSON-RPC's shape
+        assert body["error"]["message"] and isinstance(body["error"]["code"], int)
     elif path.startswith("/sdapi/"):
         if status == 422:
             assert isinstance(body["detail"], list) and body["detail"][0]["msg"]
