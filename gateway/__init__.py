@@ -64,11 +64,12 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
             response.vary.add("Origin")
         return response
 
-    from gateway import (a1111_api, a1111_extras, a1111_faces, a1111_tasks, catalog_api, health, jobs_api, mcp_api,
-                         metrics, native, openai_api, openapi, png_info, presets_api, rate_limits, upscale_api, web)
+    from gateway import (a1111_api, a1111_extras, a1111_faces, a1111_tasks, capabilities_api, catalog_api, health,
+                         jobs_api, mcp_api, metrics, native, openai_api, openapi, png_info, presets_api, rate_limits,
+                         upscale_api, web)
 
     for module in (web, native, jobs_api, upscale_api, presets_api, catalog_api, openai_api, a1111_api, a1111_extras,
-                   a1111_faces, a1111_tasks, png_info, health, metrics, openapi, mcp_api):
+                   a1111_faces, a1111_tasks, png_info, health, metrics, openapi, mcp_api, capabilities_api):
         app.register_blueprint(module.bp)
     app.register_blueprint(png_info.a1111_bp)
     register_error_handlers(app, {openai_api.bp.name: openai_api.render_error,

@@ -139,6 +139,15 @@ def _compat_paths() -> dict:
                              "file 'image')", None, (400, 413, 429)),
         "/internal/progress": post("AUTOMATIC1111: the progress of the caller's task given as force_task_id "
                                    "(id_task, id_live_preview, live_preview)", None, (422, 429)),
+        "/v1/capabilities": get("What each model server can do on its host, measured there: per model, preset, mode "
+                                "and size the seconds per step and per image and the peak memory of the jobs it ran "
+                                "(kept per host); what it cannot run and why"),
+        "/v1/capabilities/measure": {"post": {
+            "summary": "Measure on demand: one job per preset (all the model runs, or presets: [...]) at the model's "
+                       "size, or width and height; the caller's jobs (202, their ids)",
+            "requestBody": {"required": False, "content": _ANY_JSON},
+            "responses": {"202": {"description": "Accepted", "content": _ANY_JSON},
+                          **{str(s): {"description": "Error", "content": _ANY_JSON} for s in (400, 429, 503)}}}},
         "/mcp": post("MCP (streamable HTTP, JSON-RPC; stateless, so POST only): tools generate_image, edit_image, "
                      "upscale_image, list_models, get_job, cancel_job; replies stream (text/event-stream) with "
                      "progress notifications. Connect an MCP client to this URL (the SDK's errors: JSON-RPC's shape)",

@@ -224,3 +224,21 @@ def unknown_name(what: str, name: str, known: list[str], listing: str, field: st
     return Rejection(ErrorInfo(
         code=ErrorCode.INVALID_PARAMS, message=f"unknown {what} {name[:200]!r}", field=field,
         hint=f"Use one of: {shown} ({listing})." if known else f"This server has no {what}s configured ({listing})."))
+
+
+# --- deadlines -------------------------------------------------------------------------------
+
+
+def deadline_unmeetable(deadline: float, ahead: float, own: float, suggestion: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.DEADLINE, field="deadline_seconds",
+        message=f"the job would be done in about {ahead + own:.0f} s, after its deadline of {deadline:g} s: "
+                f"{ahead:.0f} s for the jobs ahead of it, {own:.0f} s for its own at this host's measured speed",
+        hint=suggestion))
+
+
+def deadline_passed(deadline: float) -> ErrorInfo:
+    return ErrorInfo(code=ErrorCode.DEADLINE, field="deadline_seconds",
+                     message=f"its deadline of {deadline:g} s passed while it waited in the queue",
+                     hint="Allow more time, or submit when the queue is shorter; GET /v1/capabilities shows this "
+                          "host's measured speeds.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import resource
+import threading
 from pathlib import Path
 
 _PAGE = resource.getpagesize()
@@ -77,3 +78,31 @@ def available_bytes() -> int | None:
     if room is not None:
         available = room if available is None else min(available, room)
     return available
+
+
+class PeakSampler:
+    """The largest RSS seen while a block runs, sampled every ``interval`` seconds on a thread of its own
+    (the process's own peak cannot be reset per job without losing it for /health)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def start(self) -> "PeakSampler":
+        self.peak = rss_bytes()
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """The peak; safe to call more than once, or without a start."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        return self.peak

@@ -19,6 +19,7 @@ from PIL import Image
 from model_server import errors, memory
 from model_server.imaging import encode_image, encode_preview
 from model_server.jobs.job import Job
+from model_server.jobs.speed import SpeedTable
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
@@ -27,6 +28,7 @@ from model_server.finishing.hires import generate_hires
 from model_server.models.model_set import ModelSet
 from model_server.pipeline import JobCancelledError, Pipeline, PipelineLoadError
 from model_server.settings import ModelServerSettings
+from protocol.transport import expand
 from protocol import contract
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
 from protocol.upscalers import DEFAULT_UPSCALER
@@ -66,6 +68,7 @@ class Worker(threading.Thread):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
         self.models = make_model_set(settings, load)
+        self.speeds = SpeedTable(expand(settings.cache_dir) if settings.cache_dir else None)
         self.stopping = threading.Event()
         # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
         # a gateway that placed one of them elsewhere meanwhile can cancel it here first (it sees
@@ -85,6 +88,8 @@ class Worker(threading.Thread):
             self.stopping.wait(max(0.0, self.hold_until - time.monotonic()))
             used, prepared = False, False
             while not self.stopping.is_set():
+                for overdue in self.table.fail_overdue(errors.deadline_passed):  # never started past its deadline
+                    self.notify(overdue.id)
                 job = self.table.next_job(timeout=0.5)
                 if job is None:
                     # Idle for half a second: hand the last job's memory back now, not at its end,
@@ -193,6 +198,7 @@ class Worker(threading.Thread):
         self.notify(job.id)
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
+        sampler = memory.PeakSampler()
         try:
             if p.mode == "upscale":
                 images.append(self._upscale(job))
@@ -207,6 +213,7 @@ class Worker(threading.Thread):
                      p.steps, p.n, p.scheduler, ", ".join(f"{r.name}:{r.weight:g}" for r in p.loras) or "none",
                      engine)
             self.notify(job.id)
+            sampler.start()
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
@@ -230,8 +237,11 @@ class Worker(threading.Thread):
                                          height=image.height, size_bytes=len(data)), data))
                 if self.table.stopped_early(job) is StopMode.INTERRUPT:
                     break
+            peak, seconds = sampler.stop(), time.monotonic() - started
             self.table.succeed(job, images)
-            log.info("succeeded in %.2f s (%.2f s/step)", time.monotonic() - started, job.seconds_per_step or 0)
+            if job.model_switch is None and not job.interrupted:  # a load or a cut-short run is no measure of speed
+                self.speeds.record(model, p, job.step_seconds, job.timed_steps, seconds, len(images), peak)
+            log.info("succeeded in %.2f s (%.2f s/step)", seconds, job.seconds_per_step or 0)
         except JobCancelledError:
             self.table.mark_cancelled(job, images)
             why = "stopped by the shutdown (failed, retryable)" if job.stop_error else "cancelled"
@@ -243,5 +253,6 @@ class Worker(threading.Thread):
             log.exception("failed")
             self.table.fail(job, _job_error(exc))
         finally:
+            sampler.stop()
             job.init_image = job.mask = None  # the decoded uploads are needed no more
             self.notify(job.id)

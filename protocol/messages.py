@@ -80,6 +80,7 @@ MAX_HIRES_SCALE = 4.0  # hires fix: the second pass at up to 4x the first's side
 MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded (Limits.max_upscale_size)
 MAX_UPSCALED_SIZE = 8192
 MAX_CALLBACK_URL_LENGTH = 2048
+MAX_DEADLINE_SECONDS = 7 * 86400
 
 
 def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
@@ -255,6 +256,12 @@ class GenerationParams(_Shape):
                                  "visibility (0-1, default 1).",
                              hint="Send an object such as {{\"model\": \"GFPGANv1.4\", \"visibility\": 1}} "
                                   "(GET /v1/face-restorers), or leave face_restoration out.") = None
+    deadline_seconds: _bound(float, ge=0.0, le=MAX_DEADLINE_SECONDS,
+                             doc="Seconds from submission by which the job must be done (0: none). Refused at once "
+                                 "(422 deadline, with the prediction and what would fit) when this host's measured "
+                                 "speed and the queue ahead say it cannot be; a job still queued when it passes ends "
+                                 "failed with that reason.",
+                             hint="Give seconds from now, such as 60, or leave deadline_seconds out.") = 0.0
     callback_url: _bound(str, max_length=MAX_CALLBACK_URL_LENGTH, pattern=r"^(https?://[^\s\x00-\x1f\x7f]+)?$",
                          doc="A webhook: when the job ends (succeeded, failed or cancelled) the server POSTs its "
                              "outcome there, signed as Standard Webhooks says (webhook-id, webhook-timestamp, "
@@ -525,6 +532,31 @@ class StorageStatus(_Shape):
     failed_at: float | None = None  # when the last write failed (wall clock), while not ok
 
 
+class SpeedEntry(_Shape):
+    """How fast this host ran one kind of job, measured on the jobs it ran (model_server/jobs/speed.py)."""
+
+    model: str
+    preset: str
+    mode: str
+    width: int
+    height: int
+    seconds_per_step: float
+    seconds_per_image: float = 0.0  # beyond the steps: text encoding, decoding, encoding the file
+    steps: int = 0  # the steps the latest measured job ran (per image)
+    peak_rss_bytes: int = 0  # the largest resident memory seen while one ran
+    jobs: int = 0  # how many were measured
+    measured_at: float = 0.0  # wall clock of the latest
+
+
+class HostInfo(_Shape):
+    """The machine a model server's measurements come from (they are kept per host)."""
+
+    cpu: str = ""
+    threads: int = 0
+    isa: str = ""  # the vector extensions that matter here: avx2, avx512, vnni, bf16, amx
+    memory_bytes: int = 0
+
+
 class Pong(_Msg):
     model: str
     model_state: ModelState
@@ -553,6 +585,8 @@ class Pong(_Msg):
     loaded_model: str = ""
     default_model: str = ""
     storage: StorageStatus | None = None  # None: OUTPUTS_DIR is off (results in memory only)
+    speeds: Annotated[list[SpeedEntry], msgspec.Meta(max_length=256)] = []  # what GET /v1/capabilities shows
+    host: HostInfo | None = None
 
 
 class ModelEntry(_Shape):

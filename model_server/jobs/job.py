@@ -43,6 +43,8 @@ class Job:
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
     mask: Any = None  # inpaint: an L image, white where to repaint
     tiles: int = 0  # an upscale job's tiles, its "steps" (known once it starts)
+    step_seconds: float = 0.0  # the timed steps' total, and how many (the measured speeds, jobs/speed.py)
+    timed_steps: int = 0
 
     @property
     def cancel_requested(self) -> bool:

@@ -312,6 +312,8 @@ class JobTable:
             if seconds is not None and seconds > 0:
                 self.stats["steps"] += 1
                 self.stats["step_seconds"] += seconds
+                job.step_seconds += seconds
+                job.timed_steps += 1
                 self.eta.record(job, seconds)
 
     def record_preview(self, job: Job, step: int, data: bytes) -> None:
@@ -409,6 +411,34 @@ class JobTable:
             del self._jobs[job_id]
         self.records.delete(job_id)
         return job
+
+    def seconds_ahead(self, predict) -> float:
+        """Seconds until the running and queued jobs are done, each by ``predict(job)`` (its whole run, None when
+        unknown: the smoothed s/step then, or nothing), the running one less what it has run."""
+        with self._lock:
+            total = 0.0
+            running = self._running
+            if running is not None:
+                whole = predict(running)
+                elapsed = time.time() - (running.started_at or time.time())
+                total += max(0.0, whole - elapsed) if whole is not None else (self.eta.remaining(running) or 0.0)
+            for job_id in self._queue:
+                job = self._jobs[job_id]
+                whole = predict(job)
+                if whole is None and self.eta.seconds_per_step is not None:
+                    whole = job.total_steps * job.params.n * self.eta.seconds_per_step
+                total += whole or 0.0
+            return total
+
+    def fail_overdue(self, error_for) -> list[Job]:
+        """End the queued jobs whose deadline has passed, each with ``error_for(deadline)``."""
+        now = time.time()
+        with self._lock:
+            overdue = [self._jobs[i] for i in self._queue if self._jobs[i].params.deadline_seconds
+                       and now > self._jobs[i].created_at + self._jobs[i].params.deadline_seconds]
+        for job in overdue:
+            self._finish(job, JobState.FAILED, error=error_for(job.params.deadline_seconds))
+        return overdue
 
     def stop_accepting(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from model_server import errors, memory
 from model_server.errors import Rejection
-from model_server.jobs import admission
+from model_server.jobs import admission, deadlines
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import JOB_ID, OutputStore
 from model_server.jobs.table import JobTable
@@ -252,12 +252,17 @@ class ModelServer:
             server_id=self.table.server_id, max_queued_per_client=self.settings.max_queued_per_client,
             loaded_model=getattr(self.worker.models.loaded, "name", ""),
             default_model=self.worker.models.catalog.default.name,
-            storage=storage.status() if storage else None)
+            storage=storage.status() if storage else None, speeds=self.worker.speeds.entries(),
+            host=self.worker.speeds.host)
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
             admission.check(msg, self.state, self.settings)
             admission.check_disk(self.table.records.health)
+            if not msg.job_id:  # a job placed again keeps the deadline it was accepted with
+                models = self.worker.models
+                deadlines.check(msg.params, self.table, self.worker.speeds, msg.params.model or
+                                models.catalog.default.name, models.unavailable_presets())
             if msg.params.mode != "txt2img":  # bounds first, so a flood of uploads is refused before any is decoded
                 self.table.reserve(msg.client_id)
                 self.decoder.put(Pending(identity, ref, msg))
@@ -370,6 +375,8 @@ class ModelServer:
         for identity, ref in list(self.decoder.waiting):
             self._send(identity, ref, Working())
         self.table.evict_expired()
+        for job in self.table.fail_overdue(errors.deadline_passed):
+            self._publish(job.id)
         self._end_awaiting()
 
     def _end_awaiting(self) -> None:
