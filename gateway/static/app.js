@@ -3,12 +3,14 @@ import * as gallery from "/static/gallery.js";
 import * as source from "/static/source.js";
 import * as models from "/static/models.js";
 import * as finishing from "/static/finishing.js";
+import * as lightbox from "/static/lightbox.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { limits: { max_prompt_length: 200, max_steps: 100, max_width: 1536, max_height: 1536,
                           default_size: 512, default_steps: 25 },
                 job: null, source: null, poll: null, lastSeed: null, lastRequest: null, previewStep: null,
-                ready: true, busy: false };  // ready: false only while /health says the model is not
+                ready: true, busy: false, waiting: [] };  // ready: false only while /health says the model is not;
+                // waiting: jobs submitted while another ran, in order (showNext)
 
 // --- server state --------------------------------------------------------------------------
 async function refreshHealth() {
@@ -26,7 +28,7 @@ async function refreshHealth() {
     if (h.presets && !state.presetsLoaded && h.model_state === "ready") applyPresets(h.presets);
     // Generate waits for the model: before it is ready its presets and samplers are not known yet.
     state.ready = h.model_state === "ready";
-    if (!state.busy) $("submit").disabled = !state.ready;
+    $("submit").disabled = !state.ready;
     $("submit").title = state.ready ? "" : "Waiting for the model to be ready";
     showLoad(h);
     const opt = h.optimizations || {};
@@ -142,6 +144,8 @@ function showSizes(model, reset) {
   for (const s of sizes) select.add(new Option(s.replace("x", " × "), s));
   $("size-field").hidden = !sizes.length;
   const fallback = `${state.limits.default_size}x${state.limits.default_size}`;
+  const [bw, bh] = ((model && model.default_size) || fallback).split("x").map(Number);
+  state.basePixels = bw * bh;  // the aspect choices keep about the model's own pixel count
   setSize(reset ? (model && model.default_size) || fallback : `${$("width").value}x${$("height").value}`);
 }
 
@@ -159,6 +163,20 @@ function setSize(size) {
     $(id).value = v;
   }
   $("size").value = [...$("size").options].some((o) => o.value === size) ? size : "";
+  // The aspect that names this shape, within the rounding to 64 pixels; else custom.
+  const ratio = Number(w) / Number(h);
+  const near = [...$("aspect").options].find((o) => o.value && Math.abs(Number(o.value) / ratio - 1) < 0.04);
+  $("aspect").value = near ? near.value : "";
+}
+
+// A shape from the aspect list, at about the model's own pixel count, in multiples of 64 within the limits.
+function useAspect() {
+  const ratio = Number($("aspect").value);
+  if (!ratio) return;
+  const pixels = state.basePixels || state.limits.default_size ** 2;
+  const side = (v, max) => Math.max(256, Math.min(max, Math.round(v / 64) * 64));
+  setSize(`${side(Math.sqrt(pixels * ratio), state.limits.max_width)}x` +
+          `${side(Math.sqrt(pixels / ratio), state.limits.max_height)}`);
 }
 
 function usePreset() {
@@ -231,7 +249,6 @@ function requestBody() {
 
 async function submit(event) {
   event.preventDefault();
-  if (state.job) return;
   // The service's cap, said here once, before a request is spent on it.
   const max = state.limits.max_prompt_length;
   for (const [id, what] of [["prompt", "The prompt"], ["negative", "The negative prompt"]]) {
@@ -244,7 +261,78 @@ async function submit(event) {
       return;
     }
   }
-  await start("/v1/jobs", requestBody());
+  if (state.job) await enqueue(requestBody());  // one runs: this one waits in the server's queue, listed here
+  else await start("/v1/jobs", requestBody());
+}
+
+// --- several jobs from the page: the one shown follows its events; the others wait in a list, polled ------------
+async function enqueue(body) {
+  clearError();
+  const r = await fetch("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                      body: JSON.stringify(body) });
+  const job = await r.json().catch(() => ({}));
+  if (!r.ok) { showError(job, r.headers.get("Retry-After")); return; }
+  const { init_image: image, mask, ...kept } = body;
+  const item = { job, request: { ...kept, seed: job.params.seed }, files: { init_image: Boolean(image),
+                                                                            mask: Boolean(mask) } };
+  state.waiting.push(item);
+  showWaiting();
+}
+
+function showWaiting() {
+  const list = $("queue");
+  list.textContent = "";
+  $("queue-area").hidden = !state.waiting.length;
+  for (const item of state.waiting) {
+    const { job } = item;
+    const li = document.createElement("li");
+    const text = document.createElement("span");
+    const p = job.progress || {};
+    text.textContent = `${job.params.prompt} · ` + (job.state === "running" ? `step ${p.step || 0}/${p.total_steps}`
+      : job.state === "queued" ? `waiting, position ${job.queue_position ?? "?"}` +
+        (p.eta_seconds ? `, done in about ${fmt(p.eta_seconds)}` : "")
+      : job.state);
+    const stop = document.createElement("button");
+    stop.type = "button";
+    stop.className = "small";
+    stop.textContent = "Cancel";
+    stop.setAttribute("aria-label", `Cancel: ${job.params.prompt}`);
+    stop.addEventListener("click", async () => {
+      await fetch(`/v1/jobs/${job.id}`, { method: "DELETE" });
+      state.waiting = state.waiting.filter((w) => w !== item);
+      showWaiting();
+    });
+    li.append(text, stop);
+    list.append(li);
+  }
+}
+
+async function pollWaiting() {
+  for (const item of state.waiting) {
+    try {
+      const r = await fetch(`/v1/jobs/${item.job.id}`);
+      if (r.ok) item.job = await r.json();
+    } catch { /* the next poll tries again */ }
+  }
+  if (state.waiting.length) showWaiting();
+}
+
+// The shown job ended: the next one waiting becomes the shown one (its events, progress, result).
+function showNext() {
+  if (state.job) return;  // one was submitted meanwhile and is shown: the list waits for its end
+  const item = state.waiting.shift();
+  showWaiting();
+  if (!item) return;
+  state.job = item.job;
+  state.lastRequest = item.request;
+  state.lastFiles = item.files;
+  state.previewStep = null;
+  setBusy(true);
+  $("result").hidden = true;
+  $("progress-area").hidden = false;
+  $("preview").hidden = true;
+  onProgress(item.job);
+  follow(item.job.id);
 }
 
 // An upscale job from the result shown; its image replaces the result when done.
@@ -283,11 +371,16 @@ async function start(route, body) {
     state.lastFiles = { init_image: Boolean(image), mask: Boolean(mask) };
   }
   state.previewStep = null;
+  $("placeholder").hidden = true;
   $("progress-area").hidden = false;
   $("preview").hidden = true;
   onProgress(job);
   follow(job.id);
+  // On a narrow screen the output sits under the form: bring the progress into view.
+  if (narrow()) $("progress-area").scrollIntoView({ block: "center" });
 }
+
+function narrow() { return !window.matchMedia("(min-width: 64rem)").matches; }
 
 function follow(id) {
   if (!window.EventSource) return poll(id);
@@ -358,8 +451,11 @@ function onDone(job) {
     const img = job.images[0];
     $("bar").value = 1;
     say(job.interrupted ? "Stopped early; here is what was made." : "Done.");
+    state.shownJob = job;
     showResult(job, img);
+    remember(job);
     showStrip(job);
+    if (narrow()) $("result").scrollIntoView({ block: "start" });
   } else if (job.state === "cancelled") {
     say("Cancelled. Nothing was kept.");
     $("bar").value = 0;
@@ -398,14 +494,23 @@ function showResult(job, img) {
     (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
     (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
-  const key = `${job.id}/${img.index}`;
-  if (state.galleried === key) return;
-  state.galleried = key;
-  $("image").addEventListener("load", () => {
-    gallery.add({ id: key, thumb: gallery.thumbnail($("image")),
+}
+
+// Every image of a finished job into the gallery (the first first), each with a small thumbnail made once it loads.
+function remember(job) {
+  if (job.params.mode === "upscale") return;  // the image it came from is there already
+  for (const img of [...job.images].reverse()) {
+    gallery.add({ id: `${job.id}/${img.index}`, job: job.id, index: img.index, url: img.url,
+                  size: `${img.width}x${img.height}`, thumb: null,
                   params: { ...state.lastRequest, seed: img.seed, n: 1 }, created: Date.now() });
-    gallery.render($("gallery"), pick);
-  }, { once: true });
+  }
+  showGallery();
+  for (const img of job.images) {
+    const probe = new Image();
+    probe.addEventListener("load", () => gallery.update(`${job.id}/${img.index}`,
+                                                        { thumb: gallery.thumbnail(probe) }), { once: true });
+    probe.src = img.url;
+  }
 }
 
 // A batch's images as a strip under the one shown; picking one shows it (and keeps it in the gallery).
@@ -438,11 +543,13 @@ function finish() {
   state.source = null;
   state.job = null;
   setBusy(false);
+  if (state.waiting.length) setTimeout(showNext, 1500);  // the result stays in view a moment first
 }
 
 function setBusy(busy) {
   state.busy = busy;
-  $("submit").disabled = busy || !state.ready;
+  $("submit").disabled = !state.ready;  // while one runs, another joins the queue
+  $("submit").textContent = busy ? "Queue another" : "Generate";
   $("cancel").disabled = !busy;
   $("upscale-2").disabled = $("upscale-4").disabled = busy;
 }
@@ -511,6 +618,44 @@ function pick(entry) {
 }
 
 // --- wiring ------------------------------------------------------------------------------------
+// --- the gallery ---------------------------------------------------------------------------------
+function showGallery() {
+  const n = gallery.render($("gallery"), { view: viewEntry, reuse: pick, start: startFrom, remove: removeEntry });
+  $("gallery-empty").hidden = n > 0;
+  $("gallery-clear").hidden = n === 0;
+}
+
+function viewEntry(entry, entries) {
+  lightbox.open(entries.map((e) => ({ url: e.url || e.thumb, fallback: e.thumb,
+                                      caption: `${e.params.prompt} · seed ${e.params.seed}` +
+                                               (e.size ? ` · ${e.size.replace("x", "×")}` : "") })),
+                entries.indexOf(entry));
+}
+
+// An image becomes the start image (image-to-image, or paint a mask to inpaint), at its own size.
+async function startFrom(entry) {
+  const r = await fetch(entry.url);
+  if (!r.ok) {
+    showError({ error: "That image is no longer on the server", hint: "Results expire; its settings can be reused." });
+    return;
+  }
+  const blob = await r.blob();
+  await source.load(new File([blob], "result.png", { type: blob.type }));
+  if (entry.size) setSize(entry.size);
+  $("source").scrollIntoView({ block: "center" });
+}
+
+async function removeEntry(entry) {
+  if (!window.confirm(`Delete "${entry.params.prompt}" (the whole job) from the server?`)) return;
+  const r = await fetch(`/v1/jobs/${entry.job}`, { method: "DELETE" });
+  if (!r.ok && r.status !== 404 && r.status !== 410) {
+    showError(await r.json().catch(() => ({})));
+    return;
+  }
+  gallery.forget(entry);
+  showGallery();
+}
+
 $("form").addEventListener("submit", submit);
 $("key-form").addEventListener("submit", useKey);
 $("cancel").addEventListener("click", cancel);
@@ -532,7 +677,7 @@ document.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !e.isComposing) {
     e.preventDefault();
     if (!$("submit").disabled) $("form").requestSubmit();
-  } else if (e.key === "Escape" && state.job) {
+  } else if (e.key === "Escape" && state.job && !$("lightbox").open) {  // in the lightbox Esc only closes it
     e.preventDefault();
     cancel();
   }
@@ -567,8 +712,29 @@ $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();
 for (const id of ["steps", "guidance", "scheduler"]) $(id).addEventListener("input", describePreset);
-$("gallery-clear").addEventListener("click", () => { gallery.clear(); gallery.render($("gallery"), pick); });
-gallery.render($("gallery"), pick);
+$("gallery-clear").addEventListener("click", () => {
+  const n = gallery.load().length;
+  if (n && window.confirm(`Forget the ${n} image${n === 1 ? "" : "s"} listed here? They stay on the server until ` +
+                          "they expire; Delete on an image removes it there.")) {
+    gallery.clear();
+    showGallery();
+  }
+});
+$("aspect").addEventListener("change", () => { state.sizeTouched = true; useAspect(); });
+$("swap").addEventListener("click", () => {
+  state.sizeTouched = true;
+  setSize(`${$("height").value}x${$("width").value}`);
+});
+$("view").addEventListener("click", () => {
+  const job = state.shownJob;
+  if (!job) return;
+  const shown = job.images.findIndex((i) => i.url === $("image").getAttribute("src"));
+  lightbox.open(job.images.map((i) => ({ url: i.url, caption: `${job.params.prompt} · seed ${i.seed} · ` +
+                                                    `${i.width}×${i.height}` })), Math.max(0, shown));
+});
+lightbox.setup();
+showGallery();
+setInterval(() => { if (state.waiting.length) pollWaiting(); }, 1000);
 source.setup(useImageSize);
 models.setup(showPresets);  // the lists load once the server is ready (refreshHealth)
 // Every second while the model loads (its progress moves), every 5 s once it is up.

@@ -1,6 +1,8 @@
-// Recent results, kept in this browser (localStorage): a thumbnail and the parameters of each.
+// This client's recent results: the images themselves come from the service (its finished jobs, kept for
+// RESULT_TTL_SECONDS and only for this client's key); the browser keeps what it needs to list and reuse them:
+// the job's id, the image's index, a small thumbnail for when the server has forgotten the job, the settings.
 const KEY = "sd-cpu.gallery";
-const LIMIT = 24;
+const LIMIT = 48;
 
 export function load() {
   try { return JSON.parse(localStorage.getItem(KEY)) || []; } catch { return []; }
@@ -12,7 +14,12 @@ function save(items) {
 
 export function clear() { localStorage.removeItem(KEY); }
 
-// A small JPEG data URL of an <img>, so the gallery survives the server forgetting the job.
+// An entry and the rest of its job (deleting a job on the server deletes all its images).
+export function forget(entry) {
+  save(load().filter((e) => (entry.job ? e.job !== entry.job : e.id !== entry.id)));
+}
+
+// A small JPEG data URL of an <img>, shown when the service no longer has the image.
 export function thumbnail(img, size = 160) {
   const canvas = document.createElement("canvas");
   const scale = size / Math.max(img.naturalWidth, img.naturalHeight);
@@ -22,25 +29,64 @@ export function thumbnail(img, size = 160) {
   return canvas.toDataURL("image/jpeg", 0.8);
 }
 
+export function update(id, fields) {
+  save(load().map((e) => (e.id === id ? { ...e, ...fields } : e)));
+}
+
 export function add(entry) {
   save([entry, ...load().filter((e) => e.id !== entry.id)]);
 }
 
-export function render(list, onPick) {
+function button(text, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "small";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// ``actions``: view(entry, entries), reuse(entry), start(entry), remove(entry).
+export function render(list, actions) {
   list.textContent = "";
-  for (const entry of load()) {
+  const entries = load();
+  for (const entry of entries) {
     const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.title = `Use these settings: ${entry.params.prompt} (seed ${entry.params.seed})`;
+    const p = entry.params;
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "thumb";
+    open.setAttribute("aria-label", `View: ${p.prompt} (seed ${p.seed})`);
     const img = document.createElement("img");
-    img.src = entry.thumb;
-    img.alt = entry.params.prompt;
+    img.alt = "";
+    img.loading = "lazy";
+    img.src = entry.url || entry.thumb;
+    img.addEventListener("error", () => {  // expired or deleted on the server: the kept thumbnail, said so
+      if (img.src !== entry.thumb && entry.thumb) img.src = entry.thumb;
+      li.classList.add("gone");
+      open.title = "No longer on the server (results expire); the settings are still here";
+    }, { once: true });
+    open.append(img);
+    open.addEventListener("click", () => actions.view(entry, entries));
     const caption = document.createElement("span");
-    caption.textContent = entry.params.prompt;
-    button.append(img, caption);
-    button.addEventListener("click", () => onPick(entry));
-    li.append(button);
+    caption.className = "caption";
+    caption.textContent = p.prompt;
+    caption.title = p.prompt;
+    const tools = document.createElement("div");
+    tools.className = "tools";
+    const download = document.createElement("a");
+    download.className = "button small";
+    download.textContent = "Save";
+    download.href = entry.url || entry.thumb;
+    download.download = `sd-cpu-${p.seed}.png`;
+    download.setAttribute("aria-label", `Download: ${p.prompt}`);
+    tools.append(button("Reuse", `Use these settings: ${p.prompt} (seed ${p.seed})`, () => actions.reuse(entry)),
+                 button("Edit", `Start from this image: ${p.prompt}`, () => actions.start(entry)),
+                 download,
+                 button("Delete", `Delete from the server: ${p.prompt}`, () => actions.remove(entry)));
+    li.append(open, caption, tools);
     list.append(li);
   }
+  return entries.length;
 }

@@ -1,10 +1,13 @@
 // "Start from an image": pick or drop an init image, paint (or upload) a mask, set the strength and how the
 // image meets the size asked (crop, fit and fill, or stretch), or take the image's own size.
 // Adds init_image, mask, strength and resize_mode to the request; without an image the page stays txt2img.
-// The paint area has the image's shape, so a painted mask lines up with it whatever the resize mode.
+// The paint area has the image's shape and the mask the image's own pixels (up to MASK_SIDE on the longer side),
+// so a painted mask lines up with it whatever the resize mode: brush or eraser, undo (Ctrl+Z), invert, zoom.
 const $ = (id) => document.getElementById(id);
-const state = { image: null, maskPainted: false, maskUpload: null, painting: false, last: null, size: null };
-const PAINT_SIDE = 512;  // the mask canvas's longer side
+const state = { image: null, maskPainted: false, maskUpload: null, painting: false, last: null, size: null,
+                undo: [] };
+const MASK_SIDE = 2048;  // a larger image's mask is drawn at this and scaled by the server
+const UNDO_STEPS = 20;
 
 export function setup(useSize) {
   $("source-size").addEventListener("click", () => { if (state.size) useSize(...state.size); });
@@ -24,16 +27,64 @@ export function setup(useSize) {
   });
   $("strength").addEventListener("input", () => { $("strength-value").textContent = $("strength").value; });
   $("source-clear").addEventListener("click", clear);
-  $("mask-clear").addEventListener("click", () => { clearCanvas(); state.maskPainted = false; describe(); });
+  $("mask-clear").addEventListener("click", () => { remember(); clearCanvas(); changed(); });
+  $("mask-undo").addEventListener("click", undo);
+  $("mask-invert").addEventListener("click", invert);
+  $("zoom").addEventListener("change", () => { $("paint").style.setProperty("--zoom", $("zoom").value); });
   const canvas = paintCanvas();
   canvas.addEventListener("pointerdown", (e) => {
+    remember();
     state.painting = true;
     state.last = null;
     canvas.setPointerCapture(e.pointerId);
     paint(e);
   });
   canvas.addEventListener("pointermove", (e) => { if (state.painting) paint(e); });
-  canvas.addEventListener("pointerup", () => { state.painting = false; });
+  canvas.addEventListener("pointerup", () => { state.painting = false; changed(); });
+  $("paint-scroll").addEventListener("keydown", (e) => {
+    if (e.key === "z" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); undo(); }
+  });
+}
+
+// The mask as it was before a stroke or an action, for Undo (the last UNDO_STEPS).
+function remember() {
+  const canvas = paintCanvas();
+  state.undo.push(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height));
+  if (state.undo.length > UNDO_STEPS) state.undo.shift();
+  $("mask-undo").disabled = false;
+}
+
+function undo() {
+  const last = state.undo.pop();
+  if (last) paintCanvas().getContext("2d").putImageData(last, 0, 0);
+  $("mask-undo").disabled = !state.undo.length;
+  changed();
+}
+
+// What was painted is kept, what was not is painted: the mask's complement.
+function invert() {
+  remember();
+  const canvas = paintCanvas();
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    d[i] = d[i + 1] = d[i + 2] = 255;
+    d[i + 3] = 255 - d[i + 3];
+  }
+  ctx.putImageData(pixels, 0, 0);
+  changed();
+}
+
+// Whether anything is painted now (after a stroke, an erase, an undo or an invert).
+function changed() {
+  const canvas = paintCanvas();
+  const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let painted = false;
+  // Every 4th pixel is enough; an eraser's soft edge leaves a faint alpha that repaints nothing.
+  for (let i = 3; i < d.length; i += 16) if (d[i] >= 128) { painted = true; break; }
+  state.maskPainted = painted;
+  describe();
 }
 
 const paintCanvas = () => $("mask-canvas");
@@ -71,11 +122,14 @@ export async function load(file) {
   const img = $("source-preview");
   img.src = state.image;
   img.alt = `Start image: ${file.name}`;
-  // The paint area takes the image's shape; the canvas its shape at PAINT_SIDE on the longer side.
+  // The paint area takes the image's shape; the mask its pixels (at most MASK_SIDE on the longer side).
   $("paint").style.aspectRatio = `${w} / ${h}`;
   const canvas = paintCanvas();
-  canvas.width = Math.max(1, Math.round(w >= h ? PAINT_SIDE : PAINT_SIDE * w / h));
-  canvas.height = Math.max(1, Math.round(h >= w ? PAINT_SIDE : PAINT_SIDE * h / w));
+  const scale = Math.min(1, MASK_SIDE / Math.max(w, h));
+  canvas.width = Math.max(1, Math.round(w * scale));
+  canvas.height = Math.max(1, Math.round(h * scale));
+  state.undo = [];
+  $("mask-undo").disabled = true;
   $("source-size").textContent = `Use its size (${w} × ${h})`;
   $("source-editor").hidden = false;
   clearCanvas();
@@ -90,14 +144,17 @@ function paint(e) {
   const point = [(e.clientX - box.left) * canvas.width / box.width, (e.clientY - box.top) * canvas.height / box.height];
   const ctx = canvas.getContext("2d");
   ctx.strokeStyle = "#fff";
-  ctx.lineWidth = 2 * Number($("brush").value);
+  // The eraser takes paint away; the size is in screen pixels, whatever the mask's resolution and the zoom.
+  ctx.globalCompositeOperation = $("tool-eraser").checked ? "destination-out" : "source-over";
+  ctx.lineWidth = 2 * Number($("brush").value) * canvas.width / box.width;
   ctx.lineCap = ctx.lineJoin = "round";
   ctx.beginPath();
   ctx.moveTo(...(state.last || point));
   ctx.lineTo(...point);
   ctx.stroke();
+  ctx.globalCompositeOperation = "source-over";
   state.last = point;
-  if (!state.maskPainted) { state.maskPainted = true; describe(); }
+  if (!state.maskPainted && !$("tool-eraser").checked) { state.maskPainted = true; describe(); }
 }
 
 function paintedMask() {

@@ -436,6 +436,8 @@ class JobTable:
         with self._lock:
             overdue = [self._jobs[i] for i in self._queue if self._jobs[i].params.deadline_seconds
                        and now > self._jobs[i].created_at + self._jobs[i].params.deadline_seconds]
+            for job in overdue:  # out of the queue under the lock the worker takes jobs under: none starts now
+                self._queue.remove(job.id)
         for job in overdue:
             self._finish(job, JobState.FAILED, error=error_for(job.params.deadline_seconds))
         return overdue

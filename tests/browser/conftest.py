@@ -7,6 +7,7 @@ Chromium is missing the tests skip, unless REQUIRE_BROWSER=1 (CI) makes that a f
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,8 @@ def shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def reuse(page, index: int = 0) -> None:
+    """Click "Reuse" on a gallery image (``index``; -1 the last): its settings fill the form."""
+    page.locator("#gallery li").nth(index).get_by_role("button", name=re.compile("Use these settings")).click()

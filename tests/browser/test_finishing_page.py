@@ -4,11 +4,12 @@ a tiny face restorer with its detector in FACE_RESTORER_DIR."""
 
 from __future__ import annotations
 
+
 import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import reuse, shot
 from tests.integration.conftest import start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_the_hires_fix_is_chosen_in_the_form_and_said_in_the_caption(page, stack
     job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
     job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
     assert job["params"]["hires"]["upscaler"] == "4x-tiny-esrgan" and job["images"][0]["width"] == 512
-    page.locator("#gallery li button").first.click()  # the gallery brings the hires choice back
+    reuse(page)  # the gallery brings the hires choice back
     expect(page.locator("#hires")).to_be_checked()
     expect(page.locator("#hires-upscaler")).to_have_value("4x-tiny-esrgan")
 
@@ -85,5 +86,5 @@ def test_faces_are_restored_when_ticked_on_a_generation_and_an_upscale(page, sta
                                                      timeout=60_000)
     shot(page, "22-faces-restored")
     page.uncheck("#restore-faces")
-    page.locator("#gallery li button").last.click()  # the gallery brings the choice back
+    reuse(page, -1)  # the gallery brings the choice back
     expect(page.locator("#restore-faces")).to_be_checked()

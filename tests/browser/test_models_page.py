@@ -4,11 +4,12 @@ gallery."""
 
 from __future__ import annotations
 
+
 import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.browser.conftest import shot
+from tests.browser.conftest import reuse, shot
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_loras_are_picked_weighted_sent_and_restored_from_the_gallery(page, stac
     assert job["params"]["loras"] == [{"name": "ink", "weight": 0.6}] and list(job["lora_hashes"]) == ["ink"]
     page.click("button[aria-label='Remove LoRA ink']")
     expect(page.locator("#lora-list li")).to_have_count(0)
-    page.locator("#gallery li button").first.click()
+    reuse(page)
     expect(page.locator("#lora-list li")).to_have_count(1)
     expect(page.locator("#lora-weight-0")).to_have_value("0.6")
 

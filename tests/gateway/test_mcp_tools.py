@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import types
 
-import anyio
 import pytest
 from mcp.server.mcpserver import Image
 from mcp.server.mcpserver.exceptions import ToolError
 
 from gateway.mcp_tools import INLINE_IMAGE_BYTES, Caller, Tools
 from protocol.messages import ErrorCode, ErrorInfo, GenerationParams, ImageInfo, JobState, JobView
+from tests.helpers.processes import run_async
 
 CALLER = Caller(client_id="k", owner="k", request_id="r", base_url="https://sd.example")
 
@@ -31,7 +31,7 @@ def _tools(sizes: list[int]) -> Tools:
 
 
 def test_small_images_are_inline_and_large_ones_are_links():
-    content = anyio.run(_tools([100, INLINE_IMAGE_BYTES]).outcome, CALLER, _view())
+    content = run_async(_tools([100, INLINE_IMAGE_BYTES]).outcome, CALLER, _view())
     assert isinstance(content[0], Image) and len(content) == 2  # one inline image, then the summary
     summary = content[-1]
     assert f"https://sd.example/v1/jobs/{'a' * 32}/image?index=1" in summary and '"seeds": [\n  5,\n  6\n ]' in summary
@@ -40,4 +40,4 @@ def test_small_images_are_inline_and_large_ones_are_links():
 def test_a_job_that_did_not_succeed_is_a_tool_error_with_its_reason():
     failed = _view(JobState.FAILED, ErrorInfo(code=ErrorCode.DEADLINE, message="too late", hint="allow more"))
     with pytest.raises(ToolError, match=r"failed: too late \[deadline\]. allow more"):
-        anyio.run(_tools([]).outcome, CALLER, failed)
+        run_async(_tools([]).outcome, CALLER, failed)

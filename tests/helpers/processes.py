@@ -102,3 +102,13 @@ def wait_ready(base_url: str, proc: Proc | None = None, timeout: float = 90.0) -
             return False
 
     wait_until(ready, timeout, 0.2, f"{base_url} ready")
+
+
+def run_async(fn, *args):
+    """``asyncio.run(fn(*args))`` on a thread of its own: in a suite where Playwright's sync API holds an event
+    loop in the main thread, asyncio.run there would refuse to start."""
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(fn(*args))).result()

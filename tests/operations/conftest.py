@@ -49,7 +49,11 @@ class Service:
         self.model = start_model_server(log_dir, self.model_port, **self.model_env)
         self.gateway = start_gateway(log_dir, self.http_port, self.model_port, MODEL_SERVER_TIMEOUT=3,
                                      **(gateway_env or {}))
-        wait_ready(self.url, self.model)
+        try:
+            wait_ready(self.url, self.model)
+        except Exception:  # never leave the processes behind a start that failed
+            self.stop()
+            raise
 
     def restart_model(self):
         self.model.stop()

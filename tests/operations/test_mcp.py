@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from tests.helpers import wait_until
+from tests.helpers.processes import run_async
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def call(service, key: str | None, fn):
             async with Client(streamable_http_client(f"{service.url}/mcp", http_client=http)) as client:
                 return await fn(client)
 
-    return asyncio.run(main())
+    return run_async(main)
 
 
 def _text(result) -> dict:
