@@ -217,6 +217,8 @@ function askForKey() {
 function useKey(event) {
   event.preventDefault();
   document.cookie = `sd_api_key=${encodeURIComponent($("api-key").value)}; path=/; SameSite=Strict`;
+  gallery.useOwner($("api-key").value);  // each key lists its own images (the server shows only its own)
+  showGallery();
   $("key-form").hidden = true;
   refreshHealth();
 }
@@ -261,20 +263,20 @@ async function submit(event) {
       return;
     }
   }
-  if (state.job) await enqueue(requestBody());  // one runs: this one waits in the server's queue, listed here
+  if (state.job) await enqueue("/v1/jobs", requestBody());  // one runs: this one waits in the server's queue, listed
   else await start("/v1/jobs", requestBody());
 }
 
 // --- several jobs from the page: the one shown follows its events; the others wait in a list, polled ------------
-async function enqueue(body) {
+async function enqueue(route, body) {
   clearError();
-  const r = await fetch("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                      body: JSON.stringify(body) });
+  const r = await fetch(route, { method: "POST", headers: { "Content-Type": "application/json" },
+                                 body: JSON.stringify(body) });
   const job = await r.json().catch(() => ({}));
   if (!r.ok) { showError(job, r.headers.get("Retry-After")); return; }
   const { init_image: image, mask, ...kept } = body;
-  const item = { job, request: { ...kept, seed: job.params.seed }, files: { init_image: Boolean(image),
-                                                                            mask: Boolean(mask) } };
+  const item = job.params.mode === "upscale" ? { job } : {  // an upscale keeps the settings that made its image
+    job, request: { ...kept, seed: job.params.seed }, files: { init_image: Boolean(image), mask: Boolean(mask) } };
   state.waiting.push(item);
   showWaiting();
 }
@@ -324,8 +326,7 @@ function showNext() {
   showWaiting();
   if (!item) return;
   state.job = item.job;
-  state.lastRequest = item.request;
-  state.lastFiles = item.files;
+  if (item.request) [state.lastRequest, state.lastFiles] = [item.request, item.files];
   state.previewStep = null;
   setBusy(true);
   $("result").hidden = true;
@@ -336,9 +337,12 @@ function showNext() {
 }
 
 // An upscale job from the result shown; its image replaces the result when done.
-async function upscale(scale) {
-  if (state.job || !$("image").src) return;
-  await start("/v1/upscale", await finishing.upscaleBody($("image").src, scale));
+// An upscale job from an image (the result shown, or one from the gallery); queued behind a running job.
+async function upscale(scale, url = $("image").getAttribute("src")) {
+  if (!url) return;
+  const body = await finishing.upscaleBody(url, scale);
+  if (state.job) await enqueue("/v1/upscale", body);
+  else await start("/v1/upscale", body);
 }
 
 async function start(route, body) {
@@ -551,7 +555,6 @@ function setBusy(busy) {
   $("submit").disabled = !state.ready;  // while one runs, another joins the queue
   $("submit").textContent = busy ? "Queue another" : "Generate";
   $("cancel").disabled = !busy;
-  $("upscale-2").disabled = $("upscale-4").disabled = busy;
 }
 
 async function cancel() {
@@ -620,7 +623,8 @@ function pick(entry) {
 // --- wiring ------------------------------------------------------------------------------------
 // --- the gallery ---------------------------------------------------------------------------------
 function showGallery() {
-  const n = gallery.render($("gallery"), { view: viewEntry, reuse: pick, start: startFrom, remove: removeEntry });
+  const n = gallery.render($("gallery"), { view: viewEntry, reuse: pick, start: startFrom, remove: removeEntry,
+                                           upscale: (entry) => upscale(2, entry.url) });
   $("gallery-empty").hidden = n > 0;
   $("gallery-clear").hidden = n === 0;
 }
@@ -733,6 +737,7 @@ $("view").addEventListener("click", () => {
                                                     `${i.width}×${i.height}` })), Math.max(0, shown));
 });
 lightbox.setup();
+gallery.useOwner(decodeURIComponent((document.cookie.match(/(?:^|; )sd_api_key=([^;]*)/) || [])[1] || ""));
 showGallery();
 setInterval(() => { if (state.waiting.length) pollWaiting(); }, 1000);
 source.setup(useImageSize);

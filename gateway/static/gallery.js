@@ -1,8 +1,15 @@
 // This client's recent results: the images themselves come from the service (its finished jobs, kept for
 // RESULT_TTL_SECONDS and only for this client's key); the browser keeps what it needs to list and reuse them:
 // the job's id, the image's index, a small thumbnail for when the server has forgotten the job, the settings.
-const KEY = "sd-cpu.gallery";
 const LIMIT = 48;
+let KEY = "sd-cpu.gallery";
+
+// One list per API key (by a short digest of it, never the key): the server shows each key its own images only.
+export function useOwner(apiKey) {
+  let h = 2166136261;  // FNV-1a: a name for the list, not a secret
+  for (const c of apiKey) h = Math.imul(h ^ c.codePointAt(0), 16777619) >>> 0;
+  KEY = apiKey ? `sd-cpu.gallery.${h.toString(16)}` : "sd-cpu.gallery";
+}
 
 export function load() {
   try { return JSON.parse(localStorage.getItem(KEY)) || []; } catch { return []; }
@@ -47,7 +54,7 @@ function button(text, label, onClick) {
   return b;
 }
 
-// ``actions``: view(entry, entries), reuse(entry), start(entry), remove(entry).
+// ``actions``: view(entry, entries), reuse(entry), start(entry), upscale(entry), remove(entry).
 export function render(list, actions) {
   list.textContent = "";
   const entries = load();
@@ -83,6 +90,7 @@ export function render(list, actions) {
     download.setAttribute("aria-label", `Download: ${p.prompt}`);
     tools.append(button("Reuse", `Use these settings: ${p.prompt} (seed ${p.seed})`, () => actions.reuse(entry)),
                  button("Edit", `Start from this image: ${p.prompt}`, () => actions.start(entry)),
+                 button("×2", `Upscale ×2: ${p.prompt}`, () => actions.upscale(entry)),
                  download,
                  button("Delete", `Delete from the server: ${p.prompt}`, () => actions.remove(entry)));
     li.append(open, caption, tools);

@@ -208,3 +208,18 @@ def test_several_jobs_queue_from_the_page_each_with_its_state_and_its_own_cancel
     expect(page.locator("#submit")).to_have_text("Generate")
     prompts = page.locator("#gallery li .caption").all_inner_texts()
     assert prompts[:2] == ["second in line", "first in line"] and "third, cancelled" not in prompts
+
+
+def test_a_gallery_image_is_upscaled_and_each_api_key_has_its_own_list(page):
+    fill(page, "small picture", steps=2)
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("2 steps", timeout=60_000)
+    page.locator("#gallery li").first.get_by_role("button", name=re.compile("Upscale ×2")).click()
+    expect(page.locator("#caption")).to_contain_text("Upscaled ×2 with Lanczos · 512×512", timeout=60_000)
+    separate = page.evaluate("""async () => {
+        const g = await import("/static/gallery.js");
+        g.useOwner("key-a"); g.add({ id: "x/0", params: { prompt: "a's", seed: 1 } });
+        g.useOwner("key-b"); const other = g.load().length;
+        g.useOwner("key-a"); const own = g.load().length;
+        g.useOwner(""); return [own, other]; }""")
+    assert separate == [1, 0]
