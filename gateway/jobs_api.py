@@ -15,7 +15,7 @@ from gateway.policy import starts_work, takes_images
 from gateway.resources import job_resource, to_json
 from gateway.services import services
 from gateway.waiting import start_job
-from protocol.messages import JobState
+from protocol.messages import MAX_LISTED_JOBS, JobState
 
 bp = Blueprint("jobs", __name__)
 _EVENT_NAMES = {JobState.SUCCEEDED: "completed", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}
@@ -42,6 +42,27 @@ def _parse():
 def submit_job(generation):
     view = start_job(services(), generation)
     return _json(job_resource(view), 202, {"Location": f"/v1/jobs/{view.job_id}"})
+
+
+@bp.get("/v1/jobs")
+def list_jobs():
+    """The caller's jobs: unfinished ones (running first, then queued in order) and its ``limit`` (default 24, at most
+    MAX_LISTED_JOBS) most recently finished ones still kept, newest first; ``state`` narrows to one of the two."""
+    state = request.args.get("state", "")
+    if state not in ("", "unfinished", "finished"):
+        raise ApiError(400, "invalid_params", f"unknown state {state[:40]!r}", "Use state=unfinished or "
+                       "state=finished, or leave it out for both.", field="state")
+    try:
+        limit = int(request.args.get("limit", "24"))
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= MAX_LISTED_JOBS:
+        raise ApiError(400, "invalid_params", "limit must be a whole number from 1 to "
+                       f"{MAX_LISTED_JOBS}", "Send limit=24, or leave it out.", field="limit")
+    client, who = services().client, owner()
+    jobs = client.unfinished_jobs(who) if state != "finished" else []
+    jobs += client.finished_jobs(limit, who) if state != "unfinished" else []
+    return Response(to_json({"jobs": [job_resource(v) for v in jobs]}), mimetype="application/json")
 
 
 @bp.get("/v1/jobs/<job_id>")

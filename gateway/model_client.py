@@ -93,6 +93,9 @@ class ModelServerClient(Protocol):
     def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
         """The client's jobs labelled ``task`` (GenerationParams.task), finished ones still kept too."""
 
+    def finished_jobs(self, limit: int, client_id: str = "") -> list[JobView]:
+        """The client's ``limit`` most recently finished jobs still kept, newest first."""
+
     def list_models(self, timeout: float | None = None, answering_only: bool = False) -> ModelList:
         """The models and LoRAs a job may name (every server of a fleet is configured alike).
         ``answering_only``: ask only servers that answered their latest heartbeat, and fail at once when
@@ -263,6 +266,9 @@ class ModelClient:
 
     def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
         return self.call(ListJobs(client_id=client_id, task=task))[0].jobs
+
+    def finished_jobs(self, limit: int, client_id: str = "") -> list[JobView]:
+        return self.call(ListJobs(client_id=client_id, finished=limit))[0].jobs
 
     def listing(self, timeout: float | None = None) -> tuple[list[JobView], list[str]]:
         """Every unfinished job, running first then queued in order, and each one's owner (a

@@ -20,6 +20,7 @@ from gateway.policy import public
 from gateway.resources import ErrorBody, JobResource
 from gateway.services import services
 from gateway.upscale_api import UpscaleRequest
+from protocol.messages import MAX_LISTED_JOBS
 
 bp = Blueprint("openapi", __name__)
 _REF = "#/components/schemas/{name}"
@@ -36,6 +37,7 @@ def _json_content(name: str) -> dict:
 def _errors(*statuses: int) -> dict:
     descriptions = {400: "Invalid input", 404: "Unknown job", 409: "Job not in the needed state",
                     410: "Job expired", 413: "Body too large",
+                    422: "The deadline (deadline_seconds) cannot be met: the prediction and what would fit",
                     429: "Rate limited, or the queue is full (see Retry-After)",
                     500: "Generation failed", 503: "Model server unavailable or loading (see Retry-After)",
                     504: "Timed out waiting for the image"}
@@ -48,7 +50,9 @@ _IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}},
 _JOB_ID = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ANY_JSON = {"application/json": {"schema": {"type": "object"}}}
 _ANY_JSON_ARRAY = {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}
-_EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# Each server-sent event as a client parses it (what schemathesis checks every streamed event against).
+_EVENT_STREAM = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}}}
 _NULL_JSON = {"application/json": {"schema": {"type": "null"}}}  # A1111 answers some POSTs with null
 
 
@@ -171,10 +175,18 @@ def build_spec(request_type: type) -> dict:
         "/generate": {"post": {
             "summary": "Generate one image and return it (seed-compatible)", "requestBody": body,
             "responses": {"200": {"description": "The image; X-Seed and X-Job-Id headers", "content": _IMAGE},
-                          **_errors(400, 409, 413, 429, 500, 503, 504)}}},
+                          **_errors(400, 409, 413, 422, 429, 500, 503, 504)}}},
         "/v1/jobs": {"post": {
             "summary": "Submit a job; returns at once with its id (Location header)", "requestBody": body,
-            "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
+            "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 422, 429, 503)}},
+            "get": {"summary": "The caller's jobs: unfinished (running, then queued in order), then its most recently "
+                               "finished ones still kept, newest first",
+                    "parameters": [{"name": "state", "in": "query",
+                                    "schema": {"type": "string", "enum": ["unfinished", "finished"]}},
+                                   {"name": "limit", "in": "query", "schema": {
+                                       "type": "integer", "minimum": 1, "maximum": MAX_LISTED_JOBS, "default": 24}}],
+                    "responses": {"200": {"description": "{\"jobs\": [JobResource, ...]}",
+                                          "content": _ANY_JSON}, **_errors(400, 429, 503)}}},
         "/v1/jobs/{job_id}": {
             "parameters": _JOB_ID,
             "get": {"summary": "A job's state, progress, ETA, queue position and error",

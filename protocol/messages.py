@@ -81,6 +81,7 @@ MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded 
 MAX_UPSCALED_SIZE = 8192
 MAX_CALLBACK_URL_LENGTH = 2048
 MAX_DEADLINE_SECONDS = 7 * 86400
+MAX_LISTED_JOBS = 100  # finished jobs one listing returns (GET /v1/jobs)
 
 
 def _bound(base, *, doc: str, hint: str, limit: str | None = None, floor: str | None = None, **meta):
@@ -488,10 +489,12 @@ class ListModels(_Msg):
 
 class ListJobs(_Msg):
     """The client's unfinished jobs, running first then queued in order; answered with JobList. With
-    ``task``: the client's jobs labelled so (GenerationParams.task), finished ones still kept too."""
+    ``task``: the client's jobs labelled so (GenerationParams.task), finished ones still kept too. With
+    ``finished`` N: the client's N most recently finished jobs still kept (memory and disk), newest first."""
 
     client_id: str = ""
     task: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
+    finished: Annotated[int, msgspec.Meta(ge=0, le=MAX_LISTED_JOBS)] = 0
 
 
 # --- replies and events (model server -> gateway) ------------------------------------------

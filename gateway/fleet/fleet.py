@@ -443,6 +443,16 @@ class Fleet:
                     raise
         return sorted(jobs, key=lambda j: (j.state is not JobState.RUNNING, j.created_at))
 
+    def finished_jobs(self, limit: int, client_id: str = "") -> list[JobView]:
+        """The client's ``limit`` most recently finished jobs over every live server, newest first."""
+        jobs: list[JobView] = []
+        for member in [m for m in self.roster.members() if not m.dead]:
+            try:
+                jobs += member.client.finished_jobs(limit, client_id)
+            except ModelServerUnavailable:
+                pass  # its finished jobs come back with it (or from a peer's outputs folder, by id)
+        return sorted(jobs, key=lambda j: j.finished_at or 0.0, reverse=True)[:limit]
+
     def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
         """The client's jobs labelled ``task``, over every live server, oldest first."""
         jobs: list[JobView] = []

@@ -129,7 +129,8 @@ function showPresets(model) {
   const next = newModel && model && model.one_step && usable("turbo") ? "turbo" : usable(was) ? was : fallback;
   state.shownModel = model && model.id;
   select.value = next;
-  if (next !== was || newModel) usePreset();
+  // The list arriving late must not undo steps, guidance or a sampler the user set meanwhile.
+  if ((next !== was || newModel) && !(firstList && state.presetTouched)) usePreset();
   // A model picked starts at its own size; the list arriving late (a key asked for first) keeps a size already set.
   if (newModel) showSizes(model, !(firstList && state.sizeTouched));
 }
@@ -219,6 +220,7 @@ function useKey(event) {
   document.cookie = `sd_api_key=${encodeURIComponent($("api-key").value)}; path=/; SameSite=Strict`;
   gallery.useOwner($("api-key").value);  // each key lists its own images (the server shows only its own)
   showGallery();
+  syncGallery();
   $("key-form").hidden = true;
   refreshHealth();
 }
@@ -500,21 +502,48 @@ function showResult(job, img) {
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
 }
 
-// Every image of a finished job into the gallery (the first first), each with a small thumbnail made once it loads.
+// A finished job's images as gallery entries (the first first); ``params``: the settings to reuse.
+function entriesOf(job, params, created) {
+  return job.images.map((img) => ({ id: `${job.id}/${img.index}`, job: job.id, index: img.index, url: img.url,
+                                    size: `${img.width}x${img.height}`, thumb: null,
+                                    params: { ...params, seed: img.seed, n: 1 }, created }));
+}
+
+// A small thumbnail for each entry that has none, made once its image loads (shown if the server forgets it).
+function makeThumbs(entries) {
+  for (const entry of entries.filter((e) => !e.thumb)) {
+    const probe = new Image();
+    probe.addEventListener("load", () => gallery.update(entry.id, { thumb: gallery.thumbnail(probe) }),
+                           { once: true });
+    probe.src = entry.url;
+  }
+}
+
+// Every image of a job finished here into the gallery.
 function remember(job) {
   if (job.params.mode === "upscale") return;  // the image it came from is there already
-  for (const img of [...job.images].reverse()) {
-    gallery.add({ id: `${job.id}/${img.index}`, job: job.id, index: img.index, url: img.url,
-                  size: `${img.width}x${img.height}`, thumb: null,
-                  params: { ...state.lastRequest, seed: img.seed, n: 1 }, created: Date.now() });
-  }
+  const entries = entriesOf(job, state.lastRequest, Date.now());
+  gallery.merge(entries);
   showGallery();
-  for (const img of job.images) {
-    const probe = new Image();
-    probe.addEventListener("load", () => gallery.update(`${job.id}/${img.index}`,
-                                                        { thumb: gallery.thumbnail(probe) }), { once: true });
-    probe.src = img.url;
-  }
+  makeThumbs(entries);
+}
+
+// This key's finished jobs the service still keeps (made here, elsewhere or by the API) into the gallery.
+async function syncGallery() {
+  let jobs;
+  try {
+    const r = await fetch("/v1/jobs?state=finished&limit=48");
+    if (!r.ok) return;
+    ({ jobs } = await r.json());
+  } catch { return; }
+  const known = new Set(gallery.load().map((e) => e.id)), cleared = gallery.clearedAt();
+  const entries = jobs.filter((job) => job.state === "succeeded" && job.params.mode !== "upscale")
+    .flatMap((job) => entriesOf(job, job.params, (job.finished_at || 0) * 1000))
+    .filter((entry) => !known.has(entry.id) && entry.created > cleared);
+  if (!entries.length) return;
+  gallery.merge(entries);
+  showGallery();
+  makeThumbs(entries);
 }
 
 // A batch's images as a strip under the one shown; picking one shows it (and keeps it in the gallery).
@@ -715,7 +744,9 @@ $("send-to-source").addEventListener("click", async () => {
 $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();
-for (const id of ["steps", "guidance", "scheduler"]) $(id).addEventListener("input", describePreset);
+for (const id of ["steps", "guidance", "scheduler"]) {
+  $(id).addEventListener("input", () => { state.presetTouched = true; describePreset(); });
+}
 $("gallery-clear").addEventListener("click", () => {
   const n = gallery.load().length;
   if (n && window.confirm(`Forget the ${n} image${n === 1 ? "" : "s"} listed here? They stay on the server until ` +
@@ -739,6 +770,7 @@ $("view").addEventListener("click", () => {
 lightbox.setup();
 gallery.useOwner(decodeURIComponent((document.cookie.match(/(?:^|; )sd_api_key=([^;]*)/) || [])[1] || ""));
 showGallery();
+syncGallery();
 setInterval(() => { if (state.waiting.length) pollWaiting(); }, 1000);
 source.setup(useImageSize);
 models.setup(showPresets);  // the lists load once the server is ready (refreshHealth)

@@ -19,7 +19,13 @@ function save(items) {
   try { localStorage.setItem(KEY, JSON.stringify(items.slice(0, LIMIT))); } catch { /* storage full: skip */ }
 }
 
-export function clear() { localStorage.removeItem(KEY); }
+// Forget the list; the server's jobs made before now stay out of it (syncing would bring them back otherwise).
+export function clear() {
+  localStorage.removeItem(KEY);
+  try { localStorage.setItem(`${KEY}.cleared`, String(Date.now())); } catch { /* storage full: skip */ }
+}
+
+export function clearedAt() { return Number(localStorage.getItem(`${KEY}.cleared`)) || 0; }
 
 // An entry and the rest of its job (deleting a job on the server deletes all its images).
 export function forget(entry) {
@@ -40,8 +46,11 @@ export function update(id, fields) {
   save(load().map((e) => (e.id === id ? { ...e, ...fields } : e)));
 }
 
-export function add(entry) {
-  save([entry, ...load().filter((e) => e.id !== entry.id)]);
+// New entries (ids not listed yet) into the list, newest first by when they were made.
+export function merge(entries) {
+  const listed = load();
+  const ids = new Set(listed.map((e) => e.id));
+  save([...listed, ...entries.filter((e) => !ids.has(e.id))].sort((a, b) => (b.created || 0) - (a.created || 0)));
 }
 
 function button(text, label, onClick) {

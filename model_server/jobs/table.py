@@ -210,6 +210,23 @@ class JobTable:
             found = [job for job in self._jobs.values() if job.params.task == task and job.visible_to(owner)]
         return sorted(found, key=lambda job: job.created_at)
 
+    def finished(self, owner: str, limit: int) -> list[Job]:
+        """``owner``'s ``limit`` most recently finished jobs still kept ("" owner: everyone's), newest first: those in
+        memory and those only on disk (evicted, or from before a restart), read outside the lock."""
+        with self._lock:
+            held = {job.id: job for job in self._jobs.values() if job.state.terminal and job.visible_to(owner)
+                    and not self._too_old(job)}
+            gone = set(self._jobs) | set(self._expired)
+        when = {job_id: job.finished_at or 0.0 for job_id, job in held.items()}
+        store = self.records.store
+        if store is not None:
+            for record in store.ended_since(time.time() - self.ttl_seconds):
+                if record.job_id not in gone and (not owner or record.client_id == owner):
+                    when[record.job_id] = record.finished_at or 0.0
+        newest = sorted(when, key=when.get, reverse=True)[:limit]
+        jobs = [held.get(job_id) or self.records.load(job_id, self._clock()) for job_id in newest]
+        return [job for job in jobs if job is not None]
+
     def delete(self, job_id: str, owner: str = "") -> Job:
         """Forget a finished job: its images and record leave the disk; its id answers "not found"."""
         job = self.get(job_id, owner)

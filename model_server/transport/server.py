@@ -338,7 +338,9 @@ class ModelServer:
         self._send(identity, ref, self.worker.models.listing())
 
     def _on_list(self, identity, ref, msg: ListJobs) -> None:
-        jobs = self.table.labelled(msg.task, msg.client_id) if msg.task else self.table.unfinished(msg.client_id)
+        jobs = (self.table.labelled(msg.task, msg.client_id) if msg.task
+                else self.table.finished(msg.client_id, msg.finished) if msg.finished
+                else self.table.unfinished(msg.client_id))
         self._send(identity, ref, JobList(jobs=[self.table.view(j) for j in jobs],
                                           owners=[j.client_id for j in jobs] if not msg.client_id else []))
 

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import shot
 from tests.browser.test_page import fill
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,8 @@ def test_the_gallery_shows_the_services_images_to_view_reuse_edit_and_delete(pag
         page.click("#submit")
         expect(page.locator("#caption")).to_contain_text("2 steps", timeout=60_000)
         expect(page.locator("#submit")).to_be_enabled()
-    items = page.locator("#gallery li")
+    # This module's other jobs are this client's too (no keys: its address), so the service lists them as well.
+    items = page.locator("#gallery li").filter(has_text="picture")
     expect(items).to_have_count(2)
     first = items.first
     assert re.match(r"/v1/jobs/[0-9a-f]{32}/image\?index=0$", first.locator("img").get_attribute("src"))
@@ -123,10 +125,15 @@ def test_the_gallery_shows_the_services_images_to_view_reuse_edit_and_delete(pag
     page.once("dialog", lambda d: d.dismiss())  # "Clear the list" asks first; saying no keeps it
     page.click("#gallery-clear")
     expect(items).to_have_count(1)
+    page.wait_for_timeout(200)
     page.once("dialog", lambda d: d.accept())
     page.click("#gallery-clear")
-    expect(items).to_have_count(0)
+    expect(page.locator("#gallery li")).to_have_count(0)
     expect(page.locator("#gallery-empty")).to_be_visible()
+    page.reload()  # the server still has these jobs: a cleared list does not bring them back
+    page.wait_for_function("document.getElementById('server-state').dataset.state === 'ok'", timeout=20_000)
+    page.wait_for_timeout(500)
+    expect(page.locator("#gallery li")).to_have_count(0)
 
 
 def test_aspect_choices_keep_the_models_pixels_and_swap_turns_them(page):
@@ -218,8 +225,25 @@ def test_a_gallery_image_is_upscaled_and_each_api_key_has_its_own_list(page):
     expect(page.locator("#caption")).to_contain_text("Upscaled ×2 with Lanczos · 512×512", timeout=60_000)
     separate = page.evaluate("""async () => {
         const g = await import("/static/gallery.js");
-        g.useOwner("key-a"); g.add({ id: "x/0", params: { prompt: "a's", seed: 1 } });
+        g.useOwner("key-a"); g.merge([{ id: "x/0", params: { prompt: "a's", seed: 1 } }]);
         g.useOwner("key-b"); const other = g.load().length;
         g.useOwner("key-a"); const own = g.load().length;
         g.useOwner(""); return [own, other]; }""")
     assert separate == [1, 0]
+
+
+def test_the_gallery_lists_this_clients_jobs_made_elsewhere(browser, stack):
+    made = requests.post(f"{stack.url}/v1/jobs", json={"prompt": "made by the API", "steps": 2, "width": 256,
+                                                          "height": 256, "n": 2}, timeout=10).json()
+    wait_until(lambda: requests.get(f"{stack.url}/v1/jobs/{made['id']}", timeout=5).json()["state"] == "succeeded",
+               60, 0.2)
+    context, page, errors = _open(browser, stack, DESKTOP)  # a fresh browser: nothing kept locally
+    items = page.locator("#gallery li").filter(has_text="made by the API")
+    expect(items).to_have_count(2)
+    expect(items.first.locator(".caption")).to_have_text("made by the API")
+    assert items.first.locator("img").get_attribute("src") == f"/v1/jobs/{made['id']}/image?index=0"
+    items.first.get_by_role("button", name=re.compile("Use these settings")).click()
+    expect(page.locator("#prompt")).to_have_value("made by the API")
+    expect(page.locator("#steps")).to_have_value("2")
+    context.close()
+    assert errors == []

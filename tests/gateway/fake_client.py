@@ -21,6 +21,7 @@ class FakeModelClient:
         self.masks: dict[str, tuple[bytes, str]] = {}
         self.submitted = []
         self.cancelled = []
+        self.finishes = 0  # jobs watched to their end (their finished_at)
         self.model_state = ModelState.READY
         self.outcome = JobState.SUCCEEDED  # what watch() ends with
         self.outcome_error: ErrorInfo | None = None  # the error it ends with, if not the usual one
@@ -103,6 +104,12 @@ class FakeModelClient:
         return [view for job_id, view in self.jobs.items()
                 if not view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
 
+    def finished_jobs(self, limit, client_id=""):
+        self._maybe_raise("finished_jobs")
+        done = [view for job_id, view in self.jobs.items()
+                if view.state.terminal and (not client_id or self.owners.get(job_id) == client_id)]
+        return sorted(done, key=lambda v: v.finished_at or 0.0, reverse=True)[:limit]
+
     def task_jobs(self, task, client_id=""):
         self._maybe_raise("task_jobs")
         return [view for job_id, view in self.jobs.items()
@@ -130,7 +137,8 @@ class FakeModelClient:
         running = _replace(view, state=JobState.RUNNING, queue_position=None,
                            progress=ProgressInfo(step=1, total_steps=view.params.steps))
         yield Progress(job=running)
-        final = _replace(running, state=self.outcome)
+        self.finishes += 1  # strictly increasing, so "newest first" is never a tie
+        final = _replace(running, state=self.outcome, finished_at=1_800_000_000.0 + self.finishes)
         if self.outcome is JobState.SUCCEEDED:
             final = _replace(final, images=[self.fetch(job_id, i)[0] for i in range(view.params.n)])
         if self.outcome is JobState.FAILED:

@@ -77,6 +77,18 @@ def test_a_label_finds_its_clients_jobs_finished_or_not_and_no_one_elses(client)
     assert client.task_jobs("task(a1)", BOB) == [] and client.task_jobs("task(b2)", ALICE) == []
 
 
+def test_finished_jobs_are_listed_newest_first_for_their_client_only(client):
+    first = client.submit(params(), client_id=ALICE)
+    list(client.watch(first.job_id, ALICE))
+    second = client.submit(params(), client_id=ALICE)
+    list(client.watch(second.job_id, ALICE))
+    theirs = client.submit(params(), client_id=BOB)
+    list(client.watch(theirs.job_id, BOB))
+    assert [j.job_id for j in client.finished_jobs(10, ALICE)][:2] == [second.job_id, first.job_id]
+    assert theirs.job_id not in [j.job_id for j in client.finished_jobs(10, ALICE)]
+    assert [j.job_id for j in client.finished_jobs(1, ALICE)] == [second.job_id]
+
+
 def test_a_finished_job_is_deleted_and_then_unknown(client):
     job = client.submit(params(), client_id=ALICE)
     list(client.watch(job.job_id, ALICE))

@@ -172,3 +172,19 @@ def test_a_wildcard_cors_origin_is_refused():
 def test_the_web_page_is_served(client):
     response = client.get("/")
     assert response.status_code == 200 and b"<form" in response.data
+
+
+def test_listing_jobs_gives_the_callers_unfinished_then_finished_ones_and_refuses_odd_queries(make_client, fake):
+    client = make_client()
+    done = client.post("/v1/jobs", json={"prompt": "a cat"}).get_json()["id"]
+    list(fake.watch(done))  # the fake finishes a job when it is watched
+    waiting = client.post("/v1/jobs", json={"prompt": "a dog"}).get_json()["id"]
+    listed = client.get("/v1/jobs").get_json()["jobs"]
+    assert [j["id"] for j in listed] == [waiting, done] and listed[1]["state"] == "succeeded"
+    assert [j["id"] for j in client.get("/v1/jobs?state=finished&limit=1").get_json()["jobs"]] == [done]
+    assert [j["id"] for j in client.get("/v1/jobs?state=unfinished").get_json()["jobs"]] == [waiting]
+    other = client.get("/v1/jobs", environ_base={"REMOTE_ADDR": "10.0.0.9"}).get_json()["jobs"]
+    assert other == []  # without keys a client is its address: another sees none of these
+    for query, field in (("state=all", "state"), ("limit=0", "limit"), ("limit=1000", "limit"), ("limit=x", "limit")):
+        response = client.get(f"/v1/jobs?{query}")
+        assert response.status_code == 400 and response.get_json()["field"] == field

@@ -98,3 +98,23 @@ def test_a_finished_job_is_readable_only_by_its_owner_and_delete_removes_it(serv
     assert service.get(f"/v1/jobs/{job}/image", headers=auth(ALICE)).status_code == 404
     outputs = service.log_dir / f"outputs-{service.model_port}"
     assert not list(outputs.glob(f"*/{job}*")), "the job's image and record must be gone from disk"
+
+
+def test_each_key_lists_its_own_finished_jobs_from_memory_and_after_a_restart_from_disk(service):
+    mine = []
+    for prompt in ("first", "second"):
+        job = service.post("/v1/jobs", {"prompt": prompt, "steps": 2, "width": 64, "height": 64},
+                           headers=auth(ALICE)).json()
+        wait_until(lambda j=job: service.get(f"/v1/jobs/{j['id']}", headers=auth(ALICE)).json()["state"]
+                   == "succeeded", 10)
+        mine.append(job["id"])
+    service.post("/v1/jobs", {"prompt": "bob's", "steps": 2, "width": 64, "height": 64}, headers=auth(BOB))
+
+    def listed(key):
+        return [j["id"] for j in service.get("/v1/jobs?state=finished", headers=auth(key)).json()["jobs"]]
+
+    assert listed(ALICE) == mine[::-1]  # newest first
+    service.restart_model()
+    assert listed(ALICE) == mine[::-1]  # read back from the records on disk
+    assert not set(mine) & set(listed(BOB))
+    assert set(mine) <= set(listed(OPS))  # an admin key sees everyone's
