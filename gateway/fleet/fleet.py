@@ -443,25 +443,25 @@ class Fleet:
                     raise
         return sorted(jobs, key=lambda j: (j.state is not JobState.RUNNING, j.created_at))
 
-    def finished_jobs(self, limit: int, client_id: str = "") -> list[JobView]:
-        """The client's ``limit`` most recently finished jobs over every live server, newest first."""
+    def _from_live(self, ask) -> list[JobView]:
+        """``ask(client)``'s jobs from every live server; one that does not answer adds none (a lost server's
+        finished jobs come back with it, or from a peer's outputs folder by id; its labels lead nowhere now)."""
         jobs: list[JobView] = []
         for member in [m for m in self.roster.members() if not m.dead]:
             try:
-                jobs += member.client.finished_jobs(limit, client_id)
+                jobs += ask(member.client)
             except ModelServerUnavailable:
-                pass  # its finished jobs come back with it (or from a peer's outputs folder, by id)
+                pass
+        return jobs
+
+    def finished_jobs(self, limit: int, client_id: str = "") -> list[JobView]:
+        """The client's ``limit`` most recently finished jobs over every live server, newest first."""
+        jobs = self._from_live(lambda client: client.finished_jobs(limit, client_id))
         return sorted(jobs, key=lambda j: j.finished_at or 0.0, reverse=True)[:limit]
 
     def task_jobs(self, task: str, client_id: str = "") -> list[JobView]:
         """The client's jobs labelled ``task``, over every live server, oldest first."""
-        jobs: list[JobView] = []
-        for member in [m for m in self.roster.members() if not m.dead]:
-            try:
-                jobs += member.client.task_jobs(task, client_id)
-            except ModelServerUnavailable:
-                pass  # a lost server's jobs are not where this label leads now
-        return sorted(jobs, key=lambda j: j.created_at)
+        return sorted(self._from_live(lambda client: client.task_jobs(task, client_id)), key=lambda j: j.created_at)
 
     def fetch(self, job_id: str, index: int = 0, client_id: str = "") -> tuple[ImageInfo, bytes]:
         return self._job(job_id, client_id, lambda m: m.client.fetch(job_id, index, client_id), _no_image)
