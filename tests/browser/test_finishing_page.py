@@ -86,5 +86,5 @@ def test_faces_are_restored_when_ticked_on_a_generation_and_an_upscale(page, sta
                                                      timeout=60_000)
     shot(page, "22-faces-restored")
     page.uncheck("#restore-faces")
-    reuse(page, -1)  # the gallery brings the choice back
+    reuse(page)  # the newest in the gallery brings the choice back
     expect(page.locator("#restore-faces")).to_be_checked()

@@ -38,7 +38,7 @@ def test_submit_shows_progress_a_preview_then_the_image_at_its_size(page):
     assert page.eval_on_selector("#image", "i => [i.naturalWidth, i.naturalHeight]") == [512, 512]
     expect(page.locator("#caption")).to_contain_text("Seed 1234")
     expect(page.locator("#download")).to_have_attribute("href", re.compile(r"/v1/jobs/\w+/image"))
-    expect(page.locator("#gallery li")).to_have_count(1)
+    expect(page.locator("#gallery li").filter(has_text="a lighthouse at dawn")).to_have_count(1)
     shot(page, "2-done")
 
 
@@ -294,7 +294,7 @@ def test_a_batch_shows_every_image_and_the_shortcuts_generate_and_cancel(page, s
     page.locator("#batch-strip button").nth(2).click()
     expect(page.locator("#caption")).to_contain_text("Seed 42")
     expect(page.locator("#batch-strip button").nth(2)).to_have_attribute("aria-current", "true")
-    expect(page.locator("#gallery li")).to_have_count(4)  # every image the job made
+    expect(page.locator("#gallery li").filter(has_text="four lighthouses")).to_have_count(4)  # every image it made
     shot(page, "12-batch")
     fill(page, "a long one", steps=100, size=512)
     page.select_option("#batch", "1")
