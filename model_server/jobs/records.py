@@ -88,8 +88,10 @@ class Records:
     def load(self, job_id: str, clock: float) -> Job | None:
         """A job the table no longer holds, back from its record; its age counts from when it finished."""
         record = self.store.load(job_id) if self.store is not None else None
-        if record is None:
-            return None
+        return self.job_of(record, clock) if record is not None else None
+
+    def job_of(self, record: JobRecord, clock: float) -> Job:
+        """A job read back from its record (see ``load``)."""
         if not record.state.terminal and record.created_at < self._started:
             # Unfinished at the last stop, and recovery could not write that down (a full disk):
             # lost all the same, never "running" on a server that is not running it.

@@ -134,12 +134,12 @@ class SpeedTable:
         if first is None:
             return None
         per_step, per_image = first
-        seconds = params.n * (steps_run(params) * per_step + per_image)
-        if params.hires is not None:  # the first pass at its size (above), then the second at the larger
+        # With the hires fix, this size runs the first pass only; the second runs at the larger size (below).
+        first_steps = params.steps if params.hires is not None else steps_run(params)
+        seconds = params.n * (first_steps * per_step + per_image)
+        if params.hires is not None:
             width, height = hires_size(params)
             second = self._nearest(model, params.preset, "img2img", width * height)
-            first_steps = params.steps * per_step
-            seconds = params.n * (first_steps + per_image)
             if second is not None:
                 seconds += params.n * (hires_steps_run(params) * second[0] + second[1])
         return round(seconds, 1)

@@ -217,15 +217,16 @@ class JobTable:
             held = {job.id: job for job in self._jobs.values() if job.state.terminal and job.visible_to(owner)
                     and not self._too_old(job)}
             gone = set(self._jobs) | set(self._expired)
-        when = {job_id: job.finished_at or 0.0 for job_id, job in held.items()}
+        on_disk = {}
         store = self.records.store
         if store is not None:
             for record in store.ended_since(time.time() - self.ttl_seconds):
                 if record.job_id not in gone and (not owner or record.client_id == owner):
-                    when[record.job_id] = record.finished_at or 0.0
+                    on_disk[record.job_id] = record
+        when = {**{i: r.finished_at or 0.0 for i, r in on_disk.items()},
+                **{i: job.finished_at or 0.0 for i, job in held.items()}}
         newest = sorted(when, key=when.get, reverse=True)[:limit]
-        jobs = [held.get(job_id) or self.records.load(job_id, self._clock()) for job_id in newest]
-        return [job for job in jobs if job is not None]
+        return [held[i] if i in held else self.records.job_of(on_disk[i], self._clock()) for i in newest]
 
     def delete(self, job_id: str, owner: str = "") -> Job:
         """Forget a finished job: its images and record leave the disk; its id answers "not found"."""
