@@ -27,6 +27,7 @@ from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.model_client import RemoteError
 from gateway.policy import starts_work, takes_images
+from gateway.resources import steps_done
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.contract import field_of
@@ -284,10 +285,10 @@ def task_progress(job: JobView) -> tuple[float, int, str]:
     """A job's share done (0-1, over its n images), its steps per image (both hires passes; an upscale's
     tiles) and A1111's textinfo: what /progress and /internal/progress say of it."""
     p = job.progress
-    steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1
-    done = (p.image_index * steps + p.step) if p else 0
+    done, total = steps_done(job)
+    steps = total // max(1, job.params.n)
     textinfo = (p.detail if p and p.detail else "") or f"step {p.step if p else 0}/{steps}"
-    return round(done / (max(1, job.params.n) * steps), 4), steps, textinfo
+    return round(done / total, 4), steps, textinfo
 
 
 def _preview_b64(sv, job_id: str) -> str | None:

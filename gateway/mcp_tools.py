@@ -27,7 +27,7 @@ from gateway.errors import ApiError, as_api_error
 from gateway.jobs_api import checked_job_id
 from gateway.model_client import ModelServerUnavailable, RemoteError
 from gateway.params import Generation
-from gateway.resources import job_resource
+from gateway.resources import job_resource, steps_done
 from gateway.services import Services
 from gateway.waiting import client_disconnected
 from protocol.messages import JobView
@@ -155,7 +155,7 @@ class Tools:
             if ctx is not None and progress is not None:
                 # MCP progress only ever grows: steps counted over the job's images, not per image.
                 images = max(1, view.params.n)
-                done = progress.image_index * progress.total_steps + progress.step
+                done, total = steps_done(view)
                 mark = (done, progress.detail)
                 if last is None or mark != last and done >= last[0]:
                     last = mark
@@ -164,7 +164,7 @@ class Tools:
                     text = progress.detail or (f"step {progress.step} of {progress.total_steps}{image}{eta}"
                                                if view.state.value == "running" else
                                                f"queued at {view.queue_position or 1}{eta}")
-                    await ctx.report_progress(done, progress.total_steps * images or None, text)
+                    await ctx.report_progress(done, total, text)
             if anyio.current_time() > deadline:
                 raise ToolError(f"the job was not done within {self.sv.settings.sync_timeout:g} s and was cancelled. "
                                 "Call again with wait=false and poll get_job for long work.")

@@ -22,6 +22,7 @@ from flask import Response, request, stream_with_context
 from gateway.auth import client_id
 from gateway.errors import ApiError, as_api_error
 from gateway.model_client import ModelServerUnavailable, RemoteError
+from gateway.resources import steps_done
 from gateway.waiting import client_disconnected, start_job
 from protocol.messages import Cancelled, Completed, JobView
 
@@ -42,10 +43,8 @@ def shares(partial_images: int) -> list[float]:
 
 
 def _done_share(view: JobView) -> float:
-    p = view.progress
-    if p is None or not p.total_steps:
-        return 0.0
-    return (p.image_index + p.step / p.total_steps) / max(1, view.params.n if view.params else 1)
+    done, total = steps_done(view)
+    return done / total
 
 
 def stream_images(sv, generation, partial_images: int, prefix: str, quality: str | None,

@@ -87,5 +87,13 @@ def job_resource(view: JobView) -> JobResource:
         webhook=view.webhook, links=links)
 
 
+def steps_done(job: JobView) -> tuple[int, int]:
+    """(steps done, steps in all) over a job's images: both hires passes count, an upscale job's tiles are its
+    steps, and before the job starts its own steps stand for the total. What every API's progress is made of."""
+    p = job.progress
+    steps = (p.total_steps if p and p.total_steps else job.params.steps) or 1
+    return (p.image_index * steps + p.step) if p else 0, max(1, job.params.n) * steps
+
+
 def to_json(obj) -> bytes:
     return msgspec.json.encode(obj)
