@@ -24,7 +24,7 @@ from flask import Blueprint, Response, g, request
 
 from gateway.auth import client_id, owner
 from gateway.errors import ApiError
-from gateway.policy import takes_images
+from gateway.policy import starts_work_when, takes_images
 from gateway.services import Services, services
 
 bp = Blueprint("mcp", __name__)
@@ -53,7 +53,7 @@ def _message() -> dict:
     return message if isinstance(message, dict) else {}
 
 
-def starts_work() -> bool:
+def starts_a_job() -> bool:
     """Whether this request is a tool call that starts a job (it then spends the generate budget)."""
     message = _message()
     params = message.get("params")
@@ -66,6 +66,7 @@ def _same_site(origin: str) -> bool:
 
 
 @bp.post("/mcp")  # stateless: no server-initiated stream (GET) and no session to end (DELETE), so 405 for both
+@starts_work_when(starts_a_job)
 @takes_images
 def mcp():
     if request.mimetype != "application/json":
@@ -91,5 +92,3 @@ def mcp():
     response.call_on_close(lambda: CONNECTIONS.closed(connection))
     return response
 
-
-mcp.work_when = starts_work

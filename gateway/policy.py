@@ -4,7 +4,8 @@ By default a route needs a key (when keys are configured) and counts against the
 limit. ``public`` routes never need a key (the page, the API documents, liveness); ``probe``
 routes (health, readiness, metrics) need one unless AUTH_PUBLIC_HEALTH, and are never rate
 limited, so probes keep working whatever the limit store does; ``unlimited`` routes are never
-rate limited. ``starts_work(parse)`` marks a view that starts generation work. ``parse()`` validates the
+rate limited. ``starts_work(parse)`` marks a view that starts generation work; ``starts_work_when(predicate)``
+one that starts it for some requests only. ``parse()`` validates the
 request and returns what the view needs (its first argument). The rate limiter runs ``parse``
 *before* it charges the generation budget, so a malformed request gets its 400 and costs nothing:
 a user fixing a typo is not an abuser, and a malformed request costs no model time.
@@ -30,6 +31,21 @@ def starts_work(parse: Callable[[], object]):
         return run
 
     return mark
+
+
+def starts_work_when(predicate: Callable[[], bool]):
+    """One route for requests that start work and others (``/mcp``: a tool call that starts a job, or anything
+    else): those ``predicate()`` names spend the ``generate`` budget, the others the ``read`` one."""
+    def mark(view):
+        view.work_when = predicate
+        return view
+
+    return mark
+
+
+def work_predicate(view) -> Callable[[], bool] | None:
+    """The predicate of a view marked ``starts_work_when``, else None."""
+    return getattr(view, "work_when", None)
 
 
 KEY, PUBLIC, PROBE = "key", "public", "probe"

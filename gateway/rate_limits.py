@@ -26,7 +26,7 @@ from flask_limiter.errors import RateLimitExceeded
 
 from gateway.auth import client_id
 from gateway.errors import ApiError, render
-from gateway.policy import is_unlimited, parse_first
+from gateway.policy import is_unlimited, parse_first, work_predicate
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def install(app: Flask, settings: GatewaySettings) -> Limiter | None:
     for endpoint, view in list(app.view_functions.items()):
         if is_unlimited(app, endpoint):  # probes and the page: they must work whatever the store does
             continue
-        parse, work_when = parse_first(view), getattr(view, "work_when", None)
+        parse, work_when = parse_first(view), work_predicate(view)
         if work_when is not None:  # one route, both kinds (/mcp: a tool call that starts a job, or anything else)
             app.view_functions[endpoint] = limiter.shared_limit(
                 settings.rate_limit_generate, scope="generate", exempt_when=lambda w=work_when: not w())(
