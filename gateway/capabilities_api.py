@@ -7,16 +7,20 @@ are predicted from the same figures."""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
 from flask import Blueprint, Response, jsonify, request
+from msgspec import Meta
 
 from gateway.errors import ApiError
-from gateway.json_body import decode_object
+from gateway.json_body import convert, decode_object
 from gateway.policy import starts_work
 from gateway.services import services
 from gateway.waiting import start_job
+from protocol.contract import field_of
 from protocol.messages import Pong, SpeedEntry
-from protocol.presets import PRESETS
+from protocol.presets import PRESET_NAMES, PRESETS
 
 bp = Blueprint("capabilities", __name__)
 CALIBRATION_PROMPT = "a lighthouse on a cliff at sunset, calibration"
@@ -48,17 +52,29 @@ def capabilities():
     return jsonify(servers=servers, note=note)
 
 
+class MeasureRequest(msgspec.Struct, kw_only=True):
+    """What to measure: presets (default: every one the model can run), and the model and size (its own)."""
+
+    presets: Annotated[list[Literal[PRESET_NAMES]], Meta(min_length=1, max_length=len(PRESET_NAMES))] | None = None
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
 def _parse_measure():
-    """``{"presets": [...], "model", "width", "height"}``, all optional: one calibration job per preset."""
-    raw = decode_object(request.get_data(cache=False), _EXAMPLE, empty_ok=True)
-    presets = raw.get("presets", [name for name in PRESETS if not PRESETS[name].one_step])
-    if not isinstance(presets, list) or not presets or any(p not in PRESETS for p in presets):
-        raise ApiError(400, "invalid_params", "presets must be a list of preset names",
-                       f"Use some of: {', '.join(PRESETS)}. {_EXAMPLE}", field="presets")
-    fields = {key: raw[key] for key in ("model", "width", "height") if raw.get(key) is not None}
-    validator = services().validator
-    return [validator.parse_object({"prompt": CALIBRATION_PROMPT, "preset": name, "seed": 0, "task": "calibration",
-                                    **fields}) for name in dict.fromkeys(presets)]
+    """One calibration job per preset asked for, each validated as any job."""
+    try:
+        r = convert(decode_object(request.get_data(cache=False), _EXAMPLE, empty_ok=True), MeasureRequest)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_params", f"invalid request: {exc}", f"Presets are some of: "
+                       f"{', '.join(PRESET_NAMES)}. {_EXAMPLE}", field=field_of(str(exc))) from None
+    sv = services()
+    entry = sv.model_entry(r.model or "")
+    presets = r.presets or [name for name in PRESET_NAMES if name not in (
+        entry.unavailable_presets if entry is not None else {n for n in PRESETS if PRESETS[n].one_step})]
+    fields = {key: getattr(r, key) for key in ("model", "width", "height") if getattr(r, key) is not None}
+    return [sv.validator.parse_object({"prompt": CALIBRATION_PROMPT, "preset": name, "seed": 0, "task": "calibration",
+                                       **fields}) for name in dict.fromkeys(presets)]
 
 
 @bp.post("/v1/capabilities/measure")

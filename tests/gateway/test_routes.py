@@ -188,3 +188,15 @@ def test_listing_jobs_gives_the_callers_unfinished_then_finished_ones_and_refuse
     for query, field in (("state=all", "state"), ("limit=0", "limit"), ("limit=1000", "limit"), ("limit=x", "limit")):
         response = client.get(f"/v1/jobs?{query}")
         assert response.status_code == 400 and response.get_json()["field"] == field
+
+
+def test_measuring_asks_for_the_presets_the_model_runs_and_refuses_odd_bodies(make_client, fake):
+    client = make_client()
+    fake.models[0].unavailable_presets["fast"] = "no LCM-LoRA here"
+    started = client.post("/v1/capabilities/measure", json={})
+    assert started.status_code == 202
+    assert [j["preset"] for j in started.get_json()["jobs"]] == ["quality", "balanced"]  # turbo and fast: unavailable
+    odd = ({"presets": [[1]]}, {"presets": [{}]}, {"presets": "fast"}, {"presets": ["warp"]}, {"presets": []})
+    for body, field in [(b, "presets") for b in odd] + [({"width": 10**30}, "width")]:
+        refused = client.post("/v1/capabilities/measure", json=body)
+        assert refused.status_code == 400 and refused.get_json()["field"] == field, body
