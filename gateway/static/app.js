@@ -276,11 +276,17 @@ async function enqueue(route, body) {
                                  body: JSON.stringify(body) });
   const job = await r.json().catch(() => ({}));
   if (!r.ok) { showError(job, r.headers.get("Retry-After")); return; }
-  const { init_image: image, mask, ...kept } = body;
-  const item = job.params.mode === "upscale" ? { job } : {  // an upscale keeps the settings that made its image
-    job, request: { ...kept, seed: job.params.seed }, files: { init_image: Boolean(image), mask: Boolean(mask) } };
-  state.waiting.push(item);
+  state.waiting.push({ job, ...kept(body, job) });
   showWaiting();
+}
+
+// What a submitted job leaves for the gallery and "copy as curl": its request without the images (they can be
+// megabytes), with the seed the server chose, and which images it sent. An upscale leaves nothing: the settings
+// that made its image stay.
+function kept(body, job) {
+  if (job.params.mode === "upscale") return {};
+  const { init_image: image, mask, ...rest } = body;
+  return { request: { ...rest, seed: job.params.seed }, files: { init_image: Boolean(image), mask: Boolean(mask) } };
 }
 
 function showWaiting() {
@@ -370,12 +376,8 @@ async function start(route, body) {
     return;
   }
   state.job = job;
-  if (job.params.mode !== "upscale") {
-    // The images stay out of what is kept (gallery, curl): they can be megabytes.
-    const { init_image: image, mask, ...kept } = body;
-    state.lastRequest = { ...kept, seed: job.params.seed };
-    state.lastFiles = { init_image: Boolean(image), mask: Boolean(mask) };
-  }
+  const { request, files } = kept(body, job);
+  if (request) [state.lastRequest, state.lastFiles] = [request, files];
   state.previewStep = null;
   $("placeholder").hidden = true;
   $("progress-area").hidden = false;
@@ -665,7 +667,8 @@ function viewEntry(entry, entries) {
                 entries.indexOf(entry));
 }
 
-// An image becomes the start image (image-to-image, or paint a mask to inpaint), at its own size.
+// An image (the result shown, or a gallery entry) becomes the start image (image-to-image, or paint a mask to
+// inpaint), at its own size.
 async function startFrom(entry) {
   const r = await fetch(entry.url);
   if (!r.ok) {
@@ -734,13 +737,8 @@ $("png-info").addEventListener("change", async () => {
   pick({ params: body.params });
   $("png-info-help").textContent = `Read: ${Object.keys(body.params).join(", ")}.`;
 });
-$("send-to-source").addEventListener("click", async () => {
-  // The result shown becomes the start image (image-to-image, or paint a mask to inpaint), at its own size.
-  const blob = await (await fetch($("image").src)).blob();
-  await source.load(new File([blob], "result.png", { type: blob.type }));
-  setSize(`${$("image").width}x${$("image").height}`);
-  $("source").scrollIntoView({ block: "center" });
-});
+$("send-to-source").addEventListener("click", () => startFrom(
+  { url: $("image").getAttribute("src"), size: `${$("image").width}x${$("image").height}` }));
 $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();
