@@ -120,8 +120,7 @@ class Tools:
 
     async def submit(self, caller: Caller, generation: Generation) -> JobView:
         return await self._call(self.sv.client.submit, generation.params, client_id=caller.client_id,
-                                request_id=caller.request_id, init_image=generation.init_image, mask=generation.mask,
-                                mask_from=generation.mask_from)
+                                request_id=caller.request_id, **generation.uploads())
 
     async def run(self, caller: Caller, generation: Generation, wait: bool, ctx: Context | None) -> list:
         """Submit; then either the job's id at once, or wait for it with progress and return its images."""

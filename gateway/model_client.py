@@ -80,7 +80,8 @@ class ModelServerClient(Protocol):
     def servers(self, timeout: float | None = None) -> list[ServerView]: ...
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
-               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView: ...
+               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance",
+               control_images: tuple[bytes, ...] = ()) -> JobView: ...
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView: ...
 
@@ -240,9 +241,11 @@ class ModelClient:
             return [ServerView(self.address, None, False, None, str(exc))]
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
-               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance") -> JobView:
+               init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance",
+               control_images: tuple[bytes, ...] = ()) -> JobView:
         return self.send_submit(Submit(params=params, client_id=client_id, request_id=request_id,
-                                       init_image=init_image, mask=mask, mask_from=mask_from))
+                                       init_image=init_image, mask=mask, mask_from=mask_from,
+                                       control_images=list(control_images)))
 
     def send_submit(self, submit: Submit) -> JobView:
         return self.call(submit)[0].job

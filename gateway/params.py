@@ -24,14 +24,23 @@ from gateway.errors import ApiError
 from gateway.json_body import EXAMPLE, convert, decode_object
 from gateway.settings import GatewaySettings
 from protocol.contract import FieldSpec, field_of, field_specs, hires_violation, runs_no_step, violation
-from protocol.messages import MAX_LORAS, MAX_SEED, GenerationParams, LoraRef, ModelEntry
+from protocol.messages import MAX_LORAS, MAX_SEED, ControlUnit, GenerationParams, LoraRef, ModelEntry
 from protocol.presets import PRESET_NAMES, PRESETS, Preset
 from protocol.upscalers import DEFAULT_UPSCALER
 
 # C0/C1 control characters other than tab and newline: invisible, and nothing a prompt needs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# What the HTTP API takes differently from the wire: a named preset only ("" is older gateways').
-_HTTP_TYPES = {"preset": Literal[PRESET_NAMES]}
+
+
+class ControlRequest(ControlUnit, kw_only=True):
+    """A control unit as HTTP clients send it: the unit and its image (base64; left out, the init image)."""
+
+    image: str | None = None
+
+
+# What the HTTP API takes differently from the wire: a named preset only ("" is older gateways'), control units
+# with their images.
+_HTTP_TYPES = {"preset": Literal[PRESET_NAMES], "controls": list[ControlRequest]}
 _EXAMPLES = {"prompt": ["a cat"]}
 _DERIVED = {"mode"}  # set from the request (an init image makes it img2img), never sent
 _UPSCALE_FIELDS = {"upscale": "scale", "upscale_width": "width", "upscale_height": "height"}  # as HTTP names them
@@ -51,6 +60,12 @@ class Generation(NamedTuple):
     init_image: bytes = b""
     mask: bytes = b""
     mask_from: str = "luminance"  # "alpha": transparent repaints (OpenAI's edits)
+    control_images: tuple[bytes, ...] = ()  # one per control unit; b"": the init image
+
+    def uploads(self) -> dict:
+        """The images as ``ModelClient.submit`` takes them."""
+        return {"init_image": self.init_image, "mask": self.mask, "mask_from": self.mask_from,
+                "control_images": self.control_images}
 
 
 def lora_tags(prompt: str) -> tuple[str, list[dict]]:
@@ -189,7 +204,9 @@ class ParamValidator:
             if given is None:
                 given = defaults.get(field.name, field.default)
             values[field.name] = given
+        units, control_images = self._controls(r.controls or [], bool(init_image))
         values.update(prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""), preset=preset.name,
+                      controls=units,
                       seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
                       guidance_scale=float(values["guidance_scale"]), token_merging=float(values["token_merging"]),
                       strength=float(values["strength"]), loras=loras, model=r.model or "",
@@ -201,7 +218,20 @@ class ParamValidator:
         broken = hires_violation(params, s.limits) or callback_violation(params.callback_url, s.webhook_hosts)
         if broken:
             raise ApiError(400, "invalid_params", broken[1], broken[2], field=broken[0])
-        return Generation(params, init_image, mask, mask_from)
+        return Generation(params, init_image, mask, mask_from, control_images)
+
+    def _controls(self, given: list, has_init_image: bool) -> tuple[list[ControlUnit], tuple[bytes, ...]]:
+        """The units without their images, and the images (b"": the init image's), each size checked."""
+        units, images = [], []
+        for i, unit in enumerate(given):
+            image = self.decoded_upload(unit.image, "controls")
+            if not image and not has_init_image:
+                raise ApiError(400, "invalid_params", f"controls[{i}] has no image",
+                               "Send each unit's image (base64), or an init_image for the units to share.",
+                               field="controls")
+            units.append(ControlUnit(**{f: getattr(unit, f) for f in ControlUnit.__struct_fields__}))
+            images.append(image)
+        return units, tuple(images)
 
     def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
                 width: int | None = None, height: int | None = None, fmt: str | None = None,

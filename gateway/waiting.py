@@ -72,8 +72,7 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
 
 def start_job(sv, generation: Generation) -> JobView:
     """Submit a job for the caller, who owns it from now on."""
-    return sv.client.submit(generation.params, client_id=client_id(), request_id=g.request_id,
-                            init_image=generation.init_image, mask=generation.mask, mask_from=generation.mask_from)
+    return sv.client.submit(generation.params, client_id=client_id(), request_id=g.request_id, **generation.uploads())
 
 
 def generate_sync(sv, generation: Generation) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:

@@ -28,6 +28,7 @@ class FakePipeline:
         self.model_id = f"fake:{model_id}"
         self._loras: list[tuple[str, float]] = []
         self._loaded: set[str] = set()
+        self._controlnets: list[str] = []
 
     def optimizations(self):
         return {"pipeline": "fake", "dtype": "none", "attention": "none", "threads": 1}
@@ -60,6 +61,18 @@ class FakePipeline:
     def loaded_loras(self) -> set[str]:
         return set(self._loaded)
 
+    def apply_controlnets(self, controlnets) -> None:
+        for name, folder in controlnets:  # its config read, as a real load would
+            try:
+                json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise load_error(f"could not load the ControlNet {name!r}: its config.json cannot be read",
+                                 "Check the folder.") from None
+        self._controlnets = [name for name, _ in controlnets]
+
+    def loaded_controlnets(self) -> set[str]:
+        return set(self._controlnets)
+
     def prepare_parts(self, params: GenerationParams, report, stop) -> None:
         pass  # nothing is made once here
 
@@ -70,7 +83,7 @@ class FakePipeline:
         return latents.resize((width, height), Image.Resampling.BILINEAR)  # its "latents" are the image
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
-                 output: str = "image") -> Image.Image:
+                 output: str = "image", control=None) -> Image.Image:
         total = steps_run(params)
         for step in range(1, total + 1):
             mode = stop()
@@ -91,6 +104,9 @@ class FakePipeline:
         digest = hashlib.sha256(f"{seed}\0{params.prompt}{extra}".encode()).digest()
         rng = random.Random(digest)
         noise = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
+        # Each control map shows through at its unit's weight (half at most), so a test sees it steer.
+        for unit, made in zip(params.controls, control or ()):
+            noise = Image.blend(noise, made.image.convert("RGB").resize(noise.size), min(0.5, unit.weight / 2))
         # img2img: the init image shows through, the more the lower the strength.
         if init_image is None:
             return noise

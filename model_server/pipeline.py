@@ -57,6 +57,13 @@ class Pipeline(Protocol):
     def loaded_loras(self) -> set[str]:
         """The LoRAs in memory now (kept for later jobs within a budget)."""
 
+    def apply_controlnets(self, controlnets: "list[tuple[str, Path]]") -> None:
+        """Use these ControlNets (name, folder), in unit order, for the next ``generate`` calls that pass
+        control maps; others loaded before may be dropped. Raises PipelineLoadError when one cannot load."""
+
+    def loaded_controlnets(self) -> set[str]:
+        """The ControlNets in memory now."""
+
     def prepare_parts(self, params: GenerationParams, report: Callable[[str], None],
                       stop: Callable[[], StopMode | None]) -> None:
         """Make what this job needs that is made once (the fast preset's OpenVINO UNet), before its
@@ -73,7 +80,7 @@ class Pipeline(Protocol):
 
     def generate(self, params: GenerationParams, seed: int, on_step: Callable[[int, float, "Image | None"], None],
                  stop: Callable[[], StopMode | None], init_image: "Image | None" = None,
-                 mask: "Image | None" = None, output: str = "image") -> "Image":
+                 mask: "Image | None" = None, output: str = "image", control=None) -> "Image":
         """One image. Calls ``on_step(step, seconds, preview)`` after each step (1-based, up to
         ``steps_run(params)``); preview is a latent-resolution PIL image when ``params.preview`` is
         set, else None. At the first step boundary where ``stop()`` says CANCEL it raises
@@ -83,7 +90,9 @@ class Pipeline(Protocol):
         white repaints) only the white parts change. ``output="latents"`` returns the latents undecoded
         (the backend's own type), which ``resize_latents`` takes and ``init_image`` accepts in place of an
         image (the hires fix); ``output="upscale"`` is an image the hires fix will upscale in pixels, which a
-        backend may decode so that it keeps no memory for this size."""
+        backend may decode so that it keeps no memory for this size. ``control``: one
+        ``model_server.control.preprocessors.ControlMap`` per ``params.controls`` unit, steering the
+        denoising through the ControlNets ``apply_controlnets`` set."""
 
 
 def preset_unavailable(preset: str, why: str, unavailable, code: ErrorCode) -> ErrorInfo:

@@ -23,6 +23,7 @@ from model_server.jobs.speed import SpeedTable
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
+from model_server.control.preprocessors import control_maps, detect, inpaint_preview
 from model_server.factory import make_model_set
 from model_server.finishing.hires import generate_hires
 from model_server.models.model_set import ModelSet
@@ -31,6 +32,7 @@ from model_server.settings import ModelServerSettings
 from protocol.transport import expand
 from protocol import contract
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
+from protocol.control import module_named
 from protocol.upscalers import DEFAULT_UPSCALER
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,21 @@ class Worker(threading.Thread):
         return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
                          size_bytes=len(data)), data
 
+    def _detect(self, job: Job) -> tuple[ImageInfo, bytes]:
+        """A detect job (A1111's /controlnet/detect): its image through one preprocessor, no model."""
+        p = job.params
+        unit = p.controls[0]
+        module = module_named(unit.module)
+        self.table.record_engine(job, f"preprocessor {module}")
+        if module == "inpaint_only":  # without a mask there is nothing to mark: the image as the module sees it
+            image = job.init_image if job.mask is None else inpaint_preview(job.init_image, job.mask)
+        else:
+            side = min(job.init_image.size) if unit.pixel_perfect else unit.processor_res
+            image = detect(module, job.init_image, side, unit.threshold_a, unit.threshold_b, p.seed)
+        data, media_type = encode_image(image, p, p.seed, f"preprocessor {module}")
+        return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
+                         size_bytes=len(data)), data
+
     def _restore_faces(self, job: Job, image, engine: str):
         """``image`` with its faces restored when the job asks; the job's engine says by what, and the
         parameters returned (for the image's infotext) name the restorer that ran."""
@@ -200,10 +217,11 @@ class Worker(threading.Thread):
         started = time.monotonic()
         sampler = memory.PeakSampler()
         try:
-            if p.mode == "upscale":
-                images.append(self._upscale(job))
+            if p.mode in ("upscale", "detect"):
+                images.append(self._upscale(job) if p.mode == "upscale" else self._detect(job))
                 self.table.succeed(job, images)
-                log.info("upscaled in %.2f s", time.monotonic() - started)
+                log.info("%s in %.2f s", "upscaled" if p.mode == "upscale" else "preprocessed",
+                         time.monotonic() - started)
                 return
             model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text), lambda: job.stop_mode)
             self.table.record_model(job, model, switch, lora_hashes)
@@ -214,6 +232,9 @@ class Worker(threading.Thread):
                      engine)
             self.notify(job.id)
             sampler.start()
+            # The control maps, made once for the job's images (a preprocessor is a few milliseconds).
+            control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed) if p.controls
+                       else None)
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
@@ -227,10 +248,10 @@ class Worker(threading.Thread):
 
                 if p.hires is not None:
                     image = generate_hires(pipeline, pipeline.upscalers, p, seed, on_step, lambda: job.stop_mode,
-                                           lambda text: self._tell(job, text))
+                                           lambda text: self._tell(job, text), control)
                 else:
                     image = pipeline.generate(p, seed, on_step, lambda: job.stop_mode, init_image=job.init_image,
-                                              mask=job.mask)
+                                              mask=job.mask, control=control)
                 image, written = self._restore_faces(job, image, pipeline.engine(p))
                 data, media_type = encode_image(image, written, seed, pipeline.model_id, lora_hashes)
                 images.append((ImageInfo(index=index, seed=seed, media_type=media_type, width=image.width,
@@ -255,4 +276,5 @@ class Worker(threading.Thread):
         finally:
             sampler.stop()
             job.init_image = job.mask = None  # the decoded uploads are needed no more
+            job.control_images = []
             self.notify(job.id)

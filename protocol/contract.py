@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from protocol.messages import (MAX_IMAGES, MAX_PROMPT_LENGTH, MAX_SIZE, MAX_STEPS, MAX_UPSCALED_SIZE, MIN_SIZE,
-                               GenerationParams, hires_size, steps_run)
+                               GenerationParams, hires_size, runs_diffusion, steps_run)
 from protocol.presets import PRESETS
 
 _META_KEYS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "max_length")
@@ -112,7 +112,7 @@ def violation(params: GenerationParams, limits: Limits) -> tuple[str, str, str] 
 def runs_no_step(params: GenerationParams) -> tuple[str, str] | None:
     """``(message, hint)`` when an image job's steps x strength leaves no step to run, else None
     (a bound across two fields, so no single field's ``Meta`` can hold it)."""
-    if params.mode in ("txt2img", "upscale") or steps_run(params) >= 1:
+    if params.mode == "txt2img" or not runs_diffusion(params) or steps_run(params) >= 1:
         return None
     return (f"{params.steps} steps at strength {params.strength:g} run no step",
             "Raise steps or strength so that steps x strength is at least 1.")

@@ -4,6 +4,7 @@ A1111 API returns it in ``info.infotexts``; one format for both, kept here."""
 
 from __future__ import annotations
 
+from protocol.control import CONTROL_MODE_NAMES, RESIZE_MODE_NAMES, module_named, threshold
 from protocol.messages import GenerationParams
 from protocol.upscalers import DEFAULT_UPSCALER
 
@@ -27,6 +28,8 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
                    f"Postprocess upscaler 2 visibility: {params.upscaler_2_visibility:g}"]
                   if params.upscaler_2 and params.upscaler_2_visibility else [])
         return ", ".join([f"{by}, Postprocess upscaler: {upscaler}", *second, *_faces(params)])
+    if params.mode == "detect":
+        return f"Preprocessor: {params.controls[0].module if params.controls else 'none'}"
     sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)
     prompt = " ".join([params.prompt, *(f"<lora:{ref.name}:{ref.weight:g}>" for ref in params.loras)])
     lines = [prompt] + ([f"Negative prompt: {params.negative_prompt}"] if params.negative_prompt else [])
@@ -48,6 +51,7 @@ def infotext(params: GenerationParams, seed: int, model: str, sampler: str | Non
         settings.append("Tiling: True")
     if params.token_merging:
         settings.append(f"Token merging ratio: {params.token_merging:g}")
+    settings += [f'ControlNet {i}: "{_unit(unit)}"' for i, unit in enumerate(params.controls)]
     if lora_hashes:
         settings.append('Lora hashes: "' + ", ".join(f"{name}: {h}" for name, h in lora_hashes.items()) + '"')
     lines.append(", ".join(settings))
@@ -60,3 +64,16 @@ def _faces(params: GenerationParams) -> list[str]:
         return []
     return [f"Face restoration: {faces.model or 'default'}"] + (
         [f"Face restoration visibility: {faces.visibility:g}"] if faces.visibility < 1 else [])
+
+
+def _unit(unit) -> str:
+    """A control unit as A1111's ControlNet extension writes it (quoted in the settings line)."""
+    module = module_named(unit.module) or unit.module
+    known = module_named(unit.module) is not None
+    a = threshold(module, "a", unit.threshold_a) if known else unit.threshold_a
+    b = threshold(module, "b", unit.threshold_b) if known else unit.threshold_b
+    return (f"Module: {module}, Model: {unit.model}, Weight: {unit.weight:g}, "
+            f"Resize Mode: {RESIZE_MODE_NAMES[unit.resize_mode]}, Processor Res: {unit.processor_res}, "
+            f"Threshold A: {a:g}, Threshold B: {b:g}, Guidance Start: {unit.guidance_start:g}, "
+            f"Guidance End: {unit.guidance_end:g}, Pixel Perfect: {unit.pixel_perfect}, "
+            f"Control Mode: {CONTROL_MODE_NAMES[unit.control_mode]}")

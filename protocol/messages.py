@@ -52,7 +52,9 @@ class ModelState(str, enum.Enum):
 # "lcm" is for LCM-distilled weights (the "fast" preset's LCM-LoRA); other weights give mush with it.
 SCHEDULERS = ("default", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
-MODES = ("txt2img", "img2img", "inpaint", "upscale")
+CONTROL_MODES = ("balanced", "prompt", "control")
+# "detect": a control unit's preprocessor run on the init image (A1111's /controlnet/detect), no diffusion.
+MODES = ("txt2img", "img2img", "inpaint", "upscale", "detect")
 
 # The absolute bounds of one request, enforced by both sides (GenerationParams below). Deployments
 # tighten the configurable ones (protocol.contract.Limits: MAX_STEPS, MAX_WIDTH...), never widen them.
@@ -81,6 +83,9 @@ MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded 
 MAX_UPSCALED_SIZE = 8192
 MAX_CALLBACK_URL_LENGTH = 2048
 MAX_DEADLINE_SECONDS = 7 * 86400
+MAX_CONTROLS = 3  # ControlNet units per job (A1111's default max_models_num)
+MAX_CONTROL_WEIGHT = 2.0  # A1111's slider's end
+MAX_CONTROL_THRESHOLD = 1024.0  # a preprocessor's threshold_a/b (canny's 1-255, tile's 1-8, blur's sigma...)
 MAX_LISTED_JOBS = 100  # finished jobs one listing returns (GET /v1/jobs)
 
 
@@ -142,6 +147,29 @@ class FaceRestoration(_Shape):
     # A name from GET /v1/face-restorers; "" = the first listed.
     model: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME)] = ""
     visibility: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0  # 0: the original faces, 1: the restored
+
+
+class ControlUnit(_Shape):
+    """One ControlNet unit: its image (carried beside the params: ``Submit.control_images``) through a
+    preprocessor (``module``: protocol.control, GET /v1/controlnets) steers the denoising through a
+    ControlNet (``model``) at ``weight``, from ``guidance_start`` to ``guidance_end`` of the steps."""
+
+    module: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME)] = "none"
+    # A name from GET /v1/controlnets; "" only for a detect job (the preprocessor alone).
+    model: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH, pattern=_MODEL_NAME)] = ""
+    weight: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_CONTROL_WEIGHT)] = 1.0
+    guidance_start: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    guidance_end: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
+    # balanced; prompt: the prompt matters more (the control fades towards the shallow layers); control: the
+    # control matters more (it steers the conditional half of the guidance only), as A1111 names them.
+    control_mode: Literal[CONTROL_MODES] = "balanced"
+    # How the control image meets the job's size when their shapes differ (as GenerationParams.resize_mode).
+    resize_mode: Literal["stretch", "crop", "fill"] = "crop"
+    processor_res: Annotated[int, msgspec.Meta(ge=64, le=MAX_SIZE)] = 512  # the preprocessor's working side
+    pixel_perfect: bool = False  # processor_res from the job's size instead
+    # The preprocessor's own two settings (canny's low and high thresholds...); -1: its default.
+    threshold_a: Annotated[float, msgspec.Meta(ge=-1.0, le=MAX_CONTROL_THRESHOLD)] = -1.0
+    threshold_b: Annotated[float, msgspec.Meta(ge=-1.0, le=MAX_CONTROL_THRESHOLD)] = -1.0
 
 
 class GenerationParams(_Shape):
@@ -257,6 +285,14 @@ class GenerationParams(_Shape):
                                  "visibility (0-1, default 1).",
                              hint="Send an object such as {{\"model\": \"GFPGANv1.4\", \"visibility\": 1}} "
                                   "(GET /v1/face-restorers), or leave face_restoration out.") = None
+    controls: _bound(list[ControlUnit], max_length=MAX_CONTROLS,
+                     doc=f"ControlNet units, up to {MAX_CONTROLS}: each an object with an image (base64; left out "
+                         "with an init image: that image), a module (preprocessor: canny, none, ...), a model from "
+                         f"GET /v1/controlnets, weight (0-{MAX_CONTROL_WEIGHT:g}, default 1), guidance_start and "
+                         "guidance_end (0-1), control_mode (balanced, prompt, control), resize_mode (crop, fill, "
+                         "stretch), processor_res, pixel_perfect, threshold_a and threshold_b.",
+                     hint=f"Send at most {MAX_CONTROLS} units such as {{{{\"image\": \"<base64>\", \"module\": "
+                          "\"canny\", \"model\": \"<a name from GET /v1/controlnets>\"}}.") = []
     deadline_seconds: _bound(float, ge=0.0, le=MAX_DEADLINE_SECONDS,
                              doc="Seconds from submission by which the job must be done (0: none). Refused at once "
                                  "(422 deadline, with the prediction and what would fit) when this host's measured "
@@ -300,10 +336,22 @@ def lost_before_start(job) -> bool:
             and job.error.code is ErrorCode.MODEL_SERVER_LOST)
 
 
+def has_uploads(params: GenerationParams) -> bool:
+    """Whether a job comes with images (an init image, control images): a job queued at a crash waits for
+    its gateway to send them again."""
+    return params.mode != "txt2img" or bool(params.controls)
+
+
+def runs_diffusion(params: GenerationParams) -> bool:
+    """Whether a job denoises (loads a model, runs steps); upscale and detect jobs do neither."""
+    return params.mode not in ("upscale", "detect")
+
+
 def steps_run(params: GenerationParams) -> int:
     """The denoising steps a job actually runs: image-to-image starts part-way, at steps x strength; a
-    hires fix adds its second pass's. An upscale job runs no step (its tiles are counted instead)."""
-    if params.mode == "upscale":
+    hires fix adds its second pass's. An upscale or detect job runs no step (an upscale's tiles are counted
+    instead)."""
+    if not runs_diffusion(params):
         return 0
     if params.mode != "txt2img":
         return min(int(params.steps * params.strength), params.steps)
@@ -423,6 +471,9 @@ class Submit(_Msg):
     # img2img: the init image as uploaded (PNG, JPEG or WebP bytes); the model server decodes and
     # checks it (format, pixel count, size) as it does every input.
     init_image: Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)] = b""
+    # One per params.controls unit, in order, as uploaded; b"" for a unit that takes the init image.
+    control_images: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)]],
+                              msgspec.Meta(max_length=MAX_CONTROLS)] = []
     # inpaint: which parts to repaint, as uploaded. "luminance": white repaints (A1111, ours);
     # "alpha": transparent repaints (OpenAI), and with no mask the init image's own alpha is it; a
     # mask must then be the image's size, as OpenAI requires. "inverted": black repaints (A1111's
@@ -637,8 +688,19 @@ class LoraEntry(_Shape):
     loaded: bool = False  # in memory now (kept under LORA_CACHE_MB)
 
 
+class ControlNetEntry(_Shape):
+    """One ControlNet a control unit may name: a folder or file in CONTROLNET_DIR."""
+
+    name: str
+    file: str  # the folder's or file's name in CONTROLNET_DIR
+    family: str = ""  # the model family it steers (sd1, sd2, sdxl), "" until known
+    size_bytes: int = 0
+    loaded: bool = False
+
+
 class ModelList(_Msg):
     models: list[ModelEntry] = []
+    controlnets: list[ControlNetEntry] = []
     loras: list[LoraEntry] = []
     upscalers: list[UpscalerEntry] = []
     face_restorers: list[FaceRestorerEntry] = []

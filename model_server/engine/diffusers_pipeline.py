@@ -25,6 +25,7 @@ from PIL import Image
 
 from model_server.engine import inpaint_model, model_loader, preset_parts
 from model_server.engine.channels_last import to_channels_last
+from model_server.engine.controlnets import LoadedControlNets, control_modes
 from model_server.engine.convert import ConversionStopped
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.guidance_halves import guidance_halves
@@ -77,6 +78,7 @@ class DiffusersPipeline:
         self._tiny_vae_missing = ""  # why the tiny decoder could not load, once it was tried
         self._adapters = LoraAdapters(pipe, self._settings.lora_cache_mb * 2**20)
         self._job_loras: list = []  # the next jobs' LoRAs (apply_loras)
+        self._controlnets = LoadedControlNets(pipe.unet.dtype, self._settings.channels_last, self._settings.token)
         self.fast_pipe = None  # the text-to-image pipeline over the same modules, the tiny decoder as its VAE
         self._variants: dict[tuple, object] = {}
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
@@ -140,6 +142,12 @@ class DiffusersPipeline:
 
     def loaded_loras(self) -> set[str]:
         return self._adapters.loaded()
+
+    def apply_controlnets(self, controlnets) -> None:
+        self._controlnets.apply(controlnets)
+
+    def loaded_controlnets(self) -> set[str]:
+        return self._controlnets.loaded()
 
     def prepare_parts(self, params: GenerationParams, report, stop) -> None:
         """A fast job on OpenVINO needs the UNet with the LCM-LoRA fused in, converted once (about a
@@ -262,6 +270,15 @@ class DiffusersPipeline:
         if plan.inpaint_checkpoint:
             unet = self._inpaint_unet
         base = self.fast_pipe if plan.decoder == "tiny" else self.pipe
+        if plan.controls:  # the family's ControlNet class over the same modules, the job's ControlNets in it
+            key = ("control", plan.mode, id(base), id(unet), tuple(self._controlnets.names))
+            if key not in self._variants:
+                for old in [k for k in self._variants if k[0] == "control"]:  # its ControlNets may be gone
+                    del self._variants[old]
+                self._variants[key] = pipeline_like(self.family.control_pipelines[plan.mode], base,
+                                                    controlnet=self._controlnets.model(),
+                                                    **({"unet": unet} if unet is not None else {}))
+            return self._variants[key]
         if plan.mode == "txt2img" and unet is None:
             return base
         if plan.mode == "txt2img" and plan.unet == "openvino" and plan.decoder == "full":
@@ -301,7 +318,7 @@ class DiffusersPipeline:
                                                antialias=antialias).to(latents.dtype)
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
-                 output: str = "image"):
+                 output: str = "image", control=None):
         self._load_parts(params)
         plan = self.plan(params)
         if plan.unet == "openvino-lcm" and self._openvino_unet(plan) is None:
@@ -314,6 +331,8 @@ class DiffusersPipeline:
             inputs["mask_image"] = mask
         if init_image is not None:
             inputs["strength"] = params.strength
+        if plan.controls:
+            inputs.update(_control_inputs(params, control, plan.mode))
         pipe.scheduler = make_scheduler(plan.scheduler, self._base_scheduler_config, self._default_scheduler,
                                         plan.trailing)
         total = steps_run(params)
@@ -346,8 +365,11 @@ class DiffusersPipeline:
         wrapping = seamless(pipe.unet, pipe.vae) if plan.tiling else nullcontext()
         on_torch = decoded_on_torch(pipe.vae) if output == "upscale" else nullcontext()
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
+        modes = (control_modes([pipe.controlnet] if plan.controls == 1 else list(pipe.controlnet.nets),
+                               [unit.control_mode for unit in params.controls], params.guidance_scale > 1)
+                 if plan.controls else nullcontext())
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
-                encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch:
+                encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch, modes:
             # A1111's emphasis and long prompts (engine/prompt_weighting.py); a plain prompt as diffusers encodes it.
             prompts = (weighted_embeddings(pipe, params.prompt, params.negative_prompt)
                        if needs_weighting(pipe, params.prompt, params.negative_prompt)
@@ -360,3 +382,26 @@ class DiffusersPipeline:
         image = out.images[0]
         # As A1111 does: the kept parts are the original pixels, not their trip through the VAE.
         return image if mask is None else Image.composite(image, init_image, mask)
+
+
+def _control_inputs(params: GenerationParams, control, mode: str) -> dict:
+    """The ControlNet pipelines' arguments for the job's units: their maps (the inpaint module's as its
+    condition: the image with the part to fill at -1), weights and step ranges, at the job's size."""
+    maps = [_condition(made) for made in control]
+    units = params.controls
+    one = len(units) == 1
+    return {"image" if mode == "txt2img" else "control_image": maps[0] if one else maps,
+            "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],
+            "control_guidance_start": [u.guidance_start for u in units],
+            "control_guidance_end": [u.guidance_end for u in units],
+            "width": params.width, "height": params.height}
+
+
+def _condition(made):
+    if made.mask is None:
+        return made.image
+    import numpy as np
+
+    pixels = np.asarray(made.image.convert("RGB"), dtype=np.float32) / 255.0
+    pixels[np.asarray(made.mask.convert("L")) > 127] = -1.0  # the inpaint ControlNet's mark for "fill this"
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)

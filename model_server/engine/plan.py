@@ -62,6 +62,7 @@ class Plan:
     release: tuple[tuple[str, str], ...]
     # The preset's step caching was left out: the UNet runs on OpenVINO, whose full steps are faster.
     cache_left_out: bool = False
+    controls: int = 0  # ControlNet units: the family's ControlNet pipeline class runs the job
 
     @property
     def engine(self) -> str:
@@ -87,7 +88,7 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
     candidates = ((FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
                   ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
-                  ("the inpainting checkpoint", inpaint_checkpoint),
+                  ("the inpainting checkpoint", inpaint_checkpoint), ("ControlNet", bool(params.controls)),
                   (f"a size not a multiple of {facts.openvino_multiple}",
                    bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple)))
     # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
@@ -96,7 +97,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     others = [what for what, asked in candidates if asked and what != "deep_cache"]
     cache_left_out = bool(facts.openvino and params.deep_cache > 1 and not others and preset is not None
                           and params.deep_cache == preset.deep_cache)
-    deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out else 0
+    # ControlNet residuals go into every block of every step: the cached deep features would not carry them.
+    deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out and not params.controls else 0
     reasons = tuple(what for what, asked in candidates
                     if asked and (what != "deep_cache" or deep_cache)) if facts.openvino else ()
     unet = "torch" if not facts.openvino or reasons else "openvino-lcm" if lcm else "openvino"
@@ -115,10 +117,12 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         trailing=bool(preset and preset.one_step) or any(FEW_STEP_NAME.search(ref.name) for ref in params.loras),
         decoder=_decoder(params, facts, bool(preset and preset.tiny_vae)),
         inpaint_checkpoint=inpaint_checkpoint, deep_cache=deep_cache, cache_left_out=cache_left_out,
-        token_merging=params.token_merging, tiling=params.tiling, release=release,
+        token_merging=params.token_merging, tiling=params.tiling, release=release, controls=len(params.controls),
         # Where the activations are largest (the VAE's tiling size): half a guided batch at a time, on torch, not
         # beside step caching (it keeps features per batch).
-        guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not deep_cache and _large(params, facts)))
+        # (not with ControlNet residuals, which come for the whole batch).
+        guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not deep_cache and not params.controls
+                         and _large(params, facts)))
 
 
 def _decoder(params: GenerationParams, facts: EngineFacts, tiny_asked: bool) -> str:

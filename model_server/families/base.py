@@ -18,6 +18,7 @@ class Family:
     trained_sizes: tuple[tuple[int, int], ...]
     one_step_size: int
     pipelines: dict[str, str]  # mode (txt2img, img2img, inpaint) -> diffusers class name
+    control_pipelines: dict[str, str]  # the same modes with ControlNet units
     lcm_lora: str  # the hub's LCM-LoRA for the fast preset
     tiny_vae: str  # the hub's TAESD-class decoder (previews and the fast presets)
     # A linear map from the 4 latent channels to RGB (the VAE decoder's cheap approximation, ~1 ms per step).

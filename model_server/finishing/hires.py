@@ -32,12 +32,15 @@ def second_pass(params: GenerationParams) -> GenerationParams:
                                    negative_prompt=h.negative_prompt or params.negative_prompt)
 
 
-def generate_hires(pipeline, upscalers: Upscalers, params: GenerationParams, seed: int, on_step, stop, report):
-    """One image through both passes; ``on_step`` counts on from the first pass into the second."""
+def generate_hires(pipeline, upscalers: Upscalers, params: GenerationParams, seed: int, on_step, stop, report,
+                   control=None):
+    """One image through both passes; ``on_step`` counts on from the first pass into the second. Control
+    maps steer both passes (A1111's "both"), resized to each pass's size."""
+    steer = {"control": control} if control else {}
     first = msgspec.structs.replace(params, hires=None)
     second = second_pass(params)
     latent = params.hires.upscaler in LATENT_UPSCALERS
-    made = pipeline.generate(first, seed, on_step, stop, output="latents" if latent else "upscale")
+    made = pipeline.generate(first, seed, on_step, stop, output="latents" if latent else "upscale", **steer)
     if latent:
         start = pipeline.resize_latents(made, second.width, second.height, params.hires.upscaler)
     else:
@@ -49,4 +52,4 @@ def generate_hires(pipeline, upscalers: Upscalers, params: GenerationParams, see
     report(f"hires fix: second pass at {second.width}x{second.height}")
     offset = first.steps
     return pipeline.generate(second, seed, lambda step, seconds, preview=None: on_step(offset + step, seconds, preview),
-                             stop, init_image=start)
+                             stop, init_image=start, **steer)

@@ -46,6 +46,11 @@ def check_disk(health: StorageHealth | None) -> None:
 
 def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
     p, data, mask = msg.params, msg.init_image, msg.mask
+    _control_uploads(msg, settings)
+    if p.mode == "detect":
+        if not data or mask:
+            raise errors.invalid("a detect job takes one image and no mask", "Send the image to preprocess.")
+        return
     if p.mode == "txt2img":
         if data or mask:
             raise errors.invalid("an image was sent for a txt2img job", "Send mode img2img or inpaint with it.")
@@ -65,12 +70,43 @@ def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
         raise errors.invalid(*no_step)
 
 
+def _control_uploads(msg: Submit, settings: ModelServerSettings) -> None:
+    """One image per control unit (b"": the init image's), each within MAX_UPLOAD_BYTES."""
+    p, images = msg.params, msg.control_images
+    if p.mode == "detect" and len(p.controls) != 1:
+        raise errors.invalid("a detect job runs one preprocessor", "Send one control unit naming its module.",
+                             "controls")
+    if p.mode == "detect":
+        return
+    if len(images) != len(p.controls):
+        raise errors.invalid(f"{len(p.controls)} control units came with {len(images)} images",
+                             "Send one image per unit (empty for the init image).", "controls")
+    for i, blob in enumerate(images):
+        if not blob and p.mode == "txt2img":
+            raise errors.invalid(f"controls[{i}] has no image", "Send each unit's image (base64), or an init "
+                                 "image for units to share.", "controls")
+        if len(blob) > settings.max_upload_bytes:
+            raise errors.invalid(f"the image of controls[{i}] is {len(blob):,} bytes, more than "
+                                 f"{settings.max_upload_bytes:,}", "Send a smaller image (MAX_UPLOAD_BYTES).",
+                                 "controls")
+
+
+def decode_controls(msg: Submit, settings: ModelServerSettings) -> list:
+    """Each control unit's own image, upright RGB within the size bound (None: it takes the init image)."""
+    side = max(msg.params.width, msg.params.height)
+    return [decode(blob, "control_image", settings.max_upload_pixels, side).convert("RGB") if blob else None
+            for blob in msg.control_images]
+
+
 def decode_images(msg: Submit, settings: ModelServerSettings):
-    """The checked Submit's init image and mask, decoded (each None when the mode has none); a
-    Rejection (invalid params) when one cannot be used."""
+    """The checked Submit's init image, mask and control images, decoded (None when the mode has none);
+    a Rejection (invalid params) when one cannot be used."""
     p, data, mask = msg.params, msg.init_image, msg.mask
+    controls = decode_controls(msg, settings)
+    if p.mode == "detect":  # the preprocessor takes the image at its own size
+        return decode(data, "init_image", settings.max_upload_pixels).convert("RGB"), None, controls
     if p.mode == "txt2img":
-        return None, None
+        return None, None, controls
     if mask and msg.mask_from == "alpha":  # OpenAI's edits: as OpenAI, the mask must be the image's size
         image_size, mask_size = header_size(data, "init_image"), header_size(mask, "mask")
         if image_size != mask_size:
@@ -78,14 +114,14 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
                                  f"{image_size[0]}x{image_size[1]}: they must be the same size",
                                  "Send a mask of the image's width and height.", "mask")
     if p.mode == "upscale":
-        return _upscale_source(data, p, settings), None
+        return _upscale_source(data, p, settings), None, controls
     # Decoded once: the mask may come from its alpha.
     source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
     init = as_init_image(source, p.width, p.height, p.resize_mode)
     if p.mode != "inpaint":
-        return init, None
+        return init, None, controls
     return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur,
-                             p.resize_mode)
+                             p.resize_mode), controls
 
 
 def _upscale_source(data: bytes, p: GenerationParams, settings: ModelServerSettings):

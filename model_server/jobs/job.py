@@ -42,6 +42,8 @@ class Job:
     awaiting_uploads: bool = False  # queued at a crash with uploads: waits for its gateway to send them again
     init_image: Any = None  # img2img and inpaint: the decoded, resized PIL image (memory only, never on disk)
     mask: Any = None  # inpaint: an L image, white where to repaint
+    # One per control unit: its decoded image (RGB, its own size), or None for the init image's (memory only).
+    control_images: list = dataclasses.field(default_factory=list)
     tiles: int = 0  # an upscale job's tiles, its "steps" (known once it starts)
     step_seconds: float = 0.0  # the timed steps' total, and how many (the measured speeds, jobs/speed.py)
     timed_steps: int = 0

@@ -29,7 +29,7 @@ from model_server.jobs.job import Job
 from model_server.jobs.outputs import OutputStore
 from model_server.jobs.records import Records
 from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
-                               StopMode, lost_before_start)
+                               StopMode, has_uploads, lost_before_start)
 
 _TOMBSTONES = 10_000
 _SWEEP_SECONDS = 60.0
@@ -82,7 +82,7 @@ class JobTable:
             self._unreserve_locked(client_id)
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
-               mask=None, reserved: bool = False, job_id: str = "") -> Job:
+               mask=None, control_images=None, reserved: bool = False, job_id: str = "") -> Job:
         """Queue a job. ``job_id`` keeps the id a job had on a model server that died before running
         it (a gateway placing it again); an id this server already knows is refused."""
         if job_id and job_id.startswith(self.server_id):  # only this server makes ids with its prefix, never a peer
@@ -104,7 +104,8 @@ class JobTable:
             else:
                 self._check_room_locked(client_id)
             job = Job(id=job_id or self.server_id + uuid.uuid4().hex[8:], params=params, created_at=time.time(),
-                      client_id=client_id, request_id=request_id, init_image=init_image, mask=mask)
+                      client_id=client_id, request_id=request_id, init_image=init_image, mask=mask,
+                      control_images=control_images or [])
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()
@@ -120,7 +121,7 @@ class JobTable:
         with self._lock:
             for r in records:
                 job = Job(id=r.job_id, params=r.params, created_at=r.created_at, client_id=r.client_id,
-                          request_id=r.request_id, awaiting_uploads=r.params.mode != "txt2img")
+                          request_id=r.request_id, awaiting_uploads=has_uploads(r.params))
                 self._jobs[job.id] = job
                 if not job.awaiting_uploads:
                     self._queue.append(job.id)

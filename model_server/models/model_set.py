@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from model_server import errors, memory
+from model_server.control.catalog import ControlNets
 from model_server.errors import Rejection
 from model_server.families import FAMILIES
 from model_server.finishing.faces import FaceRestorers
@@ -26,7 +27,7 @@ from model_server.models.catalog import Catalog, ModelSource
 from model_server.models.loras import LoraFiles
 from model_server.pipeline import SCHEDULERS, Pipeline, PipelineLoadError, max_steps, preset_unavailable
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, ModelList, ModelSwitch, StopMode
+from protocol.messages import GenerationParams, ModelList, ModelSwitch, StopMode, runs_diffusion
 from protocol.presets import PRESETS
 from protocol.upscalers import DEFAULT_UPSCALER
 
@@ -50,8 +51,9 @@ class ModelSet:
 
     def __init__(self, catalog: Catalog, loras: LoraFiles,
                  load: Callable[[ModelSource, LoadProgress], Pipeline], upscalers: Upscalers | None = None,
-                 faces: FaceRestorers | None = None):
+                 faces: FaceRestorers | None = None, controlnets: ControlNets | None = None):
         self.catalog, self.loras, self._load = catalog, loras, load
+        self.controlnets = controlnets or ControlNets("")
         self.upscalers = upscalers or Upscalers("", lambda: None)
         self.faces = faces or FaceRestorers("", lambda: None)
         # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
@@ -115,8 +117,10 @@ class ModelSet:
         return current.engine(params) if current else "not loaded yet"
 
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
-                 output: str = "image"):
+                 output: str = "image", control=None):
         extra = {"output": output} if output != "image" else {}  # only the hires fix asks for latents
+        if control:
+            extra["control"] = control
         return self.current.generate(params, seed, on_step, stop, init_image=init_image, mask=mask, **extra)
 
     def resize_latents(self, latents, width: int, height: int, upscaler: str):
@@ -132,6 +136,7 @@ class ModelSet:
         return ModelList(models=self.catalog.entries(pair[1].name if pair else None, hashes, self.unavailable_for),
                          loras=self.loras.entries(pair[0].loaded_loras() if pair else set()),
                          upscalers=self.upscalers.entries(), face_restorers=self.faces.entries(),
+                         controlnets=self.controlnets.entries(pair[0].loaded_controlnets() if pair else set()),
                          face_detector=detector.name if (detector := self.faces.detector()) else "")
 
     def check(self, params: GenerationParams) -> None:
@@ -143,6 +148,8 @@ class ModelSet:
             self.upscalers.check(params.upscaler or DEFAULT_UPSCALER, latent=False)
             if params.upscaler_2:
                 self.upscalers.check(params.upscaler_2, latent=False, field="upscaler_2")
+        if not runs_diffusion(params):
+            self.controlnets.check(params, "", params.mode != "txt2img")
             return
         if params.hires is not None:
             self.upscalers.check(params.hires.upscaler, latent=True, field="hires")
@@ -154,6 +161,7 @@ class ModelSet:
             raise errors.unknown_name("LoRA", unknown[0], self.loras.names(), "GET /v1/loras", "loras")
         if len({ref.name for ref in params.loras}) != len(params.loras):
             raise errors.invalid("a LoRA is named twice", "Name each LoRA once, with the weight you want.")
+        self.controlnets.check(params, model.family, params.mode != "txt2img")
         unavailable = self.unavailable_for(model)
         if params.preset in unavailable:
             raise Rejection(preset_unavailable(params.preset, unavailable[params.preset], unavailable,
@@ -185,8 +193,21 @@ class ModelSet:
             loras.append((ref.name, path, ref.weight))
         hashes = {name: self.loras.short_hash(path) for name, path, _ in loras}
         self.current.apply_loras(loras)
+        if params.controls:
+            self.current.apply_controlnets(self._controlnet_folders(params))
         self.current.prepare_parts(params, report, stop)
         return model.name, switch, hashes
+
+    def _controlnet_folders(self, params: GenerationParams) -> list[tuple[str, Path]]:
+        """The job's ControlNets (name, folder), in unit order; PipelineLoadError for one gone since the submit."""
+        folders = []
+        for unit in params.controls:
+            found = self.controlnets.find(unit.model)
+            if found is None:
+                raise PipelineLoadError(errors.unknown_name("ControlNet", unit.model, self.controlnets.names(),
+                                                            "GET /v1/controlnets").error)
+            folders.append((unit.model, found[0]))
+        return folders
 
     def prepare_ahead(self, stop: Callable[[], bool]) -> bool:
         """Idle time: the loaded model's one-time parts (Pipeline.prepare_ahead)."""

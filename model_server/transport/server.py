@@ -35,7 +35,8 @@ from protocol import codec, transport
 from protocol.errors import ProtocolError
 from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
                                FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs, ListModels,
-                               ModelState, Ping, Pong, Progress, Rejected, Release, Result, Submit, Watch, Working)
+                               ModelState, Ping, Pong, Progress, Rejected, Release, Result, Submit, Watch, Working,
+                               has_uploads)
 
 log = logging.getLogger(__name__)
 _HANDOFF_SECONDS = 5.0  # how long a stopping server keeps its queued jobs for gateways to take back
@@ -263,7 +264,7 @@ class ModelServer:
                 models = self.worker.models
                 deadlines.check(msg.params, self.table, self.worker.speeds, msg.params.model or
                                 models.catalog.default.name, models.unavailable_presets())
-            if msg.params.mode != "txt2img":  # bounds first, so a flood of uploads is refused before any is decoded
+            if has_uploads(msg.params):  # bounds first, so a flood of uploads is refused before any is decoded
                 self.table.reserve(msg.client_id)
                 self.decoder.put(Pending(identity, ref, msg))
                 return

@@ -19,6 +19,7 @@ class FakeModelClient:
         self.owners: dict[str, str] = {}  # job id -> the client that submitted it
         self.init_images: dict[str, bytes] = {}
         self.masks: dict[str, tuple[bytes, str]] = {}
+        self.control_images: dict[str, list[bytes]] = {}
         self.submitted = []
         self.cancelled = []
         self.finishes = 0  # jobs watched to their end (their finished_at)
@@ -70,7 +71,8 @@ class FakeModelClient:
         except (ModelServerUnavailable, RemoteError) as exc:
             return [ServerView("ipc:///fake/model.sock", None, False, None, str(exc))]
 
-    def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance"):
+    def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance",
+               control_images=()):
         self._maybe_raise("submit")
         job_id = f"job{len(self.jobs) + 1}"
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
@@ -80,6 +82,7 @@ class FakeModelClient:
         self.submitted.append((params, client_id, request_id))
         self.init_images[job_id] = init_image
         self.masks[job_id] = (mask, mask_from)
+        self.control_images[job_id] = list(control_images)
         return view
 
     def get_job(self, job_id, client_id=""):

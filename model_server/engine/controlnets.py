@@ -1,0 +1,115 @@
+"""ControlNets on the torch engine: loading the ones a job names, and A1111's control modes.
+
+Only the latest job's ControlNets stay loaded (up to three, in the model's precision): an SD 1.5
+ControlNet is 0.7 GB in bf16, and an 8 GB machine cannot keep a shelf of them beside the model. A
+job naming others drops the rest first.
+
+The control modes act on each ControlNet's outputs, as A1111's extension does: "prompt" (my prompt is
+more important) weakens the residuals towards the shallow layers (x 0.825 per layer from the deepest);
+"control" (ControlNet is more important) does that and steers only the conditional half of a guided
+batch, so the unconditional prediction no longer follows the control. "balanced" leaves them alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from model_server.engine.model_loader import redact
+from model_server.memory import release_memory
+from model_server.pipeline import load_error
+
+log = logging.getLogger(__name__)
+SOFT = 0.825  # A1111's per-layer fall-off for soft injection
+
+
+class LoadedControlNets:
+    """The ControlNets of the latest job that had any (see the module)."""
+
+    def __init__(self, dtype: torch.dtype, channels_last: bool = False, token: str = ""):
+        self._dtype, self._channels_last, self._token = dtype, channels_last, token
+        self._models: dict[str, torch.nn.Module] = {}
+        self.names: list[str] = []  # the job's, in unit order (apply)
+
+    def loaded(self) -> set[str]:
+        return set(self._models)
+
+    def apply(self, pairs: list[tuple[str, Path]]) -> None:
+        """Load the job's ControlNets (name, folder); the ones it does not name are dropped first."""
+        from diffusers import ControlNetModel
+
+        wanted = dict(pairs)
+        dropped = [name for name in self._models if name not in wanted]
+        for name in dropped:
+            del self._models[name]
+        if dropped:
+            release_memory()
+        for name, folder in wanted.items():
+            if name in self._models:
+                continue
+            started = time.monotonic()
+            try:
+                model = ControlNetModel.from_pretrained(str(folder), torch_dtype=self._dtype)
+            except Exception as exc:  # a broken folder fails the job that names it, said plainly
+                reason = redact(f"{type(exc).__name__}: {str(exc)[:300]}", self._token)
+                raise load_error(f"could not load the ControlNet {name!r}: {reason}",
+                                 "Check its folder in CONTROLNET_DIR (config.json and its weights).") from None
+            model.eval().requires_grad_(False)
+            if self._channels_last:
+                model.to(memory_format=torch.channels_last)
+            self._models[name] = model
+            log.info("ControlNet %s loaded in %.1f s", name, time.monotonic() - started)
+        self.names = [name for name, _ in pairs]
+
+    def model(self):
+        """What the pipeline takes as ``controlnet``: one model, or several together."""
+        nets = [self._models[name] for name in self.names]
+        if len(nets) == 1:
+            return nets[0]
+        from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+        return MultiControlNetModel(nets)
+
+
+@contextmanager
+def control_modes(models: list[torch.nn.Module], modes: list[str], guided: bool):
+    """Each unit's control mode on its ControlNet's outputs while the job runs (see the module). A
+    ControlNet named by two units is called twice per step, in unit order: its hook takes their modes in turn."""
+    per_model: dict[int, list[str]] = {}
+    for model, mode in zip(models, modes):
+        per_model.setdefault(id(model), []).append(mode)
+    handles = []
+    if any(mode != "balanced" for mode in modes):
+        for model in {id(m): m for m in models}.values():
+            turns = per_model[id(model)]
+            calls = [0]
+
+            def hook(module, args, output, turns=turns, calls=calls):
+                mode = turns[calls[0] % len(turns)]
+                calls[0] += 1
+                return _moded(output, mode, guided)
+
+            handles.append(model.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _moded(output, mode: str, guided: bool):
+    if mode == "balanced":
+        return output
+    down, mid = output[0], output[1]
+    layers = len(down)
+    down = [sample * SOFT ** (layers - i) for i, sample in enumerate(down)]
+    if mode == "control" and guided:  # the unconditional half (diffusers puts it first) goes uncontrolled
+        half = mid.shape[0] // 2
+        keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype)
+        keep[:half] = 0
+        down, mid = [sample * keep for sample in down], mid * keep
+    return (down, mid, *output[2:]) if isinstance(output, tuple) else type(output)(down, mid)
