@@ -64,12 +64,13 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
             response.vary.add("Origin")
         return response
 
-    from gateway import (a1111_api, a1111_extras, a1111_faces, a1111_tasks, capabilities_api, catalog_api, health,
-                         jobs_api, mcp_api, metrics, native, openai_api, openapi, png_info, presets_api, rate_limits,
-                         upscale_api, web)
+    from gateway import (a1111_api, a1111_controlnet, a1111_extras, a1111_faces, a1111_tasks, capabilities_api,
+                         catalog_api, controlnet_api, health, jobs_api, mcp_api, metrics, native, openai_api, openapi,
+                         png_info, presets_api, rate_limits, upscale_api, web)
 
-    for module in (web, native, jobs_api, upscale_api, presets_api, catalog_api, openai_api, a1111_api, a1111_extras,
-                   a1111_faces, a1111_tasks, png_info, health, metrics, openapi, mcp_api, capabilities_api):
+    for module in (web, native, jobs_api, upscale_api, controlnet_api, presets_api, catalog_api, openai_api,
+                   a1111_api, a1111_extras, a1111_faces, a1111_tasks, a1111_controlnet, png_info, health, metrics,
+                   openapi, mcp_api, capabilities_api):
         app.register_blueprint(module.bp)
     app.register_blueprint(png_info.a1111_bp)
     register_error_handlers(app, {openai_api.bp.name: openai_api.render_error,
@@ -77,6 +78,7 @@ def create_app(settings: GatewaySettings | None = None, model_client=None) -> Fl
                                   a1111_extras.bp.name: a1111_api.render_error,
                                   a1111_faces.bp.name: a1111_api.render_error,
                                   a1111_tasks.bp.name: a1111_api.render_error,
+                                  a1111_controlnet.bp.name: a1111_api.render_error,
                                   png_info.a1111_bp.name: a1111_api.render_error})
     rate_limits.install(app, settings)  # after the routes exist and after auth has named the client
     metrics.install(app)

@@ -19,6 +19,7 @@ import msgspec
 from flask import Blueprint, jsonify, request
 from msgspec import Meta
 
+from gateway.a1111_controlnet import units as controlnet_units
 from gateway.a1111_faces import face_fields
 from gateway.a1111_names import SAMPLERS, SCHEDULERS, resolve_sampler
 from gateway.a1111_options import DEFAULTS, checked, generation_fields
@@ -71,6 +72,7 @@ class Txt2ImgRequest(msgspec.Struct, kw_only=True):
     hr_negative_prompt: str | None = None
     script_name: str | None = None
     force_task_id: str | None = None  # the task id POST /internal/progress follows (a1111_tasks)
+    alwayson_scripts: dict | None = None  # ControlNet's units are used (a1111_controlnet); other scripts ignored
 
 
 class Img2ImgRequest(Txt2ImgRequest, kw_only=True):
@@ -197,6 +199,9 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
         fields["model"] = _checkpoint(checkpoint)
     if r.enable_hr and not img2img:
         fields["hires"] = _hires(r)
+    controls = controlnet_units(r.alwayson_scripts, notes)
+    if controls:
+        fields["controls"] = controls
     # this request's settings (checked as a POST /options is), else this client's, else A1111's
     options = {**DEFAULTS, **chosen, **checked(overrides)}
     # Step previews for /progress's current_image and /internal/progress's live_preview (a millisecond a step).

@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 
 from gateway.a1111_api import Img2ImgRequest, Txt2ImgRequest
 from gateway.a1111_extras import BatchImagesRequest, SingleImageRequest
+from gateway.controlnet_api import DetectRequest
 from gateway.errors import ApiError
 from gateway.openai_api import ImagesRequest
 from gateway.policy import public
@@ -158,6 +159,14 @@ def _compat_paths() -> dict:
                      None, (400, 401, 403, 404, 406, 413, 415, 429), content={**_ANY_JSON, **_EVENT_STREAM}),
         f"{a1111}/face-restorers": get("AUTOMATIC1111: the face restorers (FACE_RESTORER_DIR; none without a face "
                                        "detector)", _ANY_JSON_ARRAY),
+        "/controlnet/version": get("A1111's ControlNet extension: its API version"),
+        "/controlnet/settings": get("A1111's ControlNet extension: control_net_unit_count (units per job)"),
+        "/controlnet/model_list": get("A1111's ControlNet extension: the ControlNets (CONTROLNET_DIR)"),
+        "/controlnet/module_list": get("A1111's ControlNet extension: the preprocessors and their sliders"),
+        "/controlnet/control_types": get("A1111's ControlNet extension: control types with their modules and models"),
+        "/controlnet/detect": post("A1111's ControlNet extension: preprocess images (controlnet_module, "
+                                   "controlnet_input_images or controlnet_images, controlnet_processor_res, "
+                                   "controlnet_threshold_a/b): the maps, base64", None, (413, 422, 429, 500, 503)),
         **{f"{a1111}/{name}": get(f"AUTOMATIC1111: {what} (none here yet: an empty list)", _ANY_JSON_ARRAY)
            for name, what in (("hypernetworks", "hypernetworks"), ("prompt-styles", "prompt styles"))},
     }
@@ -166,7 +175,7 @@ def _compat_paths() -> dict:
 def build_spec(request_type: type) -> dict:
     _, components = msgspec.json.schema_components(
         [request_type, JobResource, ErrorBody, ImagesRequest, Txt2ImgRequest, Img2ImgRequest, UpscaleRequest,
-         SingleImageRequest, BatchImagesRequest], ref_template=_REF)
+         SingleImageRequest, BatchImagesRequest, DetectRequest], ref_template=_REF)
     # The generation routes take JSON (images base64) or a multipart form (images as files).
     body = {"required": True, "content": {**_json_content(request_type.__name__),
                                           "multipart/form-data": {"schema": _ref(request_type.__name__)}}}
@@ -212,6 +221,15 @@ def build_spec(request_type: type) -> dict:
             "requestBody": {"required": True, "content": {**_json_content("UpscaleRequest"),
                                                           "multipart/form-data": {"schema": _ref("UpscaleRequest")}}},
             "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
+        "/v1/detect": {"post": {
+            "summary": "Start a detect job: one ControlNet preprocessor (module) on an image, no model: the control "
+                       "map a unit would make; poll or stream it like any job",
+            "requestBody": {"required": True, "content": _json_content("DetectRequest")},
+            "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
+        "/v1/controlnets": {"get": {
+            "summary": "ControlNets a control unit may name (CONTROLNET_DIR, each with its model family) and the "
+                       "preprocessors (modules) with their settings",
+            "responses": {"200": {"description": "The lists", "content": _ANY_JSON}, **_errors(503)}}},
         "/v1/upscalers": {"get": {
             "summary": "Upscalers: built-in resamplers, the hires fix's latent ones, and model files (UPSCALER_DIR)",
             "responses": {"200": {"description": "The list", "content": _ANY_JSON}, **_errors(503)}}},

@@ -273,6 +273,16 @@ class ParamValidator:
             raise ApiError(400, "invalid_params", broken[1].replace(broken[0], field), broken[2], field=field)
         return Generation(params, self.checked_upload(image, "image"))
 
+    def detect(self, image: bytes, unit: ControlUnit, fmt: str = "png") -> Generation:
+        """A detect job: ``image`` through ``unit``'s preprocessor (its module, resolution and thresholds), no
+        model; its prompt only labels it."""
+        if not image:
+            raise ApiError(400, "invalid_params", "image is required", "Send the image to preprocess (base64).",
+                           field="image")
+        params = GenerationParams(prompt=f"detect {unit.module}"[:self.settings.max_prompt_length], seed=0, steps=1,
+                                  mode="detect", controls=[unit], format=fmt)
+        return Generation(params, self.checked_upload(image, "image"))
+
     def decoded_upload(self, text: str | None, field: str) -> bytes:
         """A base64 upload (a data: URL too) as bytes, its size checked; b"" when absent."""
         if not text:

@@ -1,0 +1,228 @@
+"""ControlNet on the real service: tiny random-weight ControlNets for ``tiny`` (SD 1.x) and ``tiny-sdxl``
+in CONTROLNET_DIR (beside a folder that is no ControlNet), through the native API, A1111's ControlNet
+extension API with ``webuiapi``'s own helpers, and the hostile inputs a public server gets."""
+
+from __future__ import annotations
+
+import base64
+import io
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from PIL import Image, ImageDraw
+
+from tests.integration.conftest import start_stack, stop_stack
+
+pytestmark = pytest.mark.slow
+SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def stack(log_dir, tiny_model_dir, tmp_path_factory):
+    from model_server.engine.tiny_controlnets import write_tiny_controlnets
+
+    folder = tmp_path_factory.mktemp("controlnets")
+    write_tiny_controlnets(folder)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "config.json").write_text("not json")
+    stack = start_stack(log_dir, tiny_model_dir, {"GATEWAY_WORKERS": 1}, CONTROLNET_DIR=folder,
+                        SD_MODELS="tiny-sdxl")
+    yield stack
+    stop_stack(stack)
+    assert "Traceback" not in stack.gateway.log() and "Traceback" not in stack.model_server.log()
+
+
+@pytest.fixture
+def api(stack):
+    url = urlparse(stack.url)
+    return webuiapi.WebUIApi(host=url.hostname, port=url.port)
+
+
+def drawing(size=(64, 64)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((8, 8, size[0] - 8, size[1] - 8), outline="black", width=3)
+    draw.line((0, size[1] // 2, size[0], size[1] // 2), fill="black", width=2)
+    return image
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def generate(stack, **body) -> requests.Response:
+    return requests.post(stack.url + "/generate", json={"prompt": "a cat", **SMALL, **body}, timeout=120)
+
+
+def pixels(response: requests.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
+
+
+def unit(**fields) -> dict:
+    return {"image": b64(drawing()), "module": "canny", "model": "tiny-controlnet", **fields}
+
+
+def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_extension_lists_them(stack, api):
+    listing = requests.get(stack.url + "/v1/controlnets", timeout=10).json()
+    nets = {c["name"]: c for c in listing["controlnets"]}
+    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet"}  # "notes" is no ControlNet
+    assert (nets["tiny-controlnet"]["family"], nets["tiny-sdxl-controlnet"]["family"]) == ("sd1", "sdxl")
+    modules = {m["name"]: m for m in listing["modules"]}
+    assert modules["canny"]["available"] and modules["canny"]["threshold_a"]["value"] == 100
+    assert modules["depth_midas"]["available"] is False
+    assert api.controlnet_version() == 2
+    assert sorted(api.controlnet_model_list()) == ["tiny-controlnet", "tiny-sdxl-controlnet"]
+    assert {"none", "canny", "inpaint_only", "tile_resample"} <= set(api.controlnet_module_list())
+    detail = requests.get(stack.url + "/controlnet/module_list", timeout=10).json()["module_detail"]
+    assert [s["name"] for s in detail["canny"]["sliders"]] == ["Preprocessor Resolution", "Canny Low Threshold",
+                                                               "Canny High Threshold"]
+    assert requests.get(stack.url + "/controlnet/settings", timeout=10).json() == {"control_net_unit_count": 3}
+    types = requests.get(stack.url + "/controlnet/control_types", timeout=10).json()["control_types"]
+    assert types["Canny"]["default_option"] == "canny" and "tiny-controlnet" in types["All"]["model_list"]
+
+
+def test_a_unit_steers_the_image_by_its_weight_and_the_job_says_it_ran_on_torch(stack):
+    plain = pixels(generate(stack))
+    steered = generate(stack, controls=[unit()])
+    again = pixels(generate(stack, controls=[unit()]))
+    assert np.array_equal(pixels(steered), again)  # seeded: the same unit, the same image
+    assert np.abs(pixels(steered) - plain).mean() > 1
+    weaker = pixels(generate(stack, controls=[unit(weight=0.3)]))
+    assert not np.array_equal(weaker, again)
+    job = requests.get(f"{stack.url}/v1/jobs/{steered.headers['X-Job-Id']}", timeout=5).json()
+    assert job["engine"].startswith("torch") and job["params"]["controls"][0]["model"] == "tiny-controlnet"
+    assert "image" not in job["params"]["controls"][0]  # the control image stays out of the job's record
+    info = Image.open(io.BytesIO(steered.content)).info["parameters"]
+    assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet, Weight: 1, Resize Mode: Crop and Resize' in info
+    assert "Threshold A: 100, Threshold B: 200" in info  # the module's defaults, as written
+
+
+def test_control_modes_ranges_and_several_units_each_change_the_image(stack):
+    base = pixels(generate(stack, controls=[unit()]))
+    variants = [[unit(control_mode="prompt")], [unit(control_mode="control")], [unit(guidance_end=0.4)],
+                [unit(), unit(module="blur_gaussian", weight=0.5, resize_mode="fill")]]
+    made = [pixels(generate(stack, controls=units)) for units in variants]
+    for units, image in zip(variants, made):
+        assert not np.array_equal(image, base), units
+    assert len({m.tobytes() for m in made}) == len(made)
+
+
+def test_img2img_units_take_the_init_image_and_inpaint_only_fills_the_masked_part(stack):
+    init = Image.new("RGB", (64, 64), (30, 160, 220))
+    ImageDraw.Draw(init).rectangle((16, 16, 48, 48), fill="white")
+    img2img = generate(stack, init_image=b64(init), strength=0.7,
+                       controls=[{"module": "canny", "model": "tiny-controlnet"}])
+    assert pixels(img2img).shape == (64, 64, 3)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    body = {"init_image": b64(init), "mask": b64(mask), "mask_blur": 0, "strength": 0.9,
+            "controls": [{"module": "inpaint_only", "model": "tiny-controlnet"}]}
+    painted = pixels(generate(stack, **body))
+    assert np.abs(painted[:, 40:] - np.asarray(init)[:, 40:]).max() == 0  # the kept half is the original
+
+
+def test_an_sdxl_model_takes_its_own_family_of_controlnet_and_refuses_the_other(stack):
+    sdxl = generate(stack, model="tiny-sdxl", controls=[unit(model="tiny-sdxl-controlnet")])
+    assert pixels(sdxl).shape == (64, 64, 3)
+    wrong = generate(stack, model="tiny-sdxl", controls=[unit()])
+    assert wrong.status_code == 400 and "for sd1 models" in wrong.json()["error"]
+
+
+def test_webuiapis_controlnet_units_and_detect_run_unchanged(api, stack):
+    # (Each call gets its own alwayson_scripts: webuiapi's default is one dict its calls add the units to, so a
+    # later call without units would send the earlier ones again.)
+    cn = webuiapi.ControlNetUnit(image=drawing(), module="canny", model="tiny-controlnet [abc123]",
+                                 threshold_a=50, threshold_b=150, control_mode=1, pixel_perfect=True)
+    result = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[cn],
+                          alwayson_scripts={})
+    assert result.image.size == (64, 64)
+    assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet' in result.info["infotexts"][0]
+    assert "Control Mode: My prompt is more important" in result.info["infotexts"][0]
+    plain = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, alwayson_scripts={})
+    assert not np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+    off = webuiapi.ControlNetUnit(image=drawing(), module="canny", model="tiny-controlnet", enabled=False)
+    skipped = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[off],
+                          alwayson_scripts={})
+    assert np.array_equal(np.asarray(skipped.image), np.asarray(plain.image))  # a disabled unit does nothing
+    init = Image.new("RGB", (64, 64), (200, 60, 60))
+    img2img = api.img2img(images=[init], prompt="a cat", seed=3, steps=4, width=64, height=64,
+                          denoising_strength=0.6, alwayson_scripts={}, controlnet_units=[webuiapi.ControlNetUnit(
+                              module="tile_resample", model="tiny-controlnet", threshold_a=2)])
+    assert img2img.image.size == (64, 64)
+    detected = api.controlnet_detect([drawing((96, 80))], module="canny", processor_res=128, threshold_a=50,
+                                     threshold_b=100)
+    edges = np.asarray(detected.image.convert("L"))
+    assert detected.info == "Success" and edges.shape == (128, 154)  # its shorter side at processor_res
+    assert set(np.unique(edges)) == {0, 255} and (edges == 255).mean() > 0.01
+
+
+def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
+    response = requests.post(stack.url + "/v1/detect", json={"image": b64(drawing()), "module": "invert"},
+                             timeout=10)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    for _ in range(200):
+        job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+        if job["state"] == "succeeded":
+            break
+    image = Image.open(io.BytesIO(requests.get(f"{stack.url}/v1/jobs/{job_id}/image", timeout=5).content))
+    assert job["engine"] == "preprocessor invert"
+    assert np.array_equal(np.asarray(image.convert("RGB")), 255 - np.asarray(drawing()))
+
+
+@pytest.mark.parametrize("controls, fragment", [
+    ([unit(module="sobel")], "unknown preprocessor"),
+    ([unit(module="depth_midas")], "needs an annotator model"),
+    ([unit(model="nope")], "unknown ControlNet"),
+    ([unit(model="notes")], "unknown ControlNet"),
+    ([unit()] * 4, "length <= 3"),
+    ([unit(image=None)], "has no image"),
+    ([unit(image="!!notbase64")], "not valid base64"),
+    ([unit(image=base64.b64encode(b"GIF89a not an image").decode())], "cannot be read"),
+    ([unit(guidance_start=0.8, guidance_end=0.2)], "is not before"),
+    ([unit(weight=3)], "controls"),
+    ([unit(module="inpaint_only")], "needs an inpainting job"),
+    ([unit(control_mode="loud")], "controls"),
+    ("canny", "controls"),
+])
+def test_hostile_units_are_clean_400s(stack, controls, fragment):
+    response = generate(stack, controls=controls)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert fragment in error["error"] and error["hint"]
+
+
+def test_a_huge_control_image_is_refused_before_it_is_decoded(stack):
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buffer, "PNG")  # a few KB that would decode to 144 megapixels
+    response = generate(stack, controls=[unit(image=base64.b64encode(buffer.getvalue()).decode())])
+    assert response.status_code == 400 and "pixels" in response.json()["error"]
+
+
+@pytest.mark.parametrize("scripts, fragment", [
+    ({"controlnet": {"args": "canny"}}, "must be a list"),
+    ({"ControlNet": {"args": [{"module": "canny", "model": "tiny-controlnet", "control_mode": "loud"}]}},
+     "control_mode"),
+    ({"controlnet": {"args": [{"model": "tiny-controlnet", "weight": "heavy"}]}}, "must be a number"),
+    ({"controlnet": {"args": [{"model": "tiny-controlnet", "image": 5}]}}, "base64 text"),
+])
+def test_hostile_a1111_units_are_422s_in_fastapis_shape(stack, scripts, fragment):
+    response = requests.post(stack.url + "/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64,
+                                                                     "height": 64, "alwayson_scripts": scripts},
+                             timeout=30)
+    assert response.status_code == 422, response.text
+    assert fragment in response.json()["detail"][0]["msg"]
+
+
+def test_detect_refuses_what_the_extension_refuses(stack):
+    for body, fragment in (({"controlnet_module": "canny", "controlnet_input_images": []}, "No image selected"),
+                           ({"controlnet_module": "openpose", "controlnet_input_images": [b64(drawing())]},
+                            "Module not available")):
+        response = requests.post(stack.url + "/controlnet/detect", json=body, timeout=10)
+        assert response.status_code == 422 and fragment in response.json()["detail"][0]["msg"]

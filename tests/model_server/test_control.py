@@ -1,0 +1,183 @@
+"""Control without torch: the built-in preprocessors' maps, the ControlNet folder's listing and the checks
+every unit meets at submit, the plan's decisions for jobs with units, the infotext, and the model server
+(fake pipeline) taking units and their images over ZeroMQ. The engine and the real service:
+tests/integration/test_control_service.py."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from model_server.control.catalog import ControlNets, family_of
+from model_server.control.preprocessors import control_maps, detect
+from model_server.engine.plan import EngineFacts, decide
+from model_server.errors import Rejection
+from protocol.control import BUILTIN_MODULES, module_named, threshold
+from protocol.errors import ErrorCode
+from protocol.infotext import infotext
+from protocol.messages import ControlUnit, GenerationParams, JobState
+from tests.helpers import wait_until
+
+
+def drawing(size=(80, 64)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).ellipse((10, 10, size[0] - 10, size[1] - 10), outline="black", width=3)
+    return image
+
+
+def params(**kw) -> GenerationParams:
+    return GenerationParams(**{"prompt": "a cat", "seed": 1, "width": 64, "height": 64, **kw})
+
+
+@pytest.mark.parametrize("module", list(BUILTIN_MODULES))
+def test_every_builtin_preprocessor_makes_an_rgb_map_at_its_resolution(module):
+    made = detect(module, drawing(), 128)
+    assert made.mode == "RGB"
+    if BUILTIN_MODULES[module].resolution and module != "tile_resample":
+        assert min(made.size) == 128 and made.size == (160, 128)  # the shorter side at the resolution
+    elif not BUILTIN_MODULES[module].resolution:
+        assert made.size == (80, 64)
+
+
+def test_the_maps_are_what_each_module_says():
+    source = drawing()
+    edges = np.asarray(detect("canny", source, 64))
+    assert set(np.unique(edges)) == {0, 255} and (edges == 255).mean() > 0.02
+    assert np.array_equal(np.asarray(detect("invert", source, 64)), 255 - np.asarray(source))
+    binary = np.asarray(detect("binary", source, 64))
+    assert set(np.unique(binary)) <= {0, 255} and (binary == 255).mean() < 0.5  # white lines on black
+    assert detect("tile_resample", source, 64, a=4).size == (20, 16)
+    assert np.array_equal(np.asarray(detect("shuffle", source, 64, seed=3)),
+                          np.asarray(detect("shuffle", source, 64, seed=3)))
+    loose, tight = (np.asarray(detect("canny", source, 64, a=a, b=b)) for a, b in ((10, 20), (200, 250)))
+    assert (loose == 255).sum() >= (tight == 255).sum()
+
+
+def test_thresholds_default_when_unset_and_stay_within_the_modules_sliders():
+    assert threshold("canny", "a", -1) == 100 and threshold("canny", "b", -1) == 200
+    assert threshold("canny", "a", 999) == 255 and threshold("tile_resample", "a", 0.5) == 1.0
+    assert module_named("Invert (from white bg & black line)") == "invert" and module_named("depth_midas") is None
+
+
+def test_each_units_map_is_at_the_jobs_size_and_the_inpaint_module_carries_the_mask():
+    p = params(width=96, height=64, controls=[ControlUnit(module="canny", model="m"),
+                                              ControlUnit(module="inpaint_only", model="m", resize_mode="stretch")])
+    init, mask = Image.new("RGB", (96, 64), "red"), Image.new("L", (96, 64), 255)
+    maps = control_maps(p, [drawing((40, 40)), None], init, mask, 1)
+    assert [m.image.size for m in maps] == [(96, 64), (96, 64)]
+    assert maps[0].mask is None and maps[1].mask is mask and maps[1].image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def write_controlnet(folder, name: str, config: dict, weights: bool = True) -> None:
+    path = folder / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    if weights:
+        (path / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 16)
+
+
+def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_one(tmp_path):
+    write_controlnet(tmp_path, "canny15", {"_class_name": "ControlNetModel", "cross_attention_dim": 768})
+    write_controlnet(tmp_path, "depth21", {"_class_name": "ControlNetModel", "cross_attention_dim": 1024})
+    write_controlnet(tmp_path, "xl", {"_class_name": "ControlNetModel", "addition_embed_type": "text_time"})
+    write_controlnet(tmp_path, "a-unet", {"_class_name": "UNet2DConditionModel"})
+    write_controlnet(tmp_path, "no-weights", {"_class_name": "ControlNetModel"}, weights=False)
+    (tmp_path / "stray.safetensors").write_bytes(b"x")
+    nets = ControlNets(str(tmp_path))
+    assert {e.name: e.family for e in nets.entries(set())} == {"canny15": "sd1", "depth21": "sd2", "xl": "sdxl"}
+    assert nets.find("canny15 [0123abcd]")[1] == "sd1"  # A1111's title
+    assert family_of({}) == "sd1"
+
+
+@pytest.mark.parametrize("unit, mode, fragment", [
+    (ControlUnit(module="canny", model="xl"), "txt2img", "for sdxl models"),
+    (ControlUnit(module="canny", model=""), "txt2img", "names no ControlNet"),
+    (ControlUnit(module="canny", model="gone"), "txt2img", "unknown ControlNet"),
+    (ControlUnit(module="openpose", model="canny15"), "txt2img", "annotator"),
+    (ControlUnit(module="inpaint_only", model="canny15"), "img2img", "needs an inpainting job"),
+    (ControlUnit(module="canny", model="canny15", guidance_start=0.5, guidance_end=0.5), "txt2img", "not before"),
+])
+def test_a_unit_the_server_cannot_run_is_refused_saying_why(tmp_path, unit, mode, fragment):
+    write_controlnet(tmp_path, "canny15", {"_class_name": "ControlNetModel", "cross_attention_dim": 768})
+    write_controlnet(tmp_path, "xl", {"_class_name": "ControlNetModel", "addition_embed_type": "text_time"})
+    with pytest.raises(Rejection) as info:
+        ControlNets(str(tmp_path)).check(params(mode=mode, controls=[unit]), "sd1", mode != "txt2img")
+    assert fragment in info.value.error.message and info.value.error.hint
+
+
+def test_a_job_with_units_runs_the_unet_on_torch_without_step_caching_or_split_guidance():
+    units = [ControlUnit(module="canny", model="m")]
+    plan = decide(params(controls=units, deep_cache=3, width=1024, height=1024),
+                  EngineFacts(dtype="bfloat16", openvino=True, vae_tile_above=768))
+    assert plan.unet == "torch" and plan.on_torch_because == ("ControlNet",) and plan.controls == 1
+    assert plan.engine == "torch bfloat16: ControlNet runs on torch"
+    assert plan.deep_cache == 0 and not plan.guidance_halves
+    assert decide(params(), EngineFacts(dtype="bfloat16", openvino=True)).unet == "openvino"
+
+
+def test_the_infotext_writes_each_unit_as_a1111s_extension_does():
+    p = params(controls=[ControlUnit(module="canny", model="c15", weight=0.8, control_mode="control",
+                                     resize_mode="fill", threshold_a=50)])
+    text = infotext(p, 1, "m")
+    assert ('ControlNet 0: "Module: canny, Model: c15, Weight: 0.8, Resize Mode: Resize and Fill, Processor Res: 512, '
+            'Threshold A: 50, Threshold B: 200, Guidance Start: 0, Guidance End: 1, Pixel Perfect: False, '
+            'Control Mode: ControlNet is more important"') in text
+    assert infotext(params(mode="detect", controls=[ControlUnit(module="canny")]), 0, "m") == "Preprocessor: canny"
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def controlnet_dir(tmp_path):
+    folder = tmp_path / "controlnets"
+    folder.mkdir()
+    write_controlnet(folder, "fake-canny", {"_class_name": "ControlNetModel", "cross_attention_dim": 768})
+    return folder
+
+
+def test_the_model_server_runs_units_with_their_images_and_detect_jobs(start_server, controlnet_dir):
+    from model_server.fake_pipeline import FakePipeline
+
+    _, client = start_server(load=lambda: FakePipeline(), controlnet_dir=str(controlnet_dir))
+    unit = ControlUnit(module="invert", model="fake-canny")
+
+    def finished(job_id: str):
+        return wait_until(lambda: (j := client.get_job(job_id)).state.terminal and j, 10, 0.02, "the job")
+
+    plain = finished(client.submit(params()).job_id)
+    steered = finished(client.submit(params(controls=[unit]), control_images=[png(drawing())]).job_id)
+    assert plain.state is steered.state is JobState.SUCCEEDED
+    assert client.fetch(plain.job_id, 0)[1] != client.fetch(steered.job_id, 0)[1]
+    assert "fake-canny" in {c.name for c in client.list_models().controlnets if c.loaded}
+    detected = finished(client.submit(params(mode="detect", controls=[ControlUnit(module="invert")]),
+                                      init_image=png(drawing())).job_id)
+    image = Image.open(io.BytesIO(client.fetch(detected.job_id, 0)[1]))
+    assert detected.engine == "preprocessor invert" and image.size == (80, 64)
+
+
+@pytest.mark.parametrize("submit, fragment", [
+    ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")])}, "came with 0 images"),
+    ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")]), "control_images": [b""]},
+     "has no image"),
+    ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")]),
+      "control_images": [b"not an image"]}, "cannot be read"),
+    ({"params": params(mode="detect", controls=[]), "init_image": b"x"}, "one preprocessor"),
+    ({"params": params(mode="upscale", upscale=2, controls=[ControlUnit(module="canny", model="fake-canny")]),
+      "init_image": b"x", "control_images": [b"x"]}, "not upscaling"),
+])
+def test_units_and_images_that_do_not_fit_are_refused_at_submit(start_server, controlnet_dir, submit, fragment):
+    from gateway.model_client import RemoteError
+    from model_server.fake_pipeline import FakePipeline
+
+    _, client = start_server(load=lambda: FakePipeline(), controlnet_dir=str(controlnet_dir))
+    with pytest.raises(RemoteError) as info:
+        client.submit(**submit)
+    assert info.value.error.code is ErrorCode.INVALID_PARAMS and fragment in info.value.error.message
