@@ -3,6 +3,7 @@ import * as gallery from "/static/gallery.js";
 import * as source from "/static/source.js";
 import * as models from "/static/models.js";
 import * as finishing from "/static/finishing.js";
+import * as control from "/static/control.js";
 import * as lightbox from "/static/lightbox.js";
 
 const $ = (id) => document.getElementById(id);
@@ -38,6 +39,7 @@ async function refreshHealth() {
     chip.title = h.error ? `${h.error.error} — ${h.error.hint}` : "";
     if (!state.modelsLoaded && h.model_state === "ready") state.modelsLoaded = await models.refresh();
     if (h.model_state === "ready") await finishing.refresh();
+    if (h.model_state === "ready") await control.refresh();
   } catch {
     chip.dataset.state = "unavailable";
     chip.textContent = "Gateway unreachable";
@@ -110,6 +112,7 @@ function applyPresets(presets) {
 // The presets the chosen model can run (its entry in /v1/models says which it cannot); turbo is shown
 // only for one-step models, and chosen when one is picked.
 function showPresets(model) {
+  control.useFamily(model && model.family);
   if (!state.presets) return;
   const select = $("preset");
   const was = select.value;
@@ -248,7 +251,7 @@ function requestBody() {
   if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if (Number($("batch").value) > 1) body.n = Number($("batch").value);
-  return { ...body, ...models.fields(), ...source.fields(), ...finishing.fields() };
+  return { ...body, ...models.fields(), ...source.fields(), ...finishing.fields(), ...control.fields() };
 }
 
 async function submit(event) {
@@ -286,7 +289,10 @@ async function enqueue(route, body) {
 function kept(body, job) {
   if (job.params.mode === "upscale") return {};
   const { init_image: image, mask, ...rest } = body;
-  return { request: { ...rest, seed: job.params.seed }, files: { init_image: Boolean(image), mask: Boolean(mask) } };
+  const units = rest.controls || [];
+  if (units.length) rest.controls = units.map(({ image: _, ...unit }) => unit);
+  return { request: { ...rest, seed: job.params.seed },
+           files: { init_image: Boolean(image), mask: Boolean(mask), controls: units.map((u) => Boolean(u.image)) } };
 }
 
 function showWaiting() {
@@ -500,6 +506,8 @@ function showResult(job, img) {
     (p.hires ? ` · hires fix ×${p.hires.scale} (${p.hires.upscaler}, strength ${p.hires.strength})` : "") +
     (p.face_restoration ? " · faces restored" : "") +
     (p.loras && p.loras.length ? ` · LoRAs ${p.loras.map((l) => `${l.name} ${l.weight}`).join(", ")}` : "") +
+    (p.controls && p.controls.length
+      ? ` · ControlNet ${p.controls.map((c) => `${c.module} → ${c.model} ${c.weight}`).join(", ")}` : "") +
     (job.model_switch ? ` · loaded the model first (${fmt(job.model_switch.seconds)})` : "") +
     (p.negative_prompt ? ` · not: ${p.negative_prompt}` : "");
 }
@@ -607,8 +615,14 @@ function curlCommand() {
   const body = { ...state.lastRequest };
   delete body.preview;
   delete body.n;  // /generate makes one image: the one shown first, by its seed
-  const files = Object.entries(state.lastFiles || {}).filter(([, sent]) => sent).map(([field]) => field);
-  if (!files.length) {
+  const { controls: unitFiles = [], ...sentFiles } = state.lastFiles || {};
+  const files = Object.entries(sentFiles).filter(([, sent]) => sent).map(([field]) => field);
+  // A unit's image goes in from control-N.png, in its place in the unit.
+  if (body.controls) {
+    body.controls = body.controls.map((u, i) => unitFiles[i] ? { ...u, image: `@control-${i + 1}@` } : u);
+  }
+  const units = unitFiles.map((sent, i) => sent && i + 1).filter(Boolean);
+  if (!files.length && !units.length) {
     const json = JSON.stringify(body).replaceAll("'", "'\\''");
     return `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -d '${json}' -o image.png`;
   }
@@ -616,9 +630,12 @@ function curlCommand() {
   // anything else the shell would expand in the JSON is escaped).
   const names = { init_image: "start.png", mask: "mask.png" };
   const json = JSON.stringify(body).replace(/[\\$`]/g, "\\$&").replace(/}$/, files.map(
-    (field) => `, "${field}": "$(base64 -w0 ${names[field]})"`).join("") + "}");
+    (field) => `, "${field}": "$(base64 -w0 ${names[field]})"`).join("") + "}")
+    .replace(/@control-(\d)@/g, "$$(base64 -w0 control-$1.png)");
   const what = { init_image: "start.png: the image you started from", mask: "mask.png: the mask (white repaints)" };
-  return `# ${files.map((field) => what[field]).join("; ")}\n` +
+  const said = [...files.map((field) => what[field]),
+                ...units.map((n) => `control-${n}.png: control unit ${n}'s image`)];
+  return `# ${said.join("; ")}\n` +
     `curl -X POST '${location.origin}/generate' -H 'Content-Type: application/json' -o image.png -d @- <<EOF\n` +
     `${json}\nEOF`;
 }
@@ -638,6 +655,7 @@ function pick(entry) {
   $("negative").value = p.negative_prompt || "";
   models.restore(p);
   finishing.restore(p);
+  control.restore(p);
   source.restore(p);
   if (p.preset && state.presets && state.presets[p.preset]) $("preset").value = p.preset;
   for (const [id, v] of [["steps", p.steps], ["guidance", p.guidance_scale], ["width", p.width],
@@ -742,6 +760,7 @@ $("send-to-source").addEventListener("click", () => startFrom(
 $("upscale-2").addEventListener("click", () => upscale(2));
 $("upscale-4").addEventListener("click", () => upscale(4));
 finishing.setup();
+control.setup();
 for (const id of ["steps", "guidance", "scheduler"]) {
   $(id).addEventListener("input", () => { state.presetTouched = true; describePreset(); });
 }

@@ -1,0 +1,126 @@
+"""ControlNet against the plain job, measured in one run on the full-size SD v1.4 stand-in (bench/sd14_model.py)
+and a full-size random-weight SD 1.5 ControlNet made from its UNet as ControlNets are (361 M parameters, fp32
+safetensors like a published one): 512x512, guided, one canny unit, each configuration in a fresh process
+through the server's own pipeline, after a warm-up image; the peak includes the load.
+
+    python -m bench.control                  # bench/results/control.{json,md}
+    python -m bench.control --steps 4 --configs "plain torch,controlnet torch"
+
+Time and memory do not depend on weight values; image quality is not judged here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.models import _gib, markdown_table, write_results
+from bench.run import ROOT
+from bench.sd14_model import DEFAULT_DIR
+
+CONTROLNET_DIR = DEFAULT_DIR.parent / "controlnets"
+CONTROLNET = "controlnet-sd15-random"
+CONFIGS = {  # name -> (SD_BACKEND, with the unit)
+    "plain torch": ("torch", False), "controlnet torch": ("torch", True), "plain openvino": ("openvino", False),
+}
+COLUMNS = [("config", "config"), ("runs on", "engine"), ("s/step", "s_per_step"), ("vs plain, same engine", "vs_plain"),
+           ("s/image", "s_per_image"), ("peak GiB (load included)", "peak_rss_gib"), ("vs plain, GiB", "delta_gib")]
+
+
+def build(folder: Path = CONTROLNET_DIR) -> Path:
+    """The SD 1.5 ControlNet stand-in, made once from the stand-in's UNet (output convolutions filled: a fresh one's
+    are zero, and zero weights could let a kernel take a shortcut)."""
+    path = folder / CONTROLNET
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(DEFAULT_DIR), subfolder="unet")
+    net = ControlNetModel.from_unet(unet)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.weight.normal_(0.0, 0.01)
+    net.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def worker(name: str, steps: int) -> dict:
+    from PIL import Image, ImageDraw
+
+    from bench.measure import PeakRss
+    from model_server.control.preprocessors import control_maps
+    from model_server.engine.diffusers_pipeline import DiffusersPipeline
+    from model_server.settings import ModelServerSettings
+    from protocol.messages import ControlUnit, GenerationParams
+
+    backend, controlled = CONFIGS[name]
+    drawing = Image.new("RGB", (512, 512), "white")
+    ImageDraw.Draw(drawing).ellipse((64, 64, 448, 448), outline="black", width=8)
+    units = [ControlUnit(module="canny", model=CONTROLNET)] if controlled else []
+    with PeakRss() as rss:
+        settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(DEFAULT_DIR), lcm_lora="none",
+                                       tiny_vae="none", backend=backend)
+        pipe = DiffusersPipeline.load(settings)
+        if controlled:
+            pipe.apply_controlnets([(CONTROLNET, CONTROLNET_DIR / CONTROLNET)])
+
+        def run(n: int):
+            params = GenerationParams(prompt="a lighthouse on a cliff at dusk", seed=1234, steps=n, width=512,
+                                      height=512, controls=units)
+            maps = control_maps(params, [drawing] * len(units), None, None, params.seed) if units else None
+            times: list[float] = []
+            started = time.perf_counter()
+            pipe.generate(params, params.seed, lambda step, seconds, preview=None: times.append(seconds),
+                          lambda: None, control=maps)
+            return time.perf_counter() - started, times, params
+
+        run(2)  # warm-up
+        seconds, times, params = run(steps)
+        return {"config": name, "engine": pipe.engine(params), "s_per_step": round(statistics.median(times[1:]), 2),
+                "s_per_image": round(seconds, 1), "peak_rss_gib": _gib(rss.mark())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--name", default="control")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps)))
+        return 0
+    from bench.sd14_model import build as build_sd14
+
+    build_sd14(DEFAULT_DIR)
+    build()
+    rows = []
+    for name in args.configs.split(","):
+        env = {**os.environ, "LOG_LEVEL": "WARNING"}
+        out = subprocess.run([sys.executable, "-m", "bench.control", "--worker", name, "--steps", str(args.steps)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], file=sys.stderr, flush=True)
+    plain = {CONFIGS[r["config"]][0]: r for r in rows if not CONFIGS[r["config"]][1]}
+    for r in rows:
+        base = plain.get(CONFIGS[r["config"]][0])
+        if base is not None and r is not base:
+            r["vs_plain"] = round(r["s_per_step"] / base["s_per_step"], 2)
+            r["delta_gib"] = round(r["peak_rss_gib"] - base["peak_rss_gib"], 2)
+    markdown = markdown_table(rows, COLUMNS)
+    write_results(args.name, "python -m bench.control " + " ".join(sys.argv[1:]), rows, markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
