@@ -1,7 +1,8 @@
 """ControlNet against the plain job, measured in one run on the full-size SD v1.4 stand-in (bench/sd14_model.py)
 and a full-size random-weight SD 1.5 ControlNet made from its UNet as ControlNets are (361 M parameters, fp32
 safetensors like a published one): 512x512, guided, one canny unit, each configuration in a fresh process
-through the server's own pipeline, after a warm-up image; the peak includes the load.
+through the server's own pipeline, after a warm-up image; the peak includes the load (the one-time
+conversions to OpenVINO run in child processes on the warm-up image: in neither the time nor the peak).
 
     python -m bench.control                  # bench/results/control.{json,md}
     python -m bench.control --steps 4 --configs "plain torch,controlnet torch"
@@ -29,6 +30,7 @@ CONTROLNET_DIR = DEFAULT_DIR.parent / "controlnets"
 CONTROLNET = "controlnet-sd15-random"
 CONFIGS = {  # name -> (SD_BACKEND, with the unit)
     "plain torch": ("torch", False), "controlnet torch": ("torch", True), "plain openvino": ("openvino", False),
+    "controlnet openvino": ("openvino", True),
 }
 COLUMNS = [("config", "config"), ("runs on", "engine"), ("s/step", "s_per_step"), ("vs plain, same engine", "vs_plain"),
            ("s/image", "s_per_image"), ("peak GiB (load included)", "peak_rss_gib"), ("vs plain, GiB", "delta_gib")]
@@ -76,6 +78,7 @@ def worker(name: str, steps: int) -> dict:
         def run(n: int):
             params = GenerationParams(prompt="a lighthouse on a cliff at dusk", seed=1234, steps=n, width=512,
                                       height=512, controls=units)
+            pipe.prepare_parts(params, lambda text: None, lambda: None)  # loads (on OpenVINO: converts, once)
             maps = control_maps(params, [drawing] * len(units), None, None, params.seed) if units else None
             times: list[float] = []
             started = time.perf_counter()

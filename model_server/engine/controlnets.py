@@ -1,8 +1,9 @@
-"""ControlNets on the torch engine: loading the ones a job names, and A1111's control modes.
+"""ControlNets in a job: loading the ones it names, and A1111's control modes.
 
 Only the latest job's ControlNets stay loaded (up to three, in the model's precision): an SD 1.5
 ControlNet is 0.7 GB in bf16, and an 8 GB machine cannot keep a shelf of them beside the model. A
-job naming others drops the rest first.
+job naming others drops the rest first. Each is a torch module, or one whose forward runs its OpenVINO
+IR (engine/openvino_control.py) when the job's UNet runs there.
 
 The control modes act on each ControlNet's outputs, as A1111's extension does: "prompt" (my prompt is
 more important) weakens the residuals towards the shallow layers (x 0.825 per layer from the deepest);
@@ -32,24 +33,30 @@ class LoadedControlNets:
 
     def __init__(self, dtype: torch.dtype, channels_last: bool = False, token: str = ""):
         self._dtype, self._channels_last, self._token = dtype, channels_last, token
-        self._models: dict[str, torch.nn.Module] = {}
+        self._models: dict[str, tuple[str, torch.nn.Module]] = {}  # name -> (engine, module)
         self.names: list[str] = []  # the job's, in unit order (apply)
 
     def loaded(self) -> set[str]:
         return set(self._models)
 
-    def apply(self, pairs: list[tuple[str, Path]]) -> None:
-        """Load the job's ControlNets (name, folder); the ones it does not name are dropped first."""
+    def apply(self, pairs: list[tuple[str, Path]], on_openvino=None) -> None:
+        """Load the job's ControlNets (name, folder); the ones it does not name, or on another engine, are
+        dropped first. ``on_openvino(folder)``: the module running its IR, for a job whose UNet runs there."""
         from diffusers import ControlNetModel
 
+        engine = "openvino" if on_openvino else "torch"
         wanted = dict(pairs)
-        dropped = [name for name in self._models if name not in wanted]
+        dropped = [name for name, (on, _) in self._models.items() if name not in wanted or on != engine]
         for name in dropped:
-            del self._models[name]
+            _, model = self._models.pop(name)
+            getattr(model, "release", lambda: None)()  # an OpenVINO one's compiled copy
         if dropped:
             release_memory()
         for name, folder in wanted.items():
             if name in self._models:
+                continue
+            if on_openvino:
+                self._models[name] = (engine, on_openvino(folder))
                 continue
             started = time.monotonic()
             try:
@@ -61,15 +68,24 @@ class LoadedControlNets:
             model.eval().requires_grad_(False)
             if self._channels_last:
                 model.to(memory_format=torch.channels_last)
-            self._models[name] = model
+            self._models[name] = (engine, model)
             log.info("ControlNet %s loaded in %.1f s", name, time.monotonic() - started)
         self.names = [name for name, _ in pairs]
 
+    def key(self) -> tuple:
+        """What the job's ControlNets are, as a pipeline made over them is kept under."""
+        return tuple(id(self._models[name][1]) for name in self.names)
+
     def model(self):
         """What the pipeline takes as ``controlnet``: one model, or several together."""
-        nets = [self._models[name] for name in self.names]
+        engines = {self._models[name][0] for name in self.names}
+        nets = [self._models[name][1] for name in self.names]
         if len(nets) == 1:
             return nets[0]
+        if engines == {"openvino"}:
+            from model_server.engine.openvino_control import together
+
+            return together(nets)
         from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
         return MultiControlNetModel(nets)

@@ -60,11 +60,13 @@ class DiffusersPipeline:
 
     def __init__(self, pipe, model_id: str, opts: dict, settings: ModelServerSettings | None = None,
                  residency: MappedWeights | None = None, ov_pipe=None, fast_unet: FastUNet | None = None,
-                 family: Family = FAMILIES["sd1"]):
+                 family: Family = FAMILIES["sd1"], control_ov=None):
         self.pipe = pipe
         self.family = family
         self.ov_pipe = ov_pipe  # the same modules, the UNet on OpenVINO (openvino_backend)
         self.fast_unet = fast_unet  # the fast preset's OpenVINO UNet (LCM-LoRA fused), converted on first use
+        self.control_ov = control_ov  # ControlNet jobs' OpenVINO UNet and ControlNets (openvino_control)
+        self._control_wanted: list = []  # the next job's ControlNets (apply_controlnets), loaded in prepare_parts
         self.model_id = model_id
         self._opts = opts
         self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none",
@@ -95,7 +97,8 @@ class DiffusersPipeline:
         ``progress``; the last phase ends with the load."""
         with (progress or LoadProgress()).over() as phases:
             m = model_loader.load(settings, phases)
-        return cls(m.pipe, settings.model, m.opts, m.settings, m.residency, m.ov_pipe, m.fast_unet, m.family)
+        return cls(m.pipe, settings.model, m.opts, m.settings, m.residency, m.ov_pipe, m.fast_unet, m.family,
+                   m.control_ov)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -103,7 +106,12 @@ class DiffusersPipeline:
         """What the loaded model has now, as the plan reads it."""
         fused = ("none" if self.ov_pipe is None or self.fast_unet is None else "failed" if self.fast_unet.failed
                  else "pending" if self.fast_unet.pending else "ready")
+        control = self.control_ov
+        control_unet = ("none" if control is None else "failed" if control.failed else "pending" if control.pending
+                        else "ready")
         return EngineFacts(family=self.family.name, dtype=self._opts["dtype"], openvino=self.ov_pipe is not None,
+                           control_unet=control_unet,
+                           control_failed=frozenset(control.net_failed) if control is not None else frozenset(),
                            int8=str(self._opts.get("openvino_int8", "")), fused_lcm=fused,
                            lcm_missing=self._lcm_missing, tiny_vae_missing=self._tiny_vae_missing,
                            inpaint_checkpoint=self._inpaint_source is not None,
@@ -122,9 +130,11 @@ class DiffusersPipeline:
     def optimizations(self):
         loras = {"loras_loaded": len(self._adapters.loaded()), "loras_mb": round(self._adapters.bytes / 2**20, 1)}
         compiled = [m.report() for m in (self.ov_pipe and self.ov_pipe.unet, self.fast_unet and self.fast_unet.unet,
-                                         self.pipe.vae) if hasattr(m, "report")]
+                                         self.control_ov and self.control_ov.unet, self.pipe.vae)
+                    if hasattr(m, "report")]
+        control = self.control_ov.info if self.control_ov is not None else {}
         fast = self.fast_unet.info if self.fast_unet is not None else {}
-        return {**self._opts, **loras, **fast, **{k: v for report in compiled for k, v in report.items()}}
+        return {**self._opts, **loras, **fast, **control, **{k: v for report in compiled for k, v in report.items()}}
 
     def schedulers(self) -> list[str]:
         return list(SCHEDULERS)
@@ -144,14 +154,17 @@ class DiffusersPipeline:
         return self._adapters.loaded()
 
     def apply_controlnets(self, controlnets) -> None:
-        self._controlnets.apply(controlnets)
+        self._control_wanted = list(controlnets)  # loaded by prepare_parts, on the engine the job's plan names
 
     def loaded_controlnets(self) -> set[str]:
         return self._controlnets.loaded()
 
     def prepare_parts(self, params: GenerationParams, report, stop) -> None:
         """A fast job on OpenVINO needs the UNet with the LCM-LoRA fused in, converted once (about a
-        minute): said to the job while it waits, and stopped by its cancel."""
+        minute), and a ControlNet job its control UNet and ControlNets: said to the job while it waits,
+        and stopped by its cancel. A ControlNet job's ControlNets are loaded here, for the engine it runs on."""
+        if params.controls:
+            self._prepare_controls(params, report, stop)
         plan = self.plan(params)
         if not plan.converts_first:
             return
@@ -163,6 +176,18 @@ class DiffusersPipeline:
             self.fast_unet.convert(self._lcm_source, stop=lambda: stop() is StopMode.CANCEL)
         except ConversionStopped:
             raise JobCancelledError() from None
+
+    def _prepare_controls(self, params: GenerationParams, report, stop) -> None:
+        control, cancelled = self.control_ov, (lambda: stop() is StopMode.CANCEL)
+        try:
+            if self.plan(params).unet == "openvino-control":
+                control.prepare_unet(report, cancelled)
+                for name, folder in self._control_wanted:
+                    control.prepare_net(name, folder, report, cancelled)
+        except ConversionStopped:
+            raise JobCancelledError() from None
+        on_openvino = self.plan(params).unet == "openvino-control"  # a conversion that failed leaves it on torch
+        self._controlnets.apply(self._control_wanted, control.net if on_openvino else None)
 
     def prepare_ahead(self, stop, always: bool = False) -> bool:
         """Idle time (SD_PREPARE_AHEAD, or ``always``: fetch --convert): convert the fast preset's fused
@@ -253,6 +278,13 @@ class DiffusersPipeline:
     def _openvino_unet(self, plan: Plan):
         """The OpenVINO UNet the plan names: the fast preset's (LCM-LoRA fused; converted now the first
         time) or the model's. The other one's compiled copy is dropped first: one compiled UNet at a time."""
+        if self.control_ov is not None and plan.unet != "openvino-control":
+            self.control_ov.release()
+        if plan.unet == "openvino-control":
+            self.ov_pipe.unet.release()
+            if self.fast_unet is not None:
+                self.fast_unet.release()
+            return self.control_ov.get_unet(self.pipe.unet)
         if plan.unet == "openvino":
             if self.fast_unet is not None:
                 self.fast_unet.release()
@@ -271,7 +303,7 @@ class DiffusersPipeline:
             unet = self._inpaint_unet
         base = self.fast_pipe if plan.decoder == "tiny" else self.pipe
         if plan.controls:  # the family's ControlNet class over the same modules, the job's ControlNets in it
-            key = ("control", plan.mode, id(base), id(unet), tuple(self._controlnets.names))
+            key = ("control", plan.mode, id(base), id(unet), self._controlnets.key())
             if key not in self._variants:
                 for old in [k for k in self._variants if k[0] == "control"]:  # its ControlNets may be gone
                     del self._variants[old]

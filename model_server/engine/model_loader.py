@@ -149,6 +149,7 @@ class Loaded:
     residency: MappedWeights
     ov_pipe: object | None  # the same modules, the UNet on OpenVINO
     fast_unet: openvino_backend.FastUNet | None
+    control_ov: object | None = None  # openvino_control.ControlOnOpenVino: ControlNet jobs' UNet and ControlNets
 
 
 def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
@@ -216,5 +217,10 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
     residency = MappedWeights(folder, settings.release_idle_weights != "none")
     opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
+    control_ov = None
+    if ov_pipe is not None:
+        from model_server.engine.openvino_control import ControlOnOpenVino
+
+        control_ov = ControlOnOpenVino(folder, settings, backend["openvino_precision"], threads)
     return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=channels_last), residency,
-                  ov_pipe, fast_unet)
+                  ov_pipe, fast_unet, control_ov)

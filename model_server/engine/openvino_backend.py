@@ -82,10 +82,11 @@ def _short_of_memory(folder: str, part: str, settings: ModelServerSettings) -> s
 
 def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
            part: str = "unet", lora: str | None = None, stop=None) -> tuple[Path | None, dict]:
-    """The ``part`` (unet, vae_decoder) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
+    """The ``part`` (openvino_convert.IR_NAMES) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
     UNet with the ``lora`` file fused in if given, converted once in a child process; (None, why) if that
     failed; ConversionStopped when ``stop()`` said so meanwhile. The keys reported are ``openvino_ir``
-    for the UNet, ``openvino_vae_ir`` and ``openvino_lcm_ir`` for the others."""
+    for the UNet, ``openvino_vae_ir``, ``openvino_lcm_ir``, ``openvino_control_ir`` and
+    ``openvino_controlnet_ir`` for the others (a ControlNet's ``folder`` is its own)."""
     import openvino
 
     real = os.path.realpath(folder)
@@ -98,8 +99,10 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
         suffix += "-lora-" + hashlib.sha256(f"{os.path.realpath(lora)}\0{stat.st_size}\0{stat.st_mtime_ns}"
                                             .encode()).hexdigest()[:8]
     dest = Path(settings.cache_dir) / "openvino" / f"{Path(real).name}-{key}{suffix}"
-    prefix = "openvino_vae" if part == "vae_decoder" else "openvino_lcm" if lora else "openvino"
-    what = {"unet": "UNet", "vae_decoder": "VAE decoder"}[part] + (" with the LCM-LoRA fused in" if lora else "")
+    prefix = {"vae_decoder": "openvino_vae", "unet_control": "openvino_control",
+              "controlnet": "openvino_controlnet"}.get(part, "openvino_lcm" if lora else "openvino")
+    what = {"unet": "UNet", "unet_control": "UNet for ControlNet jobs", "controlnet": f"ControlNet {Path(real).name}",
+            "vae_decoder": "VAE decoder"}[part] + (" with the LCM-LoRA fused in" if lora else "")
     if converted(dest, part):
         return dest, {f"{prefix}_ir": "cached"}
     short = _short_of_memory(real, part, settings)

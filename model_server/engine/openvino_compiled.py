@@ -58,5 +58,9 @@ class StaticIR:
 
     def infer(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The first output for ``inputs`` (compiled for their shapes first if needed), as an owned array."""
+        return self.infer_all(inputs)[0]
+
+    def infer_all(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output for ``inputs``, in the IR's order, as owned arrays."""
         self.compile_for({name: list(value.shape) for name, value in inputs.items()})
-        return next(iter(self._request.infer(inputs).values())).copy()
+        return [value.copy() for value in self._request.infer(inputs).values()]

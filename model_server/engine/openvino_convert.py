@@ -12,8 +12,12 @@ precision (bf16 from the bf16 copy), except float32 weights for bf16 inference, 
 CPU plugin ran SD v1.4's UNet 25-35% slower from float16-stored weights under the AVX2 cap
 (10.5-13.5 s against 13.1-18.4 s a call, four alternating pairs; docs/performance.md).
 
-    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|vae_decoder] [--lora FILE]
-        [--precision bf16|f32]
+The UNet for ControlNet jobs (``unet_control``) takes the ControlNets' residuals as inputs too, and a
+ControlNet (``controlnet``, SOURCE its own folder) gives them as outputs, each scaled by its input
+``conditioning_scale``.
+
+    python -m model_server.engine.openvino_convert SOURCE DEST [--part unet|unet_control|controlnet|vae_decoder]
+        [--lora FILE] [--precision bf16|f32]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import time
 from pathlib import Path
 
 MARKER = "sd_cpu_openvino.json"
-IR_NAMES = {"unet": "unet.xml", "vae_decoder": "vae_decoder.xml"}
+IR_NAMES = {"unet": "unet.xml", "unet_control": "unet_control.xml", "controlnet": "controlnet.xml",
+            "vae_decoder": "vae_decoder.xml"}
 IR_NAME = IR_NAMES["unet"]
 EXAMPLE_LATENT = 32  # the traced example's latent side (256 pixels)
 log = logging.getLogger(__name__)
@@ -37,10 +42,26 @@ def converted(dest: Path, part: str = "unet") -> bool:
     return (dest / MARKER).exists() and (dest / IR_NAMES[part]).exists()
 
 
-def _unet(source: str, lora: str | None = None):
+def residual_shapes(config, batch: int, height: int, width: int) -> list[list[int]]:
+    """The shapes of a ControlNet's residuals for a UNet of ``config`` at latents ``height`` x ``width``: one
+    after the input convolution, one per resnet of each down block and one per downsampler, then the mid
+    block's (what diffusers' ``down_block_additional_residuals`` and ``mid_block_additional_residual`` carry)."""
+    channels, layers = config.block_out_channels, config.layers_per_block
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    shapes, h, w = [[batch, channels[0], height, width]], height, width
+    for i, c in enumerate(channels):
+        shapes += [[batch, c, h, w]] * layers[i]
+        if i < len(channels) - 1:
+            h, w = (h + 1) // 2, (w + 1) // 2
+            shapes.append([batch, c, h, w])
+    return shapes + [[batch, channels[-1], h, w]]
+
+
+def _unet(source: str, lora: str | None = None, residuals: bool = False):
     """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers such as
     Euler use fractional timesteps): (module, example inputs, input names, weights' dtype). With
-    ``lora`` (a LoRA's .safetensors file, as the fast preset's LCM-LoRA), that LoRA fused in at weight 1."""
+    ``lora`` (a LoRA's .safetensors file, as the fast preset's LCM-LoRA), that LoRA fused in at weight 1;
+    with ``residuals``, a ControlNet's residuals as inputs after the others (``down_0``..., ``mid``)."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
@@ -59,9 +80,14 @@ def _unet(source: str, lora: str | None = None):
             self.unet = unet
 
         def forward(self, sample, timestep, encoder_hidden_states, *added):
+            extra = {}
+            if residuals:  # the last ones: the down residuals, then the mid one
+                down, mid, added = added[-count:-1], added[-1], added[:-count]
+                extra = {"down_block_additional_residuals": tuple(r.to(dtype) for r in down),
+                         "mid_block_additional_residual": mid.to(dtype)}
             # SDXL's added conditioning: the pooled text embedding and the size/crop ids, two more inputs.
-            extra = {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}} \
-                if added else {}
+            if added:
+                extra["added_cond_kwargs"] = {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}
             out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
                             **extra)[0]
             return out.float()
@@ -73,6 +99,42 @@ def _unet(source: str, lora: str | None = None):
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim))
     names = ("sample", "timestep", "encoder_hidden_states")
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        example += (torch.randn(2, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2))
+        names += ("text_embeds", "time_ids")
+    shapes = residual_shapes(cfg, 2, size, size) if residuals else []
+    count = len(shapes)
+    example += tuple(torch.randn(*shape) for shape in shapes)
+    names += tuple(f"down_{i}" for i in range(count - 1)) + (("mid",) if count else ())
+    return Traced(), example, names, dtype
+
+
+def _controlnet(source: str):
+    """A ControlNet (its own diffusers folder): the UNet's inputs, the control image (pixels, in [0, 1]) and
+    ``conditioning_scale`` in; its residuals out, float32, already scaled."""
+    import torch
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_pretrained(source, low_cpu_mem_usage=True).eval()
+    dtype, cfg = net.dtype, net.config
+
+    class Traced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, *added):
+            extra = {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}} \
+                if added else {}
+            down, mid = self.net(sample.to(dtype), timestep, encoder_hidden_states.to(dtype),
+                                 controlnet_cond.to(dtype), conditioning_scale, return_dict=False, **extra)
+            return (*(r.float() for r in down), mid.float())
+
+    size = EXAMPLE_LATENT
+    example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
+               torch.randn(2, 77, cfg.cross_attention_dim), torch.rand(2, 3, size * 8, size * 8), torch.tensor(1.0))
+    names = ("sample", "timestep", "encoder_hidden_states", "controlnet_cond", "conditioning_scale")
     if cfg.addition_embed_type == "text_time":
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         example += (torch.randn(2, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2))
@@ -105,7 +167,9 @@ def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None
     import torch
 
     started = time.monotonic()
-    module, example, names, dtype = _unet(source, lora) if part == "unet" else _vae_decoder(source)
+    module, example, names, dtype = (_unet(source, lora, residuals=part == "unet_control")
+                                     if part in ("unet", "unet_control") else _controlnet(source)
+                                     if part == "controlnet" else _vae_decoder(source))
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
     for i, name in enumerate(names):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from model_server.engine.openvino_compiled import StaticIR
-from model_server.engine.openvino_convert import IR_NAME
+from model_server.engine.openvino_convert import IR_NAME, IR_NAMES, residual_shapes
 
 
 class OpenVinoUNet(torch.nn.Module):
@@ -28,11 +28,14 @@ class OpenVinoUNet(torch.nn.Module):
     ``added_cond_kwargs``) by the pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch
     UNet's, which the pipelines read."""
 
-    def __init__(self, ir_dir: str | Path, like: torch.nn.Module, precision: str, threads: int):
+    def __init__(self, ir_dir: str | Path, like: torch.nn.Module, precision: str, threads: int,
+                 residuals: bool = False):
         super().__init__()
         self.config = like.config
         self._dtype = like.dtype
-        self._ir = StaticIR(Path(ir_dir) / IR_NAME, precision, threads)
+        # ``residuals``: the IR made for ControlNet jobs, which also takes a ControlNet's residuals.
+        self._residuals = residuals
+        self._ir = StaticIR(Path(ir_dir) / (IR_NAMES["unet_control"] if residuals else IR_NAME), precision, threads)
         self.calls = 0
         # SDXL: the pooled text embedding and the size/crop ids are two more inputs.
         self._text_time = like.config.get("addition_embed_type") == "text_time"
@@ -57,6 +60,9 @@ class OpenVinoUNet(torch.nn.Module):
                   "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]}
         if self._text_time:
             shapes.update(text_embeds=[batch, self._pooled], time_ids=[batch, 6])
+        if self._residuals:
+            *down, mid = residual_shapes(self.config, batch, shape[2], shape[3])
+            shapes.update({f"down_{i}": s for i, s in enumerate(down)}, mid=mid)
         self._ir.compile_for(shapes)
 
     def release(self) -> None:
@@ -80,6 +86,10 @@ class OpenVinoUNet(torch.nn.Module):
         if self._text_time:
             added = kwargs.get("added_cond_kwargs") or {}
             inputs.update(text_embeds=added["text_embeds"].float().numpy(), time_ids=added["time_ids"].float().numpy())
+        if self._residuals:
+            down = kwargs["down_block_additional_residuals"]
+            inputs.update({f"down_{i}": r.float().numpy() for i, r in enumerate(down)},
+                          mid=kwargs["mid_block_additional_residual"].float().numpy())
         out = self._ir.infer(inputs)
         out = torch.from_numpy(out).to(sample.dtype)
         return (out,) if not return_dict else _Output(out)

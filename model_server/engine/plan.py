@@ -31,6 +31,9 @@ class EngineFacts:
     tiny_vae_missing: str = ""  # why there is no tiny decoder ("" when there is, or it was not tried yet)
     inpaint_checkpoint: bool = False  # an inpainting checkpoint is configured (and did not fail to load)
     release_unet: bool = False  # SD_RELEASE_IDLE_WEIGHTS=all: the UNet's pages go after denoising
+    # The UNet for ControlNet jobs on OpenVINO: none (no OpenVINO) | pending (converted on first use) | ready | failed
+    control_unet: str = "none"
+    control_failed: frozenset = frozenset()  # ControlNets with no OpenVINO copy (jobs naming one run on torch)
     vae_tile_above: int = 0  # SD_VAE_TILE_ABOVE: the torch VAE tiles images with more pixels than this squared
     # The sides the OpenVINO UNet takes are multiples of this (its graph upsamples by fixed factors, where torch's
     # matches each skip connection's size): 8 x 2 per downsampling stage, 64 for SD and SDXL.
@@ -39,15 +42,16 @@ class EngineFacts:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How one job runs. ``unet`` is "openvino", "openvino-lcm" (the LCM-LoRA fused into its own IR) or
-    "torch"; ``on_torch_because`` says what in the job keeps it off OpenVINO when the model has it."""
+    """How one job runs. ``unet`` is "openvino", "openvino-lcm" (the LCM-LoRA fused into its own IR),
+    "openvino-control" (the UNet taking ControlNet residuals, the ControlNets on OpenVINO too) or "torch";
+    ``on_torch_because`` says what in the job keeps it off OpenVINO when the model has it."""
 
     family: str
     mode: str  # txt2img | img2img | inpaint
     precision: str
     unet: str
     on_torch_because: tuple[str, ...]
-    converts_first: bool  # the fused LCM UNet is converted to OpenVINO on this job (once)
+    converts_first: bool  # the fused LCM UNet (or the control UNet) is converted to OpenVINO on this job (once)
     lcm: bool  # the LCM-LoRA adapter is on
     loras: tuple[tuple[str, float], ...]  # the job's own LoRAs (name, weight)
     scheduler: str
@@ -75,6 +79,9 @@ class Plan:
         if self.unet == "openvino-lcm":
             first = " (converted to OpenVINO on this first fast job, once)" if self.converts_first else ""
             return f"openvino {self.precision}, the LCM-LoRA fused{first}"
+        if self.unet == "openvino-control":
+            first = " (converted to OpenVINO on this first ControlNet job, once)" if self.converts_first else ""
+            return f"openvino {self.precision}, ControlNet on OpenVINO{first}"
         if self.cache_left_out:
             return f"openvino {self.precision}, every step (the preset's step caching is for torch)"
         return f"openvino {self.precision}"
@@ -86,9 +93,16 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     lcm = bool(preset and preset.lcm_lora)
     fused = lcm and facts.fused_lcm in ("pending", "ready")
     inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
-    candidates = ((FAST_LORA, lcm and not fused), ("LoRA", bool(params.loras)), ("deep_cache", params.deep_cache > 1),
+    controls = bool(params.controls)
+    # A ControlNet job runs the control UNet on OpenVINO, with its ControlNets there too, once they are made (or
+    # made on this job); not beside the fast preset's fused UNet (there is no fused control UNet).
+    control_on_openvino = (controls and facts.control_unet in ("pending", "ready") and not lcm
+                           and not {unit.model for unit in params.controls} & facts.control_failed)
+    candidates = ((FAST_LORA, lcm and (not fused or controls)), ("LoRA", bool(params.loras)),
+                  ("deep_cache", params.deep_cache > 1),
                   ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
-                  ("the inpainting checkpoint", inpaint_checkpoint), ("ControlNet", bool(params.controls)),
+                  ("the inpainting checkpoint", inpaint_checkpoint),
+                  ("ControlNet", controls and not control_on_openvino),
                   (f"a size not a multiple of {facts.openvino_multiple}",
                    bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple)))
     # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
@@ -101,7 +115,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out and not params.controls else 0
     reasons = tuple(what for what, asked in candidates
                     if asked and (what != "deep_cache" or deep_cache)) if facts.openvino else ()
-    unet = "torch" if not facts.openvino or reasons else "openvino-lcm" if lcm else "openvino"
+    unet = ("torch" if not facts.openvino or reasons else "openvino-control" if controls
+            else "openvino-lcm" if lcm else "openvino")
     precision = facts.dtype
     if unet == "openvino" and facts.int8 in ("hybrid", "full", "weights"):
         precision = f"int8 ({facts.int8})"
@@ -110,7 +125,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         ("denoising", "unet") if facts.release_unet else ("", "")) if phase)
     return Plan(
         family=facts.family, mode=params.mode, precision=precision, unet=unet, on_torch_because=reasons,
-        converts_first=unet == "openvino-lcm" and facts.fused_lcm == "pending", lcm=lcm,
+        converts_first=(unet == "openvino-lcm" and facts.fused_lcm == "pending"
+                        or unet == "openvino-control" and facts.control_unet == "pending"), lcm=lcm,
         loras=tuple((ref.name, ref.weight) for ref in params.loras), scheduler=params.scheduler,
         # Few-step models, and few-step LoRAs (SDXL-Lightning's, Hyper-SD's) on any model, sample from the last
         # timestep on: 1 step starts at t=999.

@@ -59,6 +59,10 @@ def generate(stack, **body) -> requests.Response:
     return requests.post(stack.url + "/generate", json={"prompt": "a cat", **SMALL, **body}, timeout=120)
 
 
+def health_of(stack) -> dict:
+    return requests.get(stack.url + "/health", timeout=10).json()["optimizations"]
+
+
 def pixels(response: requests.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
@@ -87,7 +91,7 @@ def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_ext
     assert types["Canny"]["default_option"] == "canny" and "tiny-controlnet" in types["All"]["model_list"]
 
 
-def test_a_unit_steers_the_image_by_its_weight_and_the_job_says_it_ran_on_torch(stack):
+def test_a_unit_steers_the_image_by_its_weight_and_both_networks_run_on_openvino(stack):
     plain = pixels(generate(stack))
     steered = generate(stack, controls=[unit()])
     again = pixels(generate(stack, controls=[unit()]))
@@ -96,7 +100,8 @@ def test_a_unit_steers_the_image_by_its_weight_and_the_job_says_it_ran_on_torch(
     weaker = pixels(generate(stack, controls=[unit(weight=0.3)]))
     assert not np.array_equal(weaker, again)
     job = requests.get(f"{stack.url}/v1/jobs/{steered.headers['X-Job-Id']}", timeout=5).json()
-    assert job["engine"].startswith("torch") and job["params"]["controls"][0]["model"] == "tiny-controlnet"
+    assert job["engine"] == f"openvino {health_of(stack)['dtype']}, ControlNet on OpenVINO"  # converted on the first
+    assert job["params"]["controls"][0]["model"] == "tiny-controlnet"
     assert "image" not in job["params"]["controls"][0]  # the control image stays out of the job's record
     info = Image.open(io.BytesIO(steered.content)).info["parameters"]
     assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet, Weight: 1, Resize Mode: Crop and Resize' in info

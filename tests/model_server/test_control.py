@@ -19,7 +19,7 @@ from model_server.errors import Rejection
 from protocol.control import BUILTIN_MODULES, module_named, threshold
 from protocol.errors import ErrorCode
 from protocol.infotext import infotext
-from protocol.messages import ControlUnit, GenerationParams, JobState
+from protocol.messages import ControlUnit, GenerationParams, JobState, LoraRef
 from tests.helpers import wait_until
 
 
@@ -117,6 +117,26 @@ def test_a_job_with_units_runs_the_unet_on_torch_without_step_caching_or_split_g
     assert plan.engine == "torch bfloat16: ControlNet runs on torch"
     assert plan.deep_cache == 0 and not plan.guidance_halves
     assert decide(params(), EngineFacts(dtype="bfloat16", openvino=True)).unet == "openvino"
+
+
+def test_on_openvino_a_job_with_units_runs_the_control_unet_converted_once_unless_something_keeps_it_on_torch():
+    units = [ControlUnit(module="canny", model="m")]
+    pending = EngineFacts(dtype="bfloat16", openvino=True, control_unet="pending")
+    first = decide(params(controls=units), pending)
+    assert (first.unet, first.converts_first) == ("openvino-control", True)
+    assert first.engine == ("openvino bfloat16, ControlNet on OpenVINO (converted to OpenVINO on this first "
+                            "ControlNet job, once)")
+    ready = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", int8="hybrid")
+    assert decide(params(controls=units), ready).engine == "openvino bfloat16, ControlNet on OpenVINO"
+    failed = decide(params(controls=units), EngineFacts(dtype="bfloat16", openvino=True, control_unet="failed"))
+    assert failed.on_torch_because == ("ControlNet",)
+    no_copy = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", control_failed=frozenset({"m"}))
+    assert decide(params(controls=units), no_copy).unet == "torch"
+    fast = decide(params(controls=units, preset="fast"), EngineFacts(dtype="bfloat16", openvino=True,
+                                                                     control_unet="ready", fused_lcm="ready"))
+    assert fast.unet == "torch" and fast.on_torch_because[-1] == "ControlNet"
+    with_lora = decide(params(controls=units, loras=[LoraRef(name="ink")]), ready)
+    assert with_lora.unet == "torch" and with_lora.on_torch_because == ("LoRA",)  # the LoRA alone keeps it there
 
 
 def test_the_infotext_writes_each_unit_as_a1111s_extension_does():
