@@ -1,6 +1,7 @@
-"""ControlNet against the plain job, measured in one run on the full-size SD v1.4 stand-in (bench/sd14_model.py)
-and a full-size random-weight SD 1.5 ControlNet made from its UNet as ControlNets are (361 M parameters, fp32
-safetensors like a published one): 512x512, guided, one canny unit, each configuration in a fresh process
+"""ControlNet and IP-Adapter against the plain job, measured in one run on the full-size SD v1.4 stand-in
+(bench/sd14_model.py), a full-size random-weight SD 1.5 ControlNet made from its UNet as ControlNets are (361 M
+parameters, fp32 safetensors like a published one) and an IP-Adapter of ip-adapter_sd15's shape with a ViT-H/14
+image encoder (h94/IP-Adapter's layout): 512x512, guided, one unit, each configuration in a fresh process
 through the server's own pipeline, after a warm-up image; the peak includes the load (the one-time
 conversions to OpenVINO run in child processes on the warm-up image: in neither the time nor the peak).
 
@@ -30,8 +31,9 @@ CONTROLNET_DIR = DEFAULT_DIR.parent / "controlnets"
 CONTROLNET = "controlnet-sd15-random"
 CONFIGS = {  # name -> (SD_BACKEND, with the unit)
     "plain torch": ("torch", False), "controlnet torch": ("torch", True), "plain openvino": ("openvino", False),
-    "controlnet openvino": ("openvino", True),
+    "controlnet openvino": ("openvino", True), "ip-adapter torch": ("torch", "ip-adapter"),
 }
+IP_ADAPTER = "ip-adapter_sd15-random"
 COLUMNS = [("config", "config"), ("runs on", "engine"), ("s/step", "s_per_step"), ("vs plain, same engine", "vs_plain"),
            ("s/image", "s_per_image"), ("peak GiB (load included)", "peak_rss_gib"), ("vs plain, GiB", "delta_gib")]
 
@@ -55,10 +57,42 @@ def build(folder: Path = CONTROLNET_DIR) -> Path:
     return path
 
 
+def build_ip_adapter(folder: Path = CONTROLNET_DIR) -> Path:
+    """The IP-Adapter stand-in: ip-adapter_sd15's tensors (4 image tokens, to_k_ip/to_v_ip on every cross-attention)
+    for the stand-in's UNet, beside a ViT-H/14 image encoder (632 M parameters), made once."""
+    path = folder / "ip-adapter" / f"{IP_ADAPTER}.safetensors"
+    if path.exists():
+        return path
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, image_size=224,
+        patch_size=14, projection_dim=1024, hidden_act="gelu")).save_pretrained(path.parent / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(str(DEFAULT_DIR), subfolder="unet")
+    cross, embed, tokens = unet.config.cross_attention_dim, 1024, 4
+    state = {"image_proj.proj.weight": torch.randn(cross * tokens, embed) * 0.02,
+             "image_proj.proj.bias": torch.zeros(cross * tokens),
+             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:
+        if not name.endswith("attn1.processor"):
+            width = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(width, cross) * 0.02
+            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(width, cross) * 0.02
+            key += 2
+    save_file(state, str(path))
+    return path
+
+
 def worker(name: str, steps: int) -> dict:
     from PIL import Image, ImageDraw
 
     from bench.measure import PeakRss
+    from model_server.control.catalog import ControlNets
     from model_server.control.preprocessors import control_maps
     from model_server.engine.diffusers_pipeline import DiffusersPipeline
     from model_server.settings import ModelServerSettings
@@ -67,13 +101,15 @@ def worker(name: str, steps: int) -> dict:
     backend, controlled = CONFIGS[name]
     drawing = Image.new("RGB", (512, 512), "white")
     ImageDraw.Draw(drawing).ellipse((64, 64, 448, 448), outline="black", width=8)
-    units = [ControlUnit(module="canny", model=CONTROLNET)] if controlled else []
+    unit = (ControlUnit(module="ip-adapter", model=IP_ADAPTER) if controlled == "ip-adapter"
+            else ControlUnit(module="canny", model=CONTROLNET))
+    units = [unit] if controlled else []
     with PeakRss() as rss:
         settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(DEFAULT_DIR), lcm_lora="none",
                                        tiny_vae="none", backend=backend)
         pipe = DiffusersPipeline.load(settings)
         if controlled:
-            pipe.apply_controlnets([(CONTROLNET, CONTROLNET_DIR / CONTROLNET)])
+            pipe.apply_controlnets([(unit.model, ControlNets(str(CONTROLNET_DIR)).find(unit.model))])
 
         def run(n: int):
             params = GenerationParams(prompt="a lighthouse on a cliff at dusk", seed=1234, steps=n, width=512,
@@ -106,6 +142,7 @@ def main() -> int:
 
     build_sd14(DEFAULT_DIR)
     build()
+    build_ip_adapter()
     rows = []
     for name in args.configs.split(","):
         env = {**os.environ, "LOG_LEVEL": "WARNING"}

@@ -8,16 +8,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 from msgspec import Meta
 
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.params import Generation
 from gateway.policy import starts_work, takes_images
-from gateway.resources import job_resource, to_json
 from gateway.services import services
-from gateway.waiting import start_job
+from gateway.waiting import accepted
 from protocol.contract import field_of
 from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, Slider
 from protocol.messages import IMAGE_FORMATS, MAX_CONTROL_THRESHOLD, MAX_SIZE, ControlUnit
@@ -54,9 +53,7 @@ def _parse() -> Generation:
 @starts_work(_parse)
 @takes_images
 def detect(generation):
-    view = start_job(services(), generation)
-    return Response(to_json(job_resource(view)), status=202, mimetype="application/json",
-                    headers={"Location": f"/v1/jobs/{view.job_id}"})
+    return accepted(services(), generation)
 
 
 def slider(s: Slider | None) -> dict | None:
@@ -65,12 +62,12 @@ def slider(s: Slider | None) -> dict | None:
 
 @bp.get("/v1/controlnets")
 def list_controlnets():
-    """The ControlNets in CONTROLNET_DIR (each with the family it steers) and the preprocessors."""
+    """The ControlNets and IP-Adapters in CONTROLNET_DIR (each with the family it steers) and the preprocessors."""
     listing = services().model_list(fresh=True)
     modules = [{"name": name, "title": m.title, "available": True, "threshold_a": slider(m.a),
                 "threshold_b": slider(m.b), "needs_mask": m.needs_mask} for name, m in BUILTIN_MODULES.items()]
     modules += [{"name": name, "title": "needs an annotator model this server does not have", "available": False,
                  "threshold_a": None, "threshold_b": None, "needs_mask": False} for name in ANNOTATOR_MODULES]
-    return jsonify(controlnets=[{"name": c.name, "family": c.family or None, "file": c.file,
+    return jsonify(controlnets=[{"name": c.name, "kind": c.kind, "family": c.family or None, "file": c.file,
                                  "size_bytes": c.size_bytes, "loaded": c.loaded} for c in listing.controlnets],
                    modules=modules)

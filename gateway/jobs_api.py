@@ -14,7 +14,7 @@ from gateway.auth import owner
 from gateway.policy import starts_work, takes_images
 from gateway.resources import job_resource, to_json
 from gateway.services import services
-from gateway.waiting import start_job
+from gateway.waiting import accepted
 from protocol.messages import MAX_LISTED_JOBS, JobState
 
 bp = Blueprint("jobs", __name__)
@@ -40,8 +40,7 @@ def _parse():
 @starts_work(_parse)
 @takes_images
 def submit_job(generation):
-    view = start_job(services(), generation)
-    return _json(job_resource(view), 202, {"Location": f"/v1/jobs/{view.job_id}"})
+    return accepted(services(), generation)
 
 
 @bp.get("/v1/jobs")

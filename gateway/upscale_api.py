@@ -8,16 +8,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 from msgspec import Meta
 
 from gateway.errors import ApiError
 from gateway.json_body import convert, decode_object
 from gateway.params import Generation
 from gateway.policy import starts_work, takes_images
-from gateway.resources import job_resource, to_json
 from gateway.services import services
-from gateway.waiting import start_job
+from gateway.waiting import accepted
 from protocol.contract import field_of
 from protocol.messages import IMAGE_FORMATS, MAX_UPSCALE, FaceRestoration, UpscalerEntry
 
@@ -72,9 +71,7 @@ def _parse() -> Generation:
 @starts_work(_parse)
 @takes_images
 def upscale(generation):
-    view = start_job(services(), generation)
-    return Response(to_json(job_resource(view)), status=202, mimetype="application/json",
-                    headers={"Location": f"/v1/jobs/{view.job_id}"})
+    return accepted(services(), generation)
 
 
 def upscaler_item(u: UpscalerEntry) -> dict:

@@ -13,11 +13,12 @@ import select
 import socket
 import time
 
-from flask import g, request
+from flask import Response, g, request
 
 from gateway.auth import client_id
 from gateway.errors import ApiError
 from gateway.params import Generation
+from gateway.resources import job_resource, to_json
 from protocol.messages import Cancelled, Completed, ImageInfo, JobView
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,13 @@ def wait_for_job(client, job_id: str, timeout: float) -> JobView:
 def start_job(sv, generation: Generation) -> JobView:
     """Submit a job for the caller, who owns it from now on."""
     return sv.client.submit(generation.params, client_id=client_id(), request_id=g.request_id, **generation.uploads())
+
+
+def accepted(sv, generation: Generation) -> Response:
+    """Submit for the caller and answer at once: 202 with the job, its Location the job's URL."""
+    view = start_job(sv, generation)
+    return Response(to_json(job_resource(view)), status=202, mimetype="application/json",
+                    headers={"Location": f"/v1/jobs/{view.job_id}"})
 
 
 def generate_sync(sv, generation: Generation) -> tuple[JobView, list[tuple[ImageInfo, bytes]]]:

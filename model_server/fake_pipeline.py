@@ -62,12 +62,15 @@ class FakePipeline:
         return set(self._loaded)
 
     def apply_controlnets(self, controlnets) -> None:
-        for name, folder in controlnets:  # its config read, as a real load would
+        for name, model in controlnets:  # its config read, as a real load would
             try:
-                json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                if model.kind == "controlnet":
+                    json.loads((model.path / "config.json").read_text(encoding="utf-8"))
+                else:
+                    model.path.read_bytes()[:8]
             except (OSError, ValueError):
-                raise load_error(f"could not load the ControlNet {name!r}: its config.json cannot be read",
-                                 "Check the folder.") from None
+                raise load_error(f"could not load the {model.kind} {name!r}: it cannot be read",
+                                 "Check it in CONTROLNET_DIR.") from None
         self._controlnets = [name for name, _ in controlnets]
 
     def loaded_controlnets(self) -> set[str]:

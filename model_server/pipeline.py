@@ -57,9 +57,10 @@ class Pipeline(Protocol):
     def loaded_loras(self) -> set[str]:
         """The LoRAs in memory now (kept for later jobs within a budget)."""
 
-    def apply_controlnets(self, controlnets: "list[tuple[str, Path]]") -> None:
-        """Use these ControlNets (name, folder), in unit order, for the next ``generate`` calls that pass
-        control maps; others loaded before may be dropped. Raises PipelineLoadError when one cannot load."""
+    def apply_controlnets(self, controlnets: list) -> None:
+        """Use these ControlNets and IP-Adapter (name, ``control.catalog.ControlModel``), in unit order, for the
+        next ``generate`` calls that pass control maps; others loaded before may be dropped. Raises
+        PipelineLoadError (here or in ``prepare_parts``) when one cannot load."""
 
     def loaded_controlnets(self) -> set[str]:
         """The ControlNets in memory now."""

@@ -116,9 +116,11 @@ class ModelServerSettings(RequestLimits):
         "UPSCALE_TILE", "The side in pixels of the tiles an upscaler model runs in: its memory is one tile's "
         "activations whatever the image's size (256: about 0.5 GiB for a 4x ESRGAN)", 256)
     controlnet_dir: str = setting(
-        "CONTROLNET_DIR", "A folder of ControlNets that control units may name (`controls`, A1111's ControlNet "
-        "API): diffusers folders (`config.json` and `diffusion_pytorch_model.safetensors`), named for the folder, "
-        "each for the model family it was trained with (SD 1.x, 2.x or SDXL)", "", shown="none")
+        "CONTROLNET_DIR", "A folder of ControlNets and IP-Adapters that control units may name (`controls`, "
+        "A1111's ControlNet API): ControlNets as diffusers folders (`config.json` and "
+        "`diffusion_pytorch_model.safetensors`), named for the folder; IP-Adapters as `.safetensors` files with their "
+        "`image_encoder` folder beside them (h94/IP-Adapter's layout), named for the file; each for the model family "
+        "it was trained with (SD 1.x, 2.x or SDXL)", "", shown="none")
     face_restorer_dir: str = setting(
         "FACE_RESTORER_DIR", "A folder of face restoration models (`.pth` or `.safetensors`: GFPGAN v1.3/v1.4, "
         "RestoreFormer), named for the file, and the face detector they need: facexlib's "

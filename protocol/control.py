@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+IP_ADAPTER = "ip-adapter"  # the module of an IP-Adapter's unit
+
 
 @dataclasses.dataclass(frozen=True)
 class Slider:
@@ -36,7 +38,8 @@ class Module:
 # name -> the preprocessor; names as A1111's ControlNet extension spells them (its module_list).
 BUILTIN_MODULES: dict[str, Module] = {
     "none": Module("the image as it is (an already made control map)", resolution=False),
-    "canny": Module("Canny edges", Slider("Canny Low Threshold", 100, 1, 255), Slider("Canny High Threshold", 200, 1, 255)),
+    "canny": Module("Canny edges", Slider("Canny Low Threshold", 100, 1, 255),
+                    Slider("Canny High Threshold", 200, 1, 255)),
     "invert": Module("inverted (white background, black lines, to a map)", resolution=False),
     "binary": Module("black and white by a threshold (0: Otsu's)", Slider("Binary threshold", 0, 0, 255)),
     "threshold": Module("black and white by a threshold", Slider("Binarization Threshold", 127, 0, 255)),
@@ -46,6 +49,8 @@ BUILTIN_MODULES: dict[str, Module] = {
     "color": Module("a coarse colour grid (64 px cells)"),
     "shuffle": Module("the content shuffled (the shuffle ControlNet)"),
     "inpaint_only": Module("the image with the mask's part to fill (the inpaint ControlNet)", needs_mask=True),
+    # An IP-Adapter's unit: the image is the reference its CLIP image encoder reads (the model is an IP-Adapter).
+    IP_ADAPTER: Module("the reference image for an IP-Adapter (its image encoder reads it)", resolution=False),
 }
 # A1111's longer spellings and older names of the same preprocessors.
 ALIASES = {
@@ -54,13 +59,16 @@ ALIASES = {
     "inpaint_global_harmonious": "inpaint_only",
     "tile_colorfix": "tile_resample",
     "scribble_threshold": "threshold",
+    # A1111 names the IP-Adapter "preprocessor" for the image encoder it runs.
+    **{name: IP_ADAPTER for name in ("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_clip_sdxl",
+                                     "ip-adapter_clip_g", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-auto")},
 }
 # Those that need an annotator's weights, which no server here has yet: refused by name, with why.
 ANNOTATOR_MODULES = ("depth_midas", "depth_anything", "depth_zoe", "depth_leres", "normal_bae", "openpose",
                      "openpose_full", "openpose_face", "openpose_hand", "dw_openpose_full", "lineart_realistic",
                      "lineart_anime", "lineart_coarse", "softedge_hed", "softedge_pidinet", "scribble_hed",
                      "scribble_pidinet", "mlsd", "seg_ofade20k", "seg_ufade20k", "mediapipe_face", "reference_only",
-                     "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl")
+                     "ip-adapter_face_id", "ip-adapter_face_id_plus")
 
 # A1111's control modes, by its UI's words and its API's numbers.
 CONTROL_MODE_NAMES = {"balanced": "Balanced", "prompt": "My prompt is more important",

@@ -689,13 +689,14 @@ class LoraEntry(_Shape):
 
 
 class ControlNetEntry(_Shape):
-    """One ControlNet a control unit may name: a folder or file in CONTROLNET_DIR."""
+    """One model a control unit may name: a ControlNet's folder or an IP-Adapter's file in CONTROLNET_DIR."""
 
     name: str
     file: str  # the folder's or file's name in CONTROLNET_DIR
     family: str = ""  # the model family it steers (sd1, sd2, sdxl), "" until known
     size_bytes: int = 0
     loaded: bool = False
+    kind: str = "controlnet"  # controlnet | ip-adapter (its units' module: ip-adapter)
 
 
 class ModelList(_Msg):

@@ -1,7 +1,8 @@
-// Control on the page: up to three ControlNet units (GET /v1/controlnets lists the ControlNets and the
-// preprocessors). Each unit: a control image (or, left empty, the start image), a preprocessor, a ControlNet
-// for the chosen model's family, weight, the part of the steps it steers and its control mode; "Show map"
-// runs the preprocessor alone (POST /v1/detect) and shows the map the unit would use.
+// Control on the page: up to three ControlNet units (GET /v1/controlnets lists the ControlNets, the
+// IP-Adapters and the preprocessors). Each unit: a control image (or, left empty, the start image), a
+// preprocessor, a ControlNet for the chosen model's family, weight, the part of the steps it steers and its
+// control mode; "Show map" runs the preprocessor alone (POST /v1/detect) and shows the map the unit would use.
+// The "ip-adapter" preprocessor makes a unit a reference image for an IP-Adapter (one per job).
 const $ = (id) => document.getElementById(id);
 const MAX_UNITS = 3;
 const state = { nets: [], modules: [], family: "sd1", units: [], loaded: false };
@@ -36,8 +37,10 @@ export function useFamily(family) {
   if (state.loaded) render();
 }
 
-function netsForFamily() {
-  return state.nets.filter((n) => !n.family || n.family === state.family);
+// The models a unit may name: the family's ControlNets, or its IP-Adapters for the ip-adapter module.
+function netsFor(unit) {
+  const kind = unit && unit.module === "ip-adapter" ? "ip-adapter" : "controlnet";
+  return state.nets.filter((n) => (!n.family || n.family === state.family) && (n.kind || "controlnet") === kind);
 }
 
 function field(label, input) {
@@ -63,11 +66,11 @@ function number(id, min, max, step, value) {
 function render() {
   const list = $("control-units");
   list.textContent = "";
-  const nets = netsForFamily();
-  $("control-help").textContent = nets.length ? "" :
-    "No ControlNet on this server is for the chosen model's family.";
-  $("control-add").disabled = state.units.length >= MAX_UNITS || !nets.length;
+  const any = state.nets.some((n) => !n.family || n.family === state.family);
+  $("control-help").textContent = any ? "" : "No ControlNet on this server is for the chosen model's family.";
+  $("control-add").disabled = state.units.length >= MAX_UNITS || !any;
   state.units.forEach((u, i) => {
+    const nets = netsFor(u);
     if (!nets.some((n) => n.name === u.model)) u.model = nets.length ? nets[0].name : "";
     const item = document.createElement("li");
     item.className = "control-unit";
@@ -76,7 +79,11 @@ function render() {
     file.addEventListener("change", () => readImage(u, file.files[0], i));
     const module = select(`control-module-${i}`, state.modules.map((m) => [m.name, `${m.name} — ${m.title}`]),
                           u.module);
-    module.addEventListener("change", () => { u.module = module.value; });
+    module.addEventListener("change", () => {
+      const kindChanged = (u.module === "ip-adapter") !== (module.value === "ip-adapter");
+      u.module = module.value;
+      if (kindChanged) render();  // the model list is the other kind's
+    });
     const model = select(`control-model-${i}`, nets.map((n) => [n.name, n.name]), u.model);
     model.addEventListener("change", () => { u.model = model.value; });
     const weight = number(`control-weight-${i}`, 0, 2, 0.05, u.weight);

@@ -1,89 +1,151 @@
-"""The ControlNets a unit may name: the diffusers folders (``config.json`` and its weights) in
-``CONTROLNET_DIR``, named for the folder, each tied to the model family it was trained beside (read
-from its config: SDXL's add a text-time embedding, SD 2.x's attend to 1024-wide text). The folder is
-listed again whenever it changes, so one copied in is usable at once. Torch-free: the gateway's
-listing and every submit's check read it.
+"""The models a control unit may name, in ``CONTROLNET_DIR``, each tied to the model family it was trained
+beside and listed again whenever the folder changes (one copied in is usable at once):
+
+- ControlNets: diffusers folders (``config.json`` and its weights), named for the folder; the family from the
+  config (SDXL's add a text-time embedding, SD 2.x's attend to 1024-wide text).
+- IP-Adapters: ``.safetensors`` files anywhere under it holding ``image_proj`` and ``ip_adapter`` tensors, named
+  for the file, as h94/IP-Adapter lays them out (``models/ip-adapter_sd15.safetensors`` beside
+  ``models/image_encoder/``): the image encoder is the ``image_encoder`` folder beside the file, else one
+  elsewhere in the folder whose projection width matches; the family from the text width the adapter attends to.
+
+Torch-free: the gateway's listing and every submit's check read it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import threading
 from pathlib import Path
 
 from model_server import errors
-from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, module_named
+from model_server.models.named_files import Rescanned
+from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, IP_ADAPTER, module_named
 from protocol.messages import MAX_NAME_LENGTH, ControlNetEntry, GenerationParams
 
 log = logging.getLogger(__name__)
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+_TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # the text encoders' widths a UNet attends to
+_MAX_HEADER = 16 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlModel:
+    """One model a unit may name: a ControlNet's folder, or an IP-Adapter's file and its image encoder."""
+
+    path: Path
+    family: str
+    kind: str  # controlnet | ip-adapter
+    size: int
+    encoder: Path | None = None
 
 
 def family_of(config: dict) -> str:
     """The family a ControlNet's diffusers config was made for (models' own, families/detect.py)."""
     if config.get("addition_embed_type") == "text_time":
         return "sdxl"
-    width = config.get("cross_attention_dim")
-    return "sd2" if width == 1024 else "sd1"
+    return _TEXT_WIDTHS.get(config.get("cross_attention_dim"), "sd1")
+
+
+def _header(path: Path) -> dict:
+    """A safetensors file's header (tensor name -> dtype, shape, offsets), read without its tensors."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size <= _MAX_HEADER:
+            return {}
+        header = json.loads(f.read(size))
+    return header if isinstance(header, dict) else {}
+
+
+def _ip_adapter(path: Path) -> tuple[str, int] | None:
+    """(family, image embedding width) of an IP-Adapter file, else None (not one, or unreadable)."""
+    try:
+        header = _header(path)
+    except (OSError, ValueError):
+        return None
+    keys = [k for k in header if k != "__metadata__"]
+    if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):
+        return None
+    to_k = next((header[k]["shape"] for k in keys if k.endswith("to_k_ip.weight")), None)
+    proj = header.get("image_proj.proj.weight", header.get("image_proj.proj_in.weight", {})).get("shape")
+    if not to_k or not proj:
+        return None
+    return _TEXT_WIDTHS.get(to_k[1], "sd1"), proj[-1]
+
+
+def _encoders(folder: Path) -> dict[Path, int]:
+    """The image encoders under ``folder``: their folders and projection widths."""
+    found = {}
+    for config in folder.rglob("image_encoder/config.json"):
+        try:
+            found[config.parent] = int(json.loads(config.read_text(encoding="utf-8")).get("projection_dim", 0))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
+
+
+def _found(folder: Path) -> dict[str, ControlModel]:
+    """The ControlNets and IP-Adapters in ``folder`` by name (see the module)."""
+    found: dict[str, ControlModel] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or len(path.name) > MAX_NAME_LENGTH or not path.is_dir():
+            continue
+        weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if weights is None or not isinstance(config, dict) or "ControlNet" not in str(config.get("_class_name")):
+            continue
+        found[path.name] = ControlModel(path, family_of(config), "controlnet", weights.stat().st_size)
+    encoders = _encoders(folder)
+    for path in sorted(folder.rglob("*.safetensors")):
+        name = path.stem
+        if name.startswith(".") or len(name) > MAX_NAME_LENGTH or name in found or "image_encoder" in path.parts:
+            continue
+        adapter = _ip_adapter(path)
+        if adapter is None:
+            continue
+        family, width = adapter
+        beside = path.parent / "image_encoder"
+        encoder = beside if encoders.get(beside) == width else next(
+            (place for place, projection in encoders.items() if projection == width), None)
+        found[name] = ControlModel(path, family, IP_ADAPTER, path.stat().st_size, encoder)
+    return found
 
 
 class ControlNets:
-    """The ControlNets in ``folder`` by name (see the module)."""
+    """The ControlNets and IP-Adapters in ``folder`` by name (see the module)."""
 
     def __init__(self, folder: str):
-        self.folder = Path(folder) if folder else None
-        self._lock = threading.Lock()
-        self._listed: tuple[float, dict[str, tuple[Path, str, int]]] = (-1.0, {})
+        self._listing = Rescanned(folder, _found)
 
-    def _scan(self) -> dict[str, tuple[Path, str, int]]:
-        """name -> (folder, family, weight bytes), rescanned when the folder's modification time changes."""
-        if self.folder is None:
-            return {}
-        try:
-            mtime = self.folder.stat().st_mtime
-        except OSError:
-            return {}
-        with self._lock:
-            if mtime != self._listed[0]:
-                found = {}
-                for path in sorted(self.folder.iterdir()):
-                    if path.name.startswith(".") or len(path.name) > MAX_NAME_LENGTH or not path.is_dir():
-                        continue
-                    weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
-                    try:
-                        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-                    except (OSError, ValueError):
-                        continue
-                    if weights is None or not isinstance(config, dict) or "ControlNet" not in str(
-                            config.get("_class_name", "")):
-                        continue
-                    found[path.name] = (path, family_of(config), weights.stat().st_size)
-                self._listed = (mtime, found)
-            return self._listed[1]
+    def _scan(self) -> dict[str, ControlModel]:
+        """name -> the model, rescanned when the folder or a subfolder changes."""
+        return self._listing.get()
 
     def names(self) -> list[str]:
         return list(self._scan())
 
-    def find(self, name: str) -> tuple[Path, str] | None:
-        """(folder, family) of the ControlNet ``name`` (A1111's "name [hash]" title too), else None."""
+    def find(self, name: str) -> ControlModel | None:
+        """The model ``name`` names (A1111's "name [hash]" title too), else None."""
         listed = self._scan()
-        hit = listed.get(name) or listed.get(name.split(" [")[0])
-        return (hit[0], hit[1]) if hit else None
+        return listed.get(name) or listed.get(name.split(" [")[0])
 
     def entries(self, loaded: set[str]) -> list[ControlNetEntry]:
-        return [ControlNetEntry(name=name, file=path.name, family=family, size_bytes=size, loaded=name in loaded)
-                for name, (path, family, size) in self._scan().items()]
+        return [ControlNetEntry(name=name, file=m.path.name, family=m.family, size_bytes=m.size, kind=m.kind,
+                                loaded=name in loaded) for name, m in self._scan().items()]
 
     def check(self, params: GenerationParams, family: str, has_init_image: bool) -> None:
         """Raise a Rejection naming the first unit this server cannot run with a model of ``family``."""
         if params.controls and params.mode == "upscale":
             raise errors.invalid("control units are for generating images, not upscaling",
                                  "Leave controls out of an upscale job.", "controls")
+        adapters = 0
         for i, unit in enumerate(params.controls):
             field = f"controls[{i}]"
-            check_module(unit.module, field)
-            if module_named(unit.module) == "inpaint_only" and params.mode != "inpaint":
+            module = check_module(unit.module, field)
+            if module == "inpaint_only" and params.mode != "inpaint":
                 raise errors.invalid(f"{field}: the inpaint module needs an inpainting job (an init image and a "
                                      "mask)", "Send init_image and mask, or use another module.", "controls")
             if unit.guidance_start >= unit.guidance_end:
@@ -99,10 +161,27 @@ class ControlNets:
             found = self.find(unit.model)
             if found is None:
                 raise errors.unknown_name("ControlNet", unit.model, self.names(), "GET /v1/controlnets", "controls")
-            if found[1] != family:
-                raise errors.invalid(f"{field}: the ControlNet {unit.model} is for {found[1]} models and this job's "
-                                     f"model is {family}", "Use a ControlNet made for the job's model family "
+            self._check_kind(field, unit.model, module, found)
+            adapters += found.kind == IP_ADAPTER
+            if found.family != family:
+                raise errors.invalid(f"{field}: the {found.kind} {unit.model} is for {found.family} models and this "
+                                     f"job's model is {family}", "Use one made for the job's model family "
                                      "(GET /v1/controlnets lists each one's family).", "controls")
+        if adapters > 1:
+            raise errors.invalid(f"{adapters} IP-Adapter units: one runs per job", "Send one IP-Adapter unit.",
+                                 "controls")
+
+    @staticmethod
+    def _check_kind(field: str, name: str, module: str, found: ControlModel) -> None:
+        if (module == IP_ADAPTER) != (found.kind == IP_ADAPTER):
+            raise errors.invalid(f"{field}: {name} is {'an IP-Adapter' if found.kind == IP_ADAPTER else 'a ControlNet'}"
+                                 f" and the module {module} is {'' if module == IP_ADAPTER else 'not '}for IP-Adapters",
+                                 f"Use the module {IP_ADAPTER} with IP-Adapters, and a preprocessor with ControlNets.",
+                                 "controls")
+        if found.kind == IP_ADAPTER and found.encoder is None:
+            raise errors.invalid(f"{field}: the IP-Adapter {name} has no image encoder beside it",
+                                 "Put its image_encoder folder (as h94/IP-Adapter ships it) next to the file in "
+                                 "CONTROLNET_DIR.", "controls")
 
 
 def check_module(name: str, field: str = "controls") -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from model_server.uploads import resized
-from protocol.control import BUILTIN_MODULES, module_named, threshold
+from protocol.control import BUILTIN_MODULES, IP_ADAPTER, module_named, threshold
 from protocol.messages import GenerationParams
 
 
@@ -52,7 +52,7 @@ def detect(module: str, image: Image.Image, resolution: int, a: float = -1, b: f
     if spec.resolution:
         pixels = _scaled(pixels, resolution)
     a, b = threshold(module, "a", a), threshold(module, "b", b)
-    if module in ("none", "inpaint_only"):
+    if module in ("none", "inpaint_only", IP_ADAPTER):
         out = pixels
     elif module == "invert":
         out = 255 - pixels
@@ -114,6 +114,9 @@ def control_maps(params: GenerationParams, images: list, init_image: Image.Image
     maps = []
     for unit, own in zip(params.controls, images):
         source, module = own if own is not None else init_image, module_named(unit.module)
+        if module == IP_ADAPTER:  # the reference image as it is: the adapter's image encoder sizes it
+            maps.append(ControlMap(source))
+            continue
         if module == "inpaint_only":
             maps.append(ControlMap(resized(source, params.width, params.height, unit.resize_mode), mask))
             continue

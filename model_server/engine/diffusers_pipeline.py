@@ -29,6 +29,7 @@ from model_server.engine.controlnets import LoadedControlNets, control_modes
 from model_server.engine.convert import ConversionStopped
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.guidance_halves import guidance_halves
+from model_server.engine.ip_adapters import LoadedIpAdapter
 from model_server.engine.loras import LoraAdapters
 from model_server.engine.model_loader import bf16_copy, redact
 from model_server.engine.openvino_backend import FastUNet
@@ -49,6 +50,7 @@ from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadEr
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
 from protocol.messages import GenerationParams, StopMode, steps_run
+from protocol.control import IP_ADAPTER, module_named
 from protocol.presets import PRESETS
 from protocol.upscalers import LATENT_UPSCALERS
 
@@ -81,6 +83,7 @@ class DiffusersPipeline:
         self._adapters = LoraAdapters(pipe, self._settings.lora_cache_mb * 2**20)
         self._job_loras: list = []  # the next jobs' LoRAs (apply_loras)
         self._controlnets = LoadedControlNets(pipe.unet.dtype, self._settings.channels_last, self._settings.token)
+        self._ip_adapter = LoadedIpAdapter(pipe, self._settings.token)
         self.fast_pipe = None  # the text-to-image pipeline over the same modules, the tiny decoder as its VAE
         self._variants: dict[tuple, object] = {}
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
@@ -157,14 +160,13 @@ class DiffusersPipeline:
         self._control_wanted = list(controlnets)  # loaded by prepare_parts, on the engine the job's plan names
 
     def loaded_controlnets(self) -> set[str]:
-        return self._controlnets.loaded()
+        return self._controlnets.loaded() | ({self._ip_adapter.name} if self._ip_adapter.name else set())
 
     def prepare_parts(self, params: GenerationParams, report, stop) -> None:
         """A fast job on OpenVINO needs the UNet with the LCM-LoRA fused in, converted once (about a
         minute), and a ControlNet job its control UNet and ControlNets: said to the job while it waits,
         and stopped by its cancel. A ControlNet job's ControlNets are loaded here, for the engine it runs on."""
-        if params.controls:
-            self._prepare_controls(params, report, stop)
+        self._prepare_controls(params, report, stop)
         plan = self.plan(params)
         if not plan.converts_first:
             return
@@ -178,16 +180,30 @@ class DiffusersPipeline:
             raise JobCancelledError() from None
 
     def _prepare_controls(self, params: GenerationParams, report, stop) -> None:
+        """The job's ControlNets loaded for its engine (converted first on OpenVINO) and its IP-Adapter attached;
+        an IP-Adapter the job does not name is taken off the UNet."""
+        nets = [(name, model) for name, model in self._control_wanted if model.kind != IP_ADAPTER]
+        adapter = next(((name, model) for name, model in self._control_wanted if model.kind == IP_ADAPTER),
+                       (None, None))
+        if self._ip_adapter.use(*adapter):
+            self._drop_control_variants()
+        if not nets:
+            return
         control, cancelled = self.control_ov, (lambda: stop() is StopMode.CANCEL)
         try:
             if self.plan(params).unet == "openvino-control":
                 control.prepare_unet(report, cancelled)
-                for name, folder in self._control_wanted:
-                    control.prepare_net(name, folder, report, cancelled)
+                for name, model in nets:
+                    control.prepare_net(name, model.path, report, cancelled)
         except ConversionStopped:
             raise JobCancelledError() from None
         on_openvino = self.plan(params).unet == "openvino-control"  # a conversion that failed leaves it on torch
-        self._controlnets.apply(self._control_wanted, control.net if on_openvino else None)
+        self._controlnets.apply([(name, model.path) for name, model in nets], control.net if on_openvino else None)
+
+    def _drop_control_variants(self) -> None:
+        """Forget the pipelines made with ControlNets or an IP-Adapter: they hold modules that changed."""
+        for key in [k for k in self._variants if k[0] == "control"]:
+            del self._variants[key]
 
     def prepare_ahead(self, stop, always: bool = False) -> bool:
         """Idle time (SD_PREPARE_AHEAD, or ``always``: fetch --convert): convert the fast preset's fused
@@ -302,13 +318,18 @@ class DiffusersPipeline:
         if plan.inpaint_checkpoint:
             unet = self._inpaint_unet
         base = self.fast_pipe if plan.decoder == "tiny" else self.pipe
-        if plan.controls:  # the family's ControlNet class over the same modules, the job's ControlNets in it
-            key = ("control", plan.mode, id(base), id(unet), self._controlnets.key())
+        if plan.controls or plan.ip_adapter:
+            # The family's ControlNet class (or its plain one) over the same modules, the job's ControlNets and the
+            # IP-Adapter's image encoder in it.
+            key = ("control", plan.mode, id(base), id(unet), self._controlnets.key() if plan.controls else (),
+                   self._ip_adapter.name if plan.ip_adapter else None)
             if key not in self._variants:
-                for old in [k for k in self._variants if k[0] == "control"]:  # its ControlNets may be gone
-                    del self._variants[old]
-                self._variants[key] = pipeline_like(self.family.control_pipelines[plan.mode], base,
-                                                    controlnet=self._controlnets.model(),
+                self._drop_control_variants()  # their ControlNets may be gone
+                parts = {"controlnet": self._controlnets.model()} if plan.controls else {}
+                if plan.ip_adapter:
+                    parts.update(image_encoder=self.pipe.image_encoder, feature_extractor=self.pipe.feature_extractor)
+                classes = self.family.control_pipelines if plan.controls else self.family.pipelines
+                self._variants[key] = pipeline_like(classes[plan.mode], base, **parts,
                                                     **({"unet": unet} if unet is not None else {}))
             return self._variants[key]
         if plan.mode == "txt2img" and unet is None:
@@ -363,8 +384,15 @@ class DiffusersPipeline:
             inputs["mask_image"] = mask
         if init_image is not None:
             inputs["strength"] = params.strength
-        if plan.controls:
-            inputs.update(_control_inputs(params, control, plan.mode))
+        nets = [(unit, made) for unit, made in zip(params.controls, control or ())
+                if module_named(unit.module) != IP_ADAPTER]
+        if nets:
+            inputs.update(_control_inputs(params, nets, plan.mode))
+        if plan.ip_adapter:
+            unit, made = next((unit, made) for unit, made in zip(params.controls, control)
+                              if module_named(unit.module) == IP_ADAPTER)
+            inputs["ip_adapter_image"] = made.image
+            pipe.set_ip_adapter_scale(float(unit.weight))
         pipe.scheduler = make_scheduler(plan.scheduler, self._base_scheduler_config, self._default_scheduler,
                                         plan.trailing)
         total = steps_run(params)
@@ -398,7 +426,7 @@ class DiffusersPipeline:
         on_torch = decoded_on_torch(pipe.vae) if output == "upscale" else nullcontext()
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
         modes = (control_modes([pipe.controlnet] if plan.controls == 1 else list(pipe.controlnet.nets),
-                               [unit.control_mode for unit in params.controls], params.guidance_scale > 1)
+                               [unit.control_mode for unit, _ in nets], params.guidance_scale > 1)
                  if plan.controls else nullcontext())
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
                 encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch, modes:
@@ -416,11 +444,11 @@ class DiffusersPipeline:
         return image if mask is None else Image.composite(image, init_image, mask)
 
 
-def _control_inputs(params: GenerationParams, control, mode: str) -> dict:
-    """The ControlNet pipelines' arguments for the job's units: their maps (the inpaint module's as its
-    condition: the image with the part to fill at -1), weights and step ranges, at the job's size."""
-    maps = [_condition(made) for made in control]
-    units = params.controls
+def _control_inputs(params: GenerationParams, nets: list, mode: str) -> dict:
+    """The ControlNet pipelines' arguments for the job's ControlNet units (unit, map): their maps (the inpaint
+    module's as its condition: the image with the part to fill at -1), weights and step ranges, at its size."""
+    maps = [_condition(made) for _, made in nets]
+    units = [unit for unit, _ in nets]
     one = len(units) == 1
     return {"image" if mode == "txt2img" else "control_image": maps[0] if one else maps,
             "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],

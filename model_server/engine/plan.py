@@ -11,6 +11,7 @@ import dataclasses
 
 from model_server.families import FAMILIES
 from model_server.families.detect import FEW_STEP_NAME
+from protocol.control import IP_ADAPTER, module_named
 from protocol.messages import GenerationParams
 from protocol.presets import PRESETS
 
@@ -67,6 +68,7 @@ class Plan:
     # The preset's step caching was left out: the UNet runs on OpenVINO, whose full steps are faster.
     cache_left_out: bool = False
     controls: int = 0  # ControlNet units: the family's ControlNet pipeline class runs the job
+    ip_adapter: bool = False  # an IP-Adapter unit: its adapter attached to the torch UNet
 
     @property
     def engine(self) -> str:
@@ -93,16 +95,18 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     lcm = bool(preset and preset.lcm_lora)
     fused = lcm and facts.fused_lcm in ("pending", "ready")
     inpaint_checkpoint = params.mode == "inpaint" and facts.inpaint_checkpoint and not lcm and not params.loras
-    controls = bool(params.controls)
+    adapters = [unit for unit in params.controls if module_named(unit.module) == IP_ADAPTER]
+    nets = [unit for unit in params.controls if module_named(unit.module) != IP_ADAPTER]
+    controls = bool(nets)
     # A ControlNet job runs the control UNet on OpenVINO, with its ControlNets there too, once they are made (or
     # made on this job); not beside the fast preset's fused UNet (there is no fused control UNet).
     control_on_openvino = (controls and facts.control_unet in ("pending", "ready") and not lcm
-                           and not {unit.model for unit in params.controls} & facts.control_failed)
+                           and not {unit.model for unit in nets} & facts.control_failed)
     candidates = ((FAST_LORA, lcm and (not fused or controls)), ("LoRA", bool(params.loras)),
                   ("deep_cache", params.deep_cache > 1),
                   ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
                   ("the inpainting checkpoint", inpaint_checkpoint),
-                  ("ControlNet", controls and not control_on_openvino),
+                  ("ControlNet", controls and not control_on_openvino), ("IP-Adapter", bool(adapters)),
                   (f"a size not a multiple of {facts.openvino_multiple}",
                    bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple)))
     # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
@@ -133,7 +137,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         trailing=bool(preset and preset.one_step) or any(FEW_STEP_NAME.search(ref.name) for ref in params.loras),
         decoder=_decoder(params, facts, bool(preset and preset.tiny_vae)),
         inpaint_checkpoint=inpaint_checkpoint, deep_cache=deep_cache, cache_left_out=cache_left_out,
-        token_merging=params.token_merging, tiling=params.tiling, release=release, controls=len(params.controls),
+        token_merging=params.token_merging, tiling=params.tiling, release=release, controls=len(nets),
+        ip_adapter=bool(adapters),
         # Where the activations are largest (the VAE's tiling size): half a guided batch at a time, on torch, not
         # beside step caching (it keeps features per batch).
         # (not with ControlNet residuals, which come for the whole batch).

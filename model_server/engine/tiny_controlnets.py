@@ -1,6 +1,8 @@
 """Writes tiny random-weight ControlNets matching the tiny models (``tiny``, ``tiny-sdxl``) in a
-published ControlNet's diffusers layout, so every control flow is tested offline: made from the tiny
-UNet as a ControlNet is made from its base model, read back through the same loader as a downloaded one.
+published ControlNet's diffusers layout, and a tiny IP-Adapter for ``tiny`` in h94/IP-Adapter's (its
+``.safetensors`` beside an ``image_encoder`` folder), so every control flow is tested offline: made from
+the tiny UNet as a ControlNet is made from its base model, read back through the same loaders as
+downloaded ones.
 
 A freshly made ControlNet's output convolutions are zero (training starts there), so its weight could
 change nothing; these are filled with random values, so a test sees a unit steer the image.
@@ -44,10 +46,49 @@ def write_tiny_controlnets(folder: Path, seed: int = 0, names: tuple[str, ...] |
     return written
 
 
+TINY_IP_ADAPTER = "ip-adapter_tiny"  # for tiny: SD 1.x's layout, 4 image tokens (ImageProjection)
+
+
+def write_tiny_ip_adapter(folder: Path, seed: int = 0) -> Path:
+    """The tiny IP-Adapter's file (its folder: ``ip-adapter-tiny/``, with ``image_encoder/``), written once."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from model_server.engine.tiny_model import build_tiny_pipeline
+
+    path = Path(folder) / "ip-adapter-tiny" / f"{TINY_IP_ADAPTER}.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(seed + 200)
+    embed = 16
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+        patch_size=8, projection_dim=embed))
+    encoder.save_pretrained(path.parent / "image_encoder", safe_serialization=True)
+    unet = build_tiny_pipeline(seed).unet
+    cross = unet.config.cross_attention_dim
+    tokens = 4
+    state = {"image_proj.proj.weight": torch.randn(cross * tokens, embed) * 0.5,
+             "image_proj.proj.bias": torch.zeros(cross * tokens),
+             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1  # diffusers numbers the cross-attention processors 1, 3, 5, ... in the UNet's order
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        width = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(width, cross) * 0.5
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(width, cross) * 0.5
+        key += 2
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
-    for path in write_tiny_controlnets(ap.parse_args().folder):
+    folder = ap.parse_args().folder
+    for path in [*write_tiny_controlnets(folder), write_tiny_ip_adapter(folder)]:
         print(path)
 
 

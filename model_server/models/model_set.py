@@ -193,21 +193,21 @@ class ModelSet:
             loras.append((ref.name, path, ref.weight))
         hashes = {name: self.loras.short_hash(path) for name, path, _ in loras}
         self.current.apply_loras(loras)
-        if params.controls:
-            self.current.apply_controlnets(self._controlnet_folders(params))
+        self.current.apply_controlnets(self._controlnet_folders(params))  # [] takes off what the last job had
         self.current.prepare_parts(params, report, stop)
         return model.name, switch, hashes
 
-    def _controlnet_folders(self, params: GenerationParams) -> list[tuple[str, Path]]:
-        """The job's ControlNets (name, folder), in unit order; PipelineLoadError for one gone since the submit."""
-        folders = []
+    def _controlnet_folders(self, params: GenerationParams) -> list:
+        """The job's ControlNets and IP-Adapter (name, ControlModel), in unit order; PipelineLoadError for one gone
+        since the submit."""
+        models = []
         for unit in params.controls:
             found = self.controlnets.find(unit.model)
             if found is None:
                 raise PipelineLoadError(errors.unknown_name("ControlNet", unit.model, self.controlnets.names(),
                                                             "GET /v1/controlnets").error)
-            folders.append((unit.model, found[0]))
-        return folders
+            models.append((unit.model, found))
+        return models
 
     def prepare_ahead(self, stop: Callable[[], bool]) -> bool:
         """Idle time: the loaded model's one-time parts (Pipeline.prepare_ahead)."""

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(log_dir, tiny_model_dir, tmp_path_factory):
-    from model_server.engine.tiny_controlnets import write_tiny_controlnets
+    from model_server.engine.tiny_controlnets import write_tiny_controlnets, write_tiny_ip_adapter
 
     folder = tmp_path_factory.mktemp("page-controlnets")
     write_tiny_controlnets(folder)
+    write_tiny_ip_adapter(folder)
     stack = start_stack(log_dir, tiny_model_dir, CONTROLNET_DIR=folder, SD_MODELS="tiny-sdxl")
     yield stack
     stop_stack(stack)
@@ -42,7 +43,7 @@ def test_a_unit_shows_its_map_steers_the_job_and_comes_back_with_its_settings(pa
     expect(page.locator("#control-note-0")).to_contain_text("sketch.png chosen")
     page.select_option("#control-module-0", "canny")
     expect(page.locator("#control-model-0")).to_have_value("tiny-controlnet")
-    expect(page.locator("#control-model-0 option")).to_have_count(1)  # only the SD 1.x one for tiny
+    expect(page.locator("#control-model-0 option")).to_have_count(1)  # only the SD 1.x ControlNet for tiny
     page.get_by_role("button", name="Show map").click()
     expect(page.locator("#control-map-0")).to_be_visible(timeout=20_000)
     assert page.evaluate("document.getElementById('control-map-0').naturalWidth") > 0
@@ -72,3 +73,18 @@ def test_an_sdxl_model_is_offered_its_own_controlnets(page, stack):
     page.select_option("#model", "tiny-sdxl")
     expect(page.locator("#control-model-0")).to_have_value("tiny-sdxl-controlnet")
     expect(page.locator("#control-model-0 option")).to_have_count(1)
+
+
+def test_the_ip_adapter_module_offers_the_ip_adapters_and_its_unit_runs(page, stack, sketch):
+    page.click("#control-add")
+    page.select_option("#control-module-0", "ip-adapter")
+    expect(page.locator("#control-model-0")).to_have_value("ip-adapter_tiny")
+    expect(page.locator("#control-model-0 option")).to_have_count(1)
+    page.set_input_files("#control-image-0", str(sketch))
+    expect(page.locator("#control-note-0")).to_contain_text("sketch.png chosen")
+    page.fill("#prompt", "a lighthouse like the reference")
+    page.fill("#steps", "2")
+    page.select_option("#width", "256")
+    page.select_option("#height", "256")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text("ControlNet ip-adapter → ip-adapter_tiny 1", timeout=60_000)

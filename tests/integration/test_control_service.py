@@ -1,6 +1,7 @@
-"""ControlNet on the real service: tiny random-weight ControlNets for ``tiny`` (SD 1.x) and ``tiny-sdxl``
-in CONTROLNET_DIR (beside a folder that is no ControlNet), through the native API, A1111's ControlNet
-extension API with ``webuiapi``'s own helpers, and the hostile inputs a public server gets."""
+"""ControlNet and IP-Adapter on the real service: tiny random-weight ControlNets for ``tiny`` (SD 1.x) and
+``tiny-sdxl`` and a tiny IP-Adapter for ``tiny`` with its image encoder in CONTROLNET_DIR (beside a folder
+that is no ControlNet), through the native API, A1111's ControlNet extension API with ``webuiapi``'s own
+helpers, and the hostile inputs a public server gets."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 7}
 
 @pytest.fixture(scope="module")
 def stack(log_dir, tiny_model_dir, tmp_path_factory):
-    from model_server.engine.tiny_controlnets import write_tiny_controlnets
+    from model_server.engine.tiny_controlnets import write_tiny_controlnets, write_tiny_ip_adapter
 
     folder = tmp_path_factory.mktemp("controlnets")
     write_tiny_controlnets(folder)
+    write_tiny_ip_adapter(folder)
     (folder / "notes").mkdir()
     (folder / "notes" / "config.json").write_text("not json")
     stack = start_stack(log_dir, tiny_model_dir, {"GATEWAY_WORKERS": 1}, CONTROLNET_DIR=folder,
@@ -75,13 +77,14 @@ def unit(**fields) -> dict:
 def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_extension_lists_them(stack, api):
     listing = requests.get(stack.url + "/v1/controlnets", timeout=10).json()
     nets = {c["name"]: c for c in listing["controlnets"]}
-    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet"}  # "notes" is no ControlNet
+    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny"}  # "notes" is none
+    assert nets["ip-adapter_tiny"]["kind"] == "ip-adapter" and nets["tiny-controlnet"]["kind"] == "controlnet"
     assert (nets["tiny-controlnet"]["family"], nets["tiny-sdxl-controlnet"]["family"]) == ("sd1", "sdxl")
     modules = {m["name"]: m for m in listing["modules"]}
     assert modules["canny"]["available"] and modules["canny"]["threshold_a"]["value"] == 100
     assert modules["depth_midas"]["available"] is False
     assert api.controlnet_version() == 2
-    assert sorted(api.controlnet_model_list()) == ["tiny-controlnet", "tiny-sdxl-controlnet"]
+    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "tiny-controlnet", "tiny-sdxl-controlnet"]
     assert {"none", "canny", "inpaint_only", "tile_resample"} <= set(api.controlnet_module_list())
     detail = requests.get(stack.url + "/controlnet/module_list", timeout=10).json()["module_detail"]
     assert [s["name"] for s in detail["canny"]["sliders"]] == ["Preprocessor Resolution", "Canny Low Threshold",
@@ -139,6 +142,23 @@ def test_an_sdxl_model_takes_its_own_family_of_controlnet_and_refuses_the_other(
     assert wrong.status_code == 400 and "for sd1 models" in wrong.json()["error"]
 
 
+def test_an_ip_adapter_unit_steers_by_its_reference_image_on_torch_and_leaves_later_jobs_alone(stack, api):
+    plain = pixels(generate(stack))
+    reference = Image.effect_mandelbrot((96, 96), (-2, -1.5, 1, 1.5), 100).convert("RGB")
+    adapted = generate(stack, controls=[{"image": b64(reference), "module": "ip-adapter", "model": "ip-adapter_tiny"}])
+    assert np.abs(pixels(adapted) - plain).mean() > 1
+    job = requests.get(f"{stack.url}/v1/jobs/{adapted.headers['X-Job-Id']}", timeout=5).json()
+    assert job["engine"].endswith("IP-Adapter runs on torch")
+    both = generate(stack, controls=[{"image": b64(reference), "module": "ip-adapter", "model": "ip-adapter_tiny",
+                                      "weight": 0.6}, unit()])
+    assert not np.array_equal(pixels(both), pixels(adapted))
+    assert np.array_equal(pixels(generate(stack)), plain)  # taken off again: the plain job is as before
+    cn = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="ip-adapter_tiny [1234abcd]")
+    result = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[cn],
+                         alwayson_scripts={})
+    assert 'Module: ip-adapter, Model: ip-adapter_tiny' in result.info["infotexts"][0]
+
+
 def test_webuiapis_controlnet_units_and_detect_run_unchanged(api, stack):
     # (Each call gets its own alwayson_scripts: webuiapi's default is one dict its calls add the units to, so a
     # later call without units would send the earlier ones again.)
@@ -194,6 +214,9 @@ def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
     ([unit(weight=3)], "controls"),
     ([unit(module="inpaint_only")], "needs an inpainting job"),
     ([unit(control_mode="loud")], "controls"),
+    ([unit(model="ip-adapter_tiny")], "is an IP-Adapter"),
+    ([unit(module="ip-adapter")], "is a ControlNet"),
+    ([unit(module="ip-adapter", model="ip-adapter_tiny")] * 2, "one runs per job"),
     ("canny", "controls"),
 ])
 def test_hostile_units_are_clean_400s(stack, controls, fragment):

@@ -80,6 +80,30 @@ def write_controlnet(folder, name: str, config: dict, weights: bool = True) -> N
         (path / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 16)
 
 
+def test_ip_adapters_are_listed_with_the_image_encoder_whose_width_they_take(tmp_path):
+    from model_server.engine.tiny_controlnets import write_tiny_ip_adapter
+
+    path = write_tiny_ip_adapter(tmp_path)
+    nets = ControlNets(str(tmp_path))
+    found = nets.find("ip-adapter_tiny")
+    assert (found.kind, found.family, found.encoder) == ("ip-adapter", "sd1", path.parent / "image_encoder")
+    (path.parent / "image_encoder" / "config.json").write_text(json.dumps({"projection_dim": 99}))
+    assert ControlNets(str(tmp_path)).find("ip-adapter_tiny").encoder is None  # no encoder of its width
+    with pytest.raises(Rejection) as info:
+        ControlNets(str(tmp_path)).check(params(controls=[ControlUnit(module="ip-adapter", model="ip-adapter_tiny")]),
+                                         "sd1", False)
+    assert "no image encoder" in info.value.error.message
+
+
+def test_an_ip_adapter_runs_on_torch_and_keeps_a_controlnet_beside_it_there():
+    units = [ControlUnit(module="ip-adapter_clip_sd15", model="a"), ControlUnit(module="canny", model="c")]
+    facts = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready")
+    plan = decide(params(controls=units), facts)
+    assert (plan.unet, plan.on_torch_because, plan.controls, plan.ip_adapter) == ("torch", ("IP-Adapter",), 1, True)
+    alone = decide(params(controls=units[:1]), facts)
+    assert (alone.controls, alone.ip_adapter, alone.engine) == (0, True, "torch bfloat16: IP-Adapter runs on torch")
+
+
 def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_one(tmp_path):
     write_controlnet(tmp_path, "canny15", {"_class_name": "ControlNetModel", "cross_attention_dim": 768})
     write_controlnet(tmp_path, "depth21", {"_class_name": "ControlNetModel", "cross_attention_dim": 1024})
@@ -89,7 +113,7 @@ def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_on
     (tmp_path / "stray.safetensors").write_bytes(b"x")
     nets = ControlNets(str(tmp_path))
     assert {e.name: e.family for e in nets.entries(set())} == {"canny15": "sd1", "depth21": "sd2", "xl": "sdxl"}
-    assert nets.find("canny15 [0123abcd]")[1] == "sd1"  # A1111's title
+    assert nets.find("canny15 [0123abcd]").family == "sd1"  # A1111's title
     assert family_of({}) == "sd1"
 
 
