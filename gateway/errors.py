@@ -82,7 +82,7 @@ def native_response(err: ApiError):
 
 
 # Errors raised while routing (404, 405) have no blueprint yet, so the family is told by the path.
-FAMILY_PREFIXES = {"/v1/images/": "openai", "/v1/models": "openai", "/sdapi/": "a1111"}
+FAMILY_PREFIXES = {"/v1/images/": "openai", "/v1/models": "openai", "/sdapi/": "a1111", "/controlnet/": "a1111"}
 
 
 def render(err: ApiError):

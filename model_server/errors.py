@@ -201,6 +201,12 @@ def redact_paths(text: str) -> str:
     return _ABS_PATH.sub(r"…/\1", text)
 
 
+def redact(text: str, token: str | None) -> str:
+    """No token and no internal paths (library messages name cache files) in what users see."""
+    text = redact_paths(text)
+    return text.replace(token, "***") if token else text
+
+
 def load_error(message: str, hint: str) -> PipelineLoadError:
     return PipelineLoadError(ErrorInfo(code=ErrorCode.NOT_READY, message=message, hint=hint))
 

@@ -64,10 +64,11 @@ class FakePipeline:
     def apply_controlnets(self, controlnets) -> None:
         for name, model in controlnets:  # its config read, as a real load would
             try:
-                if model.kind == "controlnet":
+                if model.path.is_dir():
                     json.loads((model.path / "config.json").read_text(encoding="utf-8"))
                 else:
-                    model.path.read_bytes()[:8]
+                    with open(model.path, "rb") as f:
+                        f.read(8)
             except (OSError, ValueError):
                 raise load_error(f"could not load the {model.kind} {name!r}: it cannot be read",
                                  "Check it in CONTROLNET_DIR.") from None

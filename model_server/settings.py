@@ -118,7 +118,8 @@ class ModelServerSettings(RequestLimits):
     controlnet_dir: str = setting(
         "CONTROLNET_DIR", "A folder of ControlNets and IP-Adapters that control units may name (`controls`, "
         "A1111's ControlNet API): ControlNets as diffusers folders (`config.json` and "
-        "`diffusion_pytorch_model.safetensors`), named for the folder; IP-Adapters as `.safetensors` files with their "
+        "`diffusion_pytorch_model.safetensors`), named for the folder, or single `.safetensors` files as A1111 keeps "
+        "them, named for the file; IP-Adapters as `.safetensors` files with their "
         "`image_encoder` folder beside them (h94/IP-Adapter's layout), named for the file; each for the model family "
         "it was trained with (SD 1.x, 2.x or SDXL)", "", shown="none")
     face_restorer_dir: str = setting(

@@ -1,8 +1,11 @@
 """The models a control unit may name, in ``CONTROLNET_DIR``, each tied to the model family it was trained
 beside and listed again whenever the folder changes (one copied in is usable at once):
 
-- ControlNets: diffusers folders (``config.json`` and its weights), named for the folder; the family from the
-  config (SDXL's add a text-time embedding, SD 2.x's attend to 1024-wide text).
+- ControlNets: diffusers folders (``config.json`` and its weights), named for the folder, the family from the
+  config (SDXL's add a text-time embedding, SD 2.x's attend to 1024-wide text); and single ``.safetensors``
+  files as A1111 keeps them (``control_v11p_sd15_canny.safetensors``: the original layout, or diffusers' keys in
+  one file), named for the file, the family from their tensors. A single file carries no config: the engine
+  gives it the one a ControlNet made from the loaded model has (engine/controlnets.config_for).
 - IP-Adapters: ``.safetensors`` files anywhere under it holding ``image_proj`` and ``ip_adapter`` tensors, named
   for the file, as h94/IP-Adapter lays them out (``models/ip-adapter_sd15.safetensors`` beside
   ``models/image_encoder/``): the image encoder is the ``image_encoder`` folder beside the file, else one
@@ -57,12 +60,8 @@ def _header(path: Path) -> dict:
     return header if isinstance(header, dict) else {}
 
 
-def _ip_adapter(path: Path) -> tuple[str, int] | None:
-    """(family, image embedding width) of an IP-Adapter file, else None (not one, or unreadable)."""
-    try:
-        header = _header(path)
-    except (OSError, ValueError):
-        return None
+def _ip_adapter(header: dict) -> tuple[str, int] | None:
+    """(family, image embedding width) of an IP-Adapter file's header, else None (not one)."""
     keys = [k for k in header if k != "__metadata__"]
     if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):
         return None
@@ -71,6 +70,17 @@ def _ip_adapter(path: Path) -> tuple[str, int] | None:
     if not to_k or not proj:
         return None
     return _TEXT_WIDTHS.get(to_k[1], "sd1"), proj[-1]
+
+
+def _single_controlnet(header: dict) -> str | None:
+    """The family of a single-file ControlNet from its tensors' names and shapes, else None (not one)."""
+    keys = [k for k in header if k != "__metadata__"]
+    if not any(k.endswith(("controlnet_cond_embedding.conv_in.weight", "input_hint_block.0.weight")) for k in keys):
+        return None
+    if any(k.endswith(("add_embedding.linear_1.weight", "label_emb.0.0.weight")) for k in keys):
+        return "sdxl"
+    to_k = next((header[k]["shape"] for k in keys if k.endswith("attn2.to_k.weight")), None)
+    return _TEXT_WIDTHS.get(to_k[1], "sd1") if to_k else "sd1"
 
 
 def _encoders(folder: Path) -> dict[Path, int]:
@@ -101,9 +111,18 @@ def _found(folder: Path) -> dict[str, ControlModel]:
     encoders = _encoders(folder)
     for path in sorted(folder.rglob("*.safetensors")):
         name = path.stem
-        if name.startswith(".") or len(name) > MAX_NAME_LENGTH or name in found or "image_encoder" in path.parts:
+        if (name.startswith(".") or len(name) > MAX_NAME_LENGTH or name in found or "image_encoder" in path.parts
+                or (path.parent / "config.json").exists()):  # a diffusers model folder's own weights
             continue
-        adapter = _ip_adapter(path)
+        try:
+            header = _header(path)
+        except (OSError, ValueError):
+            continue
+        single = _single_controlnet(header)
+        if single is not None:
+            found[name] = ControlModel(path, single, "controlnet", path.stat().st_size)
+            continue
+        adapter = _ip_adapter(header)
         if adapter is None:
             continue
         family, width = adapter

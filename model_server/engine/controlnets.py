@@ -1,4 +1,5 @@
-"""ControlNets in a job: loading the ones it names, and A1111's control modes.
+"""ControlNets in a job: loading the ones it names, the pipelines' arguments for its units, and A1111's
+control modes.
 
 Only the latest job's ControlNets stay loaded (up to three, in the model's precision): an SD 1.5
 ControlNet is 0.7 GB in bf16, and an 8 GB machine cannot keep a shelf of them beside the model. A
@@ -13,14 +14,19 @@ batch, so the unconditional prediction no longer follows the control. "balanced"
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
-from model_server.engine.model_loader import redact
+from model_server.errors import redact
+from protocol.messages import GenerationParams
 from model_server.memory import release_memory
 from model_server.pipeline import load_error
 
@@ -28,11 +34,36 @@ log = logging.getLogger(__name__)
 SOFT = 0.825  # A1111's per-layer fall-off for soft injection
 
 
+def config_for(unet, folder: Path) -> Path:
+    """The config of a ControlNet made from ``unet`` (what a single-file ControlNet for the loaded model has: the
+    file carries none), written once under ``folder``; its directory."""
+    from diffusers import ControlNetModel
+
+    key = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    dest = Path(folder) / "controlnet-config" / key
+    if not (dest / "config.json").exists():
+        with torch.device("meta"):  # the layers' shapes only, no weights
+            net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        net.save_config(dest)
+    return dest
+
+
+def load_torch(path: Path, dtype: torch.dtype, config: Callable[[], Path]):
+    """A ControlNet from its diffusers folder, or from a single file with ``config()``."""
+    from diffusers import ControlNetModel
+
+    if path.is_file():
+        return ControlNetModel.from_single_file(str(path), config=str(config()), torch_dtype=dtype,
+                                                local_files_only=True)
+    return ControlNetModel.from_pretrained(str(path), torch_dtype=dtype)
+
+
 class LoadedControlNets:
     """The ControlNets of the latest job that had any (see the module)."""
 
-    def __init__(self, dtype: torch.dtype, channels_last: bool = False, token: str = ""):
+    def __init__(self, dtype: torch.dtype, config: Callable[[], Path], channels_last: bool = False, token: str = ""):
         self._dtype, self._channels_last, self._token = dtype, channels_last, token
+        self._config = config  # a single-file ControlNet's config (config_for)
         self._models: dict[str, tuple[str, torch.nn.Module]] = {}  # name -> (engine, module)
         self.names: list[str] = []  # the job's, in unit order (apply)
 
@@ -40,10 +71,8 @@ class LoadedControlNets:
         return set(self._models)
 
     def apply(self, pairs: list[tuple[str, Path]], on_openvino=None) -> None:
-        """Load the job's ControlNets (name, folder); the ones it does not name, or on another engine, are
-        dropped first. ``on_openvino(folder)``: the module running its IR, for a job whose UNet runs there."""
-        from diffusers import ControlNetModel
-
+        """Load the job's ControlNets (name, folder or single file); the ones it does not name, or on another
+        engine, are dropped first. ``on_openvino(path)``: the module running its IR, for a job whose UNet runs there."""
         engine = "openvino" if on_openvino else "torch"
         wanted = dict(pairs)
         dropped = [name for name, (on, _) in self._models.items() if name not in wanted or on != engine]
@@ -60,11 +89,12 @@ class LoadedControlNets:
                 continue
             started = time.monotonic()
             try:
-                model = ControlNetModel.from_pretrained(str(folder), torch_dtype=self._dtype)
+                model = load_torch(folder, self._dtype, self._config)
             except Exception as exc:  # a broken folder fails the job that names it, said plainly
                 reason = redact(f"{type(exc).__name__}: {str(exc)[:300]}", self._token)
                 raise load_error(f"could not load the ControlNet {name!r}: {reason}",
-                                 "Check its folder in CONTROLNET_DIR (config.json and its weights).") from None
+                                 "Check it in CONTROLNET_DIR (a folder: config.json and its weights; a single file: "
+                                 "made for the model's family and size).") from None
             model.eval().requires_grad_(False)
             if self._channels_last:
                 model.to(memory_format=torch.channels_last)
@@ -129,3 +159,24 @@ def _moded(output, mode: str, guided: bool):
         keep[:half] = 0
         down, mid = [sample * keep for sample in down], mid * keep
     return (down, mid, *output[2:]) if isinstance(output, tuple) else type(output)(down, mid)
+
+
+def pipeline_inputs(params: GenerationParams, nets: list, mode: str) -> dict:
+    """The ControlNet pipelines' arguments for the job's ControlNet units (unit, map): their maps (the inpaint
+    module's as its condition: the image with the part to fill at -1), weights and step ranges, at its size."""
+    maps = [_condition(made) for _, made in nets]
+    units = [unit for unit, _ in nets]
+    one = len(units) == 1
+    return {"image" if mode == "txt2img" else "control_image": maps[0] if one else maps,
+            "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],
+            "control_guidance_start": [u.guidance_start for u in units],
+            "control_guidance_end": [u.guidance_end for u in units],
+            "width": params.width, "height": params.height}
+
+
+def _condition(made):
+    if made.mask is None:
+        return made.image
+    pixels = np.asarray(made.image.convert("RGB"), dtype=np.float32) / 255.0
+    pixels[np.asarray(made.mask.convert("L")) > 127] = -1.0  # the inpaint ControlNet's mark for "fill this"
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)

@@ -5,7 +5,8 @@ and the loaded model's facts (``facts``), after the parts the job needs that loa
 (the LCM-LoRA, the tiny decoder, an inpainting checkpoint's UNet) are in. The pipeline object that
 runs it is then assembled from that plan: the family's class for the job's mode (families/),
 over the loaded modules with the UNet (OpenVINO, the fused fast one, the inpainting one) and the
-decoder (full, tiny, or the full one in tiles) the plan names; each such object is made once and costs nothing, as it
+decoder (full, tiny, or the full one in tiles) the plan names, and the job's ControlNets (controlnets.py, on OpenVINO
+openvino_control.py) and IP-Adapter (ip_adapters.py); each such object is made once and costs nothing, as it
 shares the modules. Per job it applies the preset's adapters, step caching (deepcache.py), token
 merging and tiling, and releases idle mapped weights after their phase (residency.py).
 
@@ -17,21 +18,24 @@ object's state (what is loaded is what the plan's facts say); deciding (plan.py)
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from model_server.engine import inpaint_model, model_loader, preset_parts
 from model_server.engine.channels_last import to_channels_last
-from model_server.engine.controlnets import LoadedControlNets, control_modes
+from model_server.engine.controlnets import LoadedControlNets, config_for, control_modes, pipeline_inputs
 from model_server.engine.convert import ConversionStopped
 from model_server.engine.deepcache import DeepCache
 from model_server.engine.guidance_halves import guidance_halves
 from model_server.engine.ip_adapters import LoadedIpAdapter
 from model_server.engine.loras import LoraAdapters
-from model_server.engine.model_loader import bf16_copy, redact
+from model_server.engine.model_loader import bf16_copy
+from model_server.errors import redact
 from model_server.engine.openvino_backend import FastUNet
 from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.plan import EngineFacts, Plan, decide
@@ -82,7 +86,8 @@ class DiffusersPipeline:
         self._tiny_vae_missing = ""  # why the tiny decoder could not load, once it was tried
         self._adapters = LoraAdapters(pipe, self._settings.lora_cache_mb * 2**20)
         self._job_loras: list = []  # the next jobs' LoRAs (apply_loras)
-        self._controlnets = LoadedControlNets(pipe.unet.dtype, self._settings.channels_last, self._settings.token)
+        self._controlnets = LoadedControlNets(pipe.unet.dtype, lambda: config_for(pipe.unet, self._cache()),
+                                              self._settings.channels_last, self._settings.token)
         self._ip_adapter = LoadedIpAdapter(pipe, self._settings.token)
         self.fast_pipe = None  # the text-to-image pipeline over the same modules, the tiny decoder as its VAE
         self._variants: dict[tuple, object] = {}
@@ -102,6 +107,10 @@ class DiffusersPipeline:
             m = model_loader.load(settings, phases)
         return cls(m.pipe, settings.model, m.opts, m.settings, m.residency, m.ov_pipe, m.fast_unet, m.family,
                    m.control_ov)
+
+    def _cache(self) -> Path:
+        """Where made files go (SD_CACHE_DIR; a temporary folder when there is none)."""
+        return Path(self._settings.cache_dir or tempfile.gettempdir())
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -387,7 +396,7 @@ class DiffusersPipeline:
         nets = [(unit, made) for unit, made in zip(params.controls, control or ())
                 if module_named(unit.module) != IP_ADAPTER]
         if nets:
-            inputs.update(_control_inputs(params, nets, plan.mode))
+            inputs.update(pipeline_inputs(params, nets, plan.mode))
         if plan.ip_adapter:
             unit, made = next((unit, made) for unit, made in zip(params.controls, control)
                               if module_named(unit.module) == IP_ADAPTER)
@@ -443,25 +452,3 @@ class DiffusersPipeline:
         # As A1111 does: the kept parts are the original pixels, not their trip through the VAE.
         return image if mask is None else Image.composite(image, init_image, mask)
 
-
-def _control_inputs(params: GenerationParams, nets: list, mode: str) -> dict:
-    """The ControlNet pipelines' arguments for the job's ControlNet units (unit, map): their maps (the inpaint
-    module's as its condition: the image with the part to fill at -1), weights and step ranges, at its size."""
-    maps = [_condition(made) for _, made in nets]
-    units = [unit for unit, _ in nets]
-    one = len(units) == 1
-    return {"image" if mode == "txt2img" else "control_image": maps[0] if one else maps,
-            "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],
-            "control_guidance_start": [u.guidance_start for u in units],
-            "control_guidance_end": [u.guidance_end for u in units],
-            "width": params.width, "height": params.height}
-
-
-def _condition(made):
-    if made.mask is None:
-        return made.image
-    import numpy as np
-
-    pixels = np.asarray(made.image.convert("RGB"), dtype=np.float32) / 255.0
-    pixels[np.asarray(made.mask.convert("L")) > 127] = -1.0  # the inpaint ControlNet's mark for "fill this"
-    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)

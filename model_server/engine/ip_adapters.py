@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from model_server.engine.model_loader import redact
+from model_server.errors import redact
 from model_server.memory import release_memory
 from model_server.pipeline import load_error
 

@@ -25,7 +25,7 @@ from model_server.engine import openvino_backend, single_file
 from model_server.engine.channels_last import to_channels_last
 from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.residency import MappedWeights
-from model_server.errors import redact_paths
+from model_server.errors import redact
 from model_server.families import FAMILIES, Family
 from model_server.families.detect import TINY, from_folder
 from model_server.loading.download import ensure_pipeline
@@ -57,12 +57,6 @@ def resolve_model(settings: ModelServerSettings, progress: LoadProgress | None =
     if kind_of(settings.model) == "single_file":
         return single_file.diffusers_folder(settings.model, settings, progress or LoadProgress())
     return settings.model
-
-
-def redact(text: str, token: str | None) -> str:
-    """No token and no internal paths (library messages name cache files) in what users see."""
-    text = redact_paths(text)
-    return text.replace(token, "***") if token else text
 
 
 def local_dir(source: str, settings: ModelServerSettings) -> str | None:
@@ -219,8 +213,10 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     opts["release_idle_weights"] = settings.release_idle_weights if residency.enabled else "none"
     control_ov = None
     if ov_pipe is not None:
+        from model_server.engine.controlnets import config_for
         from model_server.engine.openvino_control import ControlOnOpenVino
 
-        control_ov = ControlOnOpenVino(folder, settings, backend["openvino_precision"], threads)
+        control_ov = ControlOnOpenVino(folder, settings, backend["openvino_precision"], threads,
+                                       lambda: config_for(pipe.unet, Path(settings.cache_dir)))
     return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=channels_last), residency,
                   ov_pipe, fast_unet, control_ov)

@@ -81,12 +81,14 @@ def _short_of_memory(folder: str, part: str, settings: ModelServerSettings) -> s
 
 
 def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
-           part: str = "unet", lora: str | None = None, stop=None) -> tuple[Path | None, dict]:
+           part: str = "unet", lora: str | None = None, stop=None,
+           config: str | None = None) -> tuple[Path | None, dict]:
     """The ``part`` (openvino_convert.IR_NAMES) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
     UNet with the ``lora`` file fused in if given, converted once in a child process; (None, why) if that
     failed; ConversionStopped when ``stop()`` said so meanwhile. The keys reported are ``openvino_ir``
     for the UNet, ``openvino_vae_ir``, ``openvino_lcm_ir``, ``openvino_control_ir`` and
-    ``openvino_controlnet_ir`` for the others (a ControlNet's ``folder`` is its own)."""
+    ``openvino_controlnet_ir`` for the others (a ControlNet's ``folder`` is its own, or its single file with
+    ``config``, the folder of the config it is read with)."""
     import openvino
 
     real = os.path.realpath(folder)
@@ -110,6 +112,7 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
         return None, {"backend_reason" if prefix == "openvino" else prefix: f"the {what} runs on torch: {short}"}
     args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part, "--precision", precision]
     args += ["--lora", lora] if lora else []
+    args += ["--config", config] if config else []
     with (progress or LoadProgress()).over() as phase:
         phase.start("converting", f"the {what} to OpenVINO IR, once")
         seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part),

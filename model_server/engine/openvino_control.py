@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 class ControlOnOpenVino:
     """The control UNet and the ControlNets' IR for one loaded model (see the module)."""
 
-    def __init__(self, folder: str, settings: ModelServerSettings, precision: str, threads: int):
+    def __init__(self, folder: str, settings: ModelServerSettings, precision: str, threads: int,
+                 config: Callable[[], Path]):
         self._folder, self._settings, self._precision, self._threads = folder, settings, precision, threads
+        self._config = config  # a single-file ControlNet's config (controlnets.config_for)
         self.unet: OpenVinoUNet | None = None
         self.failed = ""  # why the control UNet cannot be made (its jobs run on torch)
         self.net_failed: dict[str, str] = {}  # ControlNet name -> why it has no IR (jobs naming it run on torch)
@@ -63,7 +66,8 @@ class ControlOnOpenVino:
         if folder in self._nets or name in self.net_failed:
             return
         report(f"converting the ControlNet {name} to OpenVINO, once")
-        ir, info = ir_for(str(folder), self._settings, self._precision, part="controlnet", stop=stop)
+        config = str(self._config()) if folder.is_file() else None
+        ir, info = ir_for(str(folder), self._settings, self._precision, part="controlnet", stop=stop, config=config)
         if ir is None:
             self.net_failed[name] = next(iter(info.values()))
             return
@@ -78,7 +82,8 @@ class ControlOnOpenVino:
         """The ControlNet in ``folder`` as the pipelines take one, running its compiled IR."""
         shell_class = _shell_class()
         with torch.device("meta"):
-            shell = shell_class.from_config(shell_class.load_config(str(folder)))
+            config = self._config() if folder.is_file() else folder  # a single file's: the one it was read with
+            shell = shell_class.from_config(shell_class.load_config(str(config)))
         shell.ir = StaticIR(self._nets[folder] / IR_NAMES["controlnet"], self._precision, self._threads)
         shell.run_dtype = torch.bfloat16 if self._precision == "bf16" else torch.float32
         return shell

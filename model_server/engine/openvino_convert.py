@@ -110,13 +110,15 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False):
     return Traced(), example, names, dtype
 
 
-def _controlnet(source: str):
-    """A ControlNet (its own diffusers folder): the UNet's inputs, the control image (pixels, in [0, 1]) and
-    ``conditioning_scale`` in; its residuals out, float32, already scaled."""
+def _controlnet(source: str, config: str | None = None):
+    """A ControlNet (its own diffusers folder, or a single file with ``config``, a folder holding its config.json):
+    the UNet's inputs, the control image (pixels, in [0, 1]) and ``conditioning_scale`` in; its residuals out,
+    float32, already scaled."""
     import torch
     from diffusers import ControlNetModel
 
-    net = ControlNetModel.from_pretrained(source, low_cpu_mem_usage=True).eval()
+    net = (ControlNetModel.from_single_file(source, config=config, local_files_only=True) if config
+           else ControlNetModel.from_pretrained(source, low_cpu_mem_usage=True)).eval()
     dtype, cfg = net.dtype, net.config
 
     class Traced(torch.nn.Module):
@@ -162,13 +164,14 @@ def _vae_decoder(source: str):
     return Traced(), (torch.randn(1, vae.config.latent_channels, 32, 32),), ("latent",), dtype
 
 
-def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16") -> float:
+def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16",
+            config: str | None = None) -> float:
     import openvino as ov
     import torch
 
     started = time.monotonic()
     module, example, names, dtype = (_unet(source, lora, residuals=part == "unet_control")
-                                     if part in ("unet", "unet_control") else _controlnet(source)
+                                     if part in ("unet", "unet_control") else _controlnet(source, config)
                                      if part == "controlnet" else _vae_decoder(source))
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
@@ -195,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=sorted(IR_NAMES), default="unet")
     ap.add_argument("--lora", help="a LoRA's .safetensors file, fused into the UNet at weight 1")
     ap.add_argument("--precision", choices=("bf16", "f32"), default="bf16", help="the inference precision it is for")
+    ap.add_argument("--config", help="a single-file ControlNet's config folder (its config.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [openvino-convert] %(message)s")
-    seconds = convert(args.source, args.dest, args.part, args.lora, args.precision)
+    seconds = convert(args.source, args.dest, args.part, args.lora, args.precision, args.config)
     log.info("converted the %s of %s to OpenVINO IR in %.1f s: %s", args.part, args.source, seconds, args.dest)
     return 0
 

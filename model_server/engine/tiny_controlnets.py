@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# folder name -> the tiny model family it steers. (Four conditioning widths: three halvings, to the latents' 1/8.)
+# folder name -> the tiny model family it steers
 TINY_CONTROLNETS = {"tiny-controlnet": "sd1", "tiny-sdxl-controlnet": "sdxl"}
+# The SD 1.x one again as a single file (diffusers' keys in one .safetensors, as some are shared), beside them.
+TINY_SINGLE_FILE = "tiny-controlnet-single.safetensors"
 
 
 def write_tiny_controlnets(folder: Path, seed: int = 0, names: tuple[str, ...] | None = None) -> list[Path]:
@@ -35,7 +37,7 @@ def write_tiny_controlnets(folder: Path, seed: int = 0, names: tuple[str, ...] |
             continue
         family = TINY_CONTROLNETS[name]
         unet = (build_tiny_sdxl(seed) if family == "sdxl" else build_tiny_pipeline(seed)).unet
-        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+        net = ControlNetModel.from_unet(unet)  # its conditioning layers as a published one's
         torch.manual_seed(seed + 100 + i)
         with torch.no_grad():
             outputs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
@@ -43,6 +45,10 @@ def write_tiny_controlnets(folder: Path, seed: int = 0, names: tuple[str, ...] |
                 conv.weight.normal_(0.0, 0.3)
                 conv.bias.normal_(0.0, 0.1)
         net.save_pretrained(path, safe_serialization=True)
+        if name == "tiny-controlnet":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(Path(folder) / TINY_SINGLE_FILE))
     return written
 
 

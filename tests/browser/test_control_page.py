@@ -36,6 +36,16 @@ def sketch(tmp_path_factory):
     return path
 
 
+def generate(page, prompt: str, caption: str) -> None:
+    """A small image from the form as it is, waited for until its caption says ``caption``."""
+    page.fill("#prompt", prompt)
+    page.fill("#steps", "2")
+    page.select_option("#width", "256")
+    page.select_option("#height", "256")
+    page.click("#submit")
+    expect(page.locator("#caption")).to_contain_text(caption, timeout=60_000)
+
+
 def test_a_unit_shows_its_map_steers_the_job_and_comes_back_with_its_settings(page, stack, sketch):
     expect(page.locator("#control-set")).to_be_visible()
     page.click("#control-add")
@@ -43,17 +53,12 @@ def test_a_unit_shows_its_map_steers_the_job_and_comes_back_with_its_settings(pa
     expect(page.locator("#control-note-0")).to_contain_text("sketch.png chosen")
     page.select_option("#control-module-0", "canny")
     expect(page.locator("#control-model-0")).to_have_value("tiny-controlnet")
-    expect(page.locator("#control-model-0 option")).to_have_count(1)  # only the SD 1.x ControlNet for tiny
+    expect(page.locator("#control-model-0 option")).to_have_count(2)  # tiny's: the SD 1.x folder and single file
     page.get_by_role("button", name="Show map").click()
     expect(page.locator("#control-map-0")).to_be_visible(timeout=20_000)
     assert page.evaluate("document.getElementById('control-map-0').naturalWidth") > 0
     page.fill("#control-weight-0", "0.8")
-    page.fill("#prompt", "a lighthouse in a circle")
-    page.fill("#steps", "2")
-    page.select_option("#width", "256")
-    page.select_option("#height", "256")
-    page.click("#submit")
-    expect(page.locator("#caption")).to_contain_text("ControlNet canny → tiny-controlnet 0.8", timeout=60_000)
+    generate(page, "a lighthouse in a circle", "ControlNet canny → tiny-controlnet 0.8")
     shot(page, "40-control-unit")
     job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
     job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
@@ -82,9 +87,4 @@ def test_the_ip_adapter_module_offers_the_ip_adapters_and_its_unit_runs(page, st
     expect(page.locator("#control-model-0 option")).to_have_count(1)
     page.set_input_files("#control-image-0", str(sketch))
     expect(page.locator("#control-note-0")).to_contain_text("sketch.png chosen")
-    page.fill("#prompt", "a lighthouse like the reference")
-    page.fill("#steps", "2")
-    page.select_option("#width", "256")
-    page.select_option("#height", "256")
-    page.click("#submit")
-    expect(page.locator("#caption")).to_contain_text("ControlNet ip-adapter → ip-adapter_tiny 1", timeout=60_000)
+    generate(page, "a lighthouse like the reference", "ControlNet ip-adapter → ip-adapter_tiny 1")

@@ -77,14 +77,15 @@ def unit(**fields) -> dict:
 def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_extension_lists_them(stack, api):
     listing = requests.get(stack.url + "/v1/controlnets", timeout=10).json()
     nets = {c["name"]: c for c in listing["controlnets"]}
-    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny"}  # "notes" is none
+    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny", "tiny-controlnet-single"}
     assert nets["ip-adapter_tiny"]["kind"] == "ip-adapter" and nets["tiny-controlnet"]["kind"] == "controlnet"
     assert (nets["tiny-controlnet"]["family"], nets["tiny-sdxl-controlnet"]["family"]) == ("sd1", "sdxl")
     modules = {m["name"]: m for m in listing["modules"]}
     assert modules["canny"]["available"] and modules["canny"]["threshold_a"]["value"] == 100
     assert modules["depth_midas"]["available"] is False
     assert api.controlnet_version() == 2
-    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "tiny-controlnet", "tiny-sdxl-controlnet"]
+    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "tiny-controlnet", "tiny-controlnet-single",
+                                                   "tiny-sdxl-controlnet"]  # "notes" is none
     assert {"none", "canny", "inpaint_only", "tile_resample"} <= set(api.controlnet_module_list())
     detail = requests.get(stack.url + "/controlnet/module_list", timeout=10).json()["module_detail"]
     assert [s["name"] for s in detail["canny"]["sliders"]] == ["Preprocessor Resolution", "Canny Low Threshold",
@@ -109,6 +110,14 @@ def test_a_unit_steers_the_image_by_its_weight_and_both_networks_run_on_openvino
     info = Image.open(io.BytesIO(steered.content)).info["parameters"]
     assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet, Weight: 1, Resize Mode: Crop and Resize' in info
     assert "Threshold A: 100, Threshold B: 200" in info  # the module's defaults, as written
+
+
+def test_a_single_file_controlnet_steers_as_its_folder_does(stack):
+    folder = pixels(generate(stack, controls=[unit()]))
+    single = pixels(generate(stack, controls=[unit(model="tiny-controlnet-single")]))  # the same weights, one file
+    assert np.array_equal(single, folder)
+    on_torch = pixels(generate(stack, controls=[unit(model="tiny-controlnet-single")], token_merging=0.5))
+    assert on_torch.shape == (64, 64, 3)  # token merging keeps the job on torch: the file loads there too
 
 
 def test_control_modes_ranges_and_several_units_each_change_the_image(stack):

@@ -80,6 +80,28 @@ def write_controlnet(folder, name: str, config: dict, weights: bool = True) -> N
         (path / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 16)
 
 
+def write_header(path, tensors: dict[str, list[int]]) -> None:
+    """A safetensors file whose header names ``tensors`` (name -> shape); the listing reads headers only."""
+    header = json.dumps({name: {"dtype": "F16", "shape": shape, "data_offsets": [0, 0]}
+                         for name, shape in tensors.items()}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_single_file_controlnets_are_told_by_their_tensors_in_either_layout(tmp_path):
+    write_header(tmp_path / "control_v11p_sd15_canny.safetensors", {
+        "control_model.input_hint_block.0.weight": [16, 3, 3, 3],
+        "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": [320, 768]})
+    write_header(tmp_path / "control_v11p_sd21_depth.safetensors", {
+        "input_hint_block.0.weight": [16, 3, 3, 3],
+        "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": [320, 1024]})
+    write_header(tmp_path / "xl-canny.safetensors", {"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3],
+                                                     "add_embedding.linear_1.weight": [1280, 2816]})
+    write_header(tmp_path / "a-lora.safetensors", {"lora_unet_down_blocks_0.alpha": []})
+    listed = {e.name: (e.kind, e.family) for e in ControlNets(str(tmp_path)).entries(set())}
+    assert listed == {"control_v11p_sd15_canny": ("controlnet", "sd1"),
+                      "control_v11p_sd21_depth": ("controlnet", "sd2"), "xl-canny": ("controlnet", "sdxl")}
+
+
 def test_ip_adapters_are_listed_with_the_image_encoder_whose_width_they_take(tmp_path):
     from model_server.engine.tiny_controlnets import write_tiny_ip_adapter
 

@@ -38,7 +38,7 @@ def check_error_shape(path: str, status: int, body) -> None:
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
     elif path == "/mcp" and "jsonrpc" in body:  # the MCP SDK's own errors, JSON-RPC's shape
         assert body["error"]["message"] and isinstance(body["error"]["code"], int)
-    elif path.startswith("/sdapi/"):
+    elif path.startswith(("/sdapi/", "/controlnet/")):  # A1111, and its ControlNet extension
         if status == 422:
             assert isinstance(body["detail"], list) and body["detail"][0]["msg"]
         else:
