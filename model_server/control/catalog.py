@@ -17,19 +17,15 @@ Torch-free: the gateway's listing and every submit's check read it.
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from pathlib import Path
 
 from model_server import errors
+from model_server.families.detect import checkpoint_header, from_config, from_text_width, json_object
 from model_server.models.named_files import Rescanned
 from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, IP_ADAPTER, module_named
 from protocol.messages import MAX_NAME_LENGTH, ControlNetEntry, GenerationParams
 
-log = logging.getLogger(__name__)
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
-_TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # the text encoders' widths a UNet attends to
-_MAX_HEADER = 16 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,55 +39,38 @@ class ControlModel:
     encoder: Path | None = None
 
 
-def family_of(config: dict) -> str:
-    """The family a ControlNet's diffusers config was made for (models' own, families/detect.py)."""
-    if config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return _TEXT_WIDTHS.get(config.get("cross_attention_dim"), "sd1")
-
-
-def _header(path: Path) -> dict:
-    """A safetensors file's header (tensor name -> dtype, shape, offsets), read without its tensors."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size <= _MAX_HEADER:
-            return {}
-        header = json.loads(f.read(size))
-    return header if isinstance(header, dict) else {}
+def _shape(header: dict, ending: str) -> list | None:
+    """The shape of the first tensor whose name ends with ``ending`` (None: none, or no shape)."""
+    entry = next((value for key, value in header.items() if key.endswith(ending)), None)
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    return shape if isinstance(shape, list) and len(shape) == 2 else None
 
 
 def _ip_adapter(header: dict) -> tuple[str, int] | None:
     """(family, image embedding width) of an IP-Adapter file's header, else None (not one)."""
-    keys = [k for k in header if k != "__metadata__"]
-    if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):
+    if not any(k.startswith("image_proj.") for k in header) or not any(k.startswith("ip_adapter.") for k in header):
         return None
-    to_k = next((header[k]["shape"] for k in keys if k.endswith("to_k_ip.weight")), None)
-    proj = header.get("image_proj.proj.weight", header.get("image_proj.proj_in.weight", {})).get("shape")
+    to_k = _shape(header, "to_k_ip.weight")
+    proj = _shape(header, "image_proj.proj.weight") or _shape(header, "image_proj.proj_in.weight")
     if not to_k or not proj:
         return None
-    return _TEXT_WIDTHS.get(to_k[1], "sd1"), proj[-1]
+    return from_text_width(to_k[1]), proj[-1]
 
 
 def _single_controlnet(header: dict) -> str | None:
     """The family of a single-file ControlNet from its tensors' names and shapes, else None (not one)."""
-    keys = [k for k in header if k != "__metadata__"]
-    if not any(k.endswith(("controlnet_cond_embedding.conv_in.weight", "input_hint_block.0.weight")) for k in keys):
+    if not any(k.endswith(("controlnet_cond_embedding.conv_in.weight", "input_hint_block.0.weight")) for k in header):
         return None
-    if any(k.endswith(("add_embedding.linear_1.weight", "label_emb.0.0.weight")) for k in keys):
+    if any(k.endswith(("add_embedding.linear_1.weight", "label_emb.0.0.weight")) for k in header):
         return "sdxl"
-    to_k = next((header[k]["shape"] for k in keys if k.endswith("attn2.to_k.weight")), None)
-    return _TEXT_WIDTHS.get(to_k[1], "sd1") if to_k else "sd1"
+    to_k = _shape(header, "attn2.to_k.weight")
+    return from_text_width(to_k[1]) if to_k else "sd1"
 
 
-def _encoders(folder: Path) -> dict[Path, int]:
+def _encoders(folder: Path) -> dict[Path, object]:
     """The image encoders under ``folder``: their folders and projection widths."""
-    found = {}
-    for config in folder.rglob("image_encoder/config.json"):
-        try:
-            found[config.parent] = int(json.loads(config.read_text(encoding="utf-8")).get("projection_dim", 0))
-        except (OSError, ValueError, TypeError):
-            continue
-    return found
+    return {config.parent: json_object(config).get("projection_dim")
+            for config in folder.rglob("image_encoder/config.json")}
 
 
 def _found(folder: Path) -> dict[str, ControlModel]:
@@ -101,23 +80,17 @@ def _found(folder: Path) -> dict[str, ControlModel]:
         if path.name.startswith(".") or len(path.name) > MAX_NAME_LENGTH or not path.is_dir():
             continue
         weights = next((path / w for w in WEIGHTS if (path / w).is_file()), None)
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        config = json_object(path / "config.json")
+        if weights is None or "ControlNet" not in str(config.get("_class_name")):
             continue
-        if weights is None or not isinstance(config, dict) or "ControlNet" not in str(config.get("_class_name")):
-            continue
-        found[path.name] = ControlModel(path, family_of(config), "controlnet", weights.stat().st_size)
+        found[path.name] = ControlModel(path, from_config(config), "controlnet", weights.stat().st_size)
     encoders = _encoders(folder)
     for path in sorted(folder.rglob("*.safetensors")):
         name = path.stem
         if (name.startswith(".") or len(name) > MAX_NAME_LENGTH or name in found or "image_encoder" in path.parts
                 or (path.parent / "config.json").exists()):  # a diffusers model folder's own weights
             continue
-        try:
-            header = _header(path)
-        except (OSError, ValueError):
-            continue
+        header = checkpoint_header(path)
         single = _single_controlnet(header)
         if single is not None:
             found[name] = ControlModel(path, single, "controlnet", path.stat().st_size)
@@ -155,7 +128,7 @@ class ControlNets:
         return [ControlNetEntry(name=name, file=m.path.name, family=m.family, size_bytes=m.size, kind=m.kind,
                                 loaded=name in loaded) for name, m in self._scan().items()]
 
-    def check(self, params: GenerationParams, family: str, has_init_image: bool) -> None:
+    def check(self, params: GenerationParams, family: str) -> None:
         """Raise a Rejection naming the first unit this server cannot run with a model of ``family``."""
         if params.controls and params.mode == "upscale":
             raise errors.invalid("control units are for generating images, not upscaling",

@@ -39,28 +39,46 @@ def from_folder(folder: Path | None) -> str | None:
     """A diffusers folder's family, or None when it does not say."""
     if folder is None:
         return None
-    index = _json(folder / "model_index.json")
+    index = json_object(folder / "model_index.json")
     if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
         return "sdxl"
-    unet = _json(folder / "unet" / "config.json")
-    if unet.get("addition_embed_type") == "text_time" or unet.get("cross_attention_dim") == 2048:
-        return "sdxl"
-    if unet.get("cross_attention_dim") == 1024:
-        return "sd2"
+    unet = json_object(folder / "unet" / "config.json")
+    family = from_config(unet)
+    if family != "sd1":
+        return family
     return "sd1" if index or unet else None
 
 
-def checkpoint_keys(path: Path) -> list[str]:
-    """The tensor names in a ``.safetensors`` file's header ([] when it is not one)."""
+def from_config(config: dict) -> str:
+    """The family a UNet's (or ControlNet's) diffusers config was made for: SDXL's add a text-time embedding, and
+    each family's UNet attends to text of its encoders' width."""
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return from_text_width(config.get("cross_attention_dim"))
+
+
+def from_text_width(width) -> str:
+    """The family whose UNet attends to text ``width`` wide (SDXL's two encoders 2048, SD 2.x's 1024, SD 1.x's 768)."""
+    return {2048: "sdxl", 1024: "sd2"}.get(width, "sd1")
+
+
+def checkpoint_header(path: Path) -> dict:
+    """A ``.safetensors`` file's header without its metadata: tensor name -> dtype, shape and offsets ({} when it
+    is not one)."""
     try:
         with path.open("rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if not 0 < length <= _HEADER_LIMIT:
-                return []
+                return {}
             header = json.loads(f.read(length))
     except (OSError, ValueError, struct.error):
-        return []
-    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else []
+        return {}
+    return {key: value for key, value in header.items() if key != "__metadata__"} if isinstance(header, dict) else {}
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names in a ``.safetensors`` file's header ([] when it is not one)."""
+    return list(checkpoint_header(path))
 
 
 def from_checkpoint_keys(keys: list[str]) -> str:
@@ -82,7 +100,8 @@ def _cached_snapshot(repo: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
-def _json(path: Path) -> dict:
+def json_object(path: Path) -> dict:
+    """A JSON file's object ({} when it is missing, unreadable or not an object)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

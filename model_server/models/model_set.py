@@ -149,7 +149,7 @@ class ModelSet:
             if params.upscaler_2:
                 self.upscalers.check(params.upscaler_2, latent=False, field="upscaler_2")
         if not runs_diffusion(params):
-            self.controlnets.check(params, "", params.mode != "txt2img")
+            self.controlnets.check(params, "")
             return
         if params.hires is not None:
             self.upscalers.check(params.hires.upscaler, latent=True, field="hires")
@@ -161,7 +161,7 @@ class ModelSet:
             raise errors.unknown_name("LoRA", unknown[0], self.loras.names(), "GET /v1/loras", "loras")
         if len({ref.name for ref in params.loras}) != len(params.loras):
             raise errors.invalid("a LoRA is named twice", "Name each LoRA once, with the weight you want.")
-        self.controlnets.check(params, model.family, params.mode != "txt2img")
+        self.controlnets.check(params, model.family)
         unavailable = self.unavailable_for(model)
         if params.preset in unavailable:
             raise Rejection(preset_unavailable(params.preset, unavailable[params.preset], unavailable,

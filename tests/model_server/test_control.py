@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model_server.control.catalog import ControlNets, family_of
+from model_server.control.catalog import ControlNets
 from model_server.control.preprocessors import control_maps, detect
 from model_server.engine.plan import EngineFacts, decide
+from model_server.families.detect import from_config
 from model_server.errors import Rejection
 from protocol.control import BUILTIN_MODULES, module_named, threshold
 from protocol.errors import ErrorCode
@@ -113,7 +114,7 @@ def test_ip_adapters_are_listed_with_the_image_encoder_whose_width_they_take(tmp
     assert ControlNets(str(tmp_path)).find("ip-adapter_tiny").encoder is None  # no encoder of its width
     with pytest.raises(Rejection) as info:
         ControlNets(str(tmp_path)).check(params(controls=[ControlUnit(module="ip-adapter", model="ip-adapter_tiny")]),
-                                         "sd1", False)
+                                         "sd1")
     assert "no image encoder" in info.value.error.message
 
 
@@ -136,7 +137,7 @@ def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_on
     nets = ControlNets(str(tmp_path))
     assert {e.name: e.family for e in nets.entries(set())} == {"canny15": "sd1", "depth21": "sd2", "xl": "sdxl"}
     assert nets.find("canny15 [0123abcd]").family == "sd1"  # A1111's title
-    assert family_of({}) == "sd1"
+    assert from_config({}) == "sd1"
 
 
 @pytest.mark.parametrize("unit, mode, fragment", [
@@ -151,7 +152,7 @@ def test_a_unit_the_server_cannot_run_is_refused_saying_why(tmp_path, unit, mode
     write_controlnet(tmp_path, "canny15", {"_class_name": "ControlNetModel", "cross_attention_dim": 768})
     write_controlnet(tmp_path, "xl", {"_class_name": "ControlNetModel", "addition_embed_type": "text_time"})
     with pytest.raises(Rejection) as info:
-        ControlNets(str(tmp_path)).check(params(mode=mode, controls=[unit]), "sd1", mode != "txt2img")
+        ControlNets(str(tmp_path)).check(params(mode=mode, controls=[unit]), "sd1")
     assert fragment in info.value.error.message and info.value.error.hint
 
 
