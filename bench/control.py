@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.models import _gib, markdown_table, write_results
-from bench.run import ROOT
+from bench.models import _gib, fresh_row, markdown_table, write_results
 from bench.sd14_model import DEFAULT_DIR
 
 CONTROLNET_DIR = DEFAULT_DIR.parent / "controlnets"
@@ -143,13 +140,8 @@ def main() -> int:
     build_sd14(DEFAULT_DIR)
     build()
     build_ip_adapter()
-    rows = []
-    for name in args.configs.split(","):
-        env = {**os.environ, "LOG_LEVEL": "WARNING"}
-        out = subprocess.run([sys.executable, "-m", "bench.control", "--worker", name, "--steps", str(args.steps)],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], file=sys.stderr, flush=True)
+    rows = [fresh_row("bench.control", "--worker", name, "--steps", str(args.steps))
+            for name in args.configs.split(",")]
     plain = {CONFIGS[r["config"]][0]: r for r in rows if not CONFIGS[r["config"]][1]}
     for r in rows:
         base = plain.get(CONFIGS[r["config"]][0])

@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import time
 
-from bench.models import _gib, markdown_table, write_results
-from bench.run import ROOT
+from bench.models import _gib, fresh_row, markdown_table, write_results
 
 STEPS = 25
 CONFIGS = {  # name -> (side, hires upscaler or None)
@@ -88,13 +85,7 @@ def main() -> int:
 
     build_sd14(DEFAULT_DIR)
     build_esrgan()
-    rows = []
-    for name in args.configs.split(","):
-        env = {**os.environ, "LOG_LEVEL": "WARNING"}
-        out = subprocess.run([sys.executable, "-m", "bench.hires", "--worker", name], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], file=sys.stderr, flush=True)
+    rows = [fresh_row("bench.hires", "--worker", name) for name in args.configs.split(",")]
     native = next((r["s_per_image"] for r in rows if r["config"] == "native 1024"), None)
     for r in rows:
         if native and r["config"].startswith("hires"):

@@ -250,6 +250,16 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(r.get(key, "")) for _, key in columns) + " |" for r in rows])
 
 
+def fresh_row(module: str, *args: str) -> dict:
+    """One configuration measured in a fresh process (``python -m MODULE ARGS``, its logs quiet): the JSON line it
+    prints last, echoed to stderr as it comes."""
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"},
+                         stdout=subprocess.PIPE, text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(row, file=sys.stderr, flush=True)
+    return row
+
+
 def write_results(name: str, command: str, rows: list[dict], markdown: str, **extra) -> None:
     """bench/results/NAME.json (the machine, the command, the rows) and NAME.md (the command, the machine, the
     table)."""

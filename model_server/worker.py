@@ -23,7 +23,7 @@ from model_server.jobs.speed import SpeedTable
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
-from model_server.control.preprocessors import control_maps, detect, inpaint_preview
+from model_server.control.preprocessors import control_maps, inpaint_preview, unit_map
 from model_server.factory import make_model_set
 from model_server.finishing.hires import generate_hires
 from model_server.models.model_set import ModelSet
@@ -183,9 +183,8 @@ class Worker(threading.Thread):
         self.table.record_engine(job, f"preprocessor {module}")
         if module == "inpaint_only":  # without a mask there is nothing to mark: the image as the module sees it
             image = job.init_image if job.mask is None else inpaint_preview(job.init_image, job.mask)
-        else:
-            side = min(job.init_image.size) if unit.pixel_perfect else unit.processor_res
-            image = detect(module, job.init_image, side, unit.threshold_a, unit.threshold_b, p.seed)
+        else:  # pixel-perfect: at the image's own size
+            image = unit_map(unit, job.init_image, min(job.init_image.size), p.seed)
         data, media_type = encode_image(image, p, p.seed, f"preprocessor {module}")
         return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
                          size_bytes=len(data)), data

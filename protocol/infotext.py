@@ -68,8 +68,8 @@ def _faces(params: GenerationParams) -> list[str]:
 
 def _unit(unit) -> str:
     """A control unit as A1111's ControlNet extension writes it (quoted in the settings line)."""
-    module = module_named(unit.module) or unit.module
-    known = module_named(unit.module) is not None
+    known = module_named(unit.module)
+    module = known or unit.module
     a = threshold(module, "a", unit.threshold_a) if known else unit.threshold_a
     b = threshold(module, "b", unit.threshold_b) if known else unit.threshold_b
     return (f"Module: {module}, Model: {unit.model}, Weight: {unit.weight:g}, "

@@ -94,17 +94,23 @@ def _shuffled(pixels: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     cells = 8
 
-    def flow(size: int, axis: int) -> np.ndarray:
+    def flow(size: int) -> np.ndarray:
         coarse = rng.uniform(0, size, (cells, cells)).astype(np.float32)
         return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
 
-    return cv2.remap(pixels, flow(w, 1), flow(h, 0), interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.remap(pixels, flow(w), flow(h), interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def inpaint_preview(image: Image.Image, mask: Image.Image) -> Image.Image:
     """What the inpaint module's map looks like: the part to fill in black (the condition marks it -1)."""
     black = Image.new("RGB", image.size)
     return Image.composite(black, image.convert("RGB"), mask.convert("L").point(lambda v: 255 if v > 127 else 0))
+
+
+def unit_map(unit, image: Image.Image, job_side: int, seed: int) -> Image.Image:
+    """``unit``'s preprocessor on ``image``, at its processor_res, or ``job_side`` when it is pixel-perfect."""
+    side = job_side if unit.pixel_perfect else unit.processor_res
+    return detect(module_named(unit.module), image, side, unit.threshold_a, unit.threshold_b, seed)
 
 
 def control_maps(params: GenerationParams, images: list, init_image: Image.Image | None, mask: Image.Image | None,
@@ -120,7 +126,6 @@ def control_maps(params: GenerationParams, images: list, init_image: Image.Image
         if module == "inpaint_only":
             maps.append(ControlMap(resized(source, params.width, params.height, unit.resize_mode), mask))
             continue
-        side = min(params.width, params.height) if unit.pixel_perfect else unit.processor_res
-        made = detect(module, source, side, unit.threshold_a, unit.threshold_b, seed)
+        made = unit_map(unit, source, min(params.width, params.height), seed)
         maps.append(ControlMap(resized(made, params.width, params.height, unit.resize_mode)))
     return maps

@@ -14,7 +14,6 @@ Only one UNet is compiled at a time: the control one replaces the plain one whil
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +23,8 @@ import torch
 from model_server.engine.openvino_backend import ir_for
 from model_server.engine.openvino_compiled import StaticIR
 from model_server.engine.openvino_convert import IR_NAMES
-from model_server.engine.openvino_unet import OpenVinoUNet
+from model_server.engine.openvino_unet import OpenVinoUNet, unet_inputs
 from model_server.settings import ModelServerSettings
-
-log = logging.getLogger(__name__)
 
 
 class ControlOnOpenVino:
@@ -47,9 +44,6 @@ class ControlOnOpenVino:
     @property
     def pending(self) -> bool:
         return self._ir is None and not self.failed
-
-    def converted(self, folder: Path) -> bool:
-        return folder in self._nets
 
     def prepare_unet(self, report, stop) -> None:
         """Convert the control UNet once (about as long as the model's own conversion)."""
@@ -138,14 +132,10 @@ def _shell_class():
 
         def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, *args,
                     added_cond_kwargs=None, return_dict=True, **kwargs):
-            t = timestep.float().reshape(()) if torch.is_tensor(timestep) else torch.tensor(float(timestep))
-            inputs = {"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),
-                      "encoder_hidden_states": encoder_hidden_states.float().numpy(),
-                      "controlnet_cond": controlnet_cond.float().numpy(),
-                      "conditioning_scale": np.array(float(conditioning_scale), dtype=np.float32)}
-            if self.config.addition_embed_type == "text_time":
-                inputs.update(text_embeds=added_cond_kwargs["text_embeds"].float().numpy(),
-                              time_ids=added_cond_kwargs["time_ids"].float().numpy())
+            text_time = self.config.addition_embed_type == "text_time"
+            inputs = unet_inputs(sample, timestep, encoder_hidden_states, added_cond_kwargs if text_time else None)
+            inputs.update(controlnet_cond=controlnet_cond.float().numpy(),
+                          conditioning_scale=np.array(float(conditioning_scale), dtype=np.float32))
             *down, mid = (torch.from_numpy(out).to(sample.dtype) for out in self.ir.infer_all(inputs))
             return tuple(down), mid
 

@@ -57,6 +57,25 @@ def residual_shapes(config, batch: int, height: int, width: int) -> list[list[in
     return shapes + [[batch, channels[-1], h, w]]
 
 
+def _text_time(cfg, batch: int = 2) -> tuple[tuple, tuple[str, ...]]:
+    """SDXL's added conditioning as traced inputs (the pooled text embedding and the size/crop ids) and their
+    names; none for the other families."""
+    import torch
+
+    if cfg.addition_embed_type != "text_time":
+        return (), ()
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    return ((torch.randn(batch, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch)),
+            ("text_embeds", "time_ids"))
+
+
+def _added_cond(added: tuple, dtype) -> dict:
+    """The traced inputs ``_text_time`` made, as diffusers' ``added_cond_kwargs`` ({} when there are none)."""
+    if not added:
+        return {}
+    return {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}}
+
+
 def _unet(source: str, lora: str | None = None, residuals: bool = False):
     """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers such as
     Euler use fractional timesteps): (module, example inputs, input names, weights' dtype). With
@@ -85,9 +104,7 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False):
                 down, mid, added = added[-count:-1], added[-1], added[:-count]
                 extra = {"down_block_additional_residuals": tuple(r.to(dtype) for r in down),
                          "mid_block_additional_residual": mid.to(dtype)}
-            # SDXL's added conditioning: the pooled text embedding and the size/crop ids, two more inputs.
-            if added:
-                extra["added_cond_kwargs"] = {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}
+            extra.update(_added_cond(added, dtype))
             out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
                             **extra)[0]
             return out.float()
@@ -99,10 +116,8 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False):
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim))
     names = ("sample", "timestep", "encoder_hidden_states")
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        example += (torch.randn(2, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2))
-        names += ("text_embeds", "time_ids")
+    added, added_names = _text_time(cfg)
+    example, names = example + added, names + added_names
     shapes = residual_shapes(cfg, 2, size, size) if residuals else []
     count = len(shapes)
     example += tuple(torch.randn(*shape) for shape in shapes)
@@ -127,21 +142,17 @@ def _controlnet(source: str, config: str | None = None):
             self.net = net
 
         def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, *added):
-            extra = {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}} \
-                if added else {}
             down, mid = self.net(sample.to(dtype), timestep, encoder_hidden_states.to(dtype),
-                                 controlnet_cond.to(dtype), conditioning_scale, return_dict=False, **extra)
+                                 controlnet_cond.to(dtype), conditioning_scale, return_dict=False,
+                                 **_added_cond(added, dtype))
             return (*(r.float() for r in down), mid.float())
 
     size = EXAMPLE_LATENT
     example = (torch.randn(2, cfg.in_channels, size, size), torch.tensor(999.0),
                torch.randn(2, 77, cfg.cross_attention_dim), torch.rand(2, 3, size * 8, size * 8), torch.tensor(1.0))
     names = ("sample", "timestep", "encoder_hidden_states", "controlnet_cond", "conditioning_scale")
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        example += (torch.randn(2, pooled), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2))
-        names += ("text_embeds", "time_ids")
-    return Traced(), example, names, dtype
+    added, added_names = _text_time(cfg)
+    return Traced(), example + added, names + added_names, dtype
 
 
 def _vae_decoder(source: str):

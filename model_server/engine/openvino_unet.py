@@ -80,12 +80,8 @@ class OpenVinoUNet(torch.nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, *args,
                 return_dict: bool = True, **kwargs):
         self.calls += 1
-        t = timestep.float().reshape(()) if torch.is_tensor(timestep) else torch.tensor(float(timestep))
-        inputs = {"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),
-                  "encoder_hidden_states": encoder_hidden_states.float().numpy()}
-        if self._text_time:
-            added = kwargs.get("added_cond_kwargs") or {}
-            inputs.update(text_embeds=added["text_embeds"].float().numpy(), time_ids=added["time_ids"].float().numpy())
+        inputs = unet_inputs(sample, timestep, encoder_hidden_states,
+                             kwargs.get("added_cond_kwargs") if self._text_time else None)
         if self._residuals:
             down = kwargs["down_block_additional_residuals"]
             inputs.update({f"down_{i}": r.float().numpy() for i, r in enumerate(down)},
@@ -93,6 +89,19 @@ class OpenVinoUNet(torch.nn.Module):
         out = self._ir.infer(inputs)
         out = torch.from_numpy(out).to(sample.dtype)
         return (out,) if not return_dict else _Output(out)
+
+
+def unet_inputs(sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, added_cond_kwargs=None) -> dict:
+    """What a UNet-shaped IR (the UNet's, a ControlNet's) takes first, as numpy float32: the latents, the timestep
+    as a scalar (samplers such as Euler step on fractional ones), the text and, with SDXL's ``added_cond_kwargs``,
+    the pooled text embedding and the size/crop ids."""
+    t = timestep.float().reshape(()) if torch.is_tensor(timestep) else torch.tensor(float(timestep))
+    inputs = {"sample": sample.float().numpy(), "timestep": np.array(t.item(), dtype=np.float32),
+              "encoder_hidden_states": encoder_hidden_states.float().numpy()}
+    if added_cond_kwargs:
+        inputs.update(text_embeds=added_cond_kwargs["text_embeds"].float().numpy(),
+                      time_ids=added_cond_kwargs["time_ids"].float().numpy())
+    return inputs
 
 
 class _Output:

@@ -115,7 +115,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     others = [what for what, asked in candidates if asked and what != "deep_cache"]
     cache_left_out = bool(facts.openvino and params.deep_cache > 1 and not others and preset is not None
                           and params.deep_cache == preset.deep_cache)
-    # ControlNet residuals go into every block of every step: the cached deep features would not carry them.
+    # ControlNet residuals go into every block of every step: the cached deep features would not carry them (and
+    # beside an IP-Adapter's image attention the two were never tried together).
     deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out and not params.controls else 0
     reasons = tuple(what for what, asked in candidates
                     if asked and (what != "deep_cache" or deep_cache)) if facts.openvino else ()
@@ -140,8 +141,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         token_merging=params.token_merging, tiling=params.tiling, release=release, controls=len(nets),
         ip_adapter=bool(adapters),
         # Where the activations are largest (the VAE's tiling size): half a guided batch at a time, on torch, not
-        # beside step caching (it keeps features per batch).
-        # (not with ControlNet residuals, which come for the whole batch).
+        # beside step caching (it keeps features per batch) nor units (ControlNet residuals and IP-Adapter image
+        # embeddings come for the whole batch).
         guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not deep_cache and not params.controls
                          and _large(params, facts)))
 

@@ -73,10 +73,10 @@ def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
 def _control_uploads(msg: Submit, settings: ModelServerSettings) -> None:
     """One image per control unit (b"": the init image's), each within MAX_UPLOAD_BYTES."""
     p, images = msg.params, msg.control_images
-    if p.mode == "detect" and len(p.controls) != 1:
-        raise errors.invalid("a detect job runs one preprocessor", "Send one control unit naming its module.",
-                             "controls")
-    if p.mode == "detect":
+    if p.mode == "detect":  # its image is the init image
+        if len(p.controls) != 1:
+            raise errors.invalid("a detect job runs one preprocessor", "Send one control unit naming its module.",
+                                 "controls")
         return
     if len(images) != len(p.controls):
         raise errors.invalid(f"{len(p.controls)} control units came with {len(images)} images",

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.helpers import ROOT
 from tests.integration.conftest import stack_fixture
@@ -58,6 +59,12 @@ def shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def job_of(page, stack) -> dict:
+    """The job of the image shown, as the service reports it."""
+    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
+    return requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
 
 
 def reuse(page, index: int = 0) -> None:

@@ -5,11 +5,10 @@ go into "Copy as curl"; tiny ControlNets for ``tiny`` and ``tiny-sdxl`` in CONTR
 from __future__ import annotations
 
 import pytest
-import requests
 from PIL import Image, ImageDraw
 from playwright.sync_api import expect
 
-from tests.browser.conftest import reuse, shot
+from tests.browser.conftest import job_of, reuse, shot
 from tests.integration.conftest import start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
@@ -60,8 +59,7 @@ def test_a_unit_shows_its_map_steers_the_job_and_comes_back_with_its_settings(pa
     page.fill("#control-weight-0", "0.8")
     generate(page, "a lighthouse in a circle", "ControlNet canny → tiny-controlnet 0.8")
     shot(page, "40-control-unit")
-    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
-    job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+    job = job_of(page, stack)
     assert job["state"] == "succeeded" and job["params"]["controls"][0]["weight"] == 0.8
     page.click("#copy-curl")
     expect(page.locator("#curl")).to_contain_text("$(base64 -w0 control-1.png)")

@@ -6,17 +6,11 @@ from __future__ import annotations
 
 
 import pytest
-import requests
 from playwright.sync_api import expect
 
-from tests.browser.conftest import reuse, shot
+from tests.browser.conftest import job_of, reuse, shot
 
 pytestmark = pytest.mark.slow
-
-
-def job_of(page, stack) -> dict:
-    job_id = page.get_attribute("#image", "src").split("/v1/jobs/")[1].split("/")[0]
-    return requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
 
 
 def test_a_one_step_model_brings_the_turbo_preset_and_runs_on_its_own(page, stack):
