@@ -547,7 +547,8 @@ async function syncGallery() {
     ({ jobs } = await r.json());
   } catch { return; }
   const known = new Set(gallery.load().map((e) => e.id)), cleared = gallery.clearedAt();
-  const entries = jobs.filter((job) => job.state === "succeeded" && job.params.mode !== "upscale")
+  // An upscale's or a control map's (detect) job made no new picture of its own: the gallery keeps generations.
+  const entries = jobs.filter((job) => job.state === "succeeded" && !["upscale", "detect"].includes(job.params.mode))
     .flatMap((job) => entriesOf(job, job.params, (job.finished_at || 0) * 1000))
     .filter((entry) => !known.has(entry.id) && entry.created > cleared);
   if (!entries.length) return;

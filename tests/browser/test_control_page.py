@@ -69,6 +69,12 @@ def test_a_unit_shows_its_map_steers_the_job_and_comes_back_with_its_settings(pa
     reuse(page)
     expect(page.locator("#control-units li")).to_have_count(1)
     expect(page.locator("#control-weight-0")).to_have_value("0.8")
+    # The gallery, rebuilt from this client's finished jobs on the server alone (one sync brings them all): the
+    # generation, never the map's detect job.
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    expect(page.locator("#gallery li").filter(has_text="a lighthouse in a circle")).to_have_count(1)
+    expect(page.locator("#gallery li").filter(has_text="detect canny")).to_have_count(0)
 
 
 def test_an_sdxl_model_is_offered_its_own_controlnets(page, stack):
