@@ -241,7 +241,7 @@ def _generate(parsed):
     params = generation.params
     sampler = sampler or A1111_SAMPLER_NAMES.get(params.scheduler, params.scheduler)  # the preset's choice
     done, images = generate_sync(sv, generation)
-    seeds = [info.seed for info, _ in images]
+    seeds = [info.seed for info, _ in images if info.control_map is None]  # the detected maps come after these
     model = done.model or sv.client.ping(timeout=2.0).model
     info = {
         "prompt": params.prompt, "all_prompts": [params.prompt] * len(seeds),

@@ -4,8 +4,10 @@ Units come in ``alwayson_scripts`` on txt2img and img2img, under ``controlnet`` 
 documented spelling) or ``ControlNet`` (webuiapi's; any case), each with the extension's field names
 and values (its resize and control modes by number or by words); a disabled unit, or one naming no
 model ("None"), is left out, as the extension leaves it. In img2img a unit without an image takes the
-init image. The routes under ``/controlnet``: version, model_list, module_list, control_types,
-settings and detect (images under ``controlnet_input_images``, or webuiapi's ``controlnet_images``).
+init image. The response's images end with each unit's detected map, as the extension's do (a unit
+with ``save_detected_map: false`` has none). The routes under ``/controlnet``: version, model_list,
+module_list, control_types, settings and detect (images under ``controlnet_input_images``, or
+webuiapi's ``controlnet_images``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from gateway.json_body import decode_object
 from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
-from protocol.control import (BUILTIN_MODULES, CONTROL_MODE_NAMES, RESIZE_MODE_NAMES, RESIZE_MODE_NUMBERS,
-                              module_named)
+from protocol.control import (BUILTIN_MODULES, CONTROL_MODE_NAMES, MODULES, RESIZE_MODE_NAMES,
+                              RESIZE_MODE_NUMBERS, module_named)
 from protocol.messages import MAX_CONTROL_THRESHOLD, MAX_CONTROLS, MAX_SIZE, ControlUnit
 
 bp = Blueprint("a1111_controlnet", __name__, url_prefix="/controlnet")
@@ -85,7 +87,9 @@ def _unit(i: int, unit: dict, notes: dict[str, str]) -> dict:
             "processor_res": processor_res(_number(i, unit, "processor_res", -1)),
             "threshold_a": _threshold(_number(i, unit, "threshold_a", -1)),
             "threshold_b": _threshold(_number(i, unit, "threshold_b", -1)),
-            "pixel_perfect": bool(unit.get("pixel_perfect", False))}
+            "pixel_perfect": bool(unit.get("pixel_perfect", False)),
+            # the extension appends each unit's detected map to the images unless the unit says not to
+            "return_map": unit.get("save_detected_map", True) is not False}
 
 
 def _text(i: int, unit: dict, key: str, default: str) -> str:
@@ -141,38 +145,49 @@ def model_list():
 
 
 def _sliders(name: str) -> list[dict]:
-    module = BUILTIN_MODULES[name]
+    module = MODULES[name]
     sliders = [{"name": "Preprocessor Resolution", "value": DEFAULT_RES, "min": 64, "max": MAX_SIZE}] \
         if module.resolution else []
     return sliders + [{"name": s.name, "value": s.value, "min": s.min, "max": s.max, "step": s.step}
                       for s in (module.a, module.b) if s is not None]
 
 
+def _runnable() -> list[str]:
+    """The preprocessors this server runs: the built-in ones and those whose annotator model it has."""
+    have = set(services().model_list(fresh=True).annotator_modules)
+    return [name for name in MODULES if name in BUILTIN_MODULES or name in have]
+
+
 @bp.get("/module_list")
 def module_list():
-    """The preprocessors this server runs (those needing an annotator model are not among them)."""
-    names = list(BUILTIN_MODULES)
-    return jsonify(module_list=names, module_detail={name: {"model_free": True, "sliders": _sliders(name)}
-                                                     for name in names})
+    """The preprocessors this server runs (those needing an annotator model it lacks are not among them)."""
+    names = _runnable()
+    return jsonify(module_list=names, module_detail={name: {"model_free": name in BUILTIN_MODULES,
+                                                            "sliders": _sliders(name)} for name in names})
 
 
-# A1111's control types, those this server has preprocessors for, and the modules each offers.
-_TYPES = {"Canny": ["canny"], "Scribble": ["scribble_xdog", "threshold", "binary", "invert"],
-          "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"], "Shuffle": ["shuffle"],
-          "Recolor": ["color"]}
+# A1111's control types and the modules each offers (those this server runs are listed).
+_TYPES = {"Canny": ["canny"], "Depth": ["depth_midas", "depth_anything", "depth_anything_v2"],
+          "Lineart": ["lineart_realistic", "lineart_coarse", "lineart_anime"],
+          "SoftEdge": ["softedge_pidinet", "softedge_hed", "softedge_hedsafe", "softedge_pidisafe"],
+          "Scribble": ["scribble_pidinet", "scribble_hed", "scribble_xdog", "threshold", "binary", "invert"],
+          "MLSD": ["mlsd"], "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"],
+          "Shuffle": ["shuffle"], "Recolor": ["color"]}
 
 
 @bp.get("/control_types")
 def control_types():
     models = [c.name for c in services().model_list(fresh=True).controlnets]
+    runnable = _runnable()
 
     def kind(modules: list[str], name: str) -> dict:
+        modules = [m for m in modules if m in runnable]
         matching = [m for m in models if name == "All" or name.lower() in m.lower()]
         return {"module_list": ["none", *modules] if "none" not in modules else modules,
-                "model_list": ["None", *matching], "default_option": modules[0] if name != "All" else "none",
-                "default_model": matching[0] if matching and name != "All" else "None"}
+                "model_list": ["None", *matching], "default_option": modules[0] if modules and name != "All"
+                else "none", "default_model": matching[0] if matching and name != "All" else "None"}
 
-    return jsonify(control_types={"All": kind(list(BUILTIN_MODULES), "All"),
+    return jsonify(control_types={"All": kind(runnable, "All"),
                                   **{name: kind(modules, name) for name, modules in _TYPES.items()}})
 
 
@@ -186,7 +201,7 @@ def _parse_detect():
     module = body.get("controlnet_module", "none")
     if not isinstance(module, str) or module_named(module) is None:
         raise ApiError(400, "invalid_params", "Module not available",
-                       f"Use one of GET /controlnet/module_list: {', '.join(BUILTIN_MODULES)}.",
+                       "Use one of GET /controlnet/module_list.",
                        field="controlnet_module")
     fields = {}
     for key, default in (("controlnet_processor_res", -1.0), ("controlnet_threshold_a", -1.0),

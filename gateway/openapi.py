@@ -228,7 +228,8 @@ def build_spec(request_type: type) -> dict:
             "responses": {"202": {"description": "Queued", **job_ok}, **_errors(400, 413, 429, 503)}}},
         "/v1/controlnets": {"get": {
             "summary": "ControlNets a control unit may name (CONTROLNET_DIR, each with its model family) and the "
-                       "preprocessors (modules) with their settings",
+                       "preprocessors (modules) with their settings, each saying whether this server can run it (those "
+                       "needing an annotator model: when it is in ANNOTATOR_DIR)",
             "responses": {"200": {"description": "The lists", "content": _ANY_JSON}, **_errors(503)}}},
         "/v1/upscalers": {"get": {
             "summary": "Upscalers: built-in resamplers, the hires fix's latent ones, and model files (UPSCALER_DIR)",

@@ -16,6 +16,7 @@ class ImageLink(msgspec.Struct, kw_only=True):
     height: int
     size_bytes: int
     url: str
+    control_map: int | None = None  # the control unit whose detected map this is (its return_map); None: generated
 
 
 class JobError(msgspec.Struct, kw_only=True):
@@ -63,7 +64,7 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 def _image_link(job_id: str, info: ImageInfo) -> ImageLink:
     return ImageLink(index=info.index, seed=info.seed, media_type=info.media_type, width=info.width,
                      height=info.height, size_bytes=info.size_bytes,
-                     url=f"/v1/jobs/{job_id}/image?index={info.index}")
+                     url=f"/v1/jobs/{job_id}/image?index={info.index}", control_map=info.control_map)
 
 
 def _job_error(error: ErrorInfo | None) -> JobError | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from model_server.control.annotator_files import AnnotatorFiles
 from model_server.control.catalog import ControlNets
 from model_server.loading.progress import LoadProgress
 from model_server.models.catalog import Catalog, ModelSource
@@ -47,7 +48,7 @@ def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] |
     return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model,
                     Upscalers(settings.upscaler_dir, lambda: make_upscale_models(settings)),
                     FaceRestorers(settings.face_restorer_dir, lambda: make_face_models(settings)),
-                    ControlNets(settings.controlnet_dir))
+                    ControlNets(settings.controlnet_dir, AnnotatorFiles(settings.annotator_dir)))
 
 
 # Neighbouring tiles overlap by this many input pixels, blended with ramps: enough context that a

@@ -24,13 +24,14 @@ def encode_preview(image: Image.Image) -> bytes:
 
 
 def encode_image(image: Image.Image, params: GenerationParams, seed: int, model: str,
-                 lora_hashes: dict[str, str] | None = None) -> tuple[bytes, str]:
-    """Return (bytes, media type) in the requested format."""
+                 lora_hashes: dict[str, str] | None = None, described: bool = True) -> tuple[bytes, str]:
+    """Return (bytes, media type) in the requested format; a PNG carries its infotext when ``described``."""
     buf = io.BytesIO()
     fmt = params.format
     if fmt == "png":
         meta = PngImagePlugin.PngInfo()
-        meta.add_text("parameters", infotext(params, seed, model, lora_hashes=lora_hashes))
+        if described:
+            meta.add_text("parameters", infotext(params, seed, model, lora_hashes=lora_hashes))
         # compress_level 1: the PNG is noise-like for tests and photos alike; level 6 costs
         # ~10x the time for a few percent fewer bytes.
         image.save(buf, format="PNG", pnginfo=meta, compress_level=1)

@@ -23,6 +23,7 @@ from model_server.jobs.speed import SpeedTable
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
 from model_server.logs import job_context
+from model_server.engine.annotators import Annotators
 from model_server.control.preprocessors import control_maps, inpaint_preview, unit_map
 from model_server.factory import make_model_set
 from model_server.finishing.hires import generate_hires
@@ -32,7 +33,7 @@ from model_server.settings import ModelServerSettings
 from protocol.transport import expand
 from protocol import contract
 from protocol.messages import ErrorInfo, ImageInfo, ModelState, StopMode
-from protocol.control import module_named
+from protocol.control import IP_ADAPTER, module_named
 from protocol.upscalers import DEFAULT_UPSCALER
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Worker(threading.Thread):
         super().__init__(name="model-server-worker", daemon=True)
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
         self.models = make_model_set(settings, load)
+        self.annotators = Annotators(self.models.controlnets.annotators)  # preprocessors' models, used here only
         self.speeds = SpeedTable(expand(settings.cache_dir) if settings.cache_dir else None)
         self.stopping = threading.Event()
         # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
@@ -184,10 +186,23 @@ class Worker(threading.Thread):
         if module == "inpaint_only":  # without a mask there is nothing to mark: the image as the module sees it
             image = job.init_image if job.mask is None else inpaint_preview(job.init_image, job.mask)
         else:  # pixel-perfect: at the image's own size
-            image = unit_map(unit, job.init_image, min(job.init_image.size), p.seed)
+            image = unit_map(unit, job.init_image, min(job.init_image.size), p.seed, self.annotators)
         data, media_type = encode_image(image, p, p.seed, f"preprocessor {module}")
         return ImageInfo(index=0, seed=p.seed, media_type=media_type, width=image.width, height=image.height,
                          size_bytes=len(data)), data
+
+    @staticmethod
+    def _detected_maps(job: Job, maps: list, first: int) -> list[tuple[ImageInfo, bytes]]:
+        """The maps of the units that asked for theirs (return_map), as images after the generated ones."""
+        p, out = job.params, []
+        for unit_index, (unit, made) in enumerate(zip(p.controls, maps)):
+            if not unit.return_map or module_named(unit.module) == IP_ADAPTER:
+                continue
+            image = made.image if made.mask is None else inpaint_preview(made.image, made.mask)
+            data, media_type = encode_image(image, p, p.seed, "", described=False)
+            out.append((ImageInfo(index=first + len(out), seed=p.seed, media_type=media_type, width=image.width,
+                                  height=image.height, size_bytes=len(data), control_map=unit_index), data))
+        return out
 
     def _restore_faces(self, job: Job, image, engine: str):
         """``image`` with its faces restored when the job asks; the job's engine says by what, and the
@@ -232,8 +247,8 @@ class Worker(threading.Thread):
             self.notify(job.id)
             sampler.start()
             # The control maps, made once for the job's images (a preprocessor is a few milliseconds).
-            control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed) if p.controls
-                       else None)
+            control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed, self.annotators)
+                       if p.controls else None)
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
@@ -258,9 +273,11 @@ class Worker(threading.Thread):
                 if self.table.stopped_early(job) is StopMode.INTERRUPT:
                     break
             peak, seconds = sampler.stop(), time.monotonic() - started
+            made = len(images)
+            images += self._detected_maps(job, control or [], made)
             self.table.succeed(job, images)
             if job.model_switch is None and not job.interrupted:  # a load or a cut-short run is no measure of speed
-                self.speeds.record(model, p, job.step_seconds, job.timed_steps, seconds, len(images), peak)
+                self.speeds.record(model, p, job.step_seconds, job.timed_steps, seconds, made, peak)
             log.info("succeeded in %.2f s (%.2f s/step)", seconds, job.seconds_per_step or 0)
         except JobCancelledError:
             self.table.mark_cancelled(job, images)

@@ -1,9 +1,10 @@
 """ControlNet's preprocessors ("modules") and A1111's names for a unit's choices, shared by the gateway
 (A1111's ControlNet API, /v1/controlnets) and the model server (which runs them).
 
-The built-in preprocessors need no model file; the others (depth, pose, soft edges, ...) need an
-annotator's weights and are listed as known but unavailable until a server has them, so a unit naming
-one gets a clear refusal instead of "unknown".
+The built-in preprocessors need no model file. Those in ANNOTATOR_MODULES run an annotator model (depth,
+line art, soft edges, straight lines) whose weights a server may have (ANNOTATOR_DIR; the model server says
+which it has); the rest of A1111's (pose, segmentation, ...) this server does not run: they are known by
+name, so a unit naming one gets a clear refusal instead of "unknown".
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Module:
     b: Slider | None = None
     resolution: bool = True  # it works at processor_res (not "none" or "invert", which keep the image)
     needs_mask: bool = False  # inpaint: the job's mask marks what the ControlNet must fill
+    annotator: str = ""  # the annotator model it runs (model_server/control/annotator_files.py), "" none
 
 
 # name -> the preprocessor; names as A1111's ControlNet extension spells them (its module_list).
@@ -59,16 +61,39 @@ ALIASES = {
     "inpaint_global_harmonious": "inpaint_only",
     "tile_colorfix": "tile_resample",
     "scribble_threshold": "threshold",
+    # the extension's names before v1.1
+    "depth": "depth_midas", "lineart": "lineart_realistic", "hed": "softedge_hed", "hed_safe": "softedge_hedsafe",
+    "fake_scribble": "scribble_hed", "pidinet": "softedge_pidinet", "pidinet_safe": "softedge_pidisafe",
+    "pidinet_scribble": "scribble_pidinet", "pidinet_sketch": "scribble_pidinet",
     # A1111 names the IP-Adapter "preprocessor" for the image encoder it runs.
     **{name: IP_ADAPTER for name in ("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_clip_sdxl",
                                      "ip-adapter_clip_g", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-auto")},
 }
-# Those that need an annotator's weights, which no server here has yet: refused by name, with why.
-ANNOTATOR_MODULES = ("depth_midas", "depth_anything", "depth_zoe", "depth_leres", "normal_bae", "openpose",
-                     "openpose_full", "openpose_face", "openpose_hand", "dw_openpose_full", "lineart_realistic",
-                     "lineart_anime", "lineart_coarse", "softedge_hed", "softedge_pidinet", "scribble_hed",
-                     "scribble_pidinet", "mlsd", "seg_ofade20k", "seg_ufade20k", "mediapipe_face", "reference_only",
-                     "ip-adapter_face_id", "ip-adapter_face_id_plus")
+# Those that run an annotator model, by A1111's names; each names the annotator whose weights it needs.
+ANNOTATOR_MODULES: dict[str, Module] = {
+    "depth_midas": Module("depth (MiDaS DPT-Hybrid)", annotator="midas"),
+    "depth_anything": Module("depth (Depth Anything)", annotator="depth_anything"),
+    "depth_anything_v2": Module("depth (Depth Anything V2)", annotator="depth_anything"),
+    "lineart_realistic": Module("line art of a photo", annotator="lineart"),
+    "lineart_coarse": Module("coarse line art", annotator="lineart_coarse"),
+    "lineart_anime": Module("line art of a drawing (anime)", annotator="lineart_anime"),
+    "softedge_hed": Module("soft edges (HED)", annotator="hed"),
+    "softedge_hedsafe": Module("soft edges (HED, quantized: fewer hidden details)", annotator="hed"),
+    "scribble_hed": Module("scribble from HED edges", annotator="hed"),
+    "softedge_pidinet": Module("soft edges (PiDiNet)", annotator="pidinet"),
+    "softedge_pidisafe": Module("soft edges (PiDiNet, quantized)", annotator="pidinet"),
+    "scribble_pidinet": Module("scribble from PiDiNet edges", annotator="pidinet"),
+    "mlsd": Module("straight lines (M-LSD)", Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
+                   Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01), annotator="mlsd"),
+}
+# A1111's that no server here runs (their annotators need libraries this server does not ship): refused by
+# name, with what to do instead.
+UNSUPPORTED_MODULES = ("depth_zoe", "depth_leres", "depth_leres++", "normal_bae", "normal_midas", "openpose",
+                       "openpose_full", "openpose_face", "openpose_faceonly", "openpose_hand", "dw_openpose_full",
+                       "animal_openpose", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k", "mediapipe_face",
+                       "reference_only", "reference_adain", "reference_adain+attn", "ip-adapter_face_id",
+                       "ip-adapter_face_id_plus", "softedge_teed", "mlsd_anything")
+MODULES: dict[str, Module] = {**BUILTIN_MODULES, **ANNOTATOR_MODULES}
 
 # A1111's control modes, by its UI's words and its API's numbers.
 CONTROL_MODE_NAMES = {"balanced": "Balanced", "prompt": "My prompt is more important",
@@ -79,15 +104,15 @@ RESIZE_MODE_NUMBERS = ("stretch", "crop", "fill")
 
 
 def module_named(name: str) -> str | None:
-    """The built-in preprocessor ``name`` means (an A1111 alias too), else None."""
+    """The preprocessor ``name`` means (an A1111 alias too; built in or with an annotator), else None."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
-    return key if key in BUILTIN_MODULES else None
+    return key if key in MODULES else None
 
 
 def threshold(module: str, which: str, given: float) -> float:
     """A unit's threshold_a or threshold_b: as given, or the module's default when -1 (A1111's "unset")."""
-    slider = getattr(BUILTIN_MODULES[module], which)
+    slider = getattr(MODULES[module], which)
     if slider is None:
         return given
     if given < 0:

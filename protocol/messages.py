@@ -170,6 +170,9 @@ class ControlUnit(_Shape):
     # The preprocessor's own two settings (canny's low and high thresholds...); -1: its default.
     threshold_a: Annotated[float, msgspec.Meta(ge=-1.0, le=MAX_CONTROL_THRESHOLD)] = -1.0
     threshold_b: Annotated[float, msgspec.Meta(ge=-1.0, le=MAX_CONTROL_THRESHOLD)] = -1.0
+    # The job's images end with this unit's detected map (ImageInfo.control_map), as A1111's extension returns
+    # them (its save_detected_map); an IP-Adapter's unit has none.
+    return_map: bool = False
 
 
 class GenerationParams(_Shape):
@@ -404,6 +407,7 @@ class ImageInfo(_Shape):
     width: int
     height: int
     size_bytes: int
+    control_map: int | None = None  # the control unit whose detected map this is (its return_map); None: generated
 
 
 class WebhookStatus(_Shape):
@@ -702,6 +706,7 @@ class ControlNetEntry(_Shape):
 class ModelList(_Msg):
     models: list[ModelEntry] = []
     controlnets: list[ControlNetEntry] = []
+    annotator_modules: list[str] = []  # the preprocessors needing an annotator model that this server has
     loras: list[LoraEntry] = []
     upscalers: list[UpscalerEntry] = []
     face_restorers: list[FaceRestorerEntry] = []

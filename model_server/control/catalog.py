@@ -20,9 +20,10 @@ import dataclasses
 from pathlib import Path
 
 from model_server import errors
+from model_server.control.annotator_files import AnnotatorFiles
 from model_server.families.detect import checkpoint_header, from_config, from_text_width, json_object
 from model_server.models.named_files import Rescanned
-from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, IP_ADAPTER, module_named
+from protocol.control import IP_ADAPTER
 from protocol.messages import MAX_NAME_LENGTH, ControlNetEntry, GenerationParams
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
@@ -109,8 +110,9 @@ def _found(folder: Path) -> dict[str, ControlModel]:
 class ControlNets:
     """The ControlNets and IP-Adapters in ``folder`` by name (see the module)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, annotators: AnnotatorFiles | None = None):
         self._listing = Rescanned(folder, _found)
+        self.annotators = annotators or AnnotatorFiles("")  # what the preprocessors needing weights run
 
     def _scan(self) -> dict[str, ControlModel]:
         """name -> the model, rescanned when the folder or a subfolder changes."""
@@ -136,7 +138,7 @@ class ControlNets:
         adapters = 0
         for i, unit in enumerate(params.controls):
             field = f"controls[{i}]"
-            module = check_module(unit.module, field)
+            module = self.annotators.check(unit.module, field)
             if module == "inpaint_only" and params.mode != "inpaint":
                 raise errors.invalid(f"{field}: the inpaint module needs an inpainting job (an init image and a "
                                      "mask)", "Send init_image and mask, or use another module.", "controls")
@@ -175,14 +177,3 @@ class ControlNets:
                                  "Put its image_encoder folder (as h94/IP-Adapter ships it) next to the file in "
                                  "CONTROLNET_DIR.", "controls")
 
-
-def check_module(name: str, field: str = "controls") -> str:
-    """The built-in preprocessor ``name`` means; a Rejection saying why when there is none."""
-    module = module_named(name)
-    if module is not None:
-        return module
-    if name.strip().lower() in ANNOTATOR_MODULES:
-        raise errors.invalid(f"{field}: the preprocessor {name} needs an annotator model this server does not have",
-                             "Send a control map you made already with module none, or use one of: "
-                             f"{', '.join(BUILTIN_MODULES)}.", "controls")
-    raise errors.unknown_name("preprocessor", name, list(BUILTIN_MODULES), "GET /v1/controlnets", "controls")

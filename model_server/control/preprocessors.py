@@ -1,5 +1,6 @@
-"""The built-in ControlNet preprocessors (protocol.control.BUILTIN_MODULES): a control image made into
-the map a ControlNet was trained on, with OpenCV as A1111's extension makes them.
+"""The ControlNet preprocessors: a control image made into the map a ControlNet was trained on. The built-in
+ones (protocol.control.BUILTIN_MODULES) with OpenCV as A1111's extension makes them; those needing an
+annotator model through annotators.Annotators.
 
 Each works at ``processor_res`` (the image scaled so its shorter side is that; pixel-perfect units ask
 for the job's own), returns an RGB map, and is cheap next to a denoising step (canny on 512x512: a
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from model_server.uploads import resized
-from protocol.control import BUILTIN_MODULES, IP_ADAPTER, module_named, threshold
+from protocol.control import ANNOTATOR_MODULES, IP_ADAPTER, MODULES, module_named, threshold
 from protocol.messages import GenerationParams
 
 
@@ -44,15 +45,20 @@ def _scaled(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def detect(module: str, image: Image.Image, resolution: int, a: float = -1, b: float = -1,
-           seed: int = 0) -> Image.Image:
-    """The map ``module`` makes of ``image`` (RGB) at ``resolution``; ``a``/``b`` its thresholds (-1: defaults)."""
+           seed: int = 0, annotators=None) -> Image.Image:
+    """The map ``module`` makes of ``image`` (RGB) at ``resolution``; ``a``/``b`` its thresholds (-1: defaults);
+    ``annotators`` (annotators.Annotators) runs the modules that need an annotator model."""
     cv2 = _cv2()
-    spec = BUILTIN_MODULES[module]
+    spec = MODULES[module]
     pixels = np.asarray(image.convert("RGB"))
     if spec.resolution:
         pixels = _scaled(pixels, resolution)
     a, b = threshold(module, "a", a), threshold(module, "b", b)
-    if module in ("none", "inpaint_only", IP_ADAPTER):
+    if module in ANNOTATOR_MODULES:
+        if annotators is None:  # the submit's check refuses these where no annotator is
+            raise ValueError(f"{module} needs an annotator")
+        out = annotators.run(module, pixels, a, b)
+    elif module in ("none", "inpaint_only", IP_ADAPTER):
         out = pixels
     elif module == "invert":
         out = 255 - pixels
@@ -107,14 +113,14 @@ def inpaint_preview(image: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.composite(black, image.convert("RGB"), mask.convert("L").point(lambda v: 255 if v > 127 else 0))
 
 
-def unit_map(unit, image: Image.Image, job_side: int, seed: int) -> Image.Image:
+def unit_map(unit, image: Image.Image, job_side: int, seed: int, annotators=None) -> Image.Image:
     """``unit``'s preprocessor on ``image``, at its processor_res, or ``job_side`` when it is pixel-perfect."""
     side = job_side if unit.pixel_perfect else unit.processor_res
-    return detect(module_named(unit.module), image, side, unit.threshold_a, unit.threshold_b, seed)
+    return detect(module_named(unit.module), image, side, unit.threshold_a, unit.threshold_b, seed, annotators)
 
 
 def control_maps(params: GenerationParams, images: list, init_image: Image.Image | None, mask: Image.Image | None,
-                 seed: int) -> list[ControlMap]:
+                 seed: int, annotators=None) -> list[ControlMap]:
     """Each unit's map at the job's size: its image (or the init image) through its preprocessor, at its
     processor_res (the job's shorter side when pixel-perfect), then fitted by its resize mode."""
     maps = []
@@ -126,6 +132,6 @@ def control_maps(params: GenerationParams, images: list, init_image: Image.Image
         if module == "inpaint_only":
             maps.append(ControlMap(resized(source, params.width, params.height, unit.resize_mode), mask))
             continue
-        made = unit_map(unit, source, min(params.width, params.height), seed)
+        made = unit_map(unit, source, min(params.width, params.height), seed, annotators)
         maps.append(ControlMap(resized(made, params.width, params.height, unit.resize_mode)))
     return maps

@@ -53,17 +53,21 @@ def write_tiny_controlnets(folder: Path, seed: int = 0, names: tuple[str, ...] |
 
 
 TINY_IP_ADAPTER = "ip-adapter_tiny"  # for tiny: SD 1.x's layout, 4 image tokens (ImageProjection)
+TINY_SDXL_IP_ADAPTER = "ip-adapter_tiny_sdxl"  # the same for tiny-sdxl (its 80-wide text, both encoders')
 
 
-def write_tiny_ip_adapter(folder: Path, seed: int = 0) -> Path:
-    """The tiny IP-Adapter's file (its folder: ``ip-adapter-tiny/``, with ``image_encoder/``), written once."""
+def write_tiny_ip_adapter(folder: Path, seed: int = 0, family: str = "sd1") -> Path:
+    """The tiny IP-Adapter's file for ``family`` (sd1: ``ip-adapter-tiny/``, sdxl: ``ip-adapter-tiny-sdxl/``, each
+    with ``image_encoder/``), written once."""
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from model_server.engine.tiny_model import build_tiny_pipeline
+    from model_server.engine.tiny_sdxl import build_tiny_sdxl
 
-    path = Path(folder) / "ip-adapter-tiny" / f"{TINY_IP_ADAPTER}.safetensors"
+    name = TINY_SDXL_IP_ADAPTER if family == "sdxl" else TINY_IP_ADAPTER
+    path = Path(folder) / name.replace("_", "-") / f"{name}.safetensors"
     if path.exists():
         return path
     torch.manual_seed(seed + 200)
@@ -72,7 +76,7 @@ def write_tiny_ip_adapter(folder: Path, seed: int = 0) -> Path:
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
         patch_size=8, projection_dim=embed))
     encoder.save_pretrained(path.parent / "image_encoder", safe_serialization=True)
-    unet = build_tiny_pipeline(seed).unet
+    unet = (build_tiny_sdxl(seed) if family == "sdxl" else build_tiny_pipeline(seed)).unet
     cross = unet.config.cross_attention_dim
     tokens = 4
     state = {"image_proj.proj.weight": torch.randn(cross * tokens, embed) * 0.5,
@@ -94,7 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     folder = ap.parse_args().folder
-    for path in [*write_tiny_controlnets(folder), write_tiny_ip_adapter(folder)]:
+    for path in [*write_tiny_controlnets(folder), write_tiny_ip_adapter(folder),
+                 write_tiny_ip_adapter(folder, family="sdxl")]:
         print(path)
 
 

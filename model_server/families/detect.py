@@ -58,8 +58,9 @@ def from_config(config: dict) -> str:
 
 
 def from_text_width(width) -> str:
-    """The family whose UNet attends to text ``width`` wide (SDXL's two encoders 2048, SD 2.x's 1024, SD 1.x's 768)."""
-    return {2048: "sdxl", 1024: "sd2"}.get(width, "sd1")
+    """The family whose UNet attends to text ``width`` wide (SDXL's two encoders 2048, SD 2.x's 1024, SD 1.x's 768;
+    the tiny test models' too: tiny-sdxl's two encoders are 80 wide, tiny's one 32)."""
+    return {2048: "sdxl", 1024: "sd2", 80: "sdxl"}.get(width, "sd1")
 
 
 def checkpoint_header(path: Path) -> dict:

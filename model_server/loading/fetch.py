@@ -8,7 +8,9 @@ model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_
 to do. With ``--convert`` it then makes, on this machine, the one-time conversions a start and the
 first jobs would make (the bf16 copy, the OpenVINO IRs, the fast preset's UNet with the LCM-LoRA
 fused in) into SD_CACHE_DIR: they depend on the CPU, so run it on the machine (or in the container,
-with the volumes) that serves.
+with the volumes) that serves. With ``--annotators`` it downloads the control preprocessors' annotator
+models into ANNOTATOR_DIR (all of them, or those named: ``--annotators hed depth_anything``), skipping
+those already there.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from model_server.errors import PipelineLoadError
+from model_server.errors import PipelineLoadError, load_error, redact
 from model_server.loading.download import ensure_files, ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
@@ -25,6 +27,12 @@ from model_server.models.catalog import parse_list
 from model_server.settings import ModelServerSettings
 
 log = logging.getLogger("model_server.fetch")
+
+
+def annotator_names() -> tuple[str, ...]:
+    from model_server.control.annotator_files import ANNOTATORS
+
+    return tuple(ANNOTATORS)
 
 
 def wanted(settings: ModelServerSettings) -> list[tuple[str, str, list[str] | None]]:
@@ -66,10 +74,50 @@ def convert(settings: ModelServerSettings, progress: LoadProgress) -> None:
     pipe.prepare_ahead(lambda: False, always=True)
 
 
+def fetch_annotators(settings: ModelServerSettings, names: list[str]) -> None:
+    """The annotators ``names`` (all when empty) into ANNOTATOR_DIR, from their hub repositories: a file as
+    lllyasviel/Annotators keeps it, or a depth model's folder (its config, processor and safetensors)."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    from model_server.control.annotator_files import ANNOTATORS, AnnotatorFiles
+    from model_server.loading.download import httpx2
+
+    if not settings.annotator_dir:
+        raise load_error("ANNOTATOR_DIR is not set", "Set it to the folder the model server reads annotator models "
+                         "from, then fetch again.")
+    folder = Path(settings.annotator_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    have = AnnotatorFiles(str(folder)).found()
+    for name in names or list(ANNOTATORS):
+        annotator = ANNOTATORS[name]
+        if name in have:
+            log.info("annotator %s: already there (%s)", name, have[name].relative_to(folder))
+            continue
+        log.info("annotator %s: %s from %s", name, annotator.file or "a folder", annotator.repo)
+        try:
+            if annotator.file:
+                hf_hub_download(annotator.repo, annotator.file, local_dir=folder, token=settings.token)
+            else:
+                snapshot_download(annotator.repo, local_dir=folder / annotator.repo.split("/")[-1],
+                                  token=settings.token, allow_patterns=["*.json", "*.safetensors"])
+        except (OSError, ValueError, httpx2.HTTPError) as exc:  # the hub's errors are OSErrors
+            raise load_error(f"could not download the annotator {name} from {annotator.repo}: "
+                             f"{redact(f'{type(exc).__name__}: {str(exc)[:200]}', settings.token)}",
+                             "Run it where the hub is reachable (HF_HUB_OFFLINE unset; HF_TOKEN if it asks), or copy "
+                             f"{annotator.file or 'the folder'} from {annotator.repo} into ANNOTATOR_DIR yourself.") \
+                from None
+        log.info("annotator %s: in %s", name, folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model_server fetch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--convert", action="store_true", help="then make this machine's one-time conversions too")
+    ap.add_argument("--annotators", nargs="*", metavar="NAME", choices=list(annotator_names()),
+                    help="only download annotator models into ANNOTATOR_DIR: all, or those named "
+                    f"({', '.join(annotator_names())})")
     args = ap.parse_args(argv)
     try:
         settings = ModelServerSettings.from_env()
@@ -80,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     huggingface_hub.utils.disable_progress_bars()  # our progress lines instead of a redrawn bar
     try:
+        if args.annotators is not None:
+            fetch_annotators(settings, args.annotators)
+            log.info("the annotators are in ANNOTATOR_DIR (%s)", settings.annotator_dir)
+            return 0
         if wanted(settings):
             fetch(settings, LoadProgress())
         else:

@@ -137,6 +137,7 @@ class ModelSet:
                          loras=self.loras.entries(pair[0].loaded_loras() if pair else set()),
                          upscalers=self.upscalers.entries(), face_restorers=self.faces.entries(),
                          controlnets=self.controlnets.entries(pair[0].loaded_controlnets() if pair else set()),
+                         annotator_modules=self.controlnets.annotators.modules(),
                          face_detector=detector.name if (detector := self.faces.detector()) else "")
 
     def check(self, params: GenerationParams) -> None:

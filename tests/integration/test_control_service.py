@@ -1,12 +1,14 @@
 """ControlNet and IP-Adapter on the real service: tiny random-weight ControlNets for ``tiny`` (SD 1.x) and
 ``tiny-sdxl`` and a tiny IP-Adapter for ``tiny`` with its image encoder in CONTROLNET_DIR (beside a folder
-that is no ControlNet), through the native API, A1111's ControlNet extension API with ``webuiapi``'s own
-helpers, and the hostile inputs a public server gets."""
+that is no ControlNet), random-weight line art, HED and Depth Anything annotators in ANNOTATOR_DIR, through
+the native API, A1111's ControlNet extension API with ``webuiapi``'s own helpers, and the hostile inputs a
+public server gets."""
 
 from __future__ import annotations
 
 import base64
 import io
+import time
 from urllib.parse import urlparse
 
 import numpy as np
@@ -23,15 +25,19 @@ SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 7}
 
 @pytest.fixture(scope="module")
 def stack(log_dir, tiny_model_dir, tmp_path_factory):
+    from model_server.engine.stand_in_annotators import write_stand_in_annotators
     from model_server.engine.tiny_controlnets import write_tiny_controlnets, write_tiny_ip_adapter
 
     folder = tmp_path_factory.mktemp("controlnets")
     write_tiny_controlnets(folder)
     write_tiny_ip_adapter(folder)
+    write_tiny_ip_adapter(folder, family="sdxl")
     (folder / "notes").mkdir()
     (folder / "notes" / "config.json").write_text("not json")
+    annotators = tmp_path_factory.mktemp("annotators")
+    write_stand_in_annotators(annotators, ("lineart", "hed", "depth_anything"))
     stack = start_stack(log_dir, tiny_model_dir, {"GATEWAY_WORKERS": 1}, CONTROLNET_DIR=folder,
-                        SD_MODELS="tiny-sdxl")
+                        ANNOTATOR_DIR=annotators, SD_MODELS="tiny-sdxl")
     yield stack
     stop_stack(stack)
     assert "Traceback" not in stack.gateway.log() and "Traceback" not in stack.model_server.log()
@@ -77,22 +83,28 @@ def unit(**fields) -> dict:
 def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_extension_lists_them(stack, api):
     listing = requests.get(stack.url + "/v1/controlnets", timeout=10).json()
     nets = {c["name"]: c for c in listing["controlnets"]}
-    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny", "tiny-controlnet-single"}
+    assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny", "ip-adapter_tiny_sdxl",
+                         "tiny-controlnet-single"}
+    assert nets["ip-adapter_tiny_sdxl"]["family"] == "sdxl"
     assert nets["ip-adapter_tiny"]["kind"] == "ip-adapter" and nets["tiny-controlnet"]["kind"] == "controlnet"
     assert (nets["tiny-controlnet"]["family"], nets["tiny-sdxl-controlnet"]["family"]) == ("sd1", "sdxl")
     modules = {m["name"]: m for m in listing["modules"]}
     assert modules["canny"]["available"] and modules["canny"]["threshold_a"]["value"] == 100
-    assert modules["depth_midas"]["available"] is False
+    assert modules["depth_midas"]["available"] is False and modules["openpose"]["available"] is False
+    assert modules["softedge_hed"]["available"] and modules["depth_anything_v2"]["annotator"] == "depth_anything"
     assert api.controlnet_version() == 2
-    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "tiny-controlnet", "tiny-controlnet-single",
-                                                   "tiny-sdxl-controlnet"]  # "notes" is none
-    assert {"none", "canny", "inpaint_only", "tile_resample"} <= set(api.controlnet_module_list())
+    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "ip-adapter_tiny_sdxl", "tiny-controlnet",
+                                                   "tiny-controlnet-single", "tiny-sdxl-controlnet"]  # "notes" is none
+    modules = api.controlnet_module_list()
+    assert {"none", "canny", "inpaint_only", "tile_resample", "lineart_realistic", "depth_anything"} <= set(modules)
+    assert "mlsd" not in modules and "depth_midas" not in modules  # their annotators are not here
     detail = requests.get(stack.url + "/controlnet/module_list", timeout=10).json()["module_detail"]
     assert [s["name"] for s in detail["canny"]["sliders"]] == ["Preprocessor Resolution", "Canny Low Threshold",
                                                                "Canny High Threshold"]
     assert requests.get(stack.url + "/controlnet/settings", timeout=10).json() == {"control_net_unit_count": 3}
     types = requests.get(stack.url + "/controlnet/control_types", timeout=10).json()["control_types"]
     assert types["Canny"]["default_option"] == "canny" and "tiny-controlnet" in types["All"]["model_list"]
+    assert types["Depth"]["module_list"] == ["none", "depth_anything", "depth_anything_v2"]
 
 
 def test_a_unit_steers_the_image_by_its_weight_and_both_networks_run_on_openvino(stack):
@@ -151,6 +163,22 @@ def test_an_sdxl_model_takes_its_own_family_of_controlnet_and_refuses_the_other(
     assert wrong.status_code == 400 and "for sd1 models" in wrong.json()["error"]
 
 
+def test_an_sdxl_ip_adapter_steers_an_sdxl_model_and_each_family_refuses_the_others(stack):
+    reference = Image.effect_mandelbrot((96, 96), (-2, -1.5, 1, 1.5), 100).convert("RGB")
+
+    def adapter(name: str) -> dict:
+        return {"image": b64(reference), "module": "ip-adapter_clip_sdxl", "model": name}
+
+    plain = pixels(generate(stack, model="tiny-sdxl"))
+    adapted = generate(stack, model="tiny-sdxl", controls=[adapter("ip-adapter_tiny_sdxl")])
+    assert np.abs(pixels(adapted) - plain).mean() > 1
+    assert np.array_equal(pixels(generate(stack, model="tiny-sdxl")), plain)  # taken off again
+    for model, name, family in (({"model": "tiny-sdxl"}, "ip-adapter_tiny", "sd1"),
+                                 ({}, "ip-adapter_tiny_sdxl", "sdxl")):  # {}: the default model, tiny
+        wrong = generate(stack, **model, controls=[adapter(name)])
+        assert wrong.status_code == 400 and f"for {family} models" in wrong.json()["error"]
+
+
 def test_an_ip_adapter_unit_steers_by_its_reference_image_on_torch_and_leaves_later_jobs_alone(stack, api):
     plain = pixels(generate(stack))
     reference = Image.effect_mandelbrot((96, 96), (-2, -1.5, 1, 1.5), 100).convert("RGB")
@@ -176,6 +204,10 @@ def test_webuiapis_controlnet_units_and_detect_run_unchanged(api, stack):
     result = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[cn],
                           alwayson_scripts={})
     assert result.image.size == (64, 64)
+    # the extension's answer: the image, then the unit's detected map (canny's edges at the job's size)
+    assert len(result.images) == 2 and len(result.info["all_seeds"]) == len(result.info["infotexts"]) == 1
+    edges = np.asarray(result.images[1].convert("L"))
+    assert edges.shape == (64, 64) and set(np.unique(edges)) == {0, 255}
     assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet' in result.info["infotexts"][0]
     assert "Control Mode: My prompt is more important" in result.info["infotexts"][0]
     plain = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, alwayson_scripts={})
@@ -196,6 +228,60 @@ def test_webuiapis_controlnet_units_and_detect_run_unchanged(api, stack):
     assert set(np.unique(edges)) == {0, 255} and (edges == 255).mean() > 0.01
 
 
+def test_annotator_preprocessors_make_maps_and_steer_units_on_every_api(stack, api):
+    photo = Image.new("RGB", (80, 64), (40, 90, 160))
+    ImageDraw.Draw(photo).rectangle((20, 16, 60, 48), fill=(230, 200, 40))
+    depth = generate(stack, controls=[unit(module="depth_anything_v2", image=b64(photo))])
+    hed = generate(stack, controls=[unit(module="softedge_hed", image=b64(photo))])
+    plain = pixels(generate(stack))
+    assert not np.array_equal(pixels(depth), plain) and not np.array_equal(pixels(depth), pixels(hed))
+    detected = api.controlnet_detect([photo], module="lineart", processor_res=128)  # the old name of lineart_realistic
+    assert detected.info == "Success" and min(detected.image.size) == 128
+    cn = webuiapi.ControlNetUnit(image=photo, module="depth_anything", model="tiny-controlnet", pixel_perfect=True)
+    result = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[cn],
+                         alwayson_scripts={})
+    assert 'Module: depth_anything, Model: tiny-controlnet' in result.info["infotexts"][0]
+    response = requests.post(stack.url + "/v1/detect", json={"image": b64(photo), "module": "scribble_hed",
+                                                             "processor_res": 64}, timeout=10)
+    assert response.status_code == 202, response.text
+    job = wait_job(stack, response.json()["id"])
+    assert job["state"] == "succeeded" and job["engine"] == "preprocessor scribble_hed"
+    missing = requests.post(stack.url + "/controlnet/detect", json={"controlnet_module": "mlsd",
+                                                                    "controlnet_input_images": [b64(photo)]},
+                            timeout=10)
+    assert missing.status_code == 422 and "mlsd_large_512_fp32.pth" in missing.json()["detail"][0]["msg"]
+
+
+def wait_job(stack, job_id: str) -> dict:
+    for _ in range(400):
+        job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end: {job}")
+
+
+def test_a_unit_that_asks_gets_its_detected_map_after_the_images_and_a1111_can_decline_it(stack):
+    body = {"prompt": "a cat", **SMALL, "n": 2, "controls": [
+        unit(module="invert", return_map=True), unit(module="ip-adapter", model="ip-adapter_tiny", return_map=True),
+        unit(module="canny", weight=0.5)]}
+    response = requests.post(stack.url + "/v1/jobs", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    job = wait_job(stack, response.json()["id"])
+    assert job["state"] == "succeeded", job
+    # two images, then the one map asked for (an IP-Adapter's unit has none, the third did not ask)
+    assert [i["control_map"] for i in job["images"]] == [None, None, 0]
+    shown = requests.get(stack.url + job["images"][2]["url"], timeout=5)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown.content)).convert("RGB")),
+                          255 - np.asarray(drawing()))  # invert's map at the job's 64x64
+    scripts = {"controlnet": {"args": [{"image": b64(drawing()), "module": "canny", "model": "tiny-controlnet",
+                                        "save_detected_map": False}]}}
+    declined = requests.post(stack.url + "/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64,
+                                                                    "height": 64, "alwayson_scripts": scripts},
+                             timeout=60)
+    assert declined.status_code == 200 and len(declined.json()["images"]) == 1
+
+
 def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
     response = requests.post(stack.url + "/v1/detect", json={"image": b64(drawing()), "module": "invert"},
                              timeout=10)
@@ -212,7 +298,8 @@ def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
 
 @pytest.mark.parametrize("controls, fragment", [
     ([unit(module="sobel")], "unknown preprocessor"),
-    ([unit(module="depth_midas")], "needs an annotator model"),
+    ([unit(module="depth_midas")], "needs its annotator model (a dpt folder"),
+    ([unit(module="openpose")], "does not run the preprocessor openpose"),
     ([unit(model="nope")], "unknown ControlNet"),
     ([unit(model="notes")], "unknown ControlNet"),
     ([unit()] * 4, "length <= 3"),

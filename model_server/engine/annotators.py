@@ -1,0 +1,142 @@
+"""Runs the preprocessors that need an annotator model (protocol.control.ANNOTATOR_MODULES), on the weights
+annotator_files.AnnotatorFiles found: line art, HED and PiDiNet soft edges and M-LSD lines with the
+networks of ``controlnet_aux`` (the annotator library diffusers' ControlNet documentation uses, ported from
+A1111's extension, so a map is the one those ControlNets were trained on), depth with transformers'
+depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
+
+Weights are read with ``torch.load(weights_only=True)``: a hostile ``.pth`` cannot run code. One annotator
+stays loaded, the last one used (HED is 56 MB, Depth Anything V2 Small 100 MB, DPT-Hybrid 490 MB); another
+takes its place. Used by the worker thread only, one job at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+from model_server.control.annotator_files import ANNOTATORS, AnnotatorFiles
+from model_server.errors import load_error, redact_paths
+from protocol.control import ANNOTATOR_MODULES
+
+log = logging.getLogger("model_server.annotators")
+
+
+def aux(name: str):
+    """controlnet_aux's submodule ``name``, imported without the package's ``__init__``: that imports every
+    annotator at once, with timm and torchvision (PyPI's torchvision does not load beside the CPU torch we
+    pin), while the ones run here need neither. The package is installed without its dependencies
+    (requirements/model-nodeps.txt)."""
+    if "controlnet_aux" not in sys.modules:
+        spec = importlib.util.find_spec("controlnet_aux")
+        if spec is None:
+            raise ModuleNotFoundError("controlnet_aux is not installed (requirements/model-nodeps.txt)")
+        package = types.ModuleType("controlnet_aux")
+        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules["controlnet_aux"] = package
+    return importlib.import_module(f"controlnet_aux.{name}")
+
+
+def _state(path: Path) -> dict:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)  # PiDiNet's file wraps its tensors
+    return {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
+
+
+def _net(net, path: Path):
+    net.load_state_dict(_state(path))
+    return net.float().eval()
+
+
+def _load(annotator: str, path: Path):
+    """The detector for ``annotator``: something called with the RGB pixels (see ``Annotators.run``)."""
+    if annotator in ("lineart", "lineart_coarse"):
+        lineart = aux("lineart")
+        net = _net(lineart.Generator(3, 1, 3), path)
+        return lineart.LineartDetector(net, net)
+    if annotator == "lineart_anime":
+        import torch.nn as nn
+
+        anime = aux("lineart_anime")
+        norm = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+        return anime.LineartAnimeDetector(_net(anime.UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False),
+                                               path))
+    if annotator == "hed":
+        hed = aux("hed")
+        return hed.HEDdetector(_net(hed.ControlNetHED_Apache2(), path))
+    if annotator == "pidinet":
+        pidi = aux("pidi")
+        return pidi.PidiNetDetector(_net(aux("pidi.model").pidinet(), path))
+    if annotator == "mlsd":
+        mlsd = aux("mlsd")
+        return mlsd.MLSDdetector(_net(mlsd.MobileV2_MLSD_Large(), path))
+    if annotator in ("depth_anything", "midas"):
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        model = AutoModelForDepthEstimation.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        return model.eval(), AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    raise ValueError(f"no loader for the annotator {annotator!r}")
+
+
+def _depth(loaded, pixels: np.ndarray) -> np.ndarray:
+    """Relative depth as A1111's depth maps show it: near bright, far dark, stretched to 0..255."""
+    import torch
+
+    model, processor = loaded
+    with torch.inference_mode():
+        predicted = model(**processor(images=pixels, return_tensors="pt")).predicted_depth
+        depth = torch.nn.functional.interpolate(predicted[:, None].float(), size=pixels.shape[:2], mode="bicubic",
+                                                align_corners=False)[0, 0].numpy()
+    low, high = float(depth.min()), float(depth.max())
+    return ((depth - low) / max(high - low, 1e-6) * 255).clip(0, 255).astype(np.uint8)
+
+
+class Annotators:
+    """The annotators of ``files``, loaded on first use, one at a time."""
+
+    def __init__(self, files: AnnotatorFiles):
+        self.files = files
+        self._loaded: tuple[str, Path, object] | None = None
+
+    def _get(self, annotator: str, path: Path):
+        if self._loaded is None or self._loaded[:2] != (annotator, path):
+            self._loaded = None  # the last one's memory goes before the next loads
+            log.info("loading the annotator %s from %s", annotator, path)
+            try:
+                self._loaded = (annotator, path, _load(annotator, path))
+            except Exception as exc:  # a broken file fails the job that needs it, said plainly
+                raise load_error(f"could not load the annotator {annotator} ({path.name}): "
+                                 f"{redact_paths(f'{type(exc).__name__}: {str(exc)[:300]}')}",
+                                 f"Replace {path.name} in ANNOTATOR_DIR with the file as {ANNOTATORS[annotator].repo} "
+                                 "publishes it (python -m model_server fetch --annotators).") from None
+        return self._loaded[2]
+
+    def run(self, module: str, pixels: np.ndarray, a: float, b: float) -> np.ndarray:
+        """``module``'s map of ``pixels`` (RGB, already at the side it works at): same size, 1 or 3 channels.
+        Raises PipelineLoadError when its annotator cannot load or went from the folder since the submit."""
+        annotator = ANNOTATOR_MODULES[module].annotator
+        path = self.files.path(module)
+        if path is None:
+            raise load_error(f"the annotator {annotator} is no longer in ANNOTATOR_DIR",
+                             "Put it back (GET /v1/controlnets lists the preprocessors this server can run).")
+        detector = self._get(annotator, path)
+        if annotator in ("depth_anything", "midas"):
+            return _depth(detector, pixels)
+        side = min(pixels.shape[:2])
+        options = {"detect_resolution": side, "image_resolution": side, "output_type": "np"}
+        if annotator == "lineart_coarse":
+            options["coarse"] = True
+        elif annotator in ("hed", "pidinet"):
+            options.update(safe=module.endswith("safe"), scribble=module.startswith("scribble"))
+        elif annotator == "mlsd":
+            options.update(thr_v=a, thr_d=b)
+        return detector(pixels, **options)
