@@ -2,7 +2,7 @@
 (A1111's ControlNet API, /v1/controlnets) and the model server (which runs them).
 
 The built-in preprocessors need no model file. Those in ANNOTATOR_MODULES run an annotator model (depth,
-line art, soft edges, straight lines) whose weights a server may have (ANNOTATOR_DIR; the model server says
+line art, soft edges, straight lines, body pose) whose weights a server may have (ANNOTATOR_DIR; the model server says
 which it has); the rest of A1111's (pose, segmentation, ...) this server does not run: they are known by
 name, so a unit naming one gets a clear refusal instead of "unknown".
 """
@@ -85,10 +85,11 @@ ANNOTATOR_MODULES: dict[str, Module] = {
     "scribble_pidinet": Module("scribble from PiDiNet edges", annotator="pidinet"),
     "mlsd": Module("straight lines (M-LSD)", Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
                    Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01), annotator="mlsd"),
+    "openpose": Module("the people's pose (OpenPose body keypoints)", annotator="openpose"),
 }
-# A1111's that no server here runs (their annotators need libraries this server does not ship): refused by
-# name, with what to do instead.
-UNSUPPORTED_MODULES = ("depth_zoe", "depth_leres", "depth_leres++", "normal_bae", "normal_midas", "openpose",
+# A1111's that no server here runs (their annotators need libraries this server does not ship: OpenPose's hand
+# and face models need torchvision): refused by name, with what to do instead.
+UNSUPPORTED_MODULES = ("depth_zoe", "depth_leres", "depth_leres++", "normal_bae", "normal_midas",
                        "openpose_full", "openpose_face", "openpose_faceonly", "openpose_hand", "dw_openpose_full",
                        "animal_openpose", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k", "mediapipe_face",
                        "reference_only", "reference_adain", "reference_adain+attn", "ip-adapter_face_id",

@@ -36,6 +36,7 @@ ANNOTATORS: dict[str, Annotator] = {
     "hed": Annotator("ControlNetHED.pth"),
     "pidinet": Annotator("table5_pidinet.pth"),
     "mlsd": Annotator("mlsd_large_512_fp32.pth"),
+    "openpose": Annotator("body_pose_model.pth"),
     "depth_anything": Annotator(model_type="depth_anything", repo="depth-anything/Depth-Anything-V2-Small-hf"),
     "midas": Annotator(model_type="dpt", repo="Intel/dpt-hybrid-midas"),
 }

@@ -1,11 +1,12 @@
 """Runs the preprocessors that need an annotator model (protocol.control.ANNOTATOR_MODULES), on the weights
 annotator_files.AnnotatorFiles found: line art, HED and PiDiNet soft edges and M-LSD lines with the
 networks of ``controlnet_aux`` (the annotator library diffusers' ControlNet documentation uses, ported from
-A1111's extension, so a map is the one those ControlNets were trained on), depth with transformers'
-depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
+A1111's extension, so a map is the one those ControlNets were trained on), OpenPose's body model from the
+same library, depth with transformers' depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
 
 Weights are read with ``torch.load(weights_only=True)``: a hostile ``.pth`` cannot run code. One annotator
-stays loaded, the last one used (HED is 56 MB, Depth Anything V2 Small 100 MB, DPT-Hybrid 490 MB); another
+stays loaded, the last one used (HED is 56 MB, Depth Anything V2 Small 100 MB, OpenPose's body 200 MB,
+DPT-Hybrid 490 MB); another
 takes its place. Used by the worker thread only, one job at a time.
 """
 
@@ -31,16 +32,25 @@ log = logging.getLogger("model_server.annotators")
 def aux(name: str):
     """controlnet_aux's submodule ``name``, imported without the package's ``__init__``: that imports every
     annotator at once, with timm and torchvision (PyPI's torchvision does not load beside the CPU torch we
-    pin), while the ones run here need neither. The package is installed without its dependencies
-    (requirements/model-nodeps.txt)."""
-    if "controlnet_aux" not in sys.modules:
-        spec = importlib.util.find_spec("controlnet_aux")
-        if spec is None:
-            raise ModuleNotFoundError("controlnet_aux is not installed (requirements/model-nodeps.txt)")
-        package = types.ModuleType("controlnet_aux")
-        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
-        sys.modules["controlnet_aux"] = package
+    pin), while the ones run here need neither. OpenPose's own ``__init__`` is skipped the same way (its face
+    and hand models need torchvision and scikit-image; its body model and drawing do not). The package is
+    installed without its dependencies (requirements/model-nodeps.txt)."""
+    _bare("controlnet_aux")
+    if name.startswith("open_pose."):
+        _bare("controlnet_aux.open_pose")
     return importlib.import_module(f"controlnet_aux.{name}")
+
+
+def _bare(package: str) -> None:
+    """``package`` registered as a namespace for its submodules, its ``__init__`` not run."""
+    if package in sys.modules:
+        return
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ModuleNotFoundError(f"{package} is not installed (requirements/model-nodeps.txt)")
+    module = types.ModuleType(package)
+    module.__path__, module.__spec__ = list(spec.submodule_search_locations), spec
+    sys.modules[package] = module
 
 
 def _state(path: Path) -> dict:
@@ -78,6 +88,8 @@ def _load(annotator: str, path: Path):
     if annotator == "mlsd":
         mlsd = aux("mlsd")
         return mlsd.MLSDdetector(_net(mlsd.MobileV2_MLSD_Large(), path))
+    if annotator == "openpose":
+        return _Pose(path)
     if annotator in ("depth_anything", "midas"):
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
@@ -98,6 +110,35 @@ def _depth(loaded, pixels: np.ndarray) -> np.ndarray:
                                                 align_corners=False)[0, 0].numpy()
     low, high = float(depth.min()), float(depth.max())
     return ((depth - low) / max(high - low, 1e-6) * 255).clip(0, 255).astype(np.uint8)
+
+
+class _Pose:
+    """OpenPose's body model: the people's keypoints drawn as its ControlNet was trained on (limbs as coloured
+    sticks on black; no hands or face)."""
+
+    def __init__(self, path: Path):
+        import torch
+
+        self._util = aux("open_pose.util")  # first: it and body.py import each other, util's side works
+        body = aux("open_pose.body")
+        net = body.bodypose_model()
+        # the published file's names lack the model's first part (model0.conv1_1 is conv1_1): its own transfer maps
+        net.load_state_dict(self._util.transfer(net, torch.load(path, map_location="cpu", weights_only=True)))
+        self._estimate = body.Body.__new__(body.Body)  # Body() would load the file again, its own way
+        self._estimate.model = net.float().eval()
+        self._keypoint = body.Keypoint
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        h, w = pixels.shape[:2]
+        with torch.inference_mode():
+            candidate, subset = self._estimate(np.ascontiguousarray(pixels[:, :, ::-1]))  # it reads BGR
+        canvas = np.zeros((h, w, 3), np.uint8)
+        for person in self._estimate.format_body_result(candidate, subset):
+            points = [None if k is None else self._keypoint(x=k.x / w, y=k.y / h) for k in person.keypoints]
+            canvas = self._util.draw_bodypose(canvas, points)
+        return canvas
 
 
 class Annotators:
@@ -131,6 +172,8 @@ class Annotators:
         detector = self._get(annotator, path)
         if annotator in ("depth_anything", "midas"):
             return _depth(detector, pixels)
+        if annotator == "openpose":
+            return detector(pixels)
         side = min(pixels.shape[:2])
         options = {"detect_resolution": side, "image_resolution": side, "output_type": "np"}
         if annotator == "lineart_coarse":

@@ -1,7 +1,7 @@
 """Writes random-weight annotator models in the layout ANNOTATOR_DIR takes, so every preprocessor that needs
 one is tested offline and benchmarked without a download: the ``.pth`` files under lllyasviel/Annotators'
-names (the real networks at their real size, a few to 56 MB each: their shape is the file format) and a
-tiny Depth Anything folder (a transformers config with small widths; the loader reads any size).
+names (the real networks at their real size, 3 to 200 MB: their shape is the file format) and tiny Depth
+Anything and DPT folders (transformers configs with small widths; the loader reads any size).
 
 A random network's map is noise, not edges or depth: the tests check what runs, its size and that it is
 deterministic, and image quality is out of reach here as for every model.
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from pathlib import Path
 
 from model_server.control.annotator_files import ANNOTATORS
 
-DEPTH_FOLDER = "tiny-depth-anything"
+DEPTH_FOLDERS = {"depth_anything": "tiny-depth-anything", "midas": "tiny-dpt-midas"}
 
 
 def _network(annotator: str):
@@ -37,54 +36,70 @@ def _network(annotator: str):
         return aux("pidi.model").pidinet()
     if annotator == "mlsd":
         return aux("mlsd").MobileV2_MLSD_Large()
+    if annotator == "openpose":
+        aux("open_pose.util")  # first (see annotators._Pose)
+        return aux("open_pose.body").bodypose_model()
     raise ValueError(annotator)
 
 
-def _depth_anything(folder: Path, seed: int) -> None:
+def _depth(folder: Path, seed: int, model_type: str) -> None:
+    """A tiny transformers depth model of ``model_type`` (Depth Anything, or DPT as MiDaS ships) with its
+    processor as the published one's, at a small side (a multiple of the patch)."""
     import torch
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTConfig,
+                              DPTForDepthEstimation, DPTImageProcessor)
 
     torch.manual_seed(seed)
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
-                            apply_layernorm=True)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
-                                 fusion_hidden_size=16, head_hidden_size=8)
-    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
-    # As the published one's processor, at a small side (a multiple of the patch, aspect kept)
-    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                      do_pad=False, resample=3, image_mean=[0.485, 0.456, 0.406],
-                      image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    json.loads((folder / "config.json").read_text())  # written whole
+    if model_type == "depth_anything":
+        backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                                image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
+                                apply_layernorm=True)
+        model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=16, head_hidden_size=8))
+        patch, mean, std, aspect = 14, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True
+    else:
+        model = DPTForDepthEstimation(DPTConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+            head_in_index=-1))
+        patch, mean, std, aspect = 32, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], False  # a plain ViT DPT takes squares
+    model.save_pretrained(folder)
+    DPTImageProcessor(size={"height": 4 * patch, "width": 4 * patch}, keep_aspect_ratio=aspect,
+                      ensure_multiple_of=patch, do_pad=False, resample=3, image_mean=mean,
+                      image_std=std).save_pretrained(folder)
 
 
-def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart", "hed", "pidinet", "mlsd",
-                                                                        "depth_anything"), seed: int = 0) -> list[Path]:
+def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart", "hed", "pidinet", "mlsd", "openpose",
+                                                                        "depth_anything", "midas"),
+                              seed: int = 0) -> list[Path]:
     """Write the annotators ``names`` into ``folder``, each once; their files and folders."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
-        target = folder / (ANNOTATORS[name].file or DEPTH_FOLDER)
+        target = folder / (ANNOTATORS[name].file or DEPTH_FOLDERS[name])
         written.append(target)
         if target.exists():
             continue
-        if name == "depth_anything":
-            _depth_anything(target, seed)
+        if name in DEPTH_FOLDERS:
+            _depth(target, seed, ANNOTATORS[name].model_type)
             continue
         torch.manual_seed(seed)
         state = _network(name).state_dict()
-        # PiDiNet's published file wraps its tensors as it was trained (DataParallel, in a "state_dict")
-        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}} if name == "pidinet" else state,
-                   target)
+        if name == "pidinet":  # its published file wraps its tensors as it was trained (DataParallel)
+            state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+        elif name == "openpose":  # its published file's names lack the model's first part
+            state = {k.split(".", 1)[1]: v for k, v in state.items()}
+        torch.save(state, target)
     return written
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
-    ap.add_argument("names", nargs="*", choices=[*ANNOTATORS.keys() - {"midas"}, []], metavar="ANNOTATOR")
+    ap.add_argument("names", nargs="*", choices=[*ANNOTATORS, []], metavar="ANNOTATOR")
     args = ap.parse_args()
     for path in write_stand_in_annotators(args.folder, *([tuple(args.names)] if args.names else [])):
         print(path)

@@ -299,7 +299,8 @@ def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
 @pytest.mark.parametrize("controls, fragment", [
     ([unit(module="sobel")], "unknown preprocessor"),
     ([unit(module="depth_midas")], "needs its annotator model (a dpt folder"),
-    ([unit(module="openpose")], "does not run the preprocessor openpose"),
+    ([unit(module="openpose")], "needs its annotator model (body_pose_model.pth)"),
+    ([unit(module="openpose_hand")], "does not run the preprocessor openpose_hand"),
     ([unit(model="nope")], "unknown ControlNet"),
     ([unit(model="notes")], "unknown ControlNet"),
     ([unit()] * 4, "length <= 3"),
@@ -346,7 +347,7 @@ def test_hostile_a1111_units_are_422s_in_fastapis_shape(stack, scripts, fragment
 
 def test_detect_refuses_what_the_extension_refuses(stack):
     for body, fragment in (({"controlnet_module": "canny", "controlnet_input_images": []}, "No image selected"),
-                           ({"controlnet_module": "openpose", "controlnet_input_images": [b64(drawing())]},
+                           ({"controlnet_module": "openpose_full", "controlnet_input_images": [b64(drawing())]},
                             "Module not available")):
         response = requests.post(stack.url + "/controlnet/detect", json=body, timeout=10)
         assert response.status_code == 422 and fragment in response.json()["detail"][0]["msg"]

@@ -37,7 +37,7 @@ def photo(size=(120, 90)) -> Image.Image:
 
 def test_the_listing_finds_the_hubs_files_and_a1111s_download_folders_alike(folder, tmp_path):
     files = AnnotatorFiles(str(folder))
-    assert set(files.modules()) == set(ANNOTATOR_MODULES) - {"depth_midas", "lineart_coarse", "lineart_anime"}
+    assert set(files.modules()) == set(ANNOTATOR_MODULES) - {"lineart_coarse", "lineart_anime"}
     a1111 = tmp_path / "annotator" / "downloads"
     (a1111 / "lineart").mkdir(parents=True)
     (a1111 / "lineart" / "sk_model2.pth").write_bytes((folder / "sk_model.pth").read_bytes())
@@ -60,8 +60,9 @@ def test_depth_anything_v2_is_taken_before_v1_and_a_config_without_weights_is_no
     assert "depth_midas" not in files.modules()
 
 
-@pytest.mark.parametrize("module", ["depth_anything", "lineart_realistic", "softedge_hed", "softedge_hedsafe",
-                                    "scribble_hed", "softedge_pidinet", "scribble_pidinet", "mlsd"])
+@pytest.mark.parametrize("module", ["depth_anything", "depth_midas", "lineart_realistic", "softedge_hed",
+                                    "softedge_hedsafe", "scribble_hed", "softedge_pidinet", "scribble_pidinet", "mlsd",
+                                    "openpose"])
 def test_each_annotator_module_makes_a_deterministic_rgb_map_at_its_resolution(folder, module):
     annotators = Annotators(AnnotatorFiles(str(folder)))
     made = detect(module, photo(), 128, annotators=annotators)
@@ -92,8 +93,7 @@ def test_one_annotator_stays_loaded_and_a_job_uses_it_through_its_units(folder):
 
 def test_a_missing_annotator_is_refused_saying_what_to_put_where(folder):
     nets = ControlNets("", AnnotatorFiles(str(folder)))
-    for module, fragment in (("depth_midas", "dpt folder such as Intel/dpt-hybrid-midas"),
-                             ("lineart_anime", "netG.pth")):
+    for module, fragment in (("lineart_coarse", "sk_model2.pth"), ("lineart_anime", "netG.pth")):
         with pytest.raises(Rejection) as info:
             nets.check(GenerationParams(prompt="x", seed=0, mode="detect", controls=[ControlUnit(module=module)]), "")
         assert fragment in info.value.error.message and "fetch --annotators" in info.value.error.hint

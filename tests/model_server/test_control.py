@@ -61,7 +61,7 @@ def test_the_maps_are_what_each_module_says():
 def test_thresholds_default_when_unset_and_stay_within_the_modules_sliders():
     assert threshold("canny", "a", -1) == 100 and threshold("canny", "b", -1) == 200
     assert threshold("canny", "a", 999) == 255 and threshold("tile_resample", "a", 0.5) == 1.0
-    assert module_named("Invert (from white bg & black line)") == "invert" and module_named("openpose") is None
+    assert module_named("Invert (from white bg & black line)") == "invert" and module_named("openpose_full") is None
     assert module_named("hed") == "softedge_hed" and module_named("depth_midas") == "depth_midas"
 
 
@@ -145,7 +145,7 @@ def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_on
     (ControlUnit(module="canny", model="xl"), "txt2img", "for sdxl models"),
     (ControlUnit(module="canny", model=""), "txt2img", "names no ControlNet"),
     (ControlUnit(module="canny", model="gone"), "txt2img", "unknown ControlNet"),
-    (ControlUnit(module="openpose", model="canny15"), "txt2img", "does not run the preprocessor openpose"),
+    (ControlUnit(module="openpose_face", model="canny15"), "txt2img", "does not run the preprocessor openpose_face"),
     (ControlUnit(module="lineart", model="canny15"), "txt2img", "needs its annotator model (sk_model.pth)"),
     (ControlUnit(module="inpaint_only", model="canny15"), "img2img", "needs an inpainting job"),
     (ControlUnit(module="canny", model="canny15", guidance_start=0.5, guidance_end=0.5), "txt2img", "not before"),
