@@ -42,14 +42,27 @@ def _network(annotator: str):
     raise ValueError(annotator)
 
 
-def _depth(folder: Path, seed: int, model_type: str) -> None:
+def _depth(folder: Path, seed: int, model_type: str, full: bool = False) -> None:
     """A tiny transformers depth model of ``model_type`` (Depth Anything, or DPT as MiDaS ships) with its
-    processor as the published one's, at a small side (a multiple of the patch)."""
+    processor as the published one's, at a small side (a multiple of the patch); ``full``: Depth Anything V2
+    Small's own shape and processor (24.8 M parameters, 518 px), for benchmarks."""
     import torch
     from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTConfig,
                               DPTForDepthEstimation, DPTImageProcessor)
 
     torch.manual_seed(seed)
+    if model_type == "depth_anything" and full:
+        backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                                image_size=518, patch_size=14, out_indices=[3, 6, 9, 12], reshape_hidden_states=False,
+                                apply_layernorm=True)
+        model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+            backbone_config=backbone, reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384],
+            fusion_hidden_size=64, head_hidden_size=32))
+        model.save_pretrained(folder)
+        DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                          do_pad=False, resample=3, image_mean=[0.485, 0.456, 0.406],
+                          image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+        return
     if model_type == "depth_anything":
         backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                                 image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
@@ -72,19 +85,22 @@ def _depth(folder: Path, seed: int, model_type: str) -> None:
 
 def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart", "hed", "pidinet", "mlsd", "openpose",
                                                                         "depth_anything", "midas"),
-                              seed: int = 0) -> list[Path]:
-    """Write the annotators ``names`` into ``folder``, each once; their files and folders."""
+                              seed: int = 0, full: bool = False) -> list[Path]:
+    """Write the annotators ``names`` into ``folder``, each once; their files and folders (``full``: Depth
+    Anything at its published size)."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
-        target = folder / (ANNOTATORS[name].file or DEPTH_FOLDERS[name])
+        # a full-size depth model is named as its published folder, a tiny one as what it is
+        target = folder / (ANNOTATORS[name].file or (ANNOTATORS[name].repo.split("/")[-1] if full
+                                                     else DEPTH_FOLDERS[name]))
         written.append(target)
         if target.exists():
             continue
         if name in DEPTH_FOLDERS:
-            _depth(target, seed, ANNOTATORS[name].model_type)
+            _depth(target, seed, ANNOTATORS[name].model_type, full)
             continue
         torch.manual_seed(seed)
         state = _network(name).state_dict()
