@@ -1,6 +1,6 @@
 """The control preprocessors that run an annotator model, against the built-in canny, measured in one run:
 random-weight stand-ins at the published networks' size (model_server/engine/stand_in_annotators.py: line art,
-HED, PiDiNet, M-LSD and OpenPose's body as lllyasviel/Annotators ships them, Depth Anything V2 Small's shape),
+HED, PiDiNet, M-LSD, OpenPose's body and NormalBAE as lllyasviel/Annotators ships them, Depth Anything V2 Small's shape),
 each in a fresh process through the server's own preprocessors: a 768x512 photo-like image at
 processor_res 512, the first map (which loads the annotator) timed apart from the median of three more; the
 peak is the largest resident memory sampled while the maps are made (every 10 ms), over the process's
@@ -23,7 +23,8 @@ from bench.models import fresh_row, markdown_table, write_results
 from bench.sd14_model import DEFAULT_DIR
 
 FOLDER = DEFAULT_DIR.parent / "annotators"
-MODULES = ["canny", "lineart_realistic", "softedge_hed", "softedge_pidinet", "mlsd", "openpose", "depth_anything_v2"]
+MODULES = ["canny", "lineart_realistic", "softedge_hed", "softedge_pidinet", "mlsd", "openpose", "normal_bae",
+           "depth_anything_v2"]
 COLUMNS = [("module", "module"), ("annotator file", "file"), ("first map s (load included)", "first_s"),
            ("s/map", "s_per_map"), ("vs canny", "vs_canny"), ("peak over the process, GiB", "delta_gib")]
 
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from model_server.engine.stand_in_annotators import write_stand_in_annotators
 
-    write_stand_in_annotators(FOLDER, ("lineart", "hed", "pidinet", "mlsd", "openpose", "depth_anything"), full=True)
+    write_stand_in_annotators(FOLDER, ("lineart", "hed", "pidinet", "mlsd", "openpose", "normal_bae", "depth_anything"),
+                              full=True)
     rows = [fresh_row("bench.annotators", "--one", module) for module in args.modules.split(",")]
     canny = next((r["s_per_map"] for r in rows if r["module"] == "canny"), None)
     for row in rows:

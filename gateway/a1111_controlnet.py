@@ -171,7 +171,7 @@ _TYPES = {"Canny": ["canny"], "Depth": ["depth_midas", "depth_anything", "depth_
           "Lineart": ["lineart_realistic", "lineart_coarse", "lineart_anime"],
           "SoftEdge": ["softedge_pidinet", "softedge_hed", "softedge_hedsafe", "softedge_pidisafe"],
           "Scribble": ["scribble_pidinet", "scribble_hed", "scribble_xdog", "threshold", "binary", "invert"],
-          "MLSD": ["mlsd"], "OpenPose": ["openpose"], "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"],
+          "MLSD": ["mlsd"], "OpenPose": ["openpose"], "NormalMap": ["normal_bae"], "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"],
           "Shuffle": ["shuffle"], "Recolor": ["color"]}
 
 

@@ -2,7 +2,7 @@
 (A1111's ControlNet API, /v1/controlnets) and the model server (which runs them).
 
 The built-in preprocessors need no model file. Those in ANNOTATOR_MODULES run an annotator model (depth,
-line art, soft edges, straight lines, body pose) whose weights a server may have (ANNOTATOR_DIR; the model server says
+line art, soft edges, straight lines, body pose, normals) whose weights a server may have (ANNOTATOR_DIR; the model server says
 which it has); the rest of A1111's (pose, segmentation, ...) this server does not run: they are known by
 name, so a unit naming one gets a clear refusal instead of "unknown".
 """
@@ -64,7 +64,7 @@ ALIASES = {
     # the extension's names before v1.1
     "depth": "depth_midas", "lineart": "lineart_realistic", "hed": "softedge_hed", "hed_safe": "softedge_hedsafe",
     "fake_scribble": "scribble_hed", "pidinet": "softedge_pidinet", "pidinet_safe": "softedge_pidisafe",
-    "pidinet_scribble": "scribble_pidinet", "pidinet_sketch": "scribble_pidinet",
+    "pidinet_scribble": "scribble_pidinet", "pidinet_sketch": "scribble_pidinet", "normal_map": "normal_bae",
     # A1111 names the IP-Adapter "preprocessor" for the image encoder it runs.
     **{name: IP_ADAPTER for name in ("ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_clip_sdxl",
                                      "ip-adapter_clip_g", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-auto")},
@@ -86,10 +86,11 @@ ANNOTATOR_MODULES: dict[str, Module] = {
     "mlsd": Module("straight lines (M-LSD)", Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
                    Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01), annotator="mlsd"),
     "openpose": Module("the people's pose (OpenPose body keypoints)", annotator="openpose"),
+    "normal_bae": Module("surface normals (NormalBAE)", annotator="normal_bae"),
 }
 # A1111's that no server here runs (their annotators need libraries this server does not ship: OpenPose's hand
 # and face models need torchvision): refused by name, with what to do instead.
-UNSUPPORTED_MODULES = ("depth_zoe", "depth_leres", "depth_leres++", "normal_bae", "normal_midas",
+UNSUPPORTED_MODULES = ("depth_zoe", "depth_leres", "depth_leres++", "normal_midas",
                        "openpose_full", "openpose_face", "openpose_faceonly", "openpose_hand", "dw_openpose_full",
                        "animal_openpose", "seg_ofade20k", "seg_ofcoco", "seg_ufade20k", "mediapipe_face",
                        "reference_only", "reference_adain", "reference_adain+attn", "ip-adapter_face_id",

@@ -37,6 +37,7 @@ ANNOTATORS: dict[str, Annotator] = {
     "pidinet": Annotator("table5_pidinet.pth"),
     "mlsd": Annotator("mlsd_large_512_fp32.pth"),
     "openpose": Annotator("body_pose_model.pth"),
+    "normal_bae": Annotator("scannet.pt"),
     "depth_anything": Annotator(model_type="depth_anything", repo="depth-anything/Depth-Anything-V2-Small-hf"),
     "midas": Annotator(model_type="dpt", repo="Intel/dpt-hybrid-midas"),
 }

@@ -2,11 +2,11 @@
 annotator_files.AnnotatorFiles found: line art, HED and PiDiNet soft edges and M-LSD lines with the
 networks of ``controlnet_aux`` (the annotator library diffusers' ControlNet documentation uses, ported from
 A1111's extension, so a map is the one those ControlNets were trained on), OpenPose's body model from the
-same library, depth with transformers' depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
+same library, NormalBAE's normals, depth with transformers' depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
 
 Weights are read with ``torch.load(weights_only=True)``: a hostile ``.pth`` cannot run code. One annotator
 stays loaded, the last one used (HED is 56 MB, Depth Anything V2 Small 100 MB, OpenPose's body 200 MB,
-DPT-Hybrid 490 MB); another
+NormalBAE 290 MB, DPT-Hybrid 490 MB); another
 takes its place. Used by the worker thread only, one job at a time.
 """
 
@@ -32,12 +32,13 @@ log = logging.getLogger("model_server.annotators")
 def aux(name: str):
     """controlnet_aux's submodule ``name``, imported without the package's ``__init__``: that imports every
     annotator at once, with timm and torchvision (PyPI's torchvision does not load beside the CPU torch we
-    pin), while the ones run here need neither. OpenPose's own ``__init__`` is skipped the same way (its face
-    and hand models need torchvision and scikit-image; its body model and drawing do not). The package is
-    installed without its dependencies (requirements/model-nodeps.txt)."""
+    pin), while the ones run here need neither. OpenPose's and NormalBAE's own ``__init__`` are skipped the
+    same way (OpenPose's face and hand models and NormalBAE's input transform need torchvision or
+    scikit-image; their networks do not). The package is installed without its dependencies
+    (requirements/model-nodeps.txt)."""
     _bare("controlnet_aux")
-    if name.startswith("open_pose."):
-        _bare("controlnet_aux.open_pose")
+    if name.startswith(("open_pose.", "normalbae.")):
+        _bare(f"controlnet_aux.{name.split('.')[0]}")
     return importlib.import_module(f"controlnet_aux.{name}")
 
 
@@ -57,7 +58,8 @@ def _state(path: Path) -> dict:
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)  # PiDiNet's file wraps its tensors
+    for wrapper in ("state_dict", "model"):  # PiDiNet's and NormalBAE's files wrap their tensors
+        state = state.get(wrapper, state)
     return {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
 
 
@@ -90,6 +92,8 @@ def _load(annotator: str, path: Path):
         return mlsd.MLSDdetector(_net(mlsd.MobileV2_MLSD_Large(), path))
     if annotator == "openpose":
         return _Pose(path)
+    if annotator == "normal_bae":
+        return _net(normal_bae_network(), path)
     if annotator in ("depth_anything", "midas"):
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
@@ -97,6 +101,34 @@ def _load(annotator: str, path: Path):
         model = AutoModelForDepthEstimation.from_pretrained(path, dtype=torch.float32, local_files_only=True)
         return model.eval(), AutoImageProcessor.from_pretrained(path, local_files_only=True)
     raise ValueError(f"no loader for the annotator {annotator!r}")
+
+
+def normal_bae_network():
+    """NormalBAE's network as its published scannet.pt was trained (BN decoder, the client mode that infers)."""
+    import contextlib
+    import io
+
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    with contextlib.redirect_stdout(io.StringIO()):  # its encoder prints its progress
+        return aux("normalbae.nets.NNET").NNET(args)
+
+
+def _normals(net, pixels: np.ndarray) -> np.ndarray:
+    """Surface normals as the normal ControlNet reads them: x, y, z from -1..1 to 0..255 in R, G, B."""
+    import torch
+
+    import cv2
+
+    h, w = pixels.shape[:2]
+    sized = cv2.resize(pixels, (max(64, round(w / 64) * 64), max(64, round(h / 64) * 64)),
+                       interpolation=cv2.INTER_AREA)  # its decoder's skips meet at multiples of 64, as A1111 sizes it
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(sized)).float().div(255).permute(2, 0, 1)[None]
+        mean, std = (torch.tensor(v)[:, None, None] for v in ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+        normal = net((x - mean) / std)[0][-1][:, :3]  # as ImageNet normalised it
+        normal = torch.nn.functional.interpolate(normal, size=(h, w), mode="bilinear", align_corners=False)
+        return ((normal[0].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
 
 def _depth(loaded, pixels: np.ndarray) -> np.ndarray:
@@ -174,6 +206,8 @@ class Annotators:
             return _depth(detector, pixels)
         if annotator == "openpose":
             return detector(pixels)
+        if annotator == "normal_bae":
+            return _normals(detector, pixels)
         side = min(pixels.shape[:2])
         options = {"detect_resolution": side, "image_resolution": side, "output_type": "np"}
         if annotator == "lineart_coarse":

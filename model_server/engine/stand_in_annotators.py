@@ -1,6 +1,6 @@
 """Writes random-weight annotator models in the layout ANNOTATOR_DIR takes, so every preprocessor that needs
 one is tested offline and benchmarked without a download: the ``.pth`` files under lllyasviel/Annotators'
-names (the real networks at their real size, 3 to 200 MB: their shape is the file format) and tiny Depth
+names (the real networks at their real size, 3 to 290 MB: their shape is the file format) and tiny Depth
 Anything and DPT folders (transformers configs with small widths; the loader reads any size).
 
 A random network's map is noise, not edges or depth: the tests check what runs, its size and that it is
@@ -36,6 +36,10 @@ def _network(annotator: str):
         return aux("pidi.model").pidinet()
     if annotator == "mlsd":
         return aux("mlsd").MobileV2_MLSD_Large()
+    if annotator == "normal_bae":
+        from model_server.engine.annotators import normal_bae_network
+
+        return normal_bae_network()
     if annotator == "openpose":
         aux("open_pose.util")  # first (see annotators._Pose)
         return aux("open_pose.body").bodypose_model()
@@ -84,7 +88,7 @@ def _depth(folder: Path, seed: int, model_type: str, full: bool = False) -> None
 
 
 def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart", "hed", "pidinet", "mlsd", "openpose",
-                                                                        "depth_anything", "midas"),
+                                                                        "normal_bae", "depth_anything", "midas"),
                               seed: int = 0, full: bool = False) -> list[Path]:
     """Write the annotators ``names`` into ``folder``, each once; their files and folders (``full``: Depth
     Anything at its published size)."""
@@ -108,6 +112,8 @@ def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart",
             state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
         elif name == "openpose":  # its published file's names lack the model's first part
             state = {k.split(".", 1)[1]: v for k, v in state.items()}
+        elif name == "normal_bae":  # its published file wraps its tensors under "model"
+            state = {"model": state}
         torch.save(state, target)
     return written
 

@@ -62,7 +62,7 @@ def test_depth_anything_v2_is_taken_before_v1_and_a_config_without_weights_is_no
 
 @pytest.mark.parametrize("module", ["depth_anything", "depth_midas", "lineart_realistic", "softedge_hed",
                                     "softedge_hedsafe", "scribble_hed", "softedge_pidinet", "scribble_pidinet", "mlsd",
-                                    "openpose"])
+                                    "openpose", "normal_bae"])
 def test_each_annotator_module_makes_a_deterministic_rgb_map_at_its_resolution(folder, module):
     annotators = Annotators(AnnotatorFiles(str(folder)))
     made = detect(module, photo(), 128, annotators=annotators)
