@@ -9,7 +9,8 @@ beside and listed again whenever the folder changes (one copied in is usable at 
 - IP-Adapters: ``.safetensors`` files anywhere under it holding ``image_proj`` and ``ip_adapter`` tensors, named
   for the file, as h94/IP-Adapter lays them out (``models/ip-adapter_sd15.safetensors`` beside
   ``models/image_encoder/``): the image encoder is the ``image_encoder`` folder beside the file, else one
-  elsewhere in the folder whose projection width matches; the family from the text width the adapter attends to.
+  elsewhere in the folder of the width it reads (the projection's; the plus and face variants' Resampler reads the
+  hidden states); the family from the text width the adapter attends to.
 
 Torch-free: the gateway's listing and every submit's check read it.
 """
@@ -47,15 +48,19 @@ def _shape(header: dict, ending: str) -> list | None:
     return shape if isinstance(shape, list) and len(shape) == 2 else None
 
 
-def _ip_adapter(header: dict) -> tuple[str, int] | None:
-    """(family, image embedding width) of an IP-Adapter file's header, else None (not one)."""
+def _ip_adapter(header: dict) -> tuple[str, int, bool] | None:
+    """(family, the image encoder's width it reads, whether that is its hidden states rather than its projected
+    embedding) of an IP-Adapter file's header, else None (not one). The plus and face variants' Resampler reads the
+    hidden states (``proj_in``); the plain adapter the projection (``proj``)."""
     if not any(k.startswith("image_proj.") for k in header) or not any(k.startswith("ip_adapter.") for k in header):
         return None
     to_k = _shape(header, "to_k_ip.weight")
-    proj = _shape(header, "image_proj.proj.weight") or _shape(header, "image_proj.proj_in.weight")
+    proj, plus = _shape(header, "image_proj.proj.weight"), False
+    if proj is None:
+        proj, plus = _shape(header, "image_proj.proj_in.weight"), True
     if not to_k or not proj:
         return None
-    return from_text_width(to_k[1]), proj[-1]
+    return from_text_width(to_k[1]), proj[-1], plus
 
 
 def _single_controlnet(header: dict) -> str | None:
@@ -68,9 +73,9 @@ def _single_controlnet(header: dict) -> str | None:
     return from_text_width(to_k[1]) if to_k else "sd1"
 
 
-def _encoders(folder: Path) -> dict[Path, object]:
-    """The image encoders under ``folder``: their folders and projection widths."""
-    return {config.parent: json_object(config).get("projection_dim")
+def _encoders(folder: Path) -> dict[Path, tuple]:
+    """The image encoders under ``folder``: their folders and (projection width, hidden width)."""
+    return {config.parent: ((c := json_object(config)).get("projection_dim"), c.get("hidden_size"))
             for config in folder.rglob("image_encoder/config.json")}
 
 
@@ -99,10 +104,10 @@ def _found(folder: Path) -> dict[str, ControlModel]:
         adapter = _ip_adapter(header)
         if adapter is None:
             continue
-        family, width = adapter
+        family, width, plus = adapter
         beside = path.parent / "image_encoder"
-        encoder = beside if encoders.get(beside) == width else next(
-            (place for place, projection in encoders.items() if projection == width), None)
+        fits = [place for place, widths in encoders.items() if widths[plus] == width]
+        encoder = beside if beside in fits else next(iter(fits), None)
         found[name] = ControlModel(path, family, IP_ADAPTER, path.stat().st_size, encoder)
     return found
 

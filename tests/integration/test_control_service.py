@@ -32,6 +32,7 @@ def stack(log_dir, tiny_model_dir, tmp_path_factory):
     write_tiny_controlnets(folder)
     write_tiny_ip_adapter(folder)
     write_tiny_ip_adapter(folder, family="sdxl")
+    write_tiny_ip_adapter(folder, plus=True)
     (folder / "notes").mkdir()
     (folder / "notes" / "config.json").write_text("not json")
     annotators = tmp_path_factory.mktemp("annotators")
@@ -84,7 +85,7 @@ def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_ext
     listing = requests.get(stack.url + "/v1/controlnets", timeout=10).json()
     nets = {c["name"]: c for c in listing["controlnets"]}
     assert set(nets) == {"tiny-controlnet", "tiny-sdxl-controlnet", "ip-adapter_tiny", "ip-adapter_tiny_sdxl",
-                         "tiny-controlnet-single"}
+                         "ip-adapter-plus_tiny", "tiny-controlnet-single"}
     assert nets["ip-adapter_tiny_sdxl"]["family"] == "sdxl"
     assert nets["ip-adapter_tiny"]["kind"] == "ip-adapter" and nets["tiny-controlnet"]["kind"] == "controlnet"
     assert (nets["tiny-controlnet"]["family"], nets["tiny-sdxl-controlnet"]["family"]) == ("sd1", "sdxl")
@@ -93,8 +94,9 @@ def test_the_controlnets_and_preprocessors_are_listed_natively_and_as_a1111s_ext
     assert modules["depth_midas"]["available"] is False and modules["openpose"]["available"] is False
     assert modules["softedge_hed"]["available"] and modules["depth_anything_v2"]["annotator"] == "depth_anything"
     assert api.controlnet_version() == 2
-    assert sorted(api.controlnet_model_list()) == ["ip-adapter_tiny", "ip-adapter_tiny_sdxl", "tiny-controlnet",
-                                                   "tiny-controlnet-single", "tiny-sdxl-controlnet"]  # "notes" is none
+    assert sorted(api.controlnet_model_list()) == ["ip-adapter-plus_tiny", "ip-adapter_tiny", "ip-adapter_tiny_sdxl",
+                                                   "tiny-controlnet", "tiny-controlnet-single",
+                                                   "tiny-sdxl-controlnet"]  # "notes" is none
     modules = api.controlnet_module_list()
     assert {"none", "canny", "inpaint_only", "tile_resample", "lineart_realistic", "depth_anything"} <= set(modules)
     assert "mlsd" not in modules and "depth_midas" not in modules  # their annotators are not here
@@ -190,6 +192,9 @@ def test_an_ip_adapter_unit_steers_by_its_reference_image_on_torch_and_leaves_la
                                       "weight": 0.6}, unit()])
     assert not np.array_equal(pixels(both), pixels(adapted))
     assert np.array_equal(pixels(generate(stack)), plain)  # taken off again: the plain job is as before
+    plus = generate(stack, controls=[{"image": b64(reference), "module": "ip-adapter", "model": "ip-adapter-plus_tiny"}])
+    assert np.abs(pixels(plus) - plain).mean() > 1 and not np.array_equal(pixels(plus), pixels(adapted))
+    assert np.array_equal(pixels(generate(stack)), plain)  # the plus variant's Resampler taken off too
     cn = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="ip-adapter_tiny [1234abcd]")
     result = api.txt2img(prompt="a cat", seed=3, steps=2, width=64, height=64, controlnet_units=[cn],
                          alwayson_scripts={})
