@@ -199,7 +199,7 @@ def _fields(r: Txt2ImgRequest, img2img: bool) -> tuple[str | None, dict, dict[st
         fields["model"] = _checkpoint(checkpoint)
     if r.enable_hr and not img2img:
         fields["hires"] = _hires(r)
-    controls = controlnet_units(r.alwayson_scripts, notes)
+    controls = controlnet_units(r.alwayson_scripts)
     if controls:
         fields["controls"] = controls
     # this request's settings (checked as a POST /options is), else this client's, else A1111's

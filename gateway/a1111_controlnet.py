@@ -4,8 +4,9 @@ Units come in ``alwayson_scripts`` on txt2img and img2img, under ``controlnet`` 
 documented spelling) or ``ControlNet`` (webuiapi's; any case), each with the extension's field names
 and values (its resize and control modes by number or by words); a disabled unit, or one naming no
 model ("None"), is left out, as the extension leaves it. In img2img a unit without an image takes the
-init image. The response's images end with each unit's detected map, as the extension's do (a unit
-with ``save_detected_map: false`` has none). The routes under ``/controlnet``: version, model_list,
+init image; a unit's ``mask`` is where it acts (for the inpaint module, the part to fill). The
+response's images end with each unit's detected map, as the extension's do (a unit with
+``save_detected_map: false`` has none). The routes under ``/controlnet``: version, model_list,
 module_list, control_types, settings and detect (images under ``controlnet_input_images``, or
 webuiapi's ``controlnet_images``).
 """
@@ -43,7 +44,7 @@ def _invalid(message: str, hint: str = _UNIT_HINT) -> ApiError:
     return ApiError(400, "invalid_params", message, hint, field="alwayson_scripts")
 
 
-def units(alwayson, notes: dict[str, str]) -> list[dict]:
+def units(alwayson) -> list[dict]:
     """The ControlNet units of a txt2img/img2img request's ``alwayson_scripts``, as ``controls`` takes them."""
     if alwayson is None:
         return []
@@ -62,24 +63,24 @@ def units(alwayson, notes: dict[str, str]) -> list[dict]:
         model = unit.get("model")
         if unit.get("enabled", True) is False or model in (None, "", "None", "none"):
             continue
-        out.append(_unit(i, unit, notes))
+        out.append(_unit(i, unit))
     if len(out) > MAX_CONTROLS:
         raise _invalid(f"{len(out)} ControlNet units are enabled; at most {MAX_CONTROLS} run at once",
                        f"Enable at most {MAX_CONTROLS} units (GET /controlnet/settings).")
     return out
 
 
-def _unit(i: int, unit: dict, notes: dict[str, str]) -> dict:
+def _unit(i: int, unit: dict) -> dict:
     image = unit.get("image", unit.get("input_image"))
     mask = unit.get("mask")
     if isinstance(image, dict):  # the extension's {"image": ..., "mask": ...}
         image, mask = image.get("image"), image.get("mask", mask)
     if image is not None and not isinstance(image, str):
         raise _invalid(f"ControlNet unit {i}'s image must be base64 text")
-    if mask:
-        notes[f"controlnet_unit_{i}_mask"] = "a unit's own mask is not used; inpainting units use the job's mask"
+    if mask is not None and not isinstance(mask, str):
+        raise _invalid(f"ControlNet unit {i}'s mask must be base64 text")
     control_mode = unit.get("control_mode", 2 if unit.get("guessmode") else 0)  # guess mode: the older spelling
-    return {"image": image or None, "module": _text(i, unit, "module", "none"), "model": _text(i, unit, "model", ""),
+    return {"image": image or None, "mask": mask or None, "module": _text(i, unit, "module", "none"), "model": _text(i, unit, "model", ""),
             "weight": _number(i, unit, "weight", 1.0), "guidance_start": _number(i, unit, "guidance_start", 0.0),
             "guidance_end": _number(i, unit, "guidance_end", 1.0),
             "control_mode": _choice(i, "control_mode", control_mode, _MODES, CONTROL_MODE_NAMES),

@@ -81,7 +81,7 @@ class ModelServerClient(Protocol):
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance",
-               control_images: tuple[bytes, ...] = ()) -> JobView: ...
+               control_images: tuple[bytes, ...] = (), control_masks: tuple[bytes, ...] = ()) -> JobView: ...
 
     def get_job(self, job_id: str, client_id: str = "") -> JobView: ...
 
@@ -242,10 +242,11 @@ class ModelClient:
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance",
-               control_images: tuple[bytes, ...] = ()) -> JobView:
+               control_images: tuple[bytes, ...] = (), control_masks: tuple[bytes, ...] = ()) -> JobView:
         return self.send_submit(Submit(params=params, client_id=client_id, request_id=request_id,
                                        init_image=init_image, mask=mask, mask_from=mask_from,
-                                       control_images=list(control_images)))
+                                       control_images=list(control_images),
+                                       control_masks=list(control_masks)))
 
     def send_submit(self, submit: Submit) -> JobView:
         return self.call(submit)[0].job

@@ -33,9 +33,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class ControlRequest(ControlUnit, kw_only=True):
-    """A control unit as HTTP clients send it: the unit and its image (base64; left out, the init image)."""
+    """A control unit as HTTP clients send it: the unit, its image (base64; left out, the init image) and its
+    mask (base64; white where it acts; for the inpaint module, the part to fill)."""
 
     image: str | None = None
+    mask: str | None = None
 
 
 # What the HTTP API takes differently from the wire: a named preset only ("" is older gateways'), control units
@@ -61,11 +63,12 @@ class Generation(NamedTuple):
     mask: bytes = b""
     mask_from: str = "luminance"  # "alpha": transparent repaints (OpenAI's edits)
     control_images: tuple[bytes, ...] = ()  # one per control unit; b"": the init image
+    control_masks: tuple[bytes, ...] = ()  # none, or one per control unit; b"": that unit has none
 
     def uploads(self) -> dict:
         """The images as ``ModelClient.submit`` takes them."""
         return {"init_image": self.init_image, "mask": self.mask, "mask_from": self.mask_from,
-                "control_images": self.control_images}
+                "control_images": self.control_images, "control_masks": self.control_masks}
 
 
 def lora_tags(prompt: str) -> tuple[str, list[dict]]:
@@ -204,7 +207,7 @@ class ParamValidator:
             if given is None:
                 given = defaults.get(field.name, field.default)
             values[field.name] = given
-        units, control_images = self._controls(r.controls or [], bool(init_image))
+        units, control_images, control_masks = self._controls(r.controls or [], bool(init_image))
         values.update(prompt=prompt, negative_prompt=clean_text(r.negative_prompt or ""), preset=preset.name,
                       controls=units,
                       seed=secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed,
@@ -218,20 +221,23 @@ class ParamValidator:
         broken = hires_violation(params, s.limits) or callback_violation(params.callback_url, s.webhook_hosts)
         if broken:
             raise ApiError(400, "invalid_params", broken[1], broken[2], field=broken[0])
-        return Generation(params, init_image, mask, mask_from, control_images)
+        return Generation(params, init_image, mask, mask_from, control_images, control_masks)
 
-    def _controls(self, given: list, has_init_image: bool) -> tuple[list[ControlUnit], tuple[bytes, ...]]:
-        """The units without their images, and the images (b"": the init image's), each size checked."""
-        units, images = [], []
+    def _controls(self, given: list, has_init_image: bool) -> tuple[list[ControlUnit], tuple[bytes, ...],
+                                                                    tuple[bytes, ...]]:
+        """The units without their images, the images (b"": the init image's) and the masks (none when no unit
+        has one; b"": this unit has none), each size checked."""
+        units, images, masks = [], [], []
         for i, unit in enumerate(given):
             image = self.decoded_upload(unit.image, "controls")
+            masks.append(self.decoded_upload(unit.mask, "controls"))
             if not image and not has_init_image:
                 raise ApiError(400, "invalid_params", f"controls[{i}] has no image",
                                "Send each unit's image (base64), or an init_image for the units to share.",
                                field="controls")
             units.append(ControlUnit(**{f: getattr(unit, f) for f in ControlUnit.__struct_fields__}))
             images.append(image)
-        return units, tuple(images)
+        return units, tuple(images), tuple(masks) if any(masks) else ()
 
     def upscale(self, image: bytes, upscaler: str | None = None, scale: float | None = None,
                 width: int | None = None, height: int | None = None, fmt: str | None = None,

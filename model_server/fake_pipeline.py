@@ -108,9 +108,11 @@ class FakePipeline:
         digest = hashlib.sha256(f"{seed}\0{params.prompt}{extra}".encode()).digest()
         rng = random.Random(digest)
         noise = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
-        # Each control map shows through at its unit's weight (half at most), so a test sees it steer.
+        # Each control map shows through at its unit's weight (half at most), within its region, so a test sees
+        # it steer.
         for unit, made in zip(params.controls, control or ()):
-            noise = Image.blend(noise, made.image.convert("RGB").resize(noise.size), min(0.5, unit.weight / 2))
+            steered = Image.blend(noise, made.image.convert("RGB").resize(noise.size), min(0.5, unit.weight / 2))
+            noise = steered if made.region is None else Image.composite(steered, noise, made.region.resize(noise.size))
         # img2img: the init image shows through, the more the lower the strength.
         if init_image is None:
             return noise

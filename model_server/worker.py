@@ -247,8 +247,8 @@ class Worker(threading.Thread):
             self.notify(job.id)
             sampler.start()
             # The control maps, made once for the job's images (a preprocessor is a few milliseconds).
-            control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed, self.annotators)
-                       if p.controls else None)
+            control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed, self.annotators,
+                                    job.control_masks) if p.controls else None)
             for index in range(p.n):
                 seed = (p.seed + index) % 2**32  # A1111's convention: image i uses seed + i
 
@@ -292,5 +292,5 @@ class Worker(threading.Thread):
         finally:
             sampler.stop()
             job.init_image = job.mask = None  # the decoded uploads are needed no more
-            job.control_images = []
+            job.control_images = job.control_masks = []
             self.notify(job.id)

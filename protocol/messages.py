@@ -478,6 +478,10 @@ class Submit(_Msg):
     # One per params.controls unit, in order, as uploaded; b"" for a unit that takes the init image.
     control_images: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)]],
                               msgspec.Meta(max_length=MAX_CONTROLS)] = []
+    # None, or one per unit as uploaded (b"": that unit has none): white is where the unit acts (its region; for
+    # the inpaint module, the part its ControlNet fills), as A1111's unit "mask".
+    control_masks: Annotated[list[Annotated[bytes, msgspec.Meta(max_length=MAX_UPLOAD_BYTES)]],
+                             msgspec.Meta(max_length=MAX_CONTROLS)] = []
     # inpaint: which parts to repaint, as uploaded. "luminance": white repaints (A1111, ours);
     # "alpha": transparent repaints (OpenAI), and with no mask the init image's own alpha is it; a
     # mask must then be the image's size, as OpenAI requires. "inverted": black repaints (A1111's

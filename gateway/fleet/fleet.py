@@ -377,9 +377,10 @@ class Fleet:
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "",
                init_image: bytes = b"", mask: bytes = b"", mask_from: str = "luminance",
-               control_images: tuple[bytes, ...] = ()) -> JobView:
+               control_images: tuple[bytes, ...] = (), control_masks: tuple[bytes, ...] = ()) -> JobView:
         submit = Submit(params=params, client_id=client_id, request_id=request_id, init_image=init_image,
-                        mask=mask, mask_from=mask_from, control_images=list(control_images))
+                        mask=mask, mask_from=mask_from, control_images=list(control_images),
+                        control_masks=list(control_masks))
         members = self.roster.members()
         if len(members) > 1:
             self._check_client_cap(client_id, members)

@@ -143,10 +143,7 @@ class ControlNets:
         adapters = 0
         for i, unit in enumerate(params.controls):
             field = f"controls[{i}]"
-            module = self.annotators.check(unit.module, field)
-            if module == "inpaint_only" and params.mode != "inpaint":
-                raise errors.invalid(f"{field}: the inpaint module needs an inpainting job (an init image and a "
-                                     "mask)", "Send init_image and mask, or use another module.", "controls")
+            module = self.annotators.check(unit.module, field)  # (the inpaint module's mask: admission's check)
             if unit.guidance_start >= unit.guidance_end:
                 raise errors.invalid(f"{field}: guidance_start {unit.guidance_start:g} is not before guidance_end "
                                      f"{unit.guidance_end:g}", "Use a range such as 0 to 1 (the whole run).",

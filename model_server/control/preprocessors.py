@@ -22,10 +22,12 @@ from protocol.messages import GenerationParams
 
 @dataclasses.dataclass
 class ControlMap:
-    """A unit's detected map at the job's size; ``mask`` (L, white to fill) for the inpaint module."""
+    """A unit's detected map at the job's size; ``mask`` (L, white to fill) for the inpaint module; ``region`` (L,
+    white where the unit acts; None: everywhere) from the unit's own mask for the other modules."""
 
     image: Image.Image
     mask: Image.Image | None = None
+    region: Image.Image | None = None
 
 
 def _cv2():
@@ -120,18 +122,22 @@ def unit_map(unit, image: Image.Image, job_side: int, seed: int, annotators=None
 
 
 def control_maps(params: GenerationParams, images: list, init_image: Image.Image | None, mask: Image.Image | None,
-                 seed: int, annotators=None) -> list[ControlMap]:
+                 seed: int, annotators=None, masks: list | None = None) -> list[ControlMap]:
     """Each unit's map at the job's size: its image (or the init image) through its preprocessor, at its
-    processor_res (the job's shorter side when pixel-perfect), then fitted by its resize mode."""
+    processor_res (the job's shorter side when pixel-perfect), then fitted by its resize mode; its own mask (of its
+    image's size, fitted the same way) the inpaint module's part to fill, or the other modules' region."""
     maps = []
-    for unit, own in zip(params.controls, images):
+    for i, (unit, own) in enumerate(zip(params.controls, images)):
         source, module = own if own is not None else init_image, module_named(unit.module)
+        own_mask = masks[i] if masks and i < len(masks) else None
+        fitted = None if own_mask is None else resized(own_mask, params.width, params.height, unit.resize_mode)
         if module == IP_ADAPTER:  # the reference image as it is: the adapter's image encoder sizes it
             maps.append(ControlMap(source))
             continue
         if module == "inpaint_only":
-            maps.append(ControlMap(resized(source, params.width, params.height, unit.resize_mode), mask))
+            maps.append(ControlMap(resized(source, params.width, params.height, unit.resize_mode),
+                                   fitted if fitted is not None else mask))
             continue
         made = unit_map(unit, source, min(params.width, params.height), seed, annotators)
-        maps.append(ControlMap(resized(made, params.width, params.height, unit.resize_mode)))
+        maps.append(ControlMap(resized(made, params.width, params.height, unit.resize_mode), region=fitted))
     return maps

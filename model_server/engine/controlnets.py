@@ -10,6 +10,8 @@ The control modes act on each ControlNet's outputs, as A1111's extension does: "
 more important) weakens the residuals towards the shallow layers (x 0.825 per layer from the deepest);
 "control" (ControlNet is more important) does that and steers only the conditional half of a guided
 batch, so the unconditional prediction no longer follows the control. "balanced" leaves them alone.
+A unit's region (its own mask: A1111's effective region mask) scales its residuals by the mask at each
+one's size, so it steers only where the mask is white.
 """
 
 from __future__ import annotations
@@ -122,22 +124,26 @@ class LoadedControlNets:
 
 
 @contextmanager
-def control_modes(models: list[torch.nn.Module], modes: list[str], guided: bool):
-    """Each unit's control mode on its ControlNet's outputs while the job runs (see the module). A
-    ControlNet named by two units is called twice per step, in unit order: its hook takes their modes in turn."""
-    per_model: dict[int, list[str]] = {}
-    for model, mode in zip(models, modes):
-        per_model.setdefault(id(model), []).append(mode)
+def control_modes(models: list[torch.nn.Module], modes: list[str], guided: bool, regions: list | None = None):
+    """Each unit's control mode, and its region (an L image, white where it acts; None: everywhere), on its
+    ControlNet's outputs while the job runs (see the module). A ControlNet named by two units is called twice per
+    step, in unit order: its hook takes their modes and regions in turn."""
+    regions = regions or [None] * len(modes)
+    per_model: dict[int, list[tuple[str, torch.Tensor | None]]] = {}
+    for model, mode, region in zip(models, modes, regions):
+        weights = None if region is None else torch.from_numpy(
+            np.asarray(region.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        per_model.setdefault(id(model), []).append((mode, weights))
     handles = []
-    if any(mode != "balanced" for mode in modes):
+    if any(mode != "balanced" for mode in modes) or any(region is not None for region in regions):
         for model in {id(m): m for m in models}.values():
             turns = per_model[id(model)]
             calls = [0]
 
             def hook(module, args, output, turns=turns, calls=calls):
-                mode = turns[calls[0] % len(turns)]
+                mode, region = turns[calls[0] % len(turns)]
                 calls[0] += 1
-                return _moded(output, mode, guided)
+                return _regioned(_moded(output, mode, guided), region)
 
             handles.append(model.register_forward_hook(hook))
     try:
@@ -158,6 +164,22 @@ def _moded(output, mode: str, guided: bool):
         keep = torch.ones(mid.shape[0], 1, 1, 1, dtype=mid.dtype)
         keep[:half] = 0
         down, mid = [sample * keep for sample in down], mid * keep
+    return (down, mid, *output[2:]) if isinstance(output, tuple) else type(output)(down, mid)
+
+
+def _regioned(output, region: torch.Tensor | None):
+    """The residuals scaled by the unit's region at each one's size (A1111's effective region mask)."""
+    if region is None:
+        return output
+    cache: dict = {}
+
+    def scaled(sample: torch.Tensor) -> torch.Tensor:
+        size = tuple(sample.shape[-2:])
+        if size not in cache:
+            cache[size] = torch.nn.functional.interpolate(region, size=size, mode="area").to(sample.dtype)
+        return sample * cache[size]
+
+    down, mid = [scaled(sample) for sample in output[0]], scaled(output[1])
     return (down, mid, *output[2:]) if isinstance(output, tuple) else type(output)(down, mid)
 
 

@@ -435,7 +435,8 @@ class DiffusersPipeline:
         on_torch = decoded_on_torch(pipe.vae) if output == "upscale" else nullcontext()
         encoders = self._released_after_encoding(pipe, released_after.get("encoding", ()))
         modes = (control_modes([pipe.controlnet] if plan.controls == 1 else list(pipe.controlnet.nets),
-                               [unit.control_mode for unit, _ in nets], params.guidance_scale > 1)
+                               [unit.control_mode for unit, _ in nets], params.guidance_scale > 1,
+                               [made.region for _, made in nets])
                  if plan.controls else nullcontext())
         with torch.inference_mode(), caching, merging, wrapping, vae_tiles(pipe.vae, plan.decoder == "tiled"), \
                 encoders, guidance_halves(pipe.unet, plan.guidance_halves), on_torch, modes:

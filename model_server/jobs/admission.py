@@ -22,6 +22,7 @@ from model_server.settings import ModelServerSettings
 from model_server.uploads import as_init_image, decode, decode_mask, header_size
 from model_server.worker import ModelStatus
 from protocol import contract
+from protocol.control import module_named
 from protocol.messages import GenerationParams, ModelState, Submit
 
 
@@ -71,8 +72,23 @@ def _uploads(msg: Submit, settings: ModelServerSettings) -> None:
 
 
 def _control_uploads(msg: Submit, settings: ModelServerSettings) -> None:
-    """One image per control unit (b"": the init image's), each within MAX_UPLOAD_BYTES."""
-    p, images = msg.params, msg.control_images
+    """One image per control unit (b"": the init image's) and, if any, one mask per unit (b"": none), each within
+    MAX_UPLOAD_BYTES; the inpaint module with a mask to fill (the job's or its own)."""
+    p, images, masks = msg.params, msg.control_images, msg.control_masks
+    if masks and len(masks) != len(p.controls):
+        raise errors.invalid(f"{len(p.controls)} control units came with {len(masks)} masks",
+                             "Send one mask per unit (empty for a unit without one), or none.", "controls")
+    for i, blob in enumerate(masks):
+        if len(blob) > settings.max_upload_bytes:
+            raise errors.invalid(f"the mask of controls[{i}] is {len(blob):,} bytes, more than "
+                                 f"{settings.max_upload_bytes:,}", "Send a smaller mask (MAX_UPLOAD_BYTES).",
+                                 "controls")
+    for i, unit in enumerate(p.controls):
+        if (module_named(unit.module) == "inpaint_only" and p.mode not in ("inpaint", "detect")
+                and not (i < len(masks) and masks[i])):
+            raise errors.invalid(f"controls[{i}]: the inpaint module needs a mask to fill: the job's (an init "
+                                 "image and a mask) or the unit's own", "Send the unit's mask, or an inpainting "
+                                 "job, or use another module.", "controls")
     if p.mode == "detect":  # its image is the init image
         if len(p.controls) != 1:
             raise errors.invalid("a detect job runs one preprocessor", "Send one control unit naming its module.",
@@ -91,22 +107,26 @@ def _control_uploads(msg: Submit, settings: ModelServerSettings) -> None:
                                  "controls")
 
 
-def decode_controls(msg: Submit, settings: ModelServerSettings) -> list:
-    """Each control unit's own image, upright RGB within the size bound (None: it takes the init image)."""
+def decode_controls(msg: Submit, settings: ModelServerSettings) -> tuple[list, list]:
+    """Each control unit's own image, upright RGB within the size bound (None: it takes the init image), and its
+    mask, L with white where it acts (None: it has none; a unit's mask is read as its luminance, as A1111's)."""
     side = max(msg.params.width, msg.params.height)
-    return [decode(blob, "control_image", settings.max_upload_pixels, side).convert("RGB") if blob else None
-            for blob in msg.control_images]
+    images = [decode(blob, "control_image", settings.max_upload_pixels, side).convert("RGB") if blob else None
+              for blob in msg.control_images]
+    masks = [decode(blob, "control_mask", settings.max_upload_pixels, side).convert("L") if blob else None
+             for blob in msg.control_masks]
+    return images, masks + [None] * (len(images) - len(masks))
 
 
 def decode_images(msg: Submit, settings: ModelServerSettings):
-    """The checked Submit's init image, mask and control images, decoded (None when the mode has none);
-    a Rejection (invalid params) when one cannot be used."""
+    """The checked Submit's init image, mask, control images and control masks, decoded (None when the mode has
+    none); a Rejection (invalid params) when one cannot be used."""
     p, data, mask = msg.params, msg.init_image, msg.mask
     controls = decode_controls(msg, settings)
     if p.mode == "detect":  # the preprocessor takes the image at its own size
-        return decode(data, "init_image", settings.max_upload_pixels).convert("RGB"), None, controls
+        return decode(data, "init_image", settings.max_upload_pixels).convert("RGB"), None, *controls
     if p.mode == "txt2img":
-        return None, None, controls
+        return None, None, *controls
     if mask and msg.mask_from == "alpha":  # OpenAI's edits: as OpenAI, the mask must be the image's size
         image_size, mask_size = header_size(data, "init_image"), header_size(mask, "mask")
         if image_size != mask_size:
@@ -114,14 +134,14 @@ def decode_images(msg: Submit, settings: ModelServerSettings):
                                  f"{image_size[0]}x{image_size[1]}: they must be the same size",
                                  "Send a mask of the image's width and height.", "mask")
     if p.mode == "upscale":
-        return _upscale_source(data, p, settings), None, controls
+        return _upscale_source(data, p, settings), None, *controls
     # Decoded once: the mask may come from its alpha.
     source = decode(data, "init_image", settings.max_upload_pixels, max(p.width, p.height))
     init = as_init_image(source, p.width, p.height, p.resize_mode)
     if p.mode != "inpaint":
-        return init, None, controls
+        return init, None, *controls
     return init, decode_mask(mask, source, msg.mask_from, p.width, p.height, settings.max_upload_pixels, p.mask_blur,
-                             p.resize_mode), controls
+                             p.resize_mode), *controls
 
 
 def _upscale_source(data: bytes, p: GenerationParams, settings: ModelServerSettings):

@@ -44,6 +44,7 @@ class Job:
     mask: Any = None  # inpaint: an L image, white where to repaint
     # One per control unit: its decoded image (RGB, its own size), or None for the init image's (memory only).
     control_images: list = dataclasses.field(default_factory=list)
+    control_masks: list = dataclasses.field(default_factory=list)  # one per unit: an L image, or None (memory only)
     tiles: int = 0  # an upscale job's tiles, its "steps" (known once it starts)
     step_seconds: float = 0.0  # the timed steps' total, and how many (the measured speeds, jobs/speed.py)
     timed_steps: int = 0

@@ -82,7 +82,7 @@ class JobTable:
             self._unreserve_locked(client_id)
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
-               mask=None, control_images=None, reserved: bool = False, job_id: str = "") -> Job:
+               mask=None, control_images=None, control_masks=None, reserved: bool = False, job_id: str = "") -> Job:
         """Queue a job. ``job_id`` keeps the id a job had on a model server that died before running
         it (a gateway placing it again); an id this server already knows is refused."""
         if job_id and job_id.startswith(self.server_id):  # only this server makes ids with its prefix, never a peer
@@ -105,7 +105,7 @@ class JobTable:
                 self._check_room_locked(client_id)
             job = Job(id=job_id or self.server_id + uuid.uuid4().hex[8:], params=params, created_at=time.time(),
                       client_id=client_id, request_id=request_id, init_image=init_image, mask=mask,
-                      control_images=control_images or [])
+                      control_images=control_images or [], control_masks=control_masks or [])
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()

@@ -20,6 +20,7 @@ class FakeModelClient:
         self.init_images: dict[str, bytes] = {}
         self.masks: dict[str, tuple[bytes, str]] = {}
         self.control_images: dict[str, list[bytes]] = {}
+        self.control_masks: dict[str, list[bytes]] = {}
         self.submitted = []
         self.cancelled = []
         self.finishes = 0  # jobs watched to their end (their finished_at)
@@ -72,7 +73,7 @@ class FakeModelClient:
             return [ServerView("ipc:///fake/model.sock", None, False, None, str(exc))]
 
     def submit(self, params, client_id="", request_id="", init_image=b"", mask=b"", mask_from="luminance",
-               control_images=()):
+               control_images=(), control_masks=()):
         self._maybe_raise("submit")
         job_id = f"job{len(self.jobs) + 1}"
         view = JobView(job_id=job_id, state=JobState.QUEUED, created_at=time.time(), params=params,
@@ -83,6 +84,7 @@ class FakeModelClient:
         self.init_images[job_id] = init_image
         self.masks[job_id] = (mask, mask_from)
         self.control_images[job_id] = list(control_images)
+        self.control_masks[job_id] = list(control_masks)
         return view
 
     def get_job(self, job_id, client_id=""):

@@ -22,6 +22,10 @@ def test_native_units_travel_without_their_images_which_go_beside_them(client, f
     params, _, _ = fake.submitted[-1]
     assert [(u.module, u.weight) for u in params.controls] == [("canny", 0.5), ("none", 1.0)]
     assert fake.control_images[response.json["id"]] == [base64.b64decode(IMAGE)] * 2
+    assert fake.control_masks[response.json["id"]] == []  # no unit has a mask: none travel
+    body["controls"][1]["mask"] = IMAGE
+    masked = client.post("/v1/jobs", json=body)
+    assert fake.control_masks[masked.json["id"]] == [b"", base64.b64decode(IMAGE)]
 
 
 def test_an_img2img_unit_may_leave_its_image_to_the_init_image(client, fake):
@@ -45,14 +49,13 @@ def test_units_out_of_bounds_are_400s_naming_the_field(client, controls, fragmen
 
 
 def test_a1111_units_in_the_extensions_words_and_numbers_become_units():
-    notes: dict[str, str] = {}
     args = [{"image": IMAGE, "module": "canny", "model": "c15 [d14c016b]", "weight": "0.7", "resize_mode": 2,
              "control_mode": "ControlNet is more important", "processor_res": -1, "threshold_a": 50,
              "threshold_b": 5000, "pixel_perfect": True, "mask": IMAGE},
             {"image": {"image": IMAGE}, "model": "c15", "resize_mode": "Just Resize", "control_mode": 1},
             {"image": IMAGE, "model": "c15", "enabled": False},
             {"image": IMAGE, "model": "None"}]
-    out = units({"ControlNet": {"args": args}}, notes)
+    out = units({"ControlNet": {"args": args}})
     assert len(out) == 2
     first, second = out
     assert (first["model"], first["weight"], first["resize_mode"], first["control_mode"]) == (
@@ -60,17 +63,18 @@ def test_a1111_units_in_the_extensions_words_and_numbers_become_units():
     assert (first["processor_res"], first["threshold_a"], first["threshold_b"]) == (512, 50.0, 1024.0)
     assert (second["image"], second["resize_mode"], second["control_mode"], second["module"]) == (
         IMAGE, "stretch", "prompt", "none")
-    assert "controlnet_unit_0_mask" in notes
-    assert units({"controlnet": {"args": [{"model": "c15", "guessmode": True}]}}, {})[0]["control_mode"] == "control"
-    assert units(None, {}) == [] and units({"other script": {"args": [1]}}, {}) == []
+    assert (first["mask"], second["mask"]) == (IMAGE, None)  # the unit's own mask travels with it
+    assert units({"controlnet": {"args": [{"model": "c15", "guessmode": True}]}})[0]["control_mode"] == "control"
+    assert units(None) == [] and units({"other script": {"args": [1]}}) == []
 
 
 @pytest.mark.parametrize("scripts", [[], {"controlnet": []}, {"controlnet": {"args": [1]}},
                                      {"controlnet": {"args": [{"model": "c15", "resize_mode": 7}]}},
-                                     {"controlnet": {"args": [{"model": "c15"}] * 4}}])
+                                     {"controlnet": {"args": [{"model": "c15"}] * 4}},
+                                     {"controlnet": {"args": [{"model": "c15", "mask": 5}]}}])
 def test_a1111_units_that_make_no_sense_are_refused(scripts):
     with pytest.raises(ApiError) as info:
-        units(scripts, {})
+        units(scripts)
     assert info.value.status == 400 and info.value.field == "alwayson_scripts"
 
 

@@ -158,6 +158,29 @@ def test_img2img_units_take_the_init_image_and_inpaint_only_fills_the_masked_par
     assert np.abs(painted[:, 40:] - np.asarray(init)[:, 40:]).max() == 0  # the kept half is the original
 
 
+def test_a_units_mask_is_where_it_steers_on_every_api(stack, api):
+    def mask(box) -> str:
+        image = Image.new("L", (64, 64))
+        image.paste(255, box)
+        return b64(image)
+
+    nowhere, everywhere, left = mask((0, 0, 0, 0)), mask((0, 0, 64, 64)), mask((0, 0, 32, 64))
+    unmasked = pixels(generate(stack, controls=[unit()]))
+    assert np.array_equal(pixels(generate(stack, controls=[unit(mask=everywhere)])), unmasked)
+    assert np.array_equal(pixels(generate(stack, controls=[unit(mask=nowhere)])),
+                          pixels(generate(stack, controls=[unit(weight=0)])))  # no region: no steering
+    halved = pixels(generate(stack, controls=[unit(mask=left)]))
+    assert not np.array_equal(halved, unmasked) and not np.array_equal(halved, pixels(generate(stack)))
+    # the inpaint ControlNet fills the unit's own mask in text-to-image
+    filled = generate(stack, controls=[unit(module="inpaint_only", mask=left)])
+    assert filled.status_code == 200, filled.text
+    def a1111(**fields):  # the same job through webuiapi, its unit given ``fields``
+        cn = webuiapi.ControlNetUnit(image=drawing(), module="canny", model="tiny-controlnet", **fields)
+        return np.asarray(api.txt2img(prompt="a cat", **SMALL, controlnet_units=[cn], alwayson_scripts={}).image)
+
+    assert np.array_equal(a1111(mask=Image.new("RGB", (64, 64))), a1111(weight=0))  # A1111's unit mask, black
+
+
 def test_an_sdxl_model_takes_its_own_family_of_controlnet_and_refuses_the_other(stack):
     sdxl = generate(stack, model="tiny-sdxl", controls=[unit(model="tiny-sdxl-controlnet")])
     assert pixels(sdxl).shape == (64, 64, 3)
@@ -314,7 +337,8 @@ def test_the_native_detect_job_returns_the_map_a_unit_would_use(stack):
     ([unit(image=base64.b64encode(b"GIF89a not an image").decode())], "cannot be read"),
     ([unit(guidance_start=0.8, guidance_end=0.2)], "is not before"),
     ([unit(weight=3)], "controls"),
-    ([unit(module="inpaint_only")], "needs an inpainting job"),
+    ([unit(module="inpaint_only")], "needs a mask to fill"),
+    ([unit(mask="!!notbase64")], "not valid base64"),
     ([unit(control_mode="loud")], "controls"),
     ([unit(model="ip-adapter_tiny")], "is an IP-Adapter"),
     ([unit(module="ip-adapter")], "is a ControlNet"),

@@ -147,7 +147,6 @@ def test_the_folder_lists_controlnets_with_their_family_and_skips_what_is_not_on
     (ControlUnit(module="canny", model="gone"), "txt2img", "unknown ControlNet"),
     (ControlUnit(module="openpose_face", model="canny15"), "txt2img", "does not run the preprocessor openpose_face"),
     (ControlUnit(module="lineart", model="canny15"), "txt2img", "needs its annotator model (sk_model.pth)"),
-    (ControlUnit(module="inpaint_only", model="canny15"), "img2img", "needs an inpainting job"),
     (ControlUnit(module="canny", model="canny15", guidance_start=0.5, guidance_end=0.5), "txt2img", "not before"),
 ])
 def test_a_unit_the_server_cannot_run_is_refused_saying_why(tmp_path, unit, mode, fragment):
@@ -232,7 +231,38 @@ def test_the_model_server_runs_units_with_their_images_and_detect_jobs(start_ser
     assert detected.engine == "preprocessor invert" and image.size == (80, 64)
 
 
+def test_a_units_own_mask_is_its_region_and_the_inpaint_modules_part_to_fill(start_server, controlnet_dir):
+    from model_server.fake_pipeline import FakePipeline
+
+    _, client = start_server(load=lambda: FakePipeline(), controlnet_dir=str(controlnet_dir))
+    left = Image.new("L", (80, 64))
+    left.paste(255, (0, 0, 32, 64))
+
+    def pixels(**submit) -> np.ndarray:
+        job = client.submit(**submit)
+        done = wait_until(lambda: (j := client.get_job(job.job_id)).state.terminal and j, 10, 0.02, "the job")
+        assert done.state is JobState.SUCCEEDED, done.error
+        return np.asarray(Image.open(io.BytesIO(client.fetch(job.job_id, 0)[1])).convert("RGB")).astype(int)
+
+    unit = ControlUnit(module="invert", model="fake-canny")
+    plain = pixels(params=params())
+    everywhere = pixels(params=params(controls=[unit]), control_images=[png(drawing())])
+    regioned = pixels(params=params(controls=[unit]), control_images=[png(drawing())], control_masks=[png(left)])
+    # it steers where its mask is white (its left 32 of 80 pixels: 24 of the 64 once cropped), nowhere else
+    assert np.array_equal(regioned[:, 40:], plain[:, 40:]) and np.array_equal(regioned[:, :20], everywhere[:, :20])
+    inpaint = ControlUnit(module="inpaint_only", model="fake-canny")
+    pixels(params=params(controls=[inpaint]), control_images=[png(drawing())], control_masks=[png(left)])
+
+
 @pytest.mark.parametrize("submit, fragment", [
+    ({"params": params(controls=[ControlUnit(module="inpaint_only", model="fake-canny")]),
+      "control_images": [b"x"]}, "needs a mask to fill"),
+    ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")]), "control_images": [b"x"],
+      "control_masks": [b"", b""]}, "came with 2 masks"),
+    ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")]),
+      "control_images": [png(drawing())], "control_masks": [b"not an image"]}, "cannot be read"),
+
+
     ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")])}, "came with 0 images"),
     ({"params": params(controls=[ControlUnit(module="canny", model="fake-canny")]), "control_images": [b""]},
      "has no image"),
