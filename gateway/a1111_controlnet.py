@@ -80,7 +80,8 @@ def _unit(i: int, unit: dict) -> dict:
     if mask is not None and not isinstance(mask, str):
         raise _invalid(f"ControlNet unit {i}'s mask must be base64 text")
     control_mode = unit.get("control_mode", 2 if unit.get("guessmode") else 0)  # guess mode: the older spelling
-    return {"image": image or None, "mask": mask or None, "module": _text(i, unit, "module", "none"), "model": _text(i, unit, "model", ""),
+    return {"image": image or None, "mask": mask or None, "module": _text(i, unit, "module", "none"),
+            "model": _text(i, unit, "model", ""),
             "weight": _number(i, unit, "weight", 1.0), "guidance_start": _number(i, unit, "guidance_start", 0.0),
             "guidance_end": _number(i, unit, "guidance_end", 1.0),
             "control_mode": _choice(i, "control_mode", control_mode, _MODES, CONTROL_MODE_NAMES),
@@ -172,8 +173,9 @@ _TYPES = {"Canny": ["canny"], "Depth": ["depth_midas", "depth_anything", "depth_
           "Lineart": ["lineart_realistic", "lineart_coarse", "lineart_anime"],
           "SoftEdge": ["softedge_pidinet", "softedge_hed", "softedge_hedsafe", "softedge_pidisafe"],
           "Scribble": ["scribble_pidinet", "scribble_hed", "scribble_xdog", "threshold", "binary", "invert"],
-          "MLSD": ["mlsd"], "OpenPose": ["openpose"], "NormalMap": ["normal_bae"], "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"],
-          "Shuffle": ["shuffle"], "Recolor": ["color"]}
+          "MLSD": ["mlsd"], "OpenPose": ["openpose"], "NormalMap": ["normal_bae"],
+          "Tile": ["tile_resample", "blur_gaussian"], "Inpaint": ["inpaint_only"], "Shuffle": ["shuffle"],
+          "Recolor": ["color"]}
 
 
 @bp.get("/control_types")

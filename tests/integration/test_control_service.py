@@ -215,7 +215,8 @@ def test_an_ip_adapter_unit_steers_by_its_reference_image_on_torch_and_leaves_la
                                       "weight": 0.6}, unit()])
     assert not np.array_equal(pixels(both), pixels(adapted))
     assert np.array_equal(pixels(generate(stack)), plain)  # taken off again: the plain job is as before
-    plus = generate(stack, controls=[{"image": b64(reference), "module": "ip-adapter", "model": "ip-adapter-plus_tiny"}])
+    plus = generate(stack, controls=[{"image": b64(reference), "module": "ip-adapter",
+                                      "model": "ip-adapter-plus_tiny"}])
     assert np.abs(pixels(plus) - plain).mean() > 1 and not np.array_equal(pixels(plus), pixels(adapted))
     assert np.array_equal(pixels(generate(stack)), plain)  # the plus variant's Resampler taken off too
     cn = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="ip-adapter_tiny [1234abcd]")
