@@ -214,6 +214,15 @@ class DiffusersPipeline:
         for key in [k for k in self._variants if k[0] == "control"]:
             del self._variants[key]
 
+    def convert_controls(self, nets: list, report) -> None:
+        """fetch --convert: the control UNet and ControlNets ``nets`` ((name, control.catalog.ControlModel)) made
+        into OpenVINO IR now, as the first ControlNet job would (nothing on torch)."""
+        if self.control_ov is None or not nets:
+            return
+        self.control_ov.prepare_unet(report, lambda: False)
+        for name, model in nets:
+            self.control_ov.prepare_net(name, model.path, report, lambda: False)
+
     def prepare_ahead(self, stop, always: bool = False) -> bool:
         """Idle time (SD_PREPARE_AHEAD, or ``always``: fetch --convert): convert the fast preset's fused
         OpenVINO UNet before any fast job asks, when its LoRA is already on disk; a job arriving stops

@@ -7,7 +7,8 @@ model server's settings from the environment (``SD_MODEL``, the hub ids in ``SD_
 ``SD_TINY_VAE``, ``SD_INPAINT_MODEL``, ``HF_TOKEN``, ``HF_HOME``) and exits non-zero with what went wrong and what
 to do. With ``--convert`` it then makes, on this machine, the one-time conversions a start and the
 first jobs would make (the bf16 copy, the OpenVINO IRs, the fast preset's UNet with the LCM-LoRA
-fused in) into SD_CACHE_DIR: they depend on the CPU, so run it on the machine (or in the container,
+fused in, and on OpenVINO the UNet for ControlNet jobs and the family's ControlNets in CONTROLNET_DIR) into
+SD_CACHE_DIR: they depend on the CPU, so run it on the machine (or in the container,
 with the volumes) that serves. With ``--annotators`` it downloads the control preprocessors' annotator
 models into ANNOTATOR_DIR (all of them, or those named: ``--annotators hed depth_anything``), skipping
 those already there.
@@ -66,12 +67,18 @@ def fetch(settings: ModelServerSettings, progress: LoadProgress) -> None:
 
 def convert(settings: ModelServerSettings, progress: LoadProgress) -> None:
     """The default model's one-time conversions for this machine: a whole load (which converts what it
-    maps), then the fast preset's parts and its fused OpenVINO UNet."""
+    maps), then the fast preset's parts and its fused OpenVINO UNet, and on OpenVINO the UNet for ControlNet
+    jobs and each ControlNet in CONTROLNET_DIR made for the model's family."""
+    from model_server.control.catalog import ControlNets
     from model_server.engine.diffusers_pipeline import DiffusersPipeline
 
     pipe = DiffusersPipeline.load(settings, progress)
     pipe.load_fast_parts()
     pipe.prepare_ahead(lambda: False, always=True)
+    catalog, family = ControlNets(settings.controlnet_dir), pipe.optimizations().get("family")
+    nets = [(name, model) for name in catalog.names()
+            if (model := catalog.find(name)).kind == "controlnet" and model.family == family]
+    pipe.convert_controls(nets, log.info)
 
 
 def fetch_annotators(settings: ModelServerSettings, names: list[str]) -> None:
