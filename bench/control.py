@@ -7,6 +7,7 @@ conversions to OpenVINO run in child processes on the warm-up image: in neither 
 
     python -m bench.control                  # bench/results/control.{json,md}
     python -m bench.control --steps 4 --configs "plain torch,controlnet torch"
+    python -m bench.control --configs "plain openvino int8,controlnet openvino int8" --name control-int8
 
 Time and memory do not depend on weight values; image quality is not judged here.
 """
@@ -26,10 +27,14 @@ from bench.sd14_model import DEFAULT_DIR
 
 CONTROLNET_DIR = DEFAULT_DIR.parent / "controlnets"
 CONTROLNET = "controlnet-sd15-random"
-CONFIGS = {  # name -> (SD_BACKEND, with the unit)
-    "plain torch": ("torch", False), "controlnet torch": ("torch", True), "plain openvino": ("openvino", False),
-    "controlnet openvino": ("openvino", True), "ip-adapter torch": ("torch", "ip-adapter"),
+CONFIGS = {  # name -> (SD_BACKEND, with the unit, SD_INT8)
+    "plain torch": ("torch", False, "none"), "controlnet torch": ("torch", True, "none"),
+    "plain openvino": ("openvino", False, "none"), "controlnet openvino": ("openvino", True, "none"),
+    "ip-adapter torch": ("torch", "ip-adapter", "none"),
+    # SD_INT8=weights: the UNet's int8 weights, and the control UNet's and the ControlNet's (--configs names them)
+    "plain openvino int8": ("openvino", False, "weights"), "controlnet openvino int8": ("openvino", True, "weights"),
 }
+DEFAULT_CONFIGS = "plain torch,controlnet torch,plain openvino,controlnet openvino,ip-adapter torch"
 IP_ADAPTER = "ip-adapter_sd15-random"
 COLUMNS = [("config", "config"), ("runs on", "engine"), ("s/step", "s_per_step"), ("vs plain, same engine", "vs_plain"),
            ("s/image", "s_per_image"), ("peak GiB (load included)", "peak_rss_gib"), ("vs plain, GiB", "delta_gib")]
@@ -95,7 +100,7 @@ def worker(name: str, steps: int) -> dict:
     from model_server.settings import ModelServerSettings
     from protocol.messages import ControlUnit, GenerationParams
 
-    backend, controlled = CONFIGS[name]
+    backend, controlled, int8 = CONFIGS[name]
     drawing = Image.new("RGB", (512, 512), "white")
     ImageDraw.Draw(drawing).ellipse((64, 64, 448, 448), outline="black", width=8)
     unit = (ControlUnit(module="ip-adapter", model=IP_ADAPTER) if controlled == "ip-adapter"
@@ -103,7 +108,7 @@ def worker(name: str, steps: int) -> dict:
     units = [unit] if controlled else []
     with PeakRss() as rss:
         settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(DEFAULT_DIR), lcm_lora="none",
-                                       tiny_vae="none", backend=backend)
+                                       tiny_vae="none", backend=backend, int8=int8)
         pipe = DiffusersPipeline.load(settings)
         if controlled:
             pipe.apply_controlnets([(unit.model, ControlNets(str(CONTROLNET_DIR)).find(unit.model))])
@@ -127,7 +132,7 @@ def worker(name: str, steps: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"some of: {', '.join(CONFIGS)}")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--name", default="control")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -142,9 +147,10 @@ def main() -> int:
     build_ip_adapter()
     rows = [fresh_row("bench.control", "--worker", name, "--steps", str(args.steps))
             for name in args.configs.split(",")]
-    plain = {CONFIGS[r["config"]][0]: r for r in rows if not CONFIGS[r["config"]][1]}
+    engine = {name: (backend, int8) for name, (backend, _, int8) in CONFIGS.items()}
+    plain = {engine[r["config"]]: r for r in rows if not CONFIGS[r["config"]][1]}
     for r in rows:
-        base = plain.get(CONFIGS[r["config"]][0])
+        base = plain.get(engine[r["config"]])
         if base is not None and r is not base:
             r["vs_plain"] = round(r["s_per_step"] / base["s_per_step"], 2)
             r["delta_gib"] = round(r["peak_rss_gib"] - base["peak_rss_gib"], 2)

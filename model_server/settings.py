@@ -150,8 +150,10 @@ class ModelServerSettings(RequestLimits):
         "checkpoint) run on torch", "auto", read=_lower)
     int8: str = setting(
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
-        "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts (SD 1.x/2.x); `weights` (int8 "
-        "weights only, data-free, any family: half the UNet's memory); `none`. Not the default: its "
+        "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts (SD 1.x/2.x); `weights` (the "
+        "matmuls' weights int8, data-free, any family; convolutions stay bf16: the CPU plugin would decompress them to "
+        "float32); `none`. With any of them a ControlNet job's "
+        "UNet and ControlNets keep int8 weights too (data-free). Not the default: its "
         "drift is measured on random weights only (docs/performance.md)", "none", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)

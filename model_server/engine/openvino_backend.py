@@ -49,7 +49,8 @@ def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str
 def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
             progress: LoadProgress | None = None) -> tuple[Path, dict]:
     """The int8 IR SD_INT8 asks for, quantized once from ``ir``; ``ir`` itself (and why) if that failed."""
-    dest = ir.with_name(f"{ir.name}-int8-{settings.int8}")
+    # "-matmuls": the weights mode's IRs made before it left the convolutions alone compile to more than bf16
+    dest = ir.with_name(f"{ir.name}-int8-{settings.int8}" + ("-matmuls" if settings.int8 == "weights" else ""))
     if converted(dest):
         return dest, {"openvino_int8": settings.int8}
     cmd = ["model_server.engine.openvino_int8", os.path.realpath(folder), str(ir), str(dest), "--mode", settings.int8,
@@ -82,18 +83,20 @@ def _short_of_memory(folder: str, part: str, settings: ModelServerSettings) -> s
 
 def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress: LoadProgress | None = None,
            part: str = "unet", lora: str | None = None, stop=None,
-           config: str | None = None) -> tuple[Path | None, dict]:
+           config: str | None = None, int8_weights: bool = False) -> tuple[Path | None, dict]:
     """The ``part`` (openvino_convert.IR_NAMES) of ``folder`` as OpenVINO IR for ``precision`` (bf16, f32), the
     UNet with the ``lora`` file fused in if given, converted once in a child process; (None, why) if that
     failed; ConversionStopped when ``stop()`` said so meanwhile. The keys reported are ``openvino_ir``
     for the UNet, ``openvino_vae_ir``, ``openvino_lcm_ir``, ``openvino_control_ir`` and
     ``openvino_controlnet_ir`` for the others (a ControlNet's ``folder`` is its own, or its single file with
-    ``config``, the folder of the config it is read with)."""
+    ``config``, the folder of the config it is read with). ``int8_weights``: its matmuls' weights compressed to int8
+    (data-free), another IR than the float one."""
     import openvino
 
     real = os.path.realpath(folder)
     # f32: float32 weights kept as they are (see openvino_convert), so not the IR a bf16 start made.
-    keyed = [real, openvino.__version__] + ([] if precision == "bf16" else [precision])
+    keyed = [real, openvino.__version__] + ([] if precision == "bf16" else [precision]) + (
+        ["int8-matmul-weights"] if int8_weights else [])
     key = hashlib.sha256("\0".join(keyed).encode()).hexdigest()[:12]
     suffix = "" if part == "unet" else f"-{part}"
     if lora:  # a LoRA file replaced in place is another LoRA
@@ -113,6 +116,7 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     args = ["model_server.engine.openvino_convert", real, str(dest), "--part", part, "--precision", precision]
     args += ["--lora", lora] if lora else []
     args += ["--config", config] if config else []
+    args += ["--int8-weights"] if int8_weights else []
     with (progress or LoadProgress()).over() as phase:
         phase.start("converting", f"the {what} to OpenVINO IR, once")
         seconds, failed = run_once(f"converting the {what} to OpenVINO IR", args, dest, lambda d: converted(d, part),

@@ -40,6 +40,10 @@ class ControlOnOpenVino:
         self.info: dict = {}
         self._ir: Path | None = None
         self._nets: dict[Path, Path] = {}  # a ControlNet's folder -> its IR
+        # With SD_INT8 the control UNet and the ControlNets keep their matmuls' weights in int8 (data-free, whatever
+        # the mode: the calibrated modes' samples are the plain UNet's; openvino_convert says why not the
+        # convolutions').
+        self.int8_weights = settings.int8 != "none"
 
     @property
     def pending(self) -> bool:
@@ -50,7 +54,8 @@ class ControlOnOpenVino:
         if not self.pending:
             return
         report("converting the UNet for ControlNet jobs to OpenVINO, once: a minute or two; later ones start at once")
-        self._ir, info = ir_for(self._folder, self._settings, self._precision, part="unet_control", stop=stop)
+        self._ir, info = ir_for(self._folder, self._settings, self._precision, part="unet_control", stop=stop,
+                                int8_weights=self.int8_weights)
         self.info.update(info)
         if self._ir is None:
             self.failed = next(iter(info.values()))
@@ -61,7 +66,8 @@ class ControlOnOpenVino:
             return
         report(f"converting the ControlNet {name} to OpenVINO, once")
         config = str(self._config()) if folder.is_file() else None
-        ir, info = ir_for(str(folder), self._settings, self._precision, part="controlnet", stop=stop, config=config)
+        ir, info = ir_for(str(folder), self._settings, self._precision, part="controlnet", stop=stop, config=config,
+                          int8_weights=self.int8_weights)
         if ir is None:
             self.net_failed[name] = next(iter(info.values()))
             return

@@ -176,7 +176,7 @@ def _vae_decoder(source: str):
 
 
 def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16",
-            config: str | None = None) -> float:
+            config: str | None = None, int8_weights: bool = False) -> float:
     import openvino as ov
     import torch
 
@@ -188,12 +188,17 @@ def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None
         model = ov.convert_model(module, example_input=example)
     for i, name in enumerate(names):
         model.inputs[i].get_tensor().set_names({name})
+    if int8_weights:  # SD_INT8's ControlNet jobs: their UNet and ControlNets keep int8 weights too (data-free)
+        from model_server.engine.openvino_int8 import compress_matmul_weights
+
+        model = compress_matmul_weights(model)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ov.save_model(model, tmp / IR_NAMES[part], compress_to_fp16=dtype == torch.float32 and precision == "bf16")
+    ov.save_model(model, tmp / IR_NAMES[part],
+                  compress_to_fp16=dtype == torch.float32 and precision == "bf16" and not int8_weights)
     seconds = round(time.monotonic() - started, 1)
-    made = {"source": source, "part": part, "lora": lora, "precision": precision,
+    made = {"source": source, "part": part, "lora": lora, "precision": precision, "int8_weights": int8_weights,
             "weights": str(dtype).removeprefix("torch."),
             "openvino": ov.__version__, "seconds": seconds}
     (tmp / MARKER).write_text(json.dumps(made), encoding="utf-8")
@@ -210,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora", help="a LoRA's .safetensors file, fused into the UNet at weight 1")
     ap.add_argument("--precision", choices=("bf16", "f32"), default="bf16", help="the inference precision it is for")
     ap.add_argument("--config", help="a single-file ControlNet's config folder (its config.json)")
+    ap.add_argument("--int8-weights", action="store_true", help="int8 weights (NNCF, data-free)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [openvino-convert] %(message)s")
-    seconds = convert(args.source, args.dest, args.part, args.lora, args.precision, args.config)
+    seconds = convert(args.source, args.dest, args.part, args.lora, args.precision, args.config, args.int8_weights)
     log.info("converted the %s of %s to OpenVINO IR in %.1f s: %s", args.part, args.source, seconds, args.dest)
     return 0
 

@@ -80,6 +80,15 @@ def record_inputs(model_dir: str, ir_dir: Path, prompts: list[str], steps: int, 
     return recorded
 
 
+def compress_matmul_weights(model):
+    """``model`` (an ov.Model) with its matmuls' weights in int8 (INT8_ASYM per output channel, no data). Not the
+    convolutions': the CPU plugin decompresses int8 convolution weights to float32 when it compiles (measured on
+    SD 1.4's UNet, AMD Zen 4: 3.99 GiB compiled with them, 1.52 without, 1.76 in bf16)."""
+    import nncf
+
+    return nncf.compress_weights(model, ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+
+
 def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, steps: int, size: int) -> dict:
     import nncf
     import openvino as ov
@@ -91,11 +100,11 @@ def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, 
     model = ov.Core().read_model(ir_dir / IR_NAME)
     dataset = nncf.Dataset(samples)
     if mode == "weights":
-        model = nncf.compress_weights(model)  # INT8_ASYM per output channel, no data
+        model = compress_matmul_weights(model)
     elif mode == "hybrid":
         matmuls = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
                    and any(_has_weights(i.get_source_output().get_node()) for i in op.inputs())]
-        model = nncf.compress_weights(model, ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+        model = compress_matmul_weights(model)
         model = nncf.quantize(model, dataset, subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
                               ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
                               advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alpha=-1))

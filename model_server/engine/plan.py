@@ -125,6 +125,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     precision = facts.dtype
     if unet == "openvino" and facts.int8 in ("hybrid", "full", "weights"):
         precision = f"int8 ({facts.int8})"
+    elif unet == "openvino-control" and facts.int8 in ("hybrid", "full", "weights"):
+        precision = "int8 (weights)"  # the control UNet's and ControlNets' (openvino_control)
     release = tuple((phase, part) for phase, part in (
         *(("encoding", encoder) for encoder in FAMILIES[facts.family].text_encoders),
         ("denoising", "unet") if facts.release_unet else ("", "")) if phase)

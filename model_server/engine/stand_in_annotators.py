@@ -55,36 +55,28 @@ def _depth(folder: Path, seed: int, model_type: str, full: bool = False) -> None
                               DPTForDepthEstimation, DPTImageProcessor)
 
     torch.manual_seed(seed)
-    if model_type == "depth_anything" and full:
-        backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                                image_size=518, patch_size=14, out_indices=[3, 6, 9, 12], reshape_hidden_states=False,
-                                apply_layernorm=True)
-        model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
-            backbone_config=backbone, reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384],
-            fusion_hidden_size=64, head_hidden_size=32))
-        model.save_pretrained(folder)
-        DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                          do_pad=False, resample=3, image_mean=[0.485, 0.456, 0.406],
-                          image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-        return
+    imagenet = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     if model_type == "depth_anything":
-        backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                                image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
+        # (hidden, heads, layers, neck widths, fusion, head, processor side): V2 Small's, or a tiny one's
+        hidden, heads, layers, neck, fusion, head, side = ((384, 6, 12, [48, 96, 192, 384], 64, 32, 518) if full
+                                                           else (32, 2, 4, [8, 16, 32, 32], 16, 8, 56))
+        backbone = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                intermediate_size=4 * hidden, image_size=side, patch_size=14,
+                                out_indices=[layers // 4 * i for i in range(1, 5)], reshape_hidden_states=False,
                                 apply_layernorm=True)
         model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
-            backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
-            fusion_hidden_size=16, head_hidden_size=8))
-        patch, mean, std, aspect = 14, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], True
+            backbone_config=backbone, reassemble_hidden_size=hidden, neck_hidden_sizes=neck,
+            fusion_hidden_size=fusion, head_hidden_size=head))
+        patch, (mean, std), aspect = 14, imagenet, True
     else:
         model = DPTForDepthEstimation(DPTConfig(
             hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
             patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
             head_in_index=-1))
-        patch, mean, std, aspect = 32, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], False  # a plain ViT DPT takes squares
+        patch, mean, std, aspect, side = 32, [0.5] * 3, [0.5] * 3, False, 128  # a plain ViT DPT takes squares
     model.save_pretrained(folder)
-    DPTImageProcessor(size={"height": 4 * patch, "width": 4 * patch}, keep_aspect_ratio=aspect,
-                      ensure_multiple_of=patch, do_pad=False, resample=3, image_mean=mean,
-                      image_std=std).save_pretrained(folder)
+    DPTImageProcessor(size={"height": side, "width": side}, keep_aspect_ratio=aspect, ensure_multiple_of=patch,
+                      do_pad=False, resample=3, image_mean=mean, image_std=std).save_pretrained(folder)
 
 
 def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart", "hed", "pidinet", "mlsd", "openpose",

@@ -174,8 +174,10 @@ def test_on_openvino_a_job_with_units_runs_the_control_unet_converted_once_unles
     assert (first.unet, first.converts_first) == ("openvino-control", True)
     assert first.engine == ("openvino bfloat16, ControlNet on OpenVINO (converted to OpenVINO on this first "
                             "ControlNet job, once)")
-    ready = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", int8="hybrid")
+    ready = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready")
     assert decide(params(controls=units), ready).engine == "openvino bfloat16, ControlNet on OpenVINO"
+    int8 = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", int8="hybrid")
+    assert decide(params(controls=units), int8).engine == "openvino int8 (weights), ControlNet on OpenVINO"
     failed = decide(params(controls=units), EngineFacts(dtype="bfloat16", openvino=True, control_unet="failed"))
     assert failed.on_torch_because == ("ControlNet",)
     no_copy = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", control_failed=frozenset({"m"}))

@@ -322,3 +322,40 @@ def test_a_size_the_openvino_unet_cannot_take_runs_on_torch_instead_of_failing(o
     assert image.shape[:2] == (64, 72) and max(steps) == 6
     engine = ov.engine(GenerationParams(prompt="a", seed=1, **odd))
     assert engine.endswith(f"not a multiple of {multiple} runs on torch")
+
+
+def test_with_int8_a_controlnet_job_runs_int8_weight_control_irs_near_the_float_ones(cache, tmp_path):
+    import json
+
+    import openvino as ov
+    from PIL import Image, ImageDraw
+
+    from model_server.control.catalog import ControlNets
+    from model_server.control.preprocessors import control_maps
+    from model_server.engine.tiny_controlnets import write_tiny_controlnets
+    from protocol.messages import ControlUnit
+
+    write_tiny_controlnets(tmp_path, names=("tiny-controlnet",))
+    drawing = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(drawing).ellipse((8, 8, 56, 56), outline="black", width=3)
+    p = GenerationParams(prompt="a cat", seed=3, steps=4, width=64, height=64,
+                         controls=[ControlUnit(module="canny", model="tiny-controlnet")])
+
+    def steered(pipe) -> np.ndarray:
+        pipe.apply_controlnets([("tiny-controlnet", ControlNets(str(tmp_path)).find("tiny-controlnet"))])
+        pipe.prepare_parts(p, lambda text: None, lambda: None)
+        image = pipe.generate(p, p.seed, lambda *a, **k: None, lambda: None,
+                              control=control_maps(p, [drawing], None, None, p.seed))
+        return np.asarray(image, dtype=np.float32)
+
+    int8 = DiffusersPipeline.load(settings(cache, int8="weights"))
+    image = steered(int8)
+    assert int8.engine(p) == "openvino int8 (weights), ControlNet on OpenVINO"
+    for part in ("unet_control", "controlnet"):
+        made = [d for d in (cache / "openvino").glob(f"*-{part}") if json.loads((d / "sd_cpu_openvino.json").read_text())
+                .get("int8_weights")]
+        assert made, part
+        kinds = {op.get_element_type() for op in ov.Core().read_model(made[0] / f"{part}.xml").get_ops()
+                 if op.get_type_name() == "Constant"}
+        assert ov.Type.u8 in kinds  # its weights are int8 (with their zero points and scales)
+    assert np.abs(image - steered(DiffusersPipeline.load(settings(cache, backend="openvino")))).mean() < 12.0
