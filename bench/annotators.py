@@ -1,7 +1,7 @@
 """The control preprocessors that run an annotator model, against the built-in canny, measured in one run:
 random-weight stand-ins at the published networks' size (model_server/engine/stand_in_annotators.py: line art,
-HED, PiDiNet, M-LSD, OpenPose's body and NormalBAE as lllyasviel/Annotators ships them, Depth Anything V2 Small's shape),
-each in a fresh process through the server's own preprocessors: a 768x512 photo-like image at
+HED, PiDiNet, M-LSD, OpenPose's body and NormalBAE as lllyasviel/Annotators ships them, Depth Anything V2
+Small's shape), each in a fresh process through the server's own preprocessors: a 768x512 photo-like image at
 processor_res 512, the first map (which loads the annotator) timed apart from the median of three more; the
 peak is the largest resident memory sampled while the maps are made (every 10 ms), over the process's
 before the load.

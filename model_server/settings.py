@@ -124,10 +124,10 @@ class ModelServerSettings(RequestLimits):
         "it was trained with (SD 1.x, 2.x or SDXL)", "", shown="none")
     annotator_dir: str = setting(
         "ANNOTATOR_DIR", "A folder of annotator models for the control preprocessors that need one (depth, line art, "
-        "soft edges, M-LSD lines, OpenPose's body, NormalBAE normals): the `.pth` files as lllyasviel/Annotators publishes them (`sk_model.pth`, "
-        "`ControlNetHED.pth`, ...; A1111's `annotator/downloads` folder works as it is) and depth models as "
-        "transformers folders (Depth-Anything-V2-Small-hf, dpt-hybrid-midas); never downloaded at job time: "
-        "`python -m model_server fetch --annotators` fills it", "", shown="none")
+        "soft edges, M-LSD lines, OpenPose's body, NormalBAE normals): the `.pth` files as lllyasviel/Annotators "
+        "publishes them (`sk_model.pth`, `ControlNetHED.pth`, ...; A1111's `annotator/downloads` folder works as it "
+        "is) and depth models as transformers folders (Depth-Anything-V2-Small-hf, dpt-hybrid-midas); never "
+        "downloaded at job time: `python -m model_server fetch --annotators` fills it", "", shown="none")
     face_restorer_dir: str = setting(
         "FACE_RESTORER_DIR", "A folder of face restoration models (`.pth` or `.safetensors`: GFPGAN v1.3/v1.4, "
         "RestoreFormer), named for the file, and the face detector they need: facexlib's "

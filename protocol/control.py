@@ -2,9 +2,9 @@
 (A1111's ControlNet API, /v1/controlnets) and the model server (which runs them).
 
 The built-in preprocessors need no model file. Those in ANNOTATOR_MODULES run an annotator model (depth,
-line art, soft edges, straight lines, body pose, normals) whose weights a server may have (ANNOTATOR_DIR; the model server says
-which it has); the rest of A1111's (pose, segmentation, ...) this server does not run: they are known by
-name, so a unit naming one gets a clear refusal instead of "unknown".
+line art, soft edges, straight lines, body pose, normals) whose weights a server may have (ANNOTATOR_DIR;
+the model server says which it has); the rest of A1111's (hand and face pose, segmentation, ...) this server
+does not run: they are known by name, so a unit naming one gets a clear refusal instead of "unknown".
 """
 
 from __future__ import annotations

@@ -352,8 +352,8 @@ def test_with_int8_a_controlnet_job_runs_int8_weight_control_irs_near_the_float_
     image = steered(int8)
     assert int8.engine(p) == "openvino int8 (weights), ControlNet on OpenVINO"
     for part in ("unet_control", "controlnet"):
-        made = [d for d in (cache / "openvino").glob(f"*-{part}") if json.loads((d / "sd_cpu_openvino.json").read_text())
-                .get("int8_weights")]
+        made = [d for d in (cache / "openvino").glob(f"*-{part}")
+                if json.loads((d / "sd_cpu_openvino.json").read_text()).get("int8_weights")]
         assert made, part
         kinds = {op.get_element_type() for op in ov.Core().read_model(made[0] / f"{part}.xml").get_ops()
                  if op.get_type_name() == "Constant"}
