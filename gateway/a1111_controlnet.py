@@ -23,7 +23,7 @@ from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import generate_sync
 from protocol.control import (BUILTIN_MODULES, CONTROL_MODE_NAMES, MODULES, RESIZE_MODE_NAMES,
-                              RESIZE_MODE_NUMBERS, module_named)
+                              RESIZE_MODE_NUMBERS, module_named, runnable)
 from protocol.messages import MAX_CONTROL_THRESHOLD, MAX_CONTROLS, MAX_SIZE, ControlUnit
 
 bp = Blueprint("a1111_controlnet", __name__, url_prefix="/controlnet")
@@ -156,8 +156,7 @@ def _sliders(name: str) -> list[dict]:
 
 def _runnable() -> list[str]:
     """The preprocessors this server runs: the built-in ones and those whose annotator model it has."""
-    have = set(services().model_list(fresh=True).annotator_modules)
-    return [name for name in MODULES if name in BUILTIN_MODULES or name in have]
+    return runnable(services().model_list(fresh=True).annotator_modules)
 
 
 @bp.get("/module_list")
@@ -181,16 +180,16 @@ _TYPES = {"Canny": ["canny"], "Depth": ["depth_midas", "depth_anything", "depth_
 @bp.get("/control_types")
 def control_types():
     models = [c.name for c in services().model_list(fresh=True).controlnets]
-    runnable = _runnable()
+    runs = _runnable()
 
     def kind(modules: list[str], name: str) -> dict:
-        modules = [m for m in modules if m in runnable]
+        modules = [m for m in modules if m in runs]
         matching = [m for m in models if name == "All" or name.lower() in m.lower()]
         return {"module_list": ["none", *modules] if "none" not in modules else modules,
                 "model_list": ["None", *matching], "default_option": modules[0] if modules and name != "All"
                 else "none", "default_model": matching[0] if matching and name != "All" else "None"}
 
-    return jsonify(control_types={"All": kind(runnable, "All"),
+    return jsonify(control_types={"All": kind(runs, "All"),
                                   **{name: kind(modules, name) for name, modules in _TYPES.items()}})
 
 

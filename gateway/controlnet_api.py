@@ -18,7 +18,7 @@ from gateway.policy import starts_work, takes_images
 from gateway.services import services
 from gateway.waiting import accepted
 from protocol.contract import field_of
-from protocol.control import BUILTIN_MODULES, MODULES, UNSUPPORTED_MODULES, Slider
+from protocol.control import MODULES, UNSUPPORTED_MODULES, Slider, runnable
 from protocol.messages import IMAGE_FORMATS, MAX_CONTROL_THRESHOLD, MAX_SIZE, ControlUnit
 
 bp = Blueprint("controlnet", __name__)
@@ -64,9 +64,10 @@ def slider(s: Slider | None) -> dict | None:
 def list_controlnets():
     """The ControlNets and IP-Adapters in CONTROLNET_DIR (each with the family it steers) and the preprocessors."""
     listing = services().model_list(fresh=True)
-    modules = [{"name": name, "title": m.title, "available": name in BUILTIN_MODULES or name in
-                listing.annotator_modules, "annotator": m.annotator or None, "threshold_a": slider(m.a),
-                "threshold_b": slider(m.b), "needs_mask": m.needs_mask} for name, m in MODULES.items()]
+    runs = set(runnable(listing.annotator_modules))
+    modules = [{"name": name, "title": m.title, "available": name in runs, "annotator": m.annotator or None,
+                "threshold_a": slider(m.a), "threshold_b": slider(m.b), "needs_mask": m.needs_mask}
+               for name, m in MODULES.items()]
     modules += [{"name": name, "title": "not run by this server (send a map made elsewhere with module none)",
                  "available": False, "annotator": None, "threshold_a": None, "threshold_b": None,
                  "needs_mask": False} for name in UNSUPPORTED_MODULES]

@@ -112,6 +112,13 @@ def module_named(name: str) -> str | None:
     return key if key in MODULES else None
 
 
+def runnable(annotator_modules) -> list[str]:
+    """The preprocessors a server runs, in MODULES' order: the built-in ones and those whose annotator it has
+    (``annotator_modules``: ModelList.annotator_modules)."""
+    have = set(annotator_modules)
+    return [name for name in MODULES if name in BUILTIN_MODULES or name in have]
+
+
 def threshold(module: str, which: str, given: float) -> float:
     """A unit's threshold_a or threshold_b: as given, or the module's default when -1 (A1111's "unset")."""
     slider = getattr(MODULES[module], which)

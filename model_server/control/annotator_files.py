@@ -4,7 +4,7 @@ Each annotator is one weights file as lllyasviel/Annotators publishes it (the fi
 downloads, under any subfolder: its ``annotator/downloads/<kind>/`` layout works as the hub's flat one), or, for
 depth, a transformers folder (``config.json`` with its ``model_type`` and weights, as
 depth-anything/Depth-Anything-V2-Small-hf or Intel/dpt-hybrid-midas ship them). Nothing is downloaded at job
-time: ``python -m model_server fetch --annotators`` fills the folder ahead (HUB_SOURCES says from where).
+time: ``python -m model_server fetch --annotators`` fills the folder ahead (``Annotator.repo`` says from where).
 
 Torch-free: the listing and every submit's check read it; engine/annotators.py runs them.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from model_server import errors
 from model_server.families.detect import json_object
 from model_server.models.named_files import Rescanned
-from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, UNSUPPORTED_MODULES, module_named
+from protocol.control import ANNOTATOR_MODULES, BUILTIN_MODULES, UNSUPPORTED_MODULES, module_named, runnable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Annotator:
     file: str = ""
     model_type: str = ""
     repo: str = "lllyasviel/Annotators"  # where fetch --annotators gets it
+
+    @property
+    def folder(self) -> str:
+        """A transformers folder's name in ANNOTATOR_DIR as fetch --annotators makes it: the repository's."""
+        return self.repo.split("/")[-1]
 
 
 ANNOTATORS: dict[str, Annotator] = {
@@ -76,9 +81,9 @@ class AnnotatorFiles:
     def found(self) -> dict[str, Path]:
         return dict(self._listing.get())
 
-    def modules(self) -> list[str]:
-        """The modules with an annotator this server has."""
-        have = self.found()
+    def modules(self, have: dict[str, Path] | None = None) -> list[str]:
+        """The modules with an annotator this server has (``have``: what ``found`` gave, when known)."""
+        have = self.found() if have is None else have
         return [name for name, m in ANNOTATOR_MODULES.items() if m.annotator in have]
 
     def path(self, module: str) -> Path | None:
@@ -89,18 +94,19 @@ class AnnotatorFiles:
         module = module_named(name)
         if module in BUILTIN_MODULES:
             return module
-        runnable = [*BUILTIN_MODULES, *self.modules()]
+        have = self.found()  # one look at the folder for the whole check
+        if module is not None and ANNOTATOR_MODULES[module].annotator in have:
+            return module
+        runs = runnable(self.modules(have))
         if module is not None:
-            if self.path(module) is not None:
-                return module
             need = _NEEDS[ANNOTATOR_MODULES[module].annotator]
             raise errors.invalid(
                 f"{field}: the preprocessor {name} needs its annotator model ({need}), which this server does not have",
                 f"Put {need} in ANNOTATOR_DIR ({'set it' if not self.folder else self.folder}; "
                 "python -m model_server fetch --annotators downloads them), send a control map you made already "
-                "with module none, or use one of: " + ", ".join(runnable) + ".", "controls")
+                "with module none, or use one of: " + ", ".join(runs) + ".", "controls")
         if name.strip().lower() in UNSUPPORTED_MODULES:
             raise errors.invalid(f"{field}: this server does not run the preprocessor {name}",
                                  "Send a control map you made already (a pose image, say) with module none, or use "
-                                 f"one of: {', '.join(runnable)}.", "controls")
-        raise errors.unknown_name("preprocessor", name, runnable, "GET /v1/controlnets", "controls")
+                                 f"one of: {', '.join(runs)}.", "controls")
+        raise errors.unknown_name("preprocessor", name, runs, "GET /v1/controlnets", "controls")

@@ -2,12 +2,12 @@
 annotator_files.AnnotatorFiles found: line art, HED and PiDiNet soft edges and M-LSD lines with the
 networks of ``controlnet_aux`` (the annotator library diffusers' ControlNet documentation uses, ported from
 A1111's extension, so a map is the one those ControlNets were trained on), OpenPose's body model from the
-same library, NormalBAE's normals, depth with transformers' depth-estimation models (Depth Anything, DPT-Hybrid MiDaS).
+same library, NormalBAE's normals, depth with transformers' depth-estimation models (Depth Anything,
+DPT-Hybrid MiDaS).
 
 Weights are read with ``torch.load(weights_only=True)``: a hostile ``.pth`` cannot run code. One annotator
 stays loaded, the last one used (HED is 56 MB, Depth Anything V2 Small 100 MB, OpenPose's body 200 MB,
-NormalBAE 290 MB, DPT-Hybrid 490 MB); another
-takes its place. Used by the worker thread only, one job at a time.
+NormalBAE 290 MB, DPT-Hybrid 490 MB); another takes its place. Used by the worker thread only, one job at a time.
 """
 
 from __future__ import annotations
@@ -68,38 +68,51 @@ def _net(net, path: Path):
     return net.float().eval()
 
 
+def _at_side(detector, **options):
+    """A controlnet_aux detector run at the pixels' own side (they come scaled to the unit's processor_res)."""
+    def run(pixels: np.ndarray) -> np.ndarray:
+        side = min(pixels.shape[:2])
+        return detector(pixels, detect_resolution=side, image_resolution=side, output_type="np", **options)
+    return run
+
+
 def _load(annotator: str, path: Path):
-    """The detector for ``annotator``: something called with the RGB pixels (see ``Annotators.run``)."""
+    """``annotator`` loaded from ``path``, as ``run(pixels, module, a, b)``: ``module``'s map of the RGB pixels,
+    ``a``/``b`` its thresholds (see ``Annotators.run``)."""
     if annotator in ("lineart", "lineart_coarse"):
         lineart = aux("lineart")
         net = _net(lineart.Generator(3, 1, 3), path)
-        return lineart.LineartDetector(net, net)
+        draw = _at_side(lineart.LineartDetector(net, net), coarse=annotator == "lineart_coarse")
+        return lambda pixels, module, a, b: draw(pixels)
     if annotator == "lineart_anime":
         import torch.nn as nn
 
         anime = aux("lineart_anime")
         norm = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-        return anime.LineartAnimeDetector(_net(anime.UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False),
-                                               path))
-    if annotator == "hed":
-        hed = aux("hed")
-        return hed.HEDdetector(_net(hed.ControlNetHED_Apache2(), path))
-    if annotator == "pidinet":
-        pidi = aux("pidi")
-        return pidi.PidiNetDetector(_net(aux("pidi.model").pidinet(), path))
+        draw = _at_side(anime.LineartAnimeDetector(_net(anime.UnetGenerator(3, 1, 8, 64, norm_layer=norm,
+                                                                            use_dropout=False), path)))
+        return lambda pixels, module, a, b: draw(pixels)
+    if annotator in ("hed", "pidinet"):
+        detector = (aux("hed").HEDdetector(_net(aux("hed").ControlNetHED_Apache2(), path)) if annotator == "hed"
+                    else aux("pidi").PidiNetDetector(_net(aux("pidi.model").pidinet(), path)))
+        return lambda pixels, module, a, b: _at_side(detector, safe=module.endswith("safe"),
+                                                     scribble=module.startswith("scribble"))(pixels)
     if annotator == "mlsd":
-        mlsd = aux("mlsd")
-        return mlsd.MLSDdetector(_net(mlsd.MobileV2_MLSD_Large(), path))
+        detector = aux("mlsd").MLSDdetector(_net(aux("mlsd").MobileV2_MLSD_Large(), path))
+        return lambda pixels, module, a, b: _at_side(detector, thr_v=a, thr_d=b)(pixels)
     if annotator == "openpose":
-        return _Pose(path)
+        pose = _Pose(path)
+        return lambda pixels, module, a, b: pose(pixels)
     if annotator == "normal_bae":
-        return _net(normal_bae_network(), path)
+        net = _net(normal_bae_network(), path)
+        return lambda pixels, module, a, b: _normals(net, pixels)
     if annotator in ("depth_anything", "midas"):
         import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        model = AutoModelForDepthEstimation.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-        return model.eval(), AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        model = AutoModelForDepthEstimation.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        return lambda pixels, module, a, b: _depth(model, processor, pixels)
     raise ValueError(f"no loader for the annotator {annotator!r}")
 
 
@@ -131,11 +144,10 @@ def _normals(net, pixels: np.ndarray) -> np.ndarray:
         return ((normal[0].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
 
-def _depth(loaded, pixels: np.ndarray) -> np.ndarray:
+def _depth(model, processor, pixels: np.ndarray) -> np.ndarray:
     """Relative depth as A1111's depth maps show it: near bright, far dark, stretched to 0..255."""
     import torch
 
-    model, processor = loaded
     with torch.inference_mode():
         predicted = model(**processor(images=pixels, return_tensors="pt")).predicted_depth
         depth = torch.nn.functional.interpolate(predicted[:, None].float(), size=pixels.shape[:2], mode="bicubic",
@@ -149,13 +161,11 @@ class _Pose:
     sticks on black; no hands or face)."""
 
     def __init__(self, path: Path):
-        import torch
-
         self._util = aux("open_pose.util")  # first: it and body.py import each other, util's side works
         body = aux("open_pose.body")
         net = body.bodypose_model()
         # the published file's names lack the model's first part (model0.conv1_1 is conv1_1): its own transfer maps
-        net.load_state_dict(self._util.transfer(net, torch.load(path, map_location="cpu", weights_only=True)))
+        net.load_state_dict(self._util.transfer(net, _state(path)))
         self._estimate = body.Body.__new__(body.Body)  # Body() would load the file again, its own way
         self._estimate.model = net.float().eval()
         self._keypoint = body.Keypoint
@@ -201,19 +211,4 @@ class Annotators:
         if path is None:
             raise load_error(f"the annotator {annotator} is no longer in ANNOTATOR_DIR",
                              "Put it back (GET /v1/controlnets lists the preprocessors this server can run).")
-        detector = self._get(annotator, path)
-        if annotator in ("depth_anything", "midas"):
-            return _depth(detector, pixels)
-        if annotator == "openpose":
-            return detector(pixels)
-        if annotator == "normal_bae":
-            return _normals(detector, pixels)
-        side = min(pixels.shape[:2])
-        options = {"detect_resolution": side, "image_resolution": side, "output_type": "np"}
-        if annotator == "lineart_coarse":
-            options["coarse"] = True
-        elif annotator in ("hed", "pidinet"):
-            options.update(safe=module.endswith("safe"), scribble=module.startswith("scribble"))
-        elif annotator == "mlsd":
-            options.update(thr_v=a, thr_d=b)
-        return detector(pixels, **options)
+        return self._get(annotator, path)(pixels, module, a, b)

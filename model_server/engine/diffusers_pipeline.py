@@ -124,6 +124,7 @@ class DiffusersPipeline:
         return EngineFacts(family=self.family.name, dtype=self._opts["dtype"], openvino=self.ov_pipe is not None,
                            control_unet=control_unet,
                            control_failed=frozenset(control.net_failed) if control is not None else frozenset(),
+                           control_int8=control is not None and control.int8_weights,
                            int8=str(self._opts.get("openvino_int8", "")), fused_lcm=fused,
                            lcm_missing=self._lcm_missing, tiny_vae_missing=self._tiny_vae_missing,
                            inpaint_checkpoint=self._inpaint_source is not None,

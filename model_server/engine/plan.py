@@ -35,6 +35,7 @@ class EngineFacts:
     # The UNet for ControlNet jobs on OpenVINO: none (no OpenVINO) | pending (converted on first use) | ready | failed
     control_unet: str = "none"
     control_failed: frozenset = frozenset()  # ControlNets with no OpenVINO copy (jobs naming one run on torch)
+    control_int8: bool = False  # the control UNet and ControlNets keep int8 matmul weights (SD_INT8 set)
     vae_tile_above: int = 0  # SD_VAE_TILE_ABOVE: the torch VAE tiles images with more pixels than this squared
     # The sides the OpenVINO UNet takes are multiples of this (its graph upsamples by fixed factors, where torch's
     # matches each skip connection's size): 8 x 2 per downsampling stage, 64 for SD and SDXL.
@@ -125,8 +126,8 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     precision = facts.dtype
     if unet == "openvino" and facts.int8 in ("hybrid", "full", "weights"):
         precision = f"int8 ({facts.int8})"
-    elif unet == "openvino-control" and facts.int8 in ("hybrid", "full", "weights"):
-        precision = "int8 (weights)"  # the control UNet's and ControlNets' (openvino_control)
+    elif unet == "openvino-control" and facts.control_int8:
+        precision = "int8 (weights)"
     release = tuple((phase, part) for phase, part in (
         *(("encoding", encoder) for encoder in FAMILIES[facts.family].text_encoders),
         ("denoising", "unet") if facts.release_unet else ("", "")) if phase)

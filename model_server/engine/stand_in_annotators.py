@@ -90,8 +90,7 @@ def write_stand_in_annotators(folder: Path, names: tuple[str, ...] = ("lineart",
     written = []
     for name in names:
         # a full-size depth model is named as its published folder, a tiny one as what it is
-        target = folder / (ANNOTATORS[name].file or (ANNOTATORS[name].repo.split("/")[-1] if full
-                                                     else DEPTH_FOLDERS[name]))
+        target = folder / (ANNOTATORS[name].file or (ANNOTATORS[name].folder if full else DEPTH_FOLDERS[name]))
         written.append(target)
         if target.exists():
             continue

@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 
+from model_server.control.annotator_files import ANNOTATORS, AnnotatorFiles
 from model_server.errors import PipelineLoadError, load_error, redact
 from model_server.loading.download import ensure_files, ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
@@ -28,12 +29,6 @@ from model_server.models.catalog import parse_list
 from model_server.settings import ModelServerSettings
 
 log = logging.getLogger("model_server.fetch")
-
-
-def annotator_names() -> tuple[str, ...]:
-    from model_server.control.annotator_files import ANNOTATORS
-
-    return tuple(ANNOTATORS)
 
 
 def wanted(settings: ModelServerSettings) -> list[tuple[str, str, list[str] | None]]:
@@ -88,7 +83,6 @@ def fetch_annotators(settings: ModelServerSettings, names: list[str]) -> None:
 
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    from model_server.control.annotator_files import ANNOTATORS, AnnotatorFiles
     from model_server.loading.download import httpx2
 
     if not settings.annotator_dir:
@@ -107,7 +101,7 @@ def fetch_annotators(settings: ModelServerSettings, names: list[str]) -> None:
             if annotator.file:
                 hf_hub_download(annotator.repo, annotator.file, local_dir=folder, token=settings.token)
             else:
-                snapshot_download(annotator.repo, local_dir=folder / annotator.repo.split("/")[-1],
+                snapshot_download(annotator.repo, local_dir=folder / annotator.folder,
                                   token=settings.token, allow_patterns=["*.json", "*.safetensors"])
         except (OSError, ValueError, httpx2.HTTPError) as exc:  # the hub's errors are OSErrors
             raise load_error(f"could not download the annotator {name} from {annotator.repo}: "
@@ -122,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model_server fetch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--convert", action="store_true", help="then make this machine's one-time conversions too")
-    ap.add_argument("--annotators", nargs="*", metavar="NAME", choices=list(annotator_names()),
+    ap.add_argument("--annotators", nargs="*", metavar="NAME", choices=list(ANNOTATORS),
                     help="only download annotator models into ANNOTATOR_DIR: all, or those named "
-                    f"({', '.join(annotator_names())})")
+                    f"({', '.join(ANNOTATORS)})")
     args = ap.parse_args(argv)
     try:
         settings = ModelServerSettings.from_env()

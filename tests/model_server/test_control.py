@@ -5,6 +5,7 @@ tests/integration/test_control_service.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -176,7 +177,9 @@ def test_on_openvino_a_job_with_units_runs_the_control_unet_converted_once_unles
                             "ControlNet job, once)")
     ready = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready")
     assert decide(params(controls=units), ready).engine == "openvino bfloat16, ControlNet on OpenVINO"
-    int8 = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", int8="hybrid")
+    assert decide(params(controls=units), dataclasses.replace(ready, int8="hybrid")).engine == (
+        "openvino bfloat16, ControlNet on OpenVINO")  # the plain UNet's int8 is not the control UNet's
+    int8 = EngineFacts(dtype="bfloat16", openvino=True, control_unet="ready", int8="hybrid", control_int8=True)
     assert decide(params(controls=units), int8).engine == "openvino int8 (weights), ControlNet on OpenVINO"
     failed = decide(params(controls=units), EngineFacts(dtype="bfloat16", openvino=True, control_unet="failed"))
     assert failed.on_torch_because == ("ControlNet",)
