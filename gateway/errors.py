@@ -27,6 +27,7 @@ STATUS_FOR_CODE = {
     ErrorCode.CANCELLED: 409,
     ErrorCode.EXPIRED: 410,
     ErrorCode.DEADLINE: 422,
+    ErrorCode.OVER_BUDGET: 422,
     ErrorCode.QUEUE_FULL: 429,
     ErrorCode.PIPELINE_ERROR: 500,
     ErrorCode.PROTOCOL_MISMATCH: 502,

@@ -86,6 +86,16 @@ def ready():
     return jsonify(status="ready", model=pong.model)
 
 
+def _memory_view(pong) -> dict:
+    """The answering server's memory and the budget it keeps (jobs predicted over it are refused)."""
+    out = {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes, "available_bytes": pong.available_bytes}
+    budget = pong.memory_budget
+    if budget is not None:
+        out.update(budget_bytes=budget.budget_bytes or None, budget_source=budget.source,
+                   idle_bytes=budget.idle_bytes, resident_models=budget.resident)
+    return out
+
+
 @bp.get("/health")
 @probe
 def health():
@@ -109,7 +119,7 @@ def health():
         "optimizations": pong.optimizations,
         "model_state": pong.model_state.value,
         "queue": _queue(servers),
-        "memory": {"rss_bytes": pong.rss_bytes, "peak_rss_bytes": pong.peak_rss_bytes},
+        "memory": _memory_view(pong),
         "load_seconds": pong.load_seconds,
         "load": load_view(pong.load),
         "uptime_seconds": pong.uptime_seconds,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
-                               WebhookStatus)
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobMemory, JobState, JobView, ModelSwitch,
+                               ProgressInfo, WebhookStatus)
 
 
 class ImageLink(msgspec.Struct, kw_only=True):
@@ -50,6 +50,7 @@ class JobResource(msgspec.Struct, kw_only=True):
     stored: bool = True
     storage_error: str = ""
     webhook: WebhookStatus | None = None  # its callback_url's delivery, once the job has ended
+    memory: JobMemory | None = None  # its peak predicted at submit (the memory budget) and measured once it ended
     links: dict[str, str] = {}
 
 
@@ -85,7 +86,7 @@ def job_resource(view: JobView) -> JobResource:
         images=[_image_link(view.job_id, i) for i in view.images], cancel_requested=view.cancel_requested,
         interrupted=view.interrupted, engine=view.engine, model=view.model, model_switch=view.model_switch,
         lora_hashes=view.lora_hashes, stored=not view.not_stored, storage_error=view.not_stored,
-        webhook=view.webhook, links=links)
+        webhook=view.webhook, memory=view.memory, links=links)
 
 
 def steps_done(job: JobView) -> tuple[int, int]:

@@ -131,6 +131,13 @@ def out_of_memory_floor(available_mb: int, floor_mb: int) -> Rejection:
         retryable=True, retry_after=30.0))
 
 
+def over_budget(needed: str, budget: str, source: str, advice: str, field: str) -> Rejection:
+    return Rejection(ErrorInfo(
+        code=ErrorCode.OVER_BUDGET, field=field,
+        message=f"this job would need about {needed} of memory at its peak, over this server's budget of {budget} "
+                f"({source})", hint=advice))
+
+
 def disk_low(free_mb: int, mark_mb: int) -> Rejection:
     return Rejection(ErrorInfo(
         code=ErrorCode.DISK_FULL, message=f"only {free_mb} MB is free on the outputs disk (the mark is {mark_mb} MB)",

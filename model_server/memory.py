@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import resource
 import threading
 from pathlib import Path
@@ -50,18 +51,60 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _cgroup_room() -> int | None:
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+def _cgroup_folders(proc_cgroup: str, root: str) -> list[tuple[Path, str, str]]:
+    """(folder, limit file, usage file) for this process's memory cgroup and each of its ancestors, v2 and v1.
+
+    A process in a container sees its own cgroup as the root; one started in a child cgroup on a host (as
+    ``systemd-run -p MemoryMax`` or a test does) sees its path in /proc/self/cgroup, and any ancestor's
+    limit binds it too: every level that exists is read."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    found: list[tuple[Path, str, str]] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2's unified hierarchy
+            base, limit, usage = Path(root), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit, usage = Path(root) / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p != ".."]
+        for depth in range(len(parts), -1, -1):
+            found.append((base.joinpath(*parts[:depth]), limit, usage))
+    for base, limit, usage in ((Path(root), "memory.max", "memory.current"),
+                               (Path(root) / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes")):
+        found.append((base, limit, usage))  # a container's own cgroup, mounted as the root
+    return list(dict.fromkeys(found))
+
+
+def cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> tuple[int, int] | None:
+    """(limit, usage) of the tightest memory limit over this process (its cgroup or an ancestor's), or None
+    when no limit is set ("max", or v1's huge number)."""
+    best: tuple[int, int] | None = None
+    for folder, limit_name, usage_name in _cgroup_folders(proc_cgroup, root):
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text())
+            limit = (folder / limit_name).read_text().strip()
+            usage = int((folder / usage_name).read_text())
         except (OSError, ValueError):
             continue
-        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
-            return max(0, int(limit) - usage)
-    return None
+        if limit.isdigit() and int(limit) < 1 << 60 and (best is None or int(limit) < best[0]):
+            best = (int(limit), usage)
+    return best
+
+
+def physical_bytes() -> int:
+    """The machine's RAM (0 when it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def _cgroup_room() -> int | None:
+    found = cgroup_memory()
+    return None if found is None else max(0, found[0] - found[1])
 
 
 def available_bytes() -> int | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from common.env import Env, load, setting, truth
 from common.limits import RequestLimits
 from common.curve import CurveKeys
+from model_server import budget
 from model_server.models.catalog import parse_list
 from model_server.webhooks.signing import secret_bytes
 from protocol.transport import check_bind, default_address, expand
@@ -212,6 +213,13 @@ class ModelServerSettings(RequestLimits):
     min_free_memory_mb: int = setting(
         "MIN_FREE_MEMORY_MB", "Refuse new jobs (`503 out_of_memory`, retryable) while the machine or container has "
         "less free memory than this; 0 = off", 0)
+    memory_budget: str = setting(
+        "MEMORY_BUDGET", "The resident memory this server's jobs may reach at their peak: a size (`6GiB`, `6144MB`), "
+        "a share of RAM (`80%`), `off`, or `auto`: 90% of the cgroup memory limit when one is set (a container's "
+        "`--memory`, a Kubernetes limit), else 85% of RAM. Each job's peak is predicted at submit (its model, size, "
+        "hires fix, control units, upscaler; measured on this machine as jobs run) and a job over the budget is "
+        "refused (`422 over_memory_budget`) naming what to lower; `/health` shows it. With several model servers "
+        "on one machine, give each its share", "auto", read=lambda env, name: env.get(name, "").strip() or None)
     outputs_dir: str = setting(
         "OUTPUTS_DIR", "Where finished images and a record per job are written; jobs unfinished at a crash are "
         "reported failed (`model_server_lost`, retryable) after a restart. Empty keeps results in memory only. "
@@ -291,6 +299,7 @@ class ModelServerSettings(RequestLimits):
             secret_bytes(self.webhook_secret)  # none, or not a secret: stops the start, saying how to make one
         if self.webhook_timeout_seconds <= 0:
             raise ValueError("WEBHOOK_TIMEOUT_SECONDS must be more than 0")
+        budget.parse(self.memory_budget)
         if self.queue_size < 1:
             raise ValueError("MODEL_SERVER_QUEUE_SIZE must be at least 1")
         self.limits  # noqa: B018  (checks the bounds against the protocol's)

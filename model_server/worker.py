@@ -19,6 +19,8 @@ from PIL import Image
 from model_server import errors, memory
 from model_server.imaging import encode_image, encode_preview
 from model_server.jobs.job import Job
+from model_server.jobs.memory_budget import MemoryBudget
+from model_server.jobs.peaks import PeakTable, job_pixels, shape_of
 from model_server.jobs.speed import SpeedTable
 from model_server.jobs.table import JobTable
 from model_server.loading.progress import LoadProgress
@@ -73,6 +75,8 @@ class Worker(threading.Thread):
         self.models = make_model_set(settings, load)
         self.annotators = Annotators(self.models.controlnets.annotators)  # preprocessors' models, used here only
         self.speeds = SpeedTable(expand(settings.cache_dir) if settings.cache_dir else None)
+        self.peaks = PeakTable(expand(settings.cache_dir) if settings.cache_dir else None, self.speeds.host)
+        self.budget = MemoryBudget(settings.memory_budget, self.models, self.peaks)
         self.stopping = threading.Event()
         # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
         # a gateway that placed one of them elsewhere meanwhile can cancel it here first (it sees
@@ -101,6 +105,7 @@ class Worker(threading.Thread):
                     # and a queued job would only fault the same memory in again.
                     if used:
                         memory.release_memory()
+                        self.budget.idle()
                         used = False
                     elif not prepared and self.state.model_state is ModelState.READY:
                         prepared = self._prepare_ahead()  # one-time conversions, stopped when a job arrives
@@ -127,6 +132,7 @@ class Worker(threading.Thread):
         self.state.pipeline = self.models
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
         memory.release_memory()
+        self.budget.loaded(self.models.loaded.name)
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
@@ -219,6 +225,13 @@ class Worker(threading.Thread):
         self.table.record_detail(job, "")  # the next image's steps are not "restoring faces"
         return image, msgspec.structs.replace(job.params, face_restoration=msgspec.structs.replace(faces, model=name))
 
+    def _measured(self, job: Job, model: str, engine: str, start_bytes: int, peak: int,
+                  source_pixels: int = 0) -> None:
+        """A finished job's peak: shown in its view and kept for the memory budget's predictions."""
+        self.table.record_peak(job, peak)
+        p = job.params
+        self.peaks.record(model, shape_of(p, engine), job_pixels(p, source_pixels), start_bytes, peak)
+
     def _failed(self) -> bool:
         self.state.progress.halt()  # the phase it failed in stays in /health, without more log lines
         return False
@@ -229,15 +242,20 @@ class Worker(threading.Thread):
         self.notify(job.id)
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
-        sampler = memory.PeakSampler()
+        sampler = memory.PeakSampler().start()
+        start_bytes = sampler.peak
         try:
             if p.mode in ("upscale", "detect"):
                 images.append(self._upscale(job) if p.mode == "upscale" else self._detect(job))
+                self._measured(job, "", "", start_bytes, sampler.stop(), images[0][0].width * images[0][0].height)
                 self.table.succeed(job, images)
                 log.info("%s in %.2f s", "upscaled" if p.mode == "upscale" else "preprocessed",
                          time.monotonic() - started)
                 return
             model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text), lambda: job.stop_mode)
+            if switch is not None:  # what the job starts from is the new model's, not the old one's
+                self.budget.loaded(model)
+                start_bytes = switch.rss_bytes
             self.table.record_model(job, model, switch, lora_hashes)
             engine = pipeline.engine(p)
             self.table.record_engine(job, engine)
@@ -245,7 +263,6 @@ class Worker(threading.Thread):
                      p.steps, p.n, p.scheduler, ", ".join(f"{r.name}:{r.weight:g}" for r in p.loras) or "none",
                      engine)
             self.notify(job.id)
-            sampler.start()
             # The control maps, made once for the job's images (a preprocessor is a few milliseconds).
             control = (control_maps(p, job.control_images, job.init_image, job.mask, p.seed, self.annotators,
                                     job.control_masks) if p.controls else None)
@@ -275,6 +292,8 @@ class Worker(threading.Thread):
             peak, seconds = sampler.stop(), time.monotonic() - started
             made = len(images)
             images += self._detected_maps(job, control or [], made)
+            if not job.interrupted:
+                self._measured(job, model, engine, start_bytes, peak)
             self.table.succeed(job, images)
             if job.model_switch is None and not job.interrupted:  # a load or a cut-short run is no measure of speed
                 self.speeds.record(model, p, job.step_seconds, job.timed_steps, seconds, made, peak)

@@ -20,6 +20,7 @@ class ErrorCode(str, enum.Enum):
     PROTOCOL_MISMATCH = "protocol_mismatch"
     MODEL_SERVER_LOST = "model_server_lost"
     DISK_FULL = "disk_full"
+    OVER_BUDGET = "over_memory_budget"  # the job's predicted peak is over the server's memory budget (MEMORY_BUDGET)
     DEADLINE = "deadline"  # a job's deadline_seconds cannot be met (at submit), or passed while it waited
 
 

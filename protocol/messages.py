@@ -422,6 +422,14 @@ class WebhookStatus(_Shape):
     delivered_at: float | None = None
 
 
+class JobMemory(_Shape):
+    """A job's memory: its peak predicted at submit (the server's memory budget) and measured as it ran."""
+
+    predicted_peak_bytes: int = 0
+    basis: str = ""  # of the prediction: measured, scaled (another size), parts, prior (model_server/jobs/footprint)
+    peak_rss_bytes: int = 0  # the server's largest resident memory while it ran (0 until it ends)
+
+
 class JobView(_Shape):
     """What anyone may know about a job; shared by replies and events."""
 
@@ -451,6 +459,7 @@ class JobView(_Shape):
     # restarted server waits for its gateway to place it again (with them), then it fails lost.
     awaiting_uploads: bool = False
     webhook: WebhookStatus | None = None  # its callback_url's delivery, once the job has ended
+    memory: JobMemory | None = None  # predicted at submit, measured once it ended
 
 
 # --- requests (gateway -> model server) ----------------------------------------------------
@@ -619,6 +628,15 @@ class HostInfo(_Shape):
     memory_bytes: int = 0
 
 
+class BudgetStatus(_Shape):
+    """The memory budget a model server keeps (MEMORY_BUDGET) and what it holds between jobs."""
+
+    budget_bytes: int = 0  # 0: none kept
+    source: str = ""  # where the budget came from (the setting, the cgroup limit, a share of RAM)
+    idle_bytes: int = 0  # resident memory between jobs
+    resident: dict[str, int] = {}  # model name -> its resident memory when it was loaded
+
+
 class Pong(_Msg):
     model: str
     model_state: ModelState
@@ -648,6 +666,7 @@ class Pong(_Msg):
     default_model: str = ""
     storage: StorageStatus | None = None  # None: OUTPUTS_DIR is off (results in memory only)
     speeds: Annotated[list[SpeedEntry], msgspec.Meta(max_length=256)] = []  # what GET /v1/capabilities shows
+    memory_budget: BudgetStatus | None = None
     host: HostInfo | None = None
 
 

@@ -91,6 +91,10 @@ class DiffusersPipeline:
         self._ip_adapter = LoadedIpAdapter(pipe, self._settings.token)
         self.fast_pipe = None  # the text-to-image pipeline over the same modules, the tiny decoder as its VAE
         self._variants: dict[tuple, object] = {}
+        # The model's own weights as loaded (the memory budget scales its priors by them: model_server.jobs.footprint).
+        parts = [getattr(pipe, name, None) for name in family.text_encoders + ("unet", "vae")]
+        self._opts["weights_mb"] = round(sum(p.numel() * p.element_size() for part in parts if part is not None
+                                             for p in part.parameters()) / 2**20, 1)
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
         self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
                                   if self._vae_source and not self._lcm_missing else False)

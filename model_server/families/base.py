@@ -23,6 +23,10 @@ class Family:
     tiny_vae: str  # the hub's TAESD-class decoder (previews and the fast presets)
     # A linear map from the 4 latent channels to RGB (the VAE decoder's cheap approximation, ~1 ms per step).
     latent_rgb: tuple[tuple[float, float, float], ...]
+    # A full-size model of the family loaded on the bench machine (bf16, OpenVINO; docs/performance.md): what
+    # the memory budget expects of one this server has not loaded yet (model_server.jobs.footprint).
+    resident_bytes: int
+    weights_bytes: int  # its UNet, VAE and text encoders' parameters in bf16 (the priors above are for this size)
 
     @property
     def native_size(self) -> int:

@@ -18,6 +18,7 @@ SD1 = Family(
     control_pipelines=_CONTROL,
     lcm_lora="latent-consistency/lcm-lora-sdv1-5", tiny_vae="madebyollin/taesd",
     latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
+    resident_bytes=int(2.3 * 2**30), weights_bytes=2 * 1_066_000_000,  # UNet 860M, VAE 84M, CLIP ViT-L 123M
 )
 
 # The same pipeline classes and parts; OpenCLIP ViT-H text encoder. No LCM-LoRA was published for it, so the
@@ -27,4 +28,6 @@ SD2 = Family(
     conditioning="OpenCLIP ViT-H/14 hidden states", trained_sizes=_SIZES, one_step_size=512, pipelines=_PIPELINES,
     control_pipelines=_CONTROL,
     lcm_lora="", tiny_vae="madebyollin/taesd", latent_rgb=SD1.latent_rgb,
+    # SD 1.x's with the larger text encoder (OpenCLIP ViT-H, 340M against 123M)
+    resident_bytes=int(2.7 * 2**30), weights_bytes=2 * 1_289_000_000,
 )

@@ -24,4 +24,5 @@ SDXL = Family(
     lcm_lora="latent-consistency/lcm-lora-sdxl", tiny_vae="madebyollin/taesdxl",
     latent_rgb=((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
                 (-0.3112, -0.2359, -0.2076)),
+    resident_bytes=int(5.6 * 2**30), weights_bytes=2 * 3_470_000_000,  # UNet 2.57B, VAE 84M, ViT-L 123M, bigG 695M
 )

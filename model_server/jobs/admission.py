@@ -37,6 +37,18 @@ def check(msg: Submit, status: ModelStatus, settings: ModelServerSettings) -> No
         raise errors.out_of_memory_floor(available // 2**20, floor // 2**20)
 
 
+def source_pixels(msg: Submit) -> int:
+    """An upscale job's result pixels, from its upload's header (what its memory grows with); 0 for another job."""
+    if msg.params.mode != "upscale" or not msg.init_image:
+        return 0
+    try:
+        width, height = header_size(msg.init_image, "init_image")
+    except Rejection:
+        return 0  # refused when it is decoded, saying why
+    width, height = contract.upscale_size(width, height, msg.params)
+    return width * height
+
+
 def check_disk(health: StorageHealth | None) -> None:
     """Refuse while the outputs disk is under its free-space mark (retryable): better than a job
     whose result cannot be kept."""

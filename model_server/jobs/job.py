@@ -6,7 +6,8 @@ import dataclasses
 from typing import Any
 
 from model_server.jobs.outputs import JobRecord
-from protocol.messages import ErrorInfo, GenerationParams, ImageInfo, JobState, ModelSwitch, StopMode, steps_run
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobMemory, JobState, ModelSwitch, StopMode,
+                               steps_run)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Job:
     # One per control unit: its decoded image (RGB, its own size), or None for the init image's (memory only).
     control_images: list = dataclasses.field(default_factory=list)
     control_masks: list = dataclasses.field(default_factory=list)  # one per unit: an L image, or None (memory only)
+    memory: JobMemory | None = None  # its predicted peak (at submit) and measured one (once it ended)
     tiles: int = 0  # an upscale job's tiles, its "steps" (known once it starts)
     step_seconds: float = 0.0  # the timed steps' total, and how many (the measured speeds, jobs/speed.py)
     timed_steps: int = 0

@@ -24,6 +24,7 @@ import msgspec
 
 from model_server.cpu import cpu_flags
 from model_server.jobs.disk import atomic_write
+from model_server.memory import physical_bytes
 from protocol.messages import GenerationParams, HostInfo, SpeedEntry, hires_size, hires_steps_run, steps_run
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,7 @@ def host_info() -> HostInfo:
         pass
     flags = cpu_flags()
     isa = "+".join(dict.fromkeys(name for flag, name in _ISA if flag in flags))
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        memory = 0
-    return HostInfo(cpu=cpu, threads=len(os.sched_getaffinity(0)), isa=isa, memory_bytes=memory)
+    return HostInfo(cpu=cpu, threads=len(os.sched_getaffinity(0)), isa=isa, memory_bytes=physical_bytes())
 
 
 def _key(model: str, preset: str, mode: str, width: int, height: int) -> tuple:

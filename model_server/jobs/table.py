@@ -28,8 +28,8 @@ from model_server.jobs.eta import StepClock
 from model_server.jobs.job import Job
 from model_server.jobs.outputs import OutputStore
 from model_server.jobs.records import Records
-from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobState, JobView, ModelSwitch, ProgressInfo,
-                               StopMode, has_uploads, lost_before_start)
+from protocol.messages import (ErrorInfo, GenerationParams, ImageInfo, JobMemory, JobState, JobView, ModelSwitch,
+                               ProgressInfo, StopMode, has_uploads, lost_before_start)
 
 _TOMBSTONES = 10_000
 _SWEEP_SECONDS = 60.0
@@ -82,7 +82,8 @@ class JobTable:
             self._unreserve_locked(client_id)
 
     def submit(self, params: GenerationParams, client_id: str = "", request_id: str = "", init_image=None,
-               mask=None, control_images=None, control_masks=None, reserved: bool = False, job_id: str = "") -> Job:
+               mask=None, control_images=None, control_masks=None, reserved: bool = False, job_id: str = "",
+               memory: JobMemory | None = None) -> Job:
         """Queue a job. ``job_id`` keeps the id a job had on a model server that died before running
         it (a gateway placing it again); an id this server already knows is refused."""
         if job_id and job_id.startswith(self.server_id):  # only this server makes ids with its prefix, never a peer
@@ -105,7 +106,7 @@ class JobTable:
                 self._check_room_locked(client_id)
             job = Job(id=job_id or self.server_id + uuid.uuid4().hex[8:], params=params, created_at=time.time(),
                       client_id=client_id, request_id=request_id, init_image=init_image, mask=mask,
-                      control_images=control_images or [], control_masks=control_masks or [])
+                      control_images=control_images or [], control_masks=control_masks or [], memory=memory)
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._work.notify()
@@ -250,7 +251,7 @@ class JobTable:
                 error=job.error, images=[info for info, _ in job.images], cancel_requested=job.cancel_requested,
                 interrupted=job.interrupted, engine=job.engine, model=job.model, model_switch=job.model_switch,
                 lora_hashes=dict(job.lora_hashes), not_stored=job.not_stored,
-                awaiting_uploads=job.awaiting_uploads and not job.state.terminal, webhook=webhook)
+                awaiting_uploads=job.awaiting_uploads and not job.state.terminal, webhook=webhook, memory=job.memory)
 
     def _progress_locked(self, job: Job) -> ProgressInfo:
         elapsed = round((job.finished_at or time.time()) - job.started_at, 3) if job.started_at else 0.0
@@ -316,6 +317,10 @@ class JobTable:
             if switch is not None:
                 self.stats["model_switches"] += 1
                 self.stats["model_switch_seconds"] += switch.seconds
+
+    def record_peak(self, job: Job, peak_bytes: int) -> None:
+        with self._lock:
+            job.memory = msgspec.structs.replace(job.memory or JobMemory(), peak_rss_bytes=peak_bytes)
 
     def record_tiles(self, job: Job, tiles: int) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from model_server import errors
 from model_server.errors import Rejection
 from model_server.jobs.admission import decode_images
 from model_server.settings import ModelServerSettings
-from protocol.messages import Submit
+from protocol.messages import JobMemory, Submit
 
 log = logging.getLogger(__name__)
 DECODED_ADDRESS = "inproc://decoded-uploads"
@@ -39,6 +39,7 @@ class Pending:
     identity: bytes
     ref: int
     msg: Submit
+    memory: JobMemory | None = None  # the job's predicted peak (the memory budget's check)
     images: tuple | None = None  # (init image, mask) once decoded
     rejection: Rejection | None = None
 

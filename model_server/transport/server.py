@@ -33,7 +33,7 @@ from model_server.webhooks.signing import secret_bytes
 from model_server.worker import EVENTS_ADDRESS, ModelStatus, Worker
 from protocol import codec, transport
 from protocol.errors import ProtocolError
-from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview,
+from protocol.messages import (Accepted, Cancel, Cancelled, Completed, Delete, Failed, FetchPreview, JobMemory,
                                FetchResult, GetJob, ImageInfo, JobInfo, JobList, JobState, ListJobs, ListModels,
                                ModelState, Ping, Pong, Progress, Rejected, Release, Result, Submit, Watch, Working,
                                has_uploads)
@@ -254,7 +254,7 @@ class ModelServer:
             loaded_model=getattr(self.worker.models.loaded, "name", ""),
             default_model=self.worker.models.catalog.default.name,
             storage=storage.status() if storage else None, speeds=self.worker.speeds.entries(),
-            host=self.worker.speeds.host)
+            host=self.worker.speeds.host, memory_budget=self.worker.budget.status())
 
     def _on_submit(self, identity, ref, msg: Submit) -> None:
         try:
@@ -264,11 +264,13 @@ class ModelServer:
                 models = self.worker.models
                 deadlines.check(msg.params, self.table, self.worker.speeds, msg.params.model or
                                 models.catalog.default.name, models.unavailable_presets())
+            predicted = self.worker.budget.check(msg.params, admission.source_pixels(msg))
+            memory_view = predicted and JobMemory(predicted_peak_bytes=predicted.peak_bytes, basis=predicted.basis)
             if has_uploads(msg.params):  # bounds first, so a flood of uploads is refused before any is decoded
                 self.table.reserve(msg.client_id)
-                self.decoder.put(Pending(identity, ref, msg))
+                self.decoder.put(Pending(identity, ref, msg, memory=memory_view))
                 return
-            job = self.table.submit(msg.params, msg.client_id, msg.request_id, job_id=msg.job_id)
+            job = self.table.submit(msg.params, msg.client_id, msg.request_id, job_id=msg.job_id, memory=memory_view)
         except Rejection:
             self.table.stats["jobs_rejected"] += 1
             raise
@@ -281,7 +283,7 @@ class ModelServer:
         else:
             try:
                 job = self.table.submit(msg.params, msg.client_id, msg.request_id, *pending.images, reserved=True,
-                                        job_id=msg.job_id)
+                                        job_id=msg.job_id, memory=pending.memory)
             except Rejection as exc:  # shutting down since the place was reserved
                 rejection = exc
             else:

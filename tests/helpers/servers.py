@@ -40,6 +40,7 @@ def server_starter(folder: Path):
 
     def start(load=None, step_seconds: float = 0.01, wait_ready: bool = True,
               **overrides) -> tuple[ModelServer, ModelClient]:
+        overrides.setdefault("cache_dir", str(folder / "cache"))  # measured speeds and peaks: the test's own
         settings = ModelServerSettings(bind=f"ipc://{folder}/model-{len(started)}.sock", pipeline="fake",
                                        **overrides)
         load = load or (lambda: FailingPipeline(step_seconds=step_seconds))

@@ -1,0 +1,156 @@
+"""A job's peak memory, predicted at submit, and what to lower when it would not fit the budget.
+
+The peak is the resident memory the job starts from plus its rise. The start: the process's resident memory
+when the job's model is the one loaded (the worker's last idle reading), else what that model took when it
+was last loaded here, else its family's full-size footprint (``Family.resident_bytes``) scaled by its weight
+files. The rise: measured on this host for the same model and kind of job (model_server.jobs.peaks), at the
+nearest size, scaled to this size by the prior's shape; a kind never run here is the plain job's measured
+rise plus the prior parts for what it adds; a model never run here is the prior alone. The prior was
+measured on the bench machine (python -m bench.memory; docs/performance.md "Memory budget") for full-size
+models and is scaled by the model's size, so a small model is not refused for a big one's needs. The absolute
+peak measured for the same kind and size is a floor too: OpenVINO keeps a size's buffers once it ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import msgspec
+
+from model_server.families import FAMILIES
+from model_server.jobs.peaks import PeakTable, job_pixels, shape_of
+from protocol.control import ANNOTATOR_MODULES, IP_ADAPTER, module_named
+from protocol.messages import GenerationParams, runs_diffusion
+
+GIB = 2**30
+RUNTIME_BYTES = int(0.45 * GIB)  # Python, torch, diffusers and OpenVINO imported, no model (measured 0.43)
+# A first job's rise for a full-size model of a family (SD v1.4-shaped, bf16; bench machine): a fixed part (the
+# text encoder's pass, the scheduler, OpenVINO compiling for a new size) and a part per megapixel of the largest
+# pass (UNet and VAE activations).
+# On torch the fixed part is mostly the weights coming back: idle, they are mapped but not resident
+# (SD_RELEASE_IDLE_WEIGHTS). Measured: OpenVINO 0.52 GiB at 512x512, 1.08 at 1024x1024; torch 1.86 at 512x512,
+# 2.22 at 768x768.
+_RISE = {"openvino": (0.30 * GIB, 1.0 * GIB), "torch": (1.6 * GIB, 1.1 * GIB),
+         # An upscale job: its upscaler and one tile's activations (bounded by UPSCALE_TILE), and the result held
+         # as float and as bytes; a detect job: one annotator at its resolution (normal_bae's is the largest).
+         "upscale": (0.6 * GIB, 0.05 * GIB), "detect": (1.45 * GIB, 0.05 * GIB)}
+# What a part adds to a full-size SD 1.x job (bench machine, docs/performance.md "Control" and "Finishing").
+CONTROLNET = {"openvino": int(1.15 * GIB), "torch": int(0.45 * GIB)}
+IP_ADAPTER_BYTES = int(1.3 * GIB)
+ANNOTATOR = {"normal_bae": int(1.45 * GIB)}  # the others measured 0.29-0.67 GiB: 0.7 stands for them
+ANNOTATOR_OTHER = int(0.7 * GIB)
+FACES = int(0.4 * GIB)
+LORA_ON_TORCH = 0.7  # of the model: its torch UNet faulted back in when a LoRA job leaves OpenVINO
+_WEIGHT_FILES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A job's predicted peak and what it is made of (the job's view and a refusal show it)."""
+
+    peak_bytes: int
+    start_bytes: int
+    rise_bytes: int
+    basis: str  # "measured" (this kind at this size), "scaled" (this kind, another size), "parts", "prior"
+
+
+def weight_bytes(source: str, kind: str) -> int | None:
+    """What a model's weight files take on disk (a folder's or a single file's; None: not on this disk)."""
+    if kind not in ("folder", "single_file"):
+        return None
+    path = Path(source)
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in _WEIGHT_FILES and f.is_file()) or None
+    except OSError:
+        return None
+
+
+# Whatever the model: the decoded image as floats and bytes, the PNG being written (measured on the tiny model:
+# 0.05 GiB at 512x512, 0.19 at 1536x1536).
+IMAGE_PER_MPX = 0.08 * GIB
+
+
+def _rise_prior(engine_kind: str, pixels: int, scale: float) -> int:
+    fixed, per_mpx = _RISE.get(engine_kind or "torch", _RISE["torch"])
+    return int(scale * (fixed + per_mpx * pixels / 1e6) + IMAGE_PER_MPX * pixels / 1e6)
+
+
+class Footprints:
+    """Predicts jobs' peaks from the host's measurements (see the module)."""
+
+    def __init__(self, peaks: PeakTable):
+        self.peaks = peaks
+        self.resident: dict[str, int] = {}  # model name -> RSS after it was last loaded (the worker writes it)
+        self.weights: dict[str, int] = {}  # model name -> its weights' bytes as loaded (the pipeline says)
+
+    def model_scale(self, model: str, family: str, start_bytes: int) -> float:
+        """The model's activations against its family's full size: scales the priors (a tiny model needs little).
+        Weights grow with the square of a network's width and activations with the width, hence the root. From
+        its loaded weights when known (on torch they are mapped, not resident, after the load), else from where
+        the job would start."""
+        weights = self.weights.get(model)
+        if weights:
+            own, full = weights, FAMILIES[family].weights_bytes
+        else:
+            own, full = start_bytes - RUNTIME_BYTES, FAMILIES[family].resident_bytes - RUNTIME_BYTES
+        return min(2.0, max(0.02, max(0.0, own / full) ** 0.5))
+
+    def start_for(self, model: str, family: str, source: str, kind: str, loaded: bool, idle_bytes: int) -> int:
+        """The resident memory the job would start from (see the module)."""
+        if loaded:
+            return idle_bytes
+        if model in self.resident:
+            return self.resident[model]
+        on_disk = weight_bytes(source, kind)
+        if on_disk is not None:  # the old model goes first: the runtime plus this one's weights (bf16 at most)
+            return RUNTIME_BYTES + on_disk
+        return FAMILIES[family].resident_bytes
+
+    def predict(self, model: str, family: str, params: GenerationParams, engine: str, start_bytes: int,
+                source_pixels: int = 0) -> Prediction:
+        """The job's peak when it starts from ``start_bytes`` (``start_for``), its UNet run by ``engine``."""
+        shape, pixels = shape_of(params, engine), job_pixels(params, source_pixels)
+        kind = "openvino" if engine.startswith("openvino") else "torch"
+        if not runs_diffusion(params):  # no model runs: the upscaler's or annotator's own, full size
+            kind, scale = params.mode, 1.0
+        else:
+            scale = self.model_scale(model, family, start_bytes)
+        near = self.peaks.nearest(model, shape, pixels)
+        if near is not None:
+            ratio = _rise_prior(kind, pixels, 1.0) / _rise_prior(kind, near.pixels, 1.0)
+            rise = int(near.rise_bytes * ratio)
+            floor = near.peak_bytes + rise - near.rise_bytes  # the absolute peak it reached, moved by the size
+            return Prediction(max(start_bytes + rise, floor), start_bytes, rise,
+                              "measured" if near.pixels == pixels else "scaled")
+        plain = msgspec.structs.replace(params, hires=None, controls=[], face_restoration=None, loras=[])
+        base = self.peaks.nearest(model, shape_of(plain, engine), pixels)  # the plain job parts() adds to
+        if base is not None:
+            rise = int(base.rise_bytes * _rise_prior(kind, pixels, 1.0) / _rise_prior(kind, base.pixels, 1.0))
+            basis = "parts"
+        else:
+            rise, basis = _rise_prior(kind, pixels, scale), "prior"
+        rise += self.parts(params, engine, scale)
+        return Prediction(start_bytes + rise, start_bytes, rise, basis)
+
+    @staticmethod
+    def parts(params: GenerationParams, engine: str, scale: float) -> int:
+        """What the job's extras add (priors, scaled by the model's size): control units, faces, LoRAs."""
+        kind = "openvino" if engine.startswith("openvino") else "torch"
+        extra = 0.0
+        for unit in params.controls:
+            module = module_named(unit.module)
+            if module == IP_ADAPTER:
+                extra += IP_ADAPTER_BYTES * scale
+                continue
+            extra += CONTROLNET[kind] * scale
+            if module in ANNOTATOR_MODULES:  # an annotator is full size whatever the model
+                extra += ANNOTATOR.get(ANNOTATOR_MODULES[module].annotator, ANNOTATOR_OTHER)
+        if params.face_restoration is not None:
+            extra += FACES
+        if params.loras and "runs on torch" in engine:  # the OpenVINO model's job on torch: its UNet comes back
+            extra += LORA_ON_TORCH * scale * (FAMILIES["sd1"].resident_bytes - RUNTIME_BYTES)
+        return int(extra)
+

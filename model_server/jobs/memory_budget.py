@@ -1,0 +1,122 @@
+"""The memory budget kept at submit: each job's peak predicted (model_server.jobs.footprint) and a job over
+the budget (model_server.budget) refused, saying what to lower, before it could take the process down.
+
+The IO thread predicts and checks; the worker writes what it measures (the idle resident memory, each model's
+after its load, each job's peak: model_server.jobs.peaks), so a prediction uses the latest readings without a
+lock (each is one assignment). The check assumes the job runs alone, as a model server runs its jobs.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from model_server import budget, errors, memory
+from model_server.budget import Budget
+from model_server.jobs.footprint import GIB, Footprints, Prediction
+from model_server.jobs.peaks import PeakTable
+from model_server.models.model_set import ModelSet
+from protocol.messages import BudgetStatus, GenerationParams, runs_diffusion
+
+_SIZE_STEPS = 16  # sizes tried for the advice, from the job's down to a quarter of its sides
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.2f} GiB"
+
+
+class MemoryBudget:
+    """The budget, the predictions and the refusals of one model server (see the module)."""
+
+    def __init__(self, setting: str, models: ModelSet, peaks: PeakTable):
+        self.setting, self.models = setting, models  # MEMORY_BUDGET, checked at start
+        self.footprints = Footprints(peaks)
+        self.idle_bytes = memory.rss_bytes()  # the worker's latest reading between jobs
+
+    # --- the worker's readings ---------------------------------------------------------------------
+
+    def loaded(self, model: str) -> None:
+        """A model was just loaded (at start or by a switch): what it holds, for jobs that would load it again."""
+        self.idle_bytes = memory.rss_bytes()
+        self.footprints.resident[model] = self.idle_bytes
+        weights_mb = self.models.optimizations().get("weights_mb")
+        if isinstance(weights_mb, (int, float)) and weights_mb > 0:
+            self.footprints.weights[model] = int(weights_mb * 2**20)
+
+    def idle(self) -> None:
+        self.idle_bytes = memory.rss_bytes()
+
+    @property
+    def budget(self) -> Budget:
+        """The budget now: read at each use, so a container's limit changed while it runs (Kubernetes' in-place
+        resize) holds from the next job (a few small files)."""
+        return budget.resolve(self.setting)
+
+    # --- the IO thread's checks --------------------------------------------------------------------
+
+    def predict(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
+        """The job's predicted peak (None: the model is unknown, which the admission refuses anyway)."""
+        models = self.models
+        if not runs_diffusion(params):  # an upscale or detect job: no model runs, the loaded one stays
+            return self.footprints.predict("", "sd1", params, "", self.idle_bytes, source_pixels)
+        model = models.catalog.find(params.model)
+        if model is None:
+            return None
+        is_loaded = models.loaded is not None and models.loaded.name == model.name
+        engine = models.engine(params) if is_loaded else ""
+        start = self.footprints.start_for(model.name, model.family, model.source, model.kind, is_loaded,
+                                          self.idle_bytes)
+        return self.footprints.predict(model.name, model.family, params, engine, start, source_pixels)
+
+    def check(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
+        """The job's prediction, or a Rejection when it is over the budget."""
+        prediction, kept = self.predict(params, source_pixels), self.budget
+        if prediction is None or not kept.bytes or prediction.peak_bytes <= kept.bytes:
+            return prediction
+        field, advice = self._advice(params, prediction, source_pixels, kept.bytes)
+        raise errors.over_budget(_gib(prediction.peak_bytes), _gib(kept.bytes), kept.source, advice, field)
+
+    def _fits(self, params: GenerationParams, source_pixels: int, most: int) -> bool:
+        prediction = self.predict(params, source_pixels)
+        return prediction is not None and prediction.peak_bytes <= most
+
+    def _advice(self, params: GenerationParams, prediction: Prediction, source_pixels: int,
+                most: int) -> tuple[str, str]:
+        """(the field to lower, what to do): the largest size of the job's shape that fits, else a smaller hires
+        scale, fewer control units or no face restoration; else the model itself is too big for the budget."""
+        ways: list[str] = []
+        field = ""
+        if params.mode not in ("upscale", "detect"):
+            for i in range(1, _SIZE_STEPS + 1):
+                share = 1 - 0.75 * i / _SIZE_STEPS
+                width, height = (max(64, int(side * share) // 64 * 64) for side in (params.width, params.height))
+                if (width, height) == (params.width, params.height):
+                    continue
+                smaller = msgspec.structs.replace(params, width=width, height=height)
+                if self._fits(smaller, source_pixels, most):
+                    ways.append(f"lower the size to {width}x{height}")
+                    field = "width"
+                    break
+        if params.hires is not None and self._fits(msgspec.structs.replace(params, hires=None), source_pixels, most):
+            ways.append("turn the hires fix off or lower its scale")
+            field = field or "hires"
+        if params.controls and self._fits(msgspec.structs.replace(params, controls=[]), source_pixels, most):
+            ways.append("use fewer control units")
+            field = field or "controls"
+        if params.face_restoration is not None and self._fits(
+                msgspec.structs.replace(params, face_restoration=None), source_pixels, most):
+            ways.append("leave face restoration off")
+            field = field or "face_restoration"
+        if params.mode == "upscale":
+            ways.append("upscale a smaller image or by a smaller factor")
+            field = "upscale"
+        if not ways:
+            return "model", (f"The model alone needs about {_gib(prediction.start_bytes)}: use a smaller model "
+                             "(or SD_INT8=weights), or give this server more memory (MEMORY_BUDGET).")
+        return field, "To fit, " + ", or ".join(ways) + "."
+
+    def status(self) -> BudgetStatus:
+        """What /health shows: the budget, its source, the idle resident memory and each model's."""
+        loaded, kept = self.models.loaded, self.budget
+        return BudgetStatus(budget_bytes=kept.bytes, source=kept.source, idle_bytes=self.idle_bytes,
+                            resident={name: size for name, size in self.footprints.resident.items()
+                                      if loaded is not None and name == loaded.name})

@@ -1,0 +1,123 @@
+"""What each kind of job took in memory on this host: its peak RSS and its rise over the RSS it started from.
+
+A kind of job is its model and its shape (``shape_of``: mode, what runs its UNet, preset, and the parts that
+add memory: hires fix, control modules, face restoration, LoRAs); an entry per kind and size. Every job that
+ends succeeded is measured (unlike the speeds, a switch or a LoRA is part of what memory must be known for):
+the peak is kept as the largest seen, the rise smoothed towards the newest (a first job's one-time costs, such
+as OpenVINO compiling for a new size, fade) but never below it. Kept in SD_CACHE_DIR, one file per host and
+RAM size, beside the speeds (model_server/jobs/speed.py): another machine starts afresh, a restart does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+
+from model_server.jobs.disk import atomic_write
+from protocol.control import module_named
+from protocol.messages import GenerationParams, HostInfo, hires_size
+
+log = logging.getLogger(__name__)
+MAX_ENTRIES = 512  # the oldest measured go first
+_NEW_WEIGHT = 0.3
+
+
+class PeakEntry(msgspec.Struct, kw_only=True):
+    """One kind of job at one size: what it took on this host."""
+
+    model: str
+    shape: str
+    pixels: int  # of its largest pass (the hires fix's second, an upscale's result)
+    peak_bytes: int  # the largest RSS seen while one ran
+    rise_bytes: int  # the peak over the RSS the job started from (smoothed, never below the newest)
+    jobs: int = 1
+    measured_at: float = 0.0
+
+
+def engine_kind(engine: str) -> str:
+    """What ran the UNet, as a kind: openvino or torch (a job's engine string begins with it)."""
+    return "openvino" if engine.startswith("openvino") else "torch" if engine else ""
+
+
+def shape_of(params: GenerationParams, engine: str) -> str:
+    """The parts of a job that set its memory beyond its size (see the module)."""
+    parts = [params.mode, engine_kind(engine), params.preset]
+    if params.hires is not None:
+        parts.append(f"hires:{params.hires.upscaler}")
+    if params.controls:
+        parts.append("control:" + "+".join(sorted(f"{module_named(u.module)}:{u.model}" for u in params.controls)))
+    if params.face_restoration is not None:
+        parts.append(f"faces:{params.face_restoration.model}")
+    if params.loras:
+        parts.append(f"loras:{len(params.loras)}")
+    if params.mode == "upscale":
+        parts.append(f"upscaler:{params.upscaler}+{params.upscaler_2}")
+    return "|".join(parts)
+
+
+def job_pixels(params: GenerationParams, source_pixels: int = 0) -> int:
+    """The pixels of the job's largest pass: the hires fix's second pass, an upscale's source."""
+    if params.mode == "upscale":
+        return source_pixels or params.width * params.height
+    if params.hires is not None:
+        width, height = hires_size(params)
+        return width * height
+    return params.width * params.height
+
+
+class PeakTable:
+    """The measured peaks of this host (see the module); thread-safe."""
+
+    def __init__(self, folder: str | Path | None, host: HostInfo, clock=time.time):
+        digest = hashlib.sha256(f"{host.cpu}|{host.threads}|{host.isa}|{host.memory_bytes}".encode()).hexdigest()[:12]
+        self.path = Path(folder) / f"peaks-{digest}.json" if folder else None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str, int], PeakEntry] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                for entry in msgspec.json.decode(self.path.read_bytes(), type=list[PeakEntry]):
+                    self._entries[(entry.model, entry.shape, entry.pixels)] = entry
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("measured peaks in %s cannot be read; measuring afresh: %s", self.path, exc)
+
+    def record(self, model: str, shape: str, pixels: int, start_bytes: int, peak_bytes: int) -> None:
+        if not (pixels > 0 and peak_bytes > 0):  # model "": an upscale or detect job (no model runs)
+            return
+        rise = max(0, peak_bytes - start_bytes)
+        key = (model, shape, pixels)
+        with self._lock:
+            old = self._entries.get(key)
+            if old is None:
+                entry = PeakEntry(model=model, shape=shape, pixels=pixels, peak_bytes=peak_bytes, rise_bytes=rise,
+                                  measured_at=self._clock())
+            else:
+                mixed = int((1 - _NEW_WEIGHT) * old.rise_bytes + _NEW_WEIGHT * rise)
+                entry = msgspec.structs.replace(old, peak_bytes=max(old.peak_bytes, peak_bytes),
+                                                rise_bytes=max(mixed, rise), jobs=old.jobs + 1,
+                                                measured_at=self._clock())
+            self._entries[key] = entry
+            if len(self._entries) > MAX_ENTRIES:
+                del self._entries[min(self._entries, key=lambda k: self._entries[k].measured_at)]
+            data = msgspec.json.encode(sorted(self._entries.values(), key=lambda e: e.measured_at))
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path, data)
+            except OSError as exc:
+                log.warning("measured peaks not kept on disk: %s", exc)
+
+    def nearest(self, model: str, shape: str, pixels: int) -> PeakEntry | None:
+        """The measured entry of this model and shape whose size is nearest ``pixels`` (None: never measured)."""
+        with self._lock:
+            same = [e for e in self._entries.values() if e.model == model and e.shape == shape]
+        return min(same, key=lambda e: (abs(e.pixels - pixels), -e.pixels)) if same else None
+
+    def entries(self) -> list[PeakEntry]:
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.model, e.shape, e.pixels))
