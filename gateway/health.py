@@ -54,6 +54,7 @@ def _server(view: ServerView) -> dict:
                     model_state=pong.model_state.value,
                     queue_depth=pong.queue_depth, running=pong.running_job is not None,
                     rss_bytes=pong.rss_bytes, load=load_view(pong.load),
+                    memory_budget_bytes=pong.memory_budget.budget_bytes or None if pong.memory_budget else None,
                     storage=msgspec.structs.asdict(pong.storage) if pong.storage else None)
     if view.error:
         body["error"] = view.error

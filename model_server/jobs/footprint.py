@@ -25,13 +25,13 @@ from protocol.messages import GenerationParams, runs_diffusion
 
 GIB = 2**30
 RUNTIME_BYTES = int(0.45 * GIB)  # Python, torch, diffusers and OpenVINO imported, no model (measured 0.43)
-# A first job's rise for a full-size model of a family (SD v1.4-shaped, bf16; bench machine): a fixed part (the
-# text encoder's pass, the scheduler, OpenVINO compiling for a new size) and a part per megapixel of the largest
-# pass (UNet and VAE activations).
-# On torch the fixed part is mostly the weights coming back: idle, they are mapped but not resident
-# (SD_RELEASE_IDLE_WEIGHTS). Measured: OpenVINO 0.52 GiB at 512x512, 1.08 at 1024x1024; torch 1.86 at 512x512,
+# A first job's rise for a full-size model of a family (SD v1.4-shaped, bf16; bench machine): its weights coming
+# back (on torch, idle weights are mapped but not resident: SD_RELEASE_IDLE_WEIGHTS), a fixed part (the text
+# encoder's pass, the scheduler, OpenVINO compiling for a new size) and a part per megapixel of the largest pass
+# (UNet and VAE activations). Measured: OpenVINO 0.52 GiB at 512x512, 1.08 at 1024x1024; torch 1.86 at 512x512,
 # 2.22 at 768x768.
-_RISE = {"openvino": (0.30 * GIB, 1.0 * GIB), "torch": (1.6 * GIB, 1.1 * GIB),
+_WEIGHTS_BACK = {"openvino": 0.0, "torch": 1.5 * GIB}
+_RISE = {"openvino": (0.30 * GIB, 1.0 * GIB), "torch": (0.1 * GIB, 1.1 * GIB),
          # An upscale job: its upscaler and one tile's activations (bounded by UPSCALE_TILE), and the result held
          # as float and as bytes; a detect job: one annotator at its resolution (normal_bae's is the largest).
          "upscale": (0.6 * GIB, 0.05 * GIB), "detect": (1.45 * GIB, 0.05 * GIB)}
@@ -42,6 +42,11 @@ ANNOTATOR = {"normal_bae": int(1.45 * GIB)}  # the others measured 0.29-0.67 GiB
 ANNOTATOR_OTHER = int(0.7 * GIB)
 FACES = int(0.4 * GIB)
 LORA_ON_TORCH = 0.7  # of the model: its torch UNet faulted back in when a LoRA job leaves OpenVINO
+# A kind of job this host has not run yet is priced with a margin: the priors are for the bench's model and
+# machine, and a job under-predicted could take the process down (measured on the tiny model: its first hires
+# job rose 1.4x what its plain jobs' measured rises added up to).
+UNMEASURED_MARGIN = 1.5
+TINY_BYTES = 64 * 2**20
 _WEIGHT_FILES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
@@ -57,6 +62,8 @@ class Prediction:
 
 def weight_bytes(source: str, kind: str) -> int | None:
     """What a model's weight files take on disk (a folder's or a single file's; None: not on this disk)."""
+    if kind == "tiny":  # the random-weight test models, made on first use: a few MB
+        return TINY_BYTES
     if kind not in ("folder", "single_file"):
         return None
     path = Path(source)
@@ -73,9 +80,13 @@ def weight_bytes(source: str, kind: str) -> int | None:
 IMAGE_PER_MPX = 0.08 * GIB
 
 
-def _rise_prior(engine_kind: str, pixels: int, scale: float) -> int:
-    fixed, per_mpx = _RISE.get(engine_kind or "torch", _RISE["torch"])
-    return int(scale * (fixed + per_mpx * pixels / 1e6) + IMAGE_PER_MPX * pixels / 1e6)
+def _rise_prior(engine_kind: str, pixels: int, ratio: float) -> int:
+    """The prior rise of a model whose weights are ``ratio`` of its family's full size: weights grow with the
+    square of a network's width and activations with the width, hence the root for the activations."""
+    kind = engine_kind if engine_kind in _RISE else "torch"
+    fixed, per_mpx = _RISE[kind]
+    return int(_WEIGHTS_BACK.get(kind, 0.0) * ratio + ratio ** 0.5 * (fixed + per_mpx * pixels / 1e6)
+               + IMAGE_PER_MPX * pixels / 1e6)
 
 
 class Footprints:
@@ -87,16 +98,15 @@ class Footprints:
         self.weights: dict[str, int] = {}  # model name -> its weights' bytes as loaded (the pipeline says)
 
     def model_scale(self, model: str, family: str, start_bytes: int) -> float:
-        """The model's activations against its family's full size: scales the priors (a tiny model needs little).
-        Weights grow with the square of a network's width and activations with the width, hence the root. From
-        its loaded weights when known (on torch they are mapped, not resident, after the load), else from where
-        the job would start."""
+        """The model's weights against its family's full size: scales the priors (a tiny model needs little).
+        From its loaded weights when known (on torch they are mapped, not resident, after the load), else from
+        where the job would start."""
         weights = self.weights.get(model)
         if weights:
             own, full = weights, FAMILIES[family].weights_bytes
         else:
             own, full = start_bytes - RUNTIME_BYTES, FAMILIES[family].resident_bytes - RUNTIME_BYTES
-        return min(2.0, max(0.02, max(0.0, own / full) ** 0.5))
+        return min(4.0, max(0.0004, own / full))
 
     def start_for(self, model: str, family: str, source: str, kind: str, loaded: bool, idle_bytes: int) -> int:
         """The resident memory the job would start from (see the module)."""
@@ -126,13 +136,15 @@ class Footprints:
             return Prediction(max(start_bytes + rise, floor), start_bytes, rise,
                               "measured" if near.pixels == pixels else "scaled")
         plain = msgspec.structs.replace(params, hires=None, controls=[], face_restoration=None, loras=[])
-        base = self.peaks.nearest(model, shape_of(plain, engine), pixels)  # the plain job parts() adds to
-        if base is not None:
-            rise = int(base.rise_bytes * _rise_prior(kind, pixels, 1.0) / _rise_prior(kind, base.pixels, 1.0))
-            basis = "parts"
-        else:
-            rise, basis = _rise_prior(kind, pixels, scale), "prior"
-        rise += self.parts(params, engine, scale)
+        passes = [pixels] + ([params.width * params.height] if params.hires is not None else [])
+        rise, basis = 0, "parts"
+        for size in passes:  # the hires fix's two passes: OpenVINO keeps both sizes' buffers
+            base = self.peaks.nearest(model, shape_of(plain, engine), size)  # the plain job parts() adds to
+            if base is not None:
+                rise += int(base.rise_bytes * _rise_prior(kind, size, 1.0) / _rise_prior(kind, base.pixels, 1.0))
+            else:
+                rise, basis = rise + _rise_prior(kind, size, scale), "prior"
+        rise = int((rise + self.parts(params, engine, scale)) * UNMEASURED_MARGIN)
         return Prediction(start_bytes + rise, start_bytes, rise, basis)
 
     @staticmethod

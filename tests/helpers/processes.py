@@ -76,10 +76,12 @@ def base_env(**extra) -> dict:
     return env
 
 
-def start_model_server(log_dir: Path, port: int, **env) -> Proc:
+def start_model_server(log_dir: Path, port: int, wrap=None, **env) -> Proc:
+    """``python -m model_server`` on loopback; ``wrap`` turns its command into another (a cgroup's, say)."""
     env.setdefault("OUTPUTS_DIR", log_dir / f"outputs-{port}")
     env.setdefault("SD_CACHE_DIR", log_dir / "sd-cache")  # bf16 copies, shared by a run's servers
-    return Proc("model-server", [PYTHON, "-m", "model_server"],
+    args = [PYTHON, "-m", "model_server"]
+    return Proc("model-server", wrap(args) if wrap else args,
                 base_env(MODEL_SERVER_BIND=f"tcp://127.0.0.1:{port}", **env), log_dir)
 
 
