@@ -48,7 +48,8 @@ def make_model_set(settings: ModelServerSettings, load: Callable[[], Pipeline] |
     return ModelSet(catalog, LoraFiles(settings.lora_dir), load_model,
                     Upscalers(settings.upscaler_dir, lambda: make_upscale_models(settings)),
                     FaceRestorers(settings.face_restorer_dir, lambda: make_face_models(settings)),
-                    ControlNets(settings.controlnet_dir, AnnotatorFiles(settings.annotator_dir)))
+                    ControlNets(settings.controlnet_dir, AnnotatorFiles(settings.annotator_dir)),
+                    max_resident=settings.max_resident_models)
 
 
 # Neighbouring tiles overlap by this many input pixels, blended with ramps: enough context that a

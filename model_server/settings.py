@@ -106,6 +106,10 @@ class ModelServerSettings(RequestLimits):
     lora_dir: str = setting(
         "LORA_DIR", "A folder of LoRA `.safetensors` files (kohya/A1111 or diffusers format) that requests may "
         "apply (`loras`, or `<lora:NAME:WEIGHT>` in the prompt), named for the file", "", shown="none")
+    max_resident_models: int = setting(
+        "MAX_RESIDENT_MODELS", "Models kept in memory at once (`SD_MODELS`): a job naming one still loaded runs "
+        "without reloading it. A model stays only while the memory budget (`MEMORY_BUDGET`) says the next one and "
+        "its job fit beside it; the least recently used goes first. 1: one model at a time", 3)
     lora_cache_mb: int = setting(
         "LORA_CACHE_MB", "Memory for LoRAs kept loaded between jobs; the least recently used are dropped first "
         "(a job's own LoRAs always load)", 512)
@@ -291,6 +295,8 @@ class ModelServerSettings(RequestLimits):
         parse_list(self.models)  # a pickle checkpoint in SD_MODELS stops the start, saying why
         if not 64 <= self.upscale_tile <= 2048:
             raise ValueError("UPSCALE_TILE must be 64-2048")
+        if not 1 <= self.max_resident_models <= 16:
+            raise ValueError("MAX_RESIDENT_MODELS must be 1-16")
         if self.lora_cache_mb < 0:
             raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.min_free_disk_mb < 0:

@@ -132,7 +132,6 @@ class Worker(threading.Thread):
         self.state.pipeline = self.models
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
         memory.release_memory()
-        self.budget.loaded(self.models.loaded.name)
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True
@@ -254,7 +253,6 @@ class Worker(threading.Thread):
                 return
             model, switch, lora_hashes = pipeline.prepare(p, lambda text: self._tell(job, text), lambda: job.stop_mode)
             if switch is not None:  # what the job starts from is the new model's, not the old one's
-                self.budget.loaded(model)
                 start_bytes = switch.rss_bytes
             self.table.record_model(job, model, switch, lora_hashes)
             engine = pipeline.engine(p)

@@ -94,7 +94,7 @@ class Footprints:
 
     def __init__(self, peaks: PeakTable):
         self.peaks = peaks
-        self.resident: dict[str, int] = {}  # model name -> RSS after it was last loaded (the worker writes it)
+        self.own: dict[str, int] = {}  # model name -> what loading it added to the RSS, when last loaded here
         self.weights: dict[str, int] = {}  # model name -> its weights' bytes as loaded (the pipeline says)
 
     def model_scale(self, model: str, family: str, start_bytes: int) -> float:
@@ -104,20 +104,27 @@ class Footprints:
         weights = self.weights.get(model)
         if weights:
             own, full = weights, FAMILIES[family].weights_bytes
+        elif model in self.own:
+            own, full = self.own[model], FAMILIES[family].resident_bytes - RUNTIME_BYTES
         else:
             own, full = start_bytes - RUNTIME_BYTES, FAMILIES[family].resident_bytes - RUNTIME_BYTES
         return min(4.0, max(0.0004, own / full))
 
-    def start_for(self, model: str, family: str, source: str, kind: str, loaded: bool, idle_bytes: int) -> int:
-        """The resident memory the job would start from (see the module)."""
-        if loaded:
-            return idle_bytes
-        if model in self.resident:
-            return self.resident[model]
+    def own_bytes(self, model: str, family: str, source: str, kind: str) -> int:
+        """What loading ``model`` adds to the RSS: measured when it was loaded here before, else its weight files
+        (bf16 at most), else its family's full size."""
+        if model in self.own:
+            return self.own[model]
         on_disk = weight_bytes(source, kind)
-        if on_disk is not None:  # the old model goes first: the runtime plus this one's weights (bf16 at most)
-            return RUNTIME_BYTES + on_disk
-        return FAMILIES[family].resident_bytes
+        return on_disk if on_disk is not None else FAMILIES[family].resident_bytes - RUNTIME_BYTES
+
+    def start_for(self, model: str, family: str, source: str, kind: str, in_memory: bool, idle_bytes: int,
+                  others_bytes: int = 0) -> int:
+        """The resident memory the job would start from: the idle RSS when its model is in memory, else the idle
+        RSS less ``others_bytes`` (what the models that would make room for it hold) plus its own."""
+        if in_memory:
+            return idle_bytes
+        return max(RUNTIME_BYTES, idle_bytes - others_bytes) + self.own_bytes(model, family, source, kind)
 
     def predict(self, model: str, family: str, params: GenerationParams, engine: str, start_bytes: int,
                 source_pixels: int = 0) -> Prediction:

@@ -12,7 +12,7 @@ import msgspec
 
 from model_server import budget, errors, memory
 from model_server.budget import Budget
-from model_server.jobs.footprint import GIB, Footprints, Prediction
+from model_server.jobs.footprint import GIB, RUNTIME_BYTES, Footprints, Prediction
 from model_server.jobs.peaks import PeakTable
 from model_server.models.model_set import ModelSet
 from protocol.messages import BudgetStatus, GenerationParams, runs_diffusion
@@ -31,13 +31,14 @@ class MemoryBudget:
         self.setting, self.models = setting, models  # MEMORY_BUDGET, checked at start
         self.footprints = Footprints(peaks)
         self.idle_bytes = memory.rss_bytes()  # the worker's latest reading between jobs
+        models.loaded_hook, models.keep = self._loaded, self._keep
 
     # --- the worker's readings ---------------------------------------------------------------------
 
-    def loaded(self, model: str) -> None:
-        """A model was just loaded (at start or by a switch): what it holds, for jobs that would load it again."""
-        self.idle_bytes = memory.rss_bytes()
-        self.footprints.resident[model] = self.idle_bytes
+    def _loaded(self, model: str, before_bytes: int, after_bytes: int) -> None:
+        """A model was just loaded (at start or by a switch): what it added, for jobs that would load it again."""
+        self.idle_bytes = after_bytes
+        self.footprints.own[model] = max(0, after_bytes - max(before_bytes, RUNTIME_BYTES))
         weights_mb = self.models.optimizations().get("weights_mb")
         if isinstance(weights_mb, (int, float)) and weights_mb > 0:
             self.footprints.weights[model] = int(weights_mb * 2**20)
@@ -61,11 +62,28 @@ class MemoryBudget:
         model = models.catalog.find(params.model)
         if model is None:
             return None
-        is_loaded = models.loaded is not None and models.loaded.name == model.name
-        engine = models.engine(params) if is_loaded else ""
-        start = self.footprints.start_for(model.name, model.family, model.source, model.kind, is_loaded,
-                                          self.idle_bytes)
-        return self.footprints.predict(model.name, model.family, params, engine, start, source_pixels)
+        current = models.loaded is not None and models.loaded.name == model.name
+        resident = models.resident_names()
+        # Another model's job may drop every other model first (ModelSet): it is priced as if they went.
+        others = sum(self._own(name) for name in resident if name != model.name)
+        start = self.footprints.start_for(model.name, model.family, model.source, model.kind, model.name in resident,
+                                          self.idle_bytes, others)
+        return self.footprints.predict(model.name, model.family, params, models.engine(params) if current else "",
+                                       start, source_pixels)
+
+    def _own(self, name: str) -> int:
+        found = self.models.catalog.find(name)
+        return self.footprints.own_bytes(name, found.family, found.source, found.kind) if found else 0
+
+    def _keep(self, model, params: GenerationParams, names: list[str]) -> bool:
+        """The ModelSet's question before it loads ``model`` (worker thread): may the models ``names`` stay in
+        memory beside it and the job? Yes when the job's predicted peak with all of them kept is within budget."""
+        most = self.budget.bytes
+        if not most:
+            return True  # no budget: MAX_RESIDENT_MODELS alone bounds them
+        memory.release_memory()
+        start = memory.rss_bytes() + self.footprints.own_bytes(model.name, model.family, model.source, model.kind)
+        return self.footprints.predict(model.name, model.family, params, "", start).peak_bytes <= most
 
     def check(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
         """The job's prediction, or a Rejection when it is over the budget."""
@@ -116,7 +134,6 @@ class MemoryBudget:
 
     def status(self) -> BudgetStatus:
         """What /health shows: the budget, its source, the idle resident memory and each model's."""
-        loaded, kept = self.models.loaded, self.budget
+        kept = self.budget
         return BudgetStatus(budget_bytes=kept.bytes, source=kept.source, idle_bytes=self.idle_bytes,
-                            resident={name: size for name, size in self.footprints.resident.items()
-                                      if loaded is not None and name == loaded.name})
+                            resident={name: self._own(name) for name in self.models.resident_names()})

@@ -1,12 +1,14 @@
-"""The Pipeline interface over whichever model a job names, one model in memory at a time.
+"""The Pipeline interface over whichever model a job names, with the models kept in memory that fit.
 
-An 8 GB machine holds one Stable Diffusion model, so a job naming another model first drops the
-loaded one (its memory handed back) and loads its own, through the same loader as the start
-(conversion caches are per model). The switch is the job's: its progress says "loading model
-...", and its view records the time and the memory after (``ModelSwitch``). Jobs run in the
-order they came: grouping the queue by model would save switches but could starve a client
-whose model nobody else asks for. A switch that fails fails that job only; the next job loads
-what it needs.
+A job naming a model that is not in memory loads it, through the same loader as the start (conversion
+caches are per model). The models already loaded stay while the memory budget says the new one and the job's
+peak fit beside them (``keep``, model_server.jobs.memory_budget) and MAX_RESIDENT_MODELS allows; otherwise the
+least recently used go first (their memory handed back), so alternating between models that fit does not
+reload, and an 8 GB machine still holds one Stable Diffusion model at a time. A job naming a model still in
+memory makes it current at once. The switch is the job's: its progress says "loading model ...", and its
+view records the time and the memory after (``ModelSwitch``). Jobs run in the order they came: grouping the
+queue by model would save switches but could starve a client whose model nobody else asks for. A switch that
+fails fails that job only; the next job loads what it needs.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class ModelSet:
 
     def __init__(self, catalog: Catalog, loras: LoraFiles,
                  load: Callable[[ModelSource, LoadProgress], Pipeline], upscalers: Upscalers | None = None,
-                 faces: FaceRestorers | None = None, controlnets: ControlNets | None = None):
+                 faces: FaceRestorers | None = None, controlnets: ControlNets | None = None, max_resident: int = 1):
         self.catalog, self.loras, self._load = catalog, loras, load
         self.controlnets = controlnets or ControlNets("")
         self.upscalers = upscalers or Upscalers("", lambda: None)
@@ -59,6 +61,18 @@ class ModelSet:
         # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
         # so readers take one snapshot of the pair and never see a model without its pipeline.
         self._pair: tuple[Pipeline, ModelSource] | None = None
+        # Every model in memory, the least recently used first (the current one last); the worker's only.
+        self._resident: dict[str, tuple[Pipeline, ModelSource]] = {}
+        self.max_resident = max(1, max_resident)
+        # May the models in memory (names) stay while ``model`` loads and runs ``params``? Set by the memory budget;
+        # by default none stays.
+        self.keep: Callable[[ModelSource, GenerationParams, list[str]], bool] = lambda model, params, names: False
+        # Told each load's model name and the RSS before and after it (the memory budget learns what a model takes).
+        self.loaded_hook: Callable[[str, int, int], None] = lambda name, before, after: None
+
+    def resident_names(self) -> list[str]:
+        """The models in memory, the least recently used first."""
+        return list(self._resident)
 
     @property
     def current(self) -> Pipeline | None:
@@ -171,7 +185,11 @@ class ModelSet:
     # --- the worker's side ---------------------------------------------------------------------
 
     def load_default(self, progress: LoadProgress) -> None:
+        before = memory.rss_bytes()
         self._pair = (self._load(self.catalog.default, progress), self.catalog.default)
+        self._resident = {self.catalog.default.name: self._pair}
+        memory.release_memory()
+        self.loaded_hook(self.catalog.default.name, before, memory.rss_bytes())
 
     def prepare(self, params: GenerationParams, report: Callable[[str], None],
                 stop: Callable[[], StopMode | None] = lambda: None) -> tuple[str, ModelSwitch | None, dict[str, str]]:
@@ -184,7 +202,7 @@ class ModelSet:
                                                         "GET /v1/models").error)
         switch = None
         if self.loaded is None or model.name != self.loaded.name:
-            switch = self._switch(model, report)
+            switch = self._switch(model, params, report)
         loras: list[tuple[str, Path, float]] = []
         for ref in params.loras:
             path = self.loras.find(ref.name)
@@ -215,17 +233,36 @@ class ModelSet:
         current = self.current
         return current.prepare_ahead(stop) if current is not None else True
 
-    def _switch(self, model: ModelSource, report: Callable[[str], None]) -> ModelSwitch:
+    def _switch(self, model: ModelSource, params: GenerationParams,
+                report: Callable[[str], None]) -> ModelSwitch | None:
+        """Make ``model`` current: at once when it is in memory (None: nothing was loaded), else load it after
+        dropping the least recently used models that would not leave it and the job room."""
         previous = self.loaded.name if self.loaded else ""
+        kept = self._resident.pop(model.name, None)
+        if kept is not None:
+            self._resident[model.name] = self._pair = kept
+            log.info("model %s is in memory: current again (was %s)", model.name, previous or "(none)")
+            return None
         log.info("switching model: %s -> %s", previous or "(none)", model.name)
         report(f"loading model {model.name}")
         started = time.monotonic()
-        # The old model goes first: two in memory at once would not fit an 8 GB machine.
-        self._pair = None
-        memory.release_memory()
+        dropped = []
+        while self._resident and (len(self._resident) >= self.max_resident
+                                  or not self.keep(model, params, list(self._resident))):
+            name = next(iter(self._resident))  # the least recently used
+            del self._resident[name]
+            dropped.append(name)
+        if dropped:
+            if self._pair is not None and self._pair[1].name in dropped:
+                self._pair = None
+            memory.release_memory()
+            log.info("dropped from memory: %s (kept: %s)", ", ".join(dropped), ", ".join(self._resident) or "none")
+        before = memory.rss_bytes()
         with _ReportingProgress(report, model.name).over() as progress:  # its phases end with the switch
-            self._pair = (self._load(model, progress), model)
+            pair = (self._load(model, progress), model)
+        self._resident[model.name] = self._pair = pair
         memory.release_memory()
+        self.loaded_hook(model.name, before, memory.rss_bytes())
         switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
                              rss_bytes=memory.rss_bytes())
         log.info("model %s loaded in %.1f s (RSS %.2f GiB)", model.name, switch.seconds, switch.rss_bytes / 2**30)

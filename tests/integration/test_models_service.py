@@ -39,7 +39,8 @@ def stack(log_dir, tiny_model_dir, models_dir):
                                                               "AUTH_PUBLIC_HEALTH": "true"},
                         SD_BACKEND="torch", SD_MODELS="tiny-turbo", SD_MODELS_DIR=models_dir / "checkpoints",
                         SD_SINGLE_FILE_CONFIG=tiny_model_dir, LORA_DIR=models_dir / "loras",
-                        MAX_QUEUED_PER_CLIENT=6, MODEL_SERVER_QUEUE_SIZE=12)
+                        MAX_QUEUED_PER_CLIENT=6, MODEL_SERVER_QUEUE_SIZE=12,
+                        MAX_RESIDENT_MODELS=2)  # three models round-robin through two places: every change loads
     yield stack
     stop_stack(stack)
     assert "Traceback" not in stack.gateway.log()
@@ -140,8 +141,8 @@ def test_two_clients_queueing_different_models_run_in_order_and_each_switch_is_r
             switches.append(job["model_switch"])
         previous = job["model"]
     assert len(switches) >= 6
-    # one model in memory at a time: after six switches the server holds what it held after the first
-    assert max(s["rss_bytes"] for s in switches) < switches[0]["rss_bytes"] + 300 * 2**20
+    # at most two models in memory: after six switches the server holds what it held after the second
+    assert max(s["rss_bytes"] for s in switches) < switches[1]["rss_bytes"] + 300 * 2**20
     health = call(stack, "alice", "GET", "/health").json()
     assert health["loaded_model"] == health["servers"][0]["loaded_model"] == "tiny-turbo"
     metrics = call(stack, "alice", "GET", "/metrics").text
@@ -149,9 +150,21 @@ def test_two_clients_queueing_different_models_run_in_order_and_each_switch_is_r
     assert counted and float(counted.group(1)) == len(switches)  # the earlier tests' jobs all ran the default
 
 
+def test_a_model_still_in_memory_runs_without_a_reload_and_health_says_which_are_resident(stack, tiny_model_dir):
+    resident = call(stack, "alice", "GET", "/health").json()["memory"]["resident_models"]
+    assert len(resident) == 2 and all(size > 0 for size in resident.values()), resident
+    for name in list(resident) * 2:  # alternating between the two in memory: no loads
+        job = call(stack, "alice", "POST", "/v1/jobs", json={"prompt": "a cat", "model": name, "width": 64,
+                                                             "height": 64, "steps": 1}).json()
+        done = wait_done(stack, "alice", job["id"])
+        assert done["state"] == "succeeded" and done["model"] == name and done["model_switch"] is None, done
+        assert done["memory"]["basis"] and done["memory"]["peak_rss_bytes"] > 0
+    assert call(stack, "alice", "GET", "/health").json()["memory"]["resident_models"].keys() == resident.keys()
+
+
 def test_a_switch_shows_in_the_jobs_progress_while_it_loads(stack, tiny_model_dir):
-    current = next(m["id"] for m in call(stack, "bob", "GET", "/v1/models").json()["data"] if m["loaded"])
-    target = "my-merge" if current != "my-merge" else tiny_model_dir.name
+    resident = call(stack, "bob", "GET", "/health").json()["memory"]["resident_models"]
+    target = next(m["id"] for m in call(stack, "bob", "GET", "/v1/models").json()["data"] if m["id"] not in resident)
     job = call(stack, "bob", "POST", "/v1/jobs", json={"prompt": "a cat", "model": target, "steps": 2,
                                                        "width": 64, "height": 64}).json()
     seen = set()

@@ -122,7 +122,7 @@ def test_a_prediction_is_the_prior_then_what_this_host_measured_scaled_by_size(t
     peaks = PeakTable(None, HOST)
     prints = Footprints(peaks)
     full = FAMILIES["sd1"].resident_bytes
-    prints.resident["m"] = full
+    prints.own["m"] = full - RUNTIME_BYTES
     prior = prints.predict("m", "sd1", _params(), OV, full)
     assert prior.basis == "prior" and prior.start_bytes == full
     bigger = prints.predict("m", "sd1", _params(width=1024, height=1024), OV, full)
@@ -147,16 +147,18 @@ def test_a_small_model_is_priced_at_its_size_and_a_model_not_loaded_at_what_it_w
     small = prints.predict("tiny", "sd1", _params(), "torch float32", small_start)
     big = prints.predict("big", "sd1", _params(), "torch float32", full)
     assert small.rise_bytes * 3 < big.rise_bytes  # a tiny model is not refused for a full-size one's needs
-    # where a job would start: loaded now, loaded before, its files, its family
+    # where a job would start: its model in memory; else the others dropped and it loaded (what it took when
+    # loaded here before, its weight files, its family's full size)
     assert prints.start_for("m", "sd1", "hub/id", "hub", True, 3 * GIB) == 3 * GIB
-    prints.resident["seen"] = 4 * GIB
-    assert prints.start_for("seen", "sd1", "hub/id", "hub", False, GIB) == 4 * GIB
+    prints.own["seen"] = 2 * GIB
+    assert prints.start_for("seen", "sd1", "hub/id", "hub", False, 3 * GIB, others_bytes=2 * GIB) == 3 * GIB
+    assert prints.start_for("seen", "sd1", "hub/id", "hub", False, 3 * GIB) == 5 * GIB  # nothing to drop
     folder = tmp_path / "model" / "unet"
     folder.mkdir(parents=True)
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"0" * 4096)
     (folder / "config.json").write_text("{}" * 4096)
-    assert prints.start_for("f", "sd1", str(tmp_path / "model"), "folder", False, GIB) == RUNTIME_BYTES + 4096
-    assert prints.start_for("x", "sdxl", "stabilityai/x", "hub", False, GIB) == FAMILIES["sdxl"].resident_bytes
+    assert prints.start_for("f", "sd1", str(tmp_path / "model"), "folder", False, GIB, GIB) == RUNTIME_BYTES + 4096
+    assert prints.start_for("x", "sdxl", "stabilityai/x", "hub", False, GIB, GIB) == FAMILIES["sdxl"].resident_bytes
 
 
 # --- the check at submit, through a real model server ------------------------------------------------
@@ -201,3 +203,26 @@ def test_a_model_too_big_for_the_budget_is_refused_saying_so(start_server):
     with pytest.raises(Rejection) as refused:
         keeper.check(_params())
     assert refused.value.error.field == "model" and "MEMORY_BUDGET" in refused.value.error.hint
+
+
+def test_the_budget_keeps_a_model_in_memory_only_while_the_next_one_and_its_job_fit_beside_it(tmp_path):
+    from model_server.jobs.memory_budget import MemoryBudget
+    from model_server.loading.progress import LoadProgress
+    from tests.model_server.test_models_catalog import make_set
+
+    models, loads = make_set(tmp_path)
+    models.max_resident = 3
+    keeper = MemoryBudget("off", models, PeakTable(None, HOST))
+    models.load_default(LoadProgress())
+    assert "tiny" in keeper.footprints.own  # the load told the budget what it added
+    models.prepare(_params(model="other"), lambda text: None)
+    assert models.resident_names() == ["tiny", "other"]  # no budget: MAX_RESIDENT_MODELS alone bounds them
+    assert set(keeper.status().resident) == {"tiny", "other"}
+    keeper.setting = "64GiB"
+    keeper.footprints.own["tiny-turbo"] = 62 * GIB  # as if it took 62 GiB: with the others kept it would not fit
+    assert not keeper._keep(models.catalog.find("tiny-turbo"), _params(), ["tiny", "other"])
+    models.prepare(_params(model="tiny-turbo", preset="turbo"), lambda text: None)
+    assert models.resident_names() == ["tiny-turbo"] and loads == ["tiny", "other", "tiny-turbo"]
+    # a job for a model not in memory is priced as if the others made room for it
+    keeper.footprints.own["tiny"] = 40 * GIB
+    assert keeper.predict(_params(model="tiny")).start_bytes < 41 * GIB

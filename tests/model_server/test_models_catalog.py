@@ -159,3 +159,26 @@ def test_unknown_names_and_presets_a_model_cannot_run_are_refused_with_the_known
     listing = {m.name: m for m in models.listing().models}
     assert "turbo" in listing["tiny"].unavailable_presets and "turbo" not in listing["tiny-turbo"].unavailable_presets
     assert "fast" in listing["tiny-turbo"].unavailable_presets
+
+
+def test_models_that_fit_stay_in_memory_and_the_least_recently_used_goes_first(tmp_path):
+    models, loads = make_set(tmp_path)
+    models.max_resident = 2
+    room = {"fits": True}
+    models.keep = lambda model, params, names: room["fits"]
+    told = []
+    models.loaded_hook = lambda name, before, after: told.append(name)
+    models.load_default(LoadProgress())
+    models.prepare(params(model="other"), lambda text: None)
+    assert models.resident_names() == ["tiny", "other"]
+    name, switch, _ = models.prepare(params(), lambda text: None)  # back to tiny: still in memory, no load
+    assert name == "tiny" and switch is None and models.loaded.name == "tiny"
+    assert models.prepare(params(model="other"), lambda text: None)[1] is None
+    assert loads == ["tiny", "other"] and told == ["tiny", "other"]
+    # MAX_RESIDENT_MODELS: a third model drops the least recently used (tiny)
+    models.prepare(params(model="tiny-turbo", preset="turbo"), lambda text: None)
+    assert models.resident_names() == ["other", "tiny-turbo"] and loads[-1] == "tiny-turbo"
+    # the budget says the next one does not fit beside them: both go
+    room["fits"] = False
+    models.prepare(params(), lambda text: None)
+    assert models.resident_names() == ["tiny"] and loads == ["tiny", "other", "tiny-turbo", "tiny"]
