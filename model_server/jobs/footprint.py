@@ -41,6 +41,9 @@ IP_ADAPTER_BYTES = int(1.3 * GIB)
 ANNOTATOR = {"normal_bae": int(1.45 * GIB)}  # the others measured 0.29-0.67 GiB: 0.7 stands for them
 ANNOTATOR_OTHER = int(0.7 * GIB)
 FACES = int(0.4 * GIB)
+# Image-to-image and inpainting: the VAE encoder's pass (on torch beside an OpenVINO decoder: its weights come
+# back) at the job's size (measured: a first 512x512 img2img job rose 0.6 GiB more than a txt2img one).
+ENCODE_PER_MPX = 2.0 * GIB
 LORA_ON_TORCH = 0.7  # of the model: its torch UNet faulted back in when a LoRA job leaves OpenVINO
 # A kind of job this host has not run yet is priced with a margin: the priors are for the bench's model and
 # machine, and a job under-predicted could take the process down (measured on the tiny model: its first hires
@@ -142,7 +145,8 @@ class Footprints:
             floor = near.peak_bytes + rise - near.rise_bytes  # the absolute peak it reached, moved by the size
             return Prediction(max(start_bytes + rise, floor), start_bytes, rise,
                               "measured" if near.pixels == pixels else "scaled")
-        plain = msgspec.structs.replace(params, hires=None, controls=[], face_restoration=None, loras=[])
+        plain = msgspec.structs.replace(params, hires=None, controls=[], face_restoration=None, loras=[],
+                                        mode="txt2img" if runs_diffusion(params) else params.mode)
         passes = [pixels] + ([params.width * params.height] if params.hires is not None else [])
         rise, basis = 0, "parts"
         for size in passes:  # the hires fix's two passes: OpenVINO keeps both sizes' buffers
@@ -169,6 +173,8 @@ class Footprints:
                 extra += ANNOTATOR.get(ANNOTATOR_MODULES[module].annotator, ANNOTATOR_OTHER)
         if params.face_restoration is not None:
             extra += FACES
+        if params.mode in ("img2img", "inpaint"):
+            extra += ENCODE_PER_MPX * scale ** 0.5 * params.width * params.height / 1e6
         if params.loras and "runs on torch" in engine:  # the OpenVINO model's job on torch: its UNet comes back
             extra += LORA_ON_TORCH * scale * (FAMILIES["sd1"].resident_bytes - RUNTIME_BYTES)
         return int(extra)
