@@ -112,7 +112,6 @@ class Worker(threading.Thread):
                     continue
                 with job_context(job.id, job.request_id):
                     self._run(job)
-                self.budget.idle()  # what the next job starts from (a queued one may follow at once)
                 used, prepared = True, False  # a job may have switched models: look again when idle
         finally:
             self._events.close(linger=1000)
