@@ -37,8 +37,9 @@ from protocol.messages import (ErrorInfo, Failed, GenerationParams, ImageInfo, J
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# A placement that fails this way may go to the next server: nothing was queued.
-_TRY_NEXT = (ErrorCode.QUEUE_FULL, ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN)
+# A placement that fails this way may go to the next server: nothing was queued (another server may have room, or
+# a larger memory budget).
+_TRY_NEXT = (ErrorCode.QUEUE_FULL, ErrorCode.NOT_READY, ErrorCode.SHUTTING_DOWN, ErrorCode.OVER_BUDGET)
 
 
 class Fleet:
@@ -216,7 +217,8 @@ class Fleet:
 
     def _ranked_locked(self, members: list[Member], model: str | None = None) -> list[Member]:
         """``model``: the job's (a name, "" the default); among the least busy, a server that has it loaded
-        comes first (it saves the job a switch; a busier server with it would only make the job wait)."""
+        comes first (it saves the job a switch; a busier server with it would only make the job wait): the one it
+        runs now, else one that keeps it in memory beside others."""
         ready = [m for m in members if m.ready]
         if not ready:
             return sorted(members, key=lambda m: (m.dead, m.failing))
@@ -224,7 +226,9 @@ class Fleet:
         tied = [m for m in ready if m.work == least]
         if model is not None:
             loaded = [m for m in tied if m.pong.loaded_model and m.pong.loaded_model == (model or m.pong.default_model)]
-            tied = loaded or tied
+            resident = [m for m in tied if m.pong.memory_budget is not None
+                        and (model or m.pong.default_model) in m.pong.memory_budget.resident]
+            tied = loaded or resident or tied
         first = tied[next(self._turn) % len(tied)]
         return [first] + sorted((m for m in ready if m is not first), key=lambda m: m.work)
 

@@ -26,12 +26,13 @@ from tests.helpers.servers import params
 
 
 @pytest.fixture
-def servers():
+def servers(tmp_path):
     """``start(bind, step_seconds=..., **settings)`` runs a model server in a thread."""
     started = []
 
     def start(bind: str, step_seconds: float = 0.01, **overrides) -> ModelServer:
         overrides.setdefault("shutdown_grace_seconds", 0.1)  # teardown cancels what still runs
+        overrides.setdefault("cache_dir", str(tmp_path / f"cache-{len(started)}"))  # measured speeds and peaks
         settings = ModelServerSettings(bind=bind, pipeline="fake", **overrides)
         server = ModelServer(settings, load=lambda: FakePipeline(step_seconds=step_seconds)).start()
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -104,6 +105,21 @@ def test_among_equally_busy_servers_a_job_goes_where_its_model_is_loaded(tmp_pat
         wait_until(lambda job=job: fleet.get_job(job.job_id).state.terminal, 10, what="job done")
     assert {server for model, server in placed if model == "other"} == {a.table.server_id}
     assert {server for model, server in placed if model == ""} == {b.table.server_id}
+
+
+def test_a_job_over_one_servers_memory_budget_goes_to_one_it_fits(tmp_path, servers, fleets):
+    small, large = (servers(f"ipc://{tmp_path}/{name}.sock") for name in ("small", "large"))
+    small.worker.budget.idle_bytes = 40 * 2**30  # as if its model held 40 GiB, against a budget of 32
+    small.worker.budget.setting = "32GiB"
+    fleet = fleets(f"{small.bound_address},{large.bound_address}")
+    jobs = [fleet.submit(params(seed=i)) for i in range(3)]
+    assert {job.job_id[:8] for job in jobs} == {large.table.server_id}  # refused by small (nothing queued there)
+    wait_until(lambda: all(fleet.get_job(job.job_id).state.terminal for job in jobs), 10, what="jobs done")
+    time.sleep(1.0)  # the worker's idle reading after them is taken; the test's own comes after
+    large.worker.budget.idle_bytes, large.worker.budget.setting = 40 * 2**30, "32GiB"
+    with pytest.raises(RemoteError) as refused:  # over every server's budget: the budget's own refusal
+        fleet.submit(params(seed=9))
+    assert refused.value.error.code is ErrorCode.OVER_BUDGET and "MEMORY_BUDGET" in refused.value.error.hint
 
 
 def test_the_per_client_cap_holds_across_servers(tmp_path, servers, fleets):
