@@ -10,7 +10,6 @@ RAM size, beside the speeds (model_server/jobs/speed.py): another machine starts
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from model_server.jobs.disk import atomic_write
+from model_server.jobs.host_file import HostFile, bounded
 from protocol.control import module_named
 from protocol.messages import GenerationParams, HostInfo, hires_size
 
@@ -74,17 +73,13 @@ class PeakTable:
     """The measured peaks of this host (see the module); thread-safe."""
 
     def __init__(self, folder: str | Path | None, host: HostInfo, clock=time.time):
-        digest = hashlib.sha256(f"{host.cpu}|{host.threads}|{host.isa}|{host.memory_bytes}".encode()).hexdigest()[:12]
-        self.path = Path(folder) / f"peaks-{digest}.json" if folder else None
+        self._file = HostFile(folder, "peaks", f"{host.cpu}|{host.threads}|{host.isa}|{host.memory_bytes}", PeakEntry,
+                              "peaks")
+        self.path = self._file.path
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str, int], PeakEntry] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                for entry in msgspec.json.decode(self.path.read_bytes(), type=list[PeakEntry]):
-                    self._entries[(entry.model, entry.shape, entry.pixels)] = entry
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("measured peaks in %s cannot be read; measuring afresh: %s", self.path, exc)
+        self._entries: dict[tuple[str, str, int], PeakEntry] = {(e.model, e.shape, e.pixels): e
+                                                                for e in self._file.read()}
 
     def record(self, model: str, shape: str, pixels: int, start_bytes: int, peak_bytes: int) -> None:
         if not (pixels > 0 and peak_bytes > 0):  # model "": an upscale or detect job (no model runs)
@@ -102,15 +97,8 @@ class PeakTable:
                                                 rise_bytes=max(mixed, rise), jobs=old.jobs + 1,
                                                 measured_at=self._clock())
             self._entries[key] = entry
-            if len(self._entries) > MAX_ENTRIES:
-                del self._entries[min(self._entries, key=lambda k: self._entries[k].measured_at)]
-            data = msgspec.json.encode(sorted(self._entries.values(), key=lambda e: e.measured_at))
-        if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(self.path, data)
-            except OSError as exc:
-                log.warning("measured peaks not kept on disk: %s", exc)
+            data = bounded(self._entries, MAX_ENTRIES, lambda e: e.measured_at)
+        self._file.write(data)
 
     def nearest(self, model: str, shape: str, pixels: int) -> PeakEntry | None:
         """The measured entry of this model and shape whose size is nearest ``pixels`` (None: never measured)."""

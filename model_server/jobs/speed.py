@@ -13,7 +13,6 @@ threads and vector extensions): another CPU starts afresh, a restart does not.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from model_server.cpu import cpu_flags
-from model_server.jobs.disk import atomic_write
+from model_server.jobs.host_file import HostFile, bounded
 from model_server.memory import physical_bytes
 from protocol.messages import GenerationParams, HostInfo, SpeedEntry, hires_size, hires_steps_run, steps_run
 
@@ -58,17 +57,13 @@ class SpeedTable:
 
     def __init__(self, folder: str | Path | None, host: HostInfo | None = None, clock=time.time):
         self.host = host or host_info()
-        digest = hashlib.sha256(f"{self.host.cpu}|{self.host.threads}|{self.host.isa}".encode()).hexdigest()[:12]
-        self.path = Path(folder) / f"speeds-{digest}.json" if folder else None
+        self._file = HostFile(folder, "speeds", f"{self.host.cpu}|{self.host.threads}|{self.host.isa}", SpeedEntry,
+                              "speeds")
+        self.path = self._file.path
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[tuple, SpeedEntry] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                for entry in msgspec.json.decode(self.path.read_bytes(), type=list[SpeedEntry]):
-                    self._entries[_key(entry.model, entry.preset, entry.mode, entry.width, entry.height)] = entry
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("measured speeds in %s cannot be read; measuring afresh: %s", self.path, exc)
+        self._entries: dict[tuple, SpeedEntry] = {
+            _key(e.model, e.preset, e.mode, e.width, e.height): e for e in self._file.read()}
 
     @staticmethod
     def measurable(params: GenerationParams) -> bool:
@@ -98,15 +93,8 @@ class SpeedTable:
                     peak_rss_bytes=max(old.peak_rss_bytes, peak_rss_bytes), jobs=old.jobs + 1,
                     steps=steps_run(params), measured_at=self._clock())
             self._entries[key] = entry
-            if len(self._entries) > MAX_ENTRIES:
-                del self._entries[min(self._entries, key=lambda k: self._entries[k].measured_at)]
-            data = msgspec.json.encode(sorted(self._entries.values(), key=lambda e: e.measured_at))
-        if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(self.path, data)
-            except OSError as exc:
-                log.warning("measured speeds not kept on disk: %s", exc)
+            data = bounded(self._entries, MAX_ENTRIES, lambda e: e.measured_at)
+        self._file.write(data)
 
     def entries(self) -> list[SpeedEntry]:
         with self._lock:
