@@ -1,10 +1,10 @@
 """What each kind of job took in memory on this host: its peak RSS and its rise over the RSS it started from.
 
-A kind of job is its model and its shape (``shape_of``: mode, what runs its UNet, preset, and the parts that
-add memory: hires fix, control modules, face restoration, LoRAs); an entry per kind and size. Every job that
-ends succeeded is measured (unlike the speeds, a switch or a LoRA is part of what memory must be known for):
-the peak is kept as the largest seen, the rise smoothed towards the newest (a first job's one-time costs, such
-as OpenVINO compiling for a new size, fade) but never below it. Kept in SD_CACHE_DIR, one file per host and
+A kind of job is its model and its shape (``shape_of``: mode, what runs its UNet in what precision, preset, and
+the parts that add memory: hires fix, control modules, face restoration, LoRAs); an entry per kind and size. Every
+job that ends succeeded is measured (unlike the speeds, a switch or a LoRA is part of what memory must be known
+for): the peak is kept as the largest seen, the rise smoothed towards the newest (a first job's one-time costs,
+such as OpenVINO compiling for a new size, fade) but never below it. Kept in SD_CACHE_DIR, one file per host and
 RAM size, beside the speeds (model_server/jobs/speed.py): another machine starts afresh, a restart does not.
 """
 
@@ -39,8 +39,9 @@ class PeakEntry(msgspec.Struct, kw_only=True):
 
 
 def engine_kind(engine: str) -> str:
-    """What ran the UNet, as a kind: openvino or torch (a job's engine string begins with it)."""
-    return "openvino" if engine.startswith("openvino") else "torch" if engine else ""
+    """What ran the UNet and in what precision (``openvino int8 (weights)``, ``torch float32``): a job's engine
+    string without the reason it gives for a fallback. A restart with another SD_DTYPE or SD_INT8 measures afresh."""
+    return engine.split(":", 1)[0].strip()
 
 
 def shape_of(params: GenerationParams, engine: str) -> str:

@@ -104,7 +104,7 @@ def test_peaks_are_kept_per_model_kind_and_size_smoothed_upwards_and_per_host(tm
 
 def test_a_kind_of_job_is_its_mode_engine_preset_and_the_parts_that_add_memory():
     plain = shape_of(_params(), OV)
-    assert plain == "txt2img|openvino|"  # no preset named
+    assert plain == "txt2img|openvino bfloat16|"  # no preset named
     assert shape_of(_params(), "torch bfloat16: LoRAs run on torch") != plain
     hires = _params(hires=HiresFix(scale=2.0))
     assert "hires:" in shape_of(hires, OV) and job_pixels(hires) == 1024 * 1024  # its largest pass
