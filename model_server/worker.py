@@ -132,6 +132,7 @@ class Worker(threading.Thread):
         self.state.pipeline = self.models
         self.state.load_seconds = round(time.monotonic() - self.state.load_started, 2)
         memory.release_memory()
+        self.budget.idle()
         self.state.model_state = ModelState.READY
         log.info("model ready after %.1f s", self.state.load_seconds)
         return True

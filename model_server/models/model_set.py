@@ -188,7 +188,8 @@ class ModelSet:
         before = memory.rss_bytes()
         self._pair = (self._load(self.catalog.default, progress), self.catalog.default)
         self._resident = {self.catalog.default.name: self._pair}
-        memory.release_memory()
+        # Read before the memory is handed back: the caller's load phases are still open (the worker releases it
+        # after ending them), so this counts a little garbage too and errs high.
         self.loaded_hook(self.catalog.default.name, before, memory.rss_bytes())
 
     def prepare(self, params: GenerationParams, report: Callable[[str], None],
