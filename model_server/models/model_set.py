@@ -61,7 +61,8 @@ class ModelSet:
         # Written by the worker thread only; the IO thread reads it (pings, listings) while a switch runs,
         # so readers take one snapshot of the pair and never see a model without its pipeline.
         self._pair: tuple[Pipeline, ModelSource] | None = None
-        # Every model in memory, the least recently used first (the current one last); the worker's only.
+        # Every model in memory, the least recently used first (the current one last). The worker replaces it whole
+        # (never changes it in place): the IO thread lists it for pings and the budget's predictions.
         self._resident: dict[str, tuple[Pipeline, ModelSource]] = {}
         self.max_resident = max(1, max_resident)
         # May the models in memory (names) stay while ``model`` loads and runs ``params``? Set by the memory budget;
@@ -239,20 +240,22 @@ class ModelSet:
         """Make ``model`` current: at once when it is in memory (None: nothing was loaded), else load it after
         dropping the least recently used models that would not leave it and the job room."""
         previous = self.loaded.name if self.loaded else ""
-        kept = self._resident.pop(model.name, None)
+        resident = dict(self._resident)
+        kept = resident.pop(model.name, None)
         if kept is not None:
-            self._resident[model.name] = self._pair = kept
+            self._pair = kept
+            self._resident = {**resident, model.name: kept}
             log.info("model %s is in memory: current again (was %s)", model.name, previous or "(none)")
             return None
         log.info("switching model: %s -> %s", previous or "(none)", model.name)
         report(f"loading model {model.name}")
         started = time.monotonic()
         dropped = []
-        while self._resident and (len(self._resident) >= self.max_resident
-                                  or not self.keep(model, params, list(self._resident))):
-            name = next(iter(self._resident))  # the least recently used
-            del self._resident[name]
+        while resident and (len(resident) >= self.max_resident or not self.keep(model, params, list(resident))):
+            name = next(iter(resident))  # the least recently used
+            del resident[name]
             dropped.append(name)
+            self._resident = dict(resident)
         if dropped:
             if self._pair is not None and self._pair[1].name in dropped:
                 self._pair = None
@@ -261,7 +264,8 @@ class ModelSet:
         before = memory.rss_bytes()
         with _ReportingProgress(report, model.name).over() as progress:  # its phases end with the switch
             pair = (self._load(model, progress), model)
-        self._resident[model.name] = self._pair = pair
+        self._pair = pair
+        self._resident = {**resident, model.name: pair}
         memory.release_memory()
         self.loaded_hook(model.name, before, memory.rss_bytes())
         switch = ModelSwitch(from_model=previous, to_model=model.name, seconds=round(time.monotonic() - started, 2),
