@@ -1,14 +1,14 @@
 """A job's peak memory, predicted at submit, and what to lower when it would not fit the budget.
 
 The peak is the resident memory the job starts from plus its rise. The start: the process's resident memory
-when the job's model is the one loaded (the worker's last idle reading), else what that model took when it
-was last loaded here, else its family's full-size footprint (``Family.resident_bytes``) scaled by its weight
-files. The rise: measured on this host for the same model and kind of job (model_server.jobs.peaks), at the
-nearest size, scaled to this size by the prior's shape; a kind never run here is the plain job's measured
-rise plus the prior parts for what it adds; a model never run here is the prior alone. The prior was
-measured on the bench machine (python -m bench.memory; docs/performance.md "Memory budget") for full-size
-models and is scaled by the model's size, so a small model is not refused for a big one's needs. The absolute
-peak measured for the same kind and size is a floor too: OpenVINO keeps a size's buffers once it ran it.
+between jobs (the worker's last idle reading) when the job's model is in memory; else that, less what the models
+that would make room for it hold, plus what loading it added when it was last loaded here, else its weight files,
+else its family's full-size footprint (``Family.resident_bytes``). The rise: measured on this host for the same
+model and kind of job (model_server.jobs.peaks), at the nearest size, scaled to this size by the prior's shape; a
+kind never run here is the plain job's measured rise plus the prior parts for what it adds; a model never run
+here is the prior alone. The prior was measured on the bench machine (docs/performance.md "Memory budget") for
+full-size models and is scaled by the model's size, so a small model is not refused for a big one's needs. The
+absolute peak measured for the same kind and size is a floor too: OpenVINO keeps a size's buffers once it ran it.
 """
 
 from __future__ import annotations
@@ -160,11 +160,11 @@ class Footprints:
                 rise += int(base.rise_bytes * _rise_prior(kind, size, 1.0) / _rise_prior(kind, base.pixels, 1.0))
             else:
                 rise, basis = rise + _rise_prior(kind, size, scale), "prior"
-        rise = int((rise + self.parts(params, engine, scale)) * UNMEASURED_MARGIN)
+        rise = int((rise + self.parts(params, engine, scale, family)) * UNMEASURED_MARGIN)
         return Prediction(start_bytes + rise, start_bytes, rise, basis)
 
     @staticmethod
-    def parts(params: GenerationParams, engine: str, scale: float) -> int:
+    def parts(params: GenerationParams, engine: str, scale: float, family: str) -> int:
         """What the job's extras add (priors, scaled by the model's size): control units, faces, LoRAs."""
         kind = "openvino" if engine.startswith("openvino") else "torch"
         extra = 0.0
@@ -181,6 +181,6 @@ class Footprints:
         if params.mode in ("img2img", "inpaint"):
             extra += ENCODE_PER_MPX * scale ** 0.5 * params.width * params.height / 1e6
         if params.loras and "runs on torch" in engine:  # the OpenVINO model's job on torch: its UNet comes back
-            extra += LORA_ON_TORCH * scale * (FAMILIES["sd1"].resident_bytes - RUNTIME_BYTES)
+            extra += LORA_ON_TORCH * scale * (FAMILIES[family].resident_bytes - RUNTIME_BYTES)
         return int(extra)
 

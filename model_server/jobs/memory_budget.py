@@ -62,14 +62,13 @@ class MemoryBudget:
         model = models.catalog.find(params.model)
         if model is None:
             return None
-        current = models.loaded is not None and models.loaded.name == model.name
         resident = models.resident_names()
         # Another model's job may drop every other model first (ModelSet): it is priced as if they went.
         others = sum(self._own(name) for name in resident if name != model.name)
         start = self.footprints.start_for(model.name, model.family, model.source, model.kind, model.name in resident,
                                           self.idle_bytes, others)
-        return self.footprints.predict(model.name, model.family, params, models.engine(params) if current else "",
-                                       start, source_pixels)
+        return self.footprints.predict(model.name, model.family, params, models.engine_of(model.name, params), start,
+                                       source_pixels)
 
     def _own(self, name: str) -> int:
         found = self.models.catalog.find(name)

@@ -131,6 +131,11 @@ class ModelSet:
         current = self.current
         return current.engine(params) if current else "not loaded yet"
 
+    def engine_of(self, name: str, params: GenerationParams) -> str:
+        """What would run ``params`` on the model ``name`` if it is in memory ("" if it is not)."""
+        pair = self._resident.get(name)
+        return pair[0].engine(params) if pair else ""
+
     def generate(self, params: GenerationParams, seed: int, on_step, stop, init_image=None, mask=None,
                  output: str = "image", control=None):
         extra = {"output": output} if output != "image" else {}  # only the hires fix asks for latents
