@@ -38,7 +38,8 @@ def _json_content(name: str) -> dict:
 def _errors(*statuses: int) -> dict:
     descriptions = {400: "Invalid input", 404: "Unknown job", 409: "Job not in the needed state",
                     410: "Job expired", 413: "Body too large",
-                    422: "The deadline (deadline_seconds) cannot be met: the prediction and what would fit",
+                    422: "The deadline (deadline_seconds) cannot be met, or the job's predicted peak memory is over "
+                         "the server's budget (over_memory_budget): the prediction and what would fit",
                     429: "Rate limited, or the queue is full (see Retry-After)",
                     500: "Generation failed", 503: "Model server unavailable or loading (see Retry-After)",
                     504: "Timed out waiting for the image"}
