@@ -14,6 +14,7 @@ from common.curve import CurveKeys
 from model_server import budget
 from model_server.models.catalog import parse_list
 from model_server.webhooks.signing import secret_bytes
+from protocol.messages import MAX_RESIDENT_MODELS
 from protocol.transport import check_bind, default_address, expand
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -295,8 +296,8 @@ class ModelServerSettings(RequestLimits):
         parse_list(self.models)  # a pickle checkpoint in SD_MODELS stops the start, saying why
         if not 64 <= self.upscale_tile <= 2048:
             raise ValueError("UPSCALE_TILE must be 64-2048")
-        if not 1 <= self.max_resident_models <= 16:
-            raise ValueError("MAX_RESIDENT_MODELS must be 1-16")
+        if not 1 <= self.max_resident_models <= MAX_RESIDENT_MODELS:
+            raise ValueError(f"MAX_RESIDENT_MODELS must be 1-{MAX_RESIDENT_MODELS}")
         if self.lora_cache_mb < 0:
             raise ValueError("LORA_CACHE_MB must be 0 or more")
         if self.min_free_disk_mb < 0:

@@ -78,6 +78,7 @@ _MODEL_NAME = r"^[^\x00-\x1f\x7f-\x9f]*$"
 _LORA_NAME = r"^[^\x00-\x1f\x7f-\x9f<>:]+$"
 MAX_LORAS = 8
 MAX_LORA_WEIGHT = 4.0
+MAX_RESIDENT_MODELS = 16  # models a server may keep in memory at once (MAX_RESIDENT_MODELS's bound)
 MAX_HIRES_SCALE = 4.0  # hires fix: the second pass at up to 4x the first's sides (the size bounds still hold)
 MAX_UPSCALE = 8.0  # an upscale job's factor; its output's side is also bounded (Limits.max_upscale_size)
 MAX_UPSCALED_SIZE = 8192
@@ -426,7 +427,8 @@ class JobMemory(_Shape):
     """A job's memory: its peak predicted at submit (the server's memory budget) and measured as it ran."""
 
     predicted_peak_bytes: int = 0
-    basis: str = ""  # of the prediction: measured, scaled (another size), parts, prior (model_server/jobs/footprint)
+    # of the prediction: measured, scaled (another size), parts, prior (model_server/jobs/footprint)
+    basis: Annotated[str, msgspec.Meta(max_length=20)] = ""
     peak_rss_bytes: int = 0  # the server's largest resident memory while it ran (0 until it ends)
 
 
@@ -632,9 +634,11 @@ class BudgetStatus(_Shape):
     """The memory budget a model server keeps (MEMORY_BUDGET) and what it holds between jobs."""
 
     budget_bytes: int = 0  # 0: none kept
-    source: str = ""  # where the budget came from (the setting, the cgroup limit, a share of RAM)
+    # where the budget came from (the setting, the cgroup limit, a share of RAM)
+    source: Annotated[str, msgspec.Meta(max_length=200)] = ""
     idle_bytes: int = 0  # resident memory between jobs
-    resident: dict[str, int] = {}  # model name -> its resident memory when it was loaded
+    # model name -> what loading it added to the resident memory (MAX_RESIDENT_MODELS bounds how many)
+    resident: Annotated[dict[str, int], msgspec.Meta(max_length=MAX_RESIDENT_MODELS)] = {}
 
 
 class Pong(_Msg):
