@@ -28,19 +28,32 @@ class MemoryCgroup:
     """A child memory cgroup with a limit; processes join it by writing their pid (``join_command``)."""
 
     def __init__(self, limit_bytes: int):
+        name = f"sd-test-{uuid.uuid4().hex[:8]}"
+        places = []
         v2 = _own("")
-        if v2 is not None and (ROOT / "cgroup.controllers").exists() and "memory" in (
-                ROOT / "cgroup.controllers").read_text().split():
-            self.folder = ROOT / v2.lstrip("/") / f"sd-test-{uuid.uuid4().hex[:8]}"
-            self.limit_file, self.events = "memory.max", "memory.events"
-        else:
-            v1 = _own("memory")
-            if v1 is None:
-                raise OSError("no memory cgroup controller")
-            self.folder = ROOT / "memory" / v1.lstrip("/") / f"sd-test-{uuid.uuid4().hex[:8]}"
-            self.limit_file, self.events = "memory.limit_in_bytes", "memory.oom_control"
-        self.folder.mkdir()
-        self.set_limit(limit_bytes)
+        if v2 is not None and (ROOT / "cgroup.controllers").exists():
+            # v2: under this process's own cgroup, else under the root (a cgroup with processes in it cannot
+            # hand the memory controller to a child).
+            for parent in dict.fromkeys((ROOT / v2.lstrip("/"), ROOT)):
+                places.append((parent / name, "memory.max", "memory.events"))
+        v1 = _own("memory")
+        if v1 is not None:
+            places.append((ROOT / "memory" / v1.lstrip("/") / name, "memory.limit_in_bytes", "memory.oom_control"))
+        failures = []
+        for folder, limit_file, events in places:
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                failures.append(f"{folder}: {exc}")
+                continue
+            self.folder, self.limit_file, self.events = folder, limit_file, events
+            try:
+                self.set_limit(limit_bytes)
+                return
+            except OSError as exc:  # no memory controller there
+                failures.append(f"{folder}: {exc}")
+                folder.rmdir()
+        raise OSError("; ".join(failures) or "no memory cgroup controller")
 
     def set_limit(self, limit_bytes: int) -> None:
         (self.folder / self.limit_file).write_text(str(limit_bytes))
