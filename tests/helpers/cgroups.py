@@ -8,6 +8,7 @@ REQUIRE_CGROUP is set (as .ci/run does): then that is a failure, so CI can never
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -76,10 +77,12 @@ class MemoryCgroup:
                 os.kill(int(pid), 9)
             except ProcessLookupError:
                 pass
-        try:
-            self.folder.rmdir()
-        except OSError:
-            pass
+        for _ in range(50):  # the killed processes leave it a moment later
+            try:
+                self.folder.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def memory_cgroup(limit_bytes: int) -> MemoryCgroup:
