@@ -73,6 +73,9 @@ class ModelServerCollector:
         if pong.available_bytes is not None:
             gauges["sdcpu_memory_available_bytes"] = ("Memory the model server's machine/container has left",
                                                       pong.available_bytes)
+        if pong.memory_budget is not None and pong.memory_budget.budget_bytes:
+            gauges["sdcpu_memory_budget_bytes"] = ("The memory budget the model server keeps (MEMORY_BUDGET): jobs "
+                                                   "predicted over it are refused", pong.memory_budget.budget_bytes)
         load = pong.load
         if load is not None and load.phase != "done":  # a first start: what an operator's dashboard watches
             gauges["sdcpu_model_load_phase_seconds"] = ("Seconds in the current load phase", load.seconds)

@@ -64,6 +64,9 @@ def test_under_a_memory_limit_no_job_is_oom_killed_and_each_ends_done_or_refused
         group.set_limit(limit)
         memory = requests.get(url + "/health", timeout=10).json()["memory"]
         assert memory["budget_bytes"] == int(limit * 0.9) and "cgroup memory limit" in memory["budget_source"]
+        gauge = [line.split()[1] for line in requests.get(url + "/metrics", timeout=10).text.splitlines()
+                 if line.startswith("sdcpu_memory_budget_bytes ")]
+        assert [float(value) for value in gauge] == [int(limit * 0.9)]
 
         jobs = [{"prompt": "n4", "width": 512, "height": 512, "n": 4},
                 {"prompt": "img2img", "width": 768, "height": 768, "init_image": _image(768), "strength": 0.5},
