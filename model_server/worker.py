@@ -74,8 +74,9 @@ class Worker(threading.Thread):
         self.settings, self.table, self.state, self.ctx = settings, table, state, ctx
         self.models = make_model_set(settings, load)
         self.annotators = Annotators(self.models.controlnets.annotators)  # preprocessors' models, used here only
-        self.speeds = SpeedTable(expand(settings.cache_dir) if settings.cache_dir else None)
-        self.peaks = PeakTable(expand(settings.cache_dir) if settings.cache_dir else None, self.speeds.host)
+        measured = expand(settings.cache_dir) if settings.cache_dir else None  # what this host measured, kept there
+        self.speeds = SpeedTable(measured)
+        self.peaks = PeakTable(measured, self.speeds.host)
         self.budget = MemoryBudget(settings.memory_budget, self.models, self.peaks)
         self.stopping = threading.Event()
         # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
@@ -242,8 +243,8 @@ class Worker(threading.Thread):
         self.notify(job.id)
         images: list[tuple[ImageInfo, bytes]] = []
         started = time.monotonic()
+        start_bytes = memory.rss_bytes()  # the rise is measured from here (from the new model's after a switch)
         sampler = memory.PeakSampler().start()
-        start_bytes = sampler.peak
         try:
             if p.mode in ("upscale", "detect"):
                 images.append(self._upscale(job) if p.mode == "upscale" else self._detect(job))

@@ -86,6 +86,11 @@ def weight_bytes(source: str, kind: str) -> int | None:
 IMAGE_PER_MPX = 0.08 * GIB
 
 
+def _backend(engine: str) -> str:
+    """What the priors know of an engine string: openvino or torch."""
+    return "openvino" if engine.startswith("openvino") else "torch"
+
+
 def _rise_prior(engine_kind: str, pixels: int, ratio: float) -> int:
     """The prior rise of a model whose weights are ``ratio`` of its family's full size: weights grow with the
     square of a network's width and activations with the width, hence the root for the activations."""
@@ -136,7 +141,7 @@ class Footprints:
                 source_pixels: int = 0) -> Prediction:
         """The job's peak when it starts from ``start_bytes`` (``start_for``), its UNet run by ``engine``."""
         shape, pixels = shape_of(params, engine), job_pixels(params, source_pixels)
-        kind = "openvino" if engine.startswith("openvino") else "torch"
+        kind = _backend(engine)
         if not runs_diffusion(params):  # no model runs: the upscaler's or annotator's own, full size
             kind, scale = params.mode, 1.0
         else:
@@ -166,7 +171,7 @@ class Footprints:
     @staticmethod
     def parts(params: GenerationParams, engine: str, scale: float, family: str) -> int:
         """What the job's extras add (priors, scaled by the model's size): control units, faces, LoRAs."""
-        kind = "openvino" if engine.startswith("openvino") else "torch"
+        kind = _backend(engine)
         extra = 0.0
         for unit in params.controls:
             module = module_named(unit.module)

@@ -56,19 +56,30 @@ class MemoryBudget:
 
     def predict(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
         """The job's predicted peak (None: the model is unknown, which the admission refuses anyway)."""
-        models = self.models
+        start = self._start(params)
+        return None if start is None else self._price(params, start, source_pixels)
+
+    def _start(self, params: GenerationParams) -> int | None:
+        """What the job would start from (None: an unknown model). The same for every variant of a job, so the
+        advice works it out once (it may look at a model's files on disk)."""
         if not runs_diffusion(params):  # an upscale or detect job: no model runs, the loaded one stays
-            return self.footprints.predict("", "sd1", params, "", self.idle_bytes, source_pixels)
-        model = models.catalog.find(params.model)
+            return self.idle_bytes
+        model = self.models.catalog.find(params.model)
         if model is None:
             return None
-        resident = models.resident_names()
+        resident = self.models.resident_names()
         # Another model's job may drop every other model first (ModelSet): it is priced as if they went.
         others = sum(self._own(name) for name in resident if name != model.name)
-        start = self.footprints.start_for(model.name, model.family, model.source, model.kind, model.name in resident,
-                                          self.idle_bytes, others)
-        return self.footprints.predict(model.name, model.family, params, models.engine_of(model.name, params), start,
-                                       source_pixels)
+        return self.footprints.start_for(model.name, model.family, model.source, model.kind, model.name in resident,
+                                         self.idle_bytes, others)
+
+    def _price(self, params: GenerationParams, start: int, source_pixels: int) -> Prediction:
+        """The job's peak from ``start`` (``_start``: its model is known)."""
+        if not runs_diffusion(params):
+            return self.footprints.predict("", "sd1", params, "", start, source_pixels)
+        model = self.models.catalog.find(params.model)
+        return self.footprints.predict(model.name, model.family, params, self.models.engine_of(model.name, params),
+                                       start, source_pixels)
 
     def _own(self, name: str) -> int:
         found = self.models.catalog.find(name)
@@ -86,15 +97,14 @@ class MemoryBudget:
 
     def check(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
         """The job's prediction, or a Rejection when it is over the budget."""
-        prediction, kept = self.predict(params, source_pixels), self.budget
-        if prediction is None or not kept.bytes or prediction.peak_bytes <= kept.bytes:
+        start = self._start(params)
+        if start is None:
+            return None
+        prediction, kept = self._price(params, start, source_pixels), self.budget
+        if not kept.bytes or prediction.peak_bytes <= kept.bytes:
             return prediction
         field, advice = self._advice(params, prediction, source_pixels, kept.bytes)
         raise errors.over_budget(_gib(prediction.peak_bytes), _gib(kept.bytes), kept.source, advice, field)
-
-    def _fits(self, params: GenerationParams, source_pixels: int, most: int) -> bool:
-        prediction = self.predict(params, source_pixels)
-        return prediction is not None and prediction.peak_bytes <= most
 
     def _advice(self, params: GenerationParams, prediction: Prediction, source_pixels: int,
                 most: int) -> tuple[str, str]:
@@ -102,6 +112,10 @@ class MemoryBudget:
         scale, fewer control units or no face restoration; else the model itself is too big for the budget."""
         ways: list[str] = []
         field = ""
+
+        def fits(variant: GenerationParams) -> bool:  # every variant starts where the job does
+            return self._price(variant, prediction.start_bytes, source_pixels).peak_bytes <= most
+
         if params.mode not in ("upscale", "detect"):
             for i in range(1, _SIZE_STEPS + 1):
                 share = 1 - 0.75 * i / _SIZE_STEPS
@@ -109,18 +123,18 @@ class MemoryBudget:
                 if (width, height) == (params.width, params.height):
                     continue
                 smaller = msgspec.structs.replace(params, width=width, height=height)
-                if self._fits(smaller, source_pixels, most):
+                if fits(smaller):
                     ways.append(f"lower the size to {width}x{height}")
                     field = "width"
                     break
-        if params.hires is not None and self._fits(msgspec.structs.replace(params, hires=None), source_pixels, most):
+        if params.hires is not None and fits(msgspec.structs.replace(params, hires=None)):
             ways.append("turn the hires fix off or lower its scale")
             field = field or "hires"
-        if params.controls and self._fits(msgspec.structs.replace(params, controls=[]), source_pixels, most):
+        if params.controls and fits(msgspec.structs.replace(params, controls=[])):
             ways.append("use fewer control units")
             field = field or "controls"
-        if params.face_restoration is not None and self._fits(
-                msgspec.structs.replace(params, face_restoration=None), source_pixels, most):
+        if params.face_restoration is not None and fits(
+                msgspec.structs.replace(params, face_restoration=None)):
             ways.append("leave face restoration off")
             field = field or "face_restoration"
         if params.mode == "upscale":

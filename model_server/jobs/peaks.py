@@ -10,7 +10,6 @@ RAM size, beside the speeds (model_server/jobs/speed.py): another machine starts
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from model_server.jobs.host_file import HostFile, bounded
 from protocol.control import module_named
 from protocol.messages import GenerationParams, HostInfo, hires_size
 
-log = logging.getLogger(__name__)
 MAX_ENTRIES = 512  # the oldest measured go first
 _NEW_WEIGHT = 0.3
 
@@ -61,7 +59,8 @@ def shape_of(params: GenerationParams, engine: str) -> str:
 
 
 def job_pixels(params: GenerationParams, source_pixels: int = 0) -> int:
-    """The pixels of the job's largest pass: the hires fix's second pass, an upscale's source."""
+    """The pixels of the job's largest pass: the hires fix's second pass, an upscale's result (``source_pixels``:
+    what admission.source_pixels read from its upload)."""
     if params.mode == "upscale":
         return source_pixels or params.width * params.height
     if params.hires is not None:
