@@ -13,7 +13,6 @@ Time and memory do not depend on weight values.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import os
 import subprocess

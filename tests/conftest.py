@@ -24,6 +24,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ir_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as the OpenVINO organisation publishes int8 models (optimum-intel's all-IR layout, the UNet
+    hybrid-quantized), written once per run by the project's own exporter."""
+    folder = tmp_path_factory.mktemp("ir") / "tiny-sd-int8-ov"
+    subprocess.run([PYTHON, "-m", "model_server.engine.openvino_ir_export", str(tiny_model_dir), str(folder),
+                    "--int8", "hybrid"], cwd=ROOT, check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("logs")
 

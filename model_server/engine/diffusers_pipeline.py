@@ -38,7 +38,7 @@ from model_server.engine.model_loader import bf16_copy
 from model_server.errors import redact
 from model_server.engine.openvino_backend import FastUNet
 from model_server.engine.pipeline_objects import pipeline_like
-from model_server.engine.plan import EngineFacts, Plan, decide
+from model_server.engine.plan import IR_ONLY_LCM, EngineFacts, NeedsTorch, Plan, decide
 from model_server.engine.previews import latent_preview
 from model_server.engine.prompt_weighting import needs_weighting, weighted_embeddings
 from model_server.engine.residency import MappedWeights
@@ -53,7 +53,7 @@ from model_server.pipeline import (SCHEDULERS, JobCancelledError, PipelineLoadEr
                                    preset_unavailable)
 from model_server.settings import ModelServerSettings
 from protocol.errors import ErrorCode
-from protocol.messages import GenerationParams, StopMode, steps_run
+from protocol.messages import ErrorInfo, GenerationParams, StopMode, steps_run
 from protocol.control import IP_ADAPTER, module_named
 from protocol.presets import PRESETS
 from protocol.upscalers import LATENT_UPSCALERS
@@ -66,7 +66,7 @@ class DiffusersPipeline:
 
     def __init__(self, pipe, model_id: str, opts: dict, settings: ModelServerSettings | None = None,
                  residency: MappedWeights | None = None, ov_pipe=None, fast_unet: FastUNet | None = None,
-                 family: Family = FAMILIES["sd1"], control_ov=None):
+                 family: Family = FAMILIES["sd1"], control_ov=None, openvino_only: bool = False):
         self.pipe = pipe
         self.family = family
         self.ov_pipe = ov_pipe  # the same modules, the UNet on OpenVINO (openvino_backend)
@@ -74,6 +74,7 @@ class DiffusersPipeline:
         self.control_ov = control_ov  # ControlNet jobs' OpenVINO UNet and ControlNets (openvino_control)
         self._control_wanted: list = []  # the next job's ControlNets (apply_controlnets), loaded in prepare_parts
         self.model_id = model_id
+        self.openvino_only = openvino_only  # published as OpenVINO IR: no torch weights (openvino_ir_model)
         self._opts = opts
         self._settings = settings or ModelServerSettings(lcm_lora="none", tiny_vae="none",
                                                          release_idle_weights="none")
@@ -82,6 +83,8 @@ class DiffusersPipeline:
         # Kept apart: pipe.scheduler is replaced per job, so "default" must not read it back.
         self._default_scheduler = type(pipe.scheduler)
         self._lcm_source, self._vae_source, self._lcm_missing = preset_parts.resolve(self._settings, family)
+        if openvino_only:
+            self._lcm_source, self._lcm_missing = None, IR_ONLY_LCM
         self._fast_loaded = False
         self._tiny_vae_missing = ""  # why the tiny decoder could not load, once it was tried
         self._adapters = LoraAdapters(pipe, self._settings.lora_cache_mb * 2**20)
@@ -93,12 +96,14 @@ class DiffusersPipeline:
         self._variants: dict[tuple, object] = {}
         # The model's own weights as loaded (the memory budget scales its priors by them: model_server.jobs.footprint).
         parts = [getattr(pipe, name, None) for name in family.text_encoders + ("unet", "vae")]
-        self._opts["weights_mb"] = round(sum(p.numel() * p.element_size() for part in parts if part is not None
-                                             for p in part.parameters()) / 2**20, 1)
+        self._opts.setdefault("weights_mb", round(sum(p.numel() * p.element_size() for part in parts
+                                                      if part is not None for p in part.parameters()) / 2**20, 1))
         self._opts["lcm_lora"] = False if self._lcm_missing else f"{self._lcm_source} (loads on first use)"
         self._opts["tiny_vae"] = (f"{self._vae_source} (loads on first use)"
                                   if self._vae_source and not self._lcm_missing else False)
         self._inpaint_source, why = inpaint_model.resolve(self._settings)
+        if openvino_only and self._inpaint_source:  # its UNet is torch's: this model blends on its own UNet
+            self._inpaint_source, why = None, "the model is OpenVINO IR only"
         self._inpaint_unet = None
         self._opts["inpaint_model"] = (f"{self._inpaint_source} (loads on the first inpaint job)"
                                        if not why else f"none: the model itself blends ({why})")
@@ -110,7 +115,7 @@ class DiffusersPipeline:
         with (progress or LoadProgress()).over() as phases:
             m = model_loader.load(settings, phases)
         return cls(m.pipe, settings.model, m.opts, m.settings, m.residency, m.ov_pipe, m.fast_unet, m.family,
-                   m.control_ov)
+                   m.control_ov, m.openvino_only)
 
     def _cache(self) -> Path:
         """Where made files go (SD_CACHE_DIR; a temporary folder when there is none)."""
@@ -126,6 +131,7 @@ class DiffusersPipeline:
         control_unet = ("none" if control is None else "failed" if control.failed else "pending" if control.pending
                         else "ready")
         return EngineFacts(family=self.family.name, dtype=self._opts["dtype"], openvino=self.ov_pipe is not None,
+                           torch_unet=not self.openvino_only,
                            control_unet=control_unet,
                            control_failed=frozenset(control.net_failed) if control is not None else frozenset(),
                            control_int8=control is not None and control.int8_weights,
@@ -137,7 +143,11 @@ class DiffusersPipeline:
                            openvino_multiple=8 * 2 ** (len(self.pipe.unet.config.down_block_types) - 1))
 
     def plan(self, params: GenerationParams) -> Plan:
-        return decide(params, self.facts())
+        try:
+            return decide(params, self.facts())
+        except NeedsTorch as exc:  # a model published as OpenVINO IR only: said in the job (or at submit)
+            raise PipelineLoadError(ErrorInfo(code=ErrorCode.INVALID_PARAMS, message=str(exc), hint=exc.hint,
+                                              field=exc.field)) from None
 
     def engine(self, params: GenerationParams) -> str:
         return self.plan(params).engine

@@ -27,7 +27,7 @@ from model_server.engine.pipeline_files import pipeline_patterns
 from model_server.engine.residency import MappedWeights
 from model_server.errors import redact
 from model_server.families import FAMILIES, Family
-from model_server.families.detect import TINY, from_folder
+from model_server.families.detect import TINY, from_folder, openvino_only
 from model_server.loading.download import ensure_pipeline
 from model_server.loading.hub_files import is_hub_id
 from model_server.loading.progress import LoadProgress
@@ -132,6 +132,29 @@ def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = Fals
     return str(dest), {"weights": "bf16 copy (made now)", "conversion_seconds": seconds}
 
 
+def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, threads: int,
+                   progress: LoadProgress) -> "Loaded":
+    """A model published as OpenVINO IR (engine/openvino_ir_model): every part on OpenVINO, in bf16 where the CPU
+    has it natively (SD_DTYPE as for any model), no torch weights to map or release."""
+    from model_server.engine import openvino_ir_model
+
+    dtype, why = choose_dtype(settings.dtype)
+    progress.start("loading", f"the OpenVINO IR of {settings.model}")
+    started = time.monotonic()
+    side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
+    pipe, backend = openvino_ir_model.load(folder, family, "bf16" if dtype == torch.bfloat16 else "f32", threads,
+                                           progress, side)
+    opts = {"pipeline": "diffusers", "family": family.name, "dtype": str(dtype).removeprefix("torch."),
+            "dtype_reason": why, "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "safety_checker": False, "default_scheduler": type(pipe.scheduler).__name__,
+            "torch": str(torch.__version__), "load_seconds": round(time.monotonic() - started, 2), **backend}
+    log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
+    if settings.safety_checker:
+        log.warning("SD_SAFETY_CHECKER is on but %s (OpenVINO IR) has no safety checker", settings.model)
+    return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=False, vae_tile_above=0),
+                  MappedWeights(None), ov_pipe=pipe, fast_unet=None, openvino_only=True)
+
+
 @dataclasses.dataclass
 class Loaded:
     """A loaded model and what was decided while loading it (DiffusersPipeline's parts)."""
@@ -144,6 +167,7 @@ class Loaded:
     ov_pipe: object | None  # the same modules, the UNet on OpenVINO
     fast_unet: openvino_backend.FastUNet | None
     control_ov: object | None = None  # openvino_control.ControlOnOpenVino: ControlNet jobs' UNet and ControlNets
+    openvino_only: bool = False  # a model published as OpenVINO IR: no torch weights (openvino_ir_model)
 
 
 def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
@@ -160,6 +184,9 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
                         pipeline_patterns)
     family = FAMILIES[TINY[settings.model][0] if settings.model in TINY
                       else from_folder(Path(local_dir(source, settings) or source)) or "sd1"]
+    folder = local_dir(source, settings)
+    if folder is not None and openvino_only(Path(folder)):
+        return _openvino_only(Path(folder), settings, family, threads, progress)
     weights = {"weights": "as stored"}
     if dtype == torch.bfloat16 and settings.bf16_cache:
         source, weights = bf16_copy(source, settings, progress=progress)

@@ -190,7 +190,7 @@ def vae_decoder(pipe, folder: str, settings: ModelServerSettings, precision: str
     from model_server.engine.openvino_vae import OpenVinoVae
 
     MappedWeights(folder).release("vae")  # the torch decoder's pages are not read again
-    vae = OpenVinoVae(ir, pipe.vae, precision, threads)
+    vae = OpenVinoVae.of(ir, pipe.vae, precision, threads)
     if not settings.vae_tile_above or side <= settings.vae_tile_above:  # larger ones decode in torch's tiles
         progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side}")
         vae.compile_for(side, side)

@@ -29,7 +29,12 @@ class StaticIR:
 
         self._core = ov.Core()
         self._bin = os.path.realpath(Path(ir).with_suffix(".bin"))
-        self._model = self._core.read_model(ir)  # mapped, not read
+        self.model = self._core.read_model(ir)  # mapped, not read
+        # Each input's name -> (rank, numpy type): IRs exported elsewhere (optimum-intel's) take a timestep of rank
+        # 1 and token ids as int64 where ours take a float32 scalar; infer casts to what the IR takes.
+        self.inputs = {i.get_any_name(): (i.get_partial_shape().rank.get_length(), i.get_element_type().to_dtype())
+                       for i in self.model.inputs}
+        self.outputs = [o.get_any_name() for o in self.model.outputs]
         self._options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                          "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
         # No CACHE_DIR: importing a cached blob held it in memory beside the compiled model (measured:
@@ -44,9 +49,9 @@ class StaticIR:
             return
         started = time.monotonic()
         self._request = None  # the previous compiled model and its weights go first
-        self._model.reshape(shapes)
+        self.model.reshape(shapes)
         with released_while_read({self._bin}):
-            compiled = self._core.compile_model(self._model, "CPU", self._options)
+            compiled = self._core.compile_model(self.model, "CPU", self._options)
         self._request = compiled.create_infer_request()
         self.shapes = shapes
         self.compile_seconds = round(time.monotonic() - started, 2)
@@ -62,5 +67,16 @@ class StaticIR:
 
     def infer_all(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output for ``inputs``, in the IR's order, as owned arrays."""
+        inputs = {name: _as(value, self.inputs[name][1]) for name, value in inputs.items()}
         self.compile_for({name: list(value.shape) for name, value in inputs.items()})
         return [value.copy() for value in self._request.infer(inputs).values()]
+
+
+def _as(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``value`` as the IR's input type: integer inputs (a timestep exported as int64) take the nearest integer, as
+    schedulers with fractional timesteps (Euler, DPM++ Karras) would otherwise be truncated."""
+    if value.dtype == dtype:
+        return value
+    if np.issubdtype(dtype, np.integer) and np.issubdtype(value.dtype, np.floating):
+        value = np.rint(value)
+    return value.astype(dtype)

@@ -29,13 +29,17 @@ class OpenVinoUNet(torch.nn.Module):
     UNet's, which the pipelines read."""
 
     def __init__(self, ir_dir: str | Path, like: torch.nn.Module, precision: str, threads: int,
-                 residuals: bool = False):
+                 residuals: bool = False, file: str | None = None):
         super().__init__()
         self.config = like.config
         self._dtype = like.dtype
         # ``residuals``: the IR made for ControlNet jobs, which also takes a ControlNet's residuals.
         self._residuals = residuals
-        self._ir = StaticIR(Path(ir_dir) / (IR_NAMES["unet_control"] if residuals else IR_NAME), precision, threads)
+        # ``file``: an IR named otherwise (a model published as IR: openvino_ir_model).
+        name = file or (IR_NAMES["unet_control"] if residuals else IR_NAME)
+        self._ir = StaticIR(Path(ir_dir) / name, precision, threads)
+        # Ours takes the timestep as a scalar; optimum-intel's exports one per batch entry (rank 1).
+        self._timestep_rank = self._ir.inputs["timestep"][0]
         self.calls = 0
         # SDXL: the pooled text embedding and the size/crop ids are two more inputs.
         self._text_time = like.config.get("addition_embed_type") == "text_time"
@@ -44,6 +48,11 @@ class OpenVinoUNet(torch.nn.Module):
         if self._text_time:  # what SDXL's pipelines read to check their time ids' width (no weights)
             self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(
                 in_features=like.config.projection_class_embeddings_input_dim))
+
+    @property
+    def ir(self) -> StaticIR:
+        """The compiled IR (its inputs, its model)."""
+        return self._ir
 
     @property
     def dtype(self) -> torch.dtype:
@@ -56,7 +65,7 @@ class OpenVinoUNet(torch.nn.Module):
     def compile_for(self, shape: tuple[int, ...]) -> None:
         """Compile for latents of ``shape`` (batch, channels, height, width), replacing the last."""
         batch = shape[0]
-        shapes = {"sample": list(shape), "timestep": [],
+        shapes = {"sample": list(shape), "timestep": [batch] * self._timestep_rank,
                   "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]}
         if self._text_time:
             shapes.update(text_embeds=[batch, self._pooled], time_ids=[batch, 6])
@@ -82,6 +91,8 @@ class OpenVinoUNet(torch.nn.Module):
         self.calls += 1
         inputs = unet_inputs(sample, timestep, encoder_hidden_states,
                              kwargs.get("added_cond_kwargs") if self._text_time else None)
+        if self._timestep_rank:
+            inputs["timestep"] = np.full(sample.shape[:1], inputs["timestep"])
         if self._residuals:
             down = kwargs["down_block_additional_residuals"]
             inputs.update({f"down_{i}": r.float().numpy() for i, r in enumerate(down)},

@@ -7,6 +7,9 @@ second compiled model's memory.
 
 Latents are decoded one image at a time, so one compiled shape per image size serves any number
 of images per request, and the decoder's activations stay those of one image.
+
+A model published as OpenVINO IR only (openvino_ir_model) has no torch VAE: its encoder's IR encodes, one
+image at a time too, and nothing steps aside to torch.
 """
 
 from __future__ import annotations
@@ -14,27 +17,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 
 from model_server.engine.openvino_compiled import StaticIR
 from model_server.engine.openvino_convert import IR_NAMES
 
 
 class OpenVinoVae(torch.nn.Module):
-    """diffusers' AutoencoderKL as the pipelines call it, decoding on the compiled IR. ``config``,
-    ``dtype`` and ``encode`` are the torch VAE's."""
+    """diffusers' AutoencoderKL as the pipelines call it, decoding on the compiled IR. ``config``
+    and ``dtype`` are ``like``'s; ``encode`` is the torch VAE's, or the ``encoder`` IR's when there is no torch
+    VAE (``like`` then holds no weights)."""
 
-    def __init__(self, ir_dir: str | Path, vae: torch.nn.Module, precision: str, threads: int):
+    def __init__(self, decoder: Path, like: torch.nn.Module, precision: str, threads: int,
+                 encoder: Path | None = None):
         super().__init__()
-        self.torch_vae = vae
-        self.config = vae.config
-        self._ir = StaticIR(Path(ir_dir) / IR_NAMES["vae_decoder"], precision, threads)
+        self.torch_vae = None if encoder else like
+        self.config = like.config
+        self._dtype = like.dtype
+        self._ir = StaticIR(decoder, precision, threads)
+        self._latent = next(iter(self._ir.inputs))  # ours "latent", optimum-intel's "latent_sample"
+        self._encoder = StaticIR(encoder, precision, threads) if encoder else None
         self.calls = 0
         self.decode_on_torch = False  # set for a job the compiled graph cannot run (tiling's circular padding)
 
+    @classmethod
+    def of(cls, ir_dir: str | Path, vae: torch.nn.Module, precision: str, threads: int) -> "OpenVinoVae":
+        """The decoder converted from ``vae`` (openvino_convert) in ``ir_dir``, the torch VAE beside it."""
+        return cls(Path(ir_dir) / IR_NAMES["vae_decoder"], vae, precision, threads)
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.torch_vae.dtype
+        return self._dtype
 
     @property
     def device(self) -> torch.device:
@@ -47,23 +61,30 @@ class OpenVinoVae(torch.nn.Module):
 
     def compile_for(self, height: int, width: int) -> None:
         """Compile for images of ``height`` x ``width`` pixels, replacing the last size."""
-        self._ir.compile_for({"latent": [1, self.config.latent_channels, height // self._scale, width // self._scale]})
+        self._ir.compile_for({self._latent: [1, self.config.latent_channels, height // self._scale,
+                                             width // self._scale]})
 
     def report(self) -> dict[str, str | float | None]:
         """The image size the decoder is compiled for and its compile time, for /health."""
         if self._ir.shapes is None:
             return {}
-        _, _, height, width = self._ir.shapes["latent"]
+        _, _, height, width = self._ir.shapes[self._latent]
         return {"openvino_vae_compiled_for": f"{width * self._scale}x{height * self._scale}",
                 "openvino_vae_compile_seconds": self._ir.compile_seconds}
 
-    def encode(self, *args, **kwargs):
-        return self.torch_vae.encode(*args, **kwargs)
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        if self._encoder is None:
+            return self.torch_vae.encode(x, return_dict=return_dict)
+        # The encoder's moments (mean and log-variance), one image at a time, as the torch VAE's posterior.
+        moments = torch.cat([torch.from_numpy(self._encoder.infer({"sample": one.float().numpy()}))
+                             for one in x.split(1)])
+        posterior = DiagonalGaussianDistribution(moments.to(x.dtype))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None, **kwargs):
-        if self.decode_on_torch:
+        if self.decode_on_torch and self.torch_vae is not None:
             return self.torch_vae.decode(z, return_dict=return_dict, generator=generator, **kwargs)
         self.calls += 1
-        images = [torch.from_numpy(self._ir.infer({"latent": one.float().numpy()})) for one in z.split(1)]
+        images = [torch.from_numpy(self._ir.infer({self._latent: one.float().numpy()})) for one in z.split(1)]
         sample = torch.cat(images).to(z.dtype)
         return DecoderOutput(sample=sample) if return_dict else (sample,)

@@ -4,12 +4,24 @@ The choice is diffusers' own (``DiffusionPipeline.download`` picks the component
 no fp16 or flax variants, the configs and the tokenizer): it is captured where diffusers hands it
 to ``snapshot_download``, so our resumable download (model_server.loading.download) fetches
 exactly the files diffusers would, and diffusers then finds them all in the cache.
+
+A repository published as OpenVINO IR only (optimum-intel's layout, the OpenVINO organisation's ``*-ov``
+models: engine/openvino_ir_model) has no weights diffusers would pick: its IRs, configs, tokenizers and
+scheduler are what it needs (``IR_PATTERNS``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from diffusers import StableDiffusionPipeline
 from diffusers.pipelines import pipeline_utils
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+from model_server.families.detect import IR_FILE, openvino_only
+
+IR_PATTERNS = ["model_index.json", "openvino_config.json", "*/config.json", f"*/{IR_FILE}",
+               f"*/{Path(IR_FILE).with_suffix('.bin')}", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
 
 
 class _Captured(Exception):
@@ -20,7 +32,16 @@ class _Captured(Exception):
 
 def pipeline_patterns(repo: str, revision: str | None, token: str | None) -> tuple[list | None, list | None] | None:
     """diffusers' (allow, ignore) patterns for a Stable Diffusion pipeline in ``repo``; None when
-    diffusers finds the pipeline complete in the cache (or may only look there: offline)."""
+    diffusers finds the pipeline complete in the cache (or may only look there: offline). For a repository
+    of OpenVINO IR only, its files (``IR_PATTERNS``)."""
+    if constants.HF_HUB_OFFLINE:
+        index = try_to_load_from_cache(repo, "model_index.json", revision=revision)
+        if isinstance(index, str) and openvino_only(Path(index).parent):
+            return None  # cached (diffusers' own check would look for torch weights it does not have)
+    else:
+        files = HfApi(token=token).list_repo_files(repo, revision=revision, token=token)
+        if f"unet/{IR_FILE}" in files and not any(f.startswith("unet/diffusion_pytorch_model") for f in files):
+            return IR_PATTERNS, None
     real = pipeline_utils.snapshot_download
 
     def capture(*args, **kwargs):

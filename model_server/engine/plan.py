@@ -17,6 +17,21 @@ from protocol.presets import PRESETS
 
 # The fast preset's LCM-LoRA, as the reasons name it (a job with it runs on torch unless the fused UNet is there).
 FAST_LORA = "the fast preset's LCM-LoRA"
+# A model published as OpenVINO IR only (engine/openvino_ir_model): what keeps a job on torch cannot run on it.
+IR_ONLY = "the model is published as OpenVINO IR only (no torch weights)"
+IR_ONLY_LCM = f"{IR_ONLY}: the LCM-LoRA is fused into torch weights"
+
+
+class NeedsTorch(ValueError):
+    """A job only torch weights can run, on a model published as OpenVINO IR only; ``field`` is the request's
+    field of the first thing named."""
+
+    def __init__(self, reasons: tuple[str, ...], field: str, multiple: int):
+        super().__init__(f"{', '.join(reasons)} {'needs' if len(reasons) == 1 else 'need'} torch weights, and "
+                         f"this model is published as OpenVINO IR only")
+        self.reasons, self.field = reasons, field
+        self.hint = (f"Use a width and height that are multiples of {multiple}." if field == "width" else
+                     "Leave it out, or use the model's diffusers release: its torch weights run it.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +41,7 @@ class EngineFacts:
     family: str = "sd1"
     dtype: str = "float32"
     openvino: bool = False  # the model's UNet is compiled on OpenVINO
+    torch_unet: bool = True  # it has torch weights too (not so for a model published as OpenVINO IR only)
     int8: str = ""  # the OpenVINO UNet's int8 mode ("hybrid", "full") or ""
     fused_lcm: str = "none"  # the fast preset's OpenVINO UNet: none | pending | ready | failed
     lcm_missing: str = ""  # why there is no LCM-LoRA ("" when there is)
@@ -103,24 +119,29 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
     # made on this job); not beside the fast preset's fused UNet (there is no fused control UNet).
     control_on_openvino = (controls and facts.control_unet in ("pending", "ready") and not lcm
                            and not {unit.model for unit in nets} & facts.control_failed)
-    candidates = ((FAST_LORA, lcm and (not fused or controls)), ("LoRA", bool(params.loras)),
-                  ("deep_cache", params.deep_cache > 1),
-                  ("token_merging", bool(params.token_merging)), ("tiling", params.tiling),
-                  ("the inpainting checkpoint", inpaint_checkpoint),
-                  ("ControlNet", controls and not control_on_openvino), ("IP-Adapter", bool(adapters)),
+    # (what, asked, the request's field)
+    candidates = ((FAST_LORA, lcm and (not fused or controls), "preset"), ("LoRA", bool(params.loras), "loras"),
+                  ("deep_cache", params.deep_cache > 1, "deep_cache"),
+                  ("token_merging", bool(params.token_merging), "token_merging"),
+                  ("tiling", params.tiling, "tiling"),
+                  ("the inpainting checkpoint", inpaint_checkpoint, "mode"),
+                  ("ControlNet", controls and not control_on_openvino, "controls"),
+                  ("IP-Adapter", bool(adapters), "controls"),
                   (f"a size not a multiple of {facts.openvino_multiple}",
-                   bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple)))
+                   bool(params.width % facts.openvino_multiple or params.height % facts.openvino_multiple), "width"))
     # Step caching is a torch lever. A job that has it only from its preset (balanced) runs every step on OpenVINO
     # instead, where that was measured faster (docs/performance.md, "Side by side"); one that asks for it, or that
     # runs on torch anyway, keeps it.
-    others = [what for what, asked in candidates if asked and what != "deep_cache"]
+    others = [what for what, asked, _ in candidates if asked and what != "deep_cache"]
     cache_left_out = bool(facts.openvino and params.deep_cache > 1 and not others and preset is not None
                           and params.deep_cache == preset.deep_cache)
     # ControlNet residuals go into every block of every step: the cached deep features would not carry them (and
     # beside an IP-Adapter's image attention the two were never tried together).
     deep_cache = params.deep_cache if params.deep_cache > 1 and not cache_left_out and not params.controls else 0
-    reasons = tuple(what for what, asked in candidates
-                    if asked and (what != "deep_cache" or deep_cache)) if facts.openvino else ()
+    kept = [(what, field) for what, asked, field in candidates if asked and (what != "deep_cache" or deep_cache)]
+    reasons = tuple(what for what, _ in kept) if facts.openvino else ()
+    if reasons and not facts.torch_unet:
+        raise NeedsTorch(reasons, kept[0][1], facts.openvino_multiple)
     unet = ("torch" if not facts.openvino or reasons else "openvino-control" if controls
             else "openvino-lcm" if lcm else "openvino")
     precision = facts.dtype
@@ -148,6 +169,15 @@ def decide(params: GenerationParams, facts: EngineFacts) -> Plan:
         # embeddings come for the whole batch).
         guidance_halves=(unet == "torch" and params.guidance_scale > 1 and not deep_cache and not params.controls
                          and _large(params, facts)))
+
+
+def needs_torch(params: GenerationParams, facts: EngineFacts) -> NeedsTorch | None:
+    """Why ``params`` cannot run on a model without torch weights (``facts.torch_unet`` False), or None."""
+    try:
+        decide(params, facts)
+    except NeedsTorch as exc:
+        return exc
+    return None
 
 
 def _decoder(params: GenerationParams, facts: EngineFacts, tiny_asked: bool) -> str:

@@ -16,7 +16,7 @@ def decoded_on_torch(vae):
     """The torch VAE decodes while inside, where an OpenVINO decoder would: for an image the hires fix upscales
     in pixels, whose second pass decodes at another size anyway. A compiled decoder keeps its buffers for the
     size it ran (0.39 GiB for 512x512, SD v1.4), which would sit beside the larger pass; torch's are freed."""
-    if not hasattr(vae, "torch_vae"):
+    if getattr(vae, "torch_vae", None) is None:
         yield
         return
     vae.decode_on_torch = True

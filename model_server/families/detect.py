@@ -35,6 +35,30 @@ def detect(source: str, kind: str) -> str:
     return from_folder(_cached_snapshot(source)) or ("sdxl" if _XL_NAME.search(source) else "sd1")
 
 
+# Each part's IR in a model published as OpenVINO IR only (optimum-intel's layout: engine/openvino_ir_model).
+IR_FILE = "openvino_model.xml"
+
+
+def openvino_only(folder: Path | None) -> bool:
+    """Whether the diffusers-shaped ``folder`` holds its UNet as OpenVINO IR and no torch weights for it."""
+    if folder is None or not (folder / "unet" / IR_FILE).is_file():
+        return False
+    return not any(p.suffix in (".safetensors", ".bin") and p.stem != "openvino_model"
+                   for p in (folder / "unet").iterdir())
+
+
+def unet_multiple(folder: Path | None) -> int:
+    """What the sides of the UNet in ``folder`` must be multiples of, compiled static (8 x 2 per downsampling stage:
+    64 for SD and SDXL); 64 when its config does not say."""
+    blocks = json_object(folder / "unet" / "config.json").get("down_block_types") if folder else None
+    return 8 * 2 ** (len(blocks) - 1) if isinstance(blocks, list) and 0 < len(blocks) < 8 else 64
+
+
+def folder_of(source: str, kind: str) -> Path | None:
+    """The local folder of a catalog ``source`` (a hub id's cached snapshot), if there is one yet."""
+    return Path(source) if kind == "folder" else _cached_snapshot(source) if kind == "hub" else None
+
+
 def from_folder(folder: Path | None) -> str | None:
     """A diffusers folder's family, or None when it does not say."""
     if folder is None:

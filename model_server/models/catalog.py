@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from model_server.families import FAMILIES, detect
-from model_server.families.detect import FEW_STEP_NAME, TINY
+from model_server.families import FAMILIES
+from model_server.families.detect import FEW_STEP_NAME, TINY, detect, folder_of, openvino_only, unet_multiple
 from model_server.loading.hub_files import is_hub_id
 from protocol.contract import Limits
 from protocol.messages import MAX_NAME_LENGTH, ModelEntry
@@ -45,6 +45,10 @@ class ModelSource:
     one_step: bool = False
     default: bool = False
     family: str = "sd1"  # model_server.families
+    # Published as OpenVINO IR only (engine/openvino_ir_model): no torch weights. The UNet's sides must then be
+    # multiples of ``ir_multiple`` (its graph upsamples by fixed factors).
+    openvino_only: bool = False
+    ir_multiple: int = 64
 
     def sizes(self, limits: Limits) -> list[tuple[int, int]]:
         """The trained sizes this deployment's bounds allow."""
@@ -96,8 +100,10 @@ def _name_for(source: str) -> str:
 def make_source(source: str, name: str | None = None, default: bool = False) -> ModelSource:
     name = (name or _name_for(source))[:MAX_NAME_LENGTH]
     kind = kind_of(source)
+    folder = folder_of(source, kind)
     return ModelSource(name=name, source=source, kind=kind, one_step=is_one_step(name, source), default=default,
-                       family=detect(source, kind))
+                       family=detect(source, kind), openvino_only=openvino_only(folder),
+                       ir_multiple=unet_multiple(folder))
 
 
 def parse_list(text: str) -> list[ModelSource]:

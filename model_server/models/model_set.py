@@ -20,6 +20,7 @@ from typing import Callable
 
 from model_server import errors, memory
 from model_server.control.catalog import ControlNets
+from model_server.engine.plan import EngineFacts, needs_torch
 from model_server.errors import Rejection
 from model_server.families import FAMILIES
 from model_server.finishing.faces import FaceRestorers
@@ -183,6 +184,11 @@ class ModelSet:
         if len({ref.name for ref in params.loras}) != len(params.loras):
             raise errors.invalid("a LoRA is named twice", "Name each LoRA once, with the weight you want.")
         self.controlnets.check(params, model.family)
+        if model.openvino_only:  # what only torch weights run is refused now, not when the job starts
+            refused = needs_torch(params, EngineFacts(family=model.family, openvino=True, torch_unet=False,
+                                                      openvino_multiple=model.ir_multiple))
+            if refused is not None:
+                raise errors.invalid(str(refused), refused.hint, refused.field)
         unavailable = self.unavailable_for(model)
         if params.preset in unavailable:
             raise Rejection(preset_unavailable(params.preset, unavailable[params.preset], unavailable,

@@ -10,6 +10,8 @@ and an offline start each end in a failure that says what is missing and what to
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import time
 
 import pytest
 import requests
+from PIL import Image
 
 from model_server.engine.tiny_model import write_tiny_extras, write_tiny_inpaint_model, write_tiny_model
 from tests.helpers import PYTHON, ROOT, base_env, free_port, wait_ready, wait_until
@@ -27,11 +30,15 @@ WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_mo
            "text_encoder/model.safetensors")
 
 
+# A model published as OpenVINO IR only, as the OpenVINO organisation's int8 ones (engine/openvino_ir_model).
+IR_REPO = "OpenVINO/tiny-sd-int8-ov"
+
+
 @pytest.fixture(scope="module")
-def repos(tiny_model_dir, tmp_path_factory):
+def repos(tiny_model_dir, tiny_ir_model_dir, tmp_path_factory):
     extras = tmp_path_factory.mktemp("extras")
     lora, taesd = write_tiny_extras(extras)
-    return {REPO: tiny_model_dir, "sd-cpu/tiny-lcm-lora": lora, "sd-cpu/tiny-taesd": taesd,
+    return {REPO: tiny_model_dir, IR_REPO: tiny_ir_model_dir, "sd-cpu/tiny-lcm-lora": lora, "sd-cpu/tiny-taesd": taesd,
             "sd-cpu/tiny-inpaint": write_tiny_inpaint_model(extras / "inpaint"),
             "sd-cpu/tiny-turbo": write_tiny_model(extras / "turbo", turbo=True)}
 
@@ -67,6 +74,10 @@ def fetch_command(hub_url: str, hf_home, **env) -> subprocess.CompletedProcess:
                       "SD_LCM_LORA": "none", "SD_TINY_VAE": "none", **env})
     return subprocess.run([PYTHON, "-m", "model_server", "fetch"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
+
+
+def pixels(response: requests.Response) -> bytes:
+    return Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))).tobytes()
 
 
 def total_weights(hub: HubServer) -> int:
@@ -194,6 +205,26 @@ def test_offline_without_the_model_says_how_to_get_it_and_fetch_fills_the_cache(
 
     done = wait_until(finished, 90, 0.2, "the turbo job")
     assert done["state"] == "succeeded" and done["model_switch"]["to_model"] == "sd-cpu/tiny-turbo", done  # fetched too
+
+
+def test_a_model_published_as_openvino_ir_downloads_only_its_irs_and_starts_offline_after(first_start, hub):
+    service = first_start(SD_MODEL=IR_REPO)
+    wait_ready(service.url, service.model, timeout=90)
+    asked = {path for path, _ in hub.ranges}
+    parts = ("unet", "text_encoder", "vae_decoder", "vae_encoder")
+    assert {f"{part}/openvino_model.bin" for part in parts} <= asked
+    assert {"tokenizer/tokenizer.json", "scheduler/scheduler_config.json"} <= asked
+    assert not [path for path in asked if path.endswith(".safetensors")]
+    assert service.health()["optimizations"]["weights"] == "OpenVINO IR (no torch weights)"
+    body = {"prompt": "a cat", "size": "64x64", "seed": 5}
+    image = requests.post(service.url + "/v1/images/generations", json=body, timeout=60)
+    assert image.status_code == 200, image.text
+    service.stop()
+    offline = first_start(SD_MODEL=IR_REPO, HF_HUB_OFFLINE="1")
+    wait_ready(offline.url, offline.model, timeout=90)
+    again = requests.post(offline.url + "/v1/images/generations", json=body, timeout=60)
+    assert again.status_code == 200, again.text
+    assert pixels(again) == pixels(image)  # the same model, from the cache
 
 
 def test_fetch_exits_non_zero_with_the_reason_and_the_fix(repos, tmp_path):
