@@ -6,6 +6,8 @@
     python -m bench.run --preset fast          # seed (25 steps) vs our fast preset (4 steps)
     python -m bench.run --configs peer-openvino,ours+torch:quality,ours+openvino:quality,ours+int8-hybrid:quality \
         --steps 4                              # the peer engine, the UNet's backends and int8 (SD_INT8)
+    python -m bench.run --configs ours+openvino:quality,ours+int8-ov:quality --steps 4
+                                               # a model published as OpenVINO int8 (the stand-in exported so)
 
 Builds (once, cached outside the repo) an SD v1.4-shaped random-weight pipeline; timing and
 memory do not depend on weight values. Results go to bench/results/NAME.{json,md}.
@@ -54,7 +56,7 @@ def isa_cap(isa: str) -> dict:
     through MKL and attention, norms and activations through ATen's own vectorised kernels,
     which keep using AVX-512 unless capped too."""
     env = {"ONEDNN_MAX_CPU_ISA": isa.upper()}
-    if isa.upper() == "AVX2":
+    if isa.upper() in ("AVX2", "AVX2_VNNI"):  # AVX2_VNNI: a laptop's AVX-VNNI int8 dot products, still no AVX-512
         env.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
     return env
 
@@ -64,6 +66,20 @@ VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvi
             "int8-hybrid": {"SD_BACKEND": "openvino", "SD_INT8": "hybrid"},
             "int8-full": {"SD_BACKEND": "openvino", "SD_INT8": "full"},
             "int8-weights": {"SD_BACKEND": "openvino", "SD_INT8": "weights"}}
+
+
+# ours+VARIANT:PRESET on the stand-in as the OpenVINO organisation publishes models (engine/openvino_ir_model):
+# exported once in optimum-intel's all-IR layout, int8 as their *-int8-ov repositories (the UNet hybrid-quantized,
+# every other part's weights int8) or float (*-fp16-ov).
+IR_VARIANTS = {"int8-ov": "hybrid", "fp16-ov": "none"}
+
+
+def ir_model(model: Path, variant: str, env: dict) -> Path:
+    dest = model.parent / f"{model.name}-{variant}"
+    if not (dest / "model_index.json").exists():
+        subprocess.run([sys.executable, "-m", "model_server.engine.openvino_ir_export", str(model), str(dest),
+                        "--int8", IR_VARIANTS[variant]], cwd=ROOT, env=env, check=True)
+    return dest
 
 
 def measure(config: str, args, env: dict) -> dict:
@@ -80,15 +96,16 @@ def measure(config: str, args, env: dict) -> dict:
 
     ours, preset = config.startswith("ours"), config.partition(":")[2].partition("@")[0] or args.preset
     steps = args.steps or (PRESETS[preset].steps if ours else 25)  # the seed always had 25 steps
+    backend = config.partition(":")[0].partition("+")[2]  # ours+openvino:quality: SD_BACKEND=openvino
+    model = ir_model(args.model, backend, env) if backend in IR_VARIANTS else args.model
     cmd = [sys.executable, "-m", "bench.measure", "--config", "ours" if ours else config, "--model",
-           str(args.model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
+           str(model), "--steps", str(steps), "--size", str(args.size), "--dtype", args.dtype,
            "--preset", preset, "--images", str(args.images)]
     if ours and args.token_merging is not None:
         cmd += ["--token-merging", str(args.token_merging)]
     strength = config.split("@")[1] if "@" in config else None  # ours:quality@0.5: img2img at 0.5
     if ours and strength is not None:
         cmd += ["--strength", strength]
-    backend = config.partition(":")[0].partition("+")[2]  # ours+openvino:quality: SD_BACKEND=openvino
     out = subprocess.run(cmd, cwd=ROOT, env={**env, **VARIANTS.get(backend, {})}, stdout=subprocess.PIPE, text=True,
                          check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -155,7 +172,8 @@ def main() -> int:
     ap.add_argument("--configs", default="seed,ours",
                     help="comma-separated: seed, ours (with --preset) or ours:PRESET, e.g. seed,ours:quality,ours:fast; "
                          "ours:PRESET@S is image-to-image at strength S; ours+VARIANT:PRESET runs a backend "
-                         f"({', '.join(VARIANTS)}); peer-openvino is optimum-intel's pipeline (FastSD CPU's engine)")
+                         f"({', '.join([*VARIANTS, *IR_VARIANTS])}); peer-openvino is optimum-intel's pipeline "
+                         "(FastSD CPU's engine)")
     ap.add_argument("--preset", default="quality", help="the preset 'ours' runs: quality, balanced or fast")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=None, help="default: 25 for the seed, the preset's for ours")
@@ -163,7 +181,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--images", type=int, default=1, help="images per process; later ones are reported as next_images_s")
     ap.add_argument("--token-merging", type=float, default=None, help="for 'ours': a token_merging share (ToMe)")
-    ap.add_argument("--isa", help="cap the instruction set (oneDNN, MKL and ATen), e.g. AVX2 to emulate a laptop")
+    ap.add_argument("--isa", help="cap the instruction set (oneDNN, MKL and ATen), e.g. AVX2 to emulate a laptop, "
+                                  "AVX2_VNNI one with AVX-VNNI")
     ap.add_argument("--http", action="store_true", help="also measure HTTP end to end vs the bare pipeline")
     ap.add_argument("--name", default=None, help="results file name (default: derived from the options)")
     args = ap.parse_args()
@@ -185,7 +204,10 @@ def main() -> int:
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}); "
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],
             cwd=ROOT, env=env, check=True)
-    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} - {"", "torch"}:
+    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} & set(IR_VARIANTS):
+        ir_model(args.model, variant, env)  # exported once, ahead of the measurements
+    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} - {"", "torch",
+                                                                                              *IR_VARIANTS}:
         # So are the one-time OpenVINO conversion and int8 quantization (of the weights the server would load).
         int8 = VARIANTS[variant].get("SD_INT8", "none")
         subprocess.run([sys.executable, "-c", (

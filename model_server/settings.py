@@ -87,7 +87,9 @@ class ModelServerSettings(RequestLimits):
     pipeline: str = setting("MODEL_SERVER_PIPELINE", "`fake`: a torch-free stand-in, for tests and smoke runs",
                             "diffusers", read=_lower)
     model: str = setting("SD_MODEL", "The default model: hub id, local diffusers directory, single-file `.safetensors` "
-                         "checkpoint (SD 1.x/2.x or SDXL), or `tiny` / `tiny-turbo` / `tiny-sdxl` / `tiny-sdxl-turbo` "
+                         "checkpoint (SD 1.x/2.x or SDXL), a model published as OpenVINO IR (optimum-intel's layout, "
+                         "e.g. `OpenVINO/stable-diffusion-v1-5-int8-ov`: int8, no conversion), "
+                         "or `tiny` / `tiny-turbo` / `tiny-sdxl` / `tiny-sdxl-turbo` "
                          "(tiny random-weight models of those families' exact shapes, written to `SD_CACHE_DIR`, no "
                          "network)", DEFAULT_MODEL)
     models: str = setting(

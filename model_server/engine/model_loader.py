@@ -149,8 +149,11 @@ def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, 
             "safety_checker": False, "default_scheduler": type(pipe.scheduler).__name__,
             "torch": str(torch.__version__), "load_seconds": round(time.monotonic() - started, 2), **backend}
     log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
-    if settings.safety_checker:
-        log.warning("SD_SAFETY_CHECKER is on but %s (OpenVINO IR) has no safety checker", settings.model)
+    ignored = [name for name, on in (("SD_SAFETY_CHECKER", settings.safety_checker),
+                                     ("SD_BACKEND=torch", settings.backend == "torch"),
+                                     (f"SD_INT8={settings.int8}", settings.int8 != "none")) if on]
+    if ignored:  # the model runs as published: no torch weights for a checker or torch, quantized or not already
+        log.warning("%s: ignored for %s, a model published as OpenVINO IR", ", ".join(ignored), settings.model)
     return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=False, vae_tile_above=0),
                   MappedWeights(None), ov_pipe=pipe, fast_unet=None, openvino_only=True)
 

@@ -18,8 +18,8 @@ from protocol.presets import PRESETS
 # The fast preset's LCM-LoRA, as the reasons name it (a job with it runs on torch unless the fused UNet is there).
 FAST_LORA = "the fast preset's LCM-LoRA"
 # A model published as OpenVINO IR only (engine/openvino_ir_model): what keeps a job on torch cannot run on it.
-IR_ONLY = "the model is published as OpenVINO IR only (no torch weights)"
-IR_ONLY_LCM = f"{IR_ONLY}: the LCM-LoRA is fused into torch weights"
+IR_ONLY = "this model is published as OpenVINO IR only"
+IR_ONLY_LCM = f"{IR_ONLY}: the LCM-LoRA is fused into torch weights it does not have"
 
 
 class NeedsTorch(ValueError):
@@ -28,7 +28,7 @@ class NeedsTorch(ValueError):
 
     def __init__(self, reasons: tuple[str, ...], field: str, multiple: int):
         super().__init__(f"{', '.join(reasons)} {'needs' if len(reasons) == 1 else 'need'} torch weights, and "
-                         f"this model is published as OpenVINO IR only")
+                         f"{IR_ONLY}")
         self.reasons, self.field = reasons, field
         self.hint = (f"Use a width and height that are multiples of {multiple}." if field == "width" else
                      "Leave it out, or use the model's diffusers release: its torch weights run it.")
