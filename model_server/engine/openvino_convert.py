@@ -76,7 +76,7 @@ def _added_cond(added: tuple, dtype) -> dict:
     return {"added_cond_kwargs": {"text_embeds": added[0].to(dtype), "time_ids": added[1].to(dtype)}}
 
 
-def _unet(source: str, lora: str | None = None, residuals: bool = False):
+def _unet(source: str, lora: str | None = None, residuals: bool = False, float32: bool = False):
     """The UNet with float32 inputs and output, and the timestep a float32 scalar (schedulers such as
     Euler use fractional timesteps): (module, example inputs, input names, weights' dtype). With
     ``lora`` (a LoRA's .safetensors file, as the fast preset's LCM-LoRA), that LoRA fused in at weight 1;
@@ -85,7 +85,8 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     # (The LoRA helpers are the same for every family's UNet: the keys are the UNet's own.)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", low_cpu_mem_usage=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", low_cpu_mem_usage=True,
+                                                **({"torch_dtype": torch.float32} if float32 else {})).eval()
     dtype = unet.dtype
     if lora:
         state, alphas = StableDiffusionPipeline.lora_state_dict(lora)
@@ -175,19 +176,31 @@ def _vae_decoder(source: str):
     return Traced(), (torch.randn(1, vae.config.latent_channels, 32, 32),), ("latent",), dtype
 
 
-def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16",
-            config: str | None = None, int8_weights: bool = False) -> float:
+def trace(source: str, part: str = "unet", lora: str | None = None, config: str | None = None,
+          float32: bool = False):
+    """(``part`` of ``source`` as an in-memory ov.Model, its weights' torch dtype). ``float32``: the UNet's weights
+    upcast to float32 first (a bf16 copy's too), which NNCF quantizes without decompressing a copy of each
+    (openvino_int8)."""
     import openvino as ov
     import torch
 
-    started = time.monotonic()
-    module, example, names, dtype = (_unet(source, lora, residuals=part == "unet_control")
+    module, example, names, dtype = (_unet(source, lora, residuals=part == "unet_control", float32=float32)
                                      if part in ("unet", "unet_control") else _controlnet(source, config)
                                      if part == "controlnet" else _vae_decoder(source))
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
     for i, name in enumerate(names):
         model.inputs[i].get_tensor().set_names({name})
+    return model, dtype
+
+
+def convert(source: str, dest: Path, part: str = "unet", lora: str | None = None, precision: str = "bf16",
+            config: str | None = None, int8_weights: bool = False) -> float:
+    import openvino as ov
+    import torch
+
+    started = time.monotonic()
+    model, dtype = trace(source, part, lora, config)
     if int8_weights:  # SD_INT8's ControlNet jobs: their UNet and ControlNets keep int8 weights too (data-free)
         model = compress_matmul_weights(model)
     tmp = dest.with_name(dest.name + ".partial")
