@@ -70,8 +70,8 @@ VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvi
 
 # ours+VARIANT:PRESET on the stand-in as the OpenVINO organisation publishes models (engine/openvino_ir_model):
 # exported once in optimum-intel's all-IR layout, int8 as their *-int8-ov repositories (the UNet hybrid-quantized,
-# every other part's weights int8) or float (*-fp16-ov).
-IR_VARIANTS = {"int8-ov": "hybrid", "fp16-ov": "none"}
+# every other part's weights int8), int8 weights only (int8w-ov: no calibration) or float (*-fp16-ov).
+IR_VARIANTS = {"int8-ov": "hybrid", "int8w-ov": "weights", "fp16-ov": "none"}
 
 
 def ir_model(model: Path, variant: str, env: dict) -> Path:

@@ -6,6 +6,7 @@ base at 1024x1024 with guidance; per backend; each configuration in a fresh proc
     python -m bench.sdxl --configs torch:turbo --isa AVX2 --dtype float32 --name sdxl-avx2
     python -m bench.sdxl --configs peer:turbo,openvino:turbo,peer:base,openvino:base --name sdxl-peer
     python -m bench.sdxl --configs torch:switch,openvino:switch --name sdxl-switch
+    python -m bench.sdxl --configs openvino:base,int8w-ov:base --name sdxl-ir   # as a model published as IR
 
 Rows: load (s, with the one-time bf16 copy and OpenVINO conversion when they are made, and the conversion
 child's peak apart), s/step (median after a warm-up image), s/image, the peak RSS of the server process. Time and
@@ -23,7 +24,7 @@ import sys
 import time
 
 from bench.models import _children_peak, _gib, _image, write_results
-from bench.run import ROOT, isa_cap
+from bench.run import IR_VARIANTS, ROOT, ir_model, isa_cap
 from bench.sdxl_model import SDXL_DIR, build, build_taesdxl
 
 # name -> (preset, side, steps, guidance, tiny decoder)
@@ -86,10 +87,13 @@ def worker(args) -> dict:
 
     backend, case = args.worker.split(":")
     backend, _, int8 = backend.partition("+int8-")  # openvino+int8-weights: SD_INT8=weights
+    model = SDXL_DIR
+    if backend in IR_VARIANTS:  # int8w-ov: the stand-in as a model published as OpenVINO IR (exported by main)
+        model, backend = ir_model(SDXL_DIR, backend, dict(os.environ)), "auto"
     preset, side, steps, guidance, tiny = CASES[case]
     with PeakRss() as rss:
         started = time.perf_counter()
-        settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(SDXL_DIR), backend=backend,
+        settings = dataclasses.replace(ModelServerSettings.from_env(), model=str(model), backend=backend,
                                        int8=int8 or "none",
                                        tiny_vae=str(build_taesdxl()) if tiny else "none", lcm_lora="none",
                                        **({"dtype": args.dtype} if args.dtype else {}))
@@ -107,7 +111,8 @@ def worker(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
-                    help="BACKEND:CASE,... (backends: torch, openvino, openvino+int8-MODE, peer; cases: "
+                    help="BACKEND:CASE,... (backends: torch, openvino, openvino+int8-MODE, peer, or a published "
+                         f"OpenVINO layout: {', '.join(IR_VARIANTS)}; cases: "
                          + ", ".join(CASES) + "; BACKEND:switch switches SD v1.4 <-> SDXL twice)")
     ap.add_argument("--isa", help="cap the kernels to this ISA (AVX2: a laptop)")
     ap.add_argument("--dtype", help="float32 or bfloat16 (default: the server's choice for this CPU)")
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
         from bench.sd14_model import DEFAULT_DIR, build as build_sd14
 
         build_sd14(DEFAULT_DIR)
+    for variant in {config.split(":")[0] for config in args.configs.split(",")} & set(IR_VARIANTS):
+        ir_model(SDXL_DIR, variant, dict(os.environ))  # exported once, outside the measurements
     rows = []
     for config in args.configs.split(","):
         env = {**os.environ, "LOG_LEVEL": "WARNING", **(isa_cap(args.isa) if args.isa else {})}

@@ -14,7 +14,8 @@ and the bench's full-size stand-in are made so.
 
 ``--int8 hybrid`` quantizes as the published int8 models are: the UNet's convolutions in weights and
 activations, calibrated (here on random inputs: only the graph's form matters for what loads it), its
-matmuls' weights and every other part's weights int8 (data-free).
+matmuls' weights and every other part's weights int8 (data-free). ``--int8 weights``: no calibration, the UNet's
+matmuls' weights int8 (as ``SD_INT8=weights``) and every other part's weights.
 
     python -m model_server.engine.openvino_ir_export SOURCE DEST [--int8 none|hybrid|weights]
 """
@@ -127,32 +128,50 @@ def _hybrid(model, example: dict):
                          ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False))
 
 
+def _load(source: Path, name: str, index: dict):
+    """One part of the pipeline at ``source``, by the class model_index.json names (float32, as stored)."""
+    import diffusers
+    import transformers
+
+    library, class_name = index[name][:2] if name in index else ("diffusers", "AutoencoderKL")
+    kind = getattr(diffusers if library == "diffusers" else transformers, class_name)
+    return kind.from_pretrained(source, subfolder=name, low_cpu_mem_usage=True).eval()
+
+
 def export(source: str | Path, dest: str | Path, int8: str = "none") -> Path:
-    """Write the diffusers pipeline at ``source`` to ``dest`` in the all-OpenVINO layout (see the module)."""
+    """Write the diffusers pipeline at ``source`` to ``dest`` in the all-OpenVINO layout (see the module). One part
+    is in memory at a time (SDXL's float32 UNet alone is 10.3 GB)."""
+    import gc
+
     import nncf
     import openvino as ov
-    from diffusers import DiffusionPipeline
+
+    from model_server.engine.openvino_convert import compress_matmul_weights
 
     source, dest = Path(source), Path(dest)
-    pipe = DiffusionPipeline.from_pretrained(source, low_cpu_mem_usage=True)
-    sdxl = hasattr(pipe, "text_encoder_2")
+    index = json.loads((source / "model_index.json").read_text(encoding="utf-8"))
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    parts = {"unet": _unet(pipe.unet), "vae_decoder": _vae(pipe.vae, "vae_decoder"),
-             "vae_encoder": _vae(pipe.vae, "vae_encoder"),
-             "text_encoder": _text_encoder(pipe.text_encoder, sdxl)}
-    if sdxl:
-        parts["text_encoder_2"] = _text_encoder(pipe.text_encoder_2, True)
-    for name, (module, example, outputs) in parts.items():
-        model = _convert(module, example, outputs)
+    parts = ["unet", "vae_decoder", "vae_encoder", "text_encoder"] + (["text_encoder_2"] if "text_encoder_2" in index
+                                                                     else [])
+    sdxl = "text_encoder_2" in index
+    for name in parts:
+        module = _load(source, "vae" if name.startswith("vae") else name, index)
+        traced, example, outputs = (_unet(module) if name == "unet" else _vae(module, name) if name.startswith("vae")
+                                    else _text_encoder(module, sdxl))
+        model = _convert(traced, example, outputs)
         if int8 == "hybrid" and name == "unet":
             model = _hybrid(model, example)
+        elif int8 == "weights" and name == "unet":  # the convolutions' int8 weights would be decompressed at compile
+            model = compress_matmul_weights(model)
         elif int8 != "none":
             model = nncf.compress_weights(model)
         (tmp / name).mkdir(parents=True)
         ov.save_model(model, tmp / name / XML, compress_to_fp16=int8 == "none")
-        config = source / ("vae" if name.startswith("vae") else name) / "config.json"
-        shutil.copyfile(config, tmp / name / "config.json")
+        shutil.copyfile(source / ("vae" if name.startswith("vae") else name) / "config.json",
+                        tmp / name / "config.json")
+        del module, traced, model
+        gc.collect()
         log.info("exported %s", name)
     for folder in ("tokenizer", "tokenizer_2", "scheduler"):
         if (source / folder).is_dir():

@@ -160,4 +160,4 @@ def _int8(model) -> str:
     if "FakeQuantize" in types:
         return "hybrid"
     constants = (op for op in model.get_ops() if op.get_type_name() == "Constant")
-    return "weights" if any(str(c.get_element_type()) in ("i8", "u8") for c in constants) else ""
+    return "weights" if any(c.get_element_type().get_type_name() in ("i8", "u8") for c in constants) else ""

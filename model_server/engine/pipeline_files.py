@@ -18,7 +18,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.pipelines import pipeline_utils
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
 
-from model_server.families.detect import IR_FILE, openvino_only
+from model_server.families.detect import IR_FILE, ir_only_layout, openvino_only
 
 IR_PATTERNS = ["model_index.json", "openvino_config.json", "*/config.json", f"*/{IR_FILE}",
                f"*/{Path(IR_FILE).with_suffix('.bin')}", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
@@ -39,8 +39,7 @@ def pipeline_patterns(repo: str, revision: str | None, token: str | None) -> tup
         if isinstance(index, str) and openvino_only(Path(index).parent):
             return None  # cached (diffusers' own check would look for torch weights it does not have)
     else:
-        files = HfApi(token=token).list_repo_files(repo, revision=revision, token=token)
-        if f"unet/{IR_FILE}" in files and not any(f.startswith("unet/diffusion_pytorch_model") for f in files):
+        if ir_only_layout(HfApi(token=token).list_repo_files(repo, revision=revision, token=token)):
             return IR_PATTERNS, None
     real = pipeline_utils.snapshot_download
 

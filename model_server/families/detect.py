@@ -39,12 +39,19 @@ def detect(source: str, kind: str) -> str:
 IR_FILE = "openvino_model.xml"
 
 
+def ir_only_layout(files) -> bool:
+    """Whether a model's files (paths relative to it: a folder's, a hub repository's) hold its UNet as OpenVINO IR
+    and no torch weights for it."""
+    unet = [f.removeprefix("unet/") for f in files if f.startswith("unet/")]
+    return IR_FILE in unet and not any(f.endswith((".safetensors", ".bin")) and not f.startswith("openvino_model")
+                                       for f in unet)
+
+
 def openvino_only(folder: Path | None) -> bool:
-    """Whether the diffusers-shaped ``folder`` holds its UNet as OpenVINO IR and no torch weights for it."""
-    if folder is None or not (folder / "unet" / IR_FILE).is_file():
+    """Whether the diffusers-shaped ``folder`` is a model published as OpenVINO IR only (``ir_only_layout``)."""
+    if folder is None or not (folder / "unet").is_dir():
         return False
-    return not any(p.suffix in (".safetensors", ".bin") and p.stem != "openvino_model"
-                   for p in (folder / "unet").iterdir())
+    return ir_only_layout(f"unet/{p.name}" for p in (folder / "unet").iterdir())
 
 
 def unet_multiple(folder: Path | None) -> int:

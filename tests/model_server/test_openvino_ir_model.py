@@ -117,14 +117,17 @@ def test_it_loads_with_no_torch_weights_and_says_so(engines):
     assert refused.value.error.field == "loras" and "OpenVINO IR only" in refused.value.error.message
 
 
-def test_the_published_int8_layout_runs_int8(tiny_ir_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["hybrid", "weights"])
+def test_the_published_int8_layouts_run_int8(tiny_model_dir, tiny_ir_model_dir, tmp_path, mode):
     from model_server.engine.diffusers_pipeline import DiffusersPipeline
+    from model_server.engine.openvino_ir_export import export
     from model_server.settings import ModelServerSettings
 
-    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(tiny_ir_model_dir), cache_dir=str(tmp_path),
+    folder = tiny_ir_model_dir if mode == "hybrid" else export(tiny_model_dir, tmp_path / "tiny-int8w-ov", mode)
+    pipe = DiffusersPipeline.load(ModelServerSettings(model=str(folder), cache_dir=str(tmp_path),
                                                       lcm_lora="none", tiny_vae="none", default_size=64))
-    assert pipe.optimizations()["openvino_int8"] == "hybrid"
-    assert pipe.engine(params()).startswith("openvino ") and pipe.engine(params()).endswith("int8 (hybrid)")
+    assert pipe.optimizations()["openvino_int8"] == mode
+    assert pipe.engine(params()).startswith("openvino ") and pipe.engine(params()).endswith(f"int8 ({mode})")
     out, _ = image(pipe, n=2, width=64, height=128)
     assert out.shape == (128, 64, 3) and out.std() > 1
 
