@@ -143,7 +143,7 @@ def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, 
     started = time.monotonic()
     side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
     pipe, backend = openvino_ir_model.load(folder, family, "bf16" if dtype == torch.bfloat16 else "f32", threads,
-                                           progress, side)
+                                           progress, side, settings.vae_tile_above)
     opts = {"pipeline": "diffusers", "family": family.name, "dtype": str(dtype).removeprefix("torch."),
             "dtype_reason": why, "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "safety_checker": False, "default_scheduler": type(pipe.scheduler).__name__,
@@ -154,7 +154,7 @@ def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, 
                                      (f"SD_INT8={settings.int8}", settings.int8 != "none")) if on]
     if ignored:  # the model runs as published: no torch weights for a checker or torch, quantized or not already
         log.warning("%s: ignored for %s, a model published as OpenVINO IR", ", ".join(ignored), settings.model)
-    return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=False, vae_tile_above=0),
+    return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=False),
                   MappedWeights(None), ov_pipe=pipe, fast_unet=None, openvino_only=True)
 
 

@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPTextModelOutput
 
 from model_server.engine.openvino_compiled import StaticIR
+from model_server.engine.vae_tiles import TILE_PIXELS
 from model_server.families import Family
 from model_server.families.detect import IR_FILE
 from model_server.loading.progress import LoadProgress
@@ -89,8 +90,10 @@ def _shell(kind, config: dict):
         return kind.from_config(kind.extract_init_dict(config)[0])
 
 
-def load(folder: Path, family: Family, precision: str, threads: int, progress: LoadProgress, side: int):
-    """(the family's text-to-image pipeline over the OpenVINO parts in ``folder``, what /health shows)."""
+def load(folder: Path, family: Family, precision: str, threads: int, progress: LoadProgress, side: int,
+         tile_above: int = 0):
+    """(the family's text-to-image pipeline over the OpenVINO parts in ``folder``, what /health shows); the VAE
+    decoder compiled for ``side``, or for its tiles when that is over ``tile_above`` (SD_VAE_TILE_ABOVE)."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTokenizer
 
@@ -114,7 +117,8 @@ def load(folder: Path, family: Family, precision: str, threads: int, progress: L
         raise load_error("the OpenVINO model has no vae_encoder/ (image-to-image and inpainting need it)",
                          "Download the model's vae_encoder folder too.")
     progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side} and the text encoders")
-    vae.compile_for(side, side)
+    decoded = TILE_PIXELS if tile_above and side > tile_above else side
+    vae.compile_for(decoded, decoded)
     parts = {"unet": unet, "vae": vae, "scheduler": _scheduler(folder, index)}
     for encoder_name, tokenizer_name in zip(family.text_encoders, ("tokenizer", "tokenizer_2")):
         encoder = OpenVinoTextEncoder(folder / encoder_name / IR_FILE,

@@ -9,13 +9,16 @@ Latents are decoded one image at a time, so one compiled shape per image size se
 of images per request, and the decoder's activations stay those of one image.
 
 A model published as OpenVINO IR only (openvino_ir_model) has no torch VAE: its encoder's IR encodes, one
-image at a time too, and nothing steps aside to torch.
+image at a time too, and nothing steps aside to torch; above the tiling size its decoder runs over overlapping
+tiles of one shape (one compile), blended where they overlap (``tile``, set by vae_tiles for the plan's tiled
+decoder), so a large image's decode holds a tile's activations.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
@@ -40,6 +43,7 @@ class OpenVinoVae(torch.nn.Module):
         self._encoder = StaticIR(encoder, precision, threads) if encoder else None
         self.calls = 0
         self.decode_on_torch = False  # set for a job the compiled graph cannot run (tiling's circular padding)
+        self.tile = 0  # pixels: decode in overlapping tiles this size (no torch VAE to step aside to); 0 whole
 
     @classmethod
     def of(cls, ir_dir: str | Path, vae: torch.nn.Module, precision: str, threads: int) -> "OpenVinoVae":
@@ -85,6 +89,44 @@ class OpenVinoVae(torch.nn.Module):
         if self.decode_on_torch and self.torch_vae is not None:
             return self.torch_vae.decode(z, return_dict=return_dict, generator=generator, **kwargs)
         self.calls += 1
-        images = [torch.from_numpy(self._ir.infer({self._latent: one.float().numpy()})) for one in z.split(1)]
+        decode = self._tiled if self.tile and max(z.shape[-2:]) * self._scale > self.tile else self._whole
+        images = [decode(one.float().numpy()) for one in z.split(1)]
         sample = torch.cat(images).to(z.dtype)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def _whole(self, latent: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._ir.infer({self._latent: latent}))
+
+    def _tiled(self, latent: np.ndarray) -> torch.Tensor:
+        """One image's latents decoded in overlapping tiles of ``tile`` pixels (a quarter overlapping, the last
+        ones flush with the edges, so every tile has the compiled shape), each weighted by a window that falls
+        towards its edges, so the seams blend."""
+        side = self.tile // self._scale
+        _, channels, height, width = latent.shape
+        tile_h, tile_w = min(side, height), min(side, width)
+        out = np.zeros((1, 3, height * self._scale, width * self._scale), np.float32)
+        weight = np.zeros((1, 1, *out.shape[2:]), np.float32)
+        window = _window(tile_h * self._scale)[:, None] * _window(tile_w * self._scale)[None, :]
+        for top in _starts(height, tile_h):
+            for left in _starts(width, tile_w):
+                tile = self._ir.infer({self._latent: np.ascontiguousarray(
+                    latent[:, :, top:top + tile_h, left:left + tile_w])})
+                y, x = top * self._scale, left * self._scale
+                out[:, :, y:y + tile.shape[2], x:x + tile.shape[3]] += tile * window
+                weight[:, :, y:y + tile.shape[2], x:x + tile.shape[3]] += window
+        return torch.from_numpy(out / weight)
+
+
+def _starts(length: int, tile: int) -> list[int]:
+    """Where tiles of ``tile`` start along ``length``: a quarter overlapping, the last flush with the end."""
+    stride = max(1, tile * 3 // 4)
+    starts = list(range(0, max(length - tile, 0) + 1, stride))
+    return starts if starts[-1] == length - tile else starts + [length - tile]
+
+
+def _window(size: int) -> np.ndarray:
+    """A tile's blending weights along one side: 1 in the middle, falling linearly over the outer eighths (never 0:
+    a pixel only one tile covers keeps its value)."""
+    ramp = max(1, size // 8)
+    position = np.arange(size, dtype=np.float32)
+    return np.clip(np.minimum(position + 1, size - position) / ramp, 1 / ramp, 1.0)

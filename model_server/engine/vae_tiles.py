@@ -32,6 +32,13 @@ def vae_tiles(vae, on: bool):
     decoder (openvino_vae) steps aside for its torch VAE: compiled whole for a large image, its activations
     would stay allocated at that size."""
     torch_vae = getattr(vae, "torch_vae", vae)
+    if on and torch_vae is None and hasattr(vae, "tile"):  # no torch VAE (an OpenVINO IR model): its own tiles
+        vae.tile = TILE_PIXELS
+        try:
+            yield
+        finally:
+            vae.tile = 0
+        return
     if not on or not hasattr(torch_vae, "enable_tiling"):
         yield
         return

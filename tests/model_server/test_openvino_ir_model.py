@@ -63,18 +63,27 @@ def test_the_catalog_knows_an_ir_only_folder_without_loading_it(tmp_path):
     assert not both.openvino_only and not openvino_only(None) and unet_multiple(None) == 64
 
 
+COMMON = {"dtype": "float32", "lcm_lora": "none", "tiny_vae": "none", "default_size": 64}
+
+
 @pytest.fixture(scope="module")
-def engines(tiny_model_dir, tmp_path_factory):
+def float_ir(tiny_model_dir, tmp_path_factory):
+    """The tiny model exported in the published layout without int8."""
+    from model_server.engine.openvino_ir_export import export
+
+    return export(tiny_model_dir, tmp_path_factory.mktemp("ir") / "tiny-fp16-ov")
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir, float_ir, tmp_path_factory):
     """(the float IR export of the tiny model, the same model on torch), float32."""
     from model_server.engine.diffusers_pipeline import DiffusersPipeline
-    from model_server.engine.openvino_ir_export import export
     from model_server.settings import ModelServerSettings
 
-    folder = export(tiny_model_dir, tmp_path_factory.mktemp("ir") / "tiny-fp16-ov")
-    common = {"cache_dir": str(tmp_path_factory.mktemp("cache")), "dtype": "float32", "lcm_lora": "none",
-              "tiny_vae": "none", "default_size": 64}
-    return (DiffusersPipeline.load(ModelServerSettings(model=str(folder), **common)),
-            DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), backend="torch", **common)))
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return (DiffusersPipeline.load(ModelServerSettings(model=str(float_ir), cache_dir=cache, **COMMON)),
+            DiffusersPipeline.load(ModelServerSettings(model=str(tiny_model_dir), backend="torch", cache_dir=cache,
+                                                       **COMMON)))
 
 
 def image(pipe, init=None, **kw):
@@ -102,6 +111,23 @@ def test_the_vae_encoder_ir_encodes_for_image_to_image_and_inpainting(engines, m
     a, _ = image(ir, mode=mode, strength=0.6, init=init)
     b, _ = image(pt, mode=mode, strength=0.6, init=init)
     assert np.abs(a - b).mean() < 1.0
+
+
+def test_a_large_image_decodes_in_blended_tiles_of_one_compiled_shape(float_ir, tmp_path):
+    from model_server.engine.diffusers_pipeline import DiffusersPipeline
+    from model_server.settings import ModelServerSettings
+
+    whole, tiled = (DiffusersPipeline.load(ModelServerSettings(model=str(float_ir), cache_dir=str(tmp_path), **COMMON,
+                                                               vae_tile_above=above)) for above in (0, 256))
+    kw = {"width": 1024, "height": 768, "steps": 2}
+    assert tiled.plan(params(**kw)).decoder == "tiled" and whole.plan(params(**kw)).decoder == "full"
+    a, _ = image(whole, **kw)
+    b, _ = image(tiled, **kw)
+    assert tiled.optimizations()["openvino_vae_compiled_for"] == "512x512"  # every tile the one compiled shape
+    assert a.shape == b.shape == (768, 1024, 3)
+    assert np.abs(a - b).mean() < 2.0  # of 255: the overlaps blended, no seams
+    small, _ = image(tiled)  # under the tiling size: decoded whole
+    assert small.shape == (64, 64, 3) and tiled.optimizations()["openvino_vae_compiled_for"] == "64x64"
 
 
 def test_it_loads_with_no_torch_weights_and_says_so(engines):
