@@ -204,10 +204,10 @@ def main() -> int:
             f"s = S(model={str(args.model)!r}, dtype={args.dtype!r}); "
             "print(bf16_copy(s.model, s) if choose_dtype(s.dtype)[0] == torch.bfloat16 else 'float32: no copy')")],
             cwd=ROOT, env=env, check=True)
-    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} & set(IR_VARIANTS):
+    variants = {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")}
+    for variant in variants & set(IR_VARIANTS):
         ir_model(args.model, variant, env)  # exported once, ahead of the measurements
-    for variant in {c.partition(":")[0].partition("+")[2] for c in args.configs.split(",")} - {"", "torch",
-                                                                                              *IR_VARIANTS}:
+    for variant in variants - {"", "torch", *IR_VARIANTS}:
         # So are the one-time OpenVINO conversion and int8 quantization (of the weights the server would load).
         int8 = VARIANTS[variant].get("SD_INT8", "none")
         subprocess.run([sys.executable, "-c", (

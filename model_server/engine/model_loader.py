@@ -132,22 +132,27 @@ def bf16_copy(source: str, settings: ModelServerSettings, unet_only: bool = Fals
     return str(dest), {"weights": "bf16 copy (made now)", "conversion_seconds": seconds}
 
 
-def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, threads: int,
-                   progress: LoadProgress) -> "Loaded":
+def _described(pipe, family: Family, dtype: torch.dtype, why: str, threads: int, started: float, checker: bool,
+               **chosen) -> dict:
+    """What /health shows of any loaded model (``chosen``: what its loader decided besides)."""
+    return {"pipeline": "diffusers", "family": family.name, "dtype": str(dtype).removeprefix("torch."),
+            "dtype_reason": why, **chosen, "threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "safety_checker": checker,
+            "default_scheduler": type(pipe.scheduler).__name__, "torch": str(torch.__version__),
+            "load_seconds": round(time.monotonic() - started, 2)}
+
+
+def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, dtype: torch.dtype, why: str,
+                   threads: int, side: int, progress: LoadProgress) -> "Loaded":
     """A model published as OpenVINO IR (engine/openvino_ir_model): every part on OpenVINO, in bf16 where the CPU
     has it natively (SD_DTYPE as for any model), no torch weights to map or release."""
     from model_server.engine import openvino_ir_model
 
-    dtype, why = choose_dtype(settings.dtype)
     progress.start("loading", f"the OpenVINO IR of {settings.model}")
     started = time.monotonic()
-    side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
     pipe, backend = openvino_ir_model.load(folder, family, "bf16" if dtype == torch.bfloat16 else "f32", threads,
                                            progress, side, settings.vae_tile_above)
-    opts = {"pipeline": "diffusers", "family": family.name, "dtype": str(dtype).removeprefix("torch."),
-            "dtype_reason": why, "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "safety_checker": False, "default_scheduler": type(pipe.scheduler).__name__,
-            "torch": str(torch.__version__), "load_seconds": round(time.monotonic() - started, 2), **backend}
+    opts = {**_described(pipe, family, dtype, why, threads, started, False), **backend}
     log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
     ignored = [name for name, on in (("SD_SAFETY_CHECKER", settings.safety_checker),
                                      ("SD_BACKEND=torch", settings.backend == "torch"),
@@ -185,11 +190,12 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
         progress.start("loading", f"asking the hub which files of {source} are needed")
         ensure_pipeline(source, settings.revision, settings.token, progress, settings.download_free_margin_mb,
                         pipeline_patterns)
-    family = FAMILIES[TINY[settings.model][0] if settings.model in TINY
-                      else from_folder(Path(local_dir(source, settings) or source)) or "sd1"]
     folder = local_dir(source, settings)
+    family = FAMILIES[TINY[settings.model][0] if settings.model in TINY
+                      else from_folder(Path(folder or source)) or "sd1"]
+    side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
     if folder is not None and openvino_only(Path(folder)):
-        return _openvino_only(Path(folder), settings, family, threads, progress)
+        return _openvino_only(Path(folder), settings, family, dtype, why, threads, side, progress)
     weights = {"weights": "as stored"}
     if dtype == torch.bfloat16 and settings.bf16_cache:
         source, weights = bf16_copy(source, settings, progress=progress)
@@ -206,7 +212,6 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     if on_openvino and folder is None:
         on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
     pipe.set_progress_bar_config(disable=True)
-    side = family.default_size(is_one_step(settings.model, settings.model), settings.default_size)
     ov_pipe, fast_unet, backend = (
         openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress, side, family)
         if on_openvino else (None, None, {"backend": "torch", "backend_reason": backend_why}))
@@ -221,19 +226,9 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     if settings.safety_checker and not has_checker:
         log.warning("SD_SAFETY_CHECKER is on but %s has no safety checker", settings.model)
     opts = {
-        "pipeline": "diffusers",
-        "family": family.name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "dtype_reason": why,
-        "attention": "sliced" if settings.attention == "sliced" else "sdpa",
-        "channels_last": channels_last,
-        **layout,
-        "threads": threads,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "safety_checker": has_checker,
-        "default_scheduler": type(pipe.scheduler).__name__,
-        "torch": str(torch.__version__),
-        "load_seconds": round(time.monotonic() - started, 2),
+        **_described(pipe, family, dtype, why, threads, started, has_checker,
+                     attention="sliced" if settings.attention == "sliced" else "sdpa", channels_last=channels_last,
+                     **layout),
         **weights,
         **backend,
         **({"checkpoint_hash": checkpoint} if checkpoint else {}),

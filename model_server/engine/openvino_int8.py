@@ -86,7 +86,6 @@ def record_inputs(model_dir: str, ir_dir: Path, prompts: list[str], steps: int, 
 def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, steps: int, size: int) -> dict:
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     started = time.monotonic()
     samples = [] if mode == "weights" else record_inputs(model_dir, ir_dir, calibration_prompts(prompts), steps, size)
@@ -96,18 +95,13 @@ def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, 
     # float32 copy of every bf16 weight beside the compiled statistics model (measured on SD v1.4's UNet, AMD Zen 4:
     # 9.95 GiB against 7.54; docs/performance.md).
     model = ov.Core().read_model(ir_dir / IR_NAME) if mode == "weights" else trace(model_dir, float32=True)[0]
-    dataset = nncf.Dataset(samples)
     if mode == "weights":
         model = compress_matmul_weights(model)
     elif mode == "hybrid":
-        matmuls = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
-                   and any(_has_weights(i.get_source_output().get_node()) for i in op.inputs())]
-        model = compress_matmul_weights(model)
-        model = nncf.quantize(model, dataset, subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
-                              ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
-                              advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alpha=-1))
+        model = hybrid(model, samples)
     else:
-        model = nncf.quantize(model, dataset, subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER)
+        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
+                              model_type=nncf.ModelType.TRANSFORMER)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -120,6 +114,21 @@ def quantize(model_dir: str, ir_dir: Path, dest: Path, mode: str, prompts: int, 
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return info
+
+
+def hybrid(model, samples: list[dict]):
+    """``model`` (an ov.Model) quantized as optimum-intel's hybrid mode leaves Stable Diffusion's UNet: the
+    convolutions W8A8, calibrated on ``samples`` (the IR's inputs), the matmuls' weights int8 and their activations
+    left in float."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    matmuls = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
+               and any(_has_weights(i.get_source_output().get_node()) for i in op.inputs())]
+    model = compress_matmul_weights(model)
+    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
+                         ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False),
+                         advanced_parameters=AdvancedQuantizationParameters(smooth_quant_alpha=-1))
 
 
 def _has_weights(node) -> bool:

@@ -111,21 +111,16 @@ def _convert(module, example: dict, outputs: list[str]):
 
 
 def _hybrid(model, example: dict):
-    """The UNet quantized as optimum-intel's hybrid mode leaves it: convolutions W8A8, matmuls' weights int8."""
-    import nncf
+    """The UNet quantized as the published int8 models are (openvino_int8.hybrid), calibrated on random inputs of
+    the example's shapes: the graph's form, not its scales, is what a loader meets."""
     import numpy as np
 
-    from model_server.engine.openvino_convert import compress_matmul_weights
-    from model_server.engine.openvino_int8 import _has_weights
+    from model_server.engine.openvino_int8 import hybrid
 
-    matmuls = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"
-               and any(_has_weights(i.get_source_output().get_node()) for i in op.inputs())]
-    model = compress_matmul_weights(model)
     rng = np.random.default_rng(0)
     samples = [{name: (rng.standard_normal(value.shape).astype(np.float32) if value.is_floating_point()
                        else value.numpy()) for name, value in example.items()} for _ in range(4)]
-    return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
-                         ignored_scope=nncf.IgnoredScope(names=matmuls, validate=False))
+    return hybrid(model, samples)
 
 
 def _load(source: Path, name: str, index: dict):
@@ -152,9 +147,8 @@ def export(source: str | Path, dest: str | Path, int8: str = "none") -> Path:
     index = json.loads((source / "model_index.json").read_text(encoding="utf-8"))
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    parts = ["unet", "vae_decoder", "vae_encoder", "text_encoder"] + (["text_encoder_2"] if "text_encoder_2" in index
-                                                                     else [])
     sdxl = "text_encoder_2" in index
+    parts = ["unet", "vae_decoder", "vae_encoder", "text_encoder"] + (["text_encoder_2"] if sdxl else [])
     for name in parts:
         module = _load(source, "vae" if name.startswith("vae") else name, index)
         traced, example, outputs = (_unet(module) if name == "unet" else _vae(module, name) if name.startswith("vae")

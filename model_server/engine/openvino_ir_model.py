@@ -111,11 +111,10 @@ def load(folder: Path, family: Family, precision: str, threads: int, progress: L
     unet.compile_for((2, unet_like.config.in_channels, side // 8, side // 8))
     vae_like = _shell(diffusers.AutoencoderKL, _json(folder, "vae_decoder/config.json"))
     encoder = folder / "vae_encoder" / IR_FILE
-    vae = OpenVinoVae(folder / "vae_decoder" / IR_FILE, vae_like, precision, threads,
-                      encoder=encoder if encoder.is_file() else None)
-    if vae.torch_vae is not None:
+    if not encoder.is_file():
         raise load_error("the OpenVINO model has no vae_encoder/ (image-to-image and inpainting need it)",
                          "Download the model's vae_encoder folder too.")
+    vae = OpenVinoVae(folder / "vae_decoder" / IR_FILE, vae_like, precision, threads, encoder=encoder)
     progress.start("compiling", f"the OpenVINO VAE decoder for {side}x{side} and the text encoders")
     decoded = TILE_PIXELS if tile_above and side > tile_above else side
     vae.compile_for(decoded, decoded)

@@ -102,7 +102,7 @@ class OpenVinoVae(torch.nn.Module):
         ones flush with the edges, so every tile has the compiled shape), each weighted by a window that falls
         towards its edges, so the seams blend."""
         side = self.tile // self._scale
-        _, channels, height, width = latent.shape
+        height, width = latent.shape[2:]
         tile_h, tile_w = min(side, height), min(side, width)
         out = np.zeros((1, 3, height * self._scale, width * self._scale), np.float32)
         weight = np.zeros((1, 1, *out.shape[2:]), np.float32)

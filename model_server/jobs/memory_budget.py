@@ -97,11 +97,8 @@ class MemoryBudget:
 
     def check(self, params: GenerationParams, source_pixels: int = 0) -> Prediction | None:
         """The job's prediction, or a Rejection when it is over the budget."""
-        start = self._start(params)
-        if start is None:
-            return None
-        prediction, kept = self._price(params, start, source_pixels), self.budget
-        if not kept.bytes or prediction.peak_bytes <= kept.bytes:
+        prediction, kept = self.predict(params, source_pixels), self.budget
+        if prediction is None or not kept.bytes or prediction.peak_bytes <= kept.bytes:
             return prediction
         field, advice = self._advice(params, prediction, source_pixels, kept.bytes)
         raise errors.over_budget(_gib(prediction.peak_bytes), _gib(kept.bytes), kept.source, advice, field)
