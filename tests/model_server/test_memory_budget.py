@@ -205,11 +205,14 @@ def test_a_model_too_big_for_the_budget_is_refused_saying_so(start_server):
     assert refused.value.error.field == "model" and "MEMORY_BUDGET" in refused.value.error.hint
 
 
-def test_the_budget_keeps_a_model_in_memory_only_while_the_next_one_and_its_job_fit_beside_it(tmp_path):
+def test_the_budget_keeps_a_model_in_memory_only_while_the_next_one_and_its_job_fit_beside_it(tmp_path, monkeypatch):
+    from model_server import memory
     from model_server.jobs.memory_budget import MemoryBudget
     from model_server.loading.progress import LoadProgress
     from tests.model_server.test_models_catalog import make_set
 
+    # The test process's own RSS (whatever earlier tests left in it) is not this server's: a fixed reading.
+    monkeypatch.setattr(memory, "rss_bytes", lambda: int(0.6 * GIB))
     models, loads = make_set(tmp_path)
     models.max_resident = 3
     keeper = MemoryBudget("off", models, PeakTable(None, HOST))
