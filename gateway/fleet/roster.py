@@ -36,15 +36,19 @@ class Member:
         self.dead = False  # no answer for `timeout` seconds: its queued jobs were placed again
         self.queued = 0  # its queue's length, from its latest Pong or Accepted (which counts other gateways' jobs)
         self.inflight = 0  # placements of this process sent here and not answered yet
+        self.started = False  # a job of ours started there since its latest Pong, which could not say so
         # Its unfinished jobs and their owners at the latest heartbeat: what it had when it is lost.
         self.listing: tuple[list[JobView], list[str]] = ([], [])
 
     def answered(self, pong: Pong) -> None:
-        self.pong, self.queued = pong, pong.queue_depth
+        self.pong, self.queued, self.started = pong, pong.queue_depth, False
 
     def accepted(self, view: JobView) -> None:
-        """A placement's answer is the freshest word on the queue's length: our job's place in it."""
+        """A placement's answer is the freshest word on the queue's length: our job's place in it, or none
+        if an idle server's worker took it before answering (then it runs there: counted idle until the next
+        heartbeat, every placement meanwhile would go there)."""
         self.queued = max(self.queued, view.queue_position or 0)
+        self.started = self.started or view.queue_position is None
 
     @property
     def ready(self) -> bool:
@@ -52,7 +56,7 @@ class Member:
 
     @property
     def work(self) -> int:
-        running = self.pong is not None and self.pong.running_job is not None
+        running = self.started or (self.pong is not None and self.pong.running_job is not None)
         return self.queued + running + self.inflight
 
     def view(self, now: float) -> ServerView:

@@ -91,6 +91,17 @@ def test_a_job_goes_to_the_server_with_the_least_work(tmp_path, servers, fleets)
     assert placed == [idle.table.server_id] * 2  # 1 then 2 jobs of work on idle, still less than busy's 3
 
 
+def test_a_server_that_took_a_job_counts_as_busy_before_its_next_heartbeat(tmp_path, servers, fleets):
+    a, b = (servers(f"ipc://{tmp_path}/{name}.sock", step_seconds=0.2) for name in ("a", "b"))
+    ModelClient(b.bound_address).submit(params(seed=0, steps=20))  # b runs one job, behind the fleet's back
+    fleet = fleets(f"{a.bound_address},{b.bound_address}")
+    placed = [fleet.submit(params(seed=1 + i, steps=20)).job_id[:8] for i in range(3)]
+    # a was idle at the heartbeat: once it took the first job (queued or already running) it is as busy as b,
+    # so of the next two one goes to each; counted idle, both would have gone to a.
+    assert placed[0] == a.table.server_id and collections.Counter(placed) == {a.table.server_id: 2,
+                                                                              b.table.server_id: 1}
+
+
 def test_among_equally_busy_servers_a_job_goes_where_its_model_is_loaded(tmp_path, servers, fleets):
     a, b = (servers(f"ipc://{tmp_path}/{name}.sock", models="other") for name in ("a", "b"))
     ModelClient(a.bound_address).submit(params(model="other", steps=1))  # behind the fleet's back: a loads "other"

@@ -81,7 +81,10 @@ def fleet(log_dir):
 def test_twelve_jobs_spread_over_three_servers_and_every_route_works_from_any_worker(fleet):
     jobs = [fleet.submit(steps=4) for i in range(12)]
     where = collections.Counter(fleet.server_ids()[j[:8]] for j in jobs)
-    assert sorted(where) == [0, 1, 2] and min(where.values()) >= 3, where
+    # Each gateway worker spreads its own placements evenly (tests/gateway/test_fleet.py checks one process
+    # exactly) but learns the other's only at its next heartbeat, a second later, and a worker that saw a server
+    # miss one ping skips it until the next: across two workers the spread is even only roughly.
+    assert sorted(where) == [0, 1, 2] and max(where.values()) <= 6, where
     with requests.get(f"{fleet.url}/v1/jobs/{jobs[-1]}/events", stream=True, timeout=30) as stream:
         names = [name for name, _ in sse_events(stream)]
     assert names[-1] == "completed"
