@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import free_port, start_gateway, start_model_server, wait_ready, wait_until
+from tests.helpers import free_port, start_gateway, start_model_server, wait_until
 from tests.integration.conftest import sse_events
 
 STEP = 0.2  # seconds per fake step: a 10-step job takes 2 s, long enough to kill a server under it
