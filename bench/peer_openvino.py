@@ -6,7 +6,8 @@ needs torchvision, which needs torch 2.14.1), so it runs in its own environment,
 ``ensure_env`` builds once under ``~/.cache/sd-cpu/bench/peer-venv`` from the registries.
 
 Inside that environment, ``python bench/peer_openvino.py --model DIR ...`` exports the same SD
-v1.4-shaped model once (``export=True``, optimum-intel's default precision, no 8-bit), reshapes it
+v1.4-shaped model once (``export=True``, optimum-intel's default precision, no 8-bit; ``--weights default``: its
+own default, int8 weights for SDXL's UNet), reshapes it
 static to the size with batch 1 (the UNet becomes batch 2 for guidance) as FastSD CPU does,
 compiles, runs the same prompt, seed and steps as ``bench.measure`` and prints one JSON line in
 its format.
@@ -66,11 +67,15 @@ def measure(args) -> dict:
             time.sleep(0.02)
 
     threading.Thread(target=sample, daemon=True).start()
-    export = Path(args.model).parent / f"{Path(args.model).name}-optimum-openvino"
+    export = Path(args.model).parent / (f"{Path(args.model).name}-optimum-openvino"
+                                        + ("-default" if args.weights == "default" else ""))
     started = time.perf_counter()
     if not (export / "model_index.json").exists():  # exported once, like FastSD CPU's cached model
-        OVStableDiffusionPipeline.from_pretrained(args.model, export=True, load_in_8bit=False,
-                                                  compile=False).save_pretrained(export)
+        # "default": optimum-intel's own choice, which keeps int8 weights (INT8_ASYM) for every part of a billion
+        # parameters or more (SDXL's UNet) and the others as they are; "float": none (SD 1.x's UNet either way).
+        eight_bit = {"load_in_8bit": False} if args.weights == "float" else {}
+        OVStableDiffusionPipeline.from_pretrained(args.model, export=True, compile=False,
+                                                  **eight_bit).save_pretrained(export)
     # f32 as the plugin picks it on a CPU without bf16 (a laptop); set here when the bench emulates one,
     # since under an ISA cap the plugin would still pick bf16 from the real CPU's flags and fail.
     ov_config = {"INFERENCE_PRECISION_HINT": "f32"} if args.precision == "f32" else {}
@@ -115,7 +120,7 @@ def measure(args) -> dict:
     steady = steps[1:] or steps
     return {"config": "peer-openvino", "preset": "quality", "size": args.size, "steps": args.steps,
             "unet_evals": len(steps), "dtype": "bfloat16" if native_bf16 else "float32", "attention": "openvino",
-            "threads": None, "optimizations": {"backend": "optimum-intel", "export": str(export)},
+            "threads": None, "optimizations": {"backend": "optimum-intel", "export": str(export), "weights": args.weights},
             "load_s": round(load_s, 2), "s_per_step": round(statistics.median(steady), 3),
             "first_step_s": round(steps[0], 3), "vae_decode_s": round(vae[0], 3) if vae else None,
             "s_per_image": round(image_s, 2), "next_images_s": [],
@@ -130,6 +135,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--guidance", type=float, default=7.5, help="0: one-step models (SDXL-Turbo), no guidance")
     ap.add_argument("--warmup", action="store_true", help="a 1-step image first, not measured (few-step runs)")
+    ap.add_argument("--weights", choices=["float", "default"], default="float",
+                    help="float: no weight compression; default: optimum-intel's (int8 weights for parts of 1e9 "
+                         "parameters or more)")
     ap.add_argument("--precision", choices=["auto", "f32"], default="auto",
                     help="auto: the plugin's choice (bf16 where the CPU has it); f32: as on a CPU without bf16")
     args = ap.parse_args()

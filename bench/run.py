@@ -62,7 +62,8 @@ def isa_cap(isa: str) -> dict:
 
 
 # ours+VARIANT:PRESET runs the model server with these settings.
-VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvino"},
+# "openvino" is the UNet in its own precision whatever its size (SD_INT8=auto would give SDXL's int8 weights).
+VARIANTS = {"torch": {"SD_BACKEND": "torch"}, "openvino": {"SD_BACKEND": "openvino", "SD_INT8": "none"},
             "int8-hybrid": {"SD_BACKEND": "openvino", "SD_INT8": "hybrid"},
             "int8-full": {"SD_BACKEND": "openvino", "SD_INT8": "full"},
             "int8-weights": {"SD_BACKEND": "openvino", "SD_INT8": "weights"}}

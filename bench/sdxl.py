@@ -7,6 +7,7 @@ base at 1024x1024 with guidance; per backend; each configuration in a fresh proc
     python -m bench.sdxl --configs peer:turbo,openvino:turbo,peer:base,openvino:base --name sdxl-peer
     python -m bench.sdxl --configs torch:switch,openvino:switch --name sdxl-switch
     python -m bench.sdxl --configs openvino:base,int8w-ov:base --name sdxl-ir   # as a model published as IR
+    python -m bench.sdxl --configs default:base,openvino:base --name sdxl-default  # SD_BACKEND, SD_INT8 as shipped
 
 Rows: load (s, with the one-time bf16 copy and OpenVINO conversion when they are made, and the conversion
 child's peak apart), s/step (median after a warm-up image), s/image, the peak RSS of the server process. Time and
@@ -35,18 +36,20 @@ COLUMNS = [("config", "config"), ("dtype", "dtype"), ("runs on", "engine"), ("si
            ("s/step", "s_per_step"), ("s/image", "s_per_image"), ("peak GiB", "peak_rss_gib")]
 
 
-def peer(case: str, args, env: dict) -> dict:
+def peer(case: str, args, env: dict, weights: str = "float") -> dict:
     """The peer (optimum-intel's OpenVINO SDXL pipeline, static shapes, as FastSD CPU runs it) on the same
-    stand-in, in its own environment (bench/peer_openvino.py); its full VAE on OpenVINO."""
+    stand-in, in its own environment (bench/peer_openvino.py); its full VAE on OpenVINO. ``weights``: "float"
+    (exported with no weight compression) or "default" (optimum-intel's default export: int8 UNet weights)."""
     from bench.peer_openvino import ensure_env
 
     preset, side, steps, guidance, tiny = CASES[case]
     cmd = [str(ensure_env()), str(ROOT / "bench" / "peer_openvino.py"), "--model", str(SDXL_DIR), "--steps",
-           str(steps), "--size", str(side), "--guidance", str(guidance),
+           str(steps), "--size", str(side), "--guidance", str(guidance), "--weights", weights,
            "--precision", "f32" if args.dtype == "float32" else "auto", "--warmup"]  # ours has a warm-up image too
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    return {**row, "config": f"peer:{case}", "size": f"{side}x{side}", "engine": "optimum-intel openvino",
+    name = "peer" if weights == "float" else "peer-default"
+    return {**row, "config": f"{name}:{case}", "size": f"{side}x{side}", "engine": "optimum-intel openvino",
             "conversion_children_peak_gib": "(in load)"}
 
 
@@ -87,6 +90,8 @@ def worker(args) -> dict:
 
     backend, case = args.worker.split(":")
     backend, _, int8 = backend.partition("+int8-")  # openvino+int8-weights: SD_INT8=weights
+    if backend == "default":  # the server's own choices for this CPU (SD_BACKEND and SD_INT8 auto)
+        backend, int8 = "auto", "auto"
     model = SDXL_DIR
     if backend in IR_VARIANTS:  # int8w-ov: the stand-in as a model published as OpenVINO IR (exported by main)
         model, backend = ir_model(SDXL_DIR, backend, dict(os.environ)), "auto"
@@ -111,7 +116,9 @@ def worker(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
-                    help="BACKEND:CASE,... (backends: torch, openvino, openvino+int8-MODE, peer, or a published "
+                    help="BACKEND:CASE,... (backends: default (the server's choices), torch, openvino, openvino+int8-MODE, peer, "
+                         "peer-default (its default export: int8 UNet weights), "
+                         "or a published "
                          f"OpenVINO layout: {', '.join(IR_VARIANTS)}; cases: "
                          + ", ".join(CASES) + "; BACKEND:switch switches SD v1.4 <-> SDXL twice)")
     ap.add_argument("--isa", help="cap the kernels to this ISA (AVX2: a laptop)")
@@ -134,8 +141,9 @@ def main(argv=None) -> int:
     for config in args.configs.split(","):
         env = {**os.environ, "LOG_LEVEL": "WARNING", **(isa_cap(args.isa) if args.isa else {})}
         try:
-            if config.startswith("peer:"):
-                rows.append(peer(config.split(":")[1], args, env))
+            if config.startswith(("peer:", "peer-default:")):
+                weights = "default" if config.startswith("peer-default:") else "float"
+                rows.append(peer(config.split(":")[1], args, env, weights))
             else:
                 cmd = [sys.executable, "-m", "bench.sdxl", "--worker", config] + (
                     ["--dtype", args.dtype] if args.dtype else [])

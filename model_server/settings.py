@@ -160,9 +160,11 @@ class ModelServerSettings(RequestLimits):
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
         "int8) or `full` (all W8A8), quantized once with NNCF on calibration prompts (SD 1.x/2.x); `weights` (the "
         "matmuls' weights int8, data-free, any family; convolutions stay bf16: the CPU plugin would decompress them to "
-        "float32); `none`. With any of them a ControlNet job's "
-        "UNet and ControlNets keep int8 weights too (data-free). Not the default: its "
-        "drift is measured on random weights only (docs/performance.md)", "none", read=_lower)
+        "float32); `none`; or `auto`: `weights` for a UNet of a billion parameters or more when OpenVINO runs it "
+        "(SDXL: its 1024x1024 peak under 6.5 GiB, as optimum-intel's exporter compresses such models by default), "
+        "`none` for smaller ones (SD 1.x/2.x) and on torch. With any mode a ControlNet job's UNet and ControlNets "
+        "keep int8 weights too (data-free). Drift is measured on random weights only (docs/performance.md)",
+        "auto", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)
     threads: int = setting("SD_THREADS", "torch intra-op threads; 0 = the physical cores this process may use "
@@ -282,9 +284,9 @@ class ModelServerSettings(RequestLimits):
             raise ValueError(f"SD_DTYPE must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.backend not in ("auto", "torch", "openvino"):
             raise ValueError(f"SD_BACKEND must be auto, torch or openvino, got {self.backend!r}")
-        if self.int8 not in ("none", "hybrid", "full", "weights"):
-            raise ValueError(f"SD_INT8 must be none, hybrid, full or weights, got {self.int8!r}")
-        if self.int8 != "none" and self.backend == "torch":
+        if self.int8 not in ("auto", "none", "hybrid", "full", "weights"):
+            raise ValueError(f"SD_INT8 must be auto, none, hybrid, full or weights, got {self.int8!r}")
+        if self.int8 not in ("none", "auto") and self.backend == "torch":
             raise ValueError("SD_INT8 runs on the OpenVINO UNet: set SD_BACKEND to openvino or auto, or SD_INT8=none")
         if self.attention not in ("sdpa", "sliced"):
             raise ValueError(f"SD_ATTENTION must be sdpa or sliced, got {self.attention!r}")

@@ -156,7 +156,7 @@ def _openvino_only(folder: Path, settings: ModelServerSettings, family: Family, 
     log.info("loaded %s in %.1f s: %s", settings.model, opts["load_seconds"], opts)
     ignored = [name for name, on in (("SD_SAFETY_CHECKER", settings.safety_checker),
                                      ("SD_BACKEND=torch", settings.backend == "torch"),
-                                     (f"SD_INT8={settings.int8}", settings.int8 != "none")) if on]
+                                     (f"SD_INT8={settings.int8}", settings.int8 not in ("none", "auto"))) if on]
     if ignored:  # the model runs as published: no torch weights for a checker or torch, quantized or not already
         log.warning("%s: ignored for %s, a model published as OpenVINO IR", ", ".join(ignored), settings.model)
     return Loaded(pipe, family, opts, dataclasses.replace(settings, channels_last=False),
@@ -211,10 +211,14 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     on_openvino, backend_why = openvino_backend.choose(settings, dtype)
     if on_openvino and folder is None:
         on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
+    int8, int8_why = openvino_backend.int8_mode(settings.int8, pipe.unet) if on_openvino else ("none", "")
+    settings = dataclasses.replace(settings, int8=int8)  # what every part loaded below, and the plan, see
     pipe.set_progress_bar_config(disable=True)
     ov_pipe, fast_unet, backend = (
         openvino_backend.attach(pipe, folder, settings, dtype, threads, backend_why, progress, side, family)
         if on_openvino else (None, None, {"backend": "torch", "backend_reason": backend_why}))
+    if int8 != "none" and "openvino_int8" in backend:
+        backend["openvino_int8_reason"] = int8_why
     if channels_last:
         # Before a LoRA is attached (per job): its wrappers rename the conv weights. Only the torch modules
         # that run: NHWC copies are private memory, while one OpenVINO replaces stays mapped and idle.

@@ -34,16 +34,32 @@ log = logging.getLogger(__name__)
 CALIBRATION_PROMPTS, CALIBRATION_STEPS = 8, 4
 
 
+# SD_INT8=auto: a UNet this large keeps its matmuls' weights in int8 on OpenVINO, as optimum-intel's exporter
+# compresses every part of a billion parameters or more by default: SDXL's 2.6 billion are 4.8 GiB in bf16, and the
+# int8 weights take its 1024x1024 peak under 6.5 GiB (docs/performance.md, with their drift).
+INT8_WEIGHTS_FROM = 1_000_000_000
+
+
 def choose(settings: ModelServerSettings, dtype: torch.dtype) -> tuple[bool, str]:
     """(run the UNet on OpenVINO, why), from SD_BACKEND, the model's dtype and this CPU."""
     if settings.backend == "torch":
         return False, "configured"
-    if settings.backend == "openvino" or settings.int8 != "none":
+    if settings.backend == "openvino" or settings.int8 not in ("none", "auto"):
         if importlib.util.find_spec("openvino") is None:
             raise load_error("SD_BACKEND=openvino or SD_INT8 is set but the openvino package is not installed",
                              "Install requirements/model.txt, or set SD_BACKEND=torch and SD_INT8=none.")
         return True, "configured" if settings.backend == "openvino" else f"SD_INT8={settings.int8} runs on it"
     return cpu.openvino_pays(dtype == torch.bfloat16)
+
+
+def int8_mode(setting: str, unet) -> tuple[str, str]:
+    """(SD_INT8's mode for this model's OpenVINO UNet, why): ``auto`` by the torch ``unet``'s size."""
+    if setting != "auto":
+        return setting, "configured"
+    billions = sum(p.numel() for p in unet.parameters()) / 1e9  # mapped weights: counting reads none of them
+    if billions * 1e9 >= INT8_WEIGHTS_FROM:
+        return "weights", f"auto: a UNet of {billions:.2f} billion parameters keeps int8 weights"
+    return "none", f"auto: a UNet of {billions:.2f} billion parameters stays in its precision"
 
 
 def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,

@@ -220,6 +220,23 @@ def test_auto_runs_openvino_only_where_it_was_measured_to_pay(monkeypatch):
     assert openvino_backend.choose(ModelServerSettings(backend="torch"), torch.bfloat16) == (False, "configured")
 
 
+def test_auto_int8_gives_a_unet_of_a_billion_parameters_int8_weights_and_smaller_ones_their_precision(
+        ov, cache, monkeypatch):
+    assert "openvino_int8" not in ov.optimizations()  # SD_INT8=auto (the default) on a small UNet: as it is
+    assert ov.engine(GenerationParams(prompt="a cat", seed=1)) == "openvino float32"
+    monkeypatch.setattr(openvino_backend, "INT8_WEIGHTS_FROM", 1000)  # the tiny UNet as if it were SDXL's
+    big = DiffusersPipeline.load(settings(cache, backend="openvino"))
+    opts = big.optimizations()
+    assert opts["openvino_int8"] == "weights" and opts["openvino_int8_reason"].startswith("auto: a UNet of ")
+    assert big.engine(GenerationParams(prompt="a cat", seed=1)) == "openvino int8 (weights)"
+    assert run(big)[1][-1] == 6
+    assert openvino_backend.int8_mode("auto", big.pipe.unet)[0] == "weights"
+    assert openvino_backend.int8_mode("none", big.pipe.unet) == ("none", "configured")  # SD_INT8=none: never
+    on_torch = DiffusersPipeline.load(settings(cache, backend="torch"))  # auto is no reason to leave torch
+    assert on_torch.optimizations()["backend"] == "torch" and "openvino_int8" not in on_torch.optimizations()
+    ModelServerSettings(backend="torch").validated()  # the default SD_INT8 (auto) with torch is no conflict
+
+
 def test_a_fast_job_is_told_what_it_waits_for_and_its_cancel_stops_the_conversion(tmp_path):
     pipe = DiffusersPipeline.load(settings(tmp_path, backend="openvino", prepare_ahead=False))
     told = []
