@@ -120,7 +120,8 @@ def measure(args) -> dict:
     steady = steps[1:] or steps
     return {"config": "peer-openvino", "preset": "quality", "size": args.size, "steps": args.steps,
             "unet_evals": len(steps), "dtype": "bfloat16" if native_bf16 else "float32", "attention": "openvino",
-            "threads": None, "optimizations": {"backend": "optimum-intel", "export": str(export), "weights": args.weights},
+            "threads": None, "optimizations": {"backend": "optimum-intel", "export": str(export),
+                              "weights": args.weights},
             "load_s": round(load_s, 2), "s_per_step": round(statistics.median(steady), 3),
             "first_step_s": round(steps[0], 3), "vae_decode_s": round(vae[0], 3) if vae else None,
             "s_per_image": round(image_s, 2), "next_images_s": [],

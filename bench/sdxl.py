@@ -116,7 +116,8 @@ def worker(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(f"{b}:{c}" for b in ("torch", "openvino") for c in CASES),
-                    help="BACKEND:CASE,... (backends: default (the server's choices), torch, openvino, openvino+int8-MODE, peer, "
+                    help="BACKEND:CASE,... (backends: default (the server's choices), torch, openvino, "
+                         "openvino+int8-MODE, peer, "
                          "peer-default (its default export: int8 UNet weights), "
                          "or a published "
                          f"OpenVINO layout: {', '.join(IR_VARIANTS)}; cases: "
