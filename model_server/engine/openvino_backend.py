@@ -25,6 +25,7 @@ from model_server.engine.openvino_convert import converted
 from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.residency import MappedWeights
 from model_server.families import Family
+from model_server.families.detect import json_object
 from model_server.loading.progress import LoadProgress
 from model_server.pipeline import load_error
 from model_server.settings import ModelServerSettings
@@ -113,6 +114,8 @@ def ir_for(folder: str, settings: ModelServerSettings, precision: str, progress:
     # f32: float32 weights kept as they are (see openvino_convert), so not the IR a bf16 start made.
     keyed = [real, openvino.__version__] + ([] if precision == "bf16" else [precision]) + (
         ["int8-matmul-weights"] if int8_weights else [])
+    if part.startswith("unet") and json_object(Path(real) / "unet" / "config.json").get("time_cond_proj_dim"):
+        keyed.append("timestep_cond")  # an LCM-distilled UNet's guidance input: IRs made before it had none
     key = hashlib.sha256("\0".join(keyed).encode()).hexdigest()[:12]
     suffix = "" if part == "unet" else f"-{part}"
     if lora:  # a LoRA file replaced in place is another LoRA
@@ -226,14 +229,15 @@ def attach(pipe, folder: str, settings: ModelServerSettings, dtype: torch.dtype,
     if settings.int8 != "none":
         ir, quantized = int8_ir(folder, ir, settings, progress)
         info.update(quantized)
-    from model_server.engine.openvino_unet import OpenVinoUNet
+    from model_server.engine.openvino_unet import OpenVinoUNet, load_batch
 
     # The torch UNet only runs what OpenVINO cannot: its mapped pages wait in the page cache till
     # then, rather than sit beside the compiled copy (before compiling, to keep the peak down too).
     MappedWeights(folder).release("unet")
     unet = OpenVinoUNet(ir, pipe.unet, precision, threads)
     progress.start("compiling", f"the OpenVINO UNet for {side}x{side}")
-    unet.compile_for((2, pipe.unet.config.in_channels, side // 8, side // 8))  # the default request's shape
+    # The default request's shape.
+    unet.compile_for((load_batch(pipe.unet.config), pipe.unet.config.in_channels, side // 8, side // 8))
     info.update(vae_decoder(pipe, folder, settings, precision, threads, progress, side))
     ov_pipe = pipeline_like(family.pipelines["txt2img"], pipe, unet=unet)
     return ov_pipe, FastUNet(folder, settings, precision, threads), {

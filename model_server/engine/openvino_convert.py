@@ -105,6 +105,8 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False, float32
                 down, mid, added = added[-count:-1], added[-1], added[:-count]
                 extra = {"down_block_additional_residuals": tuple(r.to(dtype) for r in down),
                          "mid_block_additional_residual": mid.to(dtype)}
+            if guidance_embedded:  # before the residuals
+                extra["timestep_cond"], added = added[-1].to(dtype), added[:-1]
             extra.update(_added_cond(added, dtype))
             out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
                             **extra)[0]
@@ -119,6 +121,11 @@ def _unet(source: str, lora: str | None = None, residuals: bool = False, float32
     names = ("sample", "timestep", "encoder_hidden_states")
     added, added_names = _text_time(cfg)
     example, names = example + added, names + added_names
+    # An LCM-distilled UNet takes the guidance scale as an embedding (diffusers' pipelines pass it as timestep_cond
+    # and run no unconditional half): without it as an input the IR would run as if no guidance were asked.
+    guidance_embedded = cfg.get("time_cond_proj_dim")
+    if guidance_embedded:
+        example, names = example + (torch.randn(2, guidance_embedded),), names + ("timestep_cond",)
     shapes = residual_shapes(cfg, 2, size, size) if residuals else []
     count = len(shapes)
     example += tuple(torch.randn(*shape) for shape in shapes)

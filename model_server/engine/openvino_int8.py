@@ -72,7 +72,10 @@ def record_inputs(model_dir: str, ir_dir: Path, prompts: list[str], steps: int, 
     def recording(sample, timestep, encoder_hidden_states, *args, **kwargs):
         recorded.append({"sample": sample.float().numpy().copy(),
                          "timestep": torch.as_tensor(timestep).float().reshape(()).numpy().copy(),
-                         "encoder_hidden_states": encoder_hidden_states.float().numpy().copy()})
+                         "encoder_hidden_states": encoder_hidden_states.float().numpy().copy(),
+                         # an LCM-distilled UNet's guidance embedding
+                         **({"timestep_cond": kwargs["timestep_cond"].float().numpy().copy()}
+                            if kwargs.get("timestep_cond") is not None else {})})
         return run(sample, timestep, encoder_hidden_states, *args, **kwargs)
 
     unet.forward = recording

@@ -67,8 +67,12 @@ def _unet(unet):
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-            added = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_time else {}
+        def forward(self, sample, timestep, encoder_hidden_states, *extra):
+            given = dict(zip(list(example)[3:], extra))  # traced positionally, in the example's order
+            added = {"added_cond_kwargs": {"text_embeds": given["text_embeds"], "time_ids": given["time_ids"]}
+                     } if text_time else {}
+            if "timestep_cond" in given:
+                added["timestep_cond"] = given["timestep_cond"]
             return self.unet(sample, timestep, encoder_hidden_states, return_dict=False, **added)[0].float()
 
     example = {"sample": torch.randn(2, cfg.in_channels, 32, 32), "timestep": torch.tensor([999, 999]),
@@ -76,6 +80,8 @@ def _unet(unet):
     if text_time:
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         example.update(text_embeds=torch.randn(2, pooled), time_ids=torch.tensor([[512.0, 512, 0, 0, 512, 512]] * 2))
+    if cfg.get("time_cond_proj_dim"):  # LCM-distilled: the guidance scale's embedding, as optimum-intel exports it
+        example["timestep_cond"] = torch.randn(2, cfg.time_cond_proj_dim)
     return Traced(), example, ["out_sample"]
 
 

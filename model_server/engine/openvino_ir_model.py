@@ -97,18 +97,22 @@ def load(folder: Path, family: Family, precision: str, threads: int, progress: L
     import diffusers
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-    from model_server.engine.openvino_unet import OpenVinoUNet
+    from model_server.engine.openvino_unet import OpenVinoUNet, load_batch
     from model_server.engine.openvino_vae import OpenVinoVae
 
     index = _json(folder, "model_index.json")
     unet_like = _shell(diffusers.UNet2DConditionModel, _json(folder, "unet/config.json"))
     progress.start("compiling", f"the OpenVINO UNet for {side}x{side}")
-    unet = OpenVinoUNet(folder / "unet", unet_like, precision, threads, file=IR_FILE)
-    missing = set(unet.ir.inputs) - {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"}
-    if missing:  # LCM-distilled UNets take the guidance as an embedding (timestep_cond): another pipeline class
+    try:
+        unet = OpenVinoUNet(folder / "unet", unet_like, precision, threads, file=IR_FILE)
+    except ValueError as exc:  # its config and its IR disagree
+        raise load_error(f"the OpenVINO model's UNet: {exc}", "Download or export the model again.") from None
+    missing = set(unet.ir.inputs) - {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids",
+                                     "timestep_cond"}
+    if missing:
         raise load_error(f"the OpenVINO UNet takes inputs this server does not give: {', '.join(sorted(missing))}",
-                         "Use a Stable Diffusion 1.x/2.x or SDXL model (LCM-distilled ones are not supported as IR).")
-    unet.compile_for((2, unet_like.config.in_channels, side // 8, side // 8))
+                         "Use a Stable Diffusion 1.x/2.x or SDXL model, or an LCM-distilled one.")
+    unet.compile_for((load_batch(unet_like.config), unet_like.config.in_channels, side // 8, side // 8))
     vae_like = _shell(diffusers.AutoencoderKL, _json(folder, "vae_decoder/config.json"))
     encoder = folder / "vae_encoder" / IR_FILE
     if not encoder.is_file():

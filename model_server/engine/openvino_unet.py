@@ -23,6 +23,12 @@ from model_server.engine.openvino_compiled import StaticIR
 from model_server.engine.openvino_convert import IR_NAME, IR_NAMES, residual_shapes
 
 
+def load_batch(config) -> int:
+    """The UNet's batch for a default request, compiled at load: guidance's two halves, or one where an
+    LCM-distilled UNet embeds the guidance scale instead (diffusers then runs no unconditional half)."""
+    return 1 if config.get("time_cond_proj_dim") else 2
+
+
 class OpenVinoUNet(torch.nn.Module):
     """Called like diffusers' UNet2DConditionModel (sample, timestep, encoder_hidden_states, and SDXL's
     ``added_cond_kwargs``) by the pipelines; runs the compiled IR. ``config`` and ``dtype`` are the torch
@@ -45,6 +51,10 @@ class OpenVinoUNet(torch.nn.Module):
         self._text_time = like.config.get("addition_embed_type") == "text_time"
         self._pooled = (like.config.projection_class_embeddings_input_dim - 6 * like.config.addition_time_embed_dim
                         if self._text_time else 0)
+        # LCM-distilled UNets: the guidance scale's embedding (diffusers' ``timestep_cond``), an input of the IR.
+        self._guidance_embedded = like.config.get("time_cond_proj_dim")
+        if self._guidance_embedded and "timestep_cond" not in self._ir.inputs:
+            raise ValueError("the UNet embeds the guidance scale (LCM-distilled) but its IR takes no timestep_cond")
         if self._text_time:  # what SDXL's pipelines read to check their time ids' width (no weights)
             self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(
                 in_features=like.config.projection_class_embeddings_input_dim))
@@ -69,6 +79,8 @@ class OpenVinoUNet(torch.nn.Module):
                   "encoder_hidden_states": [batch, 77, self.config.cross_attention_dim]}
         if self._text_time:
             shapes.update(text_embeds=[batch, self._pooled], time_ids=[batch, 6])
+        if self._guidance_embedded:
+            shapes["timestep_cond"] = [batch, self._guidance_embedded]
         if self._residuals:
             *down, mid = residual_shapes(self.config, batch, shape[2], shape[3])
             shapes.update({f"down_{i}": s for i, s in enumerate(down)}, mid=mid)
@@ -93,6 +105,8 @@ class OpenVinoUNet(torch.nn.Module):
                              kwargs.get("added_cond_kwargs") if self._text_time else None)
         if self._timestep_rank:
             inputs["timestep"] = np.full(sample.shape[:1], inputs["timestep"])
+        if self._guidance_embedded:
+            inputs["timestep_cond"] = kwargs["timestep_cond"].float().numpy()
         if self._residuals:
             down = kwargs["down_block_additional_residuals"]
             inputs.update({f"down_{i}": r.float().numpy() for i, r in enumerate(down)},

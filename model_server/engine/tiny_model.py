@@ -82,6 +82,30 @@ def write_tiny_model(folder: str | Path, seed: int = 0, turbo: bool = False) -> 
     return folder
 
 
+def write_tiny_lcm_model(folder: str | Path, seed: int = 2) -> Path:
+    """The tiny pipeline as an LCM-distilled model is published (LCM_Dreamshaper_v7's layout): a UNet that embeds
+    the guidance scale (``time_cond_proj_dim``), the LCM scheduler, saved as a LatentConsistencyModelPipeline."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+
+    folder = Path(folder)
+    if (folder / MARKER).exists():
+        return folder
+    pipe = build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(pipe.unet.config, time_cond_proj_dim=16)
+    with torch.no_grad():  # a guidance embedding strong enough that another scale shows in the tiny images
+        unet.time_embedding.cond_proj.weight.normal_(0.0, 2.0)
+    scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                             num_train_timesteps=1000, set_alpha_to_one=True, steps_offset=1)  # LCM Dreamshaper's
+    lcm = LatentConsistencyModelPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    lcm.save_pretrained(folder, safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"seed": seed, "lcm": True}), encoding="utf-8")
+    return folder
+
+
 def write_tiny_inpaint_model(folder: str | Path, seed: int = 1) -> Path:
     """A tiny inpainting checkpoint (9-channel UNet) in a published one's layout, written once; its
     text encoder and VAE have the tiny model's shapes, as a real one's have SD v1's."""
