@@ -162,8 +162,8 @@ class ModelServerSettings(RequestLimits):
         "matmuls' weights int8, data-free, any family; convolutions stay bf16: the CPU plugin would decompress them to "
         "float32); `none`; or `auto`: `weights` for a UNet of a billion parameters or more when OpenVINO runs it "
         "(SDXL: its 1024x1024 peak under 6.5 GiB, as optimum-intel's exporter compresses such models by default), "
-        "`none` for smaller ones (SD 1.x/2.x) and on torch. With any mode a ControlNet job's UNet and ControlNets "
-        "keep int8 weights too (data-free). Drift is measured on random weights only (docs/performance.md)",
+        "`none` for smaller ones (SD 1.x/2.x) and on torch. With any mode a ControlNet job's UNet and ControlNets, "
+        "and the `fast` preset's UNet, keep int8 weights too (data-free). Drift is measured on random weights only (docs/performance.md)",
         "auto", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)

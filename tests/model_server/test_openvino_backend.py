@@ -4,6 +4,7 @@ same images as torch within rounding, every sampler and stop mode, and torch for
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 
 import numpy as np
@@ -230,6 +231,14 @@ def test_auto_int8_gives_a_unet_of_a_billion_parameters_int8_weights_and_smaller
     assert opts["openvino_int8"] == "weights" and opts["openvino_int8_reason"].startswith("auto: a UNet of ")
     assert big.engine(GenerationParams(prompt="a cat", seed=1)) == "openvino int8 (weights)"
     assert run(big)[1][-1] == 6
+    image, steps, _ = run(big, **FAST)  # the fast preset's fused UNet keeps int8 weights too
+    assert max(steps) == 4 and big.optimizations()["openvino_lcm_ir"] == "made now"
+    import openvino as ov
+
+    fused = next(d for d in (cache / "openvino").glob("*-lora-*")
+                 if json.loads((d / "sd_cpu_openvino.json").read_text()).get("int8_weights"))
+    assert ov.Type.u8 in {op.get_element_type() for op in ov.Core().read_model(fused / "unet.xml").get_ops()
+                          if op.get_type_name() == "Constant"}
     assert openvino_backend.int8_mode("auto", big.pipe.unet)[0] == "weights"
     assert openvino_backend.int8_mode("none", big.pipe.unet) == ("none", "configured")  # SD_INT8=none: never
     on_torch = DiffusersPipeline.load(settings(cache, backend="torch"))  # auto is no reason to leave torch
@@ -342,8 +351,6 @@ def test_a_size_the_openvino_unet_cannot_take_runs_on_torch_instead_of_failing(o
 
 
 def test_with_int8_a_controlnet_job_runs_int8_weight_control_irs_near_the_float_ones(cache, tmp_path):
-    import json
-
     import openvino as ov
     from PIL import Image, ImageDraw
 
