@@ -45,8 +45,9 @@ def native_bf16(flags: set[str] | None = None, env=None) -> tuple[bool, str]:
 def openvino_pays(bf16: bool, flags: set[str] | None = None, env=None) -> tuple[bool, str]:
     """Whether SD_BACKEND=auto runs the UNet on OpenVINO here, for a model in bf16 or not, and why.
 
-    Measured (docs/performance.md): faster than torch in bf16 on AVX512-BF16 and AMX CPUs. Not
-    yet measured against torch in float32, so that keeps torch unless asked."""
+    Measured (docs/performance.md): faster than torch in bf16 on AVX512-BF16 and AMX CPUs. In float32 (SD
+    v1.4 under AVX2) only 1.02x torch for more memory, so that keeps torch unless asked, except for a UNet large
+    enough to keep int8 weights on OpenVINO (openvino_backend.choose)."""
     if not bf16:
         return False, "no measured gain in float32"
     native, why = native_bf16(flags, env)

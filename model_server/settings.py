@@ -153,8 +153,9 @@ class ModelServerSettings(RequestLimits):
     backend: str = setting(
         "SD_BACKEND", "What runs the UNet and VAE decoder: `openvino` (the OpenVINO runtime; converted once, in a "
         "child process, to `SD_CACHE_DIR/openvino`; the `fast` preset's UNet with its LCM-LoRA fused, on the first "
-        "fast job), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with native bf16), "
-        "torch elsewhere. Requests OpenVINO cannot run (LoRAs, `deep_cache`, `token_merging`, an inpainting "
+        "fast job), `torch`, or `auto`: OpenVINO where it was measured to pay (bf16, on CPUs with native bf16, and "
+        "for a UNet of a billion parameters or more, which keeps int8 weights there: SDXL in float32), torch "
+        "elsewhere. Requests OpenVINO cannot run (LoRAs, `deep_cache`, `token_merging`, an inpainting "
         "checkpoint) run on torch", "auto", read=_lower)
     int8: str = setting(
         "SD_INT8", "int8 on the CPU's integer units for the OpenVINO UNet: `hybrid` (convolutions W8A8, matmul weights "
@@ -163,7 +164,8 @@ class ModelServerSettings(RequestLimits):
         "float32); `none`; or `auto`: `weights` for a UNet of a billion parameters or more when OpenVINO runs it "
         "(SDXL: its 1024x1024 peak under 6.5 GiB, as optimum-intel's exporter compresses such models by default), "
         "`none` for smaller ones (SD 1.x/2.x) and on torch. With any mode a ControlNet job's UNet and ControlNets, "
-        "and the `fast` preset's UNet, keep int8 weights too (data-free). Drift is measured on random weights only (docs/performance.md)",
+        "and the `fast` preset's UNet, keep int8 weights too (data-free). Drift is measured on random weights only "
+        "(docs/performance.md)",
         "auto", read=_lower)
     attention: str = setting("SD_ATTENTION", "`sliced` turns on attention slicing (slower on CPU; experiments "
                              "only)", "sdpa", read=_lower)
