@@ -63,10 +63,10 @@ def int8_mode(setting: str, unet) -> tuple[str, str]:
     """(SD_INT8's mode for this model's OpenVINO UNet, why): ``auto`` by the torch ``unet``'s size."""
     if setting != "auto":
         return setting, "configured"
-    billions = sum(p.numel() for p in unet.parameters()) / 1e9  # mapped weights: counting reads none of them
-    if billions * 1e9 >= INT8_WEIGHTS_FROM:
-        return "weights", f"auto: a UNet of {billions:.2f} billion parameters keeps int8 weights"
-    return "none", f"auto: a UNet of {billions:.2f} billion parameters stays in its precision"
+    count = sum(p.numel() for p in unet.parameters())  # mapped weights: counting reads none of them
+    if count >= INT8_WEIGHTS_FROM:
+        return "weights", f"auto: a UNet of {count / 1e9:.2f} billion parameters keeps int8 weights"
+    return "none", f"auto: a UNet of {count / 1e9:.2f} billion parameters stays in its precision"
 
 
 def int8_ir(folder: str, ir: Path, settings: ModelServerSettings,
