@@ -208,10 +208,11 @@ def load(settings: ModelServerSettings, progress: LoadProgress) -> Loaded:
     folder = local_dir(source, settings)
     channels_last, layout["channels_last_reason"] = (
         (settings.channels_last, "configured") if settings.channels_last is not None else cpu.channels_last_pays())
-    on_openvino, backend_why = openvino_backend.choose(settings, dtype, pipe.unet)
+    int8, int8_why = openvino_backend.int8_mode(settings.int8, pipe.unet)
+    on_openvino, backend_why = openvino_backend.choose(settings, dtype, int8)
     if on_openvino and folder is None:
         on_openvino, backend_why = False, "OpenVINO needs the model's files in a local directory"
-    int8, int8_why = openvino_backend.int8_mode(settings.int8, pipe.unet) if on_openvino else ("none", "")
+    int8 = int8 if on_openvino else "none"
     settings = dataclasses.replace(settings, int8=int8)  # what every part loaded below, and the plan, see
     pipe.set_progress_bar_config(disable=True)
     ov_pipe, fast_unet, backend = (

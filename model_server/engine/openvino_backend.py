@@ -41,8 +41,9 @@ CALIBRATION_PROMPTS, CALIBRATION_STEPS = 8, 4
 INT8_WEIGHTS_FROM = 1_000_000_000
 
 
-def choose(settings: ModelServerSettings, dtype: torch.dtype, unet=None) -> tuple[bool, str]:
-    """(run the UNet on OpenVINO, why), from SD_BACKEND, the model's dtype, this CPU and the torch ``unet``'s size."""
+def choose(settings: ModelServerSettings, dtype: torch.dtype, int8: str = "none") -> tuple[bool, str]:
+    """(run the UNet on OpenVINO, why), from SD_BACKEND, the model's dtype, this CPU and ``int8``, the UNet's mode
+    of SD_INT8 (``int8_mode``)."""
     if settings.backend == "torch":
         return False, "configured"
     if settings.backend == "openvino" or settings.int8 not in ("none", "auto"):
@@ -51,8 +52,7 @@ def choose(settings: ModelServerSettings, dtype: torch.dtype, unet=None) -> tupl
                              "Install requirements/model.txt, or set SD_BACKEND=torch and SD_INT8=none.")
         return True, "configured" if settings.backend == "openvino" else f"SD_INT8={settings.int8} runs on it"
     pays, why = cpu.openvino_pays(dtype == torch.bfloat16)
-    if (not pays and unet is not None and int8_mode(settings.int8, unet)[0] == "weights"
-            and importlib.util.find_spec("openvino") is not None):
+    if not pays and int8 == "weights" and importlib.util.find_spec("openvino") is not None:  # SD_INT8=auto's
         # SDXL in float32 (a CPU without bf16): torch's UNet is 10.3 GB; with int8 weights on OpenVINO a laptop's
         # SDXL-Turbo image took 0.52x the time at 0.60x the peak (docs/performance.md, "A laptop's float32").
         return True, f"a UNet this large runs with int8 weights on OpenVINO ({why} for others)"

@@ -244,7 +244,8 @@ def test_auto_int8_gives_a_unet_of_a_billion_parameters_int8_weights_and_smaller
     auto = DiffusersPipeline.load(settings(cache))  # SD_BACKEND=auto in float32 keeps torch, but not for this UNet
     assert auto.optimizations()["backend"] == "openvino" and auto.optimizations()["openvino_int8"] == "weights"
     assert auto.optimizations()["backend_reason"].startswith("a UNet this large runs with int8 weights")
-    assert openvino_backend.choose(ModelServerSettings(int8="none"), torch.float32, big.pipe.unet)[0] is False
+    none = openvino_backend.int8_mode("none", big.pipe.unet)[0]
+    assert openvino_backend.choose(ModelServerSettings(int8="none"), torch.float32, none)[0] is False
     on_torch = DiffusersPipeline.load(settings(cache, backend="torch"))  # auto is no reason to leave torch
     assert on_torch.optimizations()["backend"] == "torch" and "openvino_int8" not in on_torch.optimizations()
     ModelServerSettings(backend="torch").validated()  # the default SD_INT8 (auto) with torch is no conflict
