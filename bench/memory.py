@@ -39,6 +39,22 @@ def _init_image(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def _wait_ready(client, server, seconds: float = 900) -> None:
+    """Until the model server has loaded its model (it binds its socket only after its imports: on a busy
+    machine the first pings find no one)."""
+    from gateway.model_client import ModelServerUnavailable
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if client.ping(timeout=30).model_state.value == "ready":
+                return
+        except ModelServerUnavailable:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the model server did not become ready (exit code {server.poll()})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
@@ -61,8 +77,7 @@ def main(argv=None) -> int:
         client = ModelClient(address, timeout=30.0)
         rows = []
         try:
-            while client.ping(timeout=30).model_state.value != "ready":
-                time.sleep(1)
+            _wait_ready(client, server)
             for width, height, mode in JOBS:
                 for attempt in range(1, args.repeat + 1):
                     extra = ({"init_image": _init_image(width, height)} if mode == "img2img" else {})

@@ -33,9 +33,21 @@ def trim_heap() -> None:
         trim(0)
 
 
+_RELEASERS: list = []  # what else holds memory between jobs that it can give back (on_release)
+
+
+def on_release(release) -> None:
+    """Have ``release_memory`` call ``release()`` first: a runtime's own buffers (OpenVINO's compiled models keep
+    their activations' memory after the last call until told; engine/openvino_compiled.py)."""
+    _RELEASERS.append(release)
+
+
 def release_memory() -> None:
     """Hand freed memory back to the OS: a finished job's activations (or an unloaded model) are freed by
-    Python, but glibc keeps the pages; collecting cycles and trimming keeps resident memory flat."""
+    Python, but glibc keeps the pages; collecting cycles and trimming keeps resident memory flat. Called on the
+    worker's thread between jobs, never while one runs a model."""
+    for release in _RELEASERS:
+        release()
     gc.collect()
     trim_heap()
 

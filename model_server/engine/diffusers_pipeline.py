@@ -37,6 +37,7 @@ from model_server.engine.loras import LoraAdapters
 from model_server.engine.model_loader import bf16_copy
 from model_server.errors import redact
 from model_server.engine.openvino_backend import FastUNet
+from model_server.engine.openvino_compiled import release_buffers
 from model_server.engine.pipeline_objects import pipeline_like
 from model_server.engine.plan import IR_ONLY_LCM, EngineFacts, NeedsTorch, Plan, decide
 from model_server.engine.previews import latent_preview
@@ -445,9 +446,11 @@ class DiffusersPipeline:
             if mode is not None:
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             if mode is not None or index + 1 >= pipe.num_timesteps:
-                # The UNet is done: its pages need not sit beside the VAE decode's activations.
+                # The UNet is done: its pages need not sit beside the VAE decode's activations, nor (OpenVINO)
+                # its compiled activations' buffers.
                 for part in released_after.get("denoising", ()):
                     self.residency.release(part)
+                release_buffers()
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -91,6 +91,7 @@ class OpenVinoVae(torch.nn.Module):
         self.calls += 1
         decode = self._tiled if self.tile and max(z.shape[-2:]) * self._scale > self.tile else self._whole
         images = [decode(one.float().numpy()) for one in z.split(1)]
+        self._ir.release_buffers()  # the decode's activations (the job's largest) go before the images are made
         sample = torch.cat(images).to(z.dtype)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 

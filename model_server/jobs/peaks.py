@@ -3,8 +3,9 @@
 A kind of job is its model and its shape (``shape_of``: mode, what runs its UNet in what precision, preset, and
 the parts that add memory: hires fix, control modules, face restoration, LoRAs); an entry per kind and size. Every
 job that ends succeeded is measured (unlike the speeds, a switch or a LoRA is part of what memory must be known
-for): the peak is kept as the largest seen, the rise smoothed towards the newest (a first job's one-time costs,
-such as OpenVINO compiling for a new size, fade) but never below it. Kept in SD_CACHE_DIR, one file per host and
+for): the peak is kept as the least seen (a floor: what a job of the kind always reached, whatever it started
+from), the rise smoothed towards the newest (a first job's one-time costs, such as OpenVINO compiling for a new
+size, fade) but never below it. Kept in SD_CACHE_DIR, one file per host and
 RAM size, beside the speeds (model_server/jobs/speed.py): another machine starts afresh, a restart does not.
 """
 
@@ -30,7 +31,10 @@ class PeakEntry(msgspec.Struct, kw_only=True):
     model: str
     shape: str
     pixels: int  # of its largest pass (the hires fix's second, an upscale's result)
-    peak_bytes: int  # the largest RSS seen while one ran
+    # The least of the peak RSS the jobs reached: the largest would be a job that started with another size's
+    # buffers still held (the VAE decoder compiled for the last size keeps them until it compiles for this one;
+    # bench.memory: an img2img job after a 768x768 one peaked at 3.82 GiB, the next at 3.23).
+    least_peak_bytes: int
     rise_bytes: int  # the peak over the RSS the job started from (smoothed, never below the newest)
     jobs: int = 1
     measured_at: float = 0.0
@@ -89,11 +93,11 @@ class PeakTable:
         with self._lock:
             old = self._entries.get(key)
             if old is None:
-                entry = PeakEntry(model=model, shape=shape, pixels=pixels, peak_bytes=peak_bytes, rise_bytes=rise,
+                entry = PeakEntry(model=model, shape=shape, pixels=pixels, least_peak_bytes=peak_bytes, rise_bytes=rise,
                                   measured_at=self._clock())
             else:
                 mixed = int((1 - _NEW_WEIGHT) * old.rise_bytes + _NEW_WEIGHT * rise)
-                entry = msgspec.structs.replace(old, peak_bytes=max(old.peak_bytes, peak_bytes),
+                entry = msgspec.structs.replace(old, least_peak_bytes=min(old.least_peak_bytes, peak_bytes),
                                                 rise_bytes=max(mixed, rise), jobs=old.jobs + 1,
                                                 measured_at=self._clock())
             self._entries[key] = entry
