@@ -77,7 +77,7 @@ class Worker(threading.Thread):
         measured = expand(settings.cache_dir) if settings.cache_dir else None  # what this host measured, kept there
         self.speeds = SpeedTable(measured)
         self.peaks = PeakTable(measured, self.speeds.host)
-        self.budget = MemoryBudget(settings.memory_budget, self.models, self.peaks)
+        self.budget = MemoryBudget(settings.memory_budget, self.models, self.peaks, settings.vae_tile_above)
         self.stopping = threading.Event()
         # Monotonic time before which no job starts: set when jobs were queued again at a restart, so
         # a gateway that placed one of them elsewhere meanwhile can cancel it here first (it sees
@@ -113,6 +113,9 @@ class Worker(threading.Thread):
                     continue
                 with job_context(job.id, job.request_id):
                     self._run(job)
+                # What a job arriving now starts from: this one's leftovers, until the idle release above (the
+                # next one queued starts before it).
+                self.budget.idle()
                 used, prepared = True, False  # a job may have switched models: look again when idle
         finally:
             self._events.close(linger=1000)

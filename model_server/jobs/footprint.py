@@ -28,14 +28,15 @@ GIB = 2**30
 RUNTIME_BYTES = int(0.45 * GIB)  # Python, torch, diffusers and OpenVINO imported, no model (measured 0.43)
 # A first job's rise for a full-size model of a family (SD v1.4-shaped, bf16; bench machine): its weights coming
 # back (on torch, idle weights are mapped but not resident: SD_RELEASE_IDLE_WEIGHTS), a fixed part (the text
-# encoder's pass, the scheduler, OpenVINO compiling for a new size) and a part per megapixel of the largest pass
-# (UNet and VAE activations). Measured: OpenVINO 0.52 GiB at 512x512, 1.08 at 1024x1024; torch 1.86 at 512x512,
-# 2.22 at 768x768.
+# encoder's pass, the scheduler) and parts per megapixel of the largest pass (UNet and VAE activations): one up to
+# the size above which the VAE works in tiles (SD_VAE_TILE_ABOVE), a smaller one above it (the UNet's alone).
+# Measured (bench.memory and the table beside it in docs/performance.md): OpenVINO 0.42 GiB at 512x512, 0.84 at
+# 768x768, 1.08 at 1024x1024; torch 1.86 at 512x512, 2.22 at 768x768 and the same at 1024x1024.
 _WEIGHTS_BACK = {"openvino": 0.0, "torch": 1.5 * GIB}
-_RISE = {"openvino": (0.30 * GIB, 1.0 * GIB), "torch": (0.1 * GIB, 1.1 * GIB),
+_RISE = {"openvino": (0.17 * GIB, 1.0 * GIB, 0.5 * GIB), "torch": (0.1 * GIB, 1.1 * GIB, 0.0),
          # An upscale job: its upscaler and one tile's activations (bounded by UPSCALE_TILE), and the result held
          # as float and as bytes; a detect job: one annotator at its resolution (normal_bae's is the largest).
-         "upscale": (0.6 * GIB, 0.05 * GIB), "detect": (1.45 * GIB, 0.05 * GIB)}
+         "upscale": (0.6 * GIB, 0.05 * GIB, 0.05 * GIB), "detect": (1.45 * GIB, 0.05 * GIB, 0.05 * GIB)}
 # What a part adds to a full-size SD 1.x job (bench machine, docs/performance.md "Control" and "Finishing").
 CONTROLNET = {"openvino": int(1.15 * GIB), "torch": int(0.45 * GIB)}
 IP_ADAPTER_BYTES = int(1.3 * GIB)
@@ -43,20 +44,21 @@ ANNOTATOR = {"normal_bae": int(1.45 * GIB)}  # the others measured 0.29-0.67 GiB
 ANNOTATOR_OTHER = int(0.7 * GIB)
 FACES = int(0.4 * GIB)
 # Image-to-image and inpainting: the VAE encoder's pass (on torch beside an OpenVINO decoder: its weights come
-# back) at the job's size (measured: a first 512x512 img2img job rose 0.6 GiB more than a txt2img one).
-ENCODE_PER_MPX = 2.0 * GIB
+# back) at the job's size, in tiles above SD_VAE_TILE_ABOVE (measured: a 512x512 img2img job rose 0.1-0.3 GiB
+# more than a txt2img one).
+ENCODE_PER_MPX = 0.8 * GIB
 LORA_ON_TORCH = 0.7  # of the model: its torch UNet faulted back in when a LoRA job leaves OpenVINO
-# A kind of job this host has not run yet is priced with a margin: the priors are for the bench's model and
-# machine, and a job under-predicted could take the process down (measured on the tiny model: its first hires
-# job rose 1.4x what its plain jobs' measured rises added up to).
+# A kind of job this host has not run yet is priced with a margin on what is not measured here (the priors are
+# for the bench's model and machine, and a job under-predicted could take the process down) and on the hires fix's
+# passes added up.
 UNMEASURED_MARGIN = 1.5
 # A plain text-to-image job of a model never run here is the kind the prior was measured on, so it needs less:
 # only another machine's difference (bench.memory: the prior 9% over this machine's first job; with 1.5 the
 # first job of a cold server was predicted 12% high).
 PLAIN_PRIOR_MARGIN = 1.2
-# A size an OpenVINO model has not run yet: compiled for it, its buffers kept beside the others' (bench.memory:
-# 0.15-0.4 GiB more than the scaled rise of the nearest size measured).
-NEW_SIZE = {"openvino": 0.2 * GIB}
+# A size an OpenVINO model has not run yet: compiled for it at its first step (the IR read again, the plugin's
+# scratch); bench.memory: the first 768x768 job 5% over the rise scaled from 512x768's without it.
+NEW_SIZE = {"openvino": 0.1 * GIB}
 TINY_BYTES = 64 * 2**20
 _WEIGHT_FILES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
@@ -96,20 +98,29 @@ def _backend(engine: str) -> str:
     return "openvino" if engine.startswith("openvino") else "torch"
 
 
-def _rise_prior(engine_kind: str, pixels: int, ratio: float) -> int:
+def _rise_prior(engine_kind: str, pixels: int, ratio: float, tile_above: int, margin: float = 1.0) -> int:
     """The prior rise of a model whose weights are ``ratio`` of its family's full size: weights grow with the
-    square of a network's width and activations with the width, hence the root for the activations."""
+    square of a network's width and activations with the width, hence the root for the activations. ``margin``
+    is on the activations: the weights coming back are the model's own size."""
     kind = engine_kind if engine_kind in _RISE else "torch"
-    fixed, per_mpx = _RISE[kind]
-    return int(_WEIGHTS_BACK.get(kind, 0.0) * ratio + ratio ** 0.5 * (fixed + per_mpx * pixels / 1e6)
-               + IMAGE_PER_MPX * pixels / 1e6)
+    fixed, per_mpx, tiled_per_mpx = _RISE[kind]
+    whole = _untiled(pixels, tile_above)
+    activations = (ratio ** 0.5 * (fixed + (per_mpx * whole + tiled_per_mpx * (pixels - whole)) / 1e6)
+                   + IMAGE_PER_MPX * pixels / 1e6)
+    return int(_WEIGHTS_BACK.get(kind, 0.0) * ratio + margin * activations)
+
+
+def _untiled(pixels: int, tile_above: int) -> int:
+    """The pixels the VAE works on whole: all of them, or the tiling size's (SD_VAE_TILE_ABOVE; 0: never tiles)."""
+    return min(pixels, tile_above ** 2) if tile_above else pixels
 
 
 class Footprints:
     """Predicts jobs' peaks from the host's measurements (see the module)."""
 
-    def __init__(self, peaks: PeakTable):
+    def __init__(self, peaks: PeakTable, tile_above: int):
         self.peaks = peaks
+        self.tile_above = tile_above  # SD_VAE_TILE_ABOVE
         self.own: dict[str, int] = {}  # model name -> what loading it added to the RSS, when last loaded here
         self.weights: dict[str, int] = {}  # model name -> its weights' bytes as loaded (the pipeline says)
 
@@ -153,9 +164,9 @@ class Footprints:
             scale = self.model_scale(model, family, start_bytes)
         near = self.peaks.nearest(model, shape, pixels)
         if near is not None:
-            ratio = _rise_prior(kind, pixels, 1.0) / _rise_prior(kind, near.pixels, 1.0)
+            ratio = self._prior(kind, pixels, 1.0) / self._prior(kind, near.pixels, 1.0)
             rise = int(near.rise_bytes * ratio)
-            if near.pixels != pixels:  # a size not run yet: OpenVINO compiles for it and keeps its buffers
+            if near.pixels != pixels:  # a size not run yet: OpenVINO compiles for it
                 rise += int(NEW_SIZE.get(kind, 0) * scale ** 0.5)
             floor = near.least_peak_bytes + rise - near.rise_bytes  # the least peak it reached, moved by the size
             return Prediction(max(start_bytes + rise, floor), start_bytes, rise,
@@ -163,19 +174,24 @@ class Footprints:
         plain = msgspec.structs.replace(params, hires=None, controls=[], face_restoration=None, loras=[],
                                         mode="txt2img" if runs_diffusion(params) else params.mode)
         passes = [pixels] + ([params.width * params.height] if params.hires is not None else [])
-        rise, basis = 0, "parts"
-        for size in passes:  # the hires fix's two passes: OpenVINO keeps both sizes' buffers
+        margin = PLAIN_PRIOR_MARGIN if params == plain else UNMEASURED_MARGIN
+        rise, basis = int(self.parts(params, engine, scale, family) * margin), "parts"
+        # The hires fix's two passes, summed with the margin (measured on the tiny model: its first hires job rose
+        # 1.4x what its plain jobs' measured rises added up to); one pass measured here needs none.
+        measured_margin = margin if len(passes) > 1 else 1.0
+        for size in passes:
             base = self.peaks.nearest(model, shape_of(plain, engine), size)  # the plain job parts() adds to
             if base is not None:
-                rise += int(base.rise_bytes * _rise_prior(kind, size, 1.0) / _rise_prior(kind, base.pixels, 1.0))
+                rise += int(base.rise_bytes * measured_margin * self._prior(kind, size, 1.0)
+                            / self._prior(kind, base.pixels, 1.0))
             else:
-                rise, basis = rise + _rise_prior(kind, size, scale), "prior"
-        margin = PLAIN_PRIOR_MARGIN if basis == "prior" and params == plain else UNMEASURED_MARGIN
-        rise = int((rise + self.parts(params, engine, scale, family)) * margin)
+                rise, basis = rise + self._prior(kind, size, scale, margin), "prior"
         return Prediction(start_bytes + rise, start_bytes, rise, basis)
 
-    @staticmethod
-    def parts(params: GenerationParams, engine: str, scale: float, family: str) -> int:
+    def _prior(self, kind: str, pixels: int, ratio: float, margin: float = 1.0) -> int:
+        return _rise_prior(kind, pixels, ratio, self.tile_above, margin)
+
+    def parts(self, params: GenerationParams, engine: str, scale: float, family: str) -> int:
         """What the job's extras add (priors, scaled by the model's size): control units, faces, LoRAs."""
         kind = _backend(engine)
         extra = 0.0
@@ -190,7 +206,7 @@ class Footprints:
         if params.face_restoration is not None:
             extra += FACES
         if params.mode in ("img2img", "inpaint"):
-            extra += ENCODE_PER_MPX * scale ** 0.5 * params.width * params.height / 1e6
+            extra += ENCODE_PER_MPX * scale ** 0.5 * _untiled(params.width * params.height, self.tile_above) / 1e6
         if params.loras and "runs on torch" in engine:  # the OpenVINO model's job on torch: its UNet comes back
             extra += LORA_ON_TORCH * scale * (FAMILIES[family].resident_bytes - RUNTIME_BYTES)
         return int(extra)

@@ -27,9 +27,9 @@ def _gib(value: int) -> str:
 class MemoryBudget:
     """The budget, the predictions and the refusals of one model server (see the module)."""
 
-    def __init__(self, setting: str, models: ModelSet, peaks: PeakTable):
+    def __init__(self, setting: str, models: ModelSet, peaks: PeakTable, tile_above: int):
         self.setting, self.models = setting, models  # MEMORY_BUDGET, checked at start
-        self.footprints = Footprints(peaks)
+        self.footprints = Footprints(peaks, tile_above)  # SD_VAE_TILE_ABOVE: what the VAE works on whole
         self.idle_bytes = memory.rss_bytes()  # the worker's latest reading between jobs
         models.loaded_hook, models.keep = self._loaded, self._keep
 

@@ -23,6 +23,7 @@ from protocol.messages import (ControlUnit, FaceRestoration, GenerationParams, H
 
 HOST = HostInfo(cpu="Test CPU", threads=4, isa="avx2", memory_bytes=8 * GIB)
 OV = "openvino bfloat16"
+TILE_ABOVE = ModelServerSettings().vae_tile_above  # the VAE works in tiles above this side
 
 
 def _params(**kw) -> GenerationParams:
@@ -122,18 +123,30 @@ def test_a_kind_of_job_is_its_mode_engine_preset_and_the_parts_that_add_memory()
 
 def test_a_prediction_is_the_prior_then_what_this_host_measured_scaled_by_size(tmp_path):
     peaks = PeakTable(None, HOST)
-    prints = Footprints(peaks)
+    prints = Footprints(peaks, TILE_ABOVE)
     full = FAMILIES["sd1"].resident_bytes
     prints.own["m"] = full - RUNTIME_BYTES
     prior = prints.predict("m", "sd1", _params(), OV, full)
     assert prior.basis == "prior" and prior.start_bytes == full
     # the plain kind the prior was measured on gets the smaller margin; a kind with parts priced the larger
-    assert prior.rise_bytes == int(_rise_prior("openvino", 512 * 512, 1.0) * PLAIN_PRIOR_MARGIN)
+    assert prior.rise_bytes == _rise_prior("openvino", 512 * 512, 1.0, TILE_ABOVE, PLAIN_PRIOR_MARGIN)
     composed = prints.predict("m", "sd1", _params(mode="img2img"), OV, full)
-    encode = ENCODE_PER_MPX * 512 * 512 / 1e6
-    assert composed.rise_bytes > (prior.rise_bytes / PLAIN_PRIOR_MARGIN + encode) * UNMEASURED_MARGIN - 2
+    assert composed.basis == "prior" and composed.rise_bytes == pytest.approx(
+        ENCODE_PER_MPX * 512 * 512 / 1e6 * UNMEASURED_MARGIN
+        + _rise_prior("openvino", 512 * 512, 1.0, TILE_ABOVE, UNMEASURED_MARGIN), abs=2)
+    # on torch the weights coming back are the model's own size: the margin is on the activations alone
+    once, twice = (_rise_prior("torch", 512 * 512, 1.0, TILE_ABOVE, margin) for margin in (1.0, 2.0))
+    assert 2 * once - twice > GIB  # what a doubled margin did not double: SD 1.x's weights
     bigger = prints.predict("m", "sd1", _params(width=1024, height=1024), OV, full)
-    assert bigger.rise_bytes > 2 * prior.rise_bytes  # activations grow with the pixels
+    assert bigger.rise_bytes > 2 * prior.rise_bytes  # activations grow with the pixels...
+
+    def per_pixel(kind, small, large, tile_above=TILE_ABOVE):
+        return (_rise_prior(kind, large, 1.0, tile_above) - _rise_prior(kind, small, 1.0, tile_above)) / (large - small)
+
+    tile = TILE_ABOVE ** 2  # ...more slowly above the size the VAE works in tiles at (SD_VAE_TILE_ABOVE; 0: never)
+    for kind in ("openvino", "torch"):
+        assert per_pixel(kind, tile, 4 * tile) < 0.6 * per_pixel(kind, tile // 4, tile)
+        assert per_pixel(kind, tile, 4 * tile, 0) == pytest.approx(per_pixel(kind, tile // 4, tile, 0), rel=1e-3)
     # measured: the same kind at the same size predicts the larger of start + rise and the least peak it reached
     shape = shape_of(_params(), OV)
     peaks.record("m", shape, 512 * 512, start_bytes=full, peak_bytes=full + GIB // 4)
@@ -145,10 +158,15 @@ def test_a_prediction_is_the_prior_then_what_this_host_measured_scaled_by_size(t
     # a kind never run: the plain job's measured rise plus the priced parts
     with_control = prints.predict("m", "sd1", _params(controls=[ControlUnit(model="cn", module="canny")]), OV, full)
     assert with_control.basis == "parts" and with_control.rise_bytes > GIB  # a ControlNet on OpenVINO: ~1.15 GiB
+    # the pass measured here takes no margin, only the priced parts do; the hires fix's passes added up take it
+    encoded = prints.predict("m", "sd1", _params(mode="img2img"), OV, full)
+    assert encoded.rise_bytes == pytest.approx(GIB // 4 + ENCODE_PER_MPX * 512 * 512 / 1e6 * UNMEASURED_MARGIN, abs=2)
+    hires = prints.predict("m", "sd1", _params(width=256, height=256, hires=HiresFix(scale=2.0)), OV, full)
+    assert hires.basis == "parts" and hires.rise_bytes > UNMEASURED_MARGIN * GIB // 4
 
 
 def test_a_small_model_is_priced_at_its_size_and_a_model_not_loaded_at_what_it_will_take(tmp_path):
-    prints = Footprints(PeakTable(None, HOST))
+    prints = Footprints(PeakTable(None, HOST), TILE_ABOVE)
     full = FAMILIES["sd1"].resident_bytes
     small_start = RUNTIME_BYTES + (full - RUNTIME_BYTES) // 20
     small = prints.predict("tiny", "sd1", _params(), "torch float32", small_start)
@@ -174,6 +192,7 @@ def test_a_small_model_is_priced_at_its_size_and_a_model_not_loaded_at_what_it_w
 def test_a_job_over_the_budget_is_refused_naming_the_size_that_fits_and_one_within_runs(start_server):
     server, client = start_server()
     keeper = server.worker.budget
+    keeper.idle_bytes = GIB  # a full-size server between jobs: the budget between the two stays over its 256 MiB floor
     small, big = _params(width=512, height=512), _params(width=1536, height=1536)
     low, high = keeper.predict(small).peak_bytes, keeper.predict(big).peak_bytes
     assert high > low
@@ -222,7 +241,7 @@ def test_the_budget_keeps_a_model_in_memory_only_while_the_next_one_and_its_job_
     monkeypatch.setattr(memory, "rss_bytes", lambda: int(0.6 * GIB))
     models, loads = make_set(tmp_path)
     models.max_resident = 3
-    keeper = MemoryBudget("off", models, PeakTable(None, HOST))
+    keeper = MemoryBudget("off", models, PeakTable(None, HOST), TILE_ABOVE)
     models.load_default(LoadProgress())
     assert "tiny" in keeper.footprints.own  # the load told the budget what it added
     models.prepare(_params(model="other"), lambda text: None)
