@@ -106,6 +106,8 @@ class Worker(threading.Thread):
                     # and a queued job would only fault the same memory in again.
                     if used:
                         memory.release_memory()
+                        # Read after the release only: a job arriving sooner reuses the last one's leftovers (its
+                        # freed heap, weights still resident), so they are not part of what it starts from.
                         self.budget.idle()
                         used = False
                     elif not prepared and self.state.model_state is ModelState.READY:
@@ -113,9 +115,6 @@ class Worker(threading.Thread):
                     continue
                 with job_context(job.id, job.request_id):
                     self._run(job)
-                # What a job arriving now starts from: this one's leftovers, until the idle release above (the
-                # next one queued starts before it).
-                self.budget.idle()
                 used, prepared = True, False  # a job may have switched models: look again when idle
         finally:
             self._events.close(linger=1000)
