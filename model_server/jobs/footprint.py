@@ -31,9 +31,9 @@ RUNTIME_BYTES = int(0.45 * GIB)  # Python, torch, diffusers and OpenVINO importe
 # encoder's pass, the scheduler) and parts per megapixel of the largest pass (UNet and VAE activations): one up to
 # the size above which the VAE works in tiles (SD_VAE_TILE_ABOVE), a smaller one above it (the UNet's alone).
 # Measured (bench.memory and the table beside it in docs/performance.md): OpenVINO 0.42 GiB at 512x512, 0.84 at
-# 768x768, 1.08 at 1024x1024; torch 1.86 at 512x512, 2.22 at 768x768 and the same at 1024x1024.
+# 768x768, 0.86-1.08 at 1024x1024; torch 1.86 at 512x512, 2.22 at 768x768 and the same at 1024x1024.
 _WEIGHTS_BACK = {"openvino": 0.0, "torch": 1.5 * GIB}
-_RISE = {"openvino": (0.17 * GIB, 1.0 * GIB, 0.5 * GIB), "torch": (0.1 * GIB, 1.1 * GIB, 0.0),
+_RISE = {"openvino": (0.17 * GIB, 1.0 * GIB, 0.2 * GIB), "torch": (0.1 * GIB, 1.1 * GIB, 0.0),
          # An upscale job: its upscaler and one tile's activations (bounded by UPSCALE_TILE), and the result held
          # as float and as bytes; a detect job: one annotator at its resolution (normal_bae's is the largest).
          "upscale": (0.6 * GIB, 0.05 * GIB, 0.05 * GIB), "detect": (1.45 * GIB, 0.05 * GIB, 0.05 * GIB)}
