@@ -8,8 +8,9 @@ model and kind of job (model_server.jobs.peaks), at the nearest size, scaled to 
 kind never run here is the plain job's measured rise plus the prior parts for what it adds; a model never run
 here is the prior alone. The prior was measured on the bench machine (docs/performance.md "Memory budget") for
 full-size models and is scaled by the model's size, so a small model is not refused for a big one's needs. The
-least peak measured for the same kind and size is a floor too: a rise smoothed down by jobs that found their
-size's buffers already allocated (OpenVINO keeps them) would under-predict the job that must allocate them again.
+least peak measured for the same kind and size is a floor too: a rise smoothed down by jobs that started on the
+last one's leftovers (its freed heap, before the worker's idle release) would under-predict a job that must
+allocate its memory again.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ LORA_ON_TORCH = 0.7  # of the model: its torch UNet faulted back in when a LoRA 
 # passes added up.
 UNMEASURED_MARGIN = 1.5
 # A plain text-to-image job of a model never run here is the kind the prior was measured on, so it needs less:
-# only another machine's difference (bench.memory: the prior 9% over this machine's first job; with 1.5 the
-# first job of a cold server was predicted 12% high).
+# only another machine's difference (bench.memory: with 1.5 on the whole prior the first job of a cold server was
+# predicted 12% high; with 1.2 on its activations, 5% on OpenVINO and 3% on torch).
 PLAIN_PRIOR_MARGIN = 1.2
 # A size an OpenVINO model has not run yet: compiled for it at its first step (the IR read again, the plugin's
 # scratch); bench.memory: the first 768x768 job 5% over the rise scaled from 512x768's without it.
