@@ -110,7 +110,9 @@ def test_among_equally_busy_servers_a_job_goes_where_its_model_is_loaded(tmp_pat
     fleet = fleets(f"{a.bound_address},{b.bound_address}")
     placed = []
     for i, model in enumerate(["other", "", "other", "", "", "other"]):
-        time.sleep(1.2)  # the last job is done and the heartbeat has seen which model each server holds
+        # the last job is done and a heartbeat since has seen both servers idle and which model each holds
+        wait_until(lambda: all(m.ready and m.work == 0 for m in fleet.roster.members())
+                   and any(m.pong.loaded_model == "other" for m in fleet.roster.members()), 10, what="fleet settled")
         job = fleet.submit(params(seed=i, steps=1, model=model))
         placed.append((model, job.job_id[:8]))
         wait_until(lambda job=job: fleet.get_job(job.job_id).state.terminal, 10, what="job done")
@@ -126,7 +128,9 @@ def test_a_job_over_one_servers_memory_budget_goes_to_one_it_fits(tmp_path, serv
     jobs = [fleet.submit(params(seed=i)) for i in range(3)]
     assert {job.job_id[:8] for job in jobs} == {large.table.server_id}  # refused by small (nothing queued there)
     wait_until(lambda: all(fleet.get_job(job.job_id).state.terminal for job in jobs), 10, what="jobs done")
-    time.sleep(1.0)  # the worker's idle reading after them is taken; the test's own comes after
+    # As if its model held 40 GiB too; its worker's own idle reading after those jobs (half a second later, more on
+    # a busy machine) must not replace ours.
+    large.worker.budget.idle = lambda: None
     large.worker.budget.idle_bytes, large.worker.budget.setting = 40 * 2**30, "32GiB"
     with pytest.raises(RemoteError) as refused:  # over every server's budget: the budget's own refusal
         fleet.submit(params(seed=9))
