@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from model_server.families import FAMILIES
-from model_server.jobs.peaks import PeakTable, job_pixels, shape_of
+from model_server.jobs.peaks import PeakEntry, PeakTable, job_pixels, shape_of
 from protocol.control import ANNOTATOR_MODULES, IP_ADAPTER, module_named
 from protocol.messages import GenerationParams, runs_diffusion
 
@@ -165,8 +165,7 @@ class Footprints:
             scale = self.model_scale(model, family, start_bytes)
         near = self.peaks.nearest(model, shape, pixels)
         if near is not None:
-            ratio = self._prior(kind, pixels, 1.0) / self._prior(kind, near.pixels, 1.0)
-            rise = int(near.rise_bytes * ratio)
+            rise = int(self._rescaled(kind, near, pixels))
             if near.pixels != pixels:  # a size not run yet: OpenVINO compiles for it
                 rise += int(NEW_SIZE.get(kind, 0) * scale ** 0.5)
             floor = near.least_peak_bytes + rise - near.rise_bytes  # the least peak it reached, moved by the size
@@ -183,14 +182,17 @@ class Footprints:
         for size in passes:
             base = self.peaks.nearest(model, shape_of(plain, engine), size)  # the plain job parts() adds to
             if base is not None:
-                rise += int(base.rise_bytes * measured_margin * self._prior(kind, size, 1.0)
-                            / self._prior(kind, base.pixels, 1.0))
+                rise += int(self._rescaled(kind, base, size) * measured_margin)
             else:
                 rise, basis = rise + self._prior(kind, size, scale, margin), "prior"
         return Prediction(start_bytes + rise, start_bytes, rise, basis)
 
     def _prior(self, kind: str, pixels: int, ratio: float, margin: float = 1.0) -> int:
         return _rise_prior(kind, pixels, ratio, self.tile_above, margin)
+
+    def _rescaled(self, kind: str, entry: PeakEntry, pixels: int) -> float:
+        """``entry``'s measured rise moved to ``pixels`` along the prior's shape."""
+        return entry.rise_bytes * self._prior(kind, pixels, 1.0) / self._prior(kind, entry.pixels, 1.0)
 
     def parts(self, params: GenerationParams, engine: str, scale: float, family: str) -> int:
         """What the job's extras add (priors, scaled by the model's size): control units, faces, LoRAs."""
