@@ -31,9 +31,9 @@ class PeakEntry(msgspec.Struct, kw_only=True):
     model: str
     shape: str
     pixels: int  # of its largest pass (the hires fix's second, an upscale's result)
-    # The least of the peak RSS the jobs reached: the largest would be a job that started with another size's
-    # buffers still held (the VAE decoder compiled for the last size keeps them until it compiles for this one;
-    # bench.memory: an img2img job after a 768x768 one peaked at 3.82 GiB, the next at 3.23).
+    # The least of the peak RSS the jobs reached: the largest may be a job that started on another's leftovers
+    # (before OpenVINO's buffers were freed between jobs, bench.memory's img2img job after a 768x768 one peaked at
+    # 3.82 GiB and the next at 3.23; a job arriving before the worker's idle release still starts on a freed heap).
     least_peak_bytes: int
     rise_bytes: int  # the peak over the RSS the job started from (smoothed, never below the newest)
     jobs: int = 1
