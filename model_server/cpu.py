@@ -46,8 +46,9 @@ def openvino_pays(bf16: bool, flags: set[str] | None = None, env=None) -> tuple[
     """Whether SD_BACKEND=auto runs the UNet on OpenVINO here, for a model in bf16 or not, and why.
 
     Measured (docs/performance.md): faster than torch in bf16 on AVX512-BF16 and AMX CPUs. In float32 (SD
-    v1.4 under AVX2) only 1.02x torch for more memory, so that keeps torch unless asked, except for a UNet large
-    enough to keep int8 weights on OpenVINO (openvino_backend.choose)."""
+    v1.4 on a real AVX2 CPU) 1.2x torch's step, but its compiled UNet is resident from the start (peak 4.85 against
+    4.12 GiB) and needs a 3.4 GB IR, so float32 keeps torch unless asked (the 8 GB laptop's memory first), except
+    for a UNet large enough to keep int8 weights on OpenVINO (openvino_backend.choose)."""
     if not bf16:
         return False, "no measured gain in float32"
     native, why = native_bf16(flags, env)
