@@ -216,7 +216,7 @@ def test_auto_runs_openvino_only_where_it_was_measured_to_pay(monkeypatch):
 
     assert cpu.openvino_pays(True, flags={"avx2", "fma"})[0] is False
     assert cpu.openvino_pays(True, flags={"avx512_bf16"}, env={})[0] is True
-    assert cpu.openvino_pays(False, flags={"avx512_bf16"}, env={})[0] is False  # float32: not measured to pay
+    assert cpu.openvino_pays(False, flags={"avx512_bf16"}, env={})[0] is False  # float32: torch, for its smaller peak
     assert cpu.openvino_pays(True, flags={"amx_bf16"}, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})[0] is False
     assert openvino_backend.choose(ModelServerSettings(backend="torch"), torch.bfloat16) == (False, "configured")
 
