@@ -50,7 +50,7 @@ def openvino_pays(bf16: bool, flags: set[str] | None = None, env=None) -> tuple[
     4.12 GiB) and needs a 3.4 GB IR, so float32 keeps torch unless asked (the 8 GB laptop's memory first), except
     for a UNet large enough to keep int8 weights on OpenVINO (openvino_backend.choose)."""
     if not bf16:
-        return False, "float32: torch for its smaller peak (OpenVINO's compiled UNet is resident from the start)"
+        return False, "float32 stays on torch, whose peak is lower"
     native, why = native_bf16(flags, env)
     if not native:
         return False, f"no measured gain without native bf16 ({why})"
